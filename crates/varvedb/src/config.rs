@@ -1,0 +1,107 @@
+//! Store configuration: location, durability and limits.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// How an acknowledged append survives a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is flushed to stable storage before the append returns. An acknowledged append
+    /// survives a crash of the process or of the machine.
+    #[default]
+    Sync,
+    /// Commits are not flushed (LMDB's `MDB_NOSYNC`). A crash of the process loses nothing, but
+    /// a crash of the machine or a power loss may lose the most recent acknowledged appends. The
+    /// store stays consistent: it comes back as of some earlier commit.
+    NoSync,
+}
+
+/// The configuration of a [`Storage`](crate::Storage).
+///
+/// Sizes are in bytes; every limit names its unit last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// The store's directory; it is created if missing.
+    pub path: PathBuf,
+    /// Flush policy of commits.
+    pub durability: Durability,
+    /// The memory map size the store starts with. The map grows on demand.
+    pub map_bytes_initial: usize,
+    /// The largest the memory map (and the data file) may grow. Past it appends fail with
+    /// [`Error::StoreFull`].
+    pub map_bytes_max: usize,
+    /// The largest serialized event accepted.
+    pub event_bytes_max: usize,
+    /// The most events one append (batch or multi-stream) may carry.
+    pub batch_events_max: usize,
+    /// The most read transactions open at once in all processes (LMDB's reader table).
+    pub readers_max: u32,
+    /// How long an append that must grow the map waits for open read transactions to end.
+    pub resize_wait_ms_max: u64,
+}
+
+/// The default path of a store: `varvedb-data` in the working directory.
+pub const DEFAULT_PATH: &str = "varvedb-data";
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        let map_bytes_max = if cfg!(target_pointer_width = "64") { 1 << 40 } else { 1 << 30 };
+        StorageConfig {
+            path: PathBuf::from(DEFAULT_PATH),
+            durability: Durability::Sync,
+            map_bytes_initial: 64 << 20,
+            map_bytes_max,
+            event_bytes_max: 64 << 20,
+            batch_events_max: 100_000,
+            readers_max: 1024,
+            resize_wait_ms_max: 10_000,
+        }
+    }
+}
+
+/// The alignment the map sizes are rounded to; a multiple of every common OS page size.
+pub(crate) const MAP_GRANULE_BYTES: usize = 64 << 10;
+/// The hard ceiling of `event_bytes_max`: the record header stores the payload length as `u32`.
+pub(crate) const EVENT_BYTES_LIMIT: usize = (u32::MAX as usize) - 64;
+
+impl StorageConfig {
+    /// Checks every field; returns the first invalid one as [`Error::InvalidConfig`].
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
+        if self.path.as_os_str().is_empty() {
+            return bad("path", "must not be empty".into());
+        }
+        if self.map_bytes_initial < MAP_GRANULE_BYTES {
+            return bad("map_bytes_initial", format!("must be at least {MAP_GRANULE_BYTES} bytes"));
+        }
+        if self.map_bytes_max < self.map_bytes_initial {
+            return bad(
+                "map_bytes_max",
+                format!(
+                    "{} is smaller than map_bytes_initial ({})",
+                    self.map_bytes_max, self.map_bytes_initial
+                ),
+            );
+        }
+        if self.map_bytes_max > isize::MAX as usize - MAP_GRANULE_BYTES {
+            return bad("map_bytes_max", "exceeds the address space".into());
+        }
+        if self.event_bytes_max == 0 || self.event_bytes_max > EVENT_BYTES_LIMIT {
+            return bad("event_bytes_max", format!("must be between 1 and {EVENT_BYTES_LIMIT}"));
+        }
+        if self.batch_events_max == 0 || self.batch_events_max > u32::MAX as usize {
+            return bad("batch_events_max", "must be between 1 and u32::MAX".into());
+        }
+        if self.readers_max == 0 {
+            return bad("readers_max", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Rounds `bytes` up to the map granule, saturating.
+pub(crate) fn round_map_bytes(bytes: usize) -> usize {
+    bytes.div_ceil(MAP_GRANULE_BYTES).saturating_mul(MAP_GRANULE_BYTES)
+}

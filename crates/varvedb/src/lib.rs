@@ -1,0 +1,67 @@
+//! # VarveDB
+//!
+//! An embedded, append-only event store. Events are your own Rust types, serialized with
+//! [rkyv](https://rkyv.org) 0.8 into one [LMDB](http://www.lmdb.tech/doc/) environment (through
+//! `heed`), and read back **zero-copy**: a read validates the bytes in place and hands out a
+//! reference into the memory map. Every append states an [`ExpectedVersion`]; a wrong guess is an
+//! [`Error::ConcurrencyConflict`] naming the expected and actual version. Versions within a stream
+//! start at 1 and have no gaps; global sequence numbers start at 1.
+//!
+//! ## Quickstart
+//!
+//! ```
+//! use varvedb::{Storage, StorageConfig, Writer, Reader, ExpectedVersion, Error};
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+//! struct Deposited { account: u64, amount: u64, note: String }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tmp = tempfile::tempdir()?;
+//! let dir = tmp.path();
+//! let storage = Storage::open(StorageConfig { path: dir.into(), ..Default::default() })?;
+//! let writer = Writer::<Deposited>::new(storage.clone());
+//! let a = writer.append(7, ExpectedVersion::NoStream, &Deposited { account: 1, amount: 100, note: "hi".into() })?;
+//! assert_eq!(a.version, 1);                       // a.seq is the global sequence number
+//! let ev = Deposited { account: 1, amount: 50, note: "again".into() };
+//! writer.append(7, ExpectedVersion::Exact(1), &ev)?;               // now version 2
+//! assert!(matches!(writer.append(7, ExpectedVersion::Exact(1), &ev),
+//!                  Err(Error::ConcurrencyConflict { .. })));
+//! let reader = Reader::<Deposited>::new(storage.clone());
+//! let txn = storage.read_txn()?;
+//! let e = reader.get(&txn, a.seq)?.unwrap();      // zero-copy view, derefs to the archived event
+//! assert_eq!(e.amount, 100);
+//! assert_eq!((e.stream_id(), e.version()), (7, 1));
+//! let mut versions = Vec::new();
+//! for e in reader.read_stream(&txn, 7, 1) { let e = e?; versions.push(e.version()); }
+//! assert_eq!(versions, [1, 2]);
+//! let mut seqs = Vec::new();
+//! for e in reader.read_all(&txn, 1) { let e = e?; seqs.push(e.seq()); }
+//! assert_eq!(seqs, [1, 2]);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Mixing event types
+//!
+//! A store can hold events of several types, for example one type per stream. A reader
+//! validates each event against its own type, so read a stream with the reader of the type it
+//! was written with; to read the whole log at once, use one `enum` of all your events.
+//!
+//! ## Limits
+//!
+//! Every limit is in [`StorageConfig`]: event size, batch size, map size. Stream id `u128::MAX`
+//! is reserved. A stream holds at most `u32::MAX` events.
+
+mod config;
+mod error;
+mod reader;
+mod storage;
+mod writer;
+
+pub use config::{DEFAULT_PATH, Durability, StorageConfig};
+pub use error::{Error, Result};
+pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
+pub use storage::{FORMAT_VERSION, META_FORMAT_KEY, ReadTxn, Stats, Storage};
+pub use writer::{Appended, ExpectedVersion, RESERVED_STREAM_ID, SerializeEvent, Writer};
+
+/// Re-export of the rkyv version VarveDB is built with, for deriving event types.
+pub use rkyv;

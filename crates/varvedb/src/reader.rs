@@ -1,0 +1,385 @@
+//! Zero-copy reads: [`Reader`], [`EventRef`] and the stream and global iterators.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Bound, Deref};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use heed::RoTxn;
+use rkyv::api::high::{HighDeserializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize};
+
+use crate::error::{Error, Result};
+use crate::storage::record::{RECORD_ALIGN, RecordHeader};
+use crate::storage::{self, Dbs, ReadTxn, Storage, keys};
+
+/// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
+pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
+
+/// The validation bound of event types: what `#[derive(rkyv::Archive)]` provides (bytecheck is on
+/// by default in rkyv 0.8).
+pub trait ValidateEvent: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>> {}
+impl<E> ValidateEvent for E where E: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>> {}
+
+/// Reads events of type `E` from a store.
+///
+/// Every read takes a [`ReadTxn`] from [`Storage::read_txn`]; what it returns borrows from that
+/// snapshot. Reuse one transaction for many reads: beginning one costs about a microsecond.
+pub struct Reader<E> {
+    storage: Storage,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for Reader<E> {
+    fn clone(&self) -> Self {
+        Reader { storage: self.storage.clone(), _event: PhantomData }
+    }
+}
+
+impl<E> fmt::Debug for Reader<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reader").field("storage", &self.storage).field("event", &std::any::type_name::<E>()).finish()
+    }
+}
+
+enum Payload<'t> {
+    /// Borrowed from the memory map: the zero-copy case.
+    Mapped(&'t [u8]),
+    /// Copied into an aligned buffer because the mapped bytes were not 16-byte aligned. The
+    /// storage layout makes this unreachable for records written by this format; it is kept so
+    /// that a surprise from LMDB costs a copy, never undefined behaviour.
+    Copied(AlignedVec<RECORD_ALIGN>),
+}
+
+/// One event, read zero-copy: it dereferences to the archived event inside the memory map.
+pub struct EventRef<'t, E: Archive> {
+    seq: u64,
+    header: RecordHeader,
+    payload: Payload<'t>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<'t, E: ValidateEvent> EventRef<'t, E> {
+    /// Validates `payload` as an archived `E` and wraps it.
+    fn new(seq: u64, header: RecordHeader, bytes: &'t [u8]) -> Result<Self> {
+        let payload = if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
+            Payload::Mapped(bytes)
+        } else {
+            let mut copy = AlignedVec::<RECORD_ALIGN>::with_capacity(bytes.len());
+            copy.extend_from_slice(bytes);
+            Payload::Copied(copy)
+        };
+        let event: EventRef<'t, E> = EventRef { seq, header, payload, _event: PhantomData };
+        rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| Error::InvalidEvent {
+            seq,
+            type_name: std::any::type_name::<E>(),
+            reason: e.to_string(),
+        })?;
+        Ok(event)
+    }
+}
+
+impl<E: Archive> EventRef<'_, E> {
+    /// The global sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The stream the event belongs to.
+    pub fn stream_id(&self) -> u128 {
+        self.header.stream_id
+    }
+
+    /// The event's version within its stream (from 1).
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// The commit time, in nanoseconds since the Unix epoch.
+    pub fn timestamp_ns(&self) -> u64 {
+        self.header.timestamp_ns
+    }
+
+    /// The commit time.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.header.timestamp_ns)
+    }
+
+    /// The archived bytes of the event (validated).
+    pub fn payload_bytes(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Mapped(bytes) => bytes,
+            Payload::Copied(copy) => copy,
+        }
+    }
+
+    /// Whether the event is served straight from the memory map (always, for this format).
+    pub fn is_zero_copy(&self) -> bool {
+        matches!(self.payload, Payload::Mapped(_))
+    }
+
+    /// The archived event.
+    pub fn archived(&self) -> &E::Archived {
+        // SAFETY: `EventRef::new` validated these exact bytes as an `E::Archived` with rkyv's
+        // bytecheck, at their current address (the mapped bytes do not move while the read
+        // transaction lives; the copied buffer is owned and never mutated).
+        unsafe { rkyv::access_unchecked::<E::Archived>(self.payload_bytes()) }
+    }
+
+    /// Deserializes the event into an owned `E`.
+    pub fn deserialize(&self) -> Result<E>
+    where
+        E::Archived: Deserialize<E, HighDeserializer<rancor::Error>>,
+    {
+        rkyv::deserialize::<E, rancor::Error>(self.archived()).map_err(|e| Error::InvalidEvent {
+            seq: self.seq,
+            type_name: std::any::type_name::<E>(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl<E: Archive> Deref for EventRef<'_, E> {
+    type Target = E::Archived;
+
+    fn deref(&self) -> &E::Archived {
+        self.archived()
+    }
+}
+
+impl<E: Archive> fmt::Debug for EventRef<'_, E>
+where
+    E::Archived: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRef")
+            .field("seq", &self.seq)
+            .field("stream_id", &self.header.stream_id)
+            .field("version", &self.header.version)
+            .field("timestamp_ns", &self.header.timestamp_ns)
+            .field("event", self.archived())
+            .finish()
+    }
+}
+
+fn event_at<'t, E: ValidateEvent>(seq: u64, value: &'t [u8]) -> Result<EventRef<'t, E>> {
+    let (header, payload) = storage::decode_record(seq, value)?;
+    EventRef::new(seq, header, payload)
+}
+
+/// Reads the event that the index entry `(stream_id, version) → seq` points at, and checks that
+/// the record agrees.
+fn indexed_event<'t, E: ValidateEvent>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    stream_id: u128,
+    version: u32,
+    seq: u64,
+) -> Result<EventRef<'t, E>> {
+    let bad = |reason: String| Error::CorruptIndex { stream_id, version, reason };
+    let value = storage::get_record(dbs, txn, seq)?.ok_or_else(|| bad(format!("points at sequence {seq}, which does not exist")))?;
+    let event = event_at::<E>(seq, value)?;
+    if (event.stream_id(), event.version()) != (stream_id, version) {
+        return Err(bad(format!(
+            "points at sequence {seq}, which holds stream {} version {}",
+            event.stream_id(),
+            event.version()
+        )));
+    }
+    Ok(event)
+}
+
+impl<E: ValidateEvent> Reader<E> {
+    /// A reader of `E` events from `storage`.
+    ///
+    /// `E`'s archived form must not need more than 16-byte alignment ([`MAX_EVENT_ALIGN`]); this
+    /// is checked at compile time. Every rkyv primitive, `u128` included, fits.
+    pub fn new(storage: Storage) -> Self {
+        const {
+            assert!(
+                align_of::<E::Archived>() <= MAX_EVENT_ALIGN,
+                "VarveDB serves events zero-copy at 16-byte alignment; this event type needs more"
+            );
+        }
+        Reader { storage, _event: PhantomData }
+    }
+
+    /// The store this reader reads.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The event with global sequence `seq`, or `None` if there is none.
+    pub fn get<'t>(&self, txn: &'t ReadTxn, seq: u64) -> Result<Option<EventRef<'t, E>>> {
+        self.storage.check_txn(txn)?;
+        match storage::get_record(self.storage.dbs(), txn.raw(), seq)? {
+            None => Ok(None),
+            Some(value) => event_at(seq, value).map(Some),
+        }
+    }
+
+    /// The event at `version` of `stream_id`, or `None` if the stream has no such version.
+    pub fn get_by_version<'t>(&self, txn: &'t ReadTxn, stream_id: u128, version: u32) -> Result<Option<EventRef<'t, E>>> {
+        self.storage.check_txn(txn)?;
+        let dbs = self.storage.dbs();
+        let Some(value) = dbs.index.get(txn.raw(), &keys::index_key(stream_id, version))? else {
+            return Ok(None);
+        };
+        let seq = keys::decode_index_value(value)
+            .ok_or_else(|| Error::CorruptIndex { stream_id, version, reason: format!("index value of {} bytes", value.len()) })?;
+        indexed_event(dbs, txn.raw(), stream_id, version, seq).map(Some)
+    }
+
+    /// The current version of a stream (0 if it has no events). Pass it to
+    /// [`ExpectedVersion::Exact`](crate::ExpectedVersion::Exact) for an optimistic append.
+    pub fn stream_version(&self, txn: &ReadTxn, stream_id: u128) -> Result<u32> {
+        self.storage.stream_version(txn, stream_id)
+    }
+
+    /// The last committed global sequence (0 for an empty store).
+    pub fn last_seq(&self, txn: &ReadTxn) -> Result<u64> {
+        self.storage.last_seq(txn)
+    }
+
+    /// The events of `stream_id` from `from_version` on, in version order.
+    pub fn read_stream<'t>(&self, txn: &'t ReadTxn, stream_id: u128, from_version: u32) -> StreamIter<'t, E> {
+        let start = keys::index_key(stream_id, from_version);
+        let end = keys::index_key(stream_id, u32::MAX);
+        self.stream_iter(txn, stream_id, &start, &end, false)
+    }
+
+    /// The events of `stream_id` from `from_version` down to version 1, newest first.
+    /// Pass `u32::MAX` to start at the stream's last event.
+    pub fn read_stream_backwards<'t>(&self, txn: &'t ReadTxn, stream_id: u128, from_version: u32) -> StreamIter<'t, E> {
+        let start = keys::index_key(stream_id, 0);
+        let end = keys::index_key(stream_id, from_version);
+        self.stream_iter(txn, stream_id, &start, &end, true)
+    }
+
+    fn stream_iter<'t>(&self, txn: &'t ReadTxn, stream_id: u128, start: &[u8], end: &[u8], backwards: bool) -> StreamIter<'t, E> {
+        let dbs = *self.storage.dbs();
+        let range = (Bound::Included(start), Bound::Included(end));
+        let cursor = self.storage.check_txn(txn).and_then(|()| {
+            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> = if backwards {
+                Box::new(dbs.index.rev_range(txn.raw(), &range)?)
+            } else {
+                Box::new(dbs.index.range(txn.raw(), &range)?)
+            };
+            Ok(iter)
+        });
+        StreamIter { dbs, txn: txn.raw(), stream_id, state: IterState::from(cursor), _event: PhantomData }
+    }
+
+    /// Every event from global sequence `from_seq` on, in global order.
+    pub fn read_all<'t>(&self, txn: &'t ReadTxn, from_seq: u64) -> AllIter<'t, E> {
+        let dbs = *self.storage.dbs();
+        let start = keys::seq_key(from_seq);
+        let range = (Bound::Included(&start[..]), Bound::Unbounded);
+        let cursor = self.storage.check_txn(txn).and_then(|()| {
+            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> = Box::new(dbs.events.range(txn.raw(), &range)?);
+            Ok(iter)
+        });
+        AllIter { state: IterState::from(cursor), _event: PhantomData }
+    }
+}
+
+type RawEntry<'t> = heed::Result<(&'t [u8], &'t [u8])>;
+
+/// The cursor of an iterator: running, failed before starting, or done.
+enum IterState<'t> {
+    Running(Box<dyn Iterator<Item = RawEntry<'t>> + 't>),
+    Failed(Error),
+    Done,
+}
+
+impl<'t> From<Result<Box<dyn Iterator<Item = RawEntry<'t>> + 't>>> for IterState<'t> {
+    fn from(r: Result<Box<dyn Iterator<Item = RawEntry<'t>> + 't>>) -> Self {
+        match r {
+            Ok(iter) => IterState::Running(iter),
+            Err(e) => IterState::Failed(e),
+        }
+    }
+}
+
+impl<'t> IterState<'t> {
+    /// The next raw entry. A cursor error is yielded once and ends the iteration: LMDB cursors
+    /// do not recover from one. An undecodable entry is yielded as an error and skipped.
+    fn next_raw(&mut self) -> Option<Result<(&'t [u8], &'t [u8])>> {
+        match self {
+            IterState::Running(iter) => match iter.next() {
+                Some(Ok(entry)) => Some(Ok(entry)),
+                Some(Err(e)) => {
+                    *self = IterState::Done;
+                    Some(Err(e.into()))
+                }
+                None => {
+                    *self = IterState::Done;
+                    None
+                }
+            },
+            IterState::Failed(_) => match std::mem::replace(self, IterState::Done) {
+                IterState::Failed(e) => Some(Err(e)),
+                _ => None,
+            },
+            IterState::Done => None,
+        }
+    }
+}
+
+/// The events of one stream in version order (or reverse), from [`Reader::read_stream`] and
+/// [`Reader::read_stream_backwards`].
+///
+/// Yields `Result`s. A damaged entry is reported once and the iterator moves past it; an LMDB
+/// failure is reported once and ends the iteration.
+pub struct StreamIter<'t, E> {
+    dbs: Dbs,
+    txn: &'t RoTxn<'static, heed::WithoutTls>,
+    stream_id: u128,
+    state: IterState<'t>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
+    type Item = Result<EventRef<'t, E>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value) = match self.state.next_raw()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some((stream_id, version)) = keys::decode_index_key(key).filter(|(s, _)| *s == self.stream_id) else {
+            return Some(Err(Error::CorruptIndex { stream_id: self.stream_id, version: 0, reason: format!("malformed index key {key:02x?}") }));
+        };
+        let Some(seq) = keys::decode_index_value(value) else {
+            return Some(Err(Error::CorruptIndex { stream_id, version, reason: format!("index value of {} bytes", value.len()) }));
+        };
+        Some(indexed_event(&self.dbs, self.txn, stream_id, version, seq))
+    }
+}
+
+/// Every event in global order, from [`Reader::read_all`].
+///
+/// Yields `Result`s. A damaged record is reported once (as [`Error::Corrupt`] naming its
+/// sequence) and the iterator moves past it; an LMDB failure is reported once and ends it.
+pub struct AllIter<'t, E> {
+    state: IterState<'t>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {
+    type Item = Result<EventRef<'t, E>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, value) = match self.state.next_raw()? {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(seq) = keys::decode_seq_key(key) else {
+            return Some(Err(Error::corrupt(0, format!("malformed events-log key {key:02x?}"))));
+        };
+        Some(event_at(seq, value))
+    }
+}

@@ -1,0 +1,482 @@
+//! The LMDB environment, its databases, read transactions and the write loop.
+//!
+//! This layer knows records and keys, never typed events.
+
+mod gate;
+pub(crate) mod keys;
+pub(crate) mod record;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
+
+use crate::config::{StorageConfig, round_map_bytes};
+use crate::error::{Error, Result};
+use gate::Gate;
+use record::RecordHeader;
+
+/// The on-disk format this build reads and writes (the `format_version` meta record).
+pub const FORMAT_VERSION: u32 = 1;
+/// The meta key of the format version; its value is a little-endian `u32`.
+pub const META_FORMAT_KEY: &str = "format_version";
+
+/// Names of the LMDB databases of a store.
+pub(crate) mod db_names {
+    pub(crate) const EVENTS: &str = "events";
+    pub(crate) const STREAM_INDEX: &str = "stream_index";
+    pub(crate) const STREAM_HEADS: &str = "stream_heads";
+    pub(crate) const BLOBS: &str = "blobs";
+    pub(crate) const CONSUMER_CURSORS: &str = "consumer_cursors";
+    pub(crate) const KEYSTORE: &str = "keystore";
+    pub(crate) const META: &str = "meta";
+}
+
+type Raw = Database<'static, Bytes, Bytes>;
+
+/// The databases of one environment.
+#[derive(Clone, Copy)]
+pub(crate) struct Dbs {
+    /// `u64 BE seq` (or `seq ‖ 0u64` for overflow records) → record.
+    pub(crate) events: Raw,
+    /// `[u128 BE stream][u32 BE version]` → `u64 BE seq`.
+    pub(crate) index: Raw,
+    /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE.
+    pub(crate) heads: Raw,
+    /// Content-addressed payloads (filled by a later release).
+    #[expect(dead_code, reason = "created now so that the format is stable; used by the blob store")]
+    pub(crate) blobs: Raw,
+    /// Consumer name → position (used by processors).
+    #[expect(dead_code, reason = "created now so that the format is stable; used by processors")]
+    pub(crate) cursors: Raw,
+    /// Stream → wrapped data key (used by encryption).
+    #[expect(dead_code, reason = "created now so that the format is stable; used by encryption")]
+    pub(crate) keystore: Raw,
+    /// `format_version` and other store-wide records.
+    #[expect(dead_code, reason = "read and written at open through its own handle; kept for later migrations")]
+    pub(crate) meta: Database<'static, Str, Bytes>,
+}
+
+/// Every open environment of this process by canonical path: LMDB allows one per path.
+static REGISTRY: Mutex<BTreeMap<PathBuf, Weak<Inner>>> = Mutex::new(BTreeMap::new());
+/// Serializes `Storage::open` so that two threads opening one path share one environment.
+static OPEN_LOCK: Mutex<()> = Mutex::new(());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every mutex here guards state that is consistent between statements (a map of weak
+    // pointers, a unit, an optional reason), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Inner {
+    /// Dropped by hand in `Drop`, under the registry lock.
+    env: ManuallyDrop<Env<WithoutTls>>,
+    dbs: Dbs,
+    config: StorageConfig,
+    path: PathBuf,
+    /// The longest record that stays in its leaf page under an 8-byte key.
+    inline_record_max: usize,
+    gate: Gate,
+    /// Held by the one writer; resizes happen under it too.
+    write_lock: Mutex<()>,
+    poisoned: Mutex<Option<String>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let mut registry = lock(&REGISTRY);
+        if registry.get(&self.path).is_some_and(|w| w.strong_count() == 0) {
+            registry.remove(&self.path);
+        }
+        // SAFETY: `env` is never used after this point; `drop` runs once. Closing under the
+        // registry lock keeps a concurrent `open` of this path from seeing a half-closed env.
+        unsafe { ManuallyDrop::drop(&mut self.env) };
+    }
+}
+
+/// An open store: one LMDB environment with the events log, the stream index and the other
+/// databases of VarveDB.
+///
+/// `Storage` is cheap to clone (an `Arc`), `Send` and `Sync`. Opening the same directory again in
+/// one process returns a handle to the same environment, as LMDB requires.
+#[derive(Clone)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Storage").field("path", &self.inner.path).finish_non_exhaustive()
+    }
+}
+
+/// Counts describing a store, from [`Storage::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Events in the log.
+    pub events: u64,
+    /// Streams with at least one event.
+    pub streams: u64,
+    /// The last committed global sequence (0 when empty).
+    pub last_seq: u64,
+    /// Bytes of LMDB pages holding the events log.
+    pub log_bytes: u64,
+    /// Bytes of LMDB pages holding the stream index and the stream heads.
+    pub index_bytes: u64,
+    /// Bytes of the data file on disk.
+    pub file_bytes: u64,
+    /// The current size of the memory map.
+    pub map_bytes: usize,
+}
+
+/// A read-only snapshot of the store.
+///
+/// Everything a [`Reader`](crate::Reader) returns borrows from it; the snapshot does not change
+/// while it is open. Keep it short-lived: while a `ReadTxn` is open, LMDB cannot reuse pages
+/// freed after it began, and the map cannot grow (an append that needs to grow it waits up to
+/// `StorageConfig::resize_wait_ms_max`).
+pub struct ReadTxn {
+    // Field order matters: the LMDB transaction ends before the gate is left.
+    txn: RoTxn<'static, WithoutTls>,
+    guard: ReaderGuard,
+}
+
+struct ReaderGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.inner.gate.leave();
+    }
+}
+
+impl fmt::Debug for ReadTxn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadTxn").field("id", &self.txn.id()).finish()
+    }
+}
+
+impl ReadTxn {
+    pub(crate) fn raw(&self) -> &RoTxn<'static, WithoutTls> {
+        &self.txn
+    }
+
+    pub(crate) fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.guard.inner) as usize
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io { path: path.to_path_buf(), source }
+}
+
+impl Storage {
+    /// Opens the store at `config.path`, creating the directory and the store if missing.
+    ///
+    /// A store written in an unknown format is refused with [`Error::UnsupportedFormat`] and left
+    /// untouched. Opening a path that is already open in this process returns the same
+    /// environment if the configuration is equal, and [`Error::ConfigMismatch`] otherwise.
+    pub fn open(config: StorageConfig) -> Result<Storage> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
+        let path = std::fs::canonicalize(&config.path).map_err(io_err(&config.path))?;
+
+        let _open = lock(&OPEN_LOCK);
+        let existing = lock(&REGISTRY).get(&path).and_then(Weak::upgrade);
+        if let Some(inner) = existing {
+            return if inner.config == config { Ok(Storage { inner }) } else { Err(Error::ConfigMismatch { path }) };
+        }
+        let (env, dbs, inline_record_max) = open_env(&config, &path)?;
+        let inner = Arc::new(Inner {
+            env: ManuallyDrop::new(env),
+            dbs,
+            config,
+            path: path.clone(),
+            inline_record_max,
+            gate: Gate::default(),
+            write_lock: Mutex::new(()),
+            poisoned: Mutex::new(None),
+        });
+        lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
+        Ok(Storage { inner })
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// The store's directory (canonical).
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Begins a read-only snapshot.
+    pub fn read_txn(&self) -> Result<ReadTxn> {
+        for _ in 0..2 {
+            self.inner.gate.enter();
+            let guard = ReaderGuard { inner: Arc::clone(&self.inner) };
+            match (*self.inner.env).clone().static_read_txn() {
+                Ok(txn) => return Ok(ReadTxn { txn, guard }),
+                Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                    drop(guard);
+                    // Another process grew the map: adopt its size, then try again.
+                    let w = lock(&self.inner.write_lock);
+                    self.resize_locked(&w, 0)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapResized)))
+    }
+
+    /// The last committed global sequence number (0 for an empty store).
+    pub fn last_seq(&self, txn: &ReadTxn) -> Result<u64> {
+        self.check_txn(txn)?;
+        last_seq(&self.inner.dbs, txn.raw())
+    }
+
+    /// The current version of a stream: the version of its last event, 0 if it has none.
+    pub fn stream_version(&self, txn: &ReadTxn, stream_id: u128) -> Result<u32> {
+        self.check_txn(txn)?;
+        Ok(stream_head(&self.inner.dbs, txn.raw(), stream_id)?.map_or(0, |(v, _)| v))
+    }
+
+    /// Event, stream and byte counts.
+    pub fn stats(&self) -> Result<Stats> {
+        let txn = self.read_txn()?;
+        let dbs = &self.inner.dbs;
+        let pages = |db: &Raw| -> Result<u64> {
+            let s = db.stat(txn.raw())?;
+            Ok((s.branch_pages + s.leaf_pages + s.overflow_pages) as u64 * u64::from(s.page_size))
+        };
+        Ok(Stats {
+            events: dbs.events.len(txn.raw())?,
+            streams: dbs.heads.len(txn.raw())?,
+            last_seq: last_seq(dbs, txn.raw())?,
+            log_bytes: pages(&dbs.events)?,
+            index_bytes: pages(&dbs.index)? + pages(&dbs.heads)?,
+            file_bytes: self.inner.env.real_disk_size()?,
+            map_bytes: self.inner.env.info().map_size,
+        })
+    }
+
+    /// The address range of the memory map, for diagnostics: zero-copy references returned by a
+    /// [`Reader`](crate::Reader) point inside it. It stays valid while a [`ReadTxn`] is open.
+    pub fn map_region(&self) -> std::ops::Range<usize> {
+        let info = self.inner.env.info();
+        let start = info.map_addr as usize;
+        start..start + info.map_size
+    }
+
+    pub(crate) fn dbs(&self) -> &Dbs {
+        &self.inner.dbs
+    }
+
+    pub(crate) fn inline_record_max(&self) -> usize {
+        self.inner.inline_record_max
+    }
+
+    pub(crate) fn check_txn(&self, txn: &ReadTxn) -> Result<()> {
+        if txn.storage_id() == Arc::as_ptr(&self.inner) as usize { Ok(()) } else { Err(Error::ForeignTransaction) }
+    }
+
+    /// Runs `f` in a write transaction and commits it durably (per `Durability`).
+    ///
+    /// `f` may run more than once: when the map is full, the transaction is aborted, the map
+    /// grows (up to `map_bytes_max`) and `f` runs again on a fresh transaction. A failed commit
+    /// other than a full map poisons the store: LMDB may have flushed part of it, so later
+    /// writes are refused until the store is reopened.
+    pub(crate) fn write<T>(&self, mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<T>) -> Result<T> {
+        let w = lock(&self.inner.write_lock);
+        if let Some(reason) = lock(&self.inner.poisoned).clone() {
+            return Err(Error::Poisoned { reason });
+        }
+        loop {
+            let mut wtxn = match self.inner.env.write_txn() {
+                Ok(t) => t,
+                Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                    self.resize_locked(&w, 0)?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let value = match f(&mut wtxn, &self.inner.dbs) {
+                Ok(v) => v,
+                Err(e) if e.is_map_full() => {
+                    drop(wtxn);
+                    self.grow(&w)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match wtxn.commit() {
+                Ok(()) => return Ok(value),
+                Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow(&w)?,
+                Err(e) => {
+                    *lock(&self.inner.poisoned) = Some(e.to_string());
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    fn grow(&self, w: &MutexGuard<'_, ()>) -> Result<()> {
+        let max = round_map_bytes(self.inner.config.map_bytes_max);
+        let current = self.inner.env.info().map_size;
+        if current >= max {
+            return Err(Error::StoreFull { map_bytes_max: self.inner.config.map_bytes_max });
+        }
+        let target = round_map_bytes(current.saturating_mul(2)).min(max);
+        self.resize_locked(w, target)
+    }
+
+    /// Resizes the map (0: adopt the size another process set). Requires the write lock.
+    fn resize_locked(&self, _w: &MutexGuard<'_, ()>, bytes: usize) -> Result<()> {
+        let wait = Duration::from_millis(self.inner.config.resize_wait_ms_max);
+        self.inner.gate.exclusive(wait, || {
+            // SAFETY: heed requires that no transaction of this process is active. Readers are
+            // all outside the gate (it waited for them and holds new ones back), and write
+            // transactions only exist under the write lock, which this thread holds and whose
+            // transaction it has dropped.
+            unsafe { self.inner.env.resize(bytes) }.map_err(Error::from)
+        })
+    }
+
+    /// The number of read transactions open in this process.
+    pub fn open_read_txns(&self) -> usize {
+        self.inner.gate.readers()
+    }
+}
+
+pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
+    match dbs.events.last(txn)? {
+        None => Ok(0),
+        Some((key, _)) => keys::decode_seq_key(key).ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed")),
+    }
+}
+
+pub(crate) fn stream_head(dbs: &Dbs, txn: &RoTxn<'_>, stream_id: u128) -> Result<Option<(u32, u64)>> {
+    match dbs.heads.get(txn, &keys::head_key(stream_id))? {
+        None => Ok(None),
+        Some(v) => keys::decode_head_value(v).map(Some).ok_or_else(|| Error::CorruptIndex {
+            stream_id,
+            version: 0,
+            reason: format!("stream head of {} bytes, expected {}", v.len(), keys::HEAD_VALUE_LEN),
+        }),
+    }
+}
+
+/// Finds the record with sequence `seq`, under either key length. Returns the raw value.
+pub(crate) fn get_record<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Option<&'t [u8]>> {
+    match dbs.events.get_greater_than_or_equal_to(txn, &keys::seq_key(seq))? {
+        Some((key, value)) if keys::decode_seq_key(key) == Some(seq) => Ok(Some(value)),
+        _ => Ok(None),
+    }
+}
+
+/// Decodes a verified record: its header and payload.
+pub(crate) fn decode_record(seq: u64, value: &[u8]) -> Result<(RecordHeader, &[u8])> {
+    record::decode(seq, value)
+}
+
+fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs, usize)> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options.map_size(round_map_bytes(config.map_bytes_initial)).max_dbs(16).max_readers(config.readers_max);
+    if config.durability == crate::config::Durability::NoSync {
+        // SAFETY: NO_SYNC only drops the flush at commit; the user opted in and the risk (losing
+        // the last commits on a machine crash, never consistency) is documented on Durability.
+        unsafe { options.flags(EnvFlags::NO_SYNC) };
+    }
+    let mut attempts = 0;
+    let env = loop {
+        // SAFETY: the registry and OPEN_LOCK ensure one environment per path in this process,
+        // and VarveDB never modifies the files other than through LMDB.
+        match unsafe { options.open(path) } {
+            Ok(env) => break env,
+            // A handle of this path is being closed by another thread right now.
+            Err(heed::Error::EnvAlreadyOpened) if attempts < 500 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(heed::Error::Mdb(MdbError::Invalid | MdbError::VersionMismatch)) => {
+                return Err(Error::InvalidStore { path: path.into(), reason: "the data file is not an LMDB environment".into() });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+
+    // Check the format before creating anything, so that an unknown store is left untouched.
+    let rtxn = env.read_txn()?;
+    let meta = env.open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_> {
+        let meta = opener.open_database::<Str, Bytes>(rtxn, Some(db_names::META))?;
+        if let Some(meta) = meta {
+            check_format(path, meta.get(rtxn, META_FORMAT_KEY)?)?;
+        }
+        Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit(()))
+    })?;
+    let CommitOrAbort::Commit(()) = meta;
+
+    let wtxn = env.write_txn()?;
+    let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_> {
+        let events = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENTS))?;
+        let index = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_INDEX))?;
+        let heads = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
+        let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;
+        let cursors = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
+        let keystore = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::KEYSTORE))?;
+        let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
+        match meta.get(wtxn, META_FORMAT_KEY)? {
+            Some(found) => check_format(path, Some(found))?,
+            None if events.len(wtxn)? > 0 => {
+                return Err(Error::InvalidStore { path: path.into(), reason: "events exist but the format record is missing".into() });
+            }
+            None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
+        }
+        Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((events, index, heads, blobs, cursors, keystore, meta)))
+    })?;
+    let CommitOrAbort::Commit((events, index, heads, blobs, cursors, keystore, meta)) = created;
+    let dbs = Dbs { events, index, heads, blobs, cursors, keystore, meta };
+    let page_size = {
+        let rtxn = env.read_txn()?;
+        dbs.events.stat(&rtxn)?.page_size as usize
+    };
+    Ok((env, dbs, inline_record_max(page_size)))
+}
+
+fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
+    let Some(bytes) = found else { return Ok(()) };
+    let found = <[u8; 4]>::try_from(bytes)
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::InvalidStore { path: path.into(), reason: format!("the format record is {} bytes, expected 4", bytes.len()) })?;
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedFormat { path: path.into(), found, supported: FORMAT_VERSION })
+    }
+}
+
+/// The longest record (a multiple of 16) that LMDB keeps in its leaf page under an 8-byte key.
+///
+/// LMDB moves a value to overflow pages when `8 (node header) + key + value > nodemax`, with
+/// `nodemax = (((page_size - 16) / 2) & !1) - 2` (mdb.c, `me_nodemax`).
+pub(crate) fn inline_record_max(page_size: usize) -> usize {
+    let nodemax = (((page_size - 16) / 2) & !1) - 2;
+    (nodemax - 8 - keys::SEQ_KEY_LEN) / record::RECORD_ALIGN * record::RECORD_ALIGN
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inline_limit_for_4k_pages() {
+        // nodemax 2038 → 2038 - 16 = 2022 → 2016.
+        assert_eq!(super::inline_record_max(4096), 2016);
+    }
+}
