@@ -47,7 +47,11 @@ pub const DEFAULT_PATH: &str = "varvedb-data";
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        let map_bytes_max = if cfg!(target_pointer_width = "64") { 1 << 40 } else { 1 << 30 };
+        let map_bytes_max = if cfg!(target_pointer_width = "64") {
+            1 << 40
+        } else {
+            1 << 30
+        };
         StorageConfig {
             path: PathBuf::from(DEFAULT_PATH),
             durability: Durability::Sync,
@@ -74,7 +78,10 @@ impl StorageConfig {
             return bad("path", "must not be empty".into());
         }
         if self.map_bytes_initial < MAP_GRANULE_BYTES {
-            return bad("map_bytes_initial", format!("must be at least {MAP_GRANULE_BYTES} bytes"));
+            return bad(
+                "map_bytes_initial",
+                format!("must be at least {MAP_GRANULE_BYTES} bytes"),
+            );
         }
         if self.map_bytes_max < self.map_bytes_initial {
             return bad(
@@ -89,7 +96,10 @@ impl StorageConfig {
             return bad("map_bytes_max", "exceeds the address space".into());
         }
         if self.event_bytes_max == 0 || self.event_bytes_max > EVENT_BYTES_LIMIT {
-            return bad("event_bytes_max", format!("must be between 1 and {EVENT_BYTES_LIMIT}"));
+            return bad(
+                "event_bytes_max",
+                format!("must be between 1 and {EVENT_BYTES_LIMIT}"),
+            );
         }
         if self.batch_events_max == 0 || self.batch_events_max > u32::MAX as usize {
             return bad("batch_events_max", "must be between 1 and u32::MAX".into());
@@ -103,5 +113,7 @@ impl StorageConfig {
 
 /// Rounds `bytes` up to the map granule, saturating.
 pub(crate) fn round_map_bytes(bytes: usize) -> usize {
-    bytes.div_ceil(MAP_GRANULE_BYTES).saturating_mul(MAP_GRANULE_BYTES)
+    bytes
+        .div_ceil(MAP_GRANULE_BYTES)
+        .saturating_mul(MAP_GRANULE_BYTES)
 }

@@ -129,7 +129,9 @@ pub enum Error {
     },
 
     /// The stream cannot grow past version `u32::MAX`.
-    #[error("stream {stream_id} is full: appending {events} events to version {version} would pass u32::MAX")]
+    #[error(
+        "stream {stream_id} is full: appending {events} events to version {version} would pass u32::MAX"
+    )]
     StreamFull {
         /// The stream.
         stream_id: u128,
@@ -197,6 +199,9 @@ impl Error {
     }
 
     pub(crate) fn corrupt(seq: u64, reason: impl Into<String>) -> Self {
-        Error::Corrupt { seq, reason: reason.into() }
+        Error::Corrupt {
+            seq,
+            reason: reason.into(),
+        }
     }
 }

@@ -21,8 +21,14 @@ pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
 
 /// The validation bound of event types: what `#[derive(rkyv::Archive)]` provides (bytecheck is on
 /// by default in rkyv 0.8).
-pub trait ValidateEvent: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>> {}
-impl<E> ValidateEvent for E where E: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>> {}
+pub trait ValidateEvent:
+    Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+{
+}
+impl<E> ValidateEvent for E where
+    E: Archive<Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>>
+{
+}
 
 /// Reads events of type `E` from a store.
 ///
@@ -35,13 +41,19 @@ pub struct Reader<E> {
 
 impl<E> Clone for Reader<E> {
     fn clone(&self) -> Self {
-        Reader { storage: self.storage.clone(), _event: PhantomData }
+        Reader {
+            storage: self.storage.clone(),
+            _event: PhantomData,
+        }
     }
 }
 
 impl<E> fmt::Debug for Reader<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Reader").field("storage", &self.storage).field("event", &std::any::type_name::<E>()).finish()
+        f.debug_struct("Reader")
+            .field("storage", &self.storage)
+            .field("event", &std::any::type_name::<E>())
+            .finish()
     }
 }
 
@@ -72,11 +84,18 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
             copy.extend_from_slice(bytes);
             Payload::Copied(copy)
         };
-        let event: EventRef<'t, E> = EventRef { seq, header, payload, _event: PhantomData };
-        rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| Error::InvalidEvent {
+        let event: EventRef<'t, E> = EventRef {
             seq,
-            type_name: std::any::type_name::<E>(),
-            reason: e.to_string(),
+            header,
+            payload,
+            _event: PhantomData,
+        };
+        rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| {
+            Error::InvalidEvent {
+                seq,
+                type_name: std::any::type_name::<E>(),
+                reason: e.to_string(),
+            }
         })?;
         Ok(event)
     }
@@ -179,8 +198,13 @@ fn indexed_event<'t, E: ValidateEvent>(
     version: u32,
     seq: u64,
 ) -> Result<EventRef<'t, E>> {
-    let bad = |reason: String| Error::CorruptIndex { stream_id, version, reason };
-    let value = storage::get_record(dbs, txn, seq)?.ok_or_else(|| bad(format!("points at sequence {seq}, which does not exist")))?;
+    let bad = |reason: String| Error::CorruptIndex {
+        stream_id,
+        version,
+        reason,
+    };
+    let value = storage::get_record(dbs, txn, seq)?
+        .ok_or_else(|| bad(format!("points at sequence {seq}, which does not exist")))?;
     let event = event_at::<E>(seq, value)?;
     if (event.stream_id(), event.version()) != (stream_id, version) {
         return Err(bad(format!(
@@ -204,7 +228,10 @@ impl<E: ValidateEvent> Reader<E> {
                 "VarveDB serves events zero-copy at 16-byte alignment; this event type needs more"
             );
         }
-        Reader { storage, _event: PhantomData }
+        Reader {
+            storage,
+            _event: PhantomData,
+        }
     }
 
     /// The store this reader reads.
@@ -222,14 +249,25 @@ impl<E: ValidateEvent> Reader<E> {
     }
 
     /// The event at `version` of `stream_id`, or `None` if the stream has no such version.
-    pub fn get_by_version<'t>(&self, txn: &'t ReadTxn, stream_id: u128, version: u32) -> Result<Option<EventRef<'t, E>>> {
+    pub fn get_by_version<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        version: u32,
+    ) -> Result<Option<EventRef<'t, E>>> {
         self.storage.check_txn(txn)?;
         let dbs = self.storage.dbs();
-        let Some(value) = dbs.index.get(txn.raw(), &keys::index_key(stream_id, version))? else {
+        let Some(value) = dbs
+            .index
+            .get(txn.raw(), &keys::index_key(stream_id, version))?
+        else {
             return Ok(None);
         };
-        let seq = keys::decode_index_value(value)
-            .ok_or_else(|| Error::CorruptIndex { stream_id, version, reason: format!("index value of {} bytes", value.len()) })?;
+        let seq = keys::decode_index_value(value).ok_or_else(|| Error::CorruptIndex {
+            stream_id,
+            version,
+            reason: format!("index value of {} bytes", value.len()),
+        })?;
         indexed_event(dbs, txn.raw(), stream_id, version, seq).map(Some)
     }
 
@@ -245,7 +283,12 @@ impl<E: ValidateEvent> Reader<E> {
     }
 
     /// The events of `stream_id` from `from_version` on, in version order.
-    pub fn read_stream<'t>(&self, txn: &'t ReadTxn, stream_id: u128, from_version: u32) -> StreamIter<'t, E> {
+    pub fn read_stream<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        from_version: u32,
+    ) -> StreamIter<'t, E> {
         let start = keys::index_key(stream_id, from_version);
         let end = keys::index_key(stream_id, u32::MAX);
         self.stream_iter(txn, stream_id, &start, &end, false)
@@ -253,13 +296,25 @@ impl<E: ValidateEvent> Reader<E> {
 
     /// The events of `stream_id` from `from_version` down to version 1, newest first.
     /// Pass `u32::MAX` to start at the stream's last event.
-    pub fn read_stream_backwards<'t>(&self, txn: &'t ReadTxn, stream_id: u128, from_version: u32) -> StreamIter<'t, E> {
+    pub fn read_stream_backwards<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        from_version: u32,
+    ) -> StreamIter<'t, E> {
         let start = keys::index_key(stream_id, 0);
         let end = keys::index_key(stream_id, from_version);
         self.stream_iter(txn, stream_id, &start, &end, true)
     }
 
-    fn stream_iter<'t>(&self, txn: &'t ReadTxn, stream_id: u128, start: &[u8], end: &[u8], backwards: bool) -> StreamIter<'t, E> {
+    fn stream_iter<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        start: &[u8],
+        end: &[u8],
+        backwards: bool,
+    ) -> StreamIter<'t, E> {
         let dbs = *self.storage.dbs();
         let range = (Bound::Included(start), Bound::Included(end));
         let cursor = self.storage.check_txn(txn).and_then(|()| {
@@ -270,7 +325,13 @@ impl<E: ValidateEvent> Reader<E> {
             };
             Ok(iter)
         });
-        StreamIter { dbs, txn: txn.raw(), stream_id, state: IterState::from(cursor), _event: PhantomData }
+        StreamIter {
+            dbs,
+            txn: txn.raw(),
+            stream_id,
+            state: IterState::from(cursor),
+            _event: PhantomData,
+        }
     }
 
     /// Every event from global sequence `from_seq` on, in global order.
@@ -279,10 +340,14 @@ impl<E: ValidateEvent> Reader<E> {
         let start = keys::seq_key(from_seq);
         let range = (Bound::Included(&start[..]), Bound::Unbounded);
         let cursor = self.storage.check_txn(txn).and_then(|()| {
-            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> = Box::new(dbs.events.range(txn.raw(), &range)?);
+            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> =
+                Box::new(dbs.events.range(txn.raw(), &range)?);
             Ok(iter)
         });
-        AllIter { state: IterState::from(cursor), _event: PhantomData }
+        AllIter {
+            state: IterState::from(cursor),
+            _event: PhantomData,
+        }
     }
 }
 
@@ -350,11 +415,21 @@ impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
-        let Some((stream_id, version)) = keys::decode_index_key(key).filter(|(s, _)| *s == self.stream_id) else {
-            return Some(Err(Error::CorruptIndex { stream_id: self.stream_id, version: 0, reason: format!("malformed index key {key:02x?}") }));
+        let Some((stream_id, version)) =
+            keys::decode_index_key(key).filter(|(s, _)| *s == self.stream_id)
+        else {
+            return Some(Err(Error::CorruptIndex {
+                stream_id: self.stream_id,
+                version: 0,
+                reason: format!("malformed index key {key:02x?}"),
+            }));
         };
         let Some(seq) = keys::decode_index_value(value) else {
-            return Some(Err(Error::CorruptIndex { stream_id, version, reason: format!("index value of {} bytes", value.len()) }));
+            return Some(Err(Error::CorruptIndex {
+                stream_id,
+                version,
+                reason: format!("index value of {} bytes", value.len()),
+            }));
         };
         Some(indexed_event(&self.dbs, self.txn, stream_id, version, seq))
     }
@@ -378,7 +453,10 @@ impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {
             Err(e) => return Some(Err(e)),
         };
         let Some(seq) = keys::decode_seq_key(key) else {
-            return Some(Err(Error::corrupt(0, format!("malformed events-log key {key:02x?}"))));
+            return Some(Err(Error::corrupt(
+                0,
+                format!("malformed events-log key {key:02x?}"),
+            )));
         };
         Some(event_at(seq, value))
     }

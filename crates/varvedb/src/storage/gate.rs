@@ -33,7 +33,10 @@ impl Gate {
     pub(crate) fn enter(&self) {
         let mut state = self.lock();
         while state.resizing {
-            state = self.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         state.readers += 1;
     }

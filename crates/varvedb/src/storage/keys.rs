@@ -25,7 +25,9 @@ pub(crate) fn seq_key_long(seq: u64) -> [u8; SEQ_KEY_LONG_LEN] {
 pub(crate) fn decode_seq_key(key: &[u8]) -> Option<u64> {
     match key.len() {
         SEQ_KEY_LEN => Some(u64::from_be_bytes(key.try_into().ok()?)),
-        SEQ_KEY_LONG_LEN if key[8..] == [0u8; 8] => Some(u64::from_be_bytes(key[..8].try_into().ok()?)),
+        SEQ_KEY_LONG_LEN if key[8..] == [0u8; 8] => {
+            Some(u64::from_be_bytes(key[..8].try_into().ok()?))
+        }
         _ => None,
     }
 }
@@ -93,7 +95,10 @@ mod tests {
         let mut bad = seq_key_long(1);
         bad[15] = 1;
         assert_eq!(decode_seq_key(&bad), None);
-        assert_eq!(decode_index_key(&index_key(u128::MAX - 1, 7)), Some((u128::MAX - 1, 7)));
+        assert_eq!(
+            decode_index_key(&index_key(u128::MAX - 1, 7)),
+            Some((u128::MAX - 1, 7))
+        );
         assert_eq!(decode_head_value(&head_value(9, 1234)), Some((9, 1234)));
         assert_eq!(decode_head_value(&[0; 3]), None);
     }

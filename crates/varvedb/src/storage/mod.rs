@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use heed::types::{Bytes, Str};
-use heed::{CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
+use heed::{
+    CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls,
+};
 
 use crate::config::{StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
@@ -49,16 +51,28 @@ pub(crate) struct Dbs {
     /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE.
     pub(crate) heads: Raw,
     /// Content-addressed payloads (filled by a later release).
-    #[expect(dead_code, reason = "created now so that the format is stable; used by the blob store")]
+    #[expect(
+        dead_code,
+        reason = "created now so that the format is stable; used by the blob store"
+    )]
     pub(crate) blobs: Raw,
     /// Consumer name → position (used by processors).
-    #[expect(dead_code, reason = "created now so that the format is stable; used by processors")]
+    #[expect(
+        dead_code,
+        reason = "created now so that the format is stable; used by processors"
+    )]
     pub(crate) cursors: Raw,
     /// Stream → wrapped data key (used by encryption).
-    #[expect(dead_code, reason = "created now so that the format is stable; used by encryption")]
+    #[expect(
+        dead_code,
+        reason = "created now so that the format is stable; used by encryption"
+    )]
     pub(crate) keystore: Raw,
     /// `format_version` and other store-wide records.
-    #[expect(dead_code, reason = "read and written at open through its own handle; kept for later migrations")]
+    #[expect(
+        dead_code,
+        reason = "read and written at open through its own handle; kept for later migrations"
+    )]
     pub(crate) meta: Database<'static, Str, Bytes>,
 }
 
@@ -90,7 +104,10 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let mut registry = lock(&REGISTRY);
-        if registry.get(&self.path).is_some_and(|w| w.strong_count() == 0) {
+        if registry
+            .get(&self.path)
+            .is_some_and(|w| w.strong_count() == 0)
+        {
             registry.remove(&self.path);
         }
         // SAFETY: `env` is never used after this point; `drop` runs once. Closing under the
@@ -111,7 +128,9 @@ pub struct Storage {
 
 impl fmt::Debug for Storage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Storage").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("Storage")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -159,7 +178,9 @@ impl Drop for ReaderGuard {
 
 impl fmt::Debug for ReadTxn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadTxn").field("id", &self.txn.id()).finish()
+        f.debug_struct("ReadTxn")
+            .field("id", &self.txn.id())
+            .finish()
     }
 }
 
@@ -174,7 +195,10 @@ impl ReadTxn {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Storage {
@@ -191,7 +215,11 @@ impl Storage {
         let _open = lock(&OPEN_LOCK);
         let existing = lock(&REGISTRY).get(&path).and_then(Weak::upgrade);
         if let Some(inner) = existing {
-            return if inner.config == config { Ok(Storage { inner }) } else { Err(Error::ConfigMismatch { path }) };
+            return if inner.config == config {
+                Ok(Storage { inner })
+            } else {
+                Err(Error::ConfigMismatch { path })
+            };
         }
         let (env, dbs, inline_record_max) = open_env(&config, &path)?;
         let inner = Arc::new(Inner {
@@ -222,7 +250,9 @@ impl Storage {
     pub fn read_txn(&self) -> Result<ReadTxn> {
         for _ in 0..2 {
             self.inner.gate.enter();
-            let guard = ReaderGuard { inner: Arc::clone(&self.inner) };
+            let guard = ReaderGuard {
+                inner: Arc::clone(&self.inner),
+            };
             match (*self.inner.env).clone().static_read_txn() {
                 Ok(txn) => return Ok(ReadTxn { txn, guard }),
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
@@ -285,7 +315,11 @@ impl Storage {
     }
 
     pub(crate) fn check_txn(&self, txn: &ReadTxn) -> Result<()> {
-        if txn.storage_id() == Arc::as_ptr(&self.inner) as usize { Ok(()) } else { Err(Error::ForeignTransaction) }
+        if txn.storage_id() == Arc::as_ptr(&self.inner) as usize {
+            Ok(())
+        } else {
+            Err(Error::ForeignTransaction)
+        }
     }
 
     /// Runs `f` in a write transaction and commits it durably (per `Durability`).
@@ -294,7 +328,10 @@ impl Storage {
     /// grows (up to `map_bytes_max`) and `f` runs again on a fresh transaction. A failed commit
     /// other than a full map poisons the store: LMDB may have flushed part of it, so later
     /// writes are refused until the store is reopened.
-    pub(crate) fn write<T>(&self, mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<T>) -> Result<T> {
+    pub(crate) fn write<T>(
+        &self,
+        mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<T>,
+    ) -> Result<T> {
         let w = lock(&self.inner.write_lock);
         if let Some(reason) = lock(&self.inner.poisoned).clone() {
             return Err(Error::Poisoned { reason });
@@ -332,7 +369,9 @@ impl Storage {
         let max = round_map_bytes(self.inner.config.map_bytes_max);
         let current = self.inner.env.info().map_size;
         if current >= max {
-            return Err(Error::StoreFull { map_bytes_max: self.inner.config.map_bytes_max });
+            return Err(Error::StoreFull {
+                map_bytes_max: self.inner.config.map_bytes_max,
+            });
         }
         let target = round_map_bytes(current.saturating_mul(2)).min(max);
         self.resize_locked(w, target)
@@ -359,24 +398,38 @@ impl Storage {
 pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
     match dbs.events.last(txn)? {
         None => Ok(0),
-        Some((key, _)) => keys::decode_seq_key(key).ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed")),
+        Some((key, _)) => keys::decode_seq_key(key)
+            .ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed")),
     }
 }
 
-pub(crate) fn stream_head(dbs: &Dbs, txn: &RoTxn<'_>, stream_id: u128) -> Result<Option<(u32, u64)>> {
+pub(crate) fn stream_head(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    stream_id: u128,
+) -> Result<Option<(u32, u64)>> {
     match dbs.heads.get(txn, &keys::head_key(stream_id))? {
         None => Ok(None),
-        Some(v) => keys::decode_head_value(v).map(Some).ok_or_else(|| Error::CorruptIndex {
-            stream_id,
-            version: 0,
-            reason: format!("stream head of {} bytes, expected {}", v.len(), keys::HEAD_VALUE_LEN),
-        }),
+        Some(v) => keys::decode_head_value(v)
+            .map(Some)
+            .ok_or_else(|| Error::CorruptIndex {
+                stream_id,
+                version: 0,
+                reason: format!(
+                    "stream head of {} bytes, expected {}",
+                    v.len(),
+                    keys::HEAD_VALUE_LEN
+                ),
+            }),
     }
 }
 
 /// Finds the record with sequence `seq`, under either key length. Returns the raw value.
 pub(crate) fn get_record<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Option<&'t [u8]>> {
-    match dbs.events.get_greater_than_or_equal_to(txn, &keys::seq_key(seq))? {
+    match dbs
+        .events
+        .get_greater_than_or_equal_to(txn, &keys::seq_key(seq))?
+    {
         Some((key, value)) if keys::decode_seq_key(key) == Some(seq) => Ok(Some(value)),
         _ => Ok(None),
     }
@@ -389,7 +442,10 @@ pub(crate) fn decode_record(seq: u64, value: &[u8]) -> Result<(RecordHeader, &[u
 
 fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs, usize)> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
-    options.map_size(round_map_bytes(config.map_bytes_initial)).max_dbs(16).max_readers(config.readers_max);
+    options
+        .map_size(round_map_bytes(config.map_bytes_initial))
+        .max_dbs(16)
+        .max_readers(config.readers_max);
     if config.durability == crate::config::Durability::NoSync {
         // SAFETY: NO_SYNC only drops the flush at commit; the user opted in and the risk (losing
         // the last commits on a machine crash, never consistency) is documented on Durability.
@@ -407,7 +463,10 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(heed::Error::Mdb(MdbError::Invalid | MdbError::VersionMismatch)) => {
-                return Err(Error::InvalidStore { path: path.into(), reason: "the data file is not an LMDB environment".into() });
+                return Err(Error::InvalidStore {
+                    path: path.into(),
+                    reason: "the data file is not an LMDB environment".into(),
+                });
             }
             Err(e) => return Err(e.into()),
         }
@@ -430,20 +489,34 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
         let index = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_INDEX))?;
         let heads = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
         let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;
-        let cursors = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
+        let cursors =
+            opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
         let keystore = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::KEYSTORE))?;
         let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
         match meta.get(wtxn, META_FORMAT_KEY)? {
             Some(found) => check_format(path, Some(found))?,
             None if events.len(wtxn)? > 0 => {
-                return Err(Error::InvalidStore { path: path.into(), reason: "events exist but the format record is missing".into() });
+                return Err(Error::InvalidStore {
+                    path: path.into(),
+                    reason: "events exist but the format record is missing".into(),
+                });
             }
             None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
         }
-        Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((events, index, heads, blobs, cursors, keystore, meta)))
+        Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((
+            events, index, heads, blobs, cursors, keystore, meta,
+        )))
     })?;
     let CommitOrAbort::Commit((events, index, heads, blobs, cursors, keystore, meta)) = created;
-    let dbs = Dbs { events, index, heads, blobs, cursors, keystore, meta };
+    let dbs = Dbs {
+        events,
+        index,
+        heads,
+        blobs,
+        cursors,
+        keystore,
+        meta,
+    };
     let page_size = {
         let rtxn = env.read_txn()?;
         dbs.events.stat(&rtxn)?.page_size as usize
@@ -455,11 +528,18 @@ fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
     let Some(bytes) = found else { return Ok(()) };
     let found = <[u8; 4]>::try_from(bytes)
         .map(u32::from_le_bytes)
-        .map_err(|_| Error::InvalidStore { path: path.into(), reason: format!("the format record is {} bytes, expected 4", bytes.len()) })?;
+        .map_err(|_| Error::InvalidStore {
+            path: path.into(),
+            reason: format!("the format record is {} bytes, expected 4", bytes.len()),
+        })?;
     if found == FORMAT_VERSION {
         Ok(())
     } else {
-        Err(Error::UnsupportedFormat { path: path.into(), found, supported: FORMAT_VERSION })
+        Err(Error::UnsupportedFormat {
+            path: path.into(),
+            found,
+            supported: FORMAT_VERSION,
+        })
     }
 }
 

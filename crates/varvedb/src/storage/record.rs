@@ -82,27 +82,45 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 /// [`Error::Corrupt`] naming `seq`.
 pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
     if record.len() < HEADER_LEN {
-        return Err(Error::corrupt(seq, format!("record of {} bytes is shorter than its header", record.len())));
+        return Err(Error::corrupt(
+            seq,
+            format!(
+                "record of {} bytes is shorter than its header",
+                record.len()
+            ),
+        ));
     }
     if record[0] != RECORD_FORMAT {
-        return Err(Error::corrupt(seq, format!("unknown record format {}", record[0])));
+        return Err(Error::corrupt(
+            seq,
+            format!("unknown record format {}", record[0]),
+        ));
     }
     let header_len = u16::from_le_bytes([record[2], record[3]]) as usize;
     if header_len != HEADER_LEN {
-        return Err(Error::corrupt(seq, format!("header length {header_len}, expected {HEADER_LEN}")));
+        return Err(Error::corrupt(
+            seq,
+            format!("header length {header_len}, expected {HEADER_LEN}"),
+        ));
     }
     let payload_len = le_u32(record, 4) as usize;
     if record.len() != record_len(payload_len) {
         return Err(Error::corrupt(
             seq,
-            format!("record is {} bytes, but its header announces a {payload_len}-byte payload", record.len()),
+            format!(
+                "record is {} bytes, but its header announces a {payload_len}-byte payload",
+                record.len()
+            ),
         ));
     }
     let payload = &record[HEADER_LEN..HEADER_LEN + payload_len];
     let stored = le_u64(record, CHECKSUM_AT);
     let computed = header_checksum(&record[..CHECKSUM_AT], payload_digest(payload));
     if stored != computed {
-        return Err(Error::corrupt(seq, format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x})")));
+        return Err(Error::corrupt(
+            seq,
+            format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x})"),
+        ));
     }
     let flags = record[1];
     if flags != 0 {
@@ -110,7 +128,11 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
     }
     let header = RecordHeader {
         flags,
-        stream_id: u128::from_le_bytes(record[8..24].try_into().map_err(|_| Error::corrupt(seq, "stream id"))?),
+        stream_id: u128::from_le_bytes(
+            record[8..24]
+                .try_into()
+                .map_err(|_| Error::corrupt(seq, "stream id"))?,
+        ),
         version: le_u32(record, 24),
         timestamp_ns: le_u64(record, 32),
     };
@@ -124,8 +146,18 @@ mod tests {
     fn sample(payload: &[u8]) -> Vec<u8> {
         let mut rec = vec![0u8; record_len(payload.len())];
         rec[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-        let header = RecordHeader { flags: 0, stream_id: 7 << 100, version: 3, timestamp_ns: 99 };
-        seal(&mut rec, payload.len() as u32, payload_digest(payload), &header);
+        let header = RecordHeader {
+            flags: 0,
+            stream_id: 7 << 100,
+            version: 3,
+            timestamp_ns: 99,
+        };
+        seal(
+            &mut rec,
+            payload.len() as u32,
+            payload_digest(payload),
+            &header,
+        );
         rec
     }
 
@@ -154,7 +186,10 @@ mod tests {
                 let mut bad = rec.clone();
                 bad[byte] ^= 1 << bit;
                 let err = decode(9, &bad).unwrap_err();
-                assert!(matches!(err, Error::Corrupt { seq: 9, .. }), "byte {byte} bit {bit}: {err}");
+                assert!(
+                    matches!(err, Error::Corrupt { seq: 9, .. }),
+                    "byte {byte} bit {bit}: {err}"
+                );
             }
         }
     }
@@ -163,10 +198,16 @@ mod tests {
     fn truncated_and_extended_records_are_corrupt() {
         let rec = sample(b"abc");
         for len in 0..rec.len() {
-            assert!(matches!(decode(5, &rec[..len]), Err(Error::Corrupt { seq: 5, .. })));
+            assert!(matches!(
+                decode(5, &rec[..len]),
+                Err(Error::Corrupt { seq: 5, .. })
+            ));
         }
         let mut longer = rec.clone();
         longer.extend_from_slice(&[0; 16]);
-        assert!(matches!(decode(5, &longer), Err(Error::Corrupt { seq: 5, .. })));
+        assert!(matches!(
+            decode(5, &longer),
+            Err(Error::Corrupt { seq: 5, .. })
+        ));
     }
 }

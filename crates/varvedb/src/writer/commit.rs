@@ -43,28 +43,62 @@ pub(crate) fn commit(storage: &Storage, appends: &mut [StreamAppend]) -> Result<
             let stream_id = append.stream_id;
             let (current, _) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
             if !append.expected.accepts(current) {
-                return Err(Error::ConcurrencyConflict { stream_id, expected: append.expected, actual: current });
+                return Err(Error::ConcurrencyConflict {
+                    stream_id,
+                    expected: append.expected,
+                    actual: current,
+                });
             }
-            let count = u32::try_from(append.events.len()).ok().filter(|n| current.checked_add(*n).is_some());
+            let count = u32::try_from(append.events.len())
+                .ok()
+                .filter(|n| current.checked_add(*n).is_some());
             if count.is_none() {
-                return Err(Error::StreamFull { stream_id, version: current, events: append.events.len() });
+                return Err(Error::StreamFull {
+                    stream_id,
+                    version: current,
+                    events: append.events.len(),
+                });
             }
             let mut version = current;
             for event in &mut append.events {
                 seq += 1;
                 version += 1;
-                let header = RecordHeader { flags: 0, stream_id, version, timestamp_ns };
+                let header = RecordHeader {
+                    flags: 0,
+                    stream_id,
+                    version,
+                    timestamp_ns,
+                };
                 record::seal(&mut event.record, event.payload_len, event.digest, &header);
                 // Seqs only grow, so APPEND skips the search and fills pages completely.
                 if event.record.len() <= inline_max {
-                    dbs.events.put_with_flags(wtxn, PutFlags::APPEND, &keys::seq_key(seq), &event.record)?;
+                    dbs.events.put_with_flags(
+                        wtxn,
+                        PutFlags::APPEND,
+                        &keys::seq_key(seq),
+                        &event.record,
+                    )?;
                 } else {
-                    dbs.events.put_with_flags(wtxn, PutFlags::APPEND, &keys::seq_key_long(seq), &event.record)?;
+                    dbs.events.put_with_flags(
+                        wtxn,
+                        PutFlags::APPEND,
+                        &keys::seq_key_long(seq),
+                        &event.record,
+                    )?;
                 }
-                dbs.index.put_with_flags(wtxn, PutFlags::NO_OVERWRITE, &keys::index_key(stream_id, version), &seq.to_be_bytes())?;
+                dbs.index.put_with_flags(
+                    wtxn,
+                    PutFlags::NO_OVERWRITE,
+                    &keys::index_key(stream_id, version),
+                    &seq.to_be_bytes(),
+                )?;
                 out.push(Appended { seq, version });
             }
-            dbs.heads.put(wtxn, &keys::head_key(stream_id), &keys::head_value(version, seq))?;
+            dbs.heads.put(
+                wtxn,
+                &keys::head_key(stream_id),
+                &keys::head_value(version, seq),
+            )?;
         }
         Ok(out)
     })

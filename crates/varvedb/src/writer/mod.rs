@@ -22,8 +22,14 @@ use commit::{Prepared, StreamAppend};
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
 
 /// The serializer bound of event types: what `#[derive(rkyv::Serialize)]` provides.
-pub trait SerializeEvent: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
-impl<E> SerializeEvent for E where E: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>> {}
+pub trait SerializeEvent:
+    for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+impl<E> SerializeEvent for E where
+    E: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
 
 /// Appends events of type `E` to a store.
 ///
@@ -37,20 +43,29 @@ pub struct Writer<E> {
 
 impl<E> Clone for Writer<E> {
     fn clone(&self) -> Self {
-        Writer { storage: self.storage.clone(), _event: PhantomData }
+        Writer {
+            storage: self.storage.clone(),
+            _event: PhantomData,
+        }
     }
 }
 
 impl<E> fmt::Debug for Writer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Writer").field("storage", &self.storage).field("event", &std::any::type_name::<E>()).finish()
+        f.debug_struct("Writer")
+            .field("storage", &self.storage)
+            .field("event", &std::any::type_name::<E>())
+            .finish()
     }
 }
 
 impl<E: SerializeEvent> Writer<E> {
     /// A writer of `E` events into `storage`.
     pub fn new(storage: Storage) -> Self {
-        Writer { storage, _event: PhantomData }
+        Writer {
+            storage,
+            _event: PhantomData,
+        }
     }
 
     /// The store this writer appends to.
@@ -61,15 +76,26 @@ impl<E: SerializeEvent> Writer<E> {
     /// Appends one event to `stream_id` if the stream satisfies `expected`.
     ///
     /// Fails with [`Error::ConcurrencyConflict`] (nothing written) when it does not.
-    pub fn append(&self, stream_id: u128, expected: ExpectedVersion, event: &E) -> Result<Appended> {
-        let mut appends = [self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
+    pub fn append(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+    ) -> Result<Appended> {
+        let mut appends =
+            [self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
         let out = commit::commit(&self.storage, &mut appends)?;
         out.into_iter().next().ok_or(Error::EmptyBatch)
     }
 
     /// Appends several events to one stream atomically: all of them, with consecutive versions,
     /// or none. Returns where each landed, in order.
-    pub fn append_batch(&self, stream_id: u128, expected: ExpectedVersion, events: &[E]) -> Result<Vec<Appended>> {
+    pub fn append_batch(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<Vec<Appended>> {
         self.check_batch(events.len())?;
         let mut appends = [self.prepare_stream(stream_id, expected, events)?];
         commit::commit(&self.storage, &mut appends)
@@ -102,15 +128,27 @@ impl<E: SerializeEvent> Writer<E> {
         }
     }
 
-    fn prepare_stream(&self, stream_id: u128, expected: ExpectedVersion, events: &[E]) -> Result<StreamAppend> {
+    fn prepare_stream(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<StreamAppend> {
         if stream_id == RESERVED_STREAM_ID {
             return Err(Error::InvalidStreamId { stream_id });
         }
         if events.is_empty() {
             return Err(Error::EmptyBatch);
         }
-        let events = events.iter().map(|e| self.prepare(e)).collect::<Result<Vec<_>>>()?;
-        Ok(StreamAppend { stream_id, expected, events })
+        let events = events
+            .iter()
+            .map(|e| self.prepare(e))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StreamAppend {
+            stream_id,
+            expected,
+            events,
+        })
     }
 
     /// Serializes `event` right after a header placeholder and pads the record to 16 bytes.
@@ -119,16 +157,30 @@ impl<E: SerializeEvent> Writer<E> {
         buf.extend_from_slice(&commit::header_placeholder());
         // The header is 48 bytes, a multiple of 16, so rkyv's alignment padding (computed from
         // the buffer position) is the same as if the payload started at offset 0.
-        let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf)
-            .map_err(|e| Error::Serialize { reason: e.to_string() })?;
+        let mut buf =
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {
+                Error::Serialize {
+                    reason: e.to_string(),
+                }
+            })?;
         let payload_len = buf.len() - HEADER_LEN;
         let max = self.storage.config().event_bytes_max;
         if payload_len > max {
-            return Err(Error::EventTooLarge { size: payload_len, max });
+            return Err(Error::EventTooLarge {
+                size: payload_len,
+                max,
+            });
         }
         let digest = record::payload_digest(&buf[HEADER_LEN..]);
         buf.resize(record::record_len(payload_len), 0);
-        let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge { size: payload_len, max })?;
-        Ok(Prepared { record: buf, payload_len, digest })
+        let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
+            size: payload_len,
+            max,
+        })?;
+        Ok(Prepared {
+            record: buf,
+            payload_len,
+            digest,
+        })
     }
 }

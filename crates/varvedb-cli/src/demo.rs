@@ -1,0 +1,154 @@
+//! `varvedb demo`: a bank account, two clerks racing, a conflict and a retry.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rkyv::{Archive, Deserialize, Serialize};
+use varvedb::{Error, ExpectedVersion, Reader, Result, Storage, StorageConfig, Writer};
+
+/// The events of one bank account.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+enum Account {
+    Opened { owner: String },
+    Deposited { cents: u64, note: String },
+    Withdrawn { cents: u64, note: String },
+}
+
+fn balance(reader: &Reader<Account>, storage: &Storage, account: u128) -> Result<(i128, u32)> {
+    let txn = storage.read_txn()?;
+    let mut cents = 0i128;
+    let mut version = 0;
+    for event in reader.read_stream(&txn, account, 1) {
+        let event = event?;
+        version = event.version();
+        match &*event {
+            ArchivedAccount::Opened { .. } => {}
+            ArchivedAccount::Deposited { cents: c, .. } => cents += i128::from(c.to_native()),
+            ArchivedAccount::Withdrawn { cents: c, .. } => cents -= i128::from(c.to_native()),
+        }
+    }
+    Ok((cents, version))
+}
+
+fn money(cents: i128) -> String {
+    format!("{}.{:02}", cents / 100, (cents % 100).abs())
+}
+
+pub(crate) fn run(path: &Path) -> Result<()> {
+    let storage = Storage::open(StorageConfig {
+        path: path.into(),
+        ..Default::default()
+    })?;
+    let writer = Writer::<Account>::new(storage.clone());
+    let reader = Reader::<Account>::new(storage.clone());
+    println!("store: {}", storage.path().display());
+
+    // A fresh account stream per run, so the demo can run again on the same store.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let account = (nanos ^ (u128::from(std::process::id()) << 64)) % (u128::MAX - 1);
+    println!("account stream {account:032x}");
+
+    let a = writer.append(
+        account,
+        ExpectedVersion::NoStream,
+        &Account::Opened {
+            owner: "Ada".into(),
+        },
+    )?;
+    println!("  v{} (seq {}): opened for Ada", a.version, a.seq);
+    let a = writer.append(
+        account,
+        ExpectedVersion::Exact(1),
+        &Account::Deposited {
+            cents: 100_00,
+            note: "salary".into(),
+        },
+    )?;
+    println!("  v{} (seq {}): deposited 100.00", a.version, a.seq);
+
+    // Two clerks read the account at the same version and both try to withdraw.
+    let (_, seen_by_alice) = balance(&reader, &storage, account)?;
+    let (_, seen_by_bob) = balance(&reader, &storage, account)?;
+    let a = writer.append(
+        account,
+        ExpectedVersion::Exact(seen_by_alice),
+        &Account::Withdrawn {
+            cents: 30_00,
+            note: "rent".into(),
+        },
+    )?;
+    println!(
+        "  v{} (seq {}): Alice withdrew 30.00 (expected v{seen_by_alice})",
+        a.version, a.seq
+    );
+    let bob = Account::Withdrawn {
+        cents: 80_00,
+        note: "laptop".into(),
+    };
+    match writer.append(account, ExpectedVersion::Exact(seen_by_bob), &bob) {
+        Err(Error::ConcurrencyConflict {
+            expected, actual, ..
+        }) => {
+            println!(
+                "  Bob's withdrawal of 80.00 was refused: he expected {expected}, the account is at version {actual}"
+            );
+        }
+        other => {
+            return Err(Error::InvalidStore {
+                path: path.into(),
+                reason: format!("expected a conflict, got {other:?}"),
+            });
+        }
+    }
+    // Bob re-reads the stream, sees the new balance, and retries with a smaller amount.
+    let (cents, version) = balance(&reader, &storage, account)?;
+    println!("  Bob re-reads: balance {} at v{version}", money(cents));
+    let retry = Account::Withdrawn {
+        cents: 50_00,
+        note: "laptop, first half".into(),
+    };
+    let a = writer.append(account, ExpectedVersion::Exact(version), &retry)?;
+    println!(
+        "  v{} (seq {}): Bob withdrew 50.00 on retry",
+        a.version, a.seq
+    );
+
+    // A batch is atomic: all three land with consecutive versions, or none.
+    let interest = [1, 2, 3].map(|m| Account::Deposited {
+        cents: 25,
+        note: format!("interest, month {m}"),
+    });
+    let batch = writer.append_batch(account, ExpectedVersion::Exact(a.version), &interest)?;
+    println!(
+        "  v{}..=v{}: three interest deposits in one atomic batch",
+        batch[0].version, batch[2].version
+    );
+
+    println!("reading the stream back (zero-copy from the memory map):");
+    let txn = storage.read_txn()?;
+    for event in reader.read_stream(&txn, account, 1) {
+        let event = event?;
+        let what = match &*event {
+            ArchivedAccount::Opened { owner } => format!("opened for {owner}"),
+            ArchivedAccount::Deposited { cents, note } => {
+                format!("+{} ({note})", money(i128::from(cents.to_native())))
+            }
+            ArchivedAccount::Withdrawn { cents, note } => {
+                format!("-{} ({note})", money(i128::from(cents.to_native())))
+            }
+        };
+        println!("  v{} seq {}: {what}", event.version(), event.seq());
+    }
+    drop(txn);
+    let (cents, version) = balance(&reader, &storage, account)?;
+    println!("balance {} at version {version}", money(cents));
+
+    let stats = storage.stats()?;
+    println!(
+        "store now holds {} events in {} streams ({} bytes of log)",
+        stats.events, stats.streams, stats.log_bytes
+    );
+    Ok(())
+}
