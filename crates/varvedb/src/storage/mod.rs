@@ -298,14 +298,6 @@ impl Storage {
         })
     }
 
-    /// The address range of the memory map, for diagnostics: zero-copy references returned by a
-    /// [`Reader`](crate::Reader) point inside it. It stays valid while a [`ReadTxn`] is open.
-    pub fn map_region(&self) -> std::ops::Range<usize> {
-        let info = self.inner.env.info();
-        let start = info.map_addr as usize;
-        start..start + info.map_size
-    }
-
     pub(crate) fn dbs(&self) -> &Dbs {
         &self.inner.dbs
     }

@@ -1,0 +1,31 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use rkyv::{Archive, Deserialize, Serialize};
+use varvedb::{Storage, StorageConfig};
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Deposited {
+    pub account: u64,
+    pub amount: u64,
+    pub note: String,
+}
+
+pub fn deposit(amount: u64) -> Deposited {
+    Deposited {
+        account: 1,
+        amount,
+        note: format!("deposit {amount}"),
+    }
+}
+
+pub fn open(dir: &tempfile::TempDir) -> Storage {
+    Storage::open(config(dir)).unwrap()
+}
+
+pub fn config(dir: &tempfile::TempDir) -> StorageConfig {
+    StorageConfig {
+        path: dir.path().into(),
+        ..Default::default()
+    }
+}
