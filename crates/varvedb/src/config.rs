@@ -67,6 +67,8 @@ impl Default for StorageConfig {
 
 /// The alignment the map sizes are rounded to; a multiple of every common OS page size.
 pub(crate) const MAP_GRANULE_BYTES: usize = 64 << 10;
+/// The smallest map a store starts with: room to create its databases before growth kicks in.
+pub(crate) const MAP_BYTES_MIN: usize = 1 << 20;
 /// The hard ceiling of `event_bytes_max`: the record header stores the payload length as `u32`.
 pub(crate) const EVENT_BYTES_LIMIT: usize = (u32::MAX as usize) - 64;
 

@@ -1,0 +1,136 @@
+//! The map grows on demand up to `map_bytes_max`; past it the error is typed and nothing is lost.
+#![allow(clippy::unwrap_used)]
+mod common;
+
+use common::*;
+use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+
+fn big(i: u64) -> Deposited {
+    Deposited {
+        account: i,
+        amount: i,
+        note: "n".repeat(4000),
+    }
+}
+
+#[test]
+fn a_small_map_grows_without_the_user_noticing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 256 << 20,
+        ..Default::default()
+    };
+    let storage = Storage::open(config).unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    // About 40 MB in batches and single appends, from a 1 MiB map.
+    for b in 0..100u64 {
+        let batch: Vec<_> = (0..100).map(|i| big(b * 100 + i)).collect();
+        writer
+            .append_batch(b as u128, ExpectedVersion::NoStream, &batch)
+            .unwrap();
+        writer
+            .append(b as u128, ExpectedVersion::Exact(100), &big(0))
+            .unwrap();
+    }
+    let stats = storage.stats().unwrap();
+    assert_eq!(stats.events, 10_100);
+    assert!(
+        stats.map_bytes > 40 << 20,
+        "map is {} bytes",
+        stats.map_bytes
+    );
+    let reader = Reader::<Deposited>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    assert_eq!(
+        reader
+            .read_all(&txn, 1)
+            .filter(|e| e.as_ref().unwrap().note.len() == 4000)
+            .count(),
+        10_100
+    );
+}
+
+#[test]
+fn past_the_maximum_the_error_is_typed_and_the_store_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 4 << 20,
+        ..Default::default()
+    };
+    let storage = Storage::open(config.clone()).unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let mut committed = 0u64;
+    let err = loop {
+        match writer.append(1, ExpectedVersion::Auto, &big(committed)) {
+            Ok(_) => committed += 1,
+            Err(e) => break e,
+        }
+        assert!(committed < 10_000, "a 4 MiB store cannot hold 40 MB");
+    };
+    assert!(
+        matches!(err, Error::StoreFull { map_bytes_max } if map_bytes_max == 4 << 20),
+        "{err}"
+    );
+    assert!(committed > 100);
+    let reader = Reader::<Deposited>::new(storage.clone());
+    {
+        let txn = storage.read_txn().unwrap();
+        assert_eq!(reader.read_all(&txn, 1).count() as u64, committed);
+        assert_eq!(reader.stream_version(&txn, 1).unwrap() as u64, committed);
+    }
+    drop((writer, reader, storage));
+    // Reopened with a larger maximum, the store takes more.
+    let storage = Storage::open(StorageConfig {
+        map_bytes_max: 64 << 20,
+        ..config
+    })
+    .unwrap();
+    let a = Writer::<Deposited>::new(storage)
+        .append(1, ExpectedVersion::Exact(committed as u32), &big(0))
+        .unwrap();
+    assert_eq!(a.seq, committed + 1);
+}
+
+#[test]
+fn growth_waits_for_readers_and_gives_up_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 64 << 20,
+        resize_wait_ms_max: 200,
+        ..Default::default()
+    };
+    let storage = Storage::open(config).unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    // This thread holds a snapshot while it appends past the initial map.
+    let txn = storage.read_txn().unwrap();
+    let err = (0..1000u64)
+        .find_map(|i| writer.append(1, ExpectedVersion::Auto, &big(i)).err())
+        .unwrap();
+    assert!(
+        matches!(err, Error::ResizeBlocked { read_txns: 1, .. }),
+        "{err}"
+    );
+    drop(txn);
+    // Without the snapshot the same append succeeds.
+    writer.append(1, ExpectedVersion::Auto, &big(0)).unwrap();
+    // A reader on another thread that finishes soon is waited for.
+    let reader_storage = storage.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let txn = reader_storage.read_txn().unwrap();
+        ready_tx.send(()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(txn);
+    });
+    ready_rx.recv().unwrap();
+    for i in 0..3000u64 {
+        writer.append(2, ExpectedVersion::Auto, &big(i)).unwrap();
+    }
+    reader.join().unwrap();
+}
