@@ -5,6 +5,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Storage, StorageConfig};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
 pub struct Deposited {
     pub account: u64,
     pub amount: u64,
