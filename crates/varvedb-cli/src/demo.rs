@@ -62,7 +62,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         account,
         ExpectedVersion::Exact(1),
         &Account::Deposited {
-            cents: 100_00,
+            cents: 10_000,
             note: "salary".into(),
         },
     )?;
@@ -75,7 +75,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         account,
         ExpectedVersion::Exact(seen_by_alice),
         &Account::Withdrawn {
-            cents: 30_00,
+            cents: 3_000,
             note: "rent".into(),
         },
     )?;
@@ -84,7 +84,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         a.version, a.seq
     );
     let bob = Account::Withdrawn {
-        cents: 80_00,
+        cents: 8_000,
         note: "laptop".into(),
     };
     match writer.append(account, ExpectedVersion::Exact(seen_by_bob), &bob) {
@@ -106,7 +106,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     let (cents, version) = balance(&reader, &storage, account)?;
     println!("  Bob re-reads: balance {} at v{version}", money(cents));
     let retry = Account::Withdrawn {
-        cents: 50_00,
+        cents: 5_000,
         note: "laptop, first half".into(),
     };
     let a = writer.append(account, ExpectedVersion::Exact(version), &retry)?;

@@ -79,10 +79,10 @@ impl StorageConfig {
         if self.path.as_os_str().is_empty() {
             return bad("path", "must not be empty".into());
         }
-        if self.map_bytes_initial < MAP_GRANULE_BYTES {
+        if self.map_bytes_initial < MAP_BYTES_MIN {
             return bad(
                 "map_bytes_initial",
-                format!("must be at least {MAP_GRANULE_BYTES} bytes"),
+                format!("must be at least {MAP_BYTES_MIN} bytes"),
             );
         }
         if self.map_bytes_max < self.map_bytes_initial {

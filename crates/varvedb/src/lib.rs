@@ -65,3 +65,8 @@ pub use writer::{Appended, ExpectedVersion, RESERVED_STREAM_ID, SerializeEvent, 
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;
+
+// The README's quickstart is compiled and run as a doc-test too.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
