@@ -417,14 +417,15 @@ pub(crate) fn stream_head(
 }
 
 /// Finds the record with sequence `seq`, under either key length. Returns the raw value.
+///
+/// Two exact lookups rather than one range lookup: `mdb_get` uses a cursor on the stack, while a
+/// range lookup opens (and mallocs) a cursor per call. Inline records, the common case, are found
+/// by the first lookup.
 pub(crate) fn get_record<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Option<&'t [u8]>> {
-    match dbs
-        .events
-        .get_greater_than_or_equal_to(txn, &keys::seq_key(seq))?
-    {
-        Some((key, value)) if keys::decode_seq_key(key) == Some(seq) => Ok(Some(value)),
-        _ => Ok(None),
+    if let Some(value) = dbs.events.get(txn, &keys::seq_key(seq))? {
+        return Ok(Some(value));
     }
+    Ok(dbs.events.get(txn, &keys::seq_key_long(seq))?)
 }
 
 /// Decodes a verified record: its header and payload.
