@@ -67,6 +67,20 @@ enum Payload<'t> {
 }
 
 /// One event, read zero-copy: it dereferences to the archived event inside the memory map.
+///
+/// An `EventRef` borrows the [`ReadTxn`] it was read in, so it cannot outlive the snapshot whose
+/// pages it points into:
+///
+/// ```compile_fail
+/// use varvedb::{EventRef, Reader, Storage};
+/// #[derive(rkyv::Archive, rkyv::Serialize)]
+/// struct Event { x: u64 }
+///
+/// fn escape(storage: &Storage, reader: &Reader<Event>) -> EventRef<'static, Event> {
+///     let txn = storage.read_txn().unwrap();
+///     reader.get(&txn, 1).unwrap().unwrap() // error[E0515]: returns a value referencing `txn`
+/// }
+/// ```
 pub struct EventRef<'t, E: Archive> {
     seq: u64,
     header: RecordHeader,
@@ -117,13 +131,18 @@ impl<E: Archive> EventRef<'_, E> {
         self.header.version
     }
 
-    /// The commit time, in nanoseconds since the Unix epoch.
+    /// The commit time, in nanoseconds since the Unix epoch (as stored in the record header).
+    pub fn timestamp(&self) -> u64 {
+        self.header.timestamp_ns
+    }
+
+    /// The commit time, in nanoseconds since the Unix epoch; the same as [`timestamp`](Self::timestamp).
     pub fn timestamp_ns(&self) -> u64 {
         self.header.timestamp_ns
     }
 
-    /// The commit time.
-    pub fn timestamp(&self) -> SystemTime {
+    /// The commit time as a [`SystemTime`].
+    pub fn system_time(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(self.header.timestamp_ns)
     }
 

@@ -191,4 +191,13 @@ fn multi_stream_append_is_all_or_nothing() {
         ])
         .unwrap();
     assert_eq!(out.iter().map(|a| a.version).collect::<Vec<_>>(), [2, 3]);
+    // Owned vectors pass as slices.
+    let (a, b) = (vec![deposit(1), deposit(2)], vec![deposit(3)]);
+    let out = writer
+        .append_multi(&[
+            (30, ExpectedVersion::NoStream, a.as_slice()),
+            (31, ExpectedVersion::Auto, b.as_slice()),
+        ])
+        .unwrap();
+    assert_eq!(out.len(), 3);
 }
