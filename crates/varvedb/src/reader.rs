@@ -160,6 +160,10 @@ impl<E: Archive> EventRef<'_, E> {
     }
 
     /// The archived event.
+    #[allow(
+        unsafe_code,
+        reason = "the bytes were validated when the EventRef was made"
+    )]
     pub fn archived(&self) -> &E::Archived {
         // SAFETY: `EventRef::new` validated these exact bytes as an `E::Archived` with rkyv's
         // bytecheck, at their current address (the mapped bytes do not move while the read

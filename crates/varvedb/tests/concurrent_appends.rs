@@ -1,5 +1,5 @@
 //! The race test: eight threads append `Exact(n)` to one stream; exactly one wins each version.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! A damaged record is reported as `Error::Corrupt` naming its sequence; iterators move past it.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

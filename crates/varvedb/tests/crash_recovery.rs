@@ -2,7 +2,7 @@
 //!
 //! The test runs its own binary as a child that appends and prints each acknowledgement, kills it
 //! with SIGKILL in the middle of the work, and checks the store against what was acknowledged.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,5 +1,5 @@
 //! A store written in an unknown format, or not a store at all, is refused and left untouched.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
 mod common;
 
 use common::*;

@@ -1,5 +1,5 @@
 //! Bad input and limits: typed errors, never a panic, and nothing written.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

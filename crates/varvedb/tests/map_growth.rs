@@ -1,5 +1,5 @@
 //! The map grows on demand up to `map_bytes_max`; past it the error is typed and nothing is lost.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

@@ -1,6 +1,6 @@
 //! A model test: random appends (every `ExpectedVersion`, batches, multi-stream), reads and
 //! reopens, checked against an in-memory model.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Every `ExpectedVersion`, conflicts that name both versions, and atomic batches.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

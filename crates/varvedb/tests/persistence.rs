@@ -1,5 +1,5 @@
 //! Events survive closing and reopening the store; one path is one environment per process.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

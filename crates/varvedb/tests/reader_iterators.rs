@@ -1,5 +1,5 @@
 //! `get`, `get_by_version`, `read_stream` both ways, `read_all`, `stream_version`, `last_seq`.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use common::*;

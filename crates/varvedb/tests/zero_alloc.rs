@@ -1,6 +1,6 @@
 //! Reads allocate nothing per event: a counting allocator watches `get`, `read_all` and
 //! `read_stream` over many events.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -1,7 +1,7 @@
 //! Reads hand out references into the memory map, aligned for any event type, even in a store
 //! that mixes event types of different alignment and record sizes on both sides of LMDB's
 //! overflow threshold.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
 use rkyv::{Archive, Deserialize, Serialize};

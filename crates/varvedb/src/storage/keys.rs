@@ -81,8 +81,8 @@ mod tests {
     #[test]
     fn keys_sort_numerically() {
         assert!(seq_key(255) < seq_key(256));
-        assert!(&seq_key(1)[..] < &seq_key_long(2)[..]);
-        assert!(&seq_key_long(2)[..] < &seq_key(3)[..]);
+        assert!(seq_key(1)[..] < seq_key_long(2)[..]);
+        assert!(seq_key_long(2)[..] < seq_key(3)[..]);
         assert!(index_key(1, u32::MAX) < index_key(2, 0));
         assert!(index_key(1, 255) < index_key(1, 256));
     }

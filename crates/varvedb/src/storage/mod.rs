@@ -102,6 +102,7 @@ struct Inner {
 }
 
 impl Drop for Inner {
+    #[allow(unsafe_code, reason = "closes the environment under the registry lock")]
     fn drop(&mut self) {
         let mut registry = lock(&REGISTRY);
         if registry
@@ -370,6 +371,10 @@ impl Storage {
     }
 
     /// Resizes the map (0: adopt the size another process set). Requires the write lock.
+    #[allow(
+        unsafe_code,
+        reason = "heed's resize is unsafe: no transaction may be active"
+    )]
     fn resize_locked(&self, _w: &MutexGuard<'_, ()>, bytes: usize) -> Result<()> {
         let wait = Duration::from_millis(self.inner.config.resize_wait_ms_max);
         self.inner.gate.exclusive(wait, || {
@@ -433,6 +438,10 @@ pub(crate) fn decode_record(seq: u64, value: &[u8]) -> Result<(RecordHeader, &[u
     record::decode(seq, value)
 }
 
+#[allow(
+    unsafe_code,
+    reason = "heed's open and flags are unsafe: one environment per path"
+)]
 fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs, usize)> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
