@@ -61,6 +61,15 @@ fn opening_one_path_twice_shares_the_environment() {
         ..Default::default()
     });
     assert!(dotted.is_ok());
+    // So is a relative spelling.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = pathdiff(dir.path(), &cwd);
+    let relative = Storage::open(StorageConfig {
+        path: relative,
+        ..Default::default()
+    });
+    assert!(relative.is_ok(), "{relative:?}");
+    drop(relative);
     // A different configuration is refused instead of silently ignored.
     let other = Storage::open(StorageConfig {
         path: dir.path().into(),
@@ -109,4 +118,19 @@ fn many_threads_opening_and_closing_one_path() {
     .unwrap();
     assert_eq!(storage.stats().unwrap().events, 160);
     assert_eq!(storage.stats().unwrap().streams, 8);
+}
+
+/// `path` relative to `base` (both absolute), with `..` steps.
+fn pathdiff(path: &std::path::Path, base: &std::path::Path) -> std::path::PathBuf {
+    let path: Vec<_> = path.components().collect();
+    let base: Vec<_> = base.components().collect();
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut out = std::path::PathBuf::new();
+    for _ in common..base.len() {
+        out.push("..");
+    }
+    for c in &path[common..] {
+        out.push(c);
+    }
+    out
 }

@@ -212,6 +212,12 @@ impl Storage {
         config.validate()?;
         std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
         let path = std::fs::canonicalize(&config.path).map_err(io_err(&config.path))?;
+        // Compare and keep configurations by the canonical path, so that two spellings of one
+        // directory are one store.
+        let config = StorageConfig {
+            path: path.clone(),
+            ..config
+        };
 
         let _open = lock(&OPEN_LOCK);
         let existing = lock(&REGISTRY).get(&path).and_then(Weak::upgrade);
@@ -237,7 +243,7 @@ impl Storage {
         Ok(Storage { inner })
     }
 
-    /// The configuration the store was opened with.
+    /// The configuration the store was opened with, its path made canonical.
     pub fn config(&self) -> &StorageConfig {
         &self.inner.config
     }
