@@ -7,7 +7,7 @@ use rkyv::util::AlignedVec;
 
 use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
-use crate::storage::record::{self, HEADER_LEN, RecordHeader};
+use crate::storage::record::{self, RecordHeader};
 use crate::storage::{Storage, keys, stream_head};
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
@@ -102,9 +102,4 @@ pub(crate) fn commit(storage: &Storage, appends: &mut [StreamAppend]) -> Result<
         }
         Ok(out)
     })
-}
-
-/// Checks that the record's header is where `seal` will write it.
-pub(crate) fn header_placeholder() -> [u8; HEADER_LEN] {
-    [0u8; HEADER_LEN]
 }
