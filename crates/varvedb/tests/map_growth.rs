@@ -96,6 +96,32 @@ fn past_the_maximum_the_error_is_typed_and_the_store_stays_usable() {
 }
 
 #[test]
+fn read_then_append_while_holding_the_snapshot_grows_fine() {
+    // The common optimistic pattern keeps its snapshot open across the append. Growth must not
+    // depend on that snapshot ending: the map grows early, whenever no reader is open.
+    let dir = tempfile::tempdir().unwrap();
+    let config = StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 256 << 20,
+        resize_wait_ms_max: 100,
+        ..Default::default()
+    };
+    let storage = Storage::open(config).unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let reader = Reader::<Deposited>::new(storage.clone());
+    for i in 0..5000u64 {
+        let txn = storage.read_txn().unwrap();
+        let version = reader.stream_version(&txn, 9).unwrap();
+        writer
+            .append(9, ExpectedVersion::Exact(version), &big(i))
+            .unwrap();
+        drop(txn);
+    }
+    assert!(storage.stats().unwrap().map_bytes >= 20 << 20);
+}
+
+#[test]
 fn growth_waits_for_readers_and_gives_up_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = StorageConfig {

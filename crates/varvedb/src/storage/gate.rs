@@ -75,4 +75,18 @@ impl Gate {
         self.changed.notify_all();
         result
     }
+
+    /// Runs `f` only if no reader is inside the gate right now, holding new readers back while
+    /// it runs. Returns `None` without waiting when there is a reader.
+    pub(crate) fn try_exclusive<T>(&self, f: impl FnOnce() -> T) -> Option<T> {
+        let mut state = self.lock();
+        if state.readers > 0 {
+            return None;
+        }
+        state.resizing = true;
+        let result = f();
+        state.resizing = false;
+        self.changed.notify_all();
+        Some(result)
+    }
 }

@@ -95,6 +95,7 @@ struct Inner {
     path: PathBuf,
     /// The longest record that stays in its leaf page under an 8-byte key.
     inline_record_max: usize,
+    page_size: usize,
     gate: Gate,
     /// Held by the one writer; resizes happen under it too.
     write_lock: Mutex<()>,
@@ -228,13 +229,14 @@ impl Storage {
                 Err(Error::ConfigMismatch { path })
             };
         }
-        let (env, dbs, inline_record_max) = open_env(&config, &path)?;
+        let (env, dbs, page_size) = open_env(&config, &path)?;
         let inner = Arc::new(Inner {
             env: ManuallyDrop::new(env),
             dbs,
             config,
             path: path.clone(),
-            inline_record_max,
+            inline_record_max: inline_record_max(page_size),
+            page_size,
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
@@ -255,6 +257,10 @@ impl Storage {
 
     /// Begins a read-only snapshot.
     pub fn read_txn(&self) -> Result<ReadTxn> {
+        // A moment with no reader of this thread: the best time to grow the map early.
+        if let Ok(w) = self.inner.write_lock.try_lock() {
+            self.grow_early(&w);
+        }
         for _ in 0..2 {
             self.inner.gate.enter();
             let guard = ReaderGuard {
@@ -354,7 +360,10 @@ impl Storage {
                 Err(e) => return Err(e),
             };
             match wtxn.commit() {
-                Ok(()) => return Ok(value),
+                Ok(()) => {
+                    self.grow_early(&w);
+                    return Ok(value);
+                }
                 Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow(&w)?,
                 Err(e) => {
                     *lock(&self.inner.poisoned) = Some(e.to_string());
@@ -362,6 +371,32 @@ impl Storage {
                 }
             }
         }
+    }
+
+    /// Doubles the map, without waiting, when the data file uses more than half of it and no
+    /// reader is open. Growing early means the map rarely fills while a reader is open, the one
+    /// case where growth must wait (for example a thread that appends while it holds a
+    /// snapshot).
+    #[allow(
+        unsafe_code,
+        reason = "heed's resize is unsafe: no transaction may be active"
+    )]
+    fn grow_early(&self, _w: &MutexGuard<'_, ()>) {
+        let info = self.inner.env.info();
+        let used = (info.last_page_number + 1).saturating_mul(self.inner.page_size);
+        let max = round_map_bytes(self.inner.config.map_bytes_max);
+        if used.saturating_mul(2) < info.map_size || info.map_size >= max {
+            return;
+        }
+        let target = round_map_bytes(info.map_size.saturating_mul(2)).min(max);
+        // A failed early resize is not an error: the append path grows (and reports) on demand.
+        let _ = self.inner.gate.try_exclusive(|| {
+            // SAFETY: heed requires that no transaction of this process is active. No reader is
+            // inside the gate (checked under its lock, and new ones are held back), and write
+            // transactions only exist under the write lock, which the caller holds (`w`) with
+            // no transaction open.
+            unsafe { self.inner.env.resize(target) }
+        });
     }
 
     fn grow(&self, w: &MutexGuard<'_, ()>) -> Result<()> {
@@ -448,6 +483,7 @@ pub(crate) fn decode_record(seq: u64, value: &[u8]) -> Result<(RecordHeader, &[u
     unsafe_code,
     reason = "heed's open and flags are unsafe: one environment per path"
 )]
+/// Opens the environment and its databases; returns them with the page size.
 fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs, usize)> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
@@ -529,7 +565,7 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
         let rtxn = env.read_txn()?;
         dbs.events.stat(&rtxn)?.page_size as usize
     };
-    Ok((env, dbs, inline_record_max(page_size)))
+    Ok((env, dbs, page_size))
 }
 
 fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
