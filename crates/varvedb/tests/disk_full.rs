@@ -1,0 +1,117 @@
+//! A full disk: the failed commit is a typed error, the store refuses further writes (poisoned)
+//! instead of pretending, and everything acknowledged before is intact after a reopen.
+//!
+//! The disk is "full" because the child runs under a file-size limit (`ulimit -f`) with SIGXFSZ
+//! ignored, so LMDB's writes past the limit fail with EFBIG.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+
+const CHILD_ENV: &str = "VARVEDB_DISK_FULL_CHILD_DIR";
+
+fn big(i: u64) -> Deposited {
+    Deposited {
+        account: i,
+        amount: i,
+        note: "f".repeat(3000),
+    }
+}
+
+/// In the child: append until the disk is full, then report what happened.
+#[test]
+fn child_fills_the_disk() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let storage = Storage::open(StorageConfig {
+        path: dir.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Deposited>::new(storage);
+    let mut out = std::io::stdout().lock();
+    let mut acked = 0u64;
+    let first = loop {
+        match writer.append(1, ExpectedVersion::Auto, &big(acked)) {
+            Ok(_) => acked += 1,
+            Err(e) => break e,
+        }
+        assert!(acked < 100_000, "the file-size limit never hit");
+    };
+    let second = writer
+        .append(1, ExpectedVersion::Auto, &big(0))
+        .unwrap_err();
+    writeln!(out, "\nacked {acked}").unwrap();
+    writeln!(out, "first {}", matches!(first, Error::Lmdb(_))).unwrap();
+    writeln!(out, "second {}", matches!(second, Error::Poisoned { .. })).unwrap();
+    writeln!(out, "first-text {first}").unwrap();
+}
+
+#[test]
+fn a_full_disk_poisons_the_writer_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    // 8 MiB in bash's 1 KiB blocks, 4 MiB in dash's 512-byte blocks: either way well past the
+    // store's creation and well before 100,000 events.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 8192; exec '{}' --exact child_fills_the_disk --nocapture --test-threads=1",
+        exe.display()
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .unwrap_or_else(|| {
+                panic!(
+                    "child printed no {name}: {stdout}\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    };
+    let acked: u64 = field("acked").parse().unwrap();
+    assert!(acked > 100, "only {acked} events fit under the limit");
+    assert_eq!(
+        field("first"),
+        "true",
+        "the failed commit: {}",
+        field("first-text")
+    );
+    assert_eq!(
+        field("second"),
+        "true",
+        "the append after a failed commit must be refused as poisoned"
+    );
+
+    // Without the limit, the store opens with every acknowledged event, and takes more.
+    let storage = open(&dir);
+    let reader = Reader::<Deposited>::new(storage.clone());
+    {
+        let txn = storage.read_txn().unwrap();
+        assert_eq!(reader.last_seq(&txn).unwrap(), acked);
+        let mut n = 0;
+        for e in reader.read_all(&txn, 1) {
+            let e = e.unwrap();
+            assert_eq!(e.account, n);
+            n += 1;
+        }
+        assert_eq!(n, acked);
+    }
+    let a = Writer::<Deposited>::new(storage)
+        .append(1, ExpectedVersion::Exact(acked as u32), &big(0))
+        .unwrap();
+    assert_eq!(a.seq, acked + 1);
+}
