@@ -210,4 +210,33 @@ mod tests {
             Err(Error::Corrupt { seq: 5, .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the decoder: they decode or are `Corrupt` naming the seq.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200), seq in 0u64..u64::MAX) {
+            match decode(seq, &bytes) {
+                Ok((_, payload)) => proptest::prop_assert!(payload.len() + HEADER_LEN <= bytes.len()),
+                Err(e) => {
+                    let names_seq = matches!(e, Error::Corrupt { seq: s, .. } if s == seq);
+                    proptest::prop_assert!(names_seq);
+                }
+            }
+        }
+
+        /// A valid record with any one byte replaced is refused, unless the byte is padding or
+        /// the replacement equals the original.
+        #[test]
+        fn any_replaced_byte_is_caught(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..100), at in 0usize..148, with in proptest::num::u8::ANY) {
+            let rec = sample(&payload);
+            let at = at % rec.len();
+            let mut bad = rec.clone();
+            bad[at] = with;
+            let in_padding = at >= HEADER_LEN + payload.len();
+            if bad != rec && !in_padding {
+                let refused = matches!(decode(3, &bad), Err(Error::Corrupt { seq: 3, .. }));
+                proptest::prop_assert!(refused);
+            }
+        }
+    }
 }
