@@ -208,7 +208,7 @@ where
 }
 
 fn event_at<'t, E: ValidateEvent>(seq: u64, value: &'t [u8]) -> Result<EventRef<'t, E>> {
-    let (header, payload) = storage::decode_record(seq, value)?;
+    let (header, payload) = storage::record::decode(seq, value)?;
     EventRef::new(seq, header, payload)
 }
 

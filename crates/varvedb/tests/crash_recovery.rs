@@ -9,22 +9,16 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 use common::*;
-use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+use varvedb::{ExpectedVersion, Reader};
 
 const CHILD_ENV: &str = "VARVEDB_CRASH_CHILD_DIR";
 
 /// In the child: append forever, printing `seq stream version` after each acknowledgement.
 #[test]
 fn child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Some(writer) = writer_for_child(CHILD_ENV) else {
         return;
     };
-    let storage = Storage::open(StorageConfig {
-        path: dir.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let writer = Writer::<Deposited>::new(storage);
     let mut out = std::io::stdout().lock();
     for i in 0u64.. {
         let stream = u128::from(i % 7);

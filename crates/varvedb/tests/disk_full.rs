@@ -10,7 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+use varvedb::{Error, ExpectedVersion, Reader, Writer};
 
 const CHILD_ENV: &str = "VARVEDB_DISK_FULL_CHILD_DIR";
 
@@ -25,15 +25,9 @@ fn big(i: u64) -> Deposited {
 /// In the child: append until the disk is full, then report what happened.
 #[test]
 fn child_fills_the_disk() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
+    let Some(writer) = writer_for_child(CHILD_ENV) else {
         return;
     };
-    let storage = Storage::open(StorageConfig {
-        path: dir.into(),
-        ..Default::default()
-    })
-    .unwrap();
-    let writer = Writer::<Deposited>::new(storage);
     let mut out = std::io::stdout().lock();
     let mut acked = 0u64;
     let first = loop {

@@ -122,7 +122,7 @@ fn read_then_append_while_holding_the_snapshot_grows_fine() {
 }
 
 #[test]
-fn growth_waits_for_readers_and_gives_up_with_a_clear_error() {
+fn growth_gives_up_on_a_reader_that_stays_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = StorageConfig {
         path: dir.path().into(),
@@ -145,18 +145,51 @@ fn growth_waits_for_readers_and_gives_up_with_a_clear_error() {
     drop(txn);
     // Without the snapshot the same append succeeds.
     writer.append(1, ExpectedVersion::Auto, &big(0)).unwrap();
-    // A reader on another thread that finishes soon is waited for.
-    let reader_storage = storage.clone();
+}
+
+#[test]
+fn growth_waits_for_a_reader_on_another_thread() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    // NoSync so that filling the first map takes milliseconds, far less than the reader's hold.
+    let config = StorageConfig {
+        path: dir.path().into(),
+        durability: varvedb::Durability::NoSync,
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 64 << 20,
+        resize_wait_ms_max: 10_000,
+        ..Default::default()
+    };
+    let storage = Storage::open(config).unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let released = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let txn = reader_storage.read_txn().unwrap();
-        ready_tx.send(()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        drop(txn);
-    });
+    let reader = {
+        let storage = storage.clone();
+        let released = Arc::clone(&released);
+        std::thread::spawn(move || {
+            let txn = storage.read_txn().unwrap();
+            ready_tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            released.store(true, Ordering::SeqCst);
+            drop(txn);
+        })
+    };
     ready_rx.recv().unwrap();
+    // The reader blocks early growth, so some append finds the map full and must wait for it.
+    let mut waited = None;
     for i in 0..3000u64 {
+        let started = Instant::now();
         writer.append(2, ExpectedVersion::Auto, &big(i)).unwrap();
+        if started.elapsed() >= Duration::from_millis(200) && waited.is_none() {
+            waited = Some((i, released.load(Ordering::SeqCst)));
+        }
     }
     reader.join().unwrap();
+    let (at, reader_gone) = waited.expect("no append waited for the reader");
+    assert!(reader_gone, "append {at} returned before the reader let go");
+    assert!(storage.stats().unwrap().map_bytes > 1 << 20);
 }

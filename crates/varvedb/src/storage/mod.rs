@@ -21,7 +21,6 @@ use heed::{
 use crate::config::{StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
 use gate::Gate;
-use record::RecordHeader;
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
 pub const FORMAT_VERSION: u32 = 1;
@@ -93,8 +92,6 @@ struct Inner {
     dbs: Dbs,
     config: StorageConfig,
     path: PathBuf,
-    /// The longest record that stays in its leaf page under an 8-byte key.
-    inline_record_max: usize,
     page_size: usize,
     gate: Gate,
     /// Held by the one writer; resizes happen under it too.
@@ -235,7 +232,6 @@ impl Storage {
             dbs,
             config,
             path: path.clone(),
-            inline_record_max: inline_record_max(page_size),
             page_size,
             gate: Gate::default(),
             write_lock: Mutex::new(()),
@@ -315,8 +311,9 @@ impl Storage {
         &self.inner.dbs
     }
 
+    /// The longest record that stays in its leaf page under an 8-byte key.
     pub(crate) fn inline_record_max(&self) -> usize {
-        self.inner.inline_record_max
+        inline_record_max(self.inner.page_size)
     }
 
     pub(crate) fn check_txn(&self, txn: &ReadTxn) -> Result<()> {
@@ -472,11 +469,6 @@ pub(crate) fn get_record<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<
         return Ok(Some(value));
     }
     Ok(dbs.events.get(txn, &keys::seq_key_long(seq))?)
-}
-
-/// Decodes a verified record: its header and payload.
-pub(crate) fn decode_record(seq: u64, value: &[u8]) -> Result<(RecordHeader, &[u8])> {
-    record::decode(seq, value)
 }
 
 #[allow(

@@ -30,3 +30,16 @@ pub fn config(dir: &tempfile::TempDir) -> StorageConfig {
         ..Default::default()
     }
 }
+
+/// In a child process that a test started from its own binary: the writer of the store whose
+/// directory is in `env_var`. `None` when the variable is unset, i.e. in a normal test run, where
+/// the child "test" must do nothing.
+pub fn writer_for_child(env_var: &str) -> Option<varvedb::Writer<Deposited>> {
+    let dir = std::env::var(env_var).ok()?;
+    let storage = Storage::open(StorageConfig {
+        path: dir.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    Some(varvedb::Writer::new(storage))
+}
