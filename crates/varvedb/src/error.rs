@@ -165,6 +165,14 @@ pub enum Error {
     #[error("the read transaction belongs to a different store than this reader")]
     ForeignTransaction,
 
+    /// The group commit that carried this append failed as a whole (for example its flush
+    /// failed); `reason` is that failure. The append is not acknowledged.
+    #[error("the commit carrying this append failed: {reason}")]
+    CommitFailed {
+        /// The failure of the shared commit.
+        reason: String,
+    },
+
     /// A durable commit failed; the store refuses further writes until it is reopened.
     #[error("the store refuses writes after a failed commit (reopen it to recover): {reason}")]
     Poisoned {
@@ -194,6 +202,32 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn is_lmdb(&self) -> bool {
+        matches!(self, Error::Lmdb(_))
+    }
+
+    /// The error to give the other appends of a group whose commit failed with `self`.
+    pub(crate) fn for_group(&self) -> Error {
+        match self {
+            Error::StoreFull { map_bytes_max } => Error::StoreFull {
+                map_bytes_max: *map_bytes_max,
+            },
+            Error::ResizeBlocked {
+                read_txns,
+                waited_ms,
+            } => Error::ResizeBlocked {
+                read_txns: *read_txns,
+                waited_ms: *waited_ms,
+            },
+            Error::Poisoned { reason } => Error::Poisoned {
+                reason: reason.clone(),
+            },
+            other => Error::CommitFailed {
+                reason: other.to_string(),
+            },
+        }
+    }
+
     pub(crate) fn is_map_full(&self) -> bool {
         matches!(self, Error::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)))
     }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use heed::{
 
 use crate::config::{StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
+use crate::writer::queue::{CommitQueue, Committer};
 use gate::Gate;
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
@@ -86,7 +88,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct Inner {
+pub(crate) struct Inner {
+    /// Stops (and joins) the committer thread first when the store closes.
+    committer: Committer,
     /// Dropped by hand in `Drop`, under the registry lock.
     env: ManuallyDrop<Env<WithoutTls>>,
     dbs: Dbs,
@@ -97,11 +101,15 @@ struct Inner {
     /// Held by the one writer; resizes happen under it too.
     write_lock: Mutex<()>,
     poisoned: Mutex<Option<String>>,
+    /// Write transactions committed since the environment was opened in this process.
+    commits: AtomicU64,
 }
 
 impl Drop for Inner {
     #[allow(unsafe_code, reason = "closes the environment under the registry lock")]
     fn drop(&mut self) {
+        // The committer holds no handle to the store while idle; stop it before the env closes.
+        drop(std::mem::take(&mut self.committer));
         let mut registry = lock(&REGISTRY);
         if registry
             .get(&self.path)
@@ -151,6 +159,9 @@ pub struct Stats {
     pub file_bytes: u64,
     /// The current size of the memory map.
     pub map_bytes: usize,
+    /// Write transactions (each one flush) committed since the store was opened in this
+    /// process. With group commit, many concurrent appends share one.
+    pub commits: u64,
 }
 
 /// A read-only snapshot of the store.
@@ -228,6 +239,7 @@ impl Storage {
         }
         let (env, dbs, page_size) = open_env(&config, &path)?;
         let inner = Arc::new(Inner {
+            committer: Committer::default(),
             env: ManuallyDrop::new(env),
             dbs,
             config,
@@ -236,7 +248,11 @@ impl Storage {
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
+            commits: AtomicU64::new(0),
         });
+        inner
+            .committer
+            .start(Arc::downgrade(&inner), inner.config.batch_events_max)?;
         lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
         Ok(Storage { inner })
     }
@@ -304,6 +320,7 @@ impl Storage {
             index_bytes: pages(&dbs.index)? + pages(&dbs.heads)?,
             file_bytes: self.inner.env.real_disk_size()?,
             map_bytes: self.inner.env.info().map_size,
+            commits: self.inner.commits.load(Ordering::Relaxed),
         })
     }
 
@@ -358,6 +375,7 @@ impl Storage {
             };
             match wtxn.commit() {
                 Ok(()) => {
+                    self.inner.commits.fetch_add(1, Ordering::Relaxed);
                     self.grow_early(&w);
                     return Ok(value);
                 }
@@ -422,6 +440,16 @@ impl Storage {
             // transaction it has dropped.
             unsafe { self.inner.env.resize(bytes) }.map_err(Error::from)
         })
+    }
+
+    /// The store's commit queue (group commit).
+    pub(crate) fn commit_queue(&self) -> &CommitQueue {
+        self.inner.committer.queue()
+    }
+
+    /// A handle from the committer's weak reference, while the store is open.
+    pub(crate) fn from_weak(inner: &Weak<Inner>) -> Option<Storage> {
+        inner.upgrade().map(|inner| Storage { inner })
     }
 
     /// The number of read transactions open in this process.

@@ -1,14 +1,17 @@
-//! Prepared records and the commit of one atomic append (one or more streams).
+//! Prepared records and the commit of a group of atomic appends in one transaction.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use heed::PutFlags;
+use std::collections::HashMap;
+
+use heed::{PutFlags, RwTxn};
 use rkyv::util::AlignedVec;
 
+use super::queue::{Outcome, Request};
 use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
 use crate::storage::record::{self, RecordHeader};
-use crate::storage::{Storage, keys, stream_head};
+use crate::storage::{Dbs, Storage, keys, stream_head};
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
 pub(crate) struct Prepared {
@@ -31,75 +34,172 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// Commits every stream's events in one write transaction, or nothing.
-pub(crate) fn commit(storage: &Storage, appends: &mut [StreamAppend]) -> Result<Vec<Appended>> {
-    let total: usize = appends.iter().map(|a| a.events.len()).sum();
-    let inline_max = storage.inline_record_max();
-    storage.write(|wtxn, dbs| {
-        let mut seq = crate::storage::last_seq(dbs, wtxn)?;
-        let timestamp_ns = now_ns();
-        let mut out = Vec::with_capacity(total);
-        for append in appends.iter_mut() {
-            let stream_id = append.stream_id;
-            let (current, _) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
-            if !append.expected.accepts(current) {
-                return Err(Error::ConcurrencyConflict {
-                    stream_id,
-                    expected: append.expected,
-                    actual: current,
-                });
-            }
-            let count = u32::try_from(append.events.len())
-                .ok()
-                .filter(|n| current.checked_add(*n).is_some());
-            if count.is_none() {
-                return Err(Error::StreamFull {
-                    stream_id,
-                    version: current,
-                    events: append.events.len(),
-                });
-            }
-            let mut version = current;
-            for event in &mut append.events {
-                seq += 1;
-                version += 1;
-                let header = RecordHeader {
-                    flags: 0,
-                    stream_id,
-                    version,
-                    timestamp_ns,
-                };
-                record::seal(&mut event.record, event.payload_len, event.digest, &header);
-                // Seqs only grow, so APPEND skips the search and fills pages completely.
-                if event.record.len() <= inline_max {
-                    dbs.events.put_with_flags(
-                        wtxn,
-                        PutFlags::APPEND,
-                        &keys::seq_key(seq),
-                        &event.record,
-                    )?;
-                } else {
-                    dbs.events.put_with_flags(
-                        wtxn,
-                        PutFlags::APPEND,
-                        &keys::seq_key_long(seq),
-                        &event.record,
-                    )?;
-                }
-                dbs.index.put_with_flags(
-                    wtxn,
-                    PutFlags::NO_OVERWRITE,
-                    &keys::index_key(stream_id, version),
-                    &seq.to_be_bytes(),
-                )?;
-                out.push(Appended { seq, version });
-            }
+/// A stream's head as the group being committed sees it.
+#[derive(Clone, Copy)]
+struct Head {
+    version: u32,
+    seq: u64,
+    dirty: bool,
+}
+
+/// The heads of the streams a group touches, read once from the store and written once, in key
+/// order, at the end of the group.
+#[derive(Default)]
+struct Heads {
+    map: HashMap<u128, Head>,
+}
+
+impl Heads {
+    fn get(&mut self, dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128) -> Result<Head> {
+        if let Some(head) = self.map.get(&stream_id) {
+            return Ok(*head);
+        }
+        let (version, seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
+        let head = Head {
+            version,
+            seq,
+            dirty: false,
+        };
+        self.map.insert(stream_id, head);
+        Ok(head)
+    }
+
+    fn write(&self, dbs: &Dbs, wtxn: &mut RwTxn<'_>) -> Result<()> {
+        let mut dirty: Vec<(u128, Head)> = self
+            .map
+            .iter()
+            .filter(|(_, h)| h.dirty)
+            .map(|(s, h)| (*s, *h))
+            .collect();
+        // In key order the B-tree descent of each put starts where the last one ended.
+        dirty.sort_unstable_by_key(|(s, _)| *s);
+        for (stream_id, head) in dirty {
             dbs.heads.put(
                 wtxn,
                 &keys::head_key(stream_id),
-                &keys::head_value(version, seq),
+                &keys::head_value(head.version, head.seq),
             )?;
         }
-        Ok(out)
-    })
+        Ok(())
+    }
+}
+
+/// Checks one request's expectations against the heads, without writing anything.
+fn check(dbs: &Dbs, wtxn: &RwTxn<'_>, heads: &mut Heads, appends: &[StreamAppend]) -> Result<()> {
+    // A stream may appear twice in one request: the second entry sees the first one's events.
+    let mut overlay: Vec<(u128, u32)> = Vec::new();
+    for append in appends {
+        let stream_id = append.stream_id;
+        let current = match overlay.iter().rev().find(|(s, _)| *s == stream_id) {
+            Some((_, v)) => *v,
+            None => heads.get(dbs, wtxn, stream_id)?.version,
+        };
+        if !append.expected.accepts(current) {
+            return Err(Error::ConcurrencyConflict {
+                stream_id,
+                expected: append.expected,
+                actual: current,
+            });
+        }
+        let next = u32::try_from(append.events.len())
+            .ok()
+            .and_then(|n| current.checked_add(n))
+            .ok_or(Error::StreamFull {
+                stream_id,
+                version: current,
+                events: append.events.len(),
+            })?;
+        overlay.push((stream_id, next));
+    }
+    Ok(())
+}
+
+/// Writes one checked request: its records, index entries and (in memory) its heads.
+fn apply(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    heads: &mut Heads,
+    inline_max: usize,
+    timestamp_ns: u64,
+    seq: &mut u64,
+    appends: &mut [StreamAppend],
+) -> Result<Vec<Appended>> {
+    let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
+    for append in appends.iter_mut() {
+        let stream_id = append.stream_id;
+        let mut head = heads.get(dbs, wtxn, stream_id)?;
+        for event in &mut append.events {
+            *seq += 1;
+            head.version += 1;
+            head.seq = *seq;
+            let header = RecordHeader {
+                flags: 0,
+                stream_id,
+                version: head.version,
+                timestamp_ns,
+            };
+            record::seal(&mut event.record, event.payload_len, event.digest, &header);
+            // Seqs only grow, so APPEND skips the search and fills pages completely.
+            let key = if event.record.len() <= inline_max {
+                &keys::seq_key(*seq)[..]
+            } else {
+                &keys::seq_key_long(*seq)[..]
+            };
+            dbs.events
+                .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)?;
+            dbs.index.put_with_flags(
+                wtxn,
+                PutFlags::NO_OVERWRITE,
+                &keys::index_key(stream_id, head.version),
+                &seq.to_be_bytes(),
+            )?;
+            out.push(Appended {
+                seq: *seq,
+                version: head.version,
+            });
+        }
+        head.dirty = true;
+        heads.map.insert(stream_id, head);
+    }
+    Ok(out)
+}
+
+/// Commits a group of requests in one write transaction and one flush.
+///
+/// Each request is atomic on its own: one whose expectation fails gets its
+/// [`Error::ConcurrencyConflict`] and writes nothing, while the others commit. An error of the
+/// transaction itself (a full store, a failed flush) fails every request of the group.
+pub(crate) fn commit_group(storage: &Storage, group: &mut [Request]) -> Vec<Outcome> {
+    let inline_max = storage.inline_record_max();
+    let written = storage.write(|wtxn, dbs| {
+        let mut seq = crate::storage::last_seq(dbs, wtxn)?;
+        let timestamp_ns = now_ns();
+        let mut heads = Heads::default();
+        let mut outcomes = Vec::with_capacity(group.len());
+        for request in group.iter_mut() {
+            match check(dbs, wtxn, &mut heads, &request.appends) {
+                Ok(()) => outcomes.push(Ok(apply(
+                    dbs,
+                    wtxn,
+                    &mut heads,
+                    inline_max,
+                    timestamp_ns,
+                    &mut seq,
+                    &mut request.appends,
+                )?)),
+                Err(e) if e.is_lmdb() => return Err(e),
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        heads.write(dbs, wtxn)?;
+        Ok(outcomes)
+    });
+    match written {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let mut outcomes: Vec<Outcome> = (1..group.len()).map(|_| Err(e.for_group())).collect();
+            outcomes.insert(0, Err(e));
+            outcomes
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod commit;
 mod expected;
+pub(crate) mod queue;
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -17,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::storage::record::{self, HEADER_LEN};
 use commit::{Prepared, StreamAppend};
+use queue::{Outcome, Reply, Request};
 
 /// The stream id reserved for VarveDB's own use.
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
@@ -33,9 +35,12 @@ impl<E> SerializeEvent for E where
 
 /// Appends events of type `E` to a store.
 ///
-/// `Writer` is cheap to clone, `Send` and `Sync`; any number of threads may append at once.
-/// Serialization happens on the caller's thread, outside the write lock. Every append is atomic
-/// and, with the default [`Durability::Sync`](crate::Durability), durable when it returns.
+/// `Writer` is cheap to clone, `Send` and `Sync`; any number of threads (or tasks, through the
+/// `_async` methods) may append at once. Serialization and checksums happen on the caller's
+/// thread, outside any lock; the prepared records then go to the store's commit queue, where one
+/// committer writes every waiting append in one transaction with one flush (group commit) and
+/// answers each with its own result. Every append is atomic and, with the default
+/// [`Durability::Sync`](crate::Durability), durable when it returns.
 pub struct Writer<E> {
     storage: Storage,
     _event: PhantomData<fn(&E)>,
@@ -82,10 +87,58 @@ impl<E: SerializeEvent> Writer<E> {
         expected: ExpectedVersion,
         event: &E,
     ) -> Result<Appended> {
-        let mut appends =
-            [self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
-        let out = commit::commit(&self.storage, &mut appends)?;
-        out.into_iter().next().ok_or(Error::EmptyBatch)
+        let appends =
+            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
+        first(self.submit(appends))
+    }
+
+    /// [`append`](Self::append) for async callers: the commit runs on the store's committer
+    /// thread and the task awaits it without blocking its runtime.
+    ///
+    /// Serialization runs on the calling task, as in `append`. Once the future has been polled
+    /// the append is queued: dropping the future afterwards does not cancel it, it only drops
+    /// the answer.
+    pub async fn append_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+    ) -> Result<Appended> {
+        let appends =
+            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
+        first(self.submit_async(appends).await)
+    }
+
+    /// [`append_batch`](Self::append_batch) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_batch_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<Vec<Appended>> {
+        self.check_batch(events.len())?;
+        let appends = vec![self.prepare_stream(stream_id, expected, events)?];
+        self.submit_async(appends).await
+    }
+
+    /// Hands one atomic append to the committer and waits for its answer.
+    fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.storage.commit_queue().push(Request {
+            appends,
+            reply: Reply::Sync(tx),
+        });
+        rx.recv().unwrap_or_else(|_| Err(committer_gone()))
+    }
+
+    async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.storage.commit_queue().push(Request {
+            appends,
+            reply: Reply::Async(tx),
+        });
+        rx.await.unwrap_or_else(|_| Err(committer_gone()))
     }
 
     /// Appends several events to one stream atomically: all of them, with consecutive versions,
@@ -97,8 +150,8 @@ impl<E: SerializeEvent> Writer<E> {
         events: &[E],
     ) -> Result<Vec<Appended>> {
         self.check_batch(events.len())?;
-        let mut appends = [self.prepare_stream(stream_id, expected, events)?];
-        commit::commit(&self.storage, &mut appends)
+        let appends = vec![self.prepare_stream(stream_id, expected, events)?];
+        self.submit(appends)
     }
 
     /// Appends to several streams in one atomic transaction, each with its own expectation.
@@ -116,7 +169,7 @@ impl<E: SerializeEvent> Writer<E> {
             }
             prepared.push(self.prepare_stream(*stream_id, *expected, events)?);
         }
-        commit::commit(&self.storage, &mut prepared)
+        self.submit(prepared)
     }
 
     fn check_batch(&self, events: usize) -> Result<()> {
@@ -182,5 +235,15 @@ impl<E: SerializeEvent> Writer<E> {
             payload_len,
             digest,
         })
+    }
+}
+
+fn first(outcome: Outcome) -> Result<Appended> {
+    outcome?.into_iter().next().ok_or(Error::EmptyBatch)
+}
+
+fn committer_gone() -> Error {
+    Error::Poisoned {
+        reason: "the committer thread stopped without answering".into(),
     }
 }
