@@ -25,13 +25,38 @@ enum Command {
     Demo,
     /// Event, stream and byte counts of a store.
     Stats,
+    /// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2 and raw heed in one run.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Smaller sizes: the same workloads in well under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (the table shows the median).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Peers to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Events in the store the read workloads read.
+    #[arg(long)]
+    read_events: Option<u64>,
+    /// Where the stores go: on a real disk, as flushes are part of the result.
+    #[arg(long, default_value = "varvedb-bench-stores")]
+    dir: PathBuf,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "varvedb-bench.json")]
+    json: PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo => demo::run(&cli.path),
+        Command::Demo => demo::run(&cli.path).map_err(Into::into),
         Command::Stats => stats(&cli.path),
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -42,12 +67,37 @@ fn main() -> ExitCode {
     }
 }
 
-fn stats(path: &std::path::Path) -> varvedb::Result<()> {
+fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut options = if args.quick {
+        varvedb_bench::Options::quick(args.dir)
+    } else {
+        varvedb_bench::Options::full(args.dir)
+    };
+    if let Some(runs) = args.runs {
+        options.runs = runs.max(1);
+    }
+    if let Some(peers) = args.peers {
+        options.peers = peers;
+    }
+    if let Some(n) = args.read_events {
+        options.read_events = n.max(1);
+    }
+    let report = varvedb_bench::run(&options)?;
+    std::fs::write(&args.json, report.json())?;
+    print!("{}", report.markdown());
+    eprintln!("varvedb bench: JSON written to {}", args.json.display());
+    // The stores were removed as each workload finished; remove the emptied directory too.
+    let _ = std::fs::remove_dir_all(&options.dir);
+    Ok(())
+}
+
+fn stats(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     if !path.exists() {
         return Err(varvedb::Error::InvalidStore {
             path: path.into(),
             reason: "no such directory".into(),
-        });
+        }
+        .into());
     }
     let storage = Storage::open(StorageConfig {
         path: path.into(),

@@ -1,0 +1,47 @@
+//! The event every peer stores: about 150 bytes once archived, like a typical domain event.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A money movement on an account, with a correlation id and a short free-text note.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct BenchEvent {
+    /// The account it belongs to.
+    pub account: u64,
+    /// Signed amount in cents; the field the scans read.
+    pub amount: i64,
+    /// When it happened, in unix nanoseconds.
+    pub occurred_ns: u64,
+    /// The request that caused it.
+    pub correlation: [u8; 16],
+    /// ISO currency code, zero-padded.
+    pub currency: [u8; 4],
+    /// Event kind (deposit, withdrawal, …).
+    pub kind: u32,
+    /// A human note, around 80 bytes.
+    pub note: String,
+}
+
+/// The `i`-th event of a run: deterministic, so every peer stores the same bytes.
+pub fn event(i: u64) -> BenchEvent {
+    BenchEvent {
+        account: i % 10_007,
+        amount: (i % 1_000) as i64 - 500,
+        occurred_ns: 1_700_000_000_000_000_000 + i * 1_000,
+        correlation: (u128::from(i) * 0x9E37_79B9_7F4A_7C15).to_le_bytes(),
+        currency: *b"EUR\0",
+        kind: (i % 7) as u32,
+        note: format!("transfer {i:>10} settled by the nightly batch, reference ACME-{i:08}"),
+    }
+}
+
+/// The archived size of [`event`]'s events, for the report.
+pub fn archived_len() -> usize {
+    rkyv::to_bytes::<rkyv::rancor::Error>(&event(1)).map_or(0, |b| b.len())
+}
+
+/// Reads the one field a scan touches, validating the archive first.
+pub fn amount_of(bytes: &[u8]) -> Option<i64> {
+    rkyv::access::<ArchivedBenchEvent, rkyv::rancor::Error>(bytes)
+        .ok()
+        .map(|e| e.amount.to_native())
+}

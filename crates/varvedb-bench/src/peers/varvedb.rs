@@ -1,0 +1,125 @@
+//! VarveDB itself, with its defaults (durable, group commit).
+
+use std::path::Path;
+
+use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+
+use crate::event::BenchEvent;
+use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
+
+/// VarveDB with `Durability::Sync`.
+pub struct VarveDb {
+    storage: Storage,
+    writer: Writer<BenchEvent>,
+    reader: Reader<BenchEvent>,
+}
+
+impl VarveDb {
+    /// The name in the table.
+    pub const NAME: &'static str = "VarveDB";
+
+    /// Opens a store in `dir`.
+    pub fn open(dir: &Path) -> BenchResult<VarveDb> {
+        let storage = Storage::open(StorageConfig {
+            path: dir.into(),
+            ..Default::default()
+        })
+        .map_err(failed)?;
+        Ok(VarveDb {
+            writer: Writer::new(storage.clone()),
+            reader: Reader::new(storage.clone()),
+            storage,
+        })
+    }
+}
+
+impl BenchStore for VarveDb {
+    fn name(&self) -> &'static str {
+        Self::NAME
+    }
+
+    fn append(&self, stream: u128, version: u32, events: &[BenchEvent]) -> BenchResult<()> {
+        let expected = ExpectedVersion::Exact(version);
+        match events {
+            [one] => self.writer.append(stream, expected, one).map(drop),
+            many => self.writer.append_batch(stream, expected, many).map(drop),
+        }
+        .map_err(failed)
+    }
+
+    fn append_multi(&self, batch: &[(u128, u32, BenchEvent)]) -> BenchResult<()> {
+        let appends: Vec<(u128, ExpectedVersion, &[BenchEvent])> = batch
+            .iter()
+            .map(|(s, v, e)| (*s, ExpectedVersion::Exact(*v), std::slice::from_ref(e)))
+            .collect();
+        self.writer.append_multi(&appends).map(drop).map_err(failed)
+    }
+
+    fn concurrency(&self) -> Concurrency {
+        Concurrency::GroupCommit
+    }
+
+    fn scan(&self) -> BenchResult<(u64, i64)> {
+        let txn = self.storage.read_txn().map_err(failed)?;
+        let (mut n, mut sum) = (0, 0);
+        for event in self.reader.read_all(&txn, 1) {
+            let event = event.map_err(failed)?;
+            n += 1;
+            sum += event.amount.to_native();
+        }
+        Ok((n, sum))
+    }
+
+    fn point_reads(&self, seqs: &[u64]) -> BenchResult<i64> {
+        let txn = self.storage.read_txn().map_err(failed)?;
+        let mut sum = 0;
+        for &seq in seqs {
+            let event = self
+                .reader
+                .get(&txn, seq)
+                .map_err(failed)?
+                .ok_or_else(|| BenchError::Failed(format!("no event at {seq}")))?;
+            sum += event.amount.to_native();
+        }
+        Ok(sum)
+    }
+
+    fn read_stream(&self, stream: u128) -> BenchResult<(u64, i64)> {
+        let txn = self.storage.read_txn().map_err(failed)?;
+        let (mut n, mut sum) = (0, 0);
+        for event in self.reader.read_stream(&txn, stream, 1) {
+            let event = event.map_err(failed)?;
+            n += 1;
+            sum += event.amount.to_native();
+        }
+        Ok((n, sum))
+    }
+
+    fn async_appends(&self, tasks: usize, per_task: u32) -> BenchResult<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .map_err(failed)?;
+        rt.block_on(async {
+            let handles: Vec<_> = (0..tasks)
+                .map(|t| {
+                    let writer = self.writer.clone();
+                    tokio::spawn(async move {
+                        let stream = (1u128 << 100) + t as u128;
+                        for v in 0..per_task {
+                            let e = crate::event::event(u64::from(v));
+                            writer
+                                .append_async(stream, ExpectedVersion::Exact(v), &e)
+                                .await?;
+                        }
+                        Ok::<_, varvedb::Error>(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.map_err(failed)?.map_err(failed)?;
+            }
+            Ok(())
+        })
+    }
+}
