@@ -221,3 +221,38 @@ fn the_store_closes_cleanly_with_its_committer() {
     let txn = storage.read_txn().unwrap();
     assert_eq!(storage.stream_version(&txn, 1).unwrap(), 5);
 }
+
+#[test]
+fn an_append_is_acknowledged_only_after_its_commit_is_flushed() {
+    // Durability::Sync runs LMDB with MDB_NOMETASYNC: a commit's meta page is flushed by the
+    // next flush of the file. A lone writer has no next commit, so every acknowledgement must
+    // wait for an explicit flush.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let before = storage.stats().unwrap();
+    for n in 0..10 {
+        writer
+            .append(1, ExpectedVersion::Exact(n), &deposit(n.into()))
+            .unwrap();
+        let now = storage.stats().unwrap();
+        assert_eq!(now.commits - before.commits, u64::from(n) + 1);
+        assert_eq!(
+            now.flushes - before.flushes,
+            u64::from(n) + 1,
+            "append {n} was acknowledged before a flush made it durable"
+        );
+    }
+    // With NoSync nothing is flushed, by design.
+    let dir = tempfile::tempdir().unwrap();
+    let storage = varvedb::Storage::open(varvedb::StorageConfig {
+        durability: varvedb::Durability::NoSync,
+        ..config(&dir)
+    })
+    .unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    writer
+        .append(1, ExpectedVersion::Auto, &deposit(1))
+        .unwrap();
+    assert_eq!(storage.stats().unwrap().flushes, 0);
+}

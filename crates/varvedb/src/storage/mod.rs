@@ -103,6 +103,8 @@ pub(crate) struct Inner {
     poisoned: Mutex<Option<String>>,
     /// Write transactions committed since the environment was opened in this process.
     commits: AtomicU64,
+    /// Explicit flushes (`force_sync`) since the environment was opened in this process.
+    flushes: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -162,6 +164,9 @@ pub struct Stats {
     /// Write transactions (each one flush) committed since the store was opened in this
     /// process. With group commit, many concurrent appends share one.
     pub commits: u64,
+    /// Flushes issued on their own, outside a commit, since the store was opened in this
+    /// process: with `Durability::Sync`, when no later commit flushed an acknowledged one.
+    pub flushes: u64,
 }
 
 /// A read-only snapshot of the store.
@@ -249,6 +254,7 @@ impl Storage {
             write_lock: Mutex::new(()),
             poisoned: Mutex::new(None),
             commits: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
         });
         inner
             .committer
@@ -321,6 +327,7 @@ impl Storage {
             file_bytes: self.inner.env.real_disk_size()?,
             map_bytes: self.inner.env.info().map_size,
             commits: self.inner.commits.load(Ordering::Relaxed),
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
         })
     }
 
@@ -442,6 +449,27 @@ impl Storage {
         })
     }
 
+    /// Why the store refuses writes, if it does.
+    pub(crate) fn poisoned(&self) -> Option<String> {
+        lock(&self.inner.poisoned).clone()
+    }
+
+    /// Whether commits leave their meta page unflushed for the next flush (`Durability::Sync`,
+    /// which runs LMDB with `MDB_NOMETASYNC`; see the committer).
+    pub(crate) fn defers_meta_flush(&self) -> bool {
+        self.inner.config.durability == crate::config::Durability::Sync
+    }
+
+    /// Flushes the data file, making every commit so far durable. A failure poisons the store.
+    pub(crate) fn flush(&self) -> Result<()> {
+        let _w = lock(&self.inner.write_lock);
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        self.inner.env.force_sync().map_err(|e| {
+            *lock(&self.inner.poisoned) = Some(e.to_string());
+            Error::from(e)
+        })
+    }
+
     /// The store's commit queue (group commit).
     pub(crate) fn commit_queue(&self) -> &CommitQueue {
         self.inner.committer.queue()
@@ -510,10 +538,20 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
         .map_size(round_map_bytes(config.map_bytes_initial))
         .max_dbs(16)
         .max_readers(config.readers_max);
-    if config.durability == crate::config::Durability::NoSync {
-        // SAFETY: NO_SYNC only drops the flush at commit; the user opted in and the risk (losing
-        // the last commits on a machine crash, never consistency) is documented on Durability.
-        unsafe { options.flags(EnvFlags::NO_SYNC) };
+    match config.durability {
+        crate::config::Durability::NoSync => {
+            // SAFETY: NO_SYNC only drops the flush at commit; the user opted in and the risk
+            // (losing the last commits on a machine crash, never consistency) is documented on
+            // Durability.
+            unsafe { options.flags(EnvFlags::NO_SYNC) };
+        }
+        crate::config::Durability::Sync => {
+            // SAFETY: NO_META_SYNC keeps integrity (LMDB: "preserves the ACI properties") and only
+            // defers the meta page to the next flush of the file. The committer acknowledges a
+            // commit only after that next flush (the next commit's data flush, or
+            // `force_sync`), so no acknowledged append depends on an unflushed page.
+            unsafe { options.flags(EnvFlags::NO_META_SYNC) };
+        }
     }
     let mut attempts = 0;
     let env = loop {

@@ -169,7 +169,8 @@ fn apply(
 /// Each request is atomic on its own: one whose expectation fails gets its
 /// [`Error::ConcurrencyConflict`] and writes nothing, while the others commit. An error of the
 /// transaction itself (a full store, a failed flush) fails every request of the group.
-pub(crate) fn commit_group(storage: &Storage, group: &mut [Request]) -> Vec<Outcome> {
+/// The flag is true when a transaction with writes committed (and so flushed its data).
+pub(crate) fn commit_group(storage: &Storage, group: &mut [Request]) -> (Vec<Outcome>, bool) {
     let inline_max = storage.inline_record_max();
     let written = storage.write(|wtxn, dbs| {
         let mut seq = crate::storage::last_seq(dbs, wtxn)?;
@@ -195,11 +196,14 @@ pub(crate) fn commit_group(storage: &Storage, group: &mut [Request]) -> Vec<Outc
         Ok(outcomes)
     });
     match written {
-        Ok(outcomes) => outcomes,
+        Ok(outcomes) => {
+            let wrote = outcomes.iter().any(Result::is_ok);
+            (outcomes, wrote)
+        }
         Err(e) => {
             let mut outcomes: Vec<Outcome> = (1..group.len()).map(|_| Err(e.for_group())).collect();
             outcomes.insert(0, Err(e));
-            outcomes
+            (outcomes, false)
         }
     }
 }

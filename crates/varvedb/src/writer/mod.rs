@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::storage::record::{self, HEADER_LEN};
 use commit::{Prepared, StreamAppend};
-use queue::{Outcome, Reply, Request};
+use queue::Outcome;
 
 /// The stream id reserved for VarveDB's own use.
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
@@ -124,20 +124,11 @@ impl<E: SerializeEvent> Writer<E> {
 
     /// Hands one atomic append to the committer and waits for its answer.
     fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.storage.commit_queue().push(Request {
-            appends,
-            reply: Reply::Sync(tx),
-        });
-        rx.recv().unwrap_or_else(|_| Err(committer_gone()))
+        self.storage.commit_queue().submit(appends)
     }
 
     async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.storage.commit_queue().push(Request {
-            appends,
-            reply: Reply::Async(tx),
-        });
+        let rx = self.storage.commit_queue().submit_async(appends)?;
         rx.await.unwrap_or_else(|_| Err(committer_gone()))
     }
 

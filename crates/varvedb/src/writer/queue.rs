@@ -7,6 +7,7 @@
 //! result: a conflict fails only its own request.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::{self, JoinHandle};
 
@@ -18,21 +19,99 @@ use crate::storage::{Inner, Storage};
 /// What a request's waiter receives.
 pub(crate) type Outcome = Result<Vec<Appended>>;
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every mutex here guards a value that is consistent between statements.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The condition that the sync appenders queued between two takes wait on: the committer wakes
+/// a whole group with one `notify_all`, rather than with one wake-up call per appender.
+#[derive(Default)]
+pub(crate) struct Signal {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Signal {
+    fn notify(&self) {
+        *lock(&self.generation) += 1;
+        self.changed.notify_all();
+    }
+}
+
+/// The answer of one sync append.
+pub(crate) struct SyncSlot {
+    outcome: Mutex<Option<Outcome>>,
+    answered: AtomicBool,
+    signal: Arc<Signal>,
+}
+
+impl SyncSlot {
+    fn fill(&self, outcome: Outcome) {
+        *lock(&self.outcome) = Some(outcome);
+        self.answered.store(true, Ordering::Release);
+    }
+
+    /// Blocks until the committer has answered.
+    pub(crate) fn wait(&self) -> Outcome {
+        let mut generation = lock(&self.signal.generation);
+        loop {
+            // Checked under the signal's lock: the committer fills the slot before it takes this
+            // lock to notify, so an answer cannot slip between the check and the wait.
+            if let Some(outcome) = lock(&self.outcome).take() {
+                return outcome;
+            }
+            generation = self
+                .signal
+                .changed
+                .wait(generation)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 /// Where the answer of a request goes.
 pub(crate) enum Reply {
-    /// A thread blocked in `recv`.
-    Sync(std::sync::mpsc::SyncSender<Outcome>),
+    /// A thread blocked in [`SyncSlot::wait`].
+    Sync(Arc<SyncSlot>),
     /// A task awaiting the receiver.
-    Async(tokio::sync::oneshot::Sender<Outcome>),
+    Async(Option<tokio::sync::oneshot::Sender<Outcome>>),
 }
 
 impl Reply {
-    fn send(self, outcome: Outcome) {
-        // A waiter that has gone away (a dropped future) no longer wants the answer; its append
-        // committed or failed all the same.
+    /// Delivers the answer; a sync waiter wakes at the next [`wake`] of its signal.
+    fn send(mut self, outcome: Outcome) {
+        match &mut self {
+            Reply::Sync(slot) => slot.fill(outcome),
+            // A task that has gone away (a dropped future) no longer wants the answer; its
+            // append committed or failed all the same.
+            Reply::Async(tx) => {
+                if let Some(tx) = tx.take() {
+                    drop(tx.send(outcome));
+                }
+            }
+        }
+    }
+
+    fn signal(&self) -> Option<&Arc<Signal>> {
         match self {
-            Reply::Sync(tx) => drop(tx.send(outcome)),
-            Reply::Async(tx) => drop(tx.send(outcome)),
+            Reply::Sync(slot) => Some(&slot.signal),
+            Reply::Async(_) => None,
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // Dropped unanswered (the committer panicked): never leave a thread waiting forever. An
+        // async waiter sees its sender dropped.
+        if let Reply::Sync(slot) = self
+            && !slot.answered.load(Ordering::Acquire)
+        {
+            slot.fill(Err(Error::Poisoned {
+                reason: "the committer thread stopped without answering".into(),
+            }));
+            slot.signal.notify();
         }
     }
 }
@@ -40,7 +119,7 @@ impl Reply {
 /// One atomic append: every stream's events, or none.
 pub(crate) struct Request {
     pub(crate) appends: Vec<StreamAppend>,
-    pub(crate) reply: Reply,
+    reply: Reply,
 }
 
 impl Request {
@@ -49,9 +128,17 @@ impl Request {
     }
 }
 
+enum Take {
+    Group(Vec<Request>),
+    Empty,
+    Closed,
+}
+
 #[derive(Default)]
 struct State {
     pending: VecDeque<Request>,
+    /// The signal of the sync requests queued since the last take.
+    forming: Arc<Signal>,
     shutdown: bool,
 }
 
@@ -62,34 +149,59 @@ pub(crate) struct CommitQueue {
     wake: Condvar,
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    // The state is a queue and a flag, consistent between statements.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl CommitQueue {
-    /// Queues a request; the committer answers it through its reply.
-    pub(crate) fn push(&self, request: Request) {
-        let mut state = lock(&self.state);
-        if state.shutdown {
-            drop(state);
-            request.reply.send(Err(Error::Poisoned {
-                reason: "the store is closing".into(),
-            }));
-            return;
-        }
-        state.pending.push_back(request);
-        drop(state);
+    /// Queues `appends` and blocks the calling thread until they are committed (or fail).
+    pub(crate) fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
+        let slot = {
+            let mut state = lock(&self.state);
+            if state.shutdown {
+                return Err(closing());
+            }
+            let slot = Arc::new(SyncSlot {
+                outcome: Mutex::new(None),
+                answered: AtomicBool::new(false),
+                signal: Arc::clone(&state.forming),
+            });
+            state.pending.push_back(Request {
+                appends,
+                reply: Reply::Sync(Arc::clone(&slot)),
+            });
+            slot
+        };
         self.wake.notify_one();
+        slot.wait()
     }
 
-    /// Waits for requests and takes those waiting, up to `events_max` events (always at least
-    /// one request). `None` once the queue shuts down and is empty.
-    fn take(&self, events_max: usize) -> Option<Vec<Request>> {
+    /// Queues `appends` for a task; the answer arrives on the returned receiver.
+    pub(crate) fn submit_async(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Outcome>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        {
+            let mut state = lock(&self.state);
+            if state.shutdown {
+                return Err(closing());
+            }
+            state.pending.push_back(Request {
+                appends,
+                reply: Reply::Async(Some(tx)),
+            });
+        }
+        self.wake.notify_one();
+        Ok(rx)
+    }
+
+    /// Takes the requests waiting, up to `events_max` events (always at least one request).
+    /// With `wait`, blocks until there is one; without, returns [`Take::Empty`] at once.
+    fn take(&self, events_max: usize, wait: bool) -> Take {
         let mut state = lock(&self.state);
         while state.pending.is_empty() {
             if state.shutdown {
-                return None;
+                return Take::Closed;
+            }
+            if !wait {
+                return Take::Empty;
             }
             state = self
                 .wake
@@ -106,12 +218,20 @@ impl CommitQueue {
             events += n;
             group.extend(state.pending.pop_front());
         }
-        Some(group)
+        // Appenders that arrive from now on wait on a fresh signal, woken with their own group.
+        state.forming = Arc::default();
+        Take::Group(group)
     }
 
     fn shutdown(&self) {
         lock(&self.state).shutdown = true;
         self.wake.notify_all();
+    }
+}
+
+fn closing() -> Error {
+    Error::Poisoned {
+        reason: "the store is closing".into(),
     }
 }
 
@@ -133,7 +253,7 @@ impl Committer {
                 path: "varvedb-commit thread".into(),
                 source,
             })?;
-        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        *lock(&self.thread) = Some(thread);
         Ok(())
     }
 
@@ -155,25 +275,104 @@ impl Drop for Committer {
         if let Some(handle) = handle
             && handle.thread().id() != thread::current().id()
         {
-            // A panic of the committer was already reported to every waiter as a closed channel.
+            // A panic of the committer was already reported to every waiter (see `Reply`).
             drop(handle.join());
         }
     }
 }
 
+/// Answers committed but not yet durable, waiting for the next flush.
+///
+/// With [`Durability::Sync`](crate::Durability::Sync) the environment runs with LMDB's
+/// `MDB_NOMETASYNC`: a commit flushes its data pages once, and writes its meta page without a
+/// flush. That meta page reaches the disk with the next flush of the file: the data flush of the
+/// next commit, or an explicit `mdb_env_sync` when no commit follows. Answers wait for that
+/// flush, so an acknowledged append is always durable, while a busy store pays one flush per
+/// commit instead of two. See docs/design.md, "Group commit".
+#[derive(Default)]
+struct Answers {
+    held: Vec<(Reply, Outcome)>,
+    signals: Vec<Arc<Signal>>,
+}
+
+impl Answers {
+    fn hold(&mut self, answers: impl IntoIterator<Item = (Reply, Outcome)>) {
+        self.held.extend(answers);
+    }
+
+    /// The answers held back are now true on disk: deliver them.
+    fn release(&mut self) {
+        for (reply, outcome) in self.held.drain(..) {
+            self.signals.extend(reply.signal().cloned());
+            reply.send(outcome);
+        }
+        self.wake();
+    }
+
+    /// The flush failed: the appends' fate is unknown, so none may be acknowledged.
+    fn fail(&mut self, reason: &str) {
+        for (reply, outcome) in self.held.drain(..) {
+            self.signals.extend(reply.signal().cloned());
+            reply.send(outcome.and(Err(Error::Poisoned {
+                reason: format!(
+                    "the flush after this append's commit failed, so it may or may not be durable: {reason}"
+                ),
+            })));
+        }
+        self.wake();
+    }
+
+    /// Wakes each group whose answers were delivered, once.
+    fn wake(&mut self) {
+        self.signals.sort_unstable_by_key(Arc::as_ptr);
+        self.signals.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        for signal in self.signals.drain(..) {
+            signal.notify();
+        }
+    }
+}
+
 fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
-    while let Some(mut group) = queue.take(events_max) {
+    let mut answers = Answers::default();
+    loop {
+        let take = queue.take(events_max, answers.held.is_empty());
+        // Reachable only while someone holds a handle: dropped requests answer themselves.
         let Some(storage) = Storage::from_weak(inner) else {
-            for request in group {
-                request.reply.send(Err(Error::Poisoned {
-                    reason: "the store is closed".into(),
-                }));
-            }
             return;
         };
-        let outcomes = commit::commit_group(&storage, &mut group);
-        for (request, outcome) in group.into_iter().zip(outcomes) {
-            request.reply.send(outcome);
+        match take {
+            Take::Group(mut group) => {
+                let (outcomes, wrote) = commit::commit_group(&storage, &mut group);
+                let earlier_unflushed = !answers.held.is_empty();
+                let poisoned = storage.poisoned();
+                if let Some(reason) = &poisoned {
+                    answers.fail(reason);
+                } else if wrote {
+                    // This commit's data flush also flushed the meta pages written before it.
+                    answers.release();
+                }
+                answers.hold(group.into_iter().map(|r| r.reply).zip(outcomes));
+                // This group's answers go out now if nothing of theirs awaits a flush: without
+                // deferred meta flushes, after a failure, or when nothing was written and no
+                // earlier commit is unflushed (conflicts decided on unflushed state wait).
+                if !storage.defers_meta_flush()
+                    || poisoned.is_some()
+                    || (!wrote && !earlier_unflushed)
+                {
+                    answers.release();
+                }
+            }
+            Take::Empty | Take::Closed => {
+                if !answers.held.is_empty() {
+                    match storage.flush() {
+                        Ok(()) => answers.release(),
+                        Err(e) => answers.fail(&e.to_string()),
+                    }
+                }
+                if matches!(take, Take::Closed) {
+                    return;
+                }
+            }
         }
         drop(storage);
     }
