@@ -13,8 +13,8 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
 use crate::error::{Error, Result};
-use crate::storage::record::{RECORD_ALIGN, RecordHeader};
-use crate::storage::{self, Dbs, ReadTxn, Storage, keys};
+use crate::storage::record::{Links, RECORD_ALIGN, RecordHeader};
+use crate::storage::{self, Dbs, ReadTxn, Storage, chain, keys};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
 pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
@@ -212,9 +212,9 @@ fn event_at<'t, E: ValidateEvent>(seq: u64, value: &'t [u8]) -> Result<EventRef<
     EventRef::new(seq, header, payload)
 }
 
-/// Reads the event that the index entry `(stream_id, version) → seq` points at, and checks that
-/// the record agrees.
-fn indexed_event<'t, E: ValidateEvent>(
+/// Reads the event that the stream chain says is `(stream_id, version)` at `seq`, and checks
+/// that the record agrees.
+fn chained_event<'t, E: ValidateEvent>(
     dbs: &Dbs,
     txn: &'t RoTxn<'_>,
     stream_id: u128,
@@ -280,18 +280,27 @@ impl<E: ValidateEvent> Reader<E> {
     ) -> Result<Option<EventRef<'t, E>>> {
         self.storage.check_txn(txn)?;
         let dbs = self.storage.dbs();
-        let Some(value) = dbs
-            .index
-            .get(txn.raw(), &keys::index_key(stream_id, version))?
+        let Some((head_version, head_seq)) = storage::stream_head(dbs, txn.raw(), stream_id)?
         else {
             return Ok(None);
         };
-        let seq = keys::decode_index_value(value).ok_or_else(|| Error::CorruptIndex {
-            stream_id,
-            version,
-            reason: format!("index value of {} bytes", value.len()),
-        })?;
-        indexed_event(dbs, txn.raw(), stream_id, version, seq).map(Some)
+        if version == 0 || version > head_version {
+            return Ok(None);
+        }
+        let seq = if version == head_version {
+            head_seq
+        } else {
+            let (_, links) = chain::hop(dbs, txn.raw(), stream_id, head_version, head_seq)?;
+            chain::locate(
+                dbs,
+                txn.raw(),
+                stream_id,
+                (head_version, head_seq, links),
+                version,
+            )?
+            .0
+        };
+        chained_event(dbs, txn.raw(), stream_id, version, seq).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -312,9 +321,7 @@ impl<E: ValidateEvent> Reader<E> {
         stream_id: u128,
         from_version: u32,
     ) -> StreamIter<'t, E> {
-        let start = keys::index_key(stream_id, from_version);
-        let end = keys::index_key(stream_id, u32::MAX);
-        self.stream_iter(txn, stream_id, &start, &end, false)
+        StreamIter::new(&self.storage, txn, stream_id, from_version, false)
     }
 
     /// The events of `stream_id` from `from_version` down to version 1, newest first.
@@ -325,36 +332,7 @@ impl<E: ValidateEvent> Reader<E> {
         stream_id: u128,
         from_version: u32,
     ) -> StreamIter<'t, E> {
-        let start = keys::index_key(stream_id, 0);
-        let end = keys::index_key(stream_id, from_version);
-        self.stream_iter(txn, stream_id, &start, &end, true)
-    }
-
-    fn stream_iter<'t>(
-        &self,
-        txn: &'t ReadTxn,
-        stream_id: u128,
-        start: &[u8],
-        end: &[u8],
-        backwards: bool,
-    ) -> StreamIter<'t, E> {
-        let dbs = *self.storage.dbs();
-        let range = (Bound::Included(start), Bound::Included(end));
-        let cursor = self.storage.check_txn(txn).and_then(|()| {
-            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> = if backwards {
-                Box::new(dbs.index.rev_range(txn.raw(), &range)?)
-            } else {
-                Box::new(dbs.index.range(txn.raw(), &range)?)
-            };
-            Ok(iter)
-        });
-        StreamIter {
-            dbs,
-            txn: txn.raw(),
-            stream_id,
-            state: IterState::from(cursor),
-            _event: PhantomData,
-        }
+        StreamIter::new(&self.storage, txn, stream_id, from_version, true)
     }
 
     /// Every event from global sequence `from_seq` on, in global order.
@@ -417,44 +395,158 @@ impl<'t> IterState<'t> {
     }
 }
 
+/// How many events a forward stream read locates at a time: it finds the last of them through
+/// the chain's jumps, then walks back through `prev` links and yields them in order.
+const STREAM_CHUNK: u32 = 128;
+
 /// The events of one stream in version order (or reverse), from [`Reader::read_stream`] and
 /// [`Reader::read_stream_backwards`].
 ///
-/// Yields `Result`s. A damaged entry is reported once and the iterator moves past it; an LMDB
-/// failure is reported once and ends the iteration.
+/// Yields `Result`s. A damaged record is reported once and the iterator moves past it. A broken
+/// link of the stream chain, or an LMDB failure, is reported once; a forward read then resumes
+/// after the events it could not locate, a backward read ends.
 pub struct StreamIter<'t, E> {
     dbs: Dbs,
     txn: &'t RoTxn<'static, heed::WithoutTls>,
     stream_id: u128,
-    state: IterState<'t>,
+    /// The stream's last version and its sequence in this snapshot.
+    head: (u32, u64),
+    /// The next version to yield (0: none left).
+    next: u32,
+    /// Backwards: the sequence of `next`.
+    next_seq: u64,
+    backwards: bool,
+    /// Forwards: the located events of the current chunk, the next one last.
+    chunk: Vec<(u64, &'t [u8])>,
+    error: Option<Error>,
     _event: PhantomData<fn() -> E>,
+}
+
+impl<'t, E: ValidateEvent> StreamIter<'t, E> {
+    fn new(
+        storage: &Storage,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        from_version: u32,
+        backwards: bool,
+    ) -> Self {
+        let mut iter = StreamIter {
+            dbs: *storage.dbs(),
+            txn: txn.raw(),
+            stream_id,
+            head: (0, 0),
+            next: 0,
+            next_seq: 0,
+            backwards,
+            chunk: Vec::new(),
+            error: None,
+            _event: PhantomData,
+        };
+        let head = storage
+            .check_txn(txn)
+            .and_then(|()| storage::stream_head(&iter.dbs, txn.raw(), stream_id));
+        match head {
+            Err(e) => iter.error = Some(e),
+            Ok(None) => {}
+            Ok(Some(head)) => {
+                iter.head = head;
+                if !backwards {
+                    iter.next = from_version.max(1);
+                } else if from_version > 0 {
+                    let from = from_version.min(head.0);
+                    match iter.locate(from) {
+                        Ok((seq, _)) => (iter.next, iter.next_seq) = (from, seq),
+                        Err(e) => iter.error = Some(e),
+                    }
+                }
+            }
+        }
+        iter
+    }
+
+    /// The sequence and links of `version` (at most the head's), walking from the head.
+    fn locate(&self, version: u32) -> Result<(u64, Links)> {
+        let (head_version, head_seq) = self.head;
+        let (_, links) = chain::hop(&self.dbs, self.txn, self.stream_id, head_version, head_seq)?;
+        chain::locate(
+            &self.dbs,
+            self.txn,
+            self.stream_id,
+            (head_version, head_seq, links),
+            version,
+        )
+    }
+
+    /// Locates versions `self.next ..= end` into `self.chunk`.
+    fn fill(&mut self, end: u32) -> Result<()> {
+        let (mut seq, _) = self.locate(end)?;
+        // One allocation for the whole read: every chunk but the last is full.
+        self.chunk.reserve(STREAM_CHUNK as usize);
+        let mut version = end;
+        loop {
+            let (record, links) = chain::hop(&self.dbs, self.txn, self.stream_id, version, seq)?;
+            self.chunk.push((seq, record));
+            if version == self.next {
+                return Ok(());
+            }
+            version -= 1;
+            seq = links.prev;
+        }
+    }
+
+    fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
+        if let Some((seq, record)) = self.chunk.pop() {
+            return Some(event_at(seq, record));
+        }
+        if self.next == 0 || self.next > self.head.0 {
+            return None;
+        }
+        let end = self.next.saturating_add(STREAM_CHUNK - 1).min(self.head.0);
+        self.chunk.clear();
+        let filled = self.fill(end);
+        self.next = end.checked_add(1).unwrap_or(0);
+        match filled {
+            Ok(()) => self.chunk.pop().map(|(seq, record)| event_at(seq, record)),
+            Err(e) => {
+                // Skip what could not be located; later chunks are reached from the head.
+                self.chunk.clear();
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn next_backward(&mut self) -> Option<Result<EventRef<'t, E>>> {
+        if self.next == 0 {
+            return None;
+        }
+        let (version, seq) = (self.next, self.next_seq);
+        match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
+            Ok((record, links)) => {
+                (self.next, self.next_seq) = (version - 1, links.prev);
+                Some(event_at(seq, record))
+            }
+            Err(e) => {
+                // Without this record's links the rest of the stream cannot be reached.
+                self.next = 0;
+                Some(Err(e))
+            }
+        }
+    }
 }
 
 impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
     type Item = Result<EventRef<'t, E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (key, value) = match self.state.next_raw()? {
-            Ok(entry) => entry,
-            Err(e) => return Some(Err(e)),
-        };
-        let Some((stream_id, version)) =
-            keys::decode_index_key(key).filter(|(s, _)| *s == self.stream_id)
-        else {
-            return Some(Err(Error::CorruptIndex {
-                stream_id: self.stream_id,
-                version: 0,
-                reason: format!("malformed index key {key:02x?}"),
-            }));
-        };
-        let Some(seq) = keys::decode_index_value(value) else {
-            return Some(Err(Error::CorruptIndex {
-                stream_id,
-                version,
-                reason: format!("index value of {} bytes", value.len()),
-            }));
-        };
-        Some(indexed_event(&self.dbs, self.txn, stream_id, version, seq))
+        if let Some(e) = self.error.take() {
+            self.next = 0;
+            return Some(Err(e));
+        }
+        if self.backwards {
+            self.next_backward()
+        } else {
+            self.next_forward()
+        }
     }
 }
 

@@ -6,8 +6,6 @@ pub(crate) const SEQ_KEY_LEN: usize = 8;
 /// eight zero bytes. The longer key keeps the leaf node 32 bytes long (see `docs/design.md`,
 /// "Alignment"), so that every value in the log stays 16-byte aligned.
 pub(crate) const SEQ_KEY_LONG_LEN: usize = 16;
-/// `[u128 stream][u32 version]`.
-pub(crate) const INDEX_KEY_LEN: usize = 20;
 /// `[u32 version][u32 reserved][u64 last seq]`, little-endian.
 pub(crate) const HEAD_VALUE_LEN: usize = 16;
 
@@ -30,27 +28,6 @@ pub(crate) fn decode_seq_key(key: &[u8]) -> Option<u64> {
         }
         _ => None,
     }
-}
-
-pub(crate) fn index_key(stream_id: u128, version: u32) -> [u8; INDEX_KEY_LEN] {
-    let mut key = [0u8; INDEX_KEY_LEN];
-    key[..16].copy_from_slice(&stream_id.to_be_bytes());
-    key[16..].copy_from_slice(&version.to_be_bytes());
-    key
-}
-
-pub(crate) fn decode_index_key(key: &[u8]) -> Option<(u128, u32)> {
-    if key.len() != INDEX_KEY_LEN {
-        return None;
-    }
-    let stream = u128::from_be_bytes(key[..16].try_into().ok()?);
-    let version = u32::from_be_bytes(key[16..].try_into().ok()?);
-    Some((stream, version))
-}
-
-/// Index values are the global sequence, big-endian.
-pub(crate) fn decode_index_value(value: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(value.try_into().ok()?))
 }
 
 pub(crate) fn head_key(stream_id: u128) -> [u8; 16] {
@@ -83,8 +60,7 @@ mod tests {
         assert!(seq_key(255) < seq_key(256));
         assert!(seq_key(1)[..] < seq_key_long(2)[..]);
         assert!(seq_key_long(2)[..] < seq_key(3)[..]);
-        assert!(index_key(1, u32::MAX) < index_key(2, 0));
-        assert!(index_key(1, 255) < index_key(1, 256));
+        assert!(head_key(1) < head_key(256));
     }
 
     #[test]
@@ -95,10 +71,6 @@ mod tests {
         let mut bad = seq_key_long(1);
         bad[15] = 1;
         assert_eq!(decode_seq_key(&bad), None);
-        assert_eq!(
-            decode_index_key(&index_key(u128::MAX - 1, 7)),
-            Some((u128::MAX - 1, 7))
-        );
         assert_eq!(decode_head_value(&head_value(9, 1234)), Some((9, 1234)));
         assert_eq!(decode_head_value(&[0; 3]), None);
     }

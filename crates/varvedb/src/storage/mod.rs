@@ -2,6 +2,7 @@
 //!
 //! This layer knows records and keys, never typed events.
 
+pub(crate) mod chain;
 mod gate;
 pub(crate) mod keys;
 pub(crate) mod record;
@@ -25,14 +26,13 @@ use crate::writer::queue::{CommitQueue, Committer};
 use gate::Gate;
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The meta key of the format version; its value is a little-endian `u32`.
 pub const META_FORMAT_KEY: &str = "format_version";
 
 /// Names of the LMDB databases of a store.
 pub(crate) mod db_names {
     pub(crate) const EVENTS: &str = "events";
-    pub(crate) const STREAM_INDEX: &str = "stream_index";
     pub(crate) const STREAM_HEADS: &str = "stream_heads";
     pub(crate) const BLOBS: &str = "blobs";
     pub(crate) const CONSUMER_CURSORS: &str = "consumer_cursors";
@@ -47,9 +47,8 @@ type Raw = Database<'static, Bytes, Bytes>;
 pub(crate) struct Dbs {
     /// `u64 BE seq` (or `seq ‖ 0u64` for overflow records) → record.
     pub(crate) events: Raw,
-    /// `[u128 BE stream][u32 BE version]` → `u64 BE seq`.
-    pub(crate) index: Raw,
-    /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE.
+    /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE: where each stream's chain
+    /// starts (see [`chain`]).
     pub(crate) heads: Raw,
     /// Content-addressed payloads (filled by a later release).
     #[expect(
@@ -155,7 +154,8 @@ pub struct Stats {
     pub last_seq: u64,
     /// Bytes of LMDB pages holding the events log.
     pub log_bytes: u64,
-    /// Bytes of LMDB pages holding the stream index and the stream heads.
+    /// Bytes of LMDB pages holding the stream heads (the only per-stream index: events find
+    /// each other through the stream chain).
     pub index_bytes: u64,
     /// Bytes of the data file on disk.
     pub file_bytes: u64,
@@ -323,7 +323,7 @@ impl Storage {
             streams: dbs.heads.len(txn.raw())?,
             last_seq: last_seq(dbs, txn.raw())?,
             log_bytes: pages(&dbs.events)?,
-            index_bytes: pages(&dbs.index)? + pages(&dbs.heads)?,
+            index_bytes: pages(&dbs.heads)?,
             file_bytes: self.inner.env.real_disk_size()?,
             map_bytes: self.inner.env.info().map_size,
             commits: self.inner.commits.load(Ordering::Relaxed),
@@ -588,7 +588,6 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
     let wtxn = env.write_txn()?;
     let created = env.create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_> {
         let events = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENTS))?;
-        let index = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_INDEX))?;
         let heads = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
         let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;
         let cursors =
@@ -606,13 +605,12 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
             None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
         }
         Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-            events, index, heads, blobs, cursors, keystore, meta,
+            events, heads, blobs, cursors, keystore, meta,
         )))
     })?;
-    let CommitOrAbort::Commit((events, index, heads, blobs, cursors, keystore, meta)) = created;
+    let CommitOrAbort::Commit((events, heads, blobs, cursors, keystore, meta)) = created;
     let dbs = Dbs {
         events,
-        index,
         heads,
         blobs,
         cursors,

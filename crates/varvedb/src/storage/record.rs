@@ -1,16 +1,18 @@
 //! The record format of the events log. `docs/design.md` draws it byte by byte.
 //!
 //! ```text
-//! 0   u8    record format (1)
+//! 0   u8    record format (2)
 //! 1   u8    flags (none defined yet; a set bit is refused as corrupt)
-//! 2   u16   header length (48)
+//! 2   u16   header length (64)
 //! 4   u32   payload length
 //! 8   u128  stream id
 //! 24  u32   version
 //! 28  u32   reserved, zero
 //! 32  u64   timestamp, unix nanoseconds
-//! 40  u64   checksum: xxh3-64 of bytes 0..40 followed by xxh3-64(payload) as 8 bytes
-//! 48  ..    payload (an rkyv archive), then zero padding to a multiple of 16 bytes
+//! 40  u64   prev: sequence of the stream's previous version (0 for version 1)
+//! 48  u64   jump: sequence of version `chain::jump_version(version)` (0 for version 1)
+//! 56  u64   checksum: xxh3-64 of bytes 0..56 followed by xxh3-64(payload) as 8 bytes
+//! 64  ..    payload (an rkyv archive), then zero padding to a multiple of 16 bytes
 //! ```
 //! Header integers are little-endian.
 
@@ -18,11 +20,11 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
 
-pub(crate) const RECORD_FORMAT: u8 = 1;
-pub(crate) const HEADER_LEN: usize = 48;
+pub(crate) const RECORD_FORMAT: u8 = 2;
+pub(crate) const HEADER_LEN: usize = 64;
 /// Records are padded to this multiple, and payloads start at this alignment in the map.
 pub(crate) const RECORD_ALIGN: usize = 16;
-const CHECKSUM_AT: usize = 40;
+const CHECKSUM_AT: usize = 56;
 
 /// The decoded, verified header of a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,42 @@ pub(crate) struct RecordHeader {
     pub(crate) stream_id: u128,
     pub(crate) version: u32,
     pub(crate) timestamp_ns: u64,
+    /// The stream chain: see [`chain`](super::chain).
+    pub(crate) links: Links,
+}
+
+/// A record's pointers to earlier records of its stream (0: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Links {
+    /// The sequence of the previous version.
+    pub(crate) prev: u64,
+    /// The sequence of version `chain::jump_version(version)`.
+    pub(crate) jump: u64,
+}
+
+/// What a chain walk needs of a record, read without verifying its checksum: the record is
+/// verified in full when it is handed out, and a damaged link shows as a stream or version
+/// mismatch at the next step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peek {
+    pub(crate) stream_id: u128,
+    pub(crate) version: u32,
+    pub(crate) links: Links,
+}
+
+/// Reads a record's stream, version and links; `None` if it is too short or of another format.
+pub(crate) fn peek(record: &[u8]) -> Option<Peek> {
+    if record.len() < HEADER_LEN || record[0] != RECORD_FORMAT {
+        return None;
+    }
+    Some(Peek {
+        stream_id: u128::from_le_bytes(record[8..24].try_into().ok()?),
+        version: le_u32(record, 24),
+        links: Links {
+            prev: le_u64(record, 40),
+            jump: le_u64(record, 48),
+        },
+    })
 }
 
 /// The total stored length of a record with `payload_len` bytes of payload.
@@ -55,6 +93,8 @@ pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &Re
     h[24..28].copy_from_slice(&header.version.to_le_bytes());
     h[28..32].copy_from_slice(&0u32.to_le_bytes());
     h[32..40].copy_from_slice(&header.timestamp_ns.to_le_bytes());
+    h[40..48].copy_from_slice(&header.links.prev.to_le_bytes());
+    h[48..56].copy_from_slice(&header.links.jump.to_le_bytes());
     let checksum = header_checksum(&h[..CHECKSUM_AT], digest);
     h[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
 }
@@ -135,6 +175,10 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         ),
         version: le_u32(record, 24),
         timestamp_ns: le_u64(record, 32),
+        links: Links {
+            prev: le_u64(record, 40),
+            jump: le_u64(record, 48),
+        },
     };
     Ok((header, payload))
 }
@@ -151,6 +195,7 @@ mod tests {
             stream_id: 7 << 100,
             version: 3,
             timestamp_ns: 99,
+            links: Links { prev: 11, jump: 5 },
         };
         seal(
             &mut rec,
@@ -167,6 +212,12 @@ mod tests {
         assert_eq!(rec.len() % RECORD_ALIGN, 0);
         let (h, p) = decode(1, &rec).unwrap();
         assert_eq!((h.stream_id, h.version, h.timestamp_ns), (7 << 100, 3, 99));
+        assert_eq!(h.links, Links { prev: 11, jump: 5 });
+        let peeked = peek(&rec).unwrap();
+        assert_eq!(
+            (peeked.stream_id, peeked.version, peeked.links),
+            (h.stream_id, 3, h.links)
+        );
         assert_eq!(p, b"hello world");
     }
 
@@ -227,7 +278,7 @@ mod tests {
         /// A valid record with any one byte replaced is refused, unless the byte is padding or
         /// the replacement equals the original.
         #[test]
-        fn any_replaced_byte_is_caught(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..100), at in 0usize..148, with in proptest::num::u8::ANY) {
+        fn any_replaced_byte_is_caught(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..100), at in 0usize..164, with in proptest::num::u8::ANY) {
             let rec = sample(&payload);
             let at = at % rec.len();
             let mut bad = rec.clone();

@@ -10,8 +10,8 @@ use rkyv::util::AlignedVec;
 use super::queue::{Outcome, Request};
 use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
-use crate::storage::record::{self, RecordHeader};
-use crate::storage::{Dbs, Storage, keys, stream_head};
+use crate::storage::record::{self, Links, RecordHeader};
+use crate::storage::{Dbs, Storage, chain, keys, stream_head};
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
 pub(crate) struct Prepared {
@@ -39,6 +39,8 @@ fn now_ns() -> u64 {
 struct Head {
     version: u32,
     seq: u64,
+    /// The links of the head record, once read (or written) in this group.
+    links: Option<Links>,
     dirty: bool,
 }
 
@@ -58,6 +60,7 @@ impl Heads {
         let head = Head {
             version,
             seq,
+            links: None,
             dirty: false,
         };
         self.map.insert(stream_id, head);
@@ -87,11 +90,12 @@ impl Heads {
 /// Checks one request's expectations against the heads, without writing anything.
 fn check(dbs: &Dbs, wtxn: &RwTxn<'_>, heads: &mut Heads, appends: &[StreamAppend]) -> Result<()> {
     // A stream may appear twice in one request: the second entry sees the first one's events.
-    let mut overlay: Vec<(u128, u32)> = Vec::new();
+    // (A map, not a list: a request may carry thousands of streams.)
+    let mut overlay: HashMap<u128, u32> = HashMap::new();
     for append in appends {
         let stream_id = append.stream_id;
-        let current = match overlay.iter().rev().find(|(s, _)| *s == stream_id) {
-            Some((_, v)) => *v,
+        let current = match overlay.get(&stream_id) {
+            Some(v) => *v,
             None => heads.get(dbs, wtxn, stream_id)?.version,
         };
         if !append.expected.accepts(current) {
@@ -109,12 +113,42 @@ fn check(dbs: &Dbs, wtxn: &RwTxn<'_>, heads: &mut Heads, appends: &[StreamAppend
                 version: current,
                 events: append.events.len(),
             })?;
-        overlay.push((stream_id, next));
+        if appends.len() > 1 {
+            overlay.insert(stream_id, next);
+        }
     }
     Ok(())
 }
 
-/// Writes one checked request: its records, index entries and (in memory) its heads.
+/// The links of the event that follows `head` in its stream: `prev` is the head, `jump` is
+/// found by walking the chain from the head (at most two steps, by the jump rule).
+fn next_links(dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128, head: &mut Head) -> Result<Links> {
+    if head.version == 0 {
+        return Ok(Links::default());
+    }
+    let head_links = match head.links {
+        Some(links) => links,
+        None => {
+            let links = chain::hop(dbs, wtxn, stream_id, head.version, head.seq)?.1;
+            head.links = Some(links);
+            links
+        }
+    };
+    let target = chain::jump_version(head.version + 1);
+    let (jump, _) = chain::locate(
+        dbs,
+        wtxn,
+        stream_id,
+        (head.version, head.seq, head_links),
+        target,
+    )?;
+    Ok(Links {
+        prev: head.seq,
+        jump,
+    })
+}
+
+/// Writes one checked request: its records and (in memory) its heads.
 fn apply(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
@@ -130,13 +164,16 @@ fn apply(
         let mut head = heads.get(dbs, wtxn, stream_id)?;
         for event in &mut append.events {
             *seq += 1;
+            let links = next_links(dbs, wtxn, stream_id, &mut head)?;
             head.version += 1;
             head.seq = *seq;
+            head.links = Some(links);
             let header = RecordHeader {
                 flags: 0,
                 stream_id,
                 version: head.version,
                 timestamp_ns,
+                links,
             };
             record::seal(&mut event.record, event.payload_len, event.digest, &header);
             // Seqs only grow, so APPEND skips the search and fills pages completely.
@@ -147,12 +184,6 @@ fn apply(
             };
             dbs.events
                 .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)?;
-            dbs.index.put_with_flags(
-                wtxn,
-                PutFlags::NO_OVERWRITE,
-                &keys::index_key(stream_id, head.version),
-                &seq.to_be_bytes(),
-            )?;
             out.push(Appended {
                 seq: *seq,
                 version: head.version,

@@ -199,7 +199,7 @@ impl<E: SerializeEvent> Writer<E> {
     fn prepare(&self, event: &E) -> Result<Prepared> {
         let mut buf = AlignedVec::<16>::with_capacity(256);
         buf.extend_from_slice(&[0u8; HEADER_LEN]);
-        // The header is 48 bytes, a multiple of 16, so rkyv's alignment padding (computed from
+        // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
         // the buffer position) is the same as if the payload started at offset 0.
         let mut buf =
             rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {

@@ -1,0 +1,166 @@
+//! The stream chain: how a stream's events are found by version without a per-event index.
+//!
+//! Every record points back at two earlier records of its stream: `prev`, the previous version,
+//! and `jump`, the version [`jump_version`] names. The jumps follow E. W. Myers' "applicative
+//! random-access stack" (1983), in the skew-binary form: from any version, any earlier version
+//! is reached in O(log n) steps, each step one exact lookup in the log. The stream-heads table
+//! (one entry per stream) holds where each chain starts, so an append writes its record and
+//! updates one head, and never inserts into a B-tree keyed by stream: that is what makes appends
+//! to many random streams cheap (see docs/design.md, "The stream chain").
+
+use heed::RoTxn;
+
+use super::record::{self, Links};
+use super::{Dbs, get_record};
+use crate::error::{Error, Result};
+
+/// The version that version `version`'s jump link points at; 0 when it has none (version 1).
+///
+/// With depth `d = version - 1`, write `d` greedily as a sum of numbers `2^k - 1`, largest
+/// first; the jump skips back by the last (smallest) term.
+pub(crate) fn jump_version(version: u32) -> u32 {
+    if version <= 1 {
+        return 0;
+    }
+    let depth = u64::from(version - 1);
+    let mut rest = depth;
+    loop {
+        // The largest 2^k - 1 not above `rest` (rest >= 1, so k >= 1).
+        let k = 63 - (rest + 1).leading_zeros();
+        let term = (1u64 << k) - 1;
+        if rest == term {
+            // depth - term < depth < u32::MAX, so the result fits.
+            return u32::try_from(depth - term + 1).unwrap_or(0);
+        }
+        rest -= term;
+    }
+}
+
+/// One step from version `at` towards the earlier version `target`: the version to go to, and
+/// whether the step follows the jump link (else the prev link).
+pub(crate) fn step(at: u32, target: u32) -> (u32, bool) {
+    let jump = jump_version(at);
+    if jump >= target && jump > 0 {
+        (jump, true)
+    } else {
+        (at - 1, false)
+    }
+}
+
+fn broken(stream_id: u128, version: u32, reason: String) -> Error {
+    Error::CorruptIndex {
+        stream_id,
+        version,
+        reason,
+    }
+}
+
+/// Reads the record at `seq`, which must be version `version` of `stream_id`, and returns it
+/// with its links. A record that is missing, unreadable or of another stream or version means a
+/// broken chain.
+pub(crate) fn hop<'t>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    stream_id: u128,
+    version: u32,
+    seq: u64,
+) -> Result<(&'t [u8], Links)> {
+    let record = get_record(dbs, txn, seq)?.ok_or_else(|| {
+        broken(
+            stream_id,
+            version,
+            format!("the chain points at sequence {seq}, which does not exist"),
+        )
+    })?;
+    let peek = record::peek(record).ok_or_else(|| {
+        broken(
+            stream_id,
+            version,
+            format!("the chain points at sequence {seq}, which is not a record"),
+        )
+    })?;
+    if peek.stream_id != stream_id || peek.version != version {
+        return Err(broken(
+            stream_id,
+            version,
+            format!(
+                "the chain points at sequence {seq}, which holds version {} of stream {}",
+                peek.version, peek.stream_id
+            ),
+        ));
+    }
+    Ok((record, peek.links))
+}
+
+/// Walks from version `from` (at sequence `seq`, whose links are `links`) back to version
+/// `target <= from`; returns the target's sequence and links.
+pub(crate) fn locate(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    stream_id: u128,
+    (from, seq, links): (u32, u64, Links),
+    target: u32,
+) -> Result<(u64, Links)> {
+    let (mut at, mut seq, mut links) = (from, seq, links);
+    while at > target {
+        let (next, by_jump) = step(at, target);
+        seq = if by_jump { links.jump } else { links.prev };
+        at = next;
+        links = hop(dbs, txn, stream_id, at, seq)?.1;
+    }
+    Ok((seq, links))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Myers' recursive definition, on depths: the reference the closed form must match.
+    fn reference(n: usize) -> Vec<u64> {
+        let mut j = vec![0u64; n];
+        for d in 1..n {
+            let p = d as u64 - 1;
+            let jp = j[p as usize];
+            let jjp = j[jp as usize];
+            j[d] = if p - jp == jp - jjp { jjp } else { p };
+        }
+        j
+    }
+
+    #[test]
+    fn closed_form_matches_the_recursive_definition() {
+        let j = reference(100_000);
+        for (d, jump_depth) in j.iter().enumerate().skip(1) {
+            let version = d as u32 + 1;
+            assert_eq!(
+                u64::from(jump_version(version)),
+                jump_depth + 1,
+                "version {version}"
+            );
+        }
+        assert_eq!(jump_version(1), 0);
+        assert_eq!(jump_version(0), 0);
+    }
+
+    #[test]
+    fn every_version_is_reached_in_logarithmic_steps() {
+        let hops = |from: u32, target: u32| {
+            let (mut at, mut n) = (from, 0u32);
+            while at > target {
+                at = step(at, target).0;
+                n += 1;
+            }
+            assert_eq!(at, target);
+            n
+        };
+        for from in [1u32, 2, 3, 100, 4_095, 65_536, 1_000_000] {
+            for target in [1, from / 3, from / 2, from.saturating_sub(1).max(1), from] {
+                let bound = 3 * (32 - from.leading_zeros()) + 2;
+                assert!(hops(from, target) <= bound, "{from} -> {target}");
+            }
+        }
+        // The top of the range too: no overflow, still logarithmic.
+        assert!(hops(u32::MAX, 1) <= 3 * 32 + 2);
+        assert!(hops(u32::MAX, u32::MAX / 2) <= 3 * 32 + 2);
+    }
+}
