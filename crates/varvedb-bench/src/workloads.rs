@@ -247,7 +247,9 @@ fn stream_reads(store: &dyn BenchStore, o: &Options) -> BenchResult<Measured> {
 type WriteFn = fn(&dyn BenchStore, &Options) -> BenchResult<Measured>;
 
 /// The write workloads, in table order: id, title, function.
-fn write_workloads() -> Vec<(&'static str, String, WriteFn)> {
+fn write_workloads(o: &Options) -> Vec<(&'static str, String, WriteFn)> {
+    let writers = o.writers;
+    let tasks = o.async_tasks;
     vec![
         (
             "a_hot",
@@ -261,17 +263,17 @@ fn write_workloads() -> Vec<(&'static str, String, WriteFn)> {
         ),
         (
             "b_hot",
-            "(b) 64 writers, single events, a stream each".into(),
+            format!("(b) {writers} writers, single events, a stream each"),
             |s, o| concurrent_appends(s, o, true),
         ),
         (
             "b_random",
-            "(b) 64 writers, single events, 1M random streams".into(),
+            format!("(b) {writers} writers, single events, 1M random streams"),
             |s, o| concurrent_appends(s, o, false),
         ),
         (
             "async",
-            "1,000 async appenders, single events".into(),
+            format!("{tasks} async appenders, single events"),
             async_appends,
         ),
         (
@@ -384,7 +386,7 @@ fn concurrency_note(store_concurrency: Option<Concurrency>) -> Option<String> {
 /// Runs everything; returns the rows of the table.
 pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
-    let workloads = write_workloads();
+    let workloads = write_workloads(o);
     for (id, title, f) in &workloads {
         let mut row = Row::new(id, title, Unit::EventsPerSecond);
         let mut latency_rows = if *id == "b_hot" {

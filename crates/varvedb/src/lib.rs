@@ -66,6 +66,50 @@ pub use writer::{Appended, ExpectedVersion, RESERVED_STREAM_ID, SerializeEvent, 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;
 
+/// The record codec, exposed for the criterion micro-benchmarks (`benches/record.rs`) only. Not
+/// part of the API: it may change in any release.
+#[doc(hidden)]
+pub mod __bench {
+    use crate::storage::record::{self, Links, RecordHeader};
+    use crate::writer::SerializeEvent;
+
+    /// What an append does outside the commit: serialize `event` behind a header placeholder,
+    /// digest the payload, pad; then what the commit adds: the sealed header. Returns the record.
+    pub fn encode<E: SerializeEvent>(event: &E, version: u32) -> crate::Result<Vec<u8>> {
+        let mut prepared = crate::writer::prepare(event, usize::MAX)?;
+        let header = RecordHeader {
+            flags: 0,
+            stream_id: 7,
+            version,
+            timestamp_ns: 1,
+            links: Links {
+                prev: u64::from(version.saturating_sub(1)),
+                jump: 1,
+            },
+        };
+        record::seal(
+            &mut prepared.record,
+            prepared.payload_len,
+            prepared.digest,
+            &header,
+        );
+        Ok(prepared.record.to_vec())
+    }
+
+    /// The payload digest the record checksum folds in.
+    pub fn payload_digest(payload: &[u8]) -> u64 {
+        record::payload_digest(payload)
+    }
+
+    /// Verifies a record (lengths, format, checksum) as every read does; returns its payload.
+    pub fn verify(record: &[u8]) -> crate::Result<&[u8]> {
+        record::decode(1, record).map(|(_, payload)| payload)
+    }
+
+    /// The length of a record's header: its payload starts here.
+    pub const HEADER_LEN: usize = record::HEADER_LEN;
+}
+
 // The README's quickstart is compiled and run as a doc-test too.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -197,36 +197,40 @@ impl<E: SerializeEvent> Writer<E> {
 
     /// Serializes `event` right after a header placeholder and pads the record to 16 bytes.
     fn prepare(&self, event: &E) -> Result<Prepared> {
-        let mut buf = AlignedVec::<16>::with_capacity(256);
-        buf.extend_from_slice(&[0u8; HEADER_LEN]);
-        // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
-        // the buffer position) is the same as if the payload started at offset 0.
-        let mut buf =
-            rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {
-                Error::Serialize {
-                    reason: e.to_string(),
-                }
-            })?;
-        let payload_len = buf.len() - HEADER_LEN;
-        let max = self.storage.config().event_bytes_max;
-        if payload_len > max {
-            return Err(Error::EventTooLarge {
-                size: payload_len,
-                max,
-            });
+        prepare(event, self.storage.config().event_bytes_max)
+    }
+}
+
+/// Serializes `event` right after a header placeholder, digests the payload and pads the record
+/// to 16 bytes: everything of an append that happens outside the commit.
+pub(crate) fn prepare<E: SerializeEvent>(event: &E, max: usize) -> Result<Prepared> {
+    let mut buf = AlignedVec::<16>::with_capacity(256);
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
+    // the buffer position) is the same as if the payload started at offset 0.
+    let mut buf = rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {
+        Error::Serialize {
+            reason: e.to_string(),
         }
-        let digest = record::payload_digest(&buf[HEADER_LEN..]);
-        buf.resize(record::record_len(payload_len), 0);
-        let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
+    })?;
+    let payload_len = buf.len() - HEADER_LEN;
+    if payload_len > max {
+        return Err(Error::EventTooLarge {
             size: payload_len,
             max,
-        })?;
-        Ok(Prepared {
-            record: buf,
-            payload_len,
-            digest,
-        })
+        });
     }
+    let digest = record::payload_digest(&buf[HEADER_LEN..]);
+    buf.resize(record::record_len(payload_len), 0);
+    let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
+        size: payload_len,
+        max,
+    })?;
+    Ok(Prepared {
+        record: buf,
+        payload_len,
+        digest,
+    })
 }
 
 fn first(outcome: Outcome) -> Result<Appended> {

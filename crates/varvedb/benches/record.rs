@@ -1,0 +1,80 @@
+//! Micro-benchmarks of the per-event work: encoding a record, its checksum, verifying it, and
+//! validating the archive (the full scan is in `core.rs`).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rkyv::{Archive, Deserialize, Serialize};
+use varvedb::__bench;
+
+/// The same ~150-byte event as `core.rs`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+struct Deposited {
+    account: u64,
+    amount: u64,
+    currency: [u8; 3],
+    at_ns: u64,
+    reference: u128,
+    note: String,
+}
+
+fn event(i: u64) -> Deposited {
+    Deposited {
+        account: i % 10_000,
+        amount: i * 7,
+        currency: *b"EUR",
+        at_ns: 1_700_000_000_000_000_000 + i,
+        reference: u128::from(i) << 64 | 0xfeed,
+        note: format!(
+            "salary payment for invoice {i:010}, thank you; reference code ABCDEFGHIJ-{}",
+            i % 97
+        ),
+    }
+}
+
+fn record(c: &mut Criterion) {
+    let e = event(42);
+    let rec = __bench::encode(&e, 3).unwrap();
+    // Copy into an aligned buffer, as the map would hold it.
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(&rec);
+    let payload = __bench::verify(&aligned).unwrap();
+    let payload_len = payload.len();
+
+    let mut g = c.benchmark_group("record");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("encode (serialize, digest, seal)", |b| {
+        b.iter(|| __bench::encode(black_box(&e), 3).unwrap())
+    });
+    g.bench_function(format!("checksum ({payload_len}-byte payload)"), |b| {
+        b.iter(|| __bench::payload_digest(black_box(payload)))
+    });
+    g.bench_function("verify (header and checksum)", |b| {
+        b.iter(|| __bench::verify(black_box(&aligned)).unwrap().len())
+    });
+    g.bench_function("validate (rkyv bytecheck)", |b| {
+        b.iter(|| {
+            rkyv::access::<ArchivedDeposited, rkyv::rancor::Error>(black_box(payload))
+                .unwrap()
+                .amount
+                .to_native()
+        })
+    });
+    g.bench_function(
+        "verify + validate + one field (a scan's per-event work)",
+        |b| {
+            b.iter(|| {
+                let p = __bench::verify(black_box(&aligned)).unwrap();
+                rkyv::access::<ArchivedDeposited, rkyv::rancor::Error>(p)
+                    .unwrap()
+                    .amount
+                    .to_native()
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, record);
+criterion_main!(benches);
