@@ -334,6 +334,7 @@ impl Answers {
 
 fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
     let mut answers = Answers::default();
+    let mut heads = commit::HeadCache::default();
     loop {
         let take = queue.take(events_max, answers.held.is_empty());
         // Reachable only while someone holds a handle: dropped requests answer themselves.
@@ -342,7 +343,7 @@ fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
         };
         match take {
             Take::Group(mut group) => {
-                let (outcomes, wrote) = commit::commit_group(&storage, &mut group);
+                let (outcomes, wrote) = commit::commit_group(&storage, &mut heads, &mut group);
                 let earlier_unflushed = !answers.held.is_empty();
                 let poisoned = storage.poisoned();
                 if let Some(reason) = &poisoned {
