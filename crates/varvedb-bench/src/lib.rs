@@ -47,6 +47,8 @@ pub struct Options {
     pub stream_reads: usize,
     /// Distinct streams of the "random streams" variants.
     pub random_streams: u64,
+    /// Run only the rows with these ids (all when empty), e.g. `d_scan`, `c1000_10k`.
+    pub only: Vec<String>,
 }
 
 impl Options {
@@ -66,6 +68,7 @@ impl Options {
             point_reads: 200_000,
             stream_reads: 50,
             random_streams: 1_000_000,
+            only: Vec::new(),
         }
     }
 

@@ -387,7 +387,12 @@ fn concurrency_note(store_concurrency: Option<Concurrency>) -> Option<String> {
 pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
     let workloads = write_workloads(o);
+    let wanted = |id: &str| o.only.is_empty() || o.only.iter().any(|w| w == id);
     for (id, title, f) in &workloads {
+        let latency_wanted = ["g_p50", "g_p99", "g_p999"].iter().any(|g| wanted(g));
+        if !(wanted(id) || (*id == "b_hot" && latency_wanted)) {
+            continue;
+        }
         let mut row = Row::new(id, title, Unit::EventsPerSecond);
         let mut latency_rows = if *id == "b_hot" {
             vec![
@@ -432,6 +437,12 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         rows.extend(latency_rows);
     }
 
+    if !["d_scan", "e_point", "f_stream"]
+        .iter()
+        .any(|id| wanted(id))
+    {
+        return Ok(rows);
+    }
     // (d)–(f) read one filled store per peer.
     let mut scan_row = Row::new(
         "d_scan",
@@ -462,6 +473,9 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             (&mut point_row, point_reads as WriteFn),
             (&mut stream_row, stream_reads as WriteFn),
         ] {
+            if !wanted(&row.id) {
+                continue;
+            }
             eprintln!("varvedb bench: {}: {peer}", row.title);
             let runs = measure(o, peer, &row.id, |s| f(s, o), false, Some(store.as_ref()))?;
             row.cells.push(match runs.unsupported {
@@ -472,6 +486,10 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         drop(store);
         std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
     }
-    rows.extend([scan_row, point_row, stream_row]);
+    rows.extend(
+        [scan_row, point_row, stream_row]
+            .into_iter()
+            .filter(|r| wanted(&r.id)),
+    );
     Ok(rows)
 }

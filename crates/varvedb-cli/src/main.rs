@@ -43,6 +43,10 @@ struct BenchArgs {
     /// Events in the store the read workloads read.
     #[arg(long)]
     read_events: Option<u64>,
+    /// Run only these rows, by id, comma-separated (a_hot, a_random, b_hot, b_random, async,
+    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, d_scan, e_point, f_stream).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// Where the stores go: on a real disk, as flushes are part of the result.
     #[arg(long, default_value = "varvedb-bench-stores")]
     dir: PathBuf,
@@ -78,6 +82,9 @@ fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(peers) = args.peers {
         options.peers = peers;
+    }
+    if let Some(only) = args.only {
+        options.only = only;
     }
     if let Some(n) = args.read_events {
         options.read_events = n.max(1);
