@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use heed::types::Bytes;
-use heed::{CommitOrAbort, Database, EnvFlags, EnvOpenOptions, PutFlags};
+use heed::{CommitOrAbort, EnvFlags, EnvOpenOptions, PutFlags};
 
 fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s << 13;
@@ -18,8 +18,6 @@ fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s << 17;
     *s
 }
-
-type Db = Database<'static, Bytes, Bytes>;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -47,9 +45,9 @@ fn main() {
     let wtxn = env.write_txn().unwrap();
     let CommitOrAbort::Commit((log, index, heads)) = env
         .create_databases_and_commit(wtxn, |opener, wtxn| {
-            let log: Db = opener.create_database(wtxn, Some("log"))?;
-            let index: Db = opener.create_database(wtxn, Some("index"))?;
-            let heads: Db = opener.create_database(wtxn, Some("heads"))?;
+            let log = opener.create_database::<Bytes, Bytes>(wtxn, Some("log"))?;
+            let index = opener.create_database::<Bytes, Bytes>(wtxn, Some("index"))?;
+            let heads = opener.create_database::<Bytes, Bytes>(wtxn, Some("heads"))?;
             Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit((
                 log, index, heads,
             )))
@@ -89,7 +87,7 @@ fn main() {
                     let _ = heads.get(&wtxn, &key).unwrap();
                     heads.put(&mut wtxn, &key, &head).unwrap();
                 }
-                if mode != "heads" && versions[i] % every == 0 {
+                if mode != "heads" && versions[i].is_multiple_of(every) {
                     let mut ikey = [0u8; 20];
                     ikey[..16].copy_from_slice(&key);
                     ikey[16..].copy_from_slice(&versions[i].to_be_bytes());
@@ -109,7 +107,7 @@ fn main() {
             }
             // Sorted: one put per stream (its last head), all in key order.
             head_puts.reverse();
-            head_puts.sort_by(|a, b| a.0.cmp(&b.0));
+            head_puts.sort_by_key(|a| a.0);
             head_puts.dedup_by(|a, b| a.0 == b.0);
             for (k, v) in &head_puts {
                 heads.put(&mut wtxn, k, v).unwrap();
