@@ -36,10 +36,10 @@ pub enum Error {
         reason: String,
     },
 
-    /// An entry of the stream index or the stream heads disagrees with the log.
+    /// A stream's head, or a link of its stream chain, disagrees with the log.
     #[error("corrupt stream index for stream {stream_id} at version {version}: {reason}")]
     CorruptIndex {
-        /// The stream whose index entry is damaged.
+        /// The stream whose head or chain is damaged.
         stream_id: u128,
         /// The version whose entry is damaged.
         version: u32,

@@ -124,7 +124,7 @@ impl Drop for Inner {
     }
 }
 
-/// An open store: one LMDB environment with the events log, the stream index and the other
+/// An open store: one LMDB environment with the events log, the stream heads and the other
 /// databases of VarveDB.
 ///
 /// `Storage` is cheap to clone (an `Arc`), `Send` and `Sync`. Opening the same directory again in
