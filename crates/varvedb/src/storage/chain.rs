@@ -111,6 +111,63 @@ pub(crate) fn locate(
     Ok((seq, links))
 }
 
+/// The jump spine of a stream's head: the head, its jump target, that one's jump target, and so
+/// on down to version 1 (stored version 1 first). The next append's links follow from its top
+/// three entries alone (Myers' rule: a node's jump is its parent's jump's jump when the two gaps
+/// are equal, else its parent), so a writer that keeps the spine reads no record to append.
+/// It has O(log n) entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Spine(Vec<(u32, u64)>);
+
+impl Spine {
+    /// The spine of the head `(version, seq)`, read from its records: one read per entry.
+    pub(crate) fn load(
+        dbs: &Dbs,
+        txn: &RoTxn<'_>,
+        stream_id: u128,
+        version: u32,
+        seq: u64,
+    ) -> Result<Spine> {
+        let mut entries = Vec::new();
+        let (mut version, mut seq) = (version, seq);
+        while version > 0 {
+            entries.push((version, seq));
+            if version == 1 {
+                break;
+            }
+            let (_, links) = hop(dbs, txn, stream_id, version, seq)?;
+            (version, seq) = (jump_version(version), links.jump);
+        }
+        entries.reverse();
+        Ok(Spine(entries))
+    }
+
+    /// Appends version `version` at `seq` (the next version of the stream) and returns its links.
+    pub(crate) fn push(&mut self, version: u32, seq: u64) -> Links {
+        let s = &mut self.0;
+        let n = s.len();
+        let links = match n {
+            0 => Links::default(),
+            1 | 2 => Links {
+                prev: s[n - 1].1,
+                jump: s[n - 1].1,
+            },
+            _ => {
+                let prev = s[n - 1].1;
+                if s[n - 1].0 - s[n - 2].0 == s[n - 2].0 - s[n - 3].0 {
+                    let jump = s[n - 3].1;
+                    s.truncate(n - 2);
+                    Links { prev, jump }
+                } else {
+                    Links { prev, jump: prev }
+                }
+            }
+        };
+        s.push((version, seq));
+        links
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +197,27 @@ mod tests {
         }
         assert_eq!(jump_version(1), 0);
         assert_eq!(jump_version(0), 0);
+    }
+
+    #[test]
+    fn the_spine_gives_the_same_jumps_as_the_closed_form() {
+        // Sequences are version * 10, so a link's target version is its sequence / 10.
+        let mut spine = Spine::default();
+        for version in 1..=100_000u32 {
+            let seq = u64::from(version) * 10;
+            let links = spine.push(version, seq);
+            if version == 1 {
+                assert_eq!(links, Links::default());
+            } else {
+                assert_eq!(links.prev, seq - 10);
+                assert_eq!(
+                    links.jump / 10,
+                    u64::from(jump_version(version)),
+                    "{version}"
+                );
+            }
+            assert!(spine.0.len() <= 2 * 32, "the spine stays logarithmic");
+        }
     }
 
     #[test]

@@ -10,8 +10,9 @@ use rkyv::util::AlignedVec;
 use super::queue::{Outcome, Request};
 use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
-use crate::storage::record::{self, Links, RecordHeader};
-use crate::storage::{Dbs, Storage, chain, keys, stream_head};
+use crate::storage::chain::Spine;
+use crate::storage::record::{self, RecordHeader};
+use crate::storage::{Dbs, Storage, keys, stream_head};
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
 pub(crate) struct Prepared {
@@ -67,35 +68,36 @@ impl std::hash::Hasher for StreamHasher {
 type StreamMap<V> = HashMap<u128, V, std::hash::BuildHasherDefault<StreamHasher>>;
 
 /// A stream's head as the group being committed sees it.
-#[derive(Clone, Copy)]
 struct Head {
     version: u32,
     seq: u64,
-    /// The links of the head record, once read (or written) in this group.
-    links: Option<Links>,
+    /// The jump spine of the head, once known (from the cache, a load, or this group's appends).
+    spine: Option<Spine>,
     dirty: bool,
 }
 
-/// The heads the committer wrote last, kept between groups so that a stream appended to again
-/// costs no lookup. Valid while the log ends where the committer left it: another process that
-/// appends to the same store moves the end, and the cache is dropped.
+/// The heads the committer wrote last, with their spines, kept between groups so that a stream
+/// appended to again costs no lookup and no record read. Valid while the log ends where the
+/// committer left it: another process that appends to the same store moves the end, and the
+/// cache is dropped.
 #[derive(Default)]
 pub(crate) struct HeadCache {
     last_seq: u64,
-    map: StreamMap<(u32, u64, Links)>,
+    map: StreamMap<(u32, u64, Spine)>,
 }
 
-/// The most streams the cache remembers; past it, it starts over.
-const HEAD_CACHE_MAX: usize = 1 << 20;
+/// The most streams the cache remembers (a few tens of bytes each); past it, it starts over.
+const HEAD_CACHE_MAX: usize = 1 << 18;
 
 impl HeadCache {
-    fn adopt(&mut self, heads: &StreamMap<Head>, last_seq: u64) {
+    /// Takes back the heads of a committed group.
+    fn adopt(&mut self, heads: StreamMap<Head>, last_seq: u64) {
         if self.map.len() + heads.len() > HEAD_CACHE_MAX {
             self.map.clear();
         }
         for (stream_id, head) in heads {
-            if let (true, Some(links)) = (head.dirty, head.links) {
-                self.map.insert(*stream_id, (head.version, head.seq, links));
+            if let Some(spine) = head.spine {
+                self.map.insert(stream_id, (head.version, head.seq, spine));
             }
         }
         self.last_seq = last_seq;
@@ -106,49 +108,53 @@ impl HeadCache {
 /// written once, in key order, at the end of the group.
 struct Heads<'c> {
     map: StreamMap<Head>,
-    cache: &'c HeadCache,
+    cache: &'c mut HeadCache,
 }
 
 impl Heads<'_> {
-    fn get(&mut self, dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128) -> Result<Head> {
-        if let Some(head) = self.map.get(&stream_id) {
-            return Ok(*head);
-        }
-        let head = match self.cache.map.get(&stream_id) {
-            Some(&(version, seq, links)) => Head {
-                version,
-                seq,
-                links: Some(links),
-                dirty: false,
-            },
-            None => {
-                let (version, seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
-                Head {
-                    version,
-                    seq,
-                    links: None,
-                    dirty: false,
-                }
+    fn get(&mut self, dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128) -> Result<&mut Head> {
+        use std::collections::hash_map::Entry;
+        match self.map.entry(stream_id) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                // Taken out of the cache, not copied: it comes back after the commit (a rerun
+                // after map growth finds it missing and reads the store, which is unchanged).
+                let head = match self.cache.map.remove(&stream_id) {
+                    Some((version, seq, spine)) => Head {
+                        version,
+                        seq,
+                        spine: Some(spine),
+                        dirty: false,
+                    },
+                    None => {
+                        let (version, seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
+                        Head {
+                            version,
+                            seq,
+                            spine: (version == 0).then(Spine::default),
+                            dirty: false,
+                        }
+                    }
+                };
+                Ok(e.insert(head))
             }
-        };
-        self.map.insert(stream_id, head);
-        Ok(head)
+        }
     }
 
     fn write(&self, dbs: &Dbs, wtxn: &mut RwTxn<'_>) -> Result<()> {
-        let mut dirty: Vec<(u128, Head)> = self
+        let mut dirty: Vec<(u128, u32, u64)> = self
             .map
             .iter()
             .filter(|(_, h)| h.dirty)
-            .map(|(s, h)| (*s, *h))
+            .map(|(s, h)| (*s, h.version, h.seq))
             .collect();
         // In key order the B-tree descent of each put starts where the last one ended.
-        dirty.sort_unstable_by_key(|(s, _)| *s);
-        for (stream_id, head) in dirty {
+        dirty.sort_unstable_by_key(|(s, _, _)| *s);
+        for (stream_id, version, seq) in dirty {
             dbs.heads.put(
                 wtxn,
                 &keys::head_key(stream_id),
-                &keys::head_value(head.version, head.seq),
+                &keys::head_value(version, seq),
             )?;
         }
         Ok(())
@@ -193,34 +199,6 @@ fn check(
     Ok(())
 }
 
-/// The links of the event that follows `head` in its stream: `prev` is the head, `jump` is
-/// found by walking the chain from the head (at most two steps, by the jump rule).
-fn next_links(dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128, head: &mut Head) -> Result<Links> {
-    if head.version == 0 {
-        return Ok(Links::default());
-    }
-    let head_links = match head.links {
-        Some(links) => links,
-        None => {
-            let links = chain::hop(dbs, wtxn, stream_id, head.version, head.seq)?.1;
-            head.links = Some(links);
-            links
-        }
-    };
-    let target = chain::jump_version(head.version + 1);
-    let (jump, _) = chain::locate(
-        dbs,
-        wtxn,
-        stream_id,
-        (head.version, head.seq, head_links),
-        target,
-    )?;
-    Ok(Links {
-        prev: head.seq,
-        jump,
-    })
-}
-
 /// Writes one checked request: its records and (in memory) its heads.
 fn apply(
     dbs: &Dbs,
@@ -234,13 +212,16 @@ fn apply(
     let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
     for append in appends.iter_mut() {
         let stream_id = append.stream_id;
-        let mut head = heads.get(dbs, wtxn, stream_id)?;
+        let head = heads.get(dbs, wtxn, stream_id)?;
+        let spine = match &mut head.spine {
+            Some(spine) => spine,
+            none => none.insert(Spine::load(dbs, wtxn, stream_id, head.version, head.seq)?),
+        };
         for event in &mut append.events {
             *seq += 1;
-            let links = next_links(dbs, wtxn, stream_id, &mut head)?;
             head.version += 1;
             head.seq = *seq;
-            head.links = Some(links);
+            let links = spine.push(head.version, *seq);
             let header = RecordHeader {
                 flags: 0,
                 stream_id,
@@ -263,7 +244,6 @@ fn apply(
             });
         }
         head.dirty = true;
-        heads.map.insert(stream_id, head);
     }
     Ok(out)
 }
@@ -316,7 +296,7 @@ pub(crate) fn commit_group(
     });
     match written {
         Ok((outcomes, heads, last_seq)) => {
-            cache.adopt(&heads, last_seq);
+            cache.adopt(heads, last_seq);
             let wrote = outcomes.iter().any(Result::is_ok);
             (outcomes, wrote)
         }
