@@ -1,0 +1,124 @@
+//! The write probe behind the figures in docs/design.md and the performance notes.
+//!
+//! ```sh
+//! cargo run --release -p varvedb --example write_probe -- writers [threads]       # 6,400 single appends
+//! cargo run --release -p varvedb --example write_probe -- batches [streams]       # append_multi of 1,000
+//! cargo run --release -p varvedb --example write_probe -- hot                     # append_batch of 1,000, 4 streams
+//! ```
+//! Add `--nosync` to take flushes out and see the CPU cost alone. Prints events/s and, from
+//! `Stats`, the commits and flushes the store made.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use varvedb::{Durability, ExpectedVersion, Storage, StorageConfig, Writer};
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = args.first().map_or("writers", String::as_str).to_string();
+    let number: Option<u64> = args.get(1).and_then(|s| s.parse().ok());
+    let nosync = args.iter().any(|a| a == "--nosync");
+    let dir = std::path::Path::new("target/write-probe").join(&mode);
+    let _ = std::fs::remove_dir_all(&dir);
+    let storage = Storage::open(StorageConfig {
+        path: dir.clone(),
+        durability: if nosync {
+            Durability::NoSync
+        } else {
+            Durability::Sync
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<String>::new(storage.clone());
+    let event = "x".repeat(120);
+    let (events, seconds) = match mode.as_str() {
+        "writers" => {
+            let threads = number.unwrap_or(64) as usize;
+            let per = 6_400 / threads as u32;
+            let barrier = Arc::new(Barrier::new(threads));
+            let start = Instant::now();
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let (writer, barrier, event) = (writer.clone(), barrier.clone(), event.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        for n in 0..per {
+                            writer
+                                .append(t as u128, ExpectedVersion::Exact(n), &event)
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            (
+                u64::from(per) * threads as u64,
+                start.elapsed().as_secs_f64(),
+            )
+        }
+        "batches" | "hot" => {
+            let pool = number.unwrap_or(10_000);
+            let mut versions: HashMap<u128, u32> = HashMap::new();
+            let mut rng = 1u64;
+            let batches = 60;
+            let mut start = Instant::now();
+            for b in 0..batches * 2 {
+                // The first half fills the store; the second half is timed.
+                if b == batches {
+                    start = Instant::now();
+                }
+                if mode == "hot" {
+                    let stream = (b % 4) as u128 + 1;
+                    let v = versions.entry(stream).or_insert(0);
+                    let current = *v;
+                    *v += 1_000;
+                    let events = vec![event.clone(); 1_000];
+                    writer
+                        .append_batch(stream, ExpectedVersion::Exact(current), &events)
+                        .unwrap();
+                    continue;
+                }
+                let one = [event.clone()];
+                let items: Vec<(u128, u32)> = (0..1_000)
+                    .map(|_| {
+                        let stream = u128::from(xorshift(&mut rng) % pool) + 1;
+                        let v = versions.entry(stream).or_insert(0);
+                        *v += 1;
+                        (stream, *v - 1)
+                    })
+                    .collect();
+                let appends: Vec<(u128, ExpectedVersion, &[String])> = items
+                    .iter()
+                    .map(|(s, v)| (*s, ExpectedVersion::Exact(*v), &one[..]))
+                    .collect();
+                writer.append_multi(&appends).unwrap();
+            }
+            (batches as u64 * 1_000, start.elapsed().as_secs_f64())
+        }
+        other => panic!("unknown mode {other}: writers, batches or hot"),
+    };
+    let stats = storage.stats().unwrap();
+    println!(
+        "{mode} {} nosync={nosync}: {:.0} ev/s; {} commits, {} flushes, {:.1} events per commit",
+        number.map_or(String::new(), |n| n.to_string()),
+        events as f64 / seconds,
+        stats.commits,
+        stats.flushes,
+        stats.events as f64 / stats.commits.max(1) as f64
+    );
+    drop(writer);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(&dir);
+}
