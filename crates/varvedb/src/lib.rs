@@ -7,6 +7,11 @@
 //! [`Error::ConcurrencyConflict`] naming the expected and actual version. Versions within a stream
 //! start at 1 and have no gaps; global sequence numbers start at 1.
 //!
+//! Appends from many threads, or from tokio tasks through [`Writer::append_async`], share
+//! commits: one committer per store writes every waiting append in one transaction with one
+//! flush and answers each with its own result (group commit). With the default
+//! [`Durability::Sync`] an append returns only once it is on disk.
+//!
 //! ## Quickstart
 //!
 //! ```
