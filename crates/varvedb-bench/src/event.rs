@@ -45,3 +45,16 @@ pub fn amount_of(bytes: &[u8]) -> Option<i64> {
         .ok()
         .map(|e| e.amount.to_native())
 }
+
+/// [`amount_of`] on bytes at any address: read in place when aligned for the archive, else
+/// copied into `buf` first (what a user of a store without aligned values has to do).
+pub fn amount_at(buf: &mut rkyv::util::AlignedVec, bytes: &[u8]) -> crate::BenchResult<i64> {
+    let found = if bytes.as_ptr().align_offset(8) == 0 {
+        amount_of(bytes)
+    } else {
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        amount_of(buf)
+    };
+    found.ok_or_else(|| crate::BenchError::Failed("invalid archive".into()))
+}

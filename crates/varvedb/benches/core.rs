@@ -8,33 +8,11 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
-/// A realistic event of about 150 bytes archived.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
-struct Deposited {
-    account: u64,
-    amount: u64,
-    currency: [u8; 3],
-    at_ns: u64,
-    reference: u128,
-    note: String,
-}
+mod common;
 
-fn event(i: u64) -> Deposited {
-    Deposited {
-        account: i % 10_000,
-        amount: i * 7,
-        currency: *b"EUR",
-        at_ns: 1_700_000_000_000_000_000 + i,
-        reference: u128::from(i) << 64 | 0xfeed,
-        note: format!(
-            "salary payment for invoice {i:010}, thank you; reference code ABCDEFGHIJ-{}",
-            i % 97
-        ),
-    }
-}
+use common::{Deposited, event};
 
 fn bench_dir(name: &str) -> tempfile::TempDir {
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-stores");

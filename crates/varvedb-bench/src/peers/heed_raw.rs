@@ -6,7 +6,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
 use rkyv::util::AlignedVec;
 
-use crate::event::{BenchEvent, amount_of};
+use crate::event::{BenchEvent, amount_at as amount};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// One LMDB environment with one database: `u64 BE seq` → archived event.
@@ -56,17 +56,6 @@ impl HeedRaw {
         }
         wtxn.commit().map_err(failed)
     }
-}
-
-fn amount(buf: &mut AlignedVec, bytes: &[u8]) -> BenchResult<i64> {
-    let found = if bytes.as_ptr().align_offset(8) == 0 {
-        amount_of(bytes)
-    } else {
-        buf.clear();
-        buf.extend_from_slice(bytes);
-        amount_of(buf)
-    };
-    found.ok_or_else(|| BenchError::Failed("invalid archive".into()))
 }
 
 impl BenchStore for HeedRaw {

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rkyv::util::AlignedVec;
 use varvedb04::{GlobalReader, GlobalSequence, Stream, StreamId, Varve, VarveConfig};
 
-use crate::event::{BenchEvent, amount_of};
+use crate::event::{BenchEvent, amount_at as amount};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// 0.4.2's serialization buffer: larger than any event of the harness.
@@ -30,17 +30,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// 0.4.2 stream ids are 64-bit.
 fn id(stream: u128) -> StreamId {
     StreamId((stream as u64) ^ ((stream >> 64) as u64))
-}
-
-fn amount(buf: &mut AlignedVec, bytes: &[u8]) -> BenchResult<i64> {
-    let found = if bytes.as_ptr().align_offset(16) == 0 {
-        amount_of(bytes)
-    } else {
-        buf.clear();
-        buf.extend_from_slice(bytes);
-        amount_of(buf)
-    };
-    found.ok_or_else(|| BenchError::Failed("invalid archive".into()))
 }
 
 impl VarveDb04 {
