@@ -58,3 +58,34 @@ pub fn amount_at(buf: &mut rkyv::util::AlignedVec, bytes: &[u8]) -> crate::Bench
     };
     found.ok_or_else(|| crate::BenchError::Failed("invalid archive".into()))
 }
+
+/// What a read of many events found: how many, and the sum of their amounts (every peer must
+/// agree). Keeps one aligned buffer for the events that are not aligned in place.
+#[derive(Default)]
+pub struct Tally {
+    buf: rkyv::util::AlignedVec,
+    events: u64,
+    sum: i64,
+    invalid: bool,
+}
+
+impl Tally {
+    /// Counts one event's archive; an invalid one is reported by [`Tally::finish`].
+    pub fn add(&mut self, bytes: &[u8]) {
+        match amount_at(&mut self.buf, bytes) {
+            Ok(amount) => {
+                self.events += 1;
+                self.sum += amount;
+            }
+            Err(_) => self.invalid = true,
+        }
+    }
+
+    /// (events, sum of amounts), or the error if any archive was invalid.
+    pub fn finish(self) -> crate::BenchResult<(u64, i64)> {
+        if self.invalid {
+            return Err(crate::BenchError::Failed("invalid archive".into()));
+        }
+        Ok((self.events, self.sum))
+    }
+}

@@ -324,6 +324,8 @@ struct Runs {
     rates: Vec<f64>,
     latencies: Vec<Duration>,
     unsupported: Option<&'static str>,
+    /// How the peer took concurrent appends (asked of the store that ran).
+    concurrency: Option<Concurrency>,
 }
 
 fn measure(
@@ -331,21 +333,26 @@ fn measure(
     peer: &str,
     what: &str,
     mut once: impl FnMut(&dyn BenchStore) -> BenchResult<Measured>,
-    fresh_store: bool,
     shared: Option<&dyn BenchStore>,
 ) -> BenchResult<Runs> {
     let mut runs = Runs {
         rates: Vec::new(),
         latencies: Vec::new(),
         unsupported: None,
+        concurrency: None,
     };
+    // Each run gets a fresh store, unless the runs read one filled store (`shared`).
     for run in 0..o.runs {
         let result = match shared {
-            Some(store) if !fresh_store => once(store),
-            _ => {
+            Some(store) => {
+                runs.concurrency = Some(store.concurrency());
+                once(store)
+            }
+            None => {
                 let dir = store_dir(o, peer, &format!("{what}-{run}"));
                 fresh(&dir)?;
                 let store = peers::open(peer, &dir)?;
+                runs.concurrency = Some(store.concurrency());
                 let r = once(store.as_ref());
                 drop(store);
                 std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
@@ -376,8 +383,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn concurrency_note(store_concurrency: Option<Concurrency>) -> Option<String> {
-    match store_concurrency {
+fn concurrency_note(concurrency: Option<Concurrency>) -> Option<String> {
+    match concurrency {
         Some(Concurrency::OneCommitEach) => Some("one commit per append".into()),
         _ => None,
     }
@@ -405,16 +412,9 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         };
         for peer in &o.peers {
             eprintln!("varvedb bench: {title}: {peer}");
-            let runs = measure(o, peer, id, |s| f(s, o), true, None)?;
-            let concurrency = if id.starts_with('b') {
-                let dir = store_dir(o, peer, "probe");
-                fresh(&dir)?;
-                let c = peers::open(peer, &dir)?.concurrency();
-                std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
-                Some(c)
-            } else {
-                None
-            };
+            let runs = measure(o, peer, id, |s| f(s, o), None)?;
+            // How a peer takes concurrent appends only matters for the concurrent rows.
+            let concurrency = runs.concurrency.filter(|_| id.starts_with('b'));
             match runs.unsupported {
                 Some(why) => row.cells.push(Cell::not_applicable(peer, why)),
                 None => {
@@ -477,7 +477,7 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
                 continue;
             }
             eprintln!("varvedb bench: {}: {peer}", row.title);
-            let runs = measure(o, peer, &row.id, |s| f(s, o), false, Some(store.as_ref()))?;
+            let runs = measure(o, peer, &row.id, |s| f(s, o), Some(store.as_ref()))?;
             row.cells.push(match runs.unsupported {
                 Some(why) => Cell::not_applicable(peer, why),
                 None => Cell::from_runs(peer, runs.rates, None),

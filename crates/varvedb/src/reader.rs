@@ -13,7 +13,8 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
 use crate::error::{Error, Result};
-use crate::storage::record::{Links, RECORD_ALIGN, RecordHeader};
+use crate::storage::chain::Found;
+use crate::storage::record::{RECORD_ALIGN, RecordHeader};
 use crate::storage::{self, Dbs, ReadTxn, Storage, chain, keys};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
@@ -212,33 +213,6 @@ fn event_at<'t, E: ValidateEvent>(seq: u64, value: &'t [u8]) -> Result<EventRef<
     EventRef::new(seq, header, payload)
 }
 
-/// Reads the event that the stream chain says is `(stream_id, version)` at `seq`, and checks
-/// that the record agrees.
-fn chained_event<'t, E: ValidateEvent>(
-    dbs: &Dbs,
-    txn: &'t RoTxn<'_>,
-    stream_id: u128,
-    version: u32,
-    seq: u64,
-) -> Result<EventRef<'t, E>> {
-    let bad = |reason: String| Error::CorruptIndex {
-        stream_id,
-        version,
-        reason,
-    };
-    let value = storage::get_record(dbs, txn, seq)?
-        .ok_or_else(|| bad(format!("points at sequence {seq}, which does not exist")))?;
-    let event = event_at::<E>(seq, value)?;
-    if (event.stream_id(), event.version()) != (stream_id, version) {
-        return Err(bad(format!(
-            "points at sequence {seq}, which holds stream {} version {}",
-            event.stream_id(),
-            event.version()
-        )));
-    }
-    Ok(event)
-}
-
 impl<E: ValidateEvent> Reader<E> {
     /// A reader of `E` events from `storage`.
     ///
@@ -287,20 +261,9 @@ impl<E: ValidateEvent> Reader<E> {
         if version == 0 || version > head_version {
             return Ok(None);
         }
-        let seq = if version == head_version {
-            head_seq
-        } else {
-            let (_, links) = chain::hop(dbs, txn.raw(), stream_id, head_version, head_seq)?;
-            chain::locate(
-                dbs,
-                txn.raw(),
-                stream_id,
-                (head_version, head_seq, links),
-                version,
-            )?
-            .0
-        };
-        chained_event(dbs, txn.raw(), stream_id, version, seq).map(Some)
+        let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
+        let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
+        event_at(found.seq, found.record).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -411,6 +374,8 @@ pub struct StreamIter<'t, E> {
     stream_id: u128,
     /// The stream's last version and its sequence in this snapshot.
     head: (u32, u64),
+    /// The head record, read once for all the chunks that start from it.
+    head_record: Option<Found<'t>>,
     /// The next version to yield (0: none left).
     next: u32,
     /// Backwards: the sequence of `next`.
@@ -435,6 +400,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
             txn: txn.raw(),
             stream_id,
             head: (0, 0),
+            head_record: None,
             next: 0,
             next_seq: 0,
             backwards,
@@ -455,7 +421,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
                 } else if from_version > 0 {
                     let from = from_version.min(head.0);
                     match iter.locate(from) {
-                        Ok((seq, _)) => (iter.next, iter.next_seq) = (from, seq),
+                        Ok(found) => (iter.next, iter.next_seq) = (from, found.seq),
                         Err(e) => iter.error = Some(e),
                     }
                 }
@@ -464,33 +430,47 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
         iter
     }
 
-    /// The sequence and links of `version` (at most the head's), walking from the head.
-    fn locate(&self, version: u32) -> Result<(u64, Links)> {
+    /// Version `version` (at most the head's), found by walking from the head.
+    fn locate(&mut self, version: u32) -> Result<Found<'t>> {
         let (head_version, head_seq) = self.head;
-        let (_, links) = chain::hop(&self.dbs, self.txn, self.stream_id, head_version, head_seq)?;
+        let head = match self.head_record {
+            Some(head) => head,
+            None => *self.head_record.insert(chain::find(
+                &self.dbs,
+                self.txn,
+                self.stream_id,
+                head_version,
+                head_seq,
+            )?),
+        };
         chain::locate(
             &self.dbs,
             self.txn,
             self.stream_id,
-            (head_version, head_seq, links),
+            (head_version, head),
             version,
         )
     }
 
     /// Locates versions `self.next ..= end` into `self.chunk`.
     fn fill(&mut self, end: u32) -> Result<()> {
-        let (mut seq, _) = self.locate(end)?;
+        let mut found = self.locate(end)?;
         // One allocation for the whole read: every chunk but the last is full.
         self.chunk.reserve(STREAM_CHUNK as usize);
         let mut version = end;
         loop {
-            let (record, links) = chain::hop(&self.dbs, self.txn, self.stream_id, version, seq)?;
-            self.chunk.push((seq, record));
+            self.chunk.push((found.seq, found.record));
             if version == self.next {
                 return Ok(());
             }
             version -= 1;
-            seq = links.prev;
+            found = chain::find(
+                &self.dbs,
+                self.txn,
+                self.stream_id,
+                version,
+                found.links.prev,
+            )?;
         }
     }
 

@@ -89,7 +89,12 @@ fn a_conflict_fails_only_its_own_append() {
                             .unwrap();
                     }
                     barrier.wait();
-                    // Between rounds the contested stream is at exactly `n + 1`.
+                    // Every append of the round has been answered: exactly one contested
+                    // append committed, so the stream is at exactly `n + 1`. (No append of the
+                    // next round starts before every thread passes its first barrier.)
+                    let txn = writer.storage().read_txn().unwrap();
+                    assert_eq!(writer.storage().stream_version(&txn, 7_000).unwrap(), n + 1);
+                    drop(txn);
                 }
                 contested_wins
             })

@@ -6,7 +6,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
 use rkyv::util::AlignedVec;
 
-use crate::event::{BenchEvent, amount_at as amount};
+use crate::event::{BenchEvent, Tally, amount_at as amount};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// One LMDB environment with one database: `u64 BE seq` → archived event.
@@ -77,14 +77,11 @@ impl BenchStore for HeedRaw {
 
     fn scan(&self) -> BenchResult<(u64, i64)> {
         let rtxn = self.env.read_txn().map_err(failed)?;
-        let mut buf = AlignedVec::new();
-        let (mut n, mut sum) = (0, 0);
+        let mut tally = Tally::default();
         for entry in self.log.iter(&rtxn).map_err(failed)? {
-            let (_, bytes) = entry.map_err(failed)?;
-            sum += amount(&mut buf, bytes)?;
-            n += 1;
+            tally.add(entry.map_err(failed)?.1);
         }
-        Ok((n, sum))
+        tally.finish()
     }
 
     fn point_reads(&self, seqs: &[u64]) -> BenchResult<i64> {

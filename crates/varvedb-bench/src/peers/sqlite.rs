@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rkyv::util::AlignedVec;
 use rusqlite::{Connection, params};
 
-use crate::event::{BenchEvent, amount_of};
+use crate::event::{BenchEvent, Tally, amount_at};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// One connection: SQLite admits one writer at a time, and a connection per thread would only
@@ -32,13 +32,6 @@ const INSERT: &str =
 
 fn serialize(e: &BenchEvent) -> BenchResult<AlignedVec> {
     rkyv::to_bytes::<rkyv::rancor::Error>(e).map_err(failed)
-}
-
-/// SQLite hands out blobs at any address; rkyv needs them aligned, so copy as a user would.
-fn amount(buf: &mut AlignedVec, blob: &[u8]) -> BenchResult<i64> {
-    buf.clear();
-    buf.extend_from_slice(blob);
-    amount_of(buf).ok_or_else(|| BenchError::Failed("invalid archive".into()))
 }
 
 impl Sqlite {
@@ -110,15 +103,8 @@ impl BenchStore for Sqlite {
         let mut stmt = conn
             .prepare_cached("SELECT payload FROM events ORDER BY seq")
             .map_err(failed)?;
-        let mut rows = stmt.query([]).map_err(failed)?;
-        let mut buf = AlignedVec::new();
-        let (mut n, mut sum) = (0, 0);
-        while let Some(row) = rows.next().map_err(failed)? {
-            let blob = row.get_ref(0).map_err(failed)?.as_blob().map_err(failed)?;
-            sum += amount(&mut buf, blob)?;
-            n += 1;
-        }
-        Ok((n, sum))
+        let rows = stmt.query([]).map_err(failed)?;
+        tally(rows)
     }
 
     fn point_reads(&self, seqs: &[u64]) -> BenchResult<i64> {
@@ -138,7 +124,7 @@ impl BenchStore for Sqlite {
                     .map_err(failed)?
                     .ok_or_else(|| BenchError::Failed(format!("no event at {seq}")))?;
                 let blob = row.get_ref(0).map_err(failed)?.as_blob().map_err(failed)?;
-                sum += amount(&mut buf, blob)?;
+                sum += amount_at(&mut buf, blob)?;
             }
         }
         tx.commit().map_err(failed)?;
@@ -150,14 +136,17 @@ impl BenchStore for Sqlite {
         let mut stmt = conn
             .prepare_cached("SELECT payload FROM events WHERE stream_id = ?1 ORDER BY version")
             .map_err(failed)?;
-        let mut rows = stmt.query([&stream.to_be_bytes()[..]]).map_err(failed)?;
-        let mut buf = AlignedVec::new();
-        let (mut n, mut sum) = (0, 0);
-        while let Some(row) = rows.next().map_err(failed)? {
-            let blob = row.get_ref(0).map_err(failed)?.as_blob().map_err(failed)?;
-            sum += amount(&mut buf, blob)?;
-            n += 1;
-        }
-        Ok((n, sum))
+        let rows = stmt.query([&stream.to_be_bytes()[..]]).map_err(failed)?;
+        tally(rows)
     }
+}
+
+/// Counts and sums the payloads of `rows` (SQLite hands blobs out at any address, so most are
+/// copied into an aligned buffer first, as a user storing rkyv in SQLite would have to).
+fn tally(mut rows: rusqlite::Rows<'_>) -> BenchResult<(u64, i64)> {
+    let mut tally = Tally::default();
+    while let Some(row) = rows.next().map_err(failed)? {
+        tally.add(row.get_ref(0).map_err(failed)?.as_blob().map_err(failed)?);
+    }
+    tally.finish()
 }

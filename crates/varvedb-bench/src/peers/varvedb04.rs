@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rkyv::util::AlignedVec;
 use varvedb04::{GlobalReader, GlobalSequence, Stream, StreamId, Varve, VarveConfig};
 
-use crate::event::{BenchEvent, amount_at as amount};
+use crate::event::{BenchEvent, Tally, amount_at as amount};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// 0.4.2's serialization buffer: larger than any event of the harness.
@@ -82,23 +82,13 @@ impl BenchStore for VarveDb04 {
 
     fn scan(&self) -> BenchResult<(u64, i64)> {
         let global = lock(&self.global);
-        let mut buf = AlignedVec::new();
-        let (mut n, mut sum, mut bad) = (0, 0, false);
+        let mut tally = Tally::default();
         global
             .iter_from(GlobalSequence(0))
             .map_err(failed)?
-            .for_each(|e| match amount(&mut buf, &e.payload) {
-                Ok(a) => {
-                    n += 1;
-                    sum += a;
-                }
-                Err(_) => bad = true,
-            })
+            .for_each(|e| tally.add(&e.payload))
             .map_err(failed)?;
-        if bad {
-            return Err(BenchError::Failed("invalid archive".into()));
-        }
-        Ok((n, sum))
+        tally.finish()
     }
 
     fn point_reads(&self, seqs: &[u64]) -> BenchResult<i64> {
@@ -118,22 +108,12 @@ impl BenchStore for VarveDb04 {
 
     fn read_stream(&self, stream: u128) -> BenchResult<(u64, i64)> {
         let reader = lock(&self.stream).reader();
-        let mut buf = AlignedVec::new();
-        let (mut n, mut sum, mut bad) = (0, 0, false);
+        let mut tally = Tally::default();
         reader
             .iter_stream(id(stream), None)
             .map_err(failed)?
-            .for_each(|_, payload| match amount(&mut buf, payload) {
-                Ok(a) => {
-                    n += 1;
-                    sum += a;
-                }
-                Err(_) => bad = true,
-            })
+            .for_each(|_, payload| tally.add(payload))
             .map_err(failed)?;
-        if bad {
-            return Err(BenchError::Failed("invalid archive".into()));
-        }
-        Ok((n, sum))
+        tally.finish()
     }
 }

@@ -92,23 +92,46 @@ pub(crate) fn hop<'t>(
     Ok((record, peek.links))
 }
 
-/// Walks from version `from` (at sequence `seq`, whose links are `links`) back to version
-/// `target <= from`; returns the target's sequence and links.
-pub(crate) fn locate(
+/// A record of a stream, found by version: its sequence, bytes and links.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Found<'t> {
+    pub(crate) seq: u64,
+    pub(crate) record: &'t [u8],
+    pub(crate) links: Links,
+}
+
+/// Reads version `version` of `stream_id` at `seq` (see [`hop`]).
+pub(crate) fn find<'t>(
     dbs: &Dbs,
-    txn: &RoTxn<'_>,
+    txn: &'t RoTxn<'_>,
     stream_id: u128,
-    (from, seq, links): (u32, u64, Links),
+    version: u32,
+    seq: u64,
+) -> Result<Found<'t>> {
+    let (record, links) = hop(dbs, txn, stream_id, version, seq)?;
+    Ok(Found { seq, record, links })
+}
+
+/// Walks from `start`, version `from` of `stream_id`, back to version `target <= from`.
+pub(crate) fn locate<'t>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    stream_id: u128,
+    (from, start): (u32, Found<'t>),
     target: u32,
-) -> Result<(u64, Links)> {
-    let (mut at, mut seq, mut links) = (from, seq, links);
+) -> Result<Found<'t>> {
+    let (mut at, mut found) = (from, start);
     while at > target {
         let (next, by_jump) = step(at, target);
-        seq = if by_jump { links.jump } else { links.prev };
+        let seq = if by_jump {
+            found.links.jump
+        } else {
+            found.links.prev
+        };
         at = next;
-        links = hop(dbs, txn, stream_id, at, seq)?.1;
+        found = find(dbs, txn, stream_id, at, seq)?;
     }
-    Ok((seq, links))
+    Ok(found)
 }
 
 /// The jump spine of a stream's head: the head, its jump target, that one's jump target, and so

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::storage::record::{self, HEADER_LEN};
 use commit::{Prepared, StreamAppend};
-use queue::Outcome;
+use queue::{Outcome, committer_gone};
 
 /// The stream id reserved for VarveDB's own use.
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
@@ -235,10 +235,4 @@ pub(crate) fn prepare<E: SerializeEvent>(event: &E, max: usize) -> Result<Prepar
 
 fn first(outcome: Outcome) -> Result<Appended> {
     outcome?.into_iter().next().ok_or(Error::EmptyBatch)
-}
-
-fn committer_gone() -> Error {
-    Error::Poisoned {
-        reason: "the committer thread stopped without answering".into(),
-    }
 }

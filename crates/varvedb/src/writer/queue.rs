@@ -108,9 +108,7 @@ impl Drop for Reply {
         if let Reply::Sync(slot) = self
             && !slot.answered.load(Ordering::Acquire)
         {
-            slot.fill(Err(Error::Poisoned {
-                reason: "the committer thread stopped without answering".into(),
-            }));
+            slot.fill(Err(committer_gone()));
             slot.signal.notify();
         }
     }
@@ -226,6 +224,13 @@ impl CommitQueue {
     fn shutdown(&self) {
         lock(&self.state).shutdown = true;
         self.wake.notify_all();
+    }
+}
+
+/// The answer of an append whose committer stopped (panicked) before answering it.
+pub(crate) fn committer_gone() -> Error {
+    Error::Poisoned {
+        reason: "the committer thread stopped without answering".into(),
     }
 }
 
