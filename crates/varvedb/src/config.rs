@@ -32,8 +32,14 @@ pub struct StorageConfig {
     /// The largest the memory map (and the data file) may grow. Past it appends fail with
     /// [`Error::StoreFull`].
     pub map_bytes_max: usize,
-    /// The largest serialized event accepted.
+    /// The largest serialized event accepted (64 MiB by default); a larger one is refused with
+    /// [`Error::EventTooLarge`].
     pub event_bytes_max: usize,
+    /// Serialized events longer than this go to the blob store: stored once per distinct
+    /// content, addressed by BLAKE3 hash, and still read zero-copy. The events log keeps a
+    /// 48-byte reference, so it stays small and scans fast. 1 KiB by default; `usize::MAX`
+    /// keeps every payload inline.
+    pub blob_threshold_bytes: usize,
     /// The most events one append (batch or multi-stream) may carry.
     pub batch_events_max: usize,
     /// The most read transactions open at once in all processes (LMDB's reader table).
@@ -58,6 +64,7 @@ impl Default for StorageConfig {
             map_bytes_initial: 64 << 20,
             map_bytes_max,
             event_bytes_max: 64 << 20,
+            blob_threshold_bytes: 1024,
             batch_events_max: 100_000,
             readers_max: 1024,
             resize_wait_ms_max: 10_000,

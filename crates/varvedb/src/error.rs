@@ -36,6 +36,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A blob's reference count is damaged, found while appending a payload with that content.
+    /// The append fails and writes nothing; `varvedb verify` reports the details.
+    #[error("corrupt blob {hash}: {reason}")]
+    CorruptBlob {
+        /// The blob's BLAKE3 hash, in hex.
+        hash: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A stream's head, or a link of its stream chain, disagrees with the log.
     #[error("corrupt stream index for stream {stream_id} at version {version}: {reason}")]
     CorruptIndex {

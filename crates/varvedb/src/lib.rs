@@ -65,7 +65,10 @@ mod writer;
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
 pub use error::{Error, Result};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
-pub use storage::{FORMAT_VERSION, META_FORMAT_KEY, ReadTxn, Stats, Storage};
+pub use storage::{
+    FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, Stats, Storage, VERIFY_PROBLEMS_MAX,
+    VerifyPhase, VerifyProgress, VerifyReport,
+};
 pub use writer::{Appended, ExpectedVersion, RESERVED_STREAM_ID, SerializeEvent, Writer};
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
@@ -81,7 +84,7 @@ pub mod __bench {
     /// What an append does outside the commit: serialize `event` behind a header placeholder,
     /// digest the payload, pad; then what the commit adds: the sealed header. Returns the record.
     pub fn encode<E: SerializeEvent>(event: &E, version: u32) -> crate::Result<Vec<u8>> {
-        let mut prepared = crate::writer::prepare(event, usize::MAX)?;
+        let mut prepared = crate::writer::prepare(event, usize::MAX, usize::MAX)?;
         let header = RecordHeader {
             flags: 0,
             stream_id: 7,

@@ -15,7 +15,7 @@ use rkyv::{Archive, Deserialize};
 use crate::error::{Error, Result};
 use crate::storage::chain::Found;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
-use crate::storage::{self, Dbs, ReadTxn, Storage, chain, keys};
+use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
 pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
@@ -86,12 +86,19 @@ pub struct EventRef<'t, E: Archive> {
     seq: u64,
     header: RecordHeader,
     payload: Payload<'t>,
+    /// The BLAKE3 hash of a payload served from the blob store.
+    blob: Option<[u8; blob::HASH_LEN]>,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<'t, E: ValidateEvent> EventRef<'t, E> {
     /// Validates `payload` as an archived `E` and wraps it.
-    fn new(seq: u64, header: RecordHeader, bytes: &'t [u8]) -> Result<Self> {
+    fn new(
+        seq: u64,
+        header: RecordHeader,
+        bytes: &'t [u8],
+        blob: Option<[u8; blob::HASH_LEN]>,
+    ) -> Result<Self> {
         let payload = if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
             Payload::Mapped(bytes)
         } else {
@@ -103,6 +110,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
             seq,
             header,
             payload,
+            blob,
             _event: PhantomData,
         };
         rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| {
@@ -155,9 +163,22 @@ impl<E: Archive> EventRef<'_, E> {
         }
     }
 
-    /// Whether the event is served straight from the memory map (always, for this format).
+    /// Whether the event is served straight from the memory map (always, for this format,
+    /// inline or blob).
     pub fn is_zero_copy(&self) -> bool {
         matches!(self.payload, Payload::Mapped(_))
+    }
+
+    /// Whether the payload lives in the blob store (it was longer than
+    /// `StorageConfig::blob_threshold_bytes`). Nothing else about the event differs: it is read
+    /// zero-copy and checked like an inline one.
+    pub fn is_blob(&self) -> bool {
+        self.blob.is_some()
+    }
+
+    /// The BLAKE3 hash of the payload, for an event whose payload lives in the blob store.
+    pub fn blob_hash(&self) -> Option<&[u8; 32]> {
+        self.blob.as_ref()
     }
 
     /// The archived event.
@@ -208,9 +229,22 @@ where
     }
 }
 
-fn event_at<'t, E: ValidateEvent>(seq: u64, value: &'t [u8]) -> Result<EventRef<'t, E>> {
-    let (header, payload) = storage::record::decode(seq, value)?;
-    EventRef::new(seq, header, payload)
+/// The event of the record `value` at `seq`: its payload from the record, or from the blob store
+/// when the record holds a blob reference.
+fn event_at<'t, E: ValidateEvent>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    seq: u64,
+    value: &'t [u8],
+) -> Result<EventRef<'t, E>> {
+    let (header, body) = storage::record::decode(seq, value)?;
+    if header.flags & blob::FLAG_BLOB == 0 {
+        return EventRef::new(seq, header, body, None);
+    }
+    let reference = blob::BlobRef::decode(body)
+        .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+    let payload = blob::get(dbs, txn, seq, &reference)?;
+    EventRef::new(seq, header, payload, Some(reference.hash))
 }
 
 impl<E: ValidateEvent> Reader<E> {
@@ -239,9 +273,10 @@ impl<E: ValidateEvent> Reader<E> {
     /// The event with global sequence `seq`, or `None` if there is none.
     pub fn get<'t>(&self, txn: &'t ReadTxn, seq: u64) -> Result<Option<EventRef<'t, E>>> {
         self.storage.check_txn(txn)?;
-        match storage::get_record(self.storage.dbs(), txn.raw(), seq)? {
+        let dbs = self.storage.dbs();
+        match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
-            Some(value) => event_at(seq, value).map(Some),
+            Some(value) => event_at(dbs, txn.raw(), seq, value).map(Some),
         }
     }
 
@@ -263,7 +298,7 @@ impl<E: ValidateEvent> Reader<E> {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        event_at(found.seq, found.record).map(Some)
+        event_at(dbs, txn.raw(), found.seq, found.record).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -309,6 +344,8 @@ impl<E: ValidateEvent> Reader<E> {
             Ok(iter)
         });
         AllIter {
+            dbs,
+            txn: txn.raw(),
             state: IterState::from(cursor),
             _event: PhantomData,
         }
@@ -476,7 +513,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
 
     fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
         if let Some((seq, record)) = self.chunk.pop() {
-            return Some(event_at(seq, record));
+            return Some(event_at(&self.dbs, self.txn, seq, record));
         }
         if self.next == 0 || self.next > self.head.0 {
             return None;
@@ -486,7 +523,10 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
         let filled = self.fill(end);
         self.next = end.checked_add(1).unwrap_or(0);
         match filled {
-            Ok(()) => self.chunk.pop().map(|(seq, record)| event_at(seq, record)),
+            Ok(()) => self
+                .chunk
+                .pop()
+                .map(|(seq, record)| event_at(&self.dbs, self.txn, seq, record)),
             Err(e) => {
                 // Skip what could not be located; later chunks are reached from the head.
                 self.chunk.clear();
@@ -503,7 +543,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
         match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
             Ok((record, links)) => {
                 (self.next, self.next_seq) = (version - 1, links.prev);
-                Some(event_at(seq, record))
+                Some(event_at(&self.dbs, self.txn, seq, record))
             }
             Err(e) => {
                 // Without this record's links the rest of the stream cannot be reached.
@@ -535,6 +575,8 @@ impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
 /// Yields `Result`s. A damaged record is reported once (as [`Error::Corrupt`] naming its
 /// sequence) and the iterator moves past it; an LMDB failure is reported once and ends it.
 pub struct AllIter<'t, E> {
+    dbs: Dbs,
+    txn: &'t RoTxn<'static, heed::WithoutTls>,
     state: IterState<'t>,
     _event: PhantomData<fn() -> E>,
 }
@@ -553,6 +595,6 @@ impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {
                 format!("malformed events-log key {key:02x?}"),
             )));
         };
-        Some(event_at(seq, value))
+        Some(event_at(&self.dbs, self.txn, seq, value))
     }
 }

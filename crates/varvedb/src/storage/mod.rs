@@ -2,10 +2,12 @@
 //!
 //! This layer knows records and keys, never typed events.
 
+pub(crate) mod blob;
 pub(crate) mod chain;
 mod gate;
 pub(crate) mod keys;
 pub(crate) mod record;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +26,7 @@ use crate::config::{StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
 use crate::writer::queue::{CommitQueue, Committer};
 use gate::Gate;
+pub use verify::{Problem, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport};
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
 pub const FORMAT_VERSION: u32 = 2;
@@ -35,6 +38,7 @@ pub(crate) mod db_names {
     pub(crate) const EVENTS: &str = "events";
     pub(crate) const STREAM_HEADS: &str = "stream_heads";
     pub(crate) const BLOBS: &str = "blobs";
+    pub(crate) const BLOB_REFS: &str = "blob_refs";
     pub(crate) const CONSUMER_CURSORS: &str = "consumer_cursors";
     pub(crate) const KEYSTORE: &str = "keystore";
     pub(crate) const META: &str = "meta";
@@ -50,12 +54,11 @@ pub(crate) struct Dbs {
     /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE: where each stream's chain
     /// starts (see [`chain`]).
     pub(crate) heads: Raw,
-    /// Content-addressed payloads (filled by a later release).
-    #[expect(
-        dead_code,
-        reason = "created now so that the format is stable; used by the blob store"
-    )]
+    /// BLAKE3 hash (32 bytes, or 40 with eight zero bytes for a blob kept in its leaf page) →
+    /// payload, zero-padded to 16: the content-addressed blob store (see [`blob`]).
     pub(crate) blobs: Raw,
+    /// BLAKE3 hash → `[u64 references][u64 payload length]` LE: how many records hold each blob.
+    pub(crate) blob_refs: Raw,
     /// Consumer name → position (used by processors).
     #[expect(
         dead_code,
@@ -74,6 +77,8 @@ pub(crate) struct Dbs {
         reason = "read and written at open through its own handle; kept for later migrations"
     )]
     pub(crate) meta: Database<'static, Str, Bytes>,
+    /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
+    pub(crate) page_size: usize,
 }
 
 /// Every open environment of this process by canonical path: LMDB allows one per path.
@@ -157,6 +162,13 @@ pub struct Stats {
     /// Bytes of LMDB pages holding the stream heads (the only per-stream index: events find
     /// each other through the stream chain).
     pub index_bytes: u64,
+    /// Distinct payloads in the blob store (payloads over `blob_threshold_bytes`; identical
+    /// payloads are stored once).
+    pub blobs: u64,
+    /// References to blobs: the events whose payload is in the blob store.
+    pub blob_references: u64,
+    /// Bytes of LMDB pages holding the blob store (blobs and their reference counts).
+    pub blob_bytes: u64,
     /// Bytes of the data file on disk.
     pub file_bytes: u64,
     /// The current size of the memory map.
@@ -318,17 +330,50 @@ impl Storage {
             let s = db.stat(txn.raw())?;
             Ok((s.branch_pages + s.leaf_pages + s.overflow_pages) as u64 * u64::from(s.page_size))
         };
+        let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
         Ok(Stats {
             events: dbs.events.len(txn.raw())?,
             streams: dbs.heads.len(txn.raw())?,
             last_seq: last_seq(dbs, txn.raw())?,
             log_bytes: pages(&dbs.events)?,
             index_bytes: pages(&dbs.heads)?,
+            blobs,
+            blob_references,
+            blob_bytes: pages(&dbs.blobs)? + pages(&dbs.blob_refs)?,
             file_bytes: self.inner.env.real_disk_size()?,
             map_bytes: self.inner.env.info().map_size,
             commits: self.inner.commits.load(Ordering::Relaxed),
             flushes: self.inner.flushes.load(Ordering::Relaxed),
         })
+    }
+
+    /// Checks the whole store in one snapshot and reports every inconsistency it finds: each
+    /// record's checksum and key, that the log is gap-free, that every stream's chain links
+    /// each version to the previous one and to its jump target, that the stream heads match
+    /// the log, that every referenced blob exists and hashes (BLAKE3) to its address, that the
+    /// reference counts are right, and that no blob is orphaned.
+    ///
+    /// Damage is reported in the [`VerifyReport`], never as an error; `Err` means the check
+    /// itself could not run (an LMDB failure). The snapshot stays open for the whole check, so
+    /// on a large store, concurrent appends that need to grow the map wait for it
+    /// (`resize_wait_ms_max`).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with_progress(|_| {})
+    }
+
+    /// [`verify`](Self::verify), calling `progress` at the start and end of each pass and
+    /// every 16,384 entries in between.
+    pub fn verify_with_progress(
+        &self,
+        mut progress: impl FnMut(&VerifyProgress),
+    ) -> Result<VerifyReport> {
+        let txn = self.read_txn()?;
+        verify::run(
+            &self.inner.dbs,
+            txn.raw(),
+            self.inline_record_max(),
+            &mut progress,
+        )
     }
 
     pub(crate) fn dbs(&self) -> &Dbs {
@@ -590,6 +635,7 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
         let events = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENTS))?;
         let heads = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
         let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;
+        let blob_refs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOB_REFS))?;
         let cursors =
             opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
         let keystore = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::KEYSTORE))?;
@@ -605,21 +651,23 @@ fn open_env(config: &StorageConfig, path: &Path) -> Result<(Env<WithoutTls>, Dbs
             None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
         }
         Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-            events, heads, blobs, cursors, keystore, meta,
+            events, heads, blobs, blob_refs, cursors, keystore, meta,
         )))
     })?;
-    let CommitOrAbort::Commit((events, heads, blobs, cursors, keystore, meta)) = created;
+    let CommitOrAbort::Commit((events, heads, blobs, blob_refs, cursors, keystore, meta)) = created;
+    let page_size = {
+        let rtxn = env.read_txn()?;
+        events.stat(&rtxn)?.page_size as usize
+    };
     let dbs = Dbs {
         events,
         heads,
         blobs,
+        blob_refs,
         cursors,
         keystore,
         meta,
-    };
-    let page_size = {
-        let rtxn = env.read_txn()?;
-        dbs.events.stat(&rtxn)?.page_size as usize
+        page_size,
     };
     Ok((env, dbs, page_size))
 }
@@ -648,8 +696,25 @@ fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
 /// LMDB moves a value to overflow pages when `8 (node header) + key + value > nodemax`, with
 /// `nodemax = (((page_size - 16) / 2) & !1) - 2` (mdb.c, `me_nodemax`).
 pub(crate) fn inline_record_max(page_size: usize) -> usize {
-    let nodemax = (((page_size - 16) / 2) & !1) - 2;
-    (nodemax - 8 - keys::SEQ_KEY_LEN) / record::RECORD_ALIGN * record::RECORD_ALIGN
+    (node_max(page_size) - 8 - keys::SEQ_KEY_LEN) / record::RECORD_ALIGN * record::RECORD_ALIGN
+}
+
+/// The longest leaf node LMDB builds before it moves the value to overflow pages (mdb.c,
+/// `me_nodemax`): a node is an 8-byte header, the key and the value.
+pub(crate) fn node_max(page_size: usize) -> usize {
+    (((page_size - 16) / 2) & !1) - 2
+}
+
+/// `(distinct blobs, references to them)`, summed over the reference counts.
+fn blob_counts(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<(u64, u64)> {
+    let mut blobs = 0;
+    let mut references = 0u64;
+    for entry in dbs.blob_refs.iter(txn)? {
+        let (_, value) = entry?;
+        blobs += 1;
+        references += blob::decode_refs(value).map_or(0, |(n, _)| n);
+    }
+    Ok((blobs, references))
 }
 
 #[cfg(test)]

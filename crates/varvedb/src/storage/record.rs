@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0   u8    record format (2)
-//! 1   u8    flags (none defined yet; a set bit is refused as corrupt)
+//! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference); other bits are refused
 //! 2   u16   header length (64)
 //! 4   u32   payload length
 //! 8   u128  stream id
@@ -18,6 +18,7 @@
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::blob::{FLAG_BLOB, REF_LEN};
 use crate::error::{Error, Result};
 
 pub(crate) const RECORD_FORMAT: u8 = 2;
@@ -163,8 +164,14 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         ));
     }
     let flags = record[1];
-    if flags != 0 {
+    if flags & !FLAG_BLOB != 0 {
         return Err(Error::corrupt(seq, format!("unknown flags {flags:#04x}")));
+    }
+    if flags & FLAG_BLOB != 0 && payload_len != REF_LEN {
+        return Err(Error::corrupt(
+            seq,
+            format!("a blob reference of {payload_len} bytes, expected {REF_LEN}"),
+        ));
     }
     let header = RecordHeader {
         flags,

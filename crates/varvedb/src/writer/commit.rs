@@ -10,6 +10,7 @@ use rkyv::util::AlignedVec;
 use super::queue::{Outcome, Request};
 use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
+use crate::storage::blob::{self, BlobRef};
 use crate::storage::chain::Spine;
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::{Dbs, Storage, keys, stream_head};
@@ -20,6 +21,25 @@ pub(crate) struct Prepared {
     pub(crate) record: AlignedVec,
     pub(crate) payload_len: u32,
     pub(crate) digest: u64,
+    /// Record flags: [`blob::FLAG_BLOB`] when the payload goes to the blob store.
+    pub(crate) flags: u8,
+    /// The payload of a blob record, which the record only references.
+    pub(crate) blob: Option<Blob>,
+}
+
+/// A payload bound for the blob store.
+pub(crate) struct Blob {
+    pub(crate) reference: BlobRef,
+    /// The serialization buffer: a header placeholder, then the payload zero-padded to 16 (the
+    /// stored blob).
+    pub(crate) buffer: AlignedVec,
+}
+
+impl Blob {
+    /// The bytes stored in the `blobs` database.
+    pub(crate) fn stored(&self) -> &[u8] {
+        &self.buffer[record::HEADER_LEN..]
+    }
 }
 
 /// The events of one stream inside an atomic append.
@@ -177,6 +197,12 @@ fn check(
             Some(v) => *v,
             None => heads.get(dbs, wtxn, stream_id)?.version,
         };
+        for event in &append.events {
+            if let Some(b) = &event.blob {
+                // A damaged reference count fails this append before it writes anything.
+                blob::check_refs(dbs, wtxn, &b.reference)?;
+            }
+        }
         if !append.expected.accepts(current) {
             return Err(Error::ConcurrencyConflict {
                 stream_id,
@@ -222,8 +248,11 @@ fn apply(
             head.version += 1;
             head.seq = *seq;
             let links = spine.push(head.version, *seq);
+            if let Some(b) = &event.blob {
+                blob::put(dbs, wtxn, &b.reference, b.stored())?;
+            }
             let header = RecordHeader {
-                flags: 0,
+                flags: event.flags,
                 stream_id,
                 version: head.version,
                 timestamp_ns,

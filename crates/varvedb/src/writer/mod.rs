@@ -16,8 +16,9 @@ pub use expected::{Appended, ExpectedVersion};
 
 use crate::error::{Error, Result};
 use crate::storage::Storage;
+use crate::storage::blob::{self, BlobRef};
 use crate::storage::record::{self, HEADER_LEN};
-use commit::{Prepared, StreamAppend};
+use commit::{Blob, Prepared, StreamAppend};
 use queue::{Outcome, committer_gone};
 
 /// The stream id reserved for VarveDB's own use.
@@ -197,13 +198,20 @@ impl<E: SerializeEvent> Writer<E> {
 
     /// Serializes `event` right after a header placeholder and pads the record to 16 bytes.
     fn prepare(&self, event: &E) -> Result<Prepared> {
-        prepare(event, self.storage.config().event_bytes_max)
+        let config = self.storage.config();
+        prepare(event, config.event_bytes_max, config.blob_threshold_bytes)
     }
 }
 
 /// Serializes `event` right after a header placeholder, digests the payload and pads the record
-/// to 16 bytes: everything of an append that happens outside the commit.
-pub(crate) fn prepare<E: SerializeEvent>(event: &E, max: usize) -> Result<Prepared> {
+/// to 16 bytes: everything of an append that happens outside the commit. A payload longer than
+/// `blob_threshold` is also hashed (BLAKE3) and becomes a blob; the record then carries only
+/// its reference.
+pub(crate) fn prepare<E: SerializeEvent>(
+    event: &E,
+    max: usize,
+    blob_threshold: usize,
+) -> Result<Prepared> {
     let mut buf = AlignedVec::<16>::with_capacity(256);
     buf.extend_from_slice(&[0u8; HEADER_LEN]);
     // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
@@ -220,6 +228,24 @@ pub(crate) fn prepare<E: SerializeEvent>(event: &E, max: usize) -> Result<Prepar
             max,
         });
     }
+    if payload_len > blob_threshold {
+        let reference = BlobRef::of(&buf[HEADER_LEN..]);
+        let body = reference.encode();
+        buf.resize(record::record_len(payload_len), 0);
+        let mut record = AlignedVec::<16>::with_capacity(record::record_len(body.len()));
+        record.extend_from_slice(&[0u8; HEADER_LEN]);
+        record.extend_from_slice(&body);
+        return Ok(Prepared {
+            record,
+            payload_len: blob::REF_LEN as u32,
+            digest: record::payload_digest(&body),
+            flags: blob::FLAG_BLOB,
+            blob: Some(Blob {
+                reference,
+                buffer: buf,
+            }),
+        });
+    }
     let digest = record::payload_digest(&buf[HEADER_LEN..]);
     buf.resize(record::record_len(payload_len), 0);
     let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
@@ -230,6 +256,8 @@ pub(crate) fn prepare<E: SerializeEvent>(event: &E, max: usize) -> Result<Prepar
         record: buf,
         payload_len,
         digest,
+        flags: 0,
+        blob: None,
     })
 }
 

@@ -1,0 +1,589 @@
+//! [`Storage::verify`](super::Storage::verify): a full consistency check of a store, in one
+//! snapshot.
+//!
+//! Four passes, one per database: the events log in sequence order (records, keys, the stream
+//! chain, blob references), the stream heads against what the log says, the blobs (each one's
+//! BLAKE3 hash, once per distinct blob), and the reference counts against the references the log
+//! holds. Memory grows with the number of streams and distinct blobs, not with events.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use heed::RoTxn;
+
+use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
+use super::record::{self, Peek};
+use super::{Dbs, chain, db_names, get_record, keys};
+use crate::error::Result;
+
+/// The most problems a report lists; past it they are only counted.
+pub const VERIFY_PROBLEMS_MAX: usize = 10_000;
+/// How many entries pass between two progress calls.
+const PROGRESS_EVERY: u64 = 1 << 14;
+
+/// One thing wrong with a store, as precisely as `verify` can name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Problem {
+    /// The LMDB database: `events`, `stream_heads`, `blobs` or `blob_refs`.
+    pub database: &'static str,
+    /// The entry's key, readable: `seq 42`, `stream 0x…`, or a blob's hash in hex.
+    pub key: String,
+    /// What is wrong.
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}]: {}", self.database, self.key, self.what)
+    }
+}
+
+/// The result of [`Storage::verify`](super::Storage::verify).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyReport {
+    /// Records in the events log.
+    pub events: u64,
+    /// Streams found in the log.
+    pub streams: u64,
+    /// Entries in the blob store.
+    pub blobs: u64,
+    /// Events whose payload is a blob.
+    pub blob_references: u64,
+    /// Bytes of records and blobs read and checked.
+    pub bytes_checked: u64,
+    /// What is wrong, in the order found (at most [`VERIFY_PROBLEMS_MAX`]).
+    pub problems: Vec<Problem>,
+    /// Problems found beyond [`VERIFY_PROBLEMS_MAX`], counted only.
+    pub problems_omitted: u64,
+}
+
+impl VerifyReport {
+    /// Whether the store is consistent: no problem found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.problems_omitted == 0
+    }
+
+    /// Every problem found, listed or not.
+    pub fn problem_count(&self) -> u64 {
+        self.problems.len() as u64 + self.problems_omitted
+    }
+
+    fn report(&mut self, database: &'static str, key: String, what: String) {
+        if self.problems.len() < VERIFY_PROBLEMS_MAX {
+            self.problems.push(Problem {
+                database,
+                key,
+                what,
+            });
+        } else {
+            self.problems_omitted += 1;
+        }
+    }
+}
+
+/// Which pass [`VerifyProgress`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyPhase {
+    /// Records, keys, the stream chain and blob references.
+    Events,
+    /// Stream heads against the log.
+    StreamHeads,
+    /// Every blob's hash.
+    Blobs,
+    /// Reference counts.
+    BlobRefs,
+}
+
+impl VerifyPhase {
+    /// The name of the database the pass reads.
+    pub fn database(&self) -> &'static str {
+        match self {
+            VerifyPhase::Events => db_names::EVENTS,
+            VerifyPhase::StreamHeads => db_names::STREAM_HEADS,
+            VerifyPhase::Blobs => db_names::BLOBS,
+            VerifyPhase::BlobRefs => db_names::BLOB_REFS,
+        }
+    }
+}
+
+/// How far [`Storage::verify_with_progress`](super::Storage::verify_with_progress) has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VerifyProgress {
+    /// The pass running.
+    pub phase: VerifyPhase,
+    /// Entries of this pass checked so far.
+    pub done: u64,
+    /// Entries this pass will check.
+    pub total: u64,
+    /// Problems found so far, over all passes.
+    pub problems: u64,
+}
+
+/// What the log says of one blob.
+struct Referenced {
+    references: u64,
+    len: u64,
+    digest: u64,
+    first_seq: u64,
+    stored: bool,
+    counted: bool,
+}
+
+fn seq_key_name(seq: u64) -> String {
+    format!("seq {seq}")
+}
+
+fn stream_name(stream_id: u128) -> String {
+    format!("stream {stream_id:#x}")
+}
+
+struct Run<'a> {
+    dbs: &'a Dbs,
+    txn: &'a RoTxn<'a>,
+    inline_max: usize,
+    report: VerifyReport,
+    progress: &'a mut dyn FnMut(&VerifyProgress),
+    /// Stream → (last version, its seq), as the log has it.
+    streams: HashMap<u128, (u32, u64)>,
+    blobs: HashMap<[u8; HASH_LEN], Referenced>,
+}
+
+pub(crate) fn run(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    inline_max: usize,
+    progress: &mut dyn FnMut(&VerifyProgress),
+) -> Result<VerifyReport> {
+    let mut run = Run {
+        dbs,
+        txn,
+        inline_max,
+        report: VerifyReport::default(),
+        progress,
+        streams: HashMap::new(),
+        blobs: HashMap::new(),
+    };
+    run.events()?;
+    run.heads()?;
+    run.blob_store()?;
+    run.reference_counts()?;
+    Ok(run.report)
+}
+
+impl Run<'_> {
+    fn tick(&mut self, phase: VerifyPhase, done: u64, total: u64) {
+        if done.is_multiple_of(PROGRESS_EVERY) || done == total {
+            (self.progress)(&VerifyProgress {
+                phase,
+                done,
+                total,
+                problems: self.report.problem_count(),
+            });
+        }
+    }
+
+    fn events(&mut self) -> Result<()> {
+        let (dbs, txn) = (self.dbs, self.txn);
+        let total = dbs.events.len(txn)?;
+        self.tick(VerifyPhase::Events, 0, total);
+        let mut next_seq = 1u64;
+        let mut done = 0;
+        for entry in dbs.events.iter(txn)? {
+            let (key, value) = entry?;
+            done += 1;
+            self.tick(VerifyPhase::Events, done, total);
+            self.report.events += 1;
+            self.report.bytes_checked += value.len() as u64;
+            let Some(seq) = keys::decode_seq_key(key) else {
+                self.report.report(
+                    db_names::EVENTS,
+                    format!("{key:02x?}"),
+                    "malformed key".into(),
+                );
+                continue;
+            };
+            if seq != next_seq {
+                let what = if seq > next_seq {
+                    format!(
+                        "the log skips sequences {next_seq}..={}: it must be gap-free",
+                        seq - 1
+                    )
+                } else {
+                    format!("out of order: expected sequence {next_seq} or later")
+                };
+                self.report
+                    .report(db_names::EVENTS, seq_key_name(seq), what);
+            }
+            next_seq = seq.saturating_add(1);
+            let long_key = key.len() == keys::SEQ_KEY_LONG_LEN;
+            if long_key != (value.len() > self.inline_max) {
+                self.report.report(
+                    db_names::EVENTS,
+                    seq_key_name(seq),
+                    format!(
+                        "a {}-byte record under a {}-byte key: its payload is not 16-byte aligned \
+                         in the map",
+                        value.len(),
+                        key.len()
+                    ),
+                );
+            }
+            let (header, body) = match record::decode(seq, value) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    let what = match e {
+                        crate::Error::Corrupt { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    self.report
+                        .report(db_names::EVENTS, seq_key_name(seq), what);
+                    continue;
+                }
+            };
+            self.chain(seq, header.stream_id, header.version, header.links)?;
+            if header.flags & FLAG_BLOB != 0 {
+                self.reference(seq, body);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a record's place in its stream: the next version, linked to the previous one and
+    /// to its jump target.
+    fn chain(
+        &mut self,
+        seq: u64,
+        stream_id: u128,
+        version: u32,
+        links: record::Links,
+    ) -> Result<()> {
+        let (last_version, last_seq) = self
+            .streams
+            .insert(stream_id, (version, seq))
+            .unwrap_or((0, 0));
+        if version != last_version.wrapping_add(1) || links.prev != last_seq {
+            self.report.report(
+                db_names::EVENTS,
+                seq_key_name(seq),
+                format!(
+                    "{} version {version} with its prev link at seq {}, but the stream's \
+                     previous event in the log is version {last_version} at seq {last_seq}",
+                    stream_name(stream_id),
+                    links.prev
+                ),
+            );
+        }
+        let jump_version = chain::jump_version(version);
+        let what = if jump_version == 0 {
+            (links.jump != 0).then(|| format!("version 1 with a jump link to seq {}", links.jump))
+        } else if links.jump >= seq {
+            Some(format!(
+                "jump link to seq {}, not an earlier event",
+                links.jump
+            ))
+        } else {
+            match get_record(self.dbs, self.txn, links.jump)?.and_then(record::peek) {
+                Some(Peek {
+                    stream_id: s,
+                    version: v,
+                    ..
+                }) if s == stream_id && v == jump_version => None,
+                Some(p) => Some(format!(
+                    "jump link to seq {}, which is {} version {}, expected version \
+                     {jump_version} of {}",
+                    links.jump,
+                    stream_name(p.stream_id),
+                    p.version,
+                    stream_name(stream_id)
+                )),
+                None => Some(format!(
+                    "jump link to seq {}, which is not a record",
+                    links.jump
+                )),
+            }
+        };
+        if let Some(what) = what {
+            self.report
+                .report(db_names::EVENTS, seq_key_name(seq), what);
+        }
+        Ok(())
+    }
+
+    fn reference(&mut self, seq: u64, body: &[u8]) {
+        let Some(r) = BlobRef::decode(body) else {
+            self.report.report(
+                db_names::EVENTS,
+                seq_key_name(seq),
+                "malformed blob reference".into(),
+            );
+            return;
+        };
+        self.report.blob_references += 1;
+        let seen = self.blobs.entry(r.hash).or_insert(Referenced {
+            references: 0,
+            len: r.len,
+            digest: r.digest,
+            first_seq: seq,
+            stored: false,
+            counted: false,
+        });
+        seen.references += 1;
+        if (seen.len, seen.digest) != (r.len, r.digest) {
+            let first = seen.first_seq;
+            self.report.report(
+                db_names::EVENTS,
+                seq_key_name(seq),
+                format!(
+                    "references blob {} as {} bytes with digest {:#018x}; seq {first} \
+                     references it with another length or digest",
+                    r.hex(),
+                    r.len,
+                    r.digest
+                ),
+            );
+        }
+    }
+
+    fn heads(&mut self) -> Result<()> {
+        let (dbs, txn) = (self.dbs, self.txn);
+        self.report.streams = self.streams.len() as u64;
+        let total = dbs.heads.len(txn)?;
+        self.tick(VerifyPhase::StreamHeads, 0, total);
+        let mut done = 0;
+        for entry in dbs.heads.iter(txn)? {
+            let (key, value) = entry?;
+            done += 1;
+            self.tick(VerifyPhase::StreamHeads, done, total);
+            let Ok(key) = <[u8; 16]>::try_from(key) else {
+                self.report.report(
+                    db_names::STREAM_HEADS,
+                    format!("{key:02x?}"),
+                    "malformed key".into(),
+                );
+                continue;
+            };
+            let stream_id = u128::from_be_bytes(key);
+            let in_log = self.streams.remove(&stream_id);
+            let Some((version, seq)) = keys::decode_head_value(value) else {
+                self.report.report(
+                    db_names::STREAM_HEADS,
+                    stream_name(stream_id),
+                    format!(
+                        "a head of {} bytes, expected {}",
+                        value.len(),
+                        keys::HEAD_VALUE_LEN
+                    ),
+                );
+                continue;
+            };
+            match in_log {
+                Some(last) if last == (version, seq) => {}
+                Some((log_version, log_seq)) => self.report.report(
+                    db_names::STREAM_HEADS,
+                    stream_name(stream_id),
+                    format!(
+                        "the head says version {version} at seq {seq}, but the stream's last \
+                         event in the log is version {log_version} at seq {log_seq}"
+                    ),
+                ),
+                None => self.report.report(
+                    db_names::STREAM_HEADS,
+                    stream_name(stream_id),
+                    format!(
+                        "the head says version {version} at seq {seq}, but the log has no event \
+                         of this stream"
+                    ),
+                ),
+            }
+        }
+        let mut missing: Vec<_> = self.streams.drain().collect();
+        missing.sort_unstable();
+        for (stream_id, (version, seq)) in missing {
+            self.report.report(
+                db_names::STREAM_HEADS,
+                stream_name(stream_id),
+                format!(
+                    "missing: the log has versions 1..={version} of this stream, the last at \
+                     seq {seq}"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn blob_store(&mut self) -> Result<()> {
+        let (dbs, txn) = (self.dbs, self.txn);
+        let total = dbs.blobs.len(txn)?;
+        self.tick(VerifyPhase::Blobs, 0, total);
+        let mut done = 0;
+        for entry in dbs.blobs.iter(txn)? {
+            let (key, value) = entry?;
+            done += 1;
+            self.tick(VerifyPhase::Blobs, done, total);
+            self.report.blobs += 1;
+            self.report.bytes_checked += value.len() as u64;
+            let Some(hash) = blob::decode_key(key) else {
+                self.report.report(
+                    db_names::BLOBS,
+                    format!("{key:02x?}"),
+                    "malformed key".into(),
+                );
+                continue;
+            };
+            let name = blob::hex(&hash);
+            let what = match self.blobs.get_mut(&hash) {
+                None => Some(format!(
+                    "orphan: no event references this blob ({} bytes stored)",
+                    value.len()
+                )),
+                Some(seen) if seen.stored => Some("stored twice, under both key lengths".into()),
+                Some(seen) => {
+                    seen.stored = true;
+                    check_blob(seen, key.len(), &hash, value, dbs.page_size)
+                }
+            };
+            if let Some(what) = what {
+                self.report.report(db_names::BLOBS, name, what);
+            }
+        }
+        let mut missing: Vec<_> = self
+            .blobs
+            .iter()
+            .filter(|(_, seen)| !seen.stored)
+            .map(|(hash, seen)| (seen.first_seq, *hash, seen.references))
+            .collect();
+        missing.sort_unstable();
+        for (first_seq, hash, references) in missing {
+            self.report.report(
+                db_names::BLOBS,
+                blob::hex(&hash),
+                format!(
+                    "missing: referenced by seq {first_seq}{}",
+                    match references {
+                        1 => String::new(),
+                        n => format!(" and {} more events", n - 1),
+                    }
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn reference_counts(&mut self) -> Result<()> {
+        let (dbs, txn) = (self.dbs, self.txn);
+        let total = dbs.blob_refs.len(txn)?;
+        self.tick(VerifyPhase::BlobRefs, 0, total);
+        let mut done = 0;
+        for entry in dbs.blob_refs.iter(txn)? {
+            let (key, value) = entry?;
+            done += 1;
+            self.tick(VerifyPhase::BlobRefs, done, total);
+            let Ok(hash) = <[u8; HASH_LEN]>::try_from(key) else {
+                self.report.report(
+                    db_names::BLOB_REFS,
+                    format!("{key:02x?}"),
+                    "malformed key".into(),
+                );
+                continue;
+            };
+            let name = blob::hex(&hash);
+            let Some((references, len)) = blob::decode_refs(value) else {
+                self.report.report(
+                    db_names::BLOB_REFS,
+                    name,
+                    format!(
+                        "a count of {} bytes, expected {}",
+                        value.len(),
+                        blob::REFS_VALUE_LEN
+                    ),
+                );
+                continue;
+            };
+            let what = match self.blobs.get_mut(&hash) {
+                None => Some(format!(
+                    "orphan: counts {references} references, but no event references this blob"
+                )),
+                Some(seen) => {
+                    seen.counted = true;
+                    if references != seen.references {
+                        Some(format!(
+                            "counts {references} references, but {} events reference this blob",
+                            seen.references
+                        ))
+                    } else if len != seen.len {
+                        Some(format!(
+                            "records a {len}-byte payload, but the events reference {} bytes",
+                            seen.len
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(what) = what {
+                self.report.report(db_names::BLOB_REFS, name, what);
+            }
+        }
+        let mut uncounted: Vec<_> = self
+            .blobs
+            .iter()
+            .filter(|(_, seen)| !seen.counted)
+            .map(|(hash, seen)| (seen.first_seq, *hash, seen.references))
+            .collect();
+        uncounted.sort_unstable();
+        for (first_seq, hash, references) in uncounted {
+            self.report.report(
+                db_names::BLOB_REFS,
+                blob::hex(&hash),
+                format!(
+                    "missing: {references} events reference this blob (the first at seq \
+                     {first_seq}), but it has no reference count"
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a stored blob the log references, if anything.
+fn check_blob(
+    seen: &Referenced,
+    key_len: usize,
+    hash: &[u8; HASH_LEN],
+    value: &[u8],
+    page_size: usize,
+) -> Option<String> {
+    let Some(padded) = blob::padded_len(seen.len).filter(|p| *p == value.len()) else {
+        return Some(format!(
+            "stored as {} bytes, but the events reference a {}-byte payload",
+            value.len(),
+            seen.len
+        ));
+    };
+    // `padded` is `len` rounded up, so `len` fits and is at most the value's length.
+    let payload = &value[..value.len() - (padded - seen.len as usize)];
+    let actual = blake3::hash(payload);
+    if actual.as_bytes() != hash {
+        return Some(format!(
+            "damaged: the content hashes to {}, not to its key",
+            actual.to_hex()
+        ));
+    }
+    if blob::key_len(padded, page_size) != key_len {
+        return Some(format!(
+            "a {}-byte blob under a {key_len}-byte key: it is not 16-byte aligned in the map",
+            value.len()
+        ));
+    }
+    if record::payload_digest(payload) != seen.digest {
+        return Some(format!(
+            "its content does not match the digest {:#018x} its references carry",
+            seen.digest
+        ));
+    }
+    None
+}
