@@ -2,8 +2,10 @@
 
 mod demo;
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use varvedb::{Storage, StorageConfig};
@@ -25,6 +27,10 @@ enum Command {
     Demo,
     /// Event, stream and byte counts of a store.
     Stats,
+    /// Checks the whole store: record checksums, the stream chains and heads, every blob's
+    /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
+    /// check.
+    Verify,
     /// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2 and raw heed in one run.
     Bench(BenchArgs),
 }
@@ -60,6 +66,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo::run(&cli.path).map_err(Into::into),
         Command::Stats => stats(&cli.path),
+        Command::Verify => {
+            return match verify(&cli.path) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("varvedb: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Bench(args) => bench(args),
     };
     match result {
@@ -98,18 +114,75 @@ fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn stats(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+/// Opens an existing store (never creates one).
+fn open_existing(path: &Path) -> Result<Storage, varvedb::Error> {
     if !path.exists() {
         return Err(varvedb::Error::InvalidStore {
             path: path.into(),
             reason: "no such directory".into(),
-        }
-        .into());
+        });
     }
-    let storage = Storage::open(StorageConfig {
+    Storage::open(StorageConfig {
         path: path.into(),
         ..Default::default()
+    })
+}
+
+/// Runs `Storage::verify` with progress on stderr; prints every problem and a summary. Returns
+/// whether the store is clean.
+fn verify(path: &Path) -> Result<bool, varvedb::Error> {
+    let storage = open_existing(path)?;
+    let terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let report = storage.verify_with_progress(|p| {
+        let finished = p.done == p.total;
+        if !finished && last.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        last = Instant::now();
+        let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
+        let line = format!(
+            "verify: {:<12} {}/{} ({percent}%), {} problems",
+            p.phase.database(),
+            p.done,
+            p.total,
+            p.problems
+        );
+        if terminal {
+            eprint!("\r{line}\x1b[K");
+            if finished {
+                eprintln!();
+            }
+        } else if !finished || p.total > 0 {
+            eprintln!("{line}");
+        }
     })?;
+    for problem in &report.problems {
+        println!("{problem}");
+    }
+    if report.problems_omitted > 0 {
+        println!("… and {} more problems", report.problems_omitted);
+    }
+    let summary = format!(
+        "{} events in {} streams, {} blobs ({} references), {} bytes checked in {:.1?}",
+        report.events,
+        report.streams,
+        report.blobs,
+        report.blob_references,
+        report.bytes_checked,
+        started.elapsed()
+    );
+    if report.is_clean() {
+        println!("clean: {summary}");
+    } else {
+        println!("{} problems: {summary}", report.problem_count());
+    }
+    Ok(report.is_clean())
+}
+
+fn stats(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open_existing(path)?;
     let s = storage.stats()?;
     println!("store       {}", storage.path().display());
     println!("events      {}", s.events);
@@ -117,6 +190,9 @@ fn stats(path: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("last seq    {}", s.last_seq);
     println!("log bytes   {}", s.log_bytes);
     println!("index bytes {}", s.index_bytes);
+    println!("blobs       {}", s.blobs);
+    println!("blob refs   {}", s.blob_references);
+    println!("blob bytes  {}", s.blob_bytes);
     println!("file bytes  {}", s.file_bytes);
     println!("map bytes   {}", s.map_bytes);
     Ok(())

@@ -66,3 +66,83 @@ fn stats_on_a_missing_store_fails_cleanly() {
     );
     assert!(!missing.exists(), "stats must not create a store");
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Attachment {
+    bytes: Vec<u8>,
+}
+
+#[test]
+fn verify_passes_a_sound_store_and_names_a_damaged_blob() {
+    use varvedb::{ExpectedVersion, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let marker: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+    {
+        let storage = Storage::open(StorageConfig {
+            path: store.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let writer = Writer::<Attachment>::new(storage);
+        for stream in 1..=3 {
+            writer
+                .append(
+                    stream,
+                    ExpectedVersion::Auto,
+                    &Attachment {
+                        bytes: marker.clone(),
+                    },
+                )
+                .unwrap();
+        }
+    }
+    let store_arg = store.to_str().unwrap();
+    let (ok, stdout, stderr) = varvedb(&["--path", store_arg, "verify"]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("clean: 3 events in 3 streams, 1 blobs (3 references)"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", store_arg, "stats"]);
+    assert!(ok && stdout.contains("blobs       1") && stdout.contains("blob refs   3"));
+
+    // One flipped byte in the one stored copy.
+    let data = store.join("data.mdb");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes
+        .windows(64)
+        .position(|w| w == &marker[1000..1064])
+        .unwrap();
+    bytes[at] ^= 0x40;
+    std::fs::write(&data, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store_arg, "verify"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let hash = blake3_hex(&marker);
+    assert!(
+        stdout.contains(&format!("blobs [{hash}]: damaged")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 problems"), "{stdout}");
+
+    let missing = dir.path().join("nope");
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", missing.to_str().unwrap(), "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!missing.exists(), "verify never creates a store");
+}
+
+/// The hash the store addresses the payload by: BLAKE3 of the archived bytes.
+fn blake3_hex(body: &[u8]) -> String {
+    let archived = rkyv::to_bytes::<rkyv::rancor::Error>(&Attachment {
+        bytes: body.to_vec(),
+    })
+    .unwrap();
+    blake3::hash(&archived).to_hex().to_string()
+}
