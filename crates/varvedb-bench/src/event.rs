@@ -34,6 +34,15 @@ pub fn event(i: u64) -> BenchEvent {
     }
 }
 
+/// The `i`-th event of a large-payload run: [`event`] with its note grown so that the event
+/// archives to about `size` bytes (within the archive's alignment padding).
+pub fn large_event(i: u64, size: usize) -> BenchEvent {
+    let mut e = event(i);
+    let grow = size.saturating_sub(archived_len());
+    e.note.extend(std::iter::repeat_n('x', grow));
+    e
+}
+
 /// The archived size of [`event`]'s events, for the report.
 pub fn archived_len() -> usize {
     rkyv::to_bytes::<rkyv::rancor::Error>(&event(1)).map_or(0, |b| b.len())

@@ -45,6 +45,14 @@ pub struct Options {
     pub point_reads: usize,
     /// (f): streams read per run.
     pub stream_reads: usize,
+    /// (h): batches of 100 10 KiB events per run.
+    pub large_batches: usize,
+    /// (h): single 1 MiB appends per run.
+    pub huge_appends: usize,
+    /// (h): 10 KiB events in the store that is scanned.
+    pub large_read_events: u64,
+    /// (h): 1 MiB events in the store that is scanned.
+    pub huge_read_events: u64,
     /// Distinct streams of the "random streams" variants.
     pub random_streams: u64,
     /// Run only the rows with these ids (all when empty), e.g. `d_scan`, `c1000_10k`.
@@ -68,6 +76,10 @@ impl Options {
             point_reads: 200_000,
             stream_reads: 50,
             random_streams: 1_000_000,
+            large_batches: 10,
+            huge_appends: 30,
+            large_read_events: 20_000,
+            huge_read_events: 200,
             only: Vec::new(),
         }
     }
@@ -82,6 +94,10 @@ impl Options {
             read_events: 100_000,
             point_reads: 50_000,
             stream_reads: 20,
+            large_batches: 3,
+            huge_appends: 8,
+            large_read_events: 2_000,
+            huge_read_events: 20,
             ..Options::full(dir)
         }
     }

@@ -15,6 +15,8 @@ pub enum Unit {
     EventsPerSecond,
     /// Milliseconds of latency: lower is better.
     Milliseconds,
+    /// Bytes on disk per event: lower is better.
+    BytesPerEvent,
 }
 
 /// One peer's figure in a row.
@@ -97,7 +99,7 @@ impl Row {
         let theirs = self.cell(peer)?.median?;
         match self.unit {
             Unit::EventsPerSecond => Some(ours / theirs),
-            Unit::Milliseconds => Some(theirs / ours),
+            Unit::Milliseconds | Unit::BytesPerEvent => Some(theirs / ours),
         }
     }
 }
@@ -162,6 +164,9 @@ pub struct Report {
 fn human(value: f64, unit: Unit) -> String {
     match unit {
         Unit::Milliseconds => format!("{value:.2} ms"),
+        Unit::BytesPerEvent if value >= 1e6 => format!("{:.2} MB", value / 1e6),
+        Unit::BytesPerEvent if value >= 1e3 => format!("{:.1} KB", value / 1e3),
+        Unit::BytesPerEvent => format!("{value:.0} B"),
         Unit::EventsPerSecond if value >= 1e6 => format!("{:.2}M/s", value / 1e6),
         Unit::EventsPerSecond if value >= 1e3 => format!("{:.1}K/s", value / 1e3),
         Unit::EventsPerSecond => format!("{value:.0}/s"),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::event::{BenchEvent, event};
+use crate::event::{BenchEvent, event, large_event};
 use crate::report::{Cell, Row, Unit};
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency};
 use crate::{Options, peers};
@@ -17,6 +17,13 @@ const READ_STREAMS: u64 = 1_000;
 const READ_BATCH: u64 = 100;
 /// The streams of the batch target ("10K random streams").
 const TARGET_STREAMS: u64 = 10_000;
+/// The archived sizes of the large-payload workloads (h).
+const KIB_10: usize = 10 << 10;
+const MIB_1: usize = 1 << 20;
+/// Events per batch of the 10 KiB workloads.
+const LARGE_BATCH: usize = 100;
+/// Distinct payloads of the repeated-payload workload.
+const DISTINCT_PAYLOADS: u64 = 16;
 
 /// splitmix64: a deterministic stream of well-mixed numbers.
 struct Rng(u64);
@@ -244,6 +251,72 @@ fn stream_reads(store: &dyn BenchStore, o: &Options) -> BenchResult<Measured> {
     Ok(Measured::Rate(rate(events, start.elapsed())))
 }
 
+/// (h) Large payloads, 4 hot streams: batches of 100 10 KiB events, or single 1 MiB events.
+/// `distinct`: the payloads repeat after this many events (identical events, as when one
+/// document is attached to many).
+fn large_appends(
+    store: &dyn BenchStore,
+    size: usize,
+    events: usize,
+    batch: usize,
+    distinct: Option<u64>,
+) -> BenchResult<Measured> {
+    let mut versions = Versions::default();
+    let start = Instant::now();
+    for (j, first) in (0..events).step_by(batch).enumerate() {
+        let stream = j as u128 % HOT_STREAMS + 1;
+        let n = batch.min(events - first);
+        let batch: Vec<BenchEvent> = (first..first + n)
+            .map(|i| large_event(distinct.map_or(i as u64, |d| i as u64 % d), size))
+            .collect();
+        store.append(stream, versions.take(stream, n as u32), &batch)?;
+    }
+    Ok(Measured::Rate(rate(events, start.elapsed())))
+}
+
+/// Fills a store with `events` large events (batches of up to 100, 4 streams) for a scan.
+fn fill_large(store: &dyn BenchStore, size: usize, events: u64) -> BenchResult<()> {
+    let batch = (LARGE_BATCH as u64).min((64 << 20) / size as u64).max(1);
+    let mut versions = Versions::default();
+    let mut i = 0;
+    while i < events {
+        let n = batch.min(events - i);
+        let stream = u128::from(i / batch) % HOT_STREAMS + 1;
+        let events: Vec<BenchEvent> = (i..i + n).map(|i| large_event(i, size)).collect();
+        store.append(stream, versions.take(stream, n as u32), &events)?;
+        i += n;
+    }
+    Ok(())
+}
+
+fn large_scan(store: &dyn BenchStore, events: u64) -> BenchResult<Measured> {
+    let start = Instant::now();
+    let found = store.scan()?;
+    let elapsed = start.elapsed();
+    if found != expected_scan(events) {
+        return Err(BenchError::Failed(format!(
+            "scan found {found:?}, expected {:?}",
+            expected_scan(events)
+        )));
+    }
+    Ok(Measured::Rate(rate(events as usize, elapsed)))
+}
+
+/// The bytes of the files under `dir` (the peer's store, closed).
+fn dir_bytes(dir: &Path) -> BenchResult<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(crate::store::failed)? {
+        let entry = entry.map_err(crate::store::failed)?;
+        let meta = entry.metadata().map_err(crate::store::failed)?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
 type WriteFn = fn(&dyn BenchStore, &Options) -> BenchResult<Measured>;
 
 /// The write workloads, in table order: id, title, function.
@@ -300,6 +373,16 @@ fn write_workloads(o: &Options) -> Vec<(&'static str, String, WriteFn)> {
             "c1000_10k",
             "(c) batches of 1,000, 10K random streams".into(),
             |s, o| batches(s, o, 1_000, Some(TARGET_STREAMS)),
+        ),
+        (
+            "h10k_append",
+            "(h) 10 KiB events, batches of 100, 4 hot streams".into(),
+            |s, o| large_appends(s, KIB_10, o.large_batches * LARGE_BATCH, LARGE_BATCH, None),
+        ),
+        (
+            "h1m_append",
+            "(h) 1 MiB events, single appends, 4 hot streams".into(),
+            |s, o| large_appends(s, MIB_1, o.huge_appends, 1, None),
         ),
     ]
 }
@@ -437,6 +520,8 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         rows.extend(latency_rows);
     }
 
+    large_rows(o, &wanted, &mut rows)?;
+
     if !["d_scan", "e_point", "f_stream"]
         .iter()
         .any(|id| wanted(id))
@@ -492,4 +577,77 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             .filter(|r| wanted(&r.id)),
     );
     Ok(rows)
+}
+
+/// (h) The large-payload reads, and the disk use of repeated payloads.
+fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -> BenchResult<()> {
+    for (id, title, size, events) in [
+        (
+            "h10k_scan",
+            "(h) 10 KiB events: full scan, validated, one field",
+            KIB_10,
+            o.large_read_events,
+        ),
+        (
+            "h1m_scan",
+            "(h) 1 MiB events: full scan, validated, one field",
+            MIB_1,
+            o.huge_read_events,
+        ),
+    ] {
+        if !wanted(id) {
+            continue;
+        }
+        let mut row = Row::new(id, title, Unit::EventsPerSecond);
+        for peer in &o.peers {
+            eprintln!("varvedb bench: {title}: {peer} (filling {events} events)");
+            let dir = store_dir(o, peer, id);
+            fresh(&dir)?;
+            let store = peers::open(peer, &dir)?;
+            let cell = match fill_large(store.as_ref(), size, events) {
+                Err(BenchError::Unsupported(why)) => Cell::not_applicable(peer, why),
+                Err(e) => return Err(BenchError::Failed(format!("{peer}, {id}: {e}"))),
+                Ok(()) => {
+                    let scan = |s: &dyn BenchStore| large_scan(s, events);
+                    let runs = measure(o, peer, id, scan, Some(store.as_ref()))?;
+                    match runs.unsupported {
+                        Some(why) => Cell::not_applicable(peer, why),
+                        None => Cell::from_runs(peer, runs.rates, None),
+                    }
+                }
+            };
+            row.cells.push(cell);
+            drop(store);
+            std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
+        }
+        rows.push(row);
+    }
+    let id = "h_dedup";
+    if wanted(id) {
+        let events = o.large_batches * LARGE_BATCH;
+        let mut row = Row::new(
+            id,
+            &format!(
+                "(h) 10 KiB events, {DISTINCT_PAYLOADS} distinct payloads: disk bytes per event"
+            ),
+            Unit::BytesPerEvent,
+        );
+        for peer in &o.peers {
+            eprintln!("varvedb bench: {}: {peer}", row.title);
+            let dir = store_dir(o, peer, id);
+            fresh(&dir)?;
+            let store = peers::open(peer, &dir)?;
+            let distinct = Some(DISTINCT_PAYLOADS);
+            let written = large_appends(store.as_ref(), KIB_10, events, LARGE_BATCH, distinct);
+            drop(store);
+            row.cells.push(match written {
+                Err(BenchError::Unsupported(why)) => Cell::not_applicable(peer, why),
+                Err(e) => return Err(BenchError::Failed(format!("{peer}, {id}: {e}"))),
+                Ok(_) => Cell::single(peer, dir_bytes(&dir)? as f64 / events as f64),
+            });
+            std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
+        }
+        rows.push(row);
+    }
+    Ok(())
 }

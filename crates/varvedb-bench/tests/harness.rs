@@ -19,6 +19,10 @@ fn a_tiny_run_fills_every_cell() {
         point_reads: 200,
         stream_reads: 3,
         random_streams: 1_000,
+        large_batches: 1,
+        huge_appends: 2,
+        large_read_events: 30,
+        huge_read_events: 2,
         ..Options::quick(dir.path().join("stores"))
     };
     let report = run(&options).unwrap();
@@ -40,9 +44,31 @@ fn a_tiny_run_fills_every_cell() {
         "d_scan",
         "e_point",
         "f_stream",
+        "h10k_append",
+        "h1m_append",
+        "h10k_scan",
+        "h1m_scan",
+        "h_dedup",
     ] {
         assert!(ids.contains(&id), "row {id} is missing");
     }
+    // Repeated payloads are stored once: VarveDB's disk use per event is a fraction of a
+    // store that keeps every copy.
+    let dedup = report.rows.iter().find(|r| r.id == "h_dedup").unwrap();
+    let bytes = |peer: &str| {
+        dedup
+            .cells
+            .iter()
+            .find(|c| c.peer == peer)
+            .and_then(|c| c.median)
+            .unwrap()
+    };
+    assert!(
+        bytes("VarveDB") * 2.0 < bytes("SQLite"),
+        "{} vs {}",
+        bytes("VarveDB"),
+        bytes("SQLite")
+    );
     for row in &report.rows {
         assert_eq!(row.cells.len(), peers::ALL.len(), "{}", row.id);
         for cell in &row.cells {

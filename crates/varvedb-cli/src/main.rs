@@ -31,7 +31,8 @@ enum Command {
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
     /// check.
     Verify,
-    /// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2 and raw heed in one run.
+    /// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2 and raw heed in one run,
+    /// including 10 KiB and 1 MiB events.
     Bench(BenchArgs),
 }
 
@@ -50,7 +51,8 @@ struct BenchArgs {
     #[arg(long)]
     read_events: Option<u64>,
     /// Run only these rows, by id, comma-separated (a_hot, a_random, b_hot, b_random, async,
-    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, d_scan, e_point, f_stream).
+    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, h10k_append, h1m_append,
+    /// h_dedup, h10k_scan, h1m_scan, d_scan, e_point, f_stream).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Where the stores go: on a real disk, as flushes are part of the result.
