@@ -39,7 +39,7 @@ pub fn event(i: u64) -> BenchEvent {
 pub fn large_event(i: u64, size: usize) -> BenchEvent {
     let mut e = event(i);
     let grow = size.saturating_sub(archived_len());
-    e.note.extend(std::iter::repeat_n('x', grow));
+    e.note.push_str(&"x".repeat(grow));
     e
 }
 
