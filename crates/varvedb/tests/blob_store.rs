@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
+use common::pattern;
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
@@ -24,20 +25,6 @@ fn doc_of_total(total: usize, seed: u64) -> Doc {
     Doc {
         body: pattern(total - 8, seed),
     }
-}
-
-/// Bytes that differ for every seed and position (so that no two payloads deduplicate by
-/// accident).
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn archived_len<E>(event: &E) -> usize

@@ -19,14 +19,7 @@ struct Doc {
 fn doc(tag: u64, len: usize) -> Doc {
     Doc {
         tag,
-        body: (0..len)
-            .scan(tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, |x, _| {
-                *x ^= *x << 13;
-                *x ^= *x >> 7;
-                *x ^= *x << 17;
-                Some(*x as u8)
-            })
-            .collect(),
+        body: common::pattern(len, tag),
     }
 }
 

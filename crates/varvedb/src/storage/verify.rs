@@ -13,7 +13,7 @@ use heed::RoTxn;
 
 use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
 use super::record::{self, Peek};
-use super::{Dbs, chain, db_names, get_record, keys};
+use super::{Dbs, Raw, chain, db_names, get_record, keys};
 use crate::error::Result;
 
 /// The most problems a report lists; past it they are only counted.
@@ -174,7 +174,32 @@ pub(crate) fn run(
     Ok(run.report)
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// Walks `db` in key order, with progress, handing each entry to `check`.
+    fn pass(
+        &mut self,
+        phase: VerifyPhase,
+        db: &Raw,
+        mut check: impl FnMut(&mut Self, &'a [u8], &'a [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.txn;
+        let total = db.len(txn)?;
+        self.tick(phase, 0, total);
+        let mut done = 0;
+        for entry in db.iter(txn)? {
+            let (key, value) = entry?;
+            done += 1;
+            self.tick(phase, done, total);
+            check(self, key, value)?;
+        }
+        Ok(())
+    }
+
+    fn malformed_key(&mut self, database: &'static str, key: &[u8]) {
+        self.report
+            .report(database, format!("{key:02x?}"), "malformed key".into());
+    }
+
     fn tick(&mut self, phase: VerifyPhase, done: u64, total: u64) {
         if done.is_multiple_of(PROGRESS_EVERY) || done == total {
             (self.progress)(&VerifyProgress {
@@ -187,24 +212,14 @@ impl Run<'_> {
     }
 
     fn events(&mut self) -> Result<()> {
-        let (dbs, txn) = (self.dbs, self.txn);
-        let total = dbs.events.len(txn)?;
-        self.tick(VerifyPhase::Events, 0, total);
+        let dbs = self.dbs;
         let mut next_seq = 1u64;
-        let mut done = 0;
-        for entry in dbs.events.iter(txn)? {
-            let (key, value) = entry?;
-            done += 1;
-            self.tick(VerifyPhase::Events, done, total);
-            self.report.events += 1;
-            self.report.bytes_checked += value.len() as u64;
+        self.pass(VerifyPhase::Events, &dbs.events, |run, key, value| {
+            run.report.events += 1;
+            run.report.bytes_checked += value.len() as u64;
             let Some(seq) = keys::decode_seq_key(key) else {
-                self.report.report(
-                    db_names::EVENTS,
-                    format!("{key:02x?}"),
-                    "malformed key".into(),
-                );
-                continue;
+                run.malformed_key(db_names::EVENTS, key);
+                return Ok(());
             };
             if seq != next_seq {
                 let what = if seq > next_seq {
@@ -215,13 +230,12 @@ impl Run<'_> {
                 } else {
                     format!("out of order: expected sequence {next_seq} or later")
                 };
-                self.report
-                    .report(db_names::EVENTS, seq_key_name(seq), what);
+                run.report.report(db_names::EVENTS, seq_key_name(seq), what);
             }
             next_seq = seq.saturating_add(1);
             let long_key = key.len() == keys::SEQ_KEY_LONG_LEN;
-            if long_key != (value.len() > self.inline_max) {
-                self.report.report(
+            if long_key != (value.len() > run.inline_max) {
+                run.report.report(
                     db_names::EVENTS,
                     seq_key_name(seq),
                     format!(
@@ -239,16 +253,16 @@ impl Run<'_> {
                         crate::Error::Corrupt { reason, .. } => reason,
                         other => other.to_string(),
                     };
-                    self.report
-                        .report(db_names::EVENTS, seq_key_name(seq), what);
-                    continue;
+                    run.report.report(db_names::EVENTS, seq_key_name(seq), what);
+                    return Ok(());
                 }
             };
-            self.chain(seq, header.stream_id, header.version, header.links)?;
+            run.chain(seq, header.stream_id, header.version, header.links)?;
             if header.flags & FLAG_BLOB != 0 {
-                self.reference(seq, body);
+                run.reference(seq, body);
             }
-        }
+            Ok(())
+        })?;
         Ok(())
     }
 
@@ -349,27 +363,17 @@ impl Run<'_> {
     }
 
     fn heads(&mut self) -> Result<()> {
-        let (dbs, txn) = (self.dbs, self.txn);
+        let dbs = self.dbs;
         self.report.streams = self.streams.len() as u64;
-        let total = dbs.heads.len(txn)?;
-        self.tick(VerifyPhase::StreamHeads, 0, total);
-        let mut done = 0;
-        for entry in dbs.heads.iter(txn)? {
-            let (key, value) = entry?;
-            done += 1;
-            self.tick(VerifyPhase::StreamHeads, done, total);
+        self.pass(VerifyPhase::StreamHeads, &dbs.heads, |run, key, value| {
             let Ok(key) = <[u8; 16]>::try_from(key) else {
-                self.report.report(
-                    db_names::STREAM_HEADS,
-                    format!("{key:02x?}"),
-                    "malformed key".into(),
-                );
-                continue;
+                run.malformed_key(db_names::STREAM_HEADS, key);
+                return Ok(());
             };
             let stream_id = u128::from_be_bytes(key);
-            let in_log = self.streams.remove(&stream_id);
+            let in_log = run.streams.remove(&stream_id);
             let Some((version, seq)) = keys::decode_head_value(value) else {
-                self.report.report(
+                run.report.report(
                     db_names::STREAM_HEADS,
                     stream_name(stream_id),
                     format!(
@@ -378,11 +382,11 @@ impl Run<'_> {
                         keys::HEAD_VALUE_LEN
                     ),
                 );
-                continue;
+                return Ok(());
             };
             match in_log {
                 Some(last) if last == (version, seq) => {}
-                Some((log_version, log_seq)) => self.report.report(
+                Some((log_version, log_seq)) => run.report.report(
                     db_names::STREAM_HEADS,
                     stream_name(stream_id),
                     format!(
@@ -390,7 +394,7 @@ impl Run<'_> {
                          event in the log is version {log_version} at seq {log_seq}"
                     ),
                 ),
-                None => self.report.report(
+                None => run.report.report(
                     db_names::STREAM_HEADS,
                     stream_name(stream_id),
                     format!(
@@ -399,7 +403,8 @@ impl Run<'_> {
                     ),
                 ),
             }
-        }
+            Ok(())
+        })?;
         let mut missing: Vec<_> = self.streams.drain().collect();
         missing.sort_unstable();
         for (stream_id, (version, seq)) in missing {
@@ -416,26 +421,16 @@ impl Run<'_> {
     }
 
     fn blob_store(&mut self) -> Result<()> {
-        let (dbs, txn) = (self.dbs, self.txn);
-        let total = dbs.blobs.len(txn)?;
-        self.tick(VerifyPhase::Blobs, 0, total);
-        let mut done = 0;
-        for entry in dbs.blobs.iter(txn)? {
-            let (key, value) = entry?;
-            done += 1;
-            self.tick(VerifyPhase::Blobs, done, total);
-            self.report.blobs += 1;
-            self.report.bytes_checked += value.len() as u64;
+        let dbs = self.dbs;
+        self.pass(VerifyPhase::Blobs, &dbs.blobs, |run, key, value| {
+            run.report.blobs += 1;
+            run.report.bytes_checked += value.len() as u64;
             let Some(hash) = blob::decode_key(key) else {
-                self.report.report(
-                    db_names::BLOBS,
-                    format!("{key:02x?}"),
-                    "malformed key".into(),
-                );
-                continue;
+                run.malformed_key(db_names::BLOBS, key);
+                return Ok(());
             };
             let name = blob::hex(&hash);
-            let what = match self.blobs.get_mut(&hash) {
+            let what = match run.blobs.get_mut(&hash) {
                 None => Some(format!(
                     "orphan: no event references this blob ({} bytes stored)",
                     value.len()
@@ -447,9 +442,10 @@ impl Run<'_> {
                 }
             };
             if let Some(what) = what {
-                self.report.report(db_names::BLOBS, name, what);
+                run.report.report(db_names::BLOBS, name, what);
             }
-        }
+            Ok(())
+        })?;
         let mut missing: Vec<_> = self
             .blobs
             .iter()
@@ -474,25 +470,15 @@ impl Run<'_> {
     }
 
     fn reference_counts(&mut self) -> Result<()> {
-        let (dbs, txn) = (self.dbs, self.txn);
-        let total = dbs.blob_refs.len(txn)?;
-        self.tick(VerifyPhase::BlobRefs, 0, total);
-        let mut done = 0;
-        for entry in dbs.blob_refs.iter(txn)? {
-            let (key, value) = entry?;
-            done += 1;
-            self.tick(VerifyPhase::BlobRefs, done, total);
+        let dbs = self.dbs;
+        self.pass(VerifyPhase::BlobRefs, &dbs.blob_refs, |run, key, value| {
             let Ok(hash) = <[u8; HASH_LEN]>::try_from(key) else {
-                self.report.report(
-                    db_names::BLOB_REFS,
-                    format!("{key:02x?}"),
-                    "malformed key".into(),
-                );
-                continue;
+                run.malformed_key(db_names::BLOB_REFS, key);
+                return Ok(());
             };
             let name = blob::hex(&hash);
             let Some((references, len)) = blob::decode_refs(value) else {
-                self.report.report(
+                run.report.report(
                     db_names::BLOB_REFS,
                     name,
                     format!(
@@ -501,9 +487,9 @@ impl Run<'_> {
                         blob::REFS_VALUE_LEN
                     ),
                 );
-                continue;
+                return Ok(());
             };
-            let what = match self.blobs.get_mut(&hash) {
+            let what = match run.blobs.get_mut(&hash) {
                 None => Some(format!(
                     "orphan: counts {references} references, but no event references this blob"
                 )),
@@ -525,9 +511,10 @@ impl Run<'_> {
                 }
             };
             if let Some(what) = what {
-                self.report.report(db_names::BLOB_REFS, name, what);
+                run.report.report(db_names::BLOB_REFS, name, what);
             }
-        }
+            Ok(())
+        })?;
         let mut uncounted: Vec<_> = self
             .blobs
             .iter()

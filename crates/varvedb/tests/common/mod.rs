@@ -20,6 +20,20 @@ pub fn deposit(amount: u64) -> Deposited {
     }
 }
 
+/// `len` bytes that differ for every seed and position (so that no two payloads of different
+/// seeds deduplicate, and a window of them is found once in a file).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn open(dir: &tempfile::TempDir) -> Storage {
     Storage::open(config(dir)).unwrap()
 }
