@@ -134,3 +134,23 @@ fn pathdiff(path: &std::path::Path, base: &std::path::Path) -> std::path::PathBu
     }
     out
 }
+
+/// The store closes when the caller drops its last handle, even right after an append: the
+/// committer lets go of the store before it answers. Reopening at once with another
+/// configuration must not meet the old environment (`ConfigMismatch`).
+#[test]
+fn the_last_handle_closes_the_store_as_an_append_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..200u64 {
+        let storage = Storage::open(StorageConfig {
+            path: dir.path().into(),
+            event_bytes_max: 1000 + (round % 2) as usize,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        Writer::<Deposited>::new(storage)
+            .append(1, ExpectedVersion::Auto, &deposit(round))
+            .unwrap();
+    }
+    assert_eq!(open(&dir).stats().unwrap().events, 200);
+}

@@ -297,6 +297,9 @@ impl Drop for Committer {
 #[derive(Default)]
 struct Answers {
     held: Vec<(Reply, Outcome)>,
+    /// Answers decided, sent by [`deliver`](Self::deliver) once the committer has let go of
+    /// its handle to the store.
+    ready: Vec<(Reply, Outcome)>,
     signals: Vec<Arc<Signal>>,
 }
 
@@ -305,24 +308,32 @@ impl Answers {
         self.held.extend(answers);
     }
 
-    /// The answers held back are now true on disk: deliver them.
+    /// The answers held back are now true on disk: they may go out.
     fn release(&mut self) {
-        for (reply, outcome) in self.held.drain(..) {
-            self.signals.extend(reply.signal().cloned());
-            reply.send(outcome);
-        }
-        self.wake();
+        self.ready.append(&mut self.held);
     }
 
     /// The flush failed: the appends' fate is unknown, so none may be acknowledged.
     fn fail(&mut self, reason: &str) {
         for (reply, outcome) in self.held.drain(..) {
+            self.ready.push((
+                reply,
+                outcome.and(Err(Error::Poisoned {
+                    reason: format!(
+                        "the flush after this append's commit failed, so it may or may not be durable: {reason}"
+                    ),
+                })),
+            ));
+        }
+    }
+
+    /// Sends the answers that may go out. Called with no handle to the store held, so that a
+    /// caller that drops its last handle on return closes the store at once (and may reopen the
+    /// path with another configuration).
+    fn deliver(&mut self) {
+        for (reply, outcome) in self.ready.drain(..) {
             self.signals.extend(reply.signal().cloned());
-            reply.send(outcome.and(Err(Error::Poisoned {
-                reason: format!(
-                    "the flush after this append's commit failed, so it may or may not be durable: {reason}"
-                ),
-            })));
+            reply.send(outcome);
         }
         self.wake();
     }
@@ -346,6 +357,7 @@ fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
         let Some(storage) = Storage::from_weak(inner) else {
             return;
         };
+        let closed = matches!(take, Take::Closed);
         match take {
             Take::Group(mut group) => {
                 let (outcomes, wrote) = commit::commit_group(&storage, &mut heads, &mut group);
@@ -375,11 +387,12 @@ fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
                         Err(e) => answers.fail(&e.to_string()),
                     }
                 }
-                if matches!(take, Take::Closed) {
-                    return;
-                }
             }
         }
         drop(storage);
+        answers.deliver();
+        if closed {
+            return;
+        }
     }
 }
