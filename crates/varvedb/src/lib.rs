@@ -12,6 +12,11 @@
 //! flush and answers each with its own result (group commit). With the default
 //! [`Durability::Sync`] an append returns only once it is on disk.
 //!
+//! Events longer than [`StorageConfig::blob_threshold_bytes`] (1 KiB) go to a content-addressed
+//! blob store: stored once per distinct content under their BLAKE3 hash, reference-counted, and
+//! read zero-copy through the same [`EventRef`] ([`EventRef::is_blob`]). [`Storage::verify`]
+//! checks a whole store: checksums, stream chains and heads, blob hashes and reference counts.
+//!
 //! ## Quickstart
 //!
 //! ```
