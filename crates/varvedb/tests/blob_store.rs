@@ -99,7 +99,7 @@ fn the_threshold_is_exact_at_1023_1024_and_1025_bytes() {
 }
 
 #[test]
-fn sizes_from_empty_to_8_mib_read_back_zero_copy_by_every_path() {
+fn sizes_from_an_empty_body_to_8_mib_read_back_zero_copy_by_every_path() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
     let writer = Writer::<Doc>::new(storage.clone());

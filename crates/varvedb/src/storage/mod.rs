@@ -165,7 +165,8 @@ pub struct Stats {
     /// Distinct payloads in the blob store (payloads over `blob_threshold_bytes`; identical
     /// payloads are stored once).
     pub blobs: u64,
-    /// References to blobs: the events whose payload is in the blob store.
+    /// References to blobs: the events whose payload is in the blob store. Summed over the
+    /// reference counts, so `stats` walks them: one entry per distinct blob.
     pub blob_references: u64,
     /// Bytes of LMDB pages holding the blob store (blobs and their reference counts).
     pub blob_bytes: u64,

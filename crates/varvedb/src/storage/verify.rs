@@ -195,6 +195,22 @@ impl<'a> Run<'a> {
         Ok(())
     }
 
+    /// `(first seq, hash, references)` of the blobs the log references that a pass did not find
+    /// (`found` false), in log order.
+    fn referenced_but_not(
+        &self,
+        found: fn(&Referenced) -> bool,
+    ) -> Vec<(u64, [u8; HASH_LEN], u64)> {
+        let mut unseen: Vec<_> = self
+            .blobs
+            .iter()
+            .filter(|(_, seen)| !found(seen))
+            .map(|(hash, seen)| (seen.first_seq, *hash, seen.references))
+            .collect();
+        unseen.sort_unstable();
+        unseen
+    }
+
     fn malformed_key(&mut self, database: &'static str, key: &[u8]) {
         self.report
             .report(database, format!("{key:02x?}"), "malformed key".into());
@@ -446,14 +462,7 @@ impl<'a> Run<'a> {
             }
             Ok(())
         })?;
-        let mut missing: Vec<_> = self
-            .blobs
-            .iter()
-            .filter(|(_, seen)| !seen.stored)
-            .map(|(hash, seen)| (seen.first_seq, *hash, seen.references))
-            .collect();
-        missing.sort_unstable();
-        for (first_seq, hash, references) in missing {
+        for (first_seq, hash, references) in self.referenced_but_not(|seen| seen.stored) {
             self.report.report(
                 db_names::BLOBS,
                 blob::hex(&hash),
@@ -515,14 +524,7 @@ impl<'a> Run<'a> {
             }
             Ok(())
         })?;
-        let mut uncounted: Vec<_> = self
-            .blobs
-            .iter()
-            .filter(|(_, seen)| !seen.counted)
-            .map(|(hash, seen)| (seen.first_seq, *hash, seen.references))
-            .collect();
-        uncounted.sort_unstable();
-        for (first_seq, hash, references) in uncounted {
+        for (first_seq, hash, references) in self.referenced_but_not(|seen| seen.counted) {
             self.report.report(
                 db_names::BLOB_REFS,
                 blob::hex(&hash),
