@@ -57,6 +57,12 @@ pub trait BenchStore: Send + Sync {
     /// Reads one stream's events in version order; returns (events, sum of amounts).
     fn read_stream(&self, stream: u128) -> BenchResult<(u64, i64)>;
 
+    /// The bytes the stored data occupies, for a peer whose files are preallocated far beyond
+    /// it, with how to read the figure; `None`: the size of the peer's files once closed.
+    fn bytes_in_use(&self) -> BenchResult<Option<(u64, String)>> {
+        Ok(None)
+    }
+
     /// `tasks` async tasks each append `per_task` single events to their own stream, on a
     /// tokio runtime; returns once all are acknowledged.
     fn async_appends(&self, tasks: usize, per_task: u32) -> BenchResult<()> {

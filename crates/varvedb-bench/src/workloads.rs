@@ -643,12 +643,15 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
             fresh(&dir)?;
             let store = peers::open(peer, &dir)?;
             let distinct = Some(DISTINCT_PAYLOADS);
-            let written = large_appends(store.as_ref(), KIB_10, events, LARGE_BATCH, distinct);
+            let written = large_appends(store.as_ref(), KIB_10, events, LARGE_BATCH, distinct)
+                .and_then(|_| store.bytes_in_use());
             drop(store);
+            let per_event = |bytes: u64| bytes as f64 / events as f64;
             row.cells.push(match written {
                 Err(BenchError::Unsupported(why)) => Cell::not_applicable(peer, why),
                 Err(e) => return Err(BenchError::Failed(format!("{peer}, {id}: {e}"))),
-                Ok(_) => Cell::single(peer, dir_bytes(&dir)? as f64 / events as f64),
+                Ok(None) => Cell::single(peer, per_event(dir_bytes(&dir)?)),
+                Ok(Some((bytes, how))) => Cell::from_runs(peer, vec![per_event(bytes)], Some(how)),
             });
             std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
         }

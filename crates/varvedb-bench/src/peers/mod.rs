@@ -2,6 +2,7 @@
 
 mod heed_raw;
 mod sqlite;
+mod umadb;
 mod varvedb;
 mod varvedb04;
 
@@ -11,11 +12,18 @@ use crate::store::{BenchResult, BenchStore};
 
 pub use heed_raw::HeedRaw;
 pub use sqlite::Sqlite;
+pub use umadb::UmaDb;
 pub use varvedb::VarveDb;
 pub use varvedb04::VarveDb04;
 
 /// Every peer's name, in table order.
-pub const ALL: [&str; 4] = [VarveDb::NAME, Sqlite::NAME, VarveDb04::NAME, HeedRaw::NAME];
+pub const ALL: [&str; 5] = [
+    VarveDb::NAME,
+    Sqlite::NAME,
+    VarveDb04::NAME,
+    HeedRaw::NAME,
+    UmaDb::NAME,
+];
 
 /// Opens the peer called `name` on a fresh store in `dir`.
 pub fn open(name: &str, dir: &Path) -> BenchResult<Box<dyn BenchStore>> {
@@ -24,6 +32,7 @@ pub fn open(name: &str, dir: &Path) -> BenchResult<Box<dyn BenchStore>> {
         Sqlite::NAME => Box::new(Sqlite::open(dir)?),
         VarveDb04::NAME => Box::new(VarveDb04::open(dir)?),
         HeedRaw::NAME => Box::new(HeedRaw::open(dir)?),
+        UmaDb::NAME => Box::new(UmaDb::open(dir)?),
         other => {
             return Err(crate::store::BenchError::Failed(format!(
                 "unknown peer {other:?} (known: {})",
