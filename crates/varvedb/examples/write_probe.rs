@@ -4,8 +4,10 @@
 //! cargo run --release -p varvedb --example write_probe -- writers [threads]       # 6,400 single appends
 //! cargo run --release -p varvedb --example write_probe -- batches [streams]       # append_multi of 1,000
 //! cargo run --release -p varvedb --example write_probe -- hot                     # append_batch of 1,000, 4 streams
+//! cargo run --release -p varvedb --example write_probe -- large [KiB]             # append_batch of 100 such events, 4 streams
 //! ```
-//! Add `--nosync` to take flushes out and see the CPU cost alone. Prints events/s and, from
+//! Add `--nosync` to take flushes out and see the CPU cost alone, `--inline` to keep large
+//! events out of the blob store. Prints events/s and, from
 //! `Stats`, the commits and flushes the store made.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -27,6 +29,7 @@ fn main() {
     let mode = args.first().map_or("writers", String::as_str).to_string();
     let number: Option<u64> = args.get(1).and_then(|s| s.parse().ok());
     let nosync = args.iter().any(|a| a == "--nosync");
+    let inline = args.iter().any(|a| a == "--inline");
     let dir = std::path::Path::new("target/write-probe").join(&mode);
     let _ = std::fs::remove_dir_all(&dir);
     let storage = Storage::open(StorageConfig {
@@ -36,6 +39,7 @@ fn main() {
         } else {
             Durability::Sync
         },
+        blob_threshold_bytes: if inline { usize::MAX } else { 1024 },
         ..Default::default()
     })
     .unwrap();
@@ -107,11 +111,39 @@ fn main() {
             }
             (batches as u64 * 1_000, start.elapsed().as_secs_f64())
         }
-        other => panic!("unknown mode {other}: writers, batches or hot"),
+        "large" => {
+            let kib = number.unwrap_or(10) as usize;
+            let mut rng = 7u64;
+            // Distinct payloads: each event its own bytes, as in the harness's (h) rows.
+            let batches: Vec<Vec<String>> = (0..120)
+                .map(|_| {
+                    (0..100)
+                        .map(|_| {
+                            let seed = xorshift(&mut rng);
+                            format!("{seed:016x}").repeat(kib * 64)
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut start = Instant::now();
+            for (b, events) in batches.iter().enumerate() {
+                // The first 20 batches warm the store up; the rest are timed.
+                if b == 20 {
+                    start = Instant::now();
+                }
+                let stream = (b % 4) as u128 + 1;
+                let version = (b / 4 * 100) as u32;
+                writer
+                    .append_batch(stream, ExpectedVersion::Exact(version), events)
+                    .unwrap();
+            }
+            (100 * 100, start.elapsed().as_secs_f64())
+        }
+        other => panic!("unknown mode {other}: writers, batches, hot or large"),
     };
     let stats = storage.stats().unwrap();
     println!(
-        "{mode} {} nosync={nosync}: {:.0} ev/s; {} commits, {} flushes, {:.1} events per commit",
+        "{mode} {} nosync={nosync} inline={inline}: {:.0} ev/s; {} commits, {} flushes, {:.1} events per commit",
         number.map_or(String::new(), |n| n.to_string()),
         events as f64 / seconds,
         stats.commits,
