@@ -252,7 +252,10 @@ impl UmaDb {
         let mut to_end: usize = after.iter().map(|(_, _, n)| n).sum();
         for &(stream, version, n) in after {
             to_end -= n;
-            let position = last - to_end as u64;
+            if n == 0 {
+                continue;
+            }
+            let position = last.saturating_sub(to_end as u64);
             seen.streams.insert(stream, Seen { version, position });
         }
         Ok(())
