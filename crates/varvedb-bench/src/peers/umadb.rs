@@ -78,11 +78,13 @@ fn stream_query(streams: impl IntoIterator<Item = u128>) -> DcbQuery {
 }
 
 fn dcb_event(stream: u128, event: &BenchEvent) -> BenchResult<DcbEvent> {
-    let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(event).map_err(failed)?;
+    // Serialized straight into the `Vec` the event keeps: no copy.
+    let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(event, Vec::new())
+        .map_err(failed)?;
     Ok(DcbEvent::new()
         .event_type(EVENT_TYPE)
         .tags([tag(stream)])
-        .data(bytes.to_vec()))
+        .data(bytes))
 }
 
 fn conflict_or_failed(e: DcbError) -> BenchError {
@@ -183,7 +185,9 @@ impl UmaDb {
             .collect::<BenchResult<Vec<_>>>()?;
         Ok(Request {
             condition,
-            after_commit: vec![(stream, version + events.len() as u32, events.len())],
+            after_commit: (1..=events.len() as u32)
+                .map(|n| (stream, version + n))
+                .collect(),
             events,
         })
     }
@@ -244,18 +248,14 @@ impl UmaDb {
 
     /// Records where the streams of an acknowledged request now stand. `last` is the position
     /// of its last event; the request's events took consecutive positions.
-    fn acknowledged(&self, after: &[(u128, u32, usize)], last: DcbResult<u64>) -> BenchResult<()> {
+    fn acknowledged(&self, after: &[(u128, u32)], last: DcbResult<u64>) -> BenchResult<()> {
         let last = last.map_err(conflict_or_failed)?;
         let mut seen = self.seen();
         seen.head = seen.head.max(last);
-        // `after` is in event order; each entry's last event is `to_end` events before `last`.
-        let mut to_end: usize = after.iter().map(|(_, _, n)| n).sum();
-        for &(stream, version, n) in after {
-            to_end -= n;
-            if n == 0 {
-                continue;
-            }
-            let position = last.saturating_sub(to_end as u64);
+        // `after` is in event order, so a stream's last event is the one that stays; the i-th
+        // of n events is `n - 1 - i` positions before `last`.
+        let first = last.saturating_sub(after.len().saturating_sub(1) as u64);
+        for (position, &(stream, version)) in (first..).zip(after) {
             seen.streams.insert(stream, Seen { version, position });
         }
         Ok(())
@@ -266,9 +266,8 @@ impl UmaDb {
 struct Request {
     events: Vec<DcbEvent>,
     condition: DcbAppendCondition,
-    /// (stream, its version after the append, events of it in this run of the request), in
-    /// event order.
-    after_commit: Vec<(u128, u32, usize)>,
+    /// For each event, in order: its stream, and the stream's version with it.
+    after_commit: Vec<(u128, u32)>,
 }
 
 /// The writer thread's message for a conditional append, and where its answer comes.
@@ -326,7 +325,7 @@ impl BenchStore for UmaDb {
                 None => firsts.push((*stream, *version)),
             }
             next.insert(*stream, version + 1);
-            after_commit.push((*stream, version + 1, 1));
+            after_commit.push((*stream, version + 1));
             events.push(dcb_event(*stream, event)?);
         }
         let (as_of, actual) = self.versions_as_of(&firsts)?;
