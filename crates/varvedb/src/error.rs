@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::writer::ExpectedVersion;
+use crate::expected::{Appended, ExpectedVersion};
 
 /// The result type of VarveDB operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -160,9 +160,10 @@ pub enum Error {
         map_bytes_max: usize,
     },
 
-    /// The map had to grow, but read transactions stayed open for too long to do it safely.
+    /// The map had to grow for an append, but read transactions of this process stayed open
+    /// for too long to do it safely. Nothing was written.
     #[error(
-        "the store must grow, but {read_txns} read transaction(s) stayed open for {waited_ms} ms; drop long-lived ReadTxns (including ones held by this thread) and retry"
+        "the store must grow, but {read_txns} read transaction(s) stayed open for {waited_ms} ms; drop long-lived ReadTxns (including ones held by the appending thread) and retry"
     )]
     ResizeBlocked {
         /// The number of read transactions still open.
@@ -171,22 +172,74 @@ pub enum Error {
         waited_ms: u64,
     },
 
+    /// Another process grew the store past this process's memory map. A new snapshot must
+    /// first adopt the larger map, which needs every read transaction of this process closed,
+    /// and some stayed open (or are held by the calling thread itself).
+    #[error(
+        "this read cannot begin: another process grew the store, and adopting its larger map needs every read transaction of this process closed, but {read_txns} stayed open for {waited_ms} ms; drop them (including ones held by this thread) and retry"
+    )]
+    ReadBlocked {
+        /// The number of read transactions still open in this process.
+        read_txns: usize,
+        /// How long the read waited for them.
+        waited_ms: u64,
+    },
+
     /// A transaction of another `Storage` was passed in.
     #[error("the read transaction belongs to a different store than this reader")]
     ForeignTransaction,
 
-    /// The group commit that carried this append failed as a whole (for example its flush
-    /// failed); `reason` is that failure. The append is not acknowledged.
-    #[error("the commit carrying this append failed: {reason}")]
+    /// The transaction that carried this append was aborted as a whole, for a reason that is
+    /// not this append's own (for example another append of its group met a damaged log end).
+    /// Nothing of this append was written; it may be retried.
+    #[error("the commit carrying this append was aborted, nothing was written: {reason}")]
     CommitFailed {
         /// The failure of the shared commit.
         reason: String,
     },
 
-    /// A durable commit failed; the store refuses further writes until it is reopened.
-    #[error("the store refuses writes after a failed commit (reopen it to recover): {reason}")]
+    /// The store is closing: the append was refused before anything was written.
+    #[error("the store is closing; nothing was written")]
+    Closed,
+
+    /// The store refuses this operation after an earlier failure: nothing was written (and for a
+    /// read, nothing was read). Drop every handle and open the store again to recover (see
+    /// [`Storage::open_after_flush_failure`](crate::Storage::open_after_flush_failure) when
+    /// the failure was a flush).
+    #[error(
+        "the store refuses this operation after an earlier failure (reopen it to recover): {reason}"
+    )]
     Poisoned {
         /// The failure that poisoned the store.
+        reason: String,
+    },
+
+    /// It is unknown whether the append was written: the committer stopped while it was in
+    /// flight, or LMDB's commit failed part way. Do not retry blindly (an `Auto` append could be
+    /// written twice): reopen the store and read the stream to find out.
+    #[error("the outcome of this append is unknown (it may or may not be in the store): {reason}")]
+    OutcomeUnknown {
+        /// What happened.
+        reason: String,
+    },
+
+    /// The append was committed, and readers in this process see it, but the flush that makes
+    /// it durable failed: a crash of the machine may lose it. The store is poisoned.
+    #[error("the append was committed but may not be durable, because the flush failed: {reason}")]
+    NotDurable {
+        /// Where each event of the append landed.
+        appended: Vec<Appended>,
+        /// The failure of the flush.
+        reason: String,
+    },
+
+    /// The path is not an existing store: nothing was created (from
+    /// [`Storage::open_existing`](crate::Storage::open_existing)).
+    #[error("{path} is not an existing VarveDB store: {reason}; nothing was created")]
+    NotFound {
+        /// The directory given.
+        path: PathBuf,
+        /// What is missing.
         reason: String,
     },
 
@@ -208,15 +261,74 @@ pub enum Error {
 
     /// An error reported by LMDB.
     #[error("LMDB error: {0}")]
-    Lmdb(#[from] heed::Error),
+    Lmdb(LmdbError),
 }
 
+/// Whether a failed append was written (see [`Error::written`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Written {
+    /// Nothing was written: the append can be retried as it is.
+    No,
+    /// The append was committed but is not known to be durable ([`Error::NotDurable`]).
+    NotDurable,
+    /// It may or may not have been written ([`Error::OutcomeUnknown`]): read before retrying.
+    Unknown,
+}
+
+/// An error reported by LMDB, kept opaque so that VarveDB's API does not depend on the
+/// version of the LMDB binding it uses.
+#[derive(Debug)]
+pub struct LmdbError(heed::Error);
+
+impl LmdbError {
+    /// LMDB's error code (`MDB_*`, or an `errno` for a system error), when there is one.
+    pub fn code(&self) -> Option<i32> {
+        match &self.0 {
+            heed::Error::Mdb(e) => Some(e.to_err_code()),
+            heed::Error::Io(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn new(e: heed::Error) -> Self {
+        LmdbError(e)
+    }
+
+    pub(crate) fn heed(&self) -> &heed::Error {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for LmdbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for LmdbError {}
+
 impl Error {
+    /// Whether the append that failed with this error was written. Only
+    /// [`NotDurable`](Error::NotDurable) and [`OutcomeUnknown`](Error::OutcomeUnknown) may
+    /// have written anything; every other error of an append means nothing was written.
+    pub fn written(&self) -> Written {
+        match self {
+            Error::NotDurable { .. } => Written::NotDurable,
+            Error::OutcomeUnknown { .. } => Written::Unknown,
+            _ => Written::No,
+        }
+    }
+
+    pub(crate) fn lmdb(e: heed::Error) -> Self {
+        Error::Lmdb(LmdbError::new(e))
+    }
+
     pub(crate) fn is_lmdb(&self) -> bool {
         matches!(self, Error::Lmdb(_))
     }
 
-    /// The error to give the other appends of a group whose commit failed with `self`.
+    /// The error to give the other appends of a group whose transaction failed with `self`.
     pub(crate) fn for_group(&self) -> Error {
         match self {
             Error::StoreFull { map_bytes_max } => Error::StoreFull {
@@ -232,6 +344,10 @@ impl Error {
             Error::Poisoned { reason } => Error::Poisoned {
                 reason: reason.clone(),
             },
+            Error::Closed => Error::Closed,
+            Error::OutcomeUnknown { reason } => Error::OutcomeUnknown {
+                reason: reason.clone(),
+            },
             other => Error::CommitFailed {
                 reason: other.to_string(),
             },
@@ -239,7 +355,7 @@ impl Error {
     }
 
     pub(crate) fn is_map_full(&self) -> bool {
-        matches!(self, Error::Lmdb(heed::Error::Mdb(heed::MdbError::MapFull)))
+        matches!(self, Error::Lmdb(e) if matches!(e.heed(), heed::Error::Mdb(heed::MdbError::MapFull)))
     }
 
     pub(crate) fn corrupt(seq: u64, reason: impl Into<String>) -> Self {

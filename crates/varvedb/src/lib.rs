@@ -61,20 +61,34 @@
 //! Every limit is in [`StorageConfig`]: event size, batch size, map size. Stream id `u128::MAX`
 //! is reserved. A stream holds at most `u32::MAX` events.
 
+// The durability argument of group commit (an answer waits for the next flush, which also
+// flushes the meta page LMDB wrote without one) holds where LMDB flushes with fsync/fdatasync.
+// On Windows LMDB writes data through a write-through handle and skips the commit-time sync,
+// which breaks it; VarveDB is neither built nor tested there.
+#[cfg(not(unix))]
+compile_error!(
+    "VarveDB supports Unix (Linux, macOS, the BSDs) only: its durability argument relies on LMDB's MDB_NOMETASYNC semantics with fsync, which do not hold on Windows"
+);
+
+// Layers, each importing only from those below it:
+// writer, reader → commit → storage → config, error, expected.
+mod commit;
 mod config;
 mod error;
+mod expected;
 mod reader;
 mod storage;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
-pub use error::{Error, Result};
+pub use error::{Error, LmdbError, Result, Written};
+pub use expected::{Appended, ExpectedVersion};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
     FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, Stats, Storage, VERIFY_PROBLEMS_MAX,
     VerifyPhase, VerifyProgress, VerifyReport,
 };
-pub use writer::{Appended, ExpectedVersion, RESERVED_STREAM_ID, SerializeEvent, Writer};
+pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID, SerializeEvent, Writer};
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;

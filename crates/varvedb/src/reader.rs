@@ -14,6 +14,7 @@ use rkyv::{Archive, Deserialize};
 
 use crate::error::{Error, Result};
 use crate::storage::chain::Found;
+use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys};
 
@@ -340,7 +341,7 @@ impl<E: ValidateEvent> Reader<E> {
         let range = (Bound::Included(&start[..]), Bound::Unbounded);
         let cursor = self.storage.check_txn(txn).and_then(|()| {
             let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> =
-                Box::new(dbs.events.range(txn.raw(), &range)?);
+                Box::new(dbs.events.range(txn.raw(), &range).lmdb()?);
             Ok(iter)
         });
         AllIter {
@@ -379,7 +380,7 @@ impl<'t> IterState<'t> {
                 Some(Ok(entry)) => Some(Ok(entry)),
                 Some(Err(e)) => {
                     *self = IterState::Done;
-                    Some(Err(e.into()))
+                    Some(Err(Error::lmdb(e)))
                 }
                 None => {
                     *self = IterState::Done;

@@ -1,4 +1,5 @@
-//! A full disk: the failed commit is a typed error, the store refuses further writes (poisoned)
+//! A full disk: the failed commit is a typed error that says its outcome is unknown, the store
+//! refuses further writes (poisoned)
 //! instead of pretending, and everything acknowledged before is intact after a reopen.
 //!
 //! The disk is "full" because the child runs under a file-size limit (`ulimit -f`) with SIGXFSZ
@@ -10,7 +11,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Reader, Writer};
+use varvedb::{Error, ExpectedVersion, Reader, Writer, Written};
 
 const CHILD_ENV: &str = "VARVEDB_DISK_FULL_CHILD_DIR";
 
@@ -41,8 +42,14 @@ fn child_fills_the_disk() {
         .append(1, ExpectedVersion::Auto, &big(0))
         .unwrap_err();
     writeln!(out, "\nacked {acked}").unwrap();
-    writeln!(out, "first {}", matches!(first, Error::Lmdb(_))).unwrap();
-    writeln!(out, "second {}", matches!(second, Error::Poisoned { .. })).unwrap();
+    // LMDB's commit failed part way: the append may or may not be on disk, and says so.
+    let unknown =
+        matches!(first, Error::OutcomeUnknown { .. }) && first.written() == Written::Unknown;
+    writeln!(out, "first {unknown}").unwrap();
+    let refused = matches!(second, Error::Poisoned { .. })
+        && second.written() == Written::No
+        && writer.storage().is_poisoned();
+    writeln!(out, "second {refused}").unwrap();
     writeln!(out, "first-text {first}").unwrap();
 }
 

@@ -24,6 +24,7 @@ use heed::RwTxn;
 
 use super::Dbs;
 use crate::error::{Error, Result};
+use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::RECORD_ALIGN;
 
 /// The record flag of an event whose payload lives in the blob store.
@@ -150,7 +151,7 @@ fn corrupt_blob(r: &BlobRef, reason: impl Into<String>) -> Error {
 /// The reference count and length of the blob `r` names, read in the commit before anything of
 /// its append is written: a damaged count fails that append alone, with [`Error::CorruptBlob`].
 pub(crate) fn check_refs(dbs: &Dbs, txn: &RoTxn<'_>, r: &BlobRef) -> Result<Option<u64>> {
-    let Some(value) = dbs.blob_refs.get(txn, &r.hash)? else {
+    let Some(value) = dbs.blob_refs.get(txn, &r.hash).lmdb()? else {
         return Ok(None);
     };
     match decode_refs(value) {
@@ -182,15 +183,16 @@ pub(crate) fn put(dbs: &Dbs, wtxn: &mut RwTxn<'_>, r: &BlobRef, padded: &[u8]) -
     let references = check_refs(dbs, wtxn, r)?.unwrap_or(0);
     let (key, key_len) = key(&r.hash, padded.len(), dbs.page_size);
     let key = &key[..key_len];
-    let stored_intact = references > 0 && dbs.blobs.get(wtxn, key)? == Some(padded);
+    let stored_intact = references > 0 && dbs.blobs.get(wtxn, key).lmdb()? == Some(padded);
     if !stored_intact {
-        dbs.blobs.put(wtxn, key, padded)?;
+        dbs.blobs.put(wtxn, key, padded).lmdb()?;
     }
     let references = references
         .checked_add(1)
         .ok_or_else(|| corrupt_blob(r, "its reference count would overflow"))?;
     dbs.blob_refs
-        .put(wtxn, &r.hash, &refs_value(references, r.len))?;
+        .put(wtxn, &r.hash, &refs_value(references, r.len))
+        .lmdb()?;
     Ok(())
 }
 
@@ -208,18 +210,21 @@ pub(crate) fn release(dbs: &Dbs, wtxn: &mut RwTxn<'_>, hash: &[u8; HASH_LEN]) ->
     };
     let (references, len) = dbs
         .blob_refs
-        .get(wtxn, hash)?
+        .get(wtxn, hash)
+        .lmdb()?
         .and_then(decode_refs)
         .ok_or_else(unknown)?;
     let left = references.saturating_sub(1);
     if left > 0 {
-        dbs.blob_refs.put(wtxn, hash, &refs_value(left, len))?;
+        dbs.blob_refs
+            .put(wtxn, hash, &refs_value(left, len))
+            .lmdb()?;
         return Ok(left);
     }
     let padded = padded_len(len).ok_or_else(unknown)?;
     let (key, key_len) = key(hash, padded, dbs.page_size);
-    dbs.blobs.delete(wtxn, &key[..key_len])?;
-    dbs.blob_refs.delete(wtxn, hash)?;
+    dbs.blobs.delete(wtxn, &key[..key_len]).lmdb()?;
+    dbs.blob_refs.delete(wtxn, hash).lmdb()?;
     Ok(0)
 }
 
@@ -232,7 +237,8 @@ pub(crate) fn get<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64, r: &BlobRef) -> R
     let (key, key_len) = key(&r.hash, padded, dbs.page_size);
     let value = dbs
         .blobs
-        .get(txn, &key[..key_len])?
+        .get(txn, &key[..key_len])
+        .lmdb()?
         .ok_or_else(|| corrupt("missing from the blob store".into()))?;
     if value.len() != padded {
         return Err(corrupt(format!(
@@ -304,17 +310,17 @@ mod tests {
         storage
             .write(|wtxn, dbs| {
                 put(dbs, wtxn, &r, &padded)?;
-                put(dbs, wtxn, &r, &padded)
+                put(dbs, wtxn, &r, &padded).map(|()| ((), true))
             })
             .unwrap();
         assert_eq!(count(&storage), (Some((2, 5000)), true));
-        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash));
+        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
         assert_eq!(left.unwrap(), 1);
         assert_eq!(count(&storage), (Some((1, 5000)), true));
-        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash));
+        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
         assert_eq!(left.unwrap(), 0);
         assert_eq!(count(&storage), (None, false));
-        let again = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash));
+        let again = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
         assert!(matches!(again, Err(Error::CorruptBlob { .. })));
     }
 

@@ -15,17 +15,22 @@ use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
 use super::record::{self, Peek};
 use super::{Dbs, Raw, chain, db_names, get_record, keys};
 use crate::error::Result;
+use crate::storage::lmdb::LmdbResultExt;
 
 /// The most problems a report lists; past it they are only counted.
 pub const VERIFY_PROBLEMS_MAX: usize = 10_000;
 /// How many entries pass between two progress calls.
 const PROGRESS_EVERY: u64 = 1 << 14;
 
+/// The `database` of a [`Problem`] with LMDB's own structure (the data file, page counts).
+pub(crate) const LMDB: &str = "lmdb";
+
 /// One thing wrong with a store, as precisely as `verify` can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Problem {
-    /// The LMDB database: `events`, `stream_heads`, `blobs` or `blob_refs`.
+    /// The LMDB database: `events`, `stream_heads`, `blobs` or `blob_refs`; or `lmdb` for
+    /// LMDB's own structure (the key then names the file or the database).
     pub database: &'static str,
     /// The entry's key, readable: `seq 42`, `stream 0x…`, or a blob's hash in hex.
     pub key: String,
@@ -152,21 +157,33 @@ struct Run<'a> {
     blobs: HashMap<[u8; HASH_LEN], Referenced>,
 }
 
+/// What `verify` knows of the environment around the snapshot.
+pub(crate) struct Layout {
+    /// The longest record kept in its leaf page.
+    pub(crate) inline_max: usize,
+    pub(crate) page_size: usize,
+    /// The last page the newest commit uses.
+    pub(crate) last_page: u64,
+    /// The data file's length.
+    pub(crate) file_bytes: u64,
+}
+
 pub(crate) fn run(
     dbs: &Dbs,
     txn: &RoTxn<'_>,
-    inline_max: usize,
+    layout: Layout,
     progress: &mut dyn FnMut(&VerifyProgress),
 ) -> Result<VerifyReport> {
     let mut run = Run {
         dbs,
         txn,
-        inline_max,
+        inline_max: layout.inline_max,
         report: VerifyReport::default(),
         progress,
         streams: HashMap::new(),
         blobs: HashMap::new(),
     };
+    run.structure(&layout)?;
     run.events()?;
     run.heads()?;
     run.blob_store()?;
@@ -175,6 +192,68 @@ pub(crate) fn run(
 }
 
 impl<'a> Run<'a> {
+    /// What can be checked of LMDB's own structure without walking its pages: that the data
+    /// file holds every page the last commit uses (a truncated file would raise SIGBUS on the
+    /// first read past its end), and that the databases do not claim more pages than there are.
+    /// LMDB's B-tree pages themselves are trusted; see docs/design.md, "What is checked".
+    fn structure(&mut self, layout: &Layout) -> Result<()> {
+        let used_bytes = (layout.last_page + 1).saturating_mul(layout.page_size as u64);
+        if layout.file_bytes < used_bytes {
+            self.report.report(
+                LMDB,
+                "data.mdb".into(),
+                format!(
+                    "the data file is {} bytes, but the last commit uses {} pages ({used_bytes} bytes): the file is truncated",
+                    layout.file_bytes,
+                    layout.last_page + 1
+                ),
+            );
+        }
+        let d = self.dbs;
+        let stats = [
+            (db_names::EVENTS, d.events.stat(self.txn)),
+            (db_names::STREAM_HEADS, d.heads.stat(self.txn)),
+            (db_names::BLOBS, d.blobs.stat(self.txn)),
+            (db_names::BLOB_REFS, d.blob_refs.stat(self.txn)),
+            (db_names::CONSUMER_CURSORS, d.cursors.stat(self.txn)),
+            (db_names::KEYSTORE, d.keystore.stat(self.txn)),
+            (db_names::META, d.meta.stat(self.txn)),
+        ];
+        // Two meta pages, then the pages of every database (the main and free-list databases
+        // are not counted, so this is a lower bound).
+        let mut pages: u64 = 2;
+        for (name, stat) in stats {
+            let stat = stat.lmdb()?;
+            let own = [stat.branch_pages, stat.leaf_pages, stat.overflow_pages]
+                .iter()
+                .try_fold(0u64, |sum, &n| sum.checked_add(n as u64));
+            match own {
+                Some(own) => pages = pages.saturating_add(own),
+                None => self
+                    .report
+                    .report(LMDB, name.into(), "its page counts overflow".into()),
+            }
+            if stat.depth == 0 && stat.entries > 0 {
+                self.report.report(
+                    LMDB,
+                    name.into(),
+                    format!("{} entries in a tree of depth 0", stat.entries),
+                );
+            }
+        }
+        if pages > layout.last_page + 1 {
+            self.report.report(
+                LMDB,
+                "data.mdb".into(),
+                format!(
+                    "the databases claim {pages} pages, but the last commit uses only {}",
+                    layout.last_page + 1
+                ),
+            );
+        }
+        Ok(())
+    }
+
     /// Walks `db` in key order, with progress, handing each entry to `check`.
     fn pass(
         &mut self,
@@ -183,14 +262,21 @@ impl<'a> Run<'a> {
         mut check: impl FnMut(&mut Self, &'a [u8], &'a [u8]) -> Result<()>,
     ) -> Result<()> {
         let txn = self.txn;
-        let total = db.len(txn)?;
+        let total = db.len(txn).lmdb()?;
         self.tick(phase, 0, total);
         let mut done = 0;
-        for entry in db.iter(txn)? {
-            let (key, value) = entry?;
+        for entry in db.iter(txn).lmdb()? {
+            let (key, value) = entry.lmdb()?;
             done += 1;
             self.tick(phase, done, total);
             check(self, key, value)?;
+        }
+        if done != total {
+            self.report.report(
+                LMDB,
+                phase.database().into(),
+                format!("LMDB counts {total} entries, but a walk of the tree found {done}"),
+            );
         }
         Ok(())
     }

@@ -1,28 +1,29 @@
-//! Group commit: the commit queue and its committer thread.
+//! The commit queue and the committer thread's loop.
 //!
 //! Appenders (threads or tasks) prepare their records outside any lock, push them here as one
 //! [`Request`] and wait for its answer. One committer thread per store takes every request that
 //! is waiting, writes them all in one LMDB write transaction with one flush
-//! ([`commit::commit_group`](super::commit::commit_group)) and answers each request with its own
-//! result: a conflict fails only its own request.
+//! ([`group::commit_group`]) and answers each request with its own result: a conflict fails only
+//! its own request.
+//!
+//! No append ever waits for a committer that is gone: a panic while committing a group poisons
+//! the store and fails that group with [`Error::OutcomeUnknown`]; if the thread ends for any
+//! reason, the queue refuses new requests and answers the queued ones (nothing of them was
+//! written).
 
 use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-use super::Appended;
-use super::commit::{self, StreamAppend};
+use super::group;
+use super::{StreamAppend, lock};
 use crate::error::{Error, Result};
-use crate::storage::{Inner, Storage};
+use crate::expected::Appended;
+use crate::storage::{Storage, WeakStorage, health};
 
 /// What a request's waiter receives.
 pub(crate) type Outcome = Result<Vec<Appended>>;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every mutex here guards a value that is consistent between statements.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// The condition that the sync appenders queued between two takes wait on: the committer wakes
 /// a whole group with one `notify_all`, rather than with one wake-up call per appender.
@@ -103,8 +104,8 @@ impl Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        // Dropped unanswered (the committer panicked): never leave a thread waiting forever. An
-        // async waiter sees its sender dropped.
+        // Dropped unanswered (the committer panicked while it held the request): never leave a
+        // thread waiting forever. An async waiter sees its sender dropped.
         if let Reply::Sync(slot) = self
             && !slot.answered.load(Ordering::Acquire)
         {
@@ -114,7 +115,7 @@ impl Drop for Reply {
     }
 }
 
-/// One atomic append: every stream's events, or none.
+/// One atomic append (every stream's events, or none), or, with no appends, a flush request.
 pub(crate) struct Request {
     pub(crate) appends: Vec<StreamAppend>,
     reply: Reply,
@@ -123,6 +124,11 @@ pub(crate) struct Request {
 impl Request {
     fn events(&self) -> usize {
         self.appends.iter().map(|a| a.events.len()).sum()
+    }
+
+    /// A request to flush, answered once everything before it is durable.
+    pub(crate) fn is_flush(&self) -> bool {
+        self.appends.is_empty()
     }
 }
 
@@ -138,6 +144,19 @@ struct State {
     /// The signal of the sync requests queued since the last take.
     forming: Arc<Signal>,
     shutdown: bool,
+    /// Why the queue refuses requests: its committer is gone.
+    dead: Option<String>,
+}
+
+impl State {
+    fn refusal(&self) -> Option<Error> {
+        if let Some(reason) = &self.dead {
+            return Some(Error::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        self.shutdown.then_some(Error::Closed)
+    }
 }
 
 /// The queue between appenders and the committer.
@@ -152,8 +171,8 @@ impl CommitQueue {
     pub(crate) fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
         let slot = {
             let mut state = lock(&self.state);
-            if state.shutdown {
-                return Err(closing());
+            if let Some(refusal) = state.refusal() {
+                return Err(refusal);
             }
             let slot = Arc::new(SyncSlot {
                 outcome: Mutex::new(None),
@@ -170,6 +189,11 @@ impl CommitQueue {
         slot.wait()
     }
 
+    /// Blocks until every append queued before this call is answered and durable.
+    pub(crate) fn submit_flush(&self) -> Outcome {
+        self.submit(Vec::new())
+    }
+
     /// Queues `appends` for a task; the answer arrives on the returned receiver.
     pub(crate) fn submit_async(
         &self,
@@ -178,8 +202,8 @@ impl CommitQueue {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut state = lock(&self.state);
-            if state.shutdown {
-                return Err(closing());
+            if let Some(refusal) = state.refusal() {
+                return Err(refusal);
             }
             state.pending.push_back(Request {
                 appends,
@@ -221,68 +245,41 @@ impl CommitQueue {
         Take::Group(group)
     }
 
-    fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         lock(&self.state).shutdown = true;
         self.wake.notify_all();
     }
-}
 
-/// The answer of an append whose committer stopped (panicked) before answering it.
-pub(crate) fn committer_gone() -> Error {
-    Error::Poisoned {
-        reason: "the committer thread stopped without answering".into(),
-    }
-}
-
-fn closing() -> Error {
-    Error::Poisoned {
-        reason: "the store is closing".into(),
-    }
-}
-
-/// The committer thread of one store, stopped when the store closes.
-#[derive(Default)]
-pub(crate) struct Committer {
-    queue: Arc<CommitQueue>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Committer {
-    /// Starts the thread that commits for the store `inner` points to.
-    pub(crate) fn start(&self, inner: Weak<Inner>, events_max: usize) -> Result<()> {
-        let queue = Arc::clone(&self.queue);
-        let thread = thread::Builder::new()
-            .name("varvedb-commit".into())
-            .spawn(move || run(&queue, &inner, events_max))
-            .map_err(|source| Error::Io {
-                path: "varvedb-commit thread".into(),
-                source,
-            })?;
-        *lock(&self.thread) = Some(thread);
-        Ok(())
-    }
-
-    pub(crate) fn queue(&self) -> &CommitQueue {
-        &self.queue
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        self.queue.shutdown();
-        let handle = self
-            .thread
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        // The store may close on the committer itself (it held the last handle while it
-        // answered); a thread cannot join itself, and it is about to return anyway.
-        if let Some(handle) = handle
-            && handle.thread().id() != thread::current().id()
-        {
-            // A panic of the committer was already reported to every waiter (see `Reply`).
-            drop(handle.join());
+    /// Refuses every later request (with `reason`, or as closed when it is `None`), and
+    /// answers the queued ones: none of them was written.
+    pub(crate) fn kill(&self, reason: Option<String>) {
+        let (pending, refusal) = {
+            let mut state = lock(&self.state);
+            match reason {
+                Some(reason) => drop(state.dead.get_or_insert(reason)),
+                None => state.shutdown = true,
+            }
+            let refusal = state.refusal();
+            (std::mem::take(&mut state.pending), refusal)
+        };
+        let mut answers = Answers::default();
+        for request in pending {
+            let refused = match &refusal {
+                Some(Error::Poisoned { reason }) => Error::Poisoned {
+                    reason: reason.clone(),
+                },
+                _ => Error::Closed,
+            };
+            answers.ready.push((request.reply, Err(refused)));
         }
+        answers.deliver();
+    }
+}
+
+/// The answer of an append whose committer stopped (panicked) while it held the append.
+pub(crate) fn committer_gone() -> Error {
+    Error::OutcomeUnknown {
+        reason: "the committer thread stopped while it held this append".into(),
     }
 }
 
@@ -313,17 +310,27 @@ impl Answers {
         self.ready.append(&mut self.held);
     }
 
-    /// The flush failed: the appends' fate is unknown, so none may be acknowledged.
-    fn fail(&mut self, reason: &str) {
-        for (reply, outcome) in self.held.drain(..) {
-            self.ready.push((
-                reply,
-                outcome.and(Err(Error::Poisoned {
-                    reason: format!(
-                        "the flush after this append's commit failed, so it may or may not be durable: {reason}"
-                    ),
-                })),
-            ));
+    /// Flushes the store and releases the held answers; if the flush fails, the appends were
+    /// committed but may not be durable, and each says so.
+    fn flush(&mut self, storage: &Storage) {
+        match storage.sync() {
+            Ok(()) => self.release(),
+            Err(e) => {
+                let reason = match e {
+                    Error::NotDurable { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                for (reply, outcome) in self.held.drain(..) {
+                    let outcome = match outcome {
+                        Ok(appended) => Err(Error::NotDurable {
+                            appended,
+                            reason: reason.clone(),
+                        }),
+                        failed => failed,
+                    };
+                    self.ready.push((reply, outcome));
+                }
+            }
         }
     }
 
@@ -348,44 +355,87 @@ impl Answers {
     }
 }
 
-fn run(queue: &CommitQueue, inner: &Weak<Inner>, events_max: usize) {
+/// Kills the queue when the committer thread ends, however it ends (a panic outside the
+/// guarded commit included), so that no append waits for it.
+struct KillOnExit<'q>(&'q CommitQueue);
+
+impl Drop for KillOnExit<'_> {
+    fn drop(&mut self) {
+        let reason = std::thread::panicking().then(|| {
+            "the committer thread panicked; the store refuses appends until it is reopened"
+                .to_string()
+        });
+        self.0.kill(reason);
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "a panic without a message"
+    }
+}
+
+/// The committer thread's loop.
+pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
+    let _kill = KillOnExit(queue);
     let mut answers = Answers::default();
-    let mut heads = commit::HeadCache::default();
+    let mut heads = group::HeadCache::default();
     loop {
         let take = queue.take(events_max, answers.held.is_empty());
-        // Reachable only while someone holds a handle: dropped requests answer themselves.
-        let Some(storage) = Storage::from_weak(inner) else {
+        let Some(storage) = store.upgrade() else {
+            // The store is closing and flushes what was committed itself; whoever waits for
+            // these answers has dropped its handle (a dropped future).
+            answers.release();
+            answers.deliver();
             return;
         };
         let closed = matches!(take, Take::Closed);
         match take {
             Take::Group(mut group) => {
-                let (outcomes, wrote) = commit::commit_group(&storage, &mut heads, &mut group);
+                let flush_requested = group.iter().any(Request::is_flush);
+                let committed = catch_unwind(AssertUnwindSafe(|| {
+                    group::commit_group(&storage, &mut heads, &mut group)
+                }));
+                let (outcomes, wrote) = committed.unwrap_or_else(|panic| {
+                    let reason = format!(
+                        "the committer panicked while committing ({}); the store refuses appends until it is reopened",
+                        panic_message(panic.as_ref())
+                    );
+                    storage.refuse(health::WRITES_REFUSED, reason.clone());
+                    heads = group::HeadCache::default();
+                    let unknown = group
+                        .iter()
+                        .map(|_| {
+                            Err(Error::OutcomeUnknown {
+                                reason: reason.clone(),
+                            })
+                        })
+                        .collect();
+                    (unknown, false)
+                });
                 let earlier_unflushed = !answers.held.is_empty();
-                let poisoned = storage.poisoned();
-                if let Some(reason) = &poisoned {
-                    answers.fail(reason);
-                } else if wrote {
+                if wrote {
                     // This commit's data flush also flushed the meta pages written before it.
                     answers.release();
                 }
                 answers.hold(group.into_iter().map(|r| r.reply).zip(outcomes));
-                // This group's answers go out now if nothing of theirs awaits a flush: without
-                // deferred meta flushes, after a failure, or when nothing was written and no
-                // earlier commit is unflushed (conflicts decided on unflushed state wait).
-                if !storage.defers_meta_flush()
-                    || poisoned.is_some()
-                    || (!wrote && !earlier_unflushed)
-                {
+                if flush_requested || storage.is_poisoned() {
+                    // Asked for, or the last chance to make what was committed durable.
+                    answers.flush(&storage);
+                } else if !storage.defers_meta_flush() || (!wrote && !earlier_unflushed) {
+                    // Nothing of these answers awaits a flush: without deferred meta flushes,
+                    // or when nothing was written and no earlier commit is unflushed
+                    // (conflicts decided on unflushed state wait).
                     answers.release();
                 }
             }
             Take::Empty | Take::Closed => {
                 if !answers.held.is_empty() {
-                    match storage.flush() {
-                        Ok(()) => answers.release(),
-                        Err(e) => answers.fail(&e.to_string()),
-                    }
+                    answers.flush(&storage);
                 }
             }
         }

@@ -1,53 +1,24 @@
-//! Prepared records and the commit of a group of atomic appends in one transaction.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! The commit of a group of atomic appends in one write transaction.
+//!
+//! Everything that can fail because of one request (its expectation, its stream's damaged head
+//! or chain, a damaged blob count) is checked per request before anything of it is written, so
+//! it fails only that request. What fails the transaction (a damaged log end, LMDB itself)
+//! fails the whole group.
 
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::{PutFlags, RwTxn};
-use rkyv::util::AlignedVec;
 
+use super::StreamAppend;
 use super::queue::{Outcome, Request};
-use super::{Appended, ExpectedVersion};
 use crate::error::{Error, Result};
-use crate::storage::blob::{self, BlobRef};
+use crate::expected::Appended;
+use crate::storage::blob;
 use crate::storage::chain::Spine;
+use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::{Dbs, Storage, keys, stream_head};
-
-/// A record whose payload is serialized and digested, waiting for its stream, version and seq.
-pub(crate) struct Prepared {
-    /// Header placeholder, payload, zero padding: the exact bytes stored.
-    pub(crate) record: AlignedVec,
-    pub(crate) payload_len: u32,
-    pub(crate) digest: u64,
-    /// Record flags: [`blob::FLAG_BLOB`] when the payload goes to the blob store.
-    pub(crate) flags: u8,
-    /// The payload of a blob record, which the record only references.
-    pub(crate) blob: Option<Blob>,
-}
-
-/// A payload bound for the blob store.
-pub(crate) struct Blob {
-    pub(crate) reference: BlobRef,
-    /// The serialization buffer: a header placeholder, then the payload zero-padded to 16 (the
-    /// stored blob).
-    pub(crate) buffer: AlignedVec,
-}
-
-impl Blob {
-    /// The bytes stored in the `blobs` database.
-    pub(crate) fn stored(&self) -> &[u8] {
-        &self.buffer[record::HEADER_LEN..]
-    }
-}
-
-/// The events of one stream inside an atomic append.
-pub(crate) struct StreamAppend {
-    pub(crate) stream_id: u128,
-    pub(crate) expected: ExpectedVersion,
-    pub(crate) events: Vec<Prepared>,
-}
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -171,11 +142,13 @@ impl Heads<'_> {
         // In key order the B-tree descent of each put starts where the last one ended.
         dirty.sort_unstable_by_key(|(s, _, _)| *s);
         for (stream_id, version, seq) in dirty {
-            dbs.heads.put(
-                wtxn,
-                &keys::head_key(stream_id),
-                &keys::head_value(version, seq),
-            )?;
+            dbs.heads
+                .put(
+                    wtxn,
+                    &keys::head_key(stream_id),
+                    &keys::head_value(version, seq),
+                )
+                .lmdb()?;
         }
         Ok(())
     }
@@ -218,6 +191,12 @@ fn check(
                 version: current,
                 events: append.events.len(),
             })?;
+        // The spine is read here, not while writing: a stream whose head or chain is damaged
+        // fails this request only.
+        let head = heads.get(dbs, wtxn, stream_id)?;
+        if head.spine.is_none() {
+            head.spine = Some(Spine::load(dbs, wtxn, stream_id, head.version, head.seq)?);
+        }
         if appends.len() > 1 {
             overlay.insert(stream_id, next);
         }
@@ -244,7 +223,13 @@ fn apply(
             none => none.insert(Spine::load(dbs, wtxn, stream_id, head.version, head.seq)?),
         };
         for event in &mut append.events {
-            *seq += 1;
+            // The log's end comes from disk: a damaged last key must not overflow.
+            *seq = seq.checked_add(1).ok_or_else(|| {
+                Error::corrupt(
+                    *seq,
+                    "the events log ends at the largest sequence number; nothing can follow it",
+                )
+            })?;
             head.version += 1;
             head.seq = *seq;
             let links = spine.push(head.version, *seq);
@@ -266,7 +251,8 @@ fn apply(
                 &keys::seq_key_long(*seq)[..]
             };
             dbs.events
-                .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)?;
+                .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)
+                .lmdb()?;
             out.push(Appended {
                 seq: *seq,
                 version: head.version,
@@ -282,7 +268,8 @@ fn apply(
 /// Each request is atomic on its own: one whose expectation fails gets its
 /// [`Error::ConcurrencyConflict`] and writes nothing, while the others commit. An error of the
 /// transaction itself (a full store, a failed flush) fails every request of the group.
-/// The flag is true when a transaction with writes committed (and so flushed its data).
+/// The flag is true when a transaction with writes committed (and so flushed its data). Flush
+/// requests in the group are answered `Ok` with no events; the committer flushes for them.
 pub(crate) fn commit_group(
     storage: &Storage,
     cache: &mut HeadCache,
@@ -305,28 +292,35 @@ pub(crate) fn commit_group(
             cache,
         };
         let mut outcomes = Vec::with_capacity(group.len());
+        let mut wrote = false;
         for request in group.iter_mut() {
+            if request.is_flush() {
+                outcomes.push(Ok(Vec::new()));
+                continue;
+            }
             match check(dbs, wtxn, &mut heads, &request.appends) {
-                Ok(()) => outcomes.push(Ok(apply(
-                    dbs,
-                    wtxn,
-                    &mut heads,
-                    inline_max,
-                    timestamp_ns,
-                    &mut seq,
-                    &mut request.appends,
-                )?)),
+                Ok(()) => {
+                    wrote = true;
+                    outcomes.push(Ok(apply(
+                        dbs,
+                        wtxn,
+                        &mut heads,
+                        inline_max,
+                        timestamp_ns,
+                        &mut seq,
+                        &mut request.appends,
+                    )?));
+                }
                 Err(e) if e.is_lmdb() => return Err(e),
                 Err(e) => outcomes.push(Err(e)),
             }
         }
         heads.write(dbs, wtxn)?;
-        Ok((outcomes, heads.map, seq))
+        Ok(((outcomes, heads.map, seq, wrote), wrote))
     });
     match written {
-        Ok((outcomes, heads, last_seq)) => {
+        Ok((outcomes, heads, last_seq, wrote)) => {
             cache.adopt(heads, last_seq);
-            let wrote = outcomes.iter().any(Result::is_ok);
             (outcomes, wrote)
         }
         Err(e) => {

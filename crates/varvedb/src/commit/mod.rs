@@ -1,0 +1,145 @@
+//! Group commit, above the storage layer: prepared appends, the commit queue, the committer
+//! thread and the commit of a group in one transaction.
+//!
+//! The writer prepares records and hands them to the store's [`Committer`], which the store
+//! holds only as an [`Attached`](crate::storage::Attached) service: storage never sees a queue
+//! or a typed event. The committer starts with the first append to a store, and stops (after
+//! answering what is queued) when the store closes.
+
+mod group;
+mod queue;
+
+use std::any::Any;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use rkyv::util::AlignedVec;
+
+use crate::error::{Error, Result};
+use crate::expected::ExpectedVersion;
+use crate::storage::blob::BlobRef;
+use crate::storage::record;
+use crate::storage::{Attached, Storage, WeakStorage};
+pub(crate) use queue::{CommitQueue, Outcome, committer_gone};
+
+/// A record whose payload is serialized and digested, waiting for its stream, version and seq.
+pub(crate) struct Prepared {
+    /// Header placeholder, payload, zero padding: the exact bytes stored.
+    pub(crate) record: AlignedVec,
+    pub(crate) payload_len: u32,
+    pub(crate) digest: u64,
+    /// Record flags: [`blob::FLAG_BLOB`](crate::storage::blob::FLAG_BLOB) when the payload goes
+    /// to the blob store.
+    pub(crate) flags: u8,
+    /// The payload of a blob record, which the record only references.
+    pub(crate) blob: Option<Blob>,
+}
+
+/// A payload bound for the blob store.
+pub(crate) struct Blob {
+    pub(crate) reference: BlobRef,
+    /// The serialization buffer: a header placeholder, then the payload zero-padded to 16 (the
+    /// stored blob).
+    pub(crate) buffer: AlignedVec,
+}
+
+impl Blob {
+    /// The bytes stored in the `blobs` database.
+    pub(crate) fn stored(&self) -> &[u8] {
+        &self.buffer[record::HEADER_LEN..]
+    }
+}
+
+/// The events of one stream inside an atomic append.
+pub(crate) struct StreamAppend {
+    pub(crate) stream_id: u128,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) events: Vec<Prepared>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every mutex here guards a value that is consistent between statements.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The committer thread of one store and its queue.
+pub(crate) struct Committer {
+    queue: Arc<CommitQueue>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    store: WeakStorage,
+}
+
+impl Committer {
+    /// The committer of `storage`, started on first use.
+    pub(crate) fn of(storage: &Storage) -> Result<&Committer> {
+        let attached = storage.attached(|| Arc::new(Committer::start(storage)));
+        attached
+            .as_any()
+            .downcast_ref::<Committer>()
+            .ok_or_else(|| Error::Poisoned {
+                reason: "the store has a service attached that is not a committer".into(),
+            })
+    }
+
+    /// Starts the thread that commits for `storage`. If the thread cannot start, the committer
+    /// refuses every append with that reason.
+    fn start(storage: &Storage) -> Committer {
+        let queue = Arc::new(CommitQueue::default());
+        let store = storage.downgrade();
+        let events_max = storage.config().batch_events_max;
+        let spawned = {
+            let queue = Arc::clone(&queue);
+            let store = store.clone();
+            thread::Builder::new()
+                .name("varvedb-commit".into())
+                .spawn(move || queue::run(&queue, &store, events_max))
+        };
+        let thread = match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                queue.kill(Some(format!("the committer thread could not start: {e}")));
+                None
+            }
+        };
+        Committer {
+            queue,
+            thread: Mutex::new(thread),
+            store,
+        }
+    }
+
+    pub(crate) fn queue(&self) -> &CommitQueue {
+        &self.queue
+    }
+}
+
+impl Attached for Committer {
+    fn flush(&self) -> Result<()> {
+        match self.queue.submit_flush() {
+            Ok(_) => Ok(()),
+            // No committer runs any more: flush the store directly.
+            Err(Error::Closed | Error::Poisoned { .. }) => match self.store.upgrade() {
+                Some(storage) => storage.sync(),
+                None => Ok(()),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn stop(&self) {
+        self.queue.shutdown();
+        let handle = lock(&self.thread).take();
+        // The store may close on the committer itself (it held the last handle while it
+        // answered); a thread cannot join itself, and it is about to return anyway.
+        if let Some(handle) = handle
+            && handle.thread().id() != thread::current().id()
+        {
+            // A panic of the committer was already reported to every waiter (see `queue`).
+            drop(handle.join());
+        }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

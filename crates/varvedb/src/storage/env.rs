@@ -1,0 +1,322 @@
+//! The LMDB environment: opening it, the format check, and growing its memory map.
+//!
+//! Growth is the one dangerous operation of this layer. `mdb_env_set_mapsize` unmaps the old
+//! map before it maps the new one, so if the new `mmap` fails, LMDB's meta pointers point into
+//! unmapped memory. Any failed resize therefore marks the store unusable for reads as well as
+//! writes ([`health::ALL_REFUSED`]) before anything can touch the environment again.
+
+use std::path::Path;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use heed::types::{Bytes, Str};
+use heed::{CommitOrAbort, Env, EnvFlags, EnvOpenOptions, MdbError, WithoutTls};
+
+use super::gate::Blocked;
+use super::lmdb::LmdbResultExt;
+use super::{Dbs, FORMAT_VERSION, META_FORMAT_KEY, Storage, db_names, health, keys, record};
+use crate::config::{Durability, StorageConfig, round_map_bytes};
+use crate::error::{Error, Result};
+
+/// Whether [`open`] may create a store.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Create {
+    Yes,
+    No,
+}
+
+/// Opens the environment and its databases.
+#[allow(
+    unsafe_code,
+    reason = "heed's open and flags are unsafe: one environment per path"
+)]
+pub(super) fn open(
+    config: &StorageConfig,
+    path: &Path,
+    create: Create,
+) -> Result<(Env<WithoutTls>, Dbs)> {
+    let mut options = EnvOpenOptions::new().read_txn_without_tls();
+    options
+        .map_size(round_map_bytes(config.map_bytes_initial))
+        .max_dbs(16)
+        .max_readers(config.readers_max);
+    match config.durability {
+        Durability::NoSync => {
+            // SAFETY: NO_SYNC only drops the flush at commit; the user opted in and the risk
+            // (losing the last commits on a machine crash, never consistency) is documented on
+            // Durability.
+            unsafe { options.flags(EnvFlags::NO_SYNC) };
+        }
+        Durability::Sync => {
+            // SAFETY: NO_META_SYNC keeps integrity (LMDB: "preserves the ACI properties") and only
+            // defers the meta page to the next flush of the file. The committer acknowledges a
+            // commit only after that next flush (the next commit's data flush, or
+            // `force_sync`), so no acknowledged append depends on an unflushed page. This holds
+            // on Unix, where LMDB flushes with fdatasync/fsync; the crate does not build
+            // elsewhere (see lib.rs).
+            unsafe { options.flags(EnvFlags::NO_META_SYNC) };
+        }
+    }
+    let mut attempts = 0;
+    let env = loop {
+        // SAFETY: the registry and OPEN_LOCK ensure one environment per path in this process,
+        // and VarveDB never modifies the files other than through LMDB.
+        match unsafe { options.open(path) } {
+            Ok(env) => break env,
+            // A handle of this path is being closed by another thread right now.
+            Err(heed::Error::EnvAlreadyOpened) if attempts < 500 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(heed::Error::Mdb(MdbError::Invalid | MdbError::VersionMismatch)) => {
+                return Err(Error::InvalidStore {
+                    path: path.into(),
+                    reason: "the data file is not an LMDB environment".into(),
+                });
+            }
+            Err(e) => return Err(Error::lmdb(e)),
+        }
+    };
+    // A process killed while it held a snapshot leaves its reader slot behind, and that slot
+    // pins every page freed after its snapshot: clear such slots before anything else.
+    env.clear_stale_readers().lmdb()?;
+
+    // Check the format before creating anything, so that an unknown store is left untouched.
+    let rtxn = env.read_txn().lmdb()?;
+    let found = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenFail> {
+            let meta = opener.open_database::<Str, Bytes>(rtxn, Some(db_names::META))?;
+            let found = match meta {
+                Some(meta) => {
+                    let record = meta.get(rtxn, META_FORMAT_KEY)?;
+                    check_format(path, record)?;
+                    record.map(|_| ())
+                }
+                None => None,
+            };
+            Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit(found))
+        })
+        .map_err(OpenFail::into_error)?;
+    let CommitOrAbort::Commit(found) = found;
+    if create == Create::No && found.is_none() {
+        return Err(Error::InvalidStore {
+            path: path.into(),
+            reason: "the LMDB environment has no VarveDB format record; it was left untouched"
+                .into(),
+        });
+    }
+
+    let wtxn = env.write_txn().lmdb()?;
+    let created = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenFail> {
+            let events = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENTS))?;
+            let heads =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
+            let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;
+            let blob_refs =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOB_REFS))?;
+            let cursors =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
+            let keystore =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::KEYSTORE))?;
+            let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
+            match meta.get(wtxn, META_FORMAT_KEY)? {
+                Some(found) => check_format(path, Some(found))?,
+                None if events.len(wtxn)? > 0 => {
+                    return Err(OpenFail(Error::InvalidStore {
+                        path: path.into(),
+                        reason: "events exist but the format record is missing".into(),
+                    }));
+                }
+                None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
+            }
+            Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((
+                events, heads, blobs, blob_refs, cursors, keystore, meta,
+            )))
+        })
+        .map_err(OpenFail::into_error)?;
+    let CommitOrAbort::Commit((events, heads, blobs, blob_refs, cursors, keystore, meta)) = created;
+    let page_size = {
+        let rtxn = env.read_txn().lmdb()?;
+        events.stat(&rtxn).lmdb()?.page_size as usize
+    };
+    let dbs = Dbs {
+        events,
+        heads,
+        blobs,
+        blob_refs,
+        cursors,
+        keystore,
+        meta,
+        page_size,
+    };
+    Ok((env, dbs))
+}
+
+/// The error of the database-opening closures, which heed requires to be `From<heed::Error>`;
+/// private, so that no such conversion is part of VarveDB's API.
+struct OpenFail(Error);
+
+impl From<heed::Error> for OpenFail {
+    fn from(e: heed::Error) -> Self {
+        OpenFail(Error::lmdb(e))
+    }
+}
+
+impl From<Error> for OpenFail {
+    fn from(e: Error) -> Self {
+        OpenFail(e)
+    }
+}
+
+impl OpenFail {
+    fn into_error(self) -> Error {
+        self.0
+    }
+}
+
+fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
+    let Some(bytes) = found else { return Ok(()) };
+    let found = <[u8; 4]>::try_from(bytes)
+        .map(u32::from_le_bytes)
+        .map_err(|_| Error::InvalidStore {
+            path: path.into(),
+            reason: format!("the format record is {} bytes, expected 4", bytes.len()),
+        })?;
+    if found == FORMAT_VERSION {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedFormat {
+            path: path.into(),
+            found,
+            supported: FORMAT_VERSION,
+        })
+    }
+}
+
+/// The longest record (a multiple of 16) that LMDB keeps in its leaf page under an 8-byte key.
+///
+/// LMDB moves a value to overflow pages when `8 (node header) + key + value > nodemax`, with
+/// `nodemax = (((page_size - 16) / 2) & !1) - 2` (mdb.c, `me_nodemax`).
+pub(crate) fn inline_record_max(page_size: usize) -> usize {
+    (node_max(page_size) - 8 - keys::SEQ_KEY_LEN) / record::RECORD_ALIGN * record::RECORD_ALIGN
+}
+
+/// The longest leaf node LMDB builds before it moves the value to overflow pages (mdb.c,
+/// `me_nodemax`): a node is an 8-byte header, the key and the value.
+pub(crate) fn node_max(page_size: usize) -> usize {
+    (((page_size - 16) / 2) & !1) - 2
+}
+
+/// Who waits for a resize: the error for readers that stay too long names them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiter {
+    /// An append (the committer) that needs a larger map.
+    Append,
+    /// A read that must adopt the larger map another process set.
+    Read,
+}
+
+impl Storage {
+    /// Doubles the map, without waiting, when the data file uses more than half of it and no
+    /// reader is open. Growing early means the map rarely fills while a reader is open, the one
+    /// case where growth must wait (for example a thread that appends while it holds a
+    /// snapshot). A failed resize poisons the store like any other.
+    pub(super) fn grow_early(&self, _w: &MutexGuard<'_, ()>) {
+        if self.inner.health.load(std::sync::atomic::Ordering::Acquire) == health::ALL_REFUSED {
+            return;
+        }
+        let info = self.inner.env.info();
+        let used = (info.last_page_number + 1).saturating_mul(self.inner.dbs.page_size);
+        let max = round_map_bytes(self.inner.config.map_bytes_max);
+        if used.saturating_mul(2) < info.map_size || info.map_size >= max {
+            return;
+        }
+        let target = round_map_bytes(info.map_size.saturating_mul(2)).min(max);
+        // A reader inside the gate: skip, the append path grows on demand.
+        drop(
+            self.inner
+                .gate
+                .try_exclusive(|| self.resize_unguarded(target)),
+        );
+    }
+
+    /// Grows the map for an append that found it full. Before growing, clears the reader slots
+    /// of dead processes once: they pin freed pages, and clearing them may make room.
+    pub(super) fn grow(&self, w: &MutexGuard<'_, ()>, cleared_once: &mut bool) -> Result<()> {
+        if !*cleared_once {
+            *cleared_once = true;
+            if self.inner.env.clear_stale_readers().lmdb()? > 0 {
+                // The next transaction may reuse the pages those readers pinned.
+                return Ok(());
+            }
+        }
+        let max = round_map_bytes(self.inner.config.map_bytes_max);
+        let current = self.inner.env.info().map_size;
+        if current >= max {
+            return Err(Error::StoreFull {
+                map_bytes_max: self.inner.config.map_bytes_max,
+            });
+        }
+        let target = round_map_bytes(current.saturating_mul(2)).min(max);
+        self.resize_locked(w, target, Waiter::Append)
+    }
+
+    /// Resizes the map (0: adopt the size another process set), waiting for this process's
+    /// readers to leave. Requires the write lock.
+    pub(super) fn resize_locked(
+        &self,
+        _w: &MutexGuard<'_, ()>,
+        bytes: usize,
+        waiter: Waiter,
+    ) -> Result<()> {
+        let wait = Duration::from_millis(self.inner.config.resize_wait_ms_max);
+        // A thread that holds a snapshot would wait for itself: it gets its error at once.
+        let wait = if self.inner.gate.held_by_current_thread() {
+            Duration::ZERO
+        } else {
+            wait
+        };
+        match self
+            .inner
+            .gate
+            .exclusive(wait, || self.resize_unguarded(bytes))
+        {
+            Ok(result) => result,
+            Err(Blocked {
+                read_txns,
+                waited_ms,
+            }) => Err(match waiter {
+                Waiter::Append => Error::ResizeBlocked {
+                    read_txns,
+                    waited_ms,
+                },
+                Waiter::Read => Error::ReadBlocked {
+                    read_txns,
+                    waited_ms,
+                },
+            }),
+        }
+    }
+
+    /// `mdb_env_set_mapsize`; a failure leaves LMDB's map unusable, so it refuses every later
+    /// operation. Only under the gate's exclusive section and the write lock.
+    #[allow(
+        unsafe_code,
+        reason = "heed's resize is unsafe: no transaction may be active"
+    )]
+    fn resize_unguarded(&self, bytes: usize) -> Result<()> {
+        // SAFETY: heed requires that no transaction of this process is active. Every caller runs
+        // this inside the gate's exclusive section (no reader inside, new ones held back), and
+        // write transactions only exist under the write lock, which every caller holds with no
+        // transaction open.
+        let resized = unsafe { self.inner.env.resize(bytes) };
+        resized.map_err(|e| {
+            let reason = format!(
+                "growing the memory map to {bytes} bytes failed ({e}); LMDB's map is gone, so every read and append is refused until every handle is dropped and the store reopened"
+            );
+            self.refuse(health::ALL_REFUSED, reason.clone());
+            Error::Poisoned { reason }
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! One environment per path in a process: opening, sharing and closing stores.
+//!
+//! LMDB allows one open environment per data file in a process, so every `Storage::open` of a
+//! path goes through a process-wide registry of the stores open now. The registry also remembers
+//! the paths whose flush failed in this process (see [`Storage::open_after_flush_failure`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::mem::ManuallyDrop;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use super::env::{self, Create};
+use super::gate::Gate;
+use super::{Inner, Storage, health, lock};
+use crate::config::StorageConfig;
+use crate::error::{Error, Result};
+
+/// Every open environment of this process by canonical path: LMDB allows one per path.
+static REGISTRY: Mutex<BTreeMap<PathBuf, Weak<Inner>>> = Mutex::new(BTreeMap::new());
+/// Serializes `Storage::open` so that two threads opening one path share one environment.
+static OPEN_LOCK: Mutex<()> = Mutex::new(());
+/// Paths whose flush failed in this process. After a failed `fsync`, Linux may have marked the
+/// dirty pages clean: this process (and the page cache it shares) can read data that is not on
+/// disk, so a plain reopen here would hide the loss.
+static FLUSH_FAILED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+pub(super) fn mark_flush_failed(path: &Path) {
+    lock(&FLUSH_FAILED).insert(path.to_path_buf());
+}
+
+impl Drop for Inner {
+    #[allow(unsafe_code, reason = "closes the environment under the registry lock")]
+    fn drop(&mut self) {
+        // The committer answers what is queued and stops before the environment closes.
+        if let Some(attached) = self.attached.get() {
+            attached.stop();
+        }
+        // Commits whose answers were dropped (a dropped future) may still wait for their flush;
+        // make them durable now. A failure cannot be reported from `drop`; `Storage::close`
+        // reports it.
+        if self.unflushed.load(Ordering::Acquire)
+            && self.health.load(Ordering::Acquire) == health::OK
+            && self.env.force_sync().is_err()
+        {
+            mark_flush_failed(&self.path);
+        }
+        let mut registry = lock(&REGISTRY);
+        if registry
+            .get(&self.path)
+            .is_some_and(|w| w.strong_count() == 0)
+        {
+            registry.remove(&self.path);
+        }
+        // SAFETY: `env` is never used after this point; `drop` runs once. Closing under the
+        // registry lock keeps a concurrent `open` of this path from seeing a half-closed env.
+        unsafe { ManuallyDrop::drop(&mut self.env) };
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Storage {
+    /// Opens the store at `config.path`, creating the directory and the store if missing.
+    ///
+    /// A store written in an unknown format is refused with [`Error::UnsupportedFormat`] and left
+    /// untouched. Opening a path that is already open in this process returns the same
+    /// environment if the configuration is equal, and [`Error::ConfigMismatch`] otherwise. A path
+    /// whose flush failed earlier in this process is refused with [`Error::Poisoned`] (see
+    /// [`open_after_flush_failure`](Self::open_after_flush_failure)).
+    pub fn open(config: StorageConfig) -> Result<Storage> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
+        Self::open_canonical(config, Create::Yes)
+    }
+
+    /// Opens an existing store; never creates or changes anything when there is none.
+    ///
+    /// A missing directory, or a directory without an LMDB data file, is [`Error::NotFound`];
+    /// an LMDB environment that is not a VarveDB store is [`Error::InvalidStore`]. What the
+    /// `varvedb` tool uses for every command that reads.
+    pub fn open_existing(config: StorageConfig) -> Result<Storage> {
+        config.validate()?;
+        let missing = |reason: &str| Error::NotFound {
+            path: config.path.clone(),
+            reason: reason.into(),
+        };
+        if !config.path.is_dir() {
+            return Err(missing("no such directory"));
+        }
+        if !config.path.join("data.mdb").is_file() {
+            return Err(missing("the directory holds no data.mdb"));
+        }
+        Self::open_canonical(config, Create::No)
+    }
+
+    /// Opens a store whose flush failed earlier in this process, after every handle of it was
+    /// dropped: it clears the mark that makes [`open`](Self::open) refuse the path, then checks
+    /// the whole store with [`verify`](Self::verify) and hands it out only if it is clean.
+    ///
+    /// After a failed `fsync`, Linux may mark the unwritten pages clean, so the page cache can
+    /// show data that never reached the disk; this check cannot see that. Appends answered with
+    /// [`Error::NotDurable`] may be lost at the next machine crash. The safe recovery is to
+    /// restart the process (or the machine) and reopen.
+    pub fn open_after_flush_failure(config: StorageConfig) -> Result<Storage> {
+        config.validate()?;
+        if let Ok(path) = std::fs::canonicalize(&config.path) {
+            lock(&FLUSH_FAILED).remove(&path);
+        }
+        let storage = Self::open(config)?;
+        let report = storage.verify()?;
+        if let Some(problem) = report.problems.first() {
+            let path = storage.path().to_path_buf();
+            mark_flush_failed(&path);
+            return Err(Error::InvalidStore {
+                path,
+                reason: format!(
+                    "verify found {} problem(s) after a failed flush, the first: {problem}",
+                    report.problem_count()
+                ),
+            });
+        }
+        Ok(storage)
+    }
+
+    fn open_canonical(config: StorageConfig, create: Create) -> Result<Storage> {
+        let path = std::fs::canonicalize(&config.path).map_err(io_err(&config.path))?;
+        // Compare and keep configurations by the canonical path, so that two spellings of one
+        // directory are one store.
+        let config = StorageConfig {
+            path: path.clone(),
+            ..config
+        };
+
+        let _open = lock(&OPEN_LOCK);
+        let existing = lock(&REGISTRY).get(&path).and_then(Weak::upgrade);
+        if let Some(inner) = existing {
+            return if inner.config == config {
+                Ok(Storage { inner })
+            } else {
+                Err(Error::ConfigMismatch { path })
+            };
+        }
+        if lock(&FLUSH_FAILED).contains(&path) {
+            return Err(Error::Poisoned {
+                reason: format!(
+                    "a flush of {} failed earlier in this process, so the page cache may show data that is not on disk; restart the process, or use Storage::open_after_flush_failure",
+                    path.display()
+                ),
+            });
+        }
+        let (env, dbs) = env::open(&config, &path, create)?;
+        let inner = Arc::new(Inner {
+            attached: OnceLock::new(),
+            env: ManuallyDrop::new(env),
+            dbs,
+            config,
+            path: path.clone(),
+            gate: Gate::default(),
+            write_lock: Mutex::new(()),
+            health: AtomicU8::new(health::OK),
+            fault: Mutex::new(None),
+            unflushed: AtomicBool::new(false),
+            commits: AtomicU64::new(0),
+            flushes: AtomicU64::new(0),
+        });
+        lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
+        Ok(Storage { inner })
+    }
+
+    /// Drops this handle after making everything committed so far durable, and reports a
+    /// failed flush (which `drop` cannot). Appends still waiting for the flush that
+    /// acknowledges them are answered first. The store closes when its last handle is gone;
+    /// other handles keep working.
+    pub fn close(self) -> Result<()> {
+        self.flush()
+    }
+}

@@ -1,0 +1,103 @@
+//! [`Stats`]: counts describing a store, read in one snapshot.
+
+use std::sync::atomic::Ordering;
+
+use heed::RoTxn;
+
+use super::lmdb::LmdbResultExt;
+use super::{Dbs, Raw, Storage, blob, last_seq};
+use crate::error::{Error, Result};
+
+/// Counts describing a store, from [`Storage::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Events in the log.
+    pub events: u64,
+    /// Streams with at least one event.
+    pub streams: u64,
+    /// The last committed global sequence (0 when empty).
+    pub last_seq: u64,
+    /// Bytes of LMDB pages holding the events log.
+    pub log_bytes: u64,
+    /// Bytes of LMDB pages holding the stream heads (the only per-stream index: events find
+    /// each other through the stream chain).
+    pub index_bytes: u64,
+    /// Distinct payloads in the blob store (payloads over `blob_threshold_bytes`; identical
+    /// payloads are stored once).
+    pub blobs: u64,
+    /// References to blobs: the events whose payload is in the blob store. Summed over the
+    /// reference counts, so `stats` walks them: one entry per distinct blob.
+    pub blob_references: u64,
+    /// Bytes of LMDB pages holding the blob store (blobs and their reference counts).
+    pub blob_bytes: u64,
+    /// Bytes of the data file on disk.
+    pub file_bytes: u64,
+    /// The current size of the memory map.
+    pub map_bytes: usize,
+    /// Write transactions that wrote something, committed since the store was opened in this
+    /// process. With group commit, many concurrent appends share one. With
+    /// `Durability::Sync` each flushes the data file once; a group in which every append
+    /// failed its check writes nothing and is not committed, so it is not counted.
+    pub commits: u64,
+    /// Flushes issued on their own, outside a commit, since the store was opened in this
+    /// process: with `Durability::Sync`, when no later commit flushed an acknowledged one, and
+    /// for [`Storage::flush`].
+    pub flushes: u64,
+}
+
+impl Storage {
+    /// Event, stream and byte counts.
+    ///
+    /// Counts read from disk are summed with overflow checks: a damaged reference count that
+    /// would overflow is [`Error::CorruptBlob`], not a wrong figure.
+    pub fn stats(&self) -> Result<Stats> {
+        let txn = self.read_txn()?;
+        let dbs = self.dbs();
+        let pages = |db: &Raw| -> Result<u64> {
+            let s = db.stat(txn.raw()).lmdb()?;
+            let pages = (s.branch_pages as u64)
+                .checked_add(s.leaf_pages as u64)
+                .and_then(|n| n.checked_add(s.overflow_pages as u64))
+                .and_then(|n| n.checked_mul(u64::from(s.page_size)));
+            pages.ok_or_else(|| Error::InvalidStore {
+                path: self.path().into(),
+                reason: "LMDB's page counts overflow".into(),
+            })
+        };
+        let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
+        let blob_bytes = pages(&dbs.blobs)?.saturating_add(pages(&dbs.blob_refs)?);
+        Ok(Stats {
+            events: dbs.events.len(txn.raw()).lmdb()?,
+            streams: dbs.heads.len(txn.raw()).lmdb()?,
+            last_seq: last_seq(dbs, txn.raw())?,
+            log_bytes: pages(&dbs.events)?,
+            index_bytes: pages(&dbs.heads)?,
+            blobs,
+            blob_references,
+            blob_bytes,
+            file_bytes: self.inner.env.real_disk_size().lmdb()?,
+            map_bytes: self.inner.env.info().map_size,
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            flushes: self.inner.flushes.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// `(distinct blobs, references to them)`, summed over the reference counts.
+fn blob_counts(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<(u64, u64)> {
+    let mut blobs = 0u64;
+    let mut references = 0u64;
+    for entry in dbs.blob_refs.iter(txn).lmdb()? {
+        let (key, value) = entry.lmdb()?;
+        blobs += 1;
+        let n = blob::decode_refs(value).map_or(0, |(n, _)| n);
+        references = references
+            .checked_add(n)
+            .ok_or_else(|| Error::CorruptBlob {
+                hash: blob::decode_key(key).map_or_else(|| "?".into(), |h| blob::hex(&h)),
+                reason: format!("its reference count {n} overflows the sum of all counts"),
+            })?;
+    }
+    Ok((blobs, references))
+}

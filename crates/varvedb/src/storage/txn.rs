@@ -1,0 +1,245 @@
+//! Transactions: read snapshots, the write-transaction API, flushes, and the store's health.
+//!
+//! A store refuses work after a failure it cannot undo: appends after a failed commit or flush
+//! (the outcome on disk is unknown), everything after a failed map resize (LMDB's map is gone).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::ThreadId;
+
+use heed::{MdbError, RoTxn, RwTxn, WithoutTls};
+
+use super::env::Waiter;
+use super::lmdb::LmdbResultExt;
+use super::registry::mark_flush_failed;
+use super::{Dbs, Inner, Storage, health, lock};
+use crate::config::Durability;
+use crate::error::{Error, Result};
+
+/// A read-only snapshot of the store.
+///
+/// Everything a [`Reader`](crate::Reader) returns borrows from it; the snapshot does not change
+/// while it is open. Keep it short-lived: while a `ReadTxn` is open, LMDB cannot reuse pages
+/// freed after it began, and the map cannot grow (an append that needs to grow it waits up to
+/// `StorageConfig::resize_wait_ms_max`). The thread that holds a snapshot may open more while
+/// a resize waits; the resize waits for all of them.
+pub struct ReadTxn {
+    // Field order matters: the LMDB transaction ends before the gate is left.
+    txn: RoTxn<'static, WithoutTls>,
+    guard: ReaderGuard,
+}
+
+struct ReaderGuard {
+    inner: Arc<Inner>,
+    owner: ThreadId,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        self.inner.gate.leave(self.owner);
+    }
+}
+
+impl fmt::Debug for ReadTxn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadTxn")
+            .field("id", &self.txn.id())
+            .finish()
+    }
+}
+
+impl ReadTxn {
+    pub(crate) fn raw(&self) -> &RoTxn<'static, WithoutTls> {
+        &self.txn
+    }
+
+    pub(crate) fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.guard.inner) as usize
+    }
+}
+
+impl Storage {
+    /// Begins a read-only snapshot.
+    ///
+    /// Fails with [`Error::Poisoned`] after a failed map resize, and with
+    /// [`Error::ReadBlocked`] when another process grew the store and this process's snapshots
+    /// stay open too long for this one to adopt the larger map.
+    pub fn read_txn(&self) -> Result<ReadTxn> {
+        self.check_readable()?;
+        // A moment with no reader of this thread: the best time to grow the map early.
+        if let Ok(w) = self.inner.write_lock.try_lock() {
+            self.grow_early(&w);
+            self.check_readable()?;
+        }
+        for _ in 0..2 {
+            let owner = self.inner.gate.enter();
+            let guard = ReaderGuard {
+                inner: Arc::clone(&self.inner),
+                owner,
+            };
+            // Checked inside the gate: a resize cannot fail between this check and the begin.
+            self.check_readable()?;
+            match (*self.inner.env).clone().static_read_txn() {
+                Ok(txn) => return Ok(ReadTxn { txn, guard }),
+                Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                    drop(guard);
+                    // Another process grew the map: adopt its size, then try again.
+                    let w = lock(&self.inner.write_lock);
+                    self.resize_locked(&w, 0, Waiter::Read)?;
+                }
+                Err(e) => return Err(Error::lmdb(e)),
+            }
+        }
+        Err(Error::ReadBlocked {
+            read_txns: self.inner.gate.readers(),
+            waited_ms: 0,
+        })
+    }
+
+    /// Runs `f` in a write transaction and commits it when `f` says it wrote something (the
+    /// flag it returns); otherwise the transaction is aborted. The commit is durable after the
+    /// next flush: with `Durability::Sync` LMDB flushes the data pages at commit and leaves the
+    /// meta page for the next flush ([`sync`](Self::sync), or the next commit's).
+    ///
+    /// `f` may run more than once: when the map is full, the transaction is aborted, the map
+    /// grows (up to `map_bytes_max`) and `f` runs again on a fresh transaction. A failed commit
+    /// other than a full map poisons the store for appends and is
+    /// [`Error::OutcomeUnknown`]: LMDB may have written part of it.
+    pub(crate) fn write<T>(
+        &self,
+        mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let w = lock(&self.inner.write_lock);
+        self.check_writable()?;
+        let mut cleared = false;
+        loop {
+            let mut wtxn = match self.inner.env.write_txn() {
+                Ok(t) => t,
+                Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                    self.resize_locked(&w, 0, Waiter::Append)?;
+                    continue;
+                }
+                Err(e) => return Err(Error::lmdb(e)),
+            };
+            let (value, wrote) = match f(&mut wtxn, &self.inner.dbs) {
+                Ok(v) => v,
+                Err(e) if e.is_map_full() => {
+                    drop(wtxn);
+                    self.grow(&w, &mut cleared)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if !wrote {
+                drop(wtxn);
+                return Ok(value);
+            }
+            match wtxn.commit() {
+                Ok(()) => {
+                    self.inner.unflushed.store(true, Ordering::Release);
+                    self.inner.commits.fetch_add(1, Ordering::Relaxed);
+                    self.grow_early(&w);
+                    return Ok(value);
+                }
+                Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow(&w, &mut cleared)?,
+                Err(e) => {
+                    let reason = format!("the commit failed: {e}");
+                    self.refuse(health::WRITES_REFUSED, reason.clone());
+                    return Err(Error::OutcomeUnknown { reason });
+                }
+            }
+        }
+    }
+
+    /// Flushes the data file if anything was committed since the last flush, making every
+    /// commit so far durable. A failure refuses later appends, and this path is refused by
+    /// [`Storage::open`] for the rest of the process.
+    pub(crate) fn sync(&self) -> Result<()> {
+        let _w = lock(&self.inner.write_lock);
+        if !self.inner.unflushed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if self.inner.health.load(Ordering::Acquire) == health::ALL_REFUSED {
+            return Err(self.poisoned_error());
+        }
+        self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        match self.inner.env.force_sync().lmdb() {
+            Ok(()) => {
+                self.inner.unflushed.store(false, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("the flush failed: {e}");
+                self.refuse(health::WRITES_REFUSED, reason.clone());
+                mark_flush_failed(&self.inner.path);
+                Err(Error::NotDurable {
+                    appended: Vec::new(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Makes everything committed so far durable: appends still waiting for the flush that
+    /// acknowledges them are flushed and answered before this returns.
+    ///
+    /// With the default [`Durability::Sync`] every acknowledged append is already durable, so
+    /// this only matters for appends whose answer was dropped (a dropped future) and for
+    /// [`Durability::NoSync`] stores, which it flushes. A failed flush is
+    /// [`Error::NotDurable`] and poisons the store for appends.
+    pub fn flush(&self) -> Result<()> {
+        match self.inner.attached.get() {
+            Some(attached) => attached.flush(),
+            None => self.sync(),
+        }
+    }
+
+    /// Whether the store refuses appends (or everything) after a failure; see
+    /// [`poison_reason`](Self::poison_reason). Drop every handle and reopen it to recover.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.health.load(Ordering::Acquire) != health::OK
+    }
+
+    /// Why the store refuses work, if it does.
+    pub fn poison_reason(&self) -> Option<String> {
+        lock(&self.inner.fault).clone()
+    }
+
+    /// Refuses appends from now on (or, with `level` [`health::ALL_REFUSED`], everything).
+    pub(crate) fn refuse(&self, level: u8, reason: String) {
+        let mut fault = lock(&self.inner.fault);
+        if self.inner.health.load(Ordering::Acquire) < level {
+            *fault = Some(reason);
+            self.inner.health.store(level, Ordering::Release);
+        }
+    }
+
+    fn poisoned_error(&self) -> Error {
+        Error::Poisoned {
+            reason: self
+                .poison_reason()
+                .unwrap_or_else(|| "an earlier failure".into()),
+        }
+    }
+
+    fn check_readable(&self) -> Result<()> {
+        if self.inner.health.load(Ordering::Acquire) == health::ALL_REFUSED {
+            return Err(self.poisoned_error());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.is_poisoned() {
+            return Err(self.poisoned_error());
+        }
+        Ok(())
+    }
+
+    /// Whether commits leave their meta page unflushed for the next flush (`Durability::Sync`,
+    /// which runs LMDB with `MDB_NOMETASYNC`; see the committer).
+    pub(crate) fn defers_meta_flush(&self) -> bool {
+        self.inner.config.durability == Durability::Sync
+    }
+}

@@ -1,0 +1,383 @@
+//! Appends: [`Writer`] prepares records on the caller's thread and hands them to the store's
+//! committer.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use rkyv::api::high::HighSerializer;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+
+use crate::commit::{Blob, Committer, Outcome, Prepared, StreamAppend};
+use crate::error::{Error, Result};
+use crate::expected::{Appended, ExpectedVersion};
+use crate::storage::Storage;
+use crate::storage::blob::{self, BlobRef};
+use crate::storage::record::{self, HEADER_LEN};
+
+/// The stream id reserved for VarveDB's own use.
+pub const RESERVED_STREAM_ID: u128 = u128::MAX;
+
+/// The serializer bound of event types: what `#[derive(rkyv::Serialize)]` provides.
+pub trait SerializeEvent:
+    for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+impl<E> SerializeEvent for E where
+    E: for<'a> rkyv::Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>
+{
+}
+
+/// Appends events of type `E` to a store.
+///
+/// `Writer` is cheap to clone, `Send` and `Sync`; any number of threads (or tasks, through the
+/// `_async` methods) may append at once. Serialization and checksums happen on the caller's
+/// thread, outside any lock; the prepared records then go to the store's commit queue, where one
+/// committer writes every waiting append in one transaction with one flush (group commit) and
+/// answers each with its own result. Every append is atomic and, with the default
+/// [`Durability::Sync`](crate::Durability), durable when it returns.
+pub struct Writer<E> {
+    storage: Storage,
+    _event: PhantomData<fn(&E)>,
+}
+
+impl<E> Clone for Writer<E> {
+    fn clone(&self) -> Self {
+        Writer {
+            storage: self.storage.clone(),
+            _event: PhantomData,
+        }
+    }
+}
+
+impl<E> fmt::Debug for Writer<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer")
+            .field("storage", &self.storage)
+            .field("event", &std::any::type_name::<E>())
+            .finish()
+    }
+}
+
+/// Serialized payloads at least this long are hashed (BLAKE3, for the blob store) on tokio's
+/// blocking pool by the `_async` appends, so that a runtime thread never spends long on them.
+pub const ASYNC_HASH_OFFLOAD_BYTES: usize = 64 << 10;
+
+impl<E: SerializeEvent> Writer<E> {
+    /// A writer of `E` events into `storage`.
+    pub fn new(storage: Storage) -> Self {
+        Writer {
+            storage,
+            _event: PhantomData,
+        }
+    }
+
+    /// The store this writer appends to.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Appends one event to `stream_id` if the stream satisfies `expected`.
+    ///
+    /// Fails with [`Error::ConcurrencyConflict`] (nothing written) when it does not. Every
+    /// error says whether anything was written ([`Error::written`]): only
+    /// [`Error::NotDurable`] and [`Error::OutcomeUnknown`] may have.
+    pub fn append(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+    ) -> Result<Appended> {
+        let appends =
+            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
+        first(self.submit(appends))
+    }
+
+    /// Appends several events to one stream atomically: all of them, with consecutive versions,
+    /// or none. Returns where each landed, in order.
+    pub fn append_batch(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<Vec<Appended>> {
+        self.check_batch(events.len())?;
+        let appends = vec![self.prepare_stream(stream_id, expected, events)?];
+        self.submit(appends)
+    }
+
+    /// Appends to several streams in one atomic transaction, each with its own expectation.
+    ///
+    /// Entries are applied in order, so a stream may appear twice (the second expectation sees
+    /// the first entry's events). Any conflict fails the whole append and writes nothing.
+    /// Returns where each event landed, in the order given.
+    pub fn append_multi(&self, appends: &[(u128, ExpectedVersion, &[E])]) -> Result<Vec<Appended>> {
+        self.check_multi(appends)?;
+        let prepared = appends
+            .iter()
+            .map(|(stream_id, expected, events)| self.prepare_stream(*stream_id, *expected, events))
+            .collect::<Result<Vec<_>>>()?;
+        self.submit(prepared)
+    }
+
+    /// [`append`](Self::append) for async callers: the commit runs on the store's committer
+    /// thread and the task awaits it without blocking its runtime.
+    ///
+    /// Serialization runs on the calling task, as in `append`. Payloads of
+    /// [`ASYNC_HASH_OFFLOAD_BYTES`] or more are hashed on tokio's blocking pool (when called
+    /// inside a tokio runtime; elsewhere on the calling task). Once the future has been polled
+    /// past preparation the append is queued: dropping the future afterwards does not cancel
+    /// it, it only drops the answer.
+    pub async fn append_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+    ) -> Result<Appended> {
+        let appends = vec![
+            self.prepare_stream_async(stream_id, expected, std::slice::from_ref(event))
+                .await?,
+        ];
+        first(self.submit_async(appends).await)
+    }
+
+    /// [`append_batch`](Self::append_batch) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_batch_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<Vec<Appended>> {
+        self.check_batch(events.len())?;
+        let appends = vec![
+            self.prepare_stream_async(stream_id, expected, events)
+                .await?,
+        ];
+        self.submit_async(appends).await
+    }
+
+    /// [`append_multi`](Self::append_multi) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_multi_async(
+        &self,
+        appends: &[(u128, ExpectedVersion, &[E])],
+    ) -> Result<Vec<Appended>> {
+        self.check_multi(appends)?;
+        let mut prepared = Vec::with_capacity(appends.len());
+        for (stream_id, expected, events) in appends {
+            prepared.push(
+                self.prepare_stream_async(*stream_id, *expected, events)
+                    .await?,
+            );
+        }
+        self.submit_async(prepared).await
+    }
+
+    /// Waits until every append made so far (through any handle of this store) is answered
+    /// and durable; see [`Storage::flush`].
+    pub fn flush(&self) -> Result<()> {
+        self.storage.flush()
+    }
+
+    /// Drops this writer after [`flush`](Self::flush), reporting a failed flush (which `drop`
+    /// cannot). Other writers of the store keep working.
+    pub fn close(self) -> Result<()> {
+        self.flush()
+    }
+
+    /// Hands one atomic append to the committer and waits for its answer.
+    fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
+        // A poisoned store refuses at once, without a trip through the queue.
+        self.storage.check_writable()?;
+        Committer::of(&self.storage)?.queue().submit(appends)
+    }
+
+    async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
+        self.storage.check_writable()?;
+        let rx = Committer::of(&self.storage)?
+            .queue()
+            .submit_async(appends)?;
+        rx.await
+            .unwrap_or_else(|_| Err(crate::commit::committer_gone()))
+    }
+
+    fn check_batch(&self, events: usize) -> Result<()> {
+        let max = self.storage.config().batch_events_max;
+        match events {
+            0 => Err(Error::EmptyBatch),
+            n if n > max => Err(Error::BatchTooLarge { events: n, max }),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_multi(&self, appends: &[(u128, ExpectedVersion, &[E])]) -> Result<()> {
+        let total = appends.iter().map(|(_, _, events)| events.len()).sum();
+        self.check_batch(total)?;
+        if appends.iter().any(|(_, _, events)| events.is_empty()) {
+            return Err(Error::EmptyBatch);
+        }
+        Ok(())
+    }
+
+    fn check_stream(stream_id: u128, events: &[E]) -> Result<()> {
+        if stream_id == RESERVED_STREAM_ID {
+            return Err(Error::InvalidStreamId { stream_id });
+        }
+        if events.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        Ok(())
+    }
+
+    fn prepare_stream(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<StreamAppend> {
+        Self::check_stream(stream_id, events)?;
+        let config = self.storage.config();
+        let events = events
+            .iter()
+            .map(|e| prepare(e, config.event_bytes_max, config.blob_threshold_bytes))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(StreamAppend {
+            stream_id,
+            expected,
+            events,
+        })
+    }
+
+    /// [`prepare_stream`](Self::prepare_stream), with the BLAKE3 hashing of large payloads on
+    /// tokio's blocking pool.
+    async fn prepare_stream_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+    ) -> Result<StreamAppend> {
+        Self::check_stream(stream_id, events)?;
+        let config = self.storage.config();
+        let (max, threshold) = (config.event_bytes_max, config.blob_threshold_bytes);
+        let serialized = events
+            .iter()
+            .map(|e| serialize(e, max))
+            .collect::<Result<Vec<_>>>()?;
+        let large: usize = serialized
+            .iter()
+            .map(|s| s.payload_len)
+            .filter(|&n| n > threshold)
+            .sum();
+        let finish = move |serialized: Vec<Serialized>| {
+            serialized
+                .into_iter()
+                .map(|s| finish(s, max, threshold))
+                .collect::<Result<Vec<_>>>()
+        };
+        let events = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if large >= ASYNC_HASH_OFFLOAD_BYTES => runtime
+                .spawn_blocking(move || finish(serialized))
+                .await
+                .map_err(|e| Error::Serialize {
+                    reason: format!("hashing the payloads on the blocking pool failed: {e}"),
+                })??,
+            _ => finish(serialized)?,
+        };
+        Ok(StreamAppend {
+            stream_id,
+            expected,
+            events,
+        })
+    }
+}
+
+/// An event serialized behind a header placeholder, not yet digested.
+pub(crate) struct Serialized {
+    buffer: AlignedVec,
+    payload_len: usize,
+}
+
+/// Serializes `event` right after a header placeholder; refuses it past `max` bytes.
+pub(crate) fn serialize<E: SerializeEvent>(event: &E, max: usize) -> Result<Serialized> {
+    let mut buf = AlignedVec::<16>::with_capacity(256);
+    buf.extend_from_slice(&[0u8; HEADER_LEN]);
+    // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
+    // the buffer position) is the same as if the payload started at offset 0.
+    let buffer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {
+        Error::Serialize {
+            reason: e.to_string(),
+        }
+    })?;
+    let payload_len = buffer.len() - HEADER_LEN;
+    if payload_len > max {
+        return Err(Error::EventTooLarge {
+            size: payload_len,
+            max,
+        });
+    }
+    Ok(Serialized {
+        buffer,
+        payload_len,
+    })
+}
+
+/// Digests a serialized payload and pads the record to 16 bytes. A payload longer than
+/// `blob_threshold` is also hashed (BLAKE3) and becomes a blob; the record then carries only
+/// its reference.
+pub(crate) fn finish(
+    serialized: Serialized,
+    max: usize,
+    blob_threshold: usize,
+) -> Result<Prepared> {
+    let Serialized {
+        buffer: mut buf,
+        payload_len,
+    } = serialized;
+    if payload_len > blob_threshold {
+        let reference = BlobRef::of(&buf[HEADER_LEN..]);
+        let body = reference.encode();
+        buf.resize(record::record_len(payload_len), 0);
+        let mut record = AlignedVec::<16>::with_capacity(record::record_len(body.len()));
+        record.extend_from_slice(&[0u8; HEADER_LEN]);
+        record.extend_from_slice(&body);
+        return Ok(Prepared {
+            record,
+            payload_len: blob::REF_LEN as u32,
+            digest: record::payload_digest(&body),
+            flags: blob::FLAG_BLOB,
+            blob: Some(Blob {
+                reference,
+                buffer: buf,
+            }),
+        });
+    }
+    let digest = record::payload_digest(&buf[HEADER_LEN..]);
+    buf.resize(record::record_len(payload_len), 0);
+    let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
+        size: payload_len,
+        max,
+    })?;
+    Ok(Prepared {
+        record: buf,
+        payload_len,
+        digest,
+        flags: 0,
+        blob: None,
+    })
+}
+
+/// Serializes `event`, digests it and pads the record: everything of an append that happens
+/// outside the commit.
+pub(crate) fn prepare<E: SerializeEvent>(
+    event: &E,
+    max: usize,
+    blob_threshold: usize,
+) -> Result<Prepared> {
+    finish(serialize(event, max)?, max, blob_threshold)
+}
+
+fn first(outcome: Outcome) -> Result<Appended> {
+    outcome?.into_iter().next().ok_or(Error::EmptyBatch)
+}
