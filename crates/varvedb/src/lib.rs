@@ -76,6 +76,8 @@ mod commit;
 mod config;
 mod error;
 mod expected;
+#[cfg(test)]
+mod fault_tests;
 mod reader;
 mod storage;
 mod writer;

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, Deref};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use heed::RoTxn;
 use rkyv::api::high::{HighDeserializer, HighValidator};
@@ -141,19 +140,11 @@ impl<E: Archive> EventRef<'_, E> {
         self.header.version
     }
 
-    /// The commit time, in nanoseconds since the Unix epoch (as stored in the record header).
-    pub fn timestamp(&self) -> u64 {
-        self.header.timestamp_ns
-    }
-
-    /// The commit time, in nanoseconds since the Unix epoch; the same as [`timestamp`](Self::timestamp).
+    /// The commit time, in nanoseconds since the Unix epoch, as stored in the record header
+    /// (every event of one commit has the same). `UNIX_EPOCH + Duration::from_nanos(..)` makes
+    /// it a `SystemTime`.
     pub fn timestamp_ns(&self) -> u64 {
         self.header.timestamp_ns
-    }
-
-    /// The commit time as a [`SystemTime`].
-    pub fn system_time(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_nanos(self.header.timestamp_ns)
     }
 
     /// The archived bytes of the event (validated).
@@ -215,17 +206,18 @@ impl<E: Archive> Deref for EventRef<'_, E> {
     }
 }
 
-impl<E: Archive> fmt::Debug for EventRef<'_, E>
-where
-    E::Archived: fmt::Debug,
-{
+/// Shows where the event is, not its content (an archived type need not be `Debug`); use
+/// [`archived`](EventRef::archived) or [`deserialize`](EventRef::deserialize) for that.
+impl<E: Archive> fmt::Debug for EventRef<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventRef")
             .field("seq", &self.seq)
             .field("stream_id", &self.header.stream_id)
             .field("version", &self.header.version)
             .field("timestamp_ns", &self.header.timestamp_ns)
-            .field("event", self.archived())
+            .field("payload_bytes", &self.payload_bytes().len())
+            .field("is_blob", &self.is_blob())
+            .field("event", &std::any::type_name::<E>())
             .finish()
     }
 }
@@ -425,6 +417,18 @@ pub struct StreamIter<'t, E> {
     _event: PhantomData<fn() -> E>,
 }
 
+impl<E> fmt::Debug for StreamIter<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamIter")
+            .field("stream_id", &self.stream_id)
+            .field("head_version", &self.head.0)
+            .field("next_version", &self.next)
+            .field("backwards", &self.backwards)
+            .field("event", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'t, E: ValidateEvent> StreamIter<'t, E> {
     fn new(
         storage: &Storage,
@@ -580,6 +584,14 @@ pub struct AllIter<'t, E> {
     txn: &'t RoTxn<'static, heed::WithoutTls>,
     state: IterState<'t>,
     _event: PhantomData<fn() -> E>,
+}
+
+impl<E> fmt::Debug for AllIter<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllIter")
+            .field("event", &std::any::type_name::<E>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {

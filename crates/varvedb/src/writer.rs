@@ -293,6 +293,13 @@ impl<E: SerializeEvent> Writer<E> {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The thread that last hashed a blob payload on this thread (tests only).
+    pub(crate) static HASHED_ON: std::cell::Cell<Option<std::thread::ThreadId>> =
+        const { std::cell::Cell::new(None) };
+}
+
 /// An event serialized behind a header placeholder, not yet digested.
 pub(crate) struct Serialized {
     buffer: AlignedVec,
@@ -336,6 +343,8 @@ pub(crate) fn finish(
         payload_len,
     } = serialized;
     if payload_len > blob_threshold {
+        #[cfg(test)]
+        HASHED_ON.with(|t| t.set(Some(std::thread::current().id())));
         let reference = BlobRef::of(&buf[HEADER_LEN..]);
         let body = reference.encode();
         buf.resize(record::record_len(payload_len), 0);

@@ -293,6 +293,14 @@ pub(crate) fn commit_group(
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
+        #[cfg(test)]
+        if storage
+            .faults()
+            .panic_next_commit
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            panic!("a panic injected by a test");
+        }
         for request in group.iter_mut() {
             if request.is_flush() {
                 outcomes.push(Ok(Vec::new()));

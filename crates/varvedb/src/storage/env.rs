@@ -80,6 +80,19 @@ pub(super) fn open(
     // A process killed while it held a snapshot leaves its reader slot behind, and that slot
     // pins every page freed after its snapshot: clear such slots before anything else.
     env.clear_stale_readers().lmdb()?;
+    // A data file shorter than its last commit (truncated by a copy, a full disk or a user)
+    // would raise SIGBUS on the first read of a missing page: refuse it before any read.
+    let page_bytes = u64::from(env.unnamed_database_stat().page_size);
+    let used_bytes = (env.info().last_page_number as u64 + 1).saturating_mul(page_bytes);
+    let file_bytes = env.real_disk_size().lmdb()?;
+    if file_bytes < used_bytes {
+        return Err(Error::InvalidStore {
+            path: path.into(),
+            reason: format!(
+                "the data file is {file_bytes} bytes, but its last commit uses {used_bytes}: it is truncated, and reading it would crash the process"
+            ),
+        });
+    }
 
     // Check the format before creating anything, so that an unknown store is left untouched.
     let rtxn = env.read_txn().lmdb()?;
@@ -230,6 +243,11 @@ impl Storage {
         let used = (info.last_page_number + 1).saturating_mul(self.inner.dbs.page_size);
         let max = round_map_bytes(self.inner.config.map_bytes_max);
         if used.saturating_mul(2) < info.map_size || info.map_size >= max {
+            return;
+        }
+        // Dead processes' reader slots pin freed pages and make the file grow: clear them first,
+        // and grow only if that freed nothing.
+        if self.inner.env.clear_stale_readers().is_ok_and(|n| n > 0) {
             return;
         }
         let target = round_map_bytes(info.map_size.saturating_mul(2)).min(max);

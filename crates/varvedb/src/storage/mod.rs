@@ -132,6 +132,19 @@ pub(crate) struct Inner {
     commits: AtomicU64,
     /// Explicit flushes (`force_sync`) since the environment was opened in this process.
     flushes: AtomicU64,
+    /// Failures the unit tests inject.
+    #[cfg(test)]
+    pub(crate) faults: Faults,
+}
+
+/// Failures the unit tests inject, each taken once.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Faults {
+    /// The next flush fails as if `fsync` returned EIO.
+    pub(crate) fail_next_sync: AtomicBool,
+    /// The committer panics in the middle of its next group.
+    pub(crate) panic_next_commit: AtomicBool,
 }
 
 /// An open store: one LMDB environment with the events log, the stream heads and the other
@@ -247,6 +260,12 @@ impl Storage {
         } else {
             Err(Error::ForeignTransaction)
         }
+    }
+
+    /// The failures a unit test injects.
+    #[cfg(test)]
+    pub(crate) fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// A handle that does not keep the store open.

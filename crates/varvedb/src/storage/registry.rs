@@ -168,6 +168,8 @@ impl Storage {
             unflushed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            #[cfg(test)]
+            faults: Default::default(),
         });
         lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
         Ok(Storage { inner })

@@ -164,21 +164,33 @@ impl Storage {
             return Err(self.poisoned_error());
         }
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if self
+            .inner
+            .faults
+            .fail_next_sync
+            .swap(false, Ordering::AcqRel)
+        {
+            let eio = std::io::Error::from_raw_os_error(5);
+            return self.flush_failed(Error::lmdb(heed::Error::Io(eio)));
+        }
         match self.inner.env.force_sync().lmdb() {
             Ok(()) => {
                 self.inner.unflushed.store(false, Ordering::Release);
                 Ok(())
             }
-            Err(e) => {
-                let reason = format!("the flush failed: {e}");
-                self.refuse(health::WRITES_REFUSED, reason.clone());
-                mark_flush_failed(&self.inner.path);
-                Err(Error::NotDurable {
-                    appended: Vec::new(),
-                    reason,
-                })
-            }
+            Err(e) => self.flush_failed(e),
         }
+    }
+
+    fn flush_failed(&self, e: Error) -> Result<()> {
+        let reason = format!("the flush failed: {e}");
+        self.refuse(health::WRITES_REFUSED, reason.clone());
+        mark_flush_failed(&self.inner.path);
+        Err(Error::NotDurable {
+            appended: Vec::new(),
+            reason,
+        })
     }
 
     /// Makes everything committed so far durable: appends still waiting for the flush that

@@ -183,7 +183,10 @@ pub(crate) fn run(
         streams: HashMap::new(),
         blobs: HashMap::new(),
     };
-    run.structure(&layout)?;
+    if !run.structure(&layout)? {
+        // Reading a page past the end of the file would raise SIGBUS: stop here.
+        return Ok(run.report);
+    }
     run.events()?;
     run.heads()?;
     run.blob_store()?;
@@ -196,9 +199,11 @@ impl<'a> Run<'a> {
     /// file holds every page the last commit uses (a truncated file would raise SIGBUS on the
     /// first read past its end), and that the databases do not claim more pages than there are.
     /// LMDB's B-tree pages themselves are trusted; see docs/design.md, "What is checked".
-    fn structure(&mut self, layout: &Layout) -> Result<()> {
+    /// Returns whether the pages can be read (the file is not truncated).
+    fn structure(&mut self, layout: &Layout) -> Result<bool> {
         let used_bytes = (layout.last_page + 1).saturating_mul(layout.page_size as u64);
-        if layout.file_bytes < used_bytes {
+        let whole = layout.file_bytes >= used_bytes;
+        if !whole {
             self.report.report(
                 LMDB,
                 "data.mdb".into(),
@@ -251,7 +256,7 @@ impl<'a> Run<'a> {
                 ),
             );
         }
-        Ok(())
+        Ok(whole)
     }
 
     /// Walks `db` in key order, with progress, handing each entry to `check`.

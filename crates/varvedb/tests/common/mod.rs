@@ -57,3 +57,26 @@ pub fn writer_for_child(env_var: &str) -> Option<varvedb::Writer<Deposited>> {
     .unwrap();
     Some(varvedb::Writer::new(storage))
 }
+
+/// Puts `key → value` into the database `db` of a closed store, with raw heed: how the tests
+/// damage a store the way a disk or a bug would.
+#[allow(unsafe_code)]
+pub fn raw_put(dir: &tempfile::TempDir, db: &str, key: &[u8], value: &[u8]) {
+    use heed::types::Bytes;
+    let mut options = heed::EnvOpenOptions::new();
+    options.max_dbs(16);
+    // SAFETY: the store is closed in this process and no other process opens it meanwhile.
+    let env = unsafe { options.open(dir.path()) }.unwrap();
+    let wtxn = env.write_txn().unwrap();
+    let database = env
+        .create_databases_and_commit(wtxn, |opener, wtxn| {
+            opener
+                .create_database::<Bytes, Bytes>(wtxn, Some(db))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit();
+    let mut wtxn = env.write_txn().unwrap();
+    database.put(&mut wtxn, key, value).unwrap();
+    wtxn.commit().unwrap();
+}
