@@ -1,6 +1,5 @@
 //! Failures that cannot be provoked from outside the crate (a committer panic, a failed
 //! `fsync`), injected through the test-only hooks of `storage::Faults`.
-#![expect(clippy::unwrap_used, reason = "tests")]
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
