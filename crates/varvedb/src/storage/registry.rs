@@ -40,8 +40,7 @@ impl Drop for Inner {
         // make them durable now. A failure cannot be reported from `drop`; `Storage::close`
         // reports it.
         if self.unflushed.load(Ordering::Acquire)
-            && self.health.load(Ordering::Acquire) == health::OK
-            && self.env.force_sync().is_err()
+            && super::txn::sync_env(&self.env, self.health.load(Ordering::Acquire)).is_err()
         {
             mark_flush_failed(&self.path);
         }

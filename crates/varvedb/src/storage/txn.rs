@@ -160,9 +160,6 @@ impl Storage {
         if !self.inner.unflushed.load(Ordering::Acquire) {
             return Ok(());
         }
-        if self.inner.health.load(Ordering::Acquire) == health::ALL_REFUSED {
-            return Err(self.poisoned_error());
-        }
         self.inner.flushes.fetch_add(1, Ordering::Relaxed);
         #[cfg(test)]
         if self
@@ -174,7 +171,7 @@ impl Storage {
             let eio = std::io::Error::from_raw_os_error(5);
             return self.flush_failed(Error::lmdb(heed::Error::Io(eio)));
         }
-        match self.inner.env.force_sync().lmdb() {
+        match sync_env(&self.inner.env, self.inner.health.load(Ordering::Acquire)) {
             Ok(()) => {
                 self.inner.unflushed.store(false, Ordering::Release);
                 Ok(())
@@ -253,5 +250,18 @@ impl Storage {
     /// which runs LMDB with `MDB_NOMETASYNC`; see the committer).
     pub(crate) fn defers_meta_flush(&self) -> bool {
         self.inner.config.durability == Durability::Sync
+    }
+}
+
+/// Flushes the data file. After a failed resize LMDB's map is gone, and `mdb_env_sync` reads
+/// the meta page through it, so the file is flushed directly then (VarveDB never uses
+/// `MDB_WRITEMAP`, so the file holds everything LMDB wrote).
+pub(super) fn sync_env(env: &heed::Env<WithoutTls>, health: u8) -> Result<()> {
+    if health == health::ALL_REFUSED {
+        let file = env.try_clone_inner_file().lmdb()?;
+        file.sync_data()
+            .map_err(|e| Error::lmdb(heed::Error::Io(e)))
+    } else {
+        env.force_sync().lmdb()
     }
 }
