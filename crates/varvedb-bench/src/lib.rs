@@ -3,7 +3,7 @@
 //!
 //! Each peer implements [`BenchStore`]. [`run`] drives every workload against every peer,
 //! takes the median of several runs, and returns a [`Report`] that prints as a markdown table
-//! (with VarveDB's ratio against each peer) and serializes to JSON. `varvedb bench` runs it.
+//! (with VarveDB's ratio against each peer) and serializes to JSON. The `varvedb-bench` binary runs it (`cargo run --release -p varvedb-bench`).
 
 pub mod event;
 pub mod peers;

@@ -499,7 +499,7 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             Vec::new()
         };
         for peer in &o.peers {
-            eprintln!("varvedb bench: {title}: {peer}");
+            eprintln!("varvedb-bench: {title}: {peer}");
             let runs = measure(o, peer, id, |s| f(s, o), None)?;
             // How a peer takes concurrent appends only matters for the concurrent rows.
             let concurrency = runs.concurrency.filter(|_| id.starts_with('b'));
@@ -566,7 +566,7 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             if !wanted(&row.id) {
                 continue;
             }
-            eprintln!("varvedb bench: {}: {peer}", row.title);
+            eprintln!("varvedb-bench: {}: {peer}", row.title);
             let runs = measure(o, peer, &row.id, |s| f(s, o), Some(store.as_ref()))?;
             row.cells.push(match runs.unsupported {
                 Some(why) => Cell::not_applicable(peer, why),
@@ -605,7 +605,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
         }
         let mut row = Row::new(id, title, Unit::EventsPerSecond);
         for peer in &o.peers {
-            eprintln!("varvedb bench: {title}: {peer} (filling {events} events)");
+            eprintln!("varvedb-bench: {title}: {peer} (filling {events} events)");
             let dir = store_dir(o, peer, id);
             fresh(&dir)?;
             let store = peers::open(peer, &dir)?;
@@ -638,7 +638,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
             Unit::BytesPerEvent,
         );
         for peer in &o.peers {
-            eprintln!("varvedb bench: {}: {peer}", row.title);
+            eprintln!("varvedb-bench: {}: {peer}", row.title);
             let dir = store_dir(o, peer, id);
             fresh(&dir)?;
             let store = peers::open(peer, &dir)?;

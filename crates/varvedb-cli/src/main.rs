@@ -31,36 +31,6 @@ enum Command {
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
     /// check.
     Verify,
-    /// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2 and raw heed in one run,
-    /// including 10 KiB and 1 MiB events.
-    Bench(BenchArgs),
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Smaller sizes: the same workloads in well under two minutes.
-    #[arg(long)]
-    quick: bool,
-    /// Runs per figure (the table shows the median).
-    #[arg(long)]
-    runs: Option<usize>,
-    /// Peers to run, comma-separated (default: all).
-    #[arg(long, value_delimiter = ',')]
-    peers: Option<Vec<String>>,
-    /// Events in the store the read workloads read.
-    #[arg(long)]
-    read_events: Option<u64>,
-    /// Run only these rows, by id, comma-separated (a_hot, a_random, b_hot, b_random, async,
-    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, h10k_append, h1m_append,
-    /// h_dedup, h10k_scan, h1m_scan, d_scan, e_point, f_stream).
-    #[arg(long, value_delimiter = ',')]
-    only: Option<Vec<String>>,
-    /// Where the stores go: on a real disk, as flushes are part of the result.
-    #[arg(long, default_value = "varvedb-bench-stores")]
-    dir: PathBuf,
-    /// Where the JSON report goes.
-    #[arg(long, default_value = "varvedb-bench.json")]
-    json: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -78,7 +48,6 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,42 +58,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let mut options = if args.quick {
-        varvedb_bench::Options::quick(args.dir)
-    } else {
-        varvedb_bench::Options::full(args.dir)
-    };
-    if let Some(runs) = args.runs {
-        options.runs = runs.max(1);
-    }
-    if let Some(peers) = args.peers {
-        options.peers = peers;
-    }
-    if let Some(only) = args.only {
-        options.only = only;
-    }
-    if let Some(n) = args.read_events {
-        options.read_events = n.max(1);
-    }
-    let report = varvedb_bench::run(&options)?;
-    std::fs::write(&args.json, report.json())?;
-    print!("{}", report.markdown());
-    eprintln!("varvedb bench: JSON written to {}", args.json.display());
-    // The stores were removed as each workload finished; remove the emptied directory too.
-    let _ = std::fs::remove_dir_all(&options.dir);
-    Ok(())
-}
-
-/// Opens an existing store (never creates one).
+/// Opens an existing store: a missing directory, or one that holds no store, is an error and
+/// nothing is created.
 fn open_existing(path: &Path) -> Result<Storage, varvedb::Error> {
-    if !path.exists() {
-        return Err(varvedb::Error::InvalidStore {
-            path: path.into(),
-            reason: "no such directory".into(),
-        });
-    }
-    Storage::open(StorageConfig {
+    Storage::open_existing(StorageConfig {
         path: path.into(),
         ..Default::default()
     })

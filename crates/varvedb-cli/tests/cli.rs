@@ -146,3 +146,33 @@ fn blake3_hex(body: &[u8]) -> String {
     .unwrap();
     blake3::hash(&archived).to_hex().to_string()
 }
+
+#[test]
+fn reading_commands_refuse_a_directory_that_is_not_a_store_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"not a store").unwrap();
+    let path = dir.path().to_str().unwrap();
+    for command in ["stats", "verify"] {
+        let (ok, _, stderr) = varvedb(&["--path", path, command]);
+        assert!(
+            !ok,
+            "{command} succeeded on a directory that is not a store"
+        );
+        assert!(
+            stderr.contains("not an existing VarveDB store"),
+            "{command}: {stderr}"
+        );
+    }
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "a reading command created files");
+}
+
+#[test]
+fn the_installed_tool_has_no_bench_command() {
+    let (ok, _, stderr) = varvedb(&["bench", "--quick"]);
+    assert!(!ok);
+    assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
+}

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod common;
 
-use common::pattern;
+use common::{pattern, raw_put};
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
@@ -405,4 +405,20 @@ fn the_threshold_is_configurable() {
         .unwrap();
     assert!(e.is_blob() && e.is_zero_copy());
     assert_eq!(e.body.as_slice(), pattern(60, 1));
+}
+
+#[test]
+fn stats_refuses_reference_counts_that_overflow_their_sum() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&dir));
+    let mut refs = [0u8; 16];
+    refs[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    refs[8..].copy_from_slice(&4096u64.to_le_bytes());
+    raw_put(&dir, "blob_refs", &[1u8; 32], &refs);
+    raw_put(&dir, "blob_refs", &[2u8; 32], &refs);
+    let err = open(&dir).stats().unwrap_err();
+    assert!(
+        matches!(&err, varvedb::Error::CorruptBlob { reason, .. } if reason.contains("overflow")),
+        "{err:?}"
+    );
 }

@@ -86,3 +86,79 @@ fn a_file_that_is_not_lmdb_is_refused() {
     let err = Storage::open(config(&dir)).unwrap_err();
     assert!(matches!(err, Error::InvalidStore { .. }), "{err}");
 }
+
+#[test]
+fn open_existing_creates_nothing_where_there_is_no_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let config = |path: &std::path::Path| varvedb::StorageConfig {
+        path: path.into(),
+        ..Default::default()
+    };
+    let err = Storage::open_existing(config(&missing)).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert!(!missing.exists());
+
+    // A directory that holds something else.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"hello").unwrap();
+    let err = Storage::open_existing(config(&other)).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    let names: Vec<_> = std::fs::read_dir(&other)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"]);
+
+    // An LMDB environment of another program: refused, and none of our databases created.
+    let foreign = tempfile::tempdir().unwrap();
+    raw_put(&foreign, "theirs", b"k", b"v");
+    let err = Storage::open_existing(config(foreign.path())).unwrap_err();
+    assert!(matches!(err, Error::InvalidStore { .. }), "{err:?}");
+    let mut options = heed::EnvOpenOptions::new();
+    options.max_dbs(16);
+    // SAFETY: the store above was refused and closed; nothing else opens this path.
+    let env = unsafe { options.open(foreign.path()) }.unwrap();
+    let events = env
+        .open_databases_and_commit(env.read_txn().unwrap(), |opener, rtxn| {
+            opener
+                .open_database::<Bytes, Bytes>(rtxn, Some("events"))
+                .map(|db| heed::CommitOrAbort::<_, ()>::Commit(db.map(|_| ())))
+        })
+        .unwrap()
+        .unwrap_commit();
+    assert!(events.is_none(), "open_existing created a database");
+    drop(env);
+
+    // And a real store opens.
+    let store = tempfile::tempdir().unwrap();
+    drop(open(&store));
+    Storage::open_existing(config(store.path())).unwrap();
+}
+
+#[test]
+fn a_truncated_data_file_is_refused_at_open_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let writer = Writer::<Deposited>::new(open(&dir));
+        for i in 0..2000u64 {
+            writer
+                .append(1, ExpectedVersion::Auto, &deposit(i))
+                .unwrap();
+        }
+    }
+    let data = dir.path().join("data.mdb");
+    let len = std::fs::metadata(&data).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&data)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = Storage::open(config(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidStore { reason, .. } if reason.contains("truncated")),
+        "{err:?}"
+    );
+}

@@ -261,3 +261,90 @@ fn an_append_is_acknowledged_only_after_its_commit_is_flushed() {
         .unwrap();
     assert_eq!(storage.stats().unwrap().flushes, 0);
 }
+
+#[test]
+fn a_group_that_writes_nothing_is_not_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    writer
+        .append(1, ExpectedVersion::NoStream, &deposit(1))
+        .unwrap();
+    let before = storage.stats().unwrap();
+    for _ in 0..5 {
+        let err = writer
+            .append(1, ExpectedVersion::NoStream, &deposit(2))
+            .unwrap_err();
+        assert!(matches!(err, Error::ConcurrencyConflict { .. }));
+    }
+    let after = storage.stats().unwrap();
+    assert_eq!(after.commits, before.commits, "conflicts committed nothing");
+    assert_eq!(after.flushes, before.flushes);
+}
+
+#[test]
+fn append_multi_async_is_atomic_like_append_multi() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let a = [deposit(1), deposit(2)];
+    let b = [deposit(3)];
+    let landed = rt
+        .block_on(writer.append_multi_async(&[
+            (1, ExpectedVersion::NoStream, &a[..]),
+            (2, ExpectedVersion::NoStream, &b[..]),
+        ]))
+        .unwrap();
+    assert_eq!(
+        landed
+            .iter()
+            .map(|x| (x.seq, x.version))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (3, 1)]
+    );
+    // One conflict fails the whole append.
+    let err = rt
+        .block_on(writer.append_multi_async(&[
+            (3, ExpectedVersion::NoStream, &a[..]),
+            (2, ExpectedVersion::NoStream, &b[..]),
+        ]))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::ConcurrencyConflict { stream_id: 2, .. }
+    ));
+    let txn = storage.read_txn().unwrap();
+    assert_eq!(storage.stream_version(&txn, 3).unwrap(), 0);
+    assert_eq!(storage.last_seq(&txn).unwrap(), 3);
+}
+
+#[test]
+fn close_answers_and_flushes_what_a_dropped_future_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // Queue an append and drop its future before the answer: it still commits.
+    let event = deposit(1);
+    rt.block_on(async {
+        // Its first poll queues it (preparation does not wait); the timeout then drops it.
+        let fut = writer.append_async(1, ExpectedVersion::NoStream, &event);
+        let _ = tokio::time::timeout(std::time::Duration::from_micros(1), fut).await;
+    });
+    writer.flush().unwrap();
+    let txn = storage.read_txn().unwrap();
+    let version = storage.stream_version(&txn, 1).unwrap();
+    assert_eq!(version, 1, "the dropped future's append was committed");
+    drop(txn);
+    writer.close().unwrap();
+    storage.close().unwrap();
+    let storage = open(&dir);
+    let txn = storage.read_txn().unwrap();
+    assert_eq!(storage.stream_version(&txn, 1).unwrap(), version);
+}

@@ -1,4 +1,4 @@
-//! Which public types are `Send` and `Sync`.
+//! Which public types are `Send` and `Sync`, and that every public handle is `Debug`.
 mod common;
 
 use common::Deposited;
@@ -26,4 +26,46 @@ fn error_is_send_sync_static() {
     is_static::<Error>();
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(Error::EmptyBatch);
     assert!(boxed.to_string().contains("empty batch"));
+}
+
+/// An event whose archived form is not `Debug`: handles over it must be `Debug` all the same.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Opaque {
+    n: u64,
+}
+
+fn is_debug<T: std::fmt::Debug>() {}
+
+#[test]
+fn every_public_handle_and_iterator_is_debug() {
+    is_debug::<Storage>();
+    is_debug::<varvedb::ReadTxn>();
+    is_debug::<Writer<Opaque>>();
+    is_debug::<Reader<Opaque>>();
+    is_debug::<varvedb::EventRef<'static, Opaque>>();
+    is_debug::<varvedb::StreamIter<'static, Opaque>>();
+    is_debug::<varvedb::AllIter<'static, Opaque>>();
+    is_debug::<varvedb::StorageConfig>();
+    is_debug::<varvedb::Stats>();
+    is_debug::<varvedb::VerifyReport>();
+    is_debug::<Error>();
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = common::open(&dir);
+    Writer::<Opaque>::new(storage.clone())
+        .append(1, varvedb::ExpectedVersion::NoStream, &Opaque { n: 1 })
+        .unwrap();
+    let reader = Reader::<Opaque>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let e = reader.get(&txn, 1).unwrap().unwrap();
+    assert_eq!(e.n, 1);
+    let shown = format!(
+        "{e:?} {:?} {:?}",
+        reader.read_stream(&txn, 1, 1),
+        reader.read_all(&txn, 1)
+    );
+    assert!(
+        shown.contains("seq: 1") && shown.contains("StreamIter") && shown.contains("AllIter"),
+        "{shown}"
+    );
 }

@@ -1,0 +1,80 @@
+//! `varvedb-bench`: the side-by-side benchmark of VarveDB against SQLite, varvedb 0.4.2, raw
+//! heed and UmaDB, in one run. Its own binary, so that the `varvedb` tool users install does
+//! not compile the peers.
+//!
+//! ```sh
+//! cargo run --release -p varvedb-bench            # the full run
+//! cargo run --release -p varvedb-bench -- --quick # the same workloads, smaller
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// The side-by-side benchmark: VarveDB, SQLite, varvedb 0.4.2, raw heed and UmaDB in one run,
+/// including 10 KiB and 1 MiB events. The table goes to stdout, progress to stderr.
+#[derive(Parser)]
+#[command(name = "varvedb-bench", version, about)]
+struct Args {
+    /// Smaller sizes: the same workloads in well under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per figure (the table shows the median).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// Peers to run, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+    /// Events in the store the read workloads read.
+    #[arg(long)]
+    read_events: Option<u64>,
+    /// Run only these rows, by id, comma-separated (a_hot, a_random, b_hot, b_random, async,
+    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, h10k_append, h1m_append,
+    /// h_dedup, h10k_scan, h1m_scan, d_scan, e_point, f_stream).
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
+    /// Where the stores go: on a real disk, as flushes are part of the result.
+    #[arg(long, default_value = "varvedb-bench-stores")]
+    dir: PathBuf,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "varvedb-bench.json")]
+    json: PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("varvedb-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut options = if args.quick {
+        varvedb_bench::Options::quick(args.dir)
+    } else {
+        varvedb_bench::Options::full(args.dir)
+    };
+    if let Some(runs) = args.runs {
+        options.runs = runs.max(1);
+    }
+    if let Some(peers) = args.peers {
+        options.peers = peers;
+    }
+    if let Some(only) = args.only {
+        options.only = only;
+    }
+    if let Some(n) = args.read_events {
+        options.read_events = n.max(1);
+    }
+    let report = varvedb_bench::run(&options)?;
+    std::fs::write(&args.json, report.json())?;
+    print!("{}", report.markdown());
+    eprintln!("varvedb-bench: JSON written to {}", args.json.display());
+    // The stores were removed as each workload finished; remove the emptied directory too.
+    drop(std::fs::remove_dir_all(&options.dir));
+    Ok(())
+}
