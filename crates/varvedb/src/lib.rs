@@ -56,6 +56,21 @@
 //! validates each event against its own type, so read a stream with the reader of the type it
 //! was written with; to read the whole log at once, use one `enum` of all your events.
 //!
+//! ## When an append fails
+//!
+//! Every error says whether the append was written ([`Error::written`]): not at all (a
+//! conflict, a limit, [`Error::Poisoned`], [`Error::Closed`], ...), committed but perhaps not
+//! durable ([`Error::NotDurable`], after a failed flush), or unknown ([`Error::OutcomeUnknown`]:
+//! read the stream before retrying, or an `Auto` retry may write the event twice). After a
+//! failure it cannot undo, a store refuses work ([`Storage::is_poisoned`]); drop its handles
+//! and open it again to recover. [`Storage::flush`] and [`Storage::close`] make everything
+//! committed durable and report a failed flush.
+//!
+//! ## Platforms
+//!
+//! Unix only (Linux, macOS, the BSDs): the crate refuses to build elsewhere, because its
+//! durability argument relies on LMDB's `fsync` semantics there (see `docs/design.md`).
+//!
 //! ## Limits
 //!
 //! Every limit is in [`StorageConfig`]: event size, batch size, map size. Stream id `u128::MAX`

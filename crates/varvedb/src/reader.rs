@@ -34,7 +34,7 @@ impl<E> ValidateEvent for E where
 /// Reads events of type `E` from a store.
 ///
 /// Every read takes a [`ReadTxn`] from [`Storage::read_txn`]; what it returns borrows from that
-/// snapshot. Reuse one transaction for many reads: beginning one costs about a microsecond.
+/// snapshot. Reuse one transaction for many reads rather than beginning one per read.
 pub struct Reader<E> {
     storage: Storage,
     _event: PhantomData<fn() -> E>,

@@ -27,7 +27,7 @@ fn now_ns() -> u64 {
 }
 
 /// Hashes stream ids for the committer's maps: one multiply-fold instead of SipHash, which
-/// showed as a quarter of a 1,000-stream commit. The maps are private to the committer and hold
+/// showed in profiles of many-stream commits (docs/performance.md). The maps are private to the committer and hold
 /// no attacker-chosen keys that could degrade them beyond what a caller's own appends cost.
 #[derive(Default, Clone, Copy)]
 struct StreamHasher(u64);

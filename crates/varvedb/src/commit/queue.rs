@@ -386,16 +386,25 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
     let mut heads = group::HeadCache::default();
     loop {
         let take = queue.take(events_max, answers.held.is_empty());
+        // Closed, or no handle left: the store is closing, so whoever waited for a held answer
+        // dropped it with its future. The store flushes what was committed once this thread
+        // has stopped, before its environment closes.
+        let group = match take {
+            Take::Group(group) => Some(group),
+            Take::Empty => None,
+            Take::Closed => {
+                answers.release();
+                answers.deliver();
+                return;
+            }
+        };
         let Some(storage) = store.upgrade() else {
-            // The store is closing and flushes what was committed itself; whoever waits for
-            // these answers has dropped its handle (a dropped future).
             answers.release();
             answers.deliver();
             return;
         };
-        let closed = matches!(take, Take::Closed);
-        match take {
-            Take::Group(mut group) => {
+        match group {
+            Some(mut group) => {
                 let flush_requested = group.iter().any(Request::is_flush);
                 let committed = catch_unwind(AssertUnwindSafe(|| {
                     group::commit_group(&storage, &mut heads, &mut group)
@@ -433,7 +442,7 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
                     answers.release();
                 }
             }
-            Take::Empty | Take::Closed => {
+            None => {
                 if !answers.held.is_empty() {
                     answers.flush(&storage);
                 }
@@ -441,8 +450,5 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
         }
         drop(storage);
         answers.deliver();
-        if closed {
-            return;
-        }
     }
 }
