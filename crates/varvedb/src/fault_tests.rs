@@ -115,6 +115,14 @@ fn a_failed_flush_says_not_durable_and_refuses_a_plain_reopen() {
         .unwrap_err();
     assert!(matches!(refused, Error::Poisoned { .. }), "{refused:?}");
 
+    // While a handle of the failed store lives, there is nothing fresh to open.
+    let early = Storage::open_after_flush_failure(StorageConfig {
+        path: dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(matches!(early, Error::Poisoned { .. }), "{early:?}");
+
     // The page cache may hold what the disk does not: a plain reopen is refused.
     drop((writer, storage));
     let again = Storage::open(StorageConfig {

@@ -112,6 +112,15 @@ impl Storage {
             lock(&FLUSH_FAILED).remove(&path);
         }
         let storage = Self::open(config)?;
+        if storage.is_poisoned() {
+            // Handles of the failed store are still open: this is that store, not a fresh one.
+            let reason = format!(
+                "handles of this store are still open after its failure ({}); drop every one of them first",
+                storage.poison_reason().unwrap_or_default()
+            );
+            mark_flush_failed(storage.path());
+            return Err(Error::Poisoned { reason });
+        }
         let report = storage.verify()?;
         if let Some(problem) = report.problems.first() {
             let path = storage.path().to_path_buf();
