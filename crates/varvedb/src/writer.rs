@@ -191,7 +191,10 @@ impl<E: SerializeEvent> Writer<E> {
     fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
         // A poisoned store refuses at once, without a trip through the queue.
         self.storage.check_writable()?;
-        Committer::of(&self.storage)?.queue().submit(appends)
+        let holds_snapshot = self.storage.held_by_current_thread();
+        Committer::of(&self.storage)?
+            .queue()
+            .submit(appends, holds_snapshot)
     }
 
     async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {

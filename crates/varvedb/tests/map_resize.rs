@@ -195,3 +195,52 @@ fn a_thread_holding_a_snapshot_opens_more_while_growth_waits() {
     assert_eq!(appended.len(), 2000);
     assert!(storage.stats().unwrap().map_bytes > 1 << 20);
 }
+
+#[test]
+fn an_appender_holding_a_snapshot_is_told_at_once_and_others_wait_for_the_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 1 << 30,
+        resize_wait_ms_max: 60_000,
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    writer
+        .append(1, ExpectedVersion::NoStream, &kib(0))
+        .unwrap();
+    let batch: Vec<Deposited> = (0..2000).map(kib).collect();
+
+    // The optimistic pattern: read the version, append while the snapshot is still open. The
+    // append needs the map to grow, which waits for that very snapshot.
+    let txn = storage.read_txn().unwrap();
+    let version = storage.stream_version(&txn, 2).unwrap();
+    let started = Instant::now();
+    let err = writer
+        .append_batch(2, ExpectedVersion::Exact(version), &batch)
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the appender waited {:?} for its own snapshot",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::ResizeBlocked { .. }), "{err:?}");
+    assert_eq!(err.written(), varvedb::Written::No);
+
+    // Another thread's append in the same situation waits for the growth instead of failing,
+    // and lands once the snapshot is gone.
+    let other = {
+        let writer = writer.clone();
+        let batch = batch.clone();
+        std::thread::spawn(move || writer.append_batch(3, ExpectedVersion::NoStream, &batch))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    drop(txn);
+    assert_eq!(other.join().unwrap().unwrap().len(), 2000);
+    // Without the snapshot, the first append goes through.
+    writer
+        .append_batch(2, ExpectedVersion::Exact(version), &batch)
+        .unwrap();
+}

@@ -274,9 +274,10 @@ pub(crate) fn commit_group(
     storage: &Storage,
     cache: &mut HeadCache,
     group: &mut [Request],
+    resize_wait: std::time::Duration,
 ) -> (Vec<Outcome>, bool) {
     let inline_max = storage.inline_record_max();
-    let written = storage.write(|wtxn, dbs| {
+    let written = storage.write(resize_wait, |wtxn, dbs| {
         let mut seq = crate::storage::last_seq(dbs, wtxn)?;
         if seq != cache.last_seq {
             // Someone else appended (or this is the first group): the cache may be stale.

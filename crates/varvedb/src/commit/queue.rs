@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
 
 use super::group;
 use super::{StreamAppend, lock};
@@ -119,6 +120,9 @@ impl Drop for Reply {
 pub(crate) struct Request {
     pub(crate) appends: Vec<StreamAppend>,
     reply: Reply,
+    /// The appending thread holds a snapshot of the store while it waits: a growth of the map
+    /// would wait for that snapshot, and so for this append's own answer.
+    holds_snapshot: bool,
 }
 
 impl Request {
@@ -168,7 +172,8 @@ pub(crate) struct CommitQueue {
 
 impl CommitQueue {
     /// Queues `appends` and blocks the calling thread until they are committed (or fail).
-    pub(crate) fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
+    /// `holds_snapshot`: the calling thread holds a snapshot of the store.
+    pub(crate) fn submit(&self, appends: Vec<StreamAppend>, holds_snapshot: bool) -> Outcome {
         let slot = {
             let mut state = lock(&self.state);
             if let Some(refusal) = state.refusal() {
@@ -182,6 +187,7 @@ impl CommitQueue {
             state.pending.push_back(Request {
                 appends,
                 reply: Reply::Sync(Arc::clone(&slot)),
+                holds_snapshot,
             });
             slot
         };
@@ -191,7 +197,7 @@ impl CommitQueue {
 
     /// Blocks until every append queued before this call is answered and durable.
     pub(crate) fn submit_flush(&self) -> Outcome {
-        self.submit(Vec::new())
+        self.submit(Vec::new(), false)
     }
 
     /// Queues `appends` for a task; the answer arrives on the returned receiver.
@@ -205,9 +211,11 @@ impl CommitQueue {
             if let Some(refusal) = state.refusal() {
                 return Err(refusal);
             }
+            // A task may hold a snapshot, but not pinned to this thread: not flagged.
             state.pending.push_back(Request {
                 appends,
                 reply: Reply::Async(Some(tx)),
+                holds_snapshot: false,
             });
         }
         self.wake.notify_one();
@@ -243,6 +251,14 @@ impl CommitQueue {
         // Appenders that arrive from now on wait on a fresh signal, woken with their own group.
         state.forming = Arc::default();
         Take::Group(group)
+    }
+
+    /// Puts requests back at the front of the queue, in their order, for the next group.
+    fn requeue_front(&self, requests: Vec<Request>) {
+        let mut state = lock(&self.state);
+        for request in requests.into_iter().rev() {
+            state.pending.push_front(request);
+        }
     }
 
     pub(crate) fn shutdown(&self) {
@@ -379,6 +395,11 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     }
 }
 
+/// Whether a group failed because the map could not grow while readers stayed.
+fn blocked(outcomes: &[Outcome]) -> bool {
+    matches!(outcomes.first(), Some(Err(Error::ResizeBlocked { .. })))
+}
+
 /// The committer thread's loop.
 pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
     let _kill = KillOnExit(queue);
@@ -406,8 +427,16 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
         match group {
             Some(mut group) => {
                 let flush_requested = group.iter().any(Request::is_flush);
+                // An appender that holds a snapshot cannot wait for a growth that waits for
+                // that snapshot: when one is in the group, growth does not wait for readers.
+                let holders = group.iter().any(|r| r.holds_snapshot);
+                let resize_wait = if holders {
+                    Duration::ZERO
+                } else {
+                    storage.resize_wait()
+                };
                 let committed = catch_unwind(AssertUnwindSafe(|| {
-                    group::commit_group(&storage, &mut heads, &mut group)
+                    group::commit_group(&storage, &mut heads, &mut group, resize_wait)
                 }));
                 let (outcomes, wrote) = committed.unwrap_or_else(|panic| {
                     let reason = format!(
@@ -426,6 +455,18 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
                         .collect();
                     (unknown, false)
                 });
+                let (group, outcomes) = if holders && blocked(&outcomes) {
+                    // The holders get `ResizeBlocked` now, so that they can let go of their
+                    // snapshots; the others go back to the queue and wait for the growth.
+                    let (held, others): (Vec<_>, Vec<_>) = group
+                        .into_iter()
+                        .zip(outcomes)
+                        .partition(|(r, _)| r.holds_snapshot);
+                    queue.requeue_front(others.into_iter().map(|(r, _)| r).collect());
+                    held.into_iter().unzip()
+                } else {
+                    (group, outcomes)
+                };
                 let earlier_unflushed = !answers.held.is_empty();
                 if wrote {
                     // This commit's data flush also flushed the meta pages written before it.

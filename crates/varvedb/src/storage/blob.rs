@@ -308,19 +308,25 @@ mod tests {
             (refs.and_then(decode_refs), stored)
         };
         storage
-            .write(|wtxn, dbs| {
+            .write(storage.resize_wait(), |wtxn, dbs| {
                 put(dbs, wtxn, &r, &padded)?;
                 put(dbs, wtxn, &r, &padded).map(|()| ((), true))
             })
             .unwrap();
         assert_eq!(count(&storage), (Some((2, 5000)), true));
-        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
+        let left = storage.write(storage.resize_wait(), |wtxn, dbs| {
+            release(dbs, wtxn, &r.hash).map(|n| (n, true))
+        });
         assert_eq!(left.unwrap(), 1);
         assert_eq!(count(&storage), (Some((1, 5000)), true));
-        let left = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
+        let left = storage.write(storage.resize_wait(), |wtxn, dbs| {
+            release(dbs, wtxn, &r.hash).map(|n| (n, true))
+        });
         assert_eq!(left.unwrap(), 0);
         assert_eq!(count(&storage), (None, false));
-        let again = storage.write(|wtxn, dbs| release(dbs, wtxn, &r.hash).map(|n| (n, true)));
+        let again = storage.write(storage.resize_wait(), |wtxn, dbs| {
+            release(dbs, wtxn, &r.hash).map(|n| (n, true))
+        });
         assert!(matches!(again, Err(Error::CorruptBlob { .. })));
     }
 

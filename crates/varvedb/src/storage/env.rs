@@ -261,7 +261,12 @@ impl Storage {
 
     /// Grows the map for an append that found it full. Before growing, clears the reader slots
     /// of dead processes once: they pin freed pages, and clearing them may make room.
-    pub(super) fn grow(&self, w: &MutexGuard<'_, ()>, cleared_once: &mut bool) -> Result<()> {
+    pub(super) fn grow(
+        &self,
+        w: &MutexGuard<'_, ()>,
+        cleared_once: &mut bool,
+        wait: Duration,
+    ) -> Result<()> {
         if !*cleared_once {
             *cleared_once = true;
             if self.inner.env.clear_stale_readers().lmdb()? > 0 {
@@ -277,18 +282,18 @@ impl Storage {
             });
         }
         let target = round_map_bytes(current.saturating_mul(2)).min(max);
-        self.resize_locked(w, target, Waiter::Append)
+        self.resize_locked(w, target, Waiter::Append, wait)
     }
 
-    /// Resizes the map (0: adopt the size another process set), waiting for this process's
-    /// readers to leave. Requires the write lock.
+    /// Resizes the map (0: adopt the size another process set), waiting up to `wait` for this
+    /// process's readers to leave. Requires the write lock.
     pub(super) fn resize_locked(
         &self,
         _w: &MutexGuard<'_, ()>,
         bytes: usize,
         waiter: Waiter,
+        wait: Duration,
     ) -> Result<()> {
-        let wait = Duration::from_millis(self.inner.config.resize_wait_ms_max);
         // A thread that holds a snapshot would wait for itself: it gets its error at once.
         let wait = if self.inner.gate.held_by_current_thread() {
             Duration::ZERO

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::ThreadId;
+use std::time::Duration;
 
 use heed::{MdbError, RoTxn, RwTxn, WithoutTls};
 
@@ -86,7 +87,7 @@ impl Storage {
                     drop(guard);
                     // Another process grew the map: adopt its size, then try again.
                     let w = lock(&self.inner.write_lock);
-                    self.resize_locked(&w, 0, Waiter::Read)?;
+                    self.resize_locked(&w, 0, Waiter::Read, self.resize_wait())?;
                 }
                 Err(e) => return Err(Error::lmdb(e)),
             }
@@ -103,11 +104,13 @@ impl Storage {
     /// meta page for the next flush ([`sync`](Self::sync), or the next commit's).
     ///
     /// `f` may run more than once: when the map is full, the transaction is aborted, the map
-    /// grows (up to `map_bytes_max`) and `f` runs again on a fresh transaction. A failed commit
+    /// grows (up to `map_bytes_max`, waiting at most `resize_wait` for this process's readers)
+    /// and `f` runs again on a fresh transaction. A failed commit
     /// other than a full map poisons the store for appends and is
     /// [`Error::OutcomeUnknown`]: LMDB may have written part of it.
     pub(crate) fn write<T>(
         &self,
+        resize_wait: Duration,
         mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<(T, bool)>,
     ) -> Result<T> {
         let w = lock(&self.inner.write_lock);
@@ -117,7 +120,7 @@ impl Storage {
             let mut wtxn = match self.inner.env.write_txn() {
                 Ok(t) => t,
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
-                    self.resize_locked(&w, 0, Waiter::Append)?;
+                    self.resize_locked(&w, 0, Waiter::Append, resize_wait)?;
                     continue;
                 }
                 Err(e) => return Err(Error::lmdb(e)),
@@ -126,7 +129,7 @@ impl Storage {
                 Ok(v) => v,
                 Err(e) if e.is_map_full() => {
                     drop(wtxn);
-                    self.grow(&w, &mut cleared)?;
+                    self.grow(&w, &mut cleared, resize_wait)?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -142,7 +145,9 @@ impl Storage {
                     self.grow_early(&w);
                     return Ok(value);
                 }
-                Err(heed::Error::Mdb(MdbError::MapFull)) => self.grow(&w, &mut cleared)?,
+                Err(heed::Error::Mdb(MdbError::MapFull)) => {
+                    self.grow(&w, &mut cleared, resize_wait)?;
+                }
                 Err(e) => {
                     let reason = format!("the commit failed: {e}");
                     self.refuse(health::WRITES_REFUSED, reason.clone());
@@ -244,6 +249,17 @@ impl Storage {
             return Err(self.poisoned_error());
         }
         Ok(())
+    }
+
+    /// How long a resize waits for readers: `StorageConfig::resize_wait_ms_max`.
+    pub(crate) fn resize_wait(&self) -> Duration {
+        Duration::from_millis(self.inner.config.resize_wait_ms_max)
+    }
+
+    /// Whether the calling thread holds a snapshot of this store (it began a `ReadTxn` that is
+    /// still open).
+    pub(crate) fn held_by_current_thread(&self) -> bool {
+        self.inner.gate.held_by_current_thread()
     }
 
     /// Whether commits leave their meta page unflushed for the next flush (`Durability::Sync`,
