@@ -3,7 +3,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// A money movement on an account, with a correlation id and a short free-text note.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 pub struct BenchEvent {
     /// The account it belongs to.
     pub account: u64,

@@ -7,7 +7,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Result, Storage, StorageConfig, Writer};
 
 /// The events of one bank account.
-#[derive(Archive, Serialize, Deserialize, Debug)]
+#[derive(Archive, Serialize, Deserialize, Debug, varvedb::Event)]
 enum Account {
     Opened { owner: String },
     Deposited { cents: u64, note: String },

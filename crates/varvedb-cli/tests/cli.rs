@@ -67,7 +67,7 @@ fn stats_on_a_missing_store_fails_cleanly() {
     assert!(!missing.exists(), "stats must not create a store");
 }
 
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
 struct Attachment {
     bytes: Vec<u8>,
 }

@@ -12,7 +12,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rkyv::{Archive, Serialize};
 use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
-#[derive(Archive, Serialize)]
+#[derive(Archive, Serialize, varvedb::Event)]
 struct Doc {
     body: Vec<u8>,
 }

@@ -6,7 +6,7 @@ use std::error::Error as StdError;
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
-#[derive(Archive, Serialize, Deserialize, Debug)]
+#[derive(Archive, Serialize, Deserialize, Debug, varvedb::Event)]
 enum Account {
     Deposited(u64),
     Withdrawn(u64),

@@ -1,4 +1,4 @@
-//! The write probe behind the figures in docs/design.md and the performance notes.
+//! The write probe behind the figures in docs/performance.md.
 //!
 //! ```sh
 //! cargo run --release -p varvedb --example write_probe -- writers [threads]       # 6,400 single appends
@@ -16,6 +16,10 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use varvedb::{Durability, ExpectedVersion, Storage, StorageConfig, Writer};
+
+/// The probe's event: a string.
+#[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event, Clone)]
+struct Note(String);
 
 fn xorshift(s: &mut u64) -> u64 {
     *s ^= *s << 13;
@@ -43,8 +47,8 @@ fn main() {
         ..Default::default()
     })
     .unwrap();
-    let writer = Writer::<String>::new(storage.clone());
-    let event = "x".repeat(120);
+    let writer = Writer::<Note>::new(storage.clone());
+    let event = Note("x".repeat(120));
     let (events, seconds) = match mode.as_str() {
         "writers" => {
             let threads = number.unwrap_or(64) as usize;
@@ -103,7 +107,7 @@ fn main() {
                         (stream, *v - 1)
                     })
                     .collect();
-                let appends: Vec<(u128, ExpectedVersion, &[String])> = items
+                let appends: Vec<(u128, ExpectedVersion, &[Note])> = items
                     .iter()
                     .map(|(s, v)| (*s, ExpectedVersion::Exact(*v), &one[..]))
                     .collect();
@@ -115,12 +119,12 @@ fn main() {
             let kib = number.unwrap_or(10) as usize;
             let mut rng = 7u64;
             // Distinct payloads: each event its own bytes, as in the harness's (h) rows.
-            let batches: Vec<Vec<String>> = (0..120)
+            let batches: Vec<Vec<Note>> = (0..120)
                 .map(|_| {
                     (0..100)
                         .map(|_| {
                             let seed = xorshift(&mut rng);
-                            format!("{seed:016x}").repeat(kib * 64)
+                            Note(format!("{seed:016x}").repeat(kib * 64))
                         })
                         .collect()
                 })

@@ -57,6 +57,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// The event was stored as another type than the reader's: nothing was read. Iterators
+    /// report it and move on to the next event.
+    #[error("event at sequence {seq} is a {found}, not a {expected}")]
+    TypeMismatch {
+        /// The global sequence number of the event.
+        seq: u64,
+        /// The types the reader accepts (`Name vN`, or `Enum { A v1, B v2 }`).
+        expected: String,
+        /// The type the event was stored as (`Name vN`, or `Enum::Variant vN`).
+        found: String,
+    },
+
+    /// An entry of the store's event-type table is damaged or missing.
+    #[error("corrupt event type {id}: {reason}")]
+    CorruptType {
+        /// The type id (0 when the damaged entry is not one id's).
+        id: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// An event type's name is empty or too long (an `Event` implemented by hand). Nothing was
+    /// written.
+    #[error("invalid event type {name:?}: {reason}")]
+    InvalidEventType {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The record is intact but its payload is not a valid archive of the requested event type.
     /// This usually means the reader's type differs from the type the event was written with.
     #[error("event at sequence {seq} is not a valid {type_name}: {reason}")]

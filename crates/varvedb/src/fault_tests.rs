@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::{Error, ExpectedVersion, Storage, StorageConfig, Writer, Written};
 
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, varvedb::Event)]
 struct Ev {
     n: u64,
 }
@@ -174,17 +174,20 @@ fn flush_answers_held_appends_and_flushes_a_nosync_store() {
     assert!(matches!(e, Error::NotDurable { .. }), "{e:?}");
 }
 
+#[derive(rkyv::Archive, rkyv::Serialize, crate::Event)]
+struct Bytes(Vec<u8>);
+
 #[test]
 fn async_appends_hash_large_payloads_off_the_runtime_thread() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
-    let writer = Writer::<Vec<u8>>::new(storage.clone());
+    let writer = Writer::<Bytes>::new(storage.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let big = vec![7u8; crate::ASYNC_HASH_OFFLOAD_BYTES * 2];
-    let small = vec![7u8; 2048];
+    let big = Bytes(vec![7u8; crate::ASYNC_HASH_OFFLOAD_BYTES * 2]);
+    let small = Bytes(vec![7u8; 2048]);
     let runtime_thread = std::thread::current().id();
     runtime.block_on(async {
         crate::writer::HASHED_ON.with(|t| t.set(None));
@@ -205,10 +208,10 @@ fn async_appends_hash_large_payloads_off_the_runtime_thread() {
         );
     });
     let txn = storage.read_txn().unwrap();
-    let e = crate::Reader::<Vec<u8>>::new(storage.clone())
+    let e = crate::Reader::<Bytes>::new(storage.clone())
         .get(&txn, 1)
         .unwrap()
         .unwrap();
     assert!(e.is_blob());
-    assert_eq!(e.len(), big.len());
+    assert_eq!(e.0.len(), big.0.len());
 }

@@ -22,7 +22,7 @@
 //! ```
 //! use varvedb::{Storage, StorageConfig, Writer, Reader, ExpectedVersion, Error};
 //!
-//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug)]
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
 //! struct Deposited { account: u64, amount: u64, note: String }
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -87,8 +87,13 @@ compile_error!(
 
 // Layers, each importing only from those below it:
 // writer, reader → commit → storage → config, error, expected.
+// `#[derive(Event)]` names `::varvedb`; in this crate's own tests that is the crate itself.
+#[cfg(test)]
+extern crate self as varvedb;
+
 mod commit;
 mod config;
+mod envelope;
 mod error;
 mod expected;
 #[cfg(test)]
@@ -98,6 +103,7 @@ mod storage;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
+pub use envelope::{EVENT_NAME_BYTES_MAX, Event, EventType};
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
@@ -105,6 +111,8 @@ pub use storage::{
     FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, Stats, Storage, VERIFY_PROBLEMS_MAX,
     VerifyPhase, VerifyProgress, VerifyReport,
 };
+/// `#[derive(Event)]`: see [`Event`].
+pub use varvedb_derive::Event;
 pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID, SerializeEvent, Writer};
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
@@ -119,12 +127,16 @@ pub mod __bench {
 
     /// What an append does outside the commit: serialize `event` behind a header placeholder,
     /// digest the payload, pad; then what the commit adds: the sealed header. Returns the record.
-    pub fn encode<E: SerializeEvent>(event: &E, version: u32) -> crate::Result<Vec<u8>> {
+    pub fn encode<E: SerializeEvent + crate::Event>(
+        event: &E,
+        version: u32,
+    ) -> crate::Result<Vec<u8>> {
         let mut prepared = crate::writer::prepare(event, usize::MAX, usize::MAX)?;
         let header = RecordHeader {
             flags: 0,
             stream_id: 7,
             version,
+            type_id: 1,
             timestamp_ns: 1,
             links: Links {
                 prev: u64::from(version.saturating_sub(1)),

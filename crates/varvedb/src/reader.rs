@@ -3,6 +3,8 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Bound, Deref};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use heed::RoTxn;
 use rkyv::api::high::{HighDeserializer, HighValidator};
@@ -11,11 +13,12 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
+use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::storage::chain::Found;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
-use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys};
+use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys, types};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
 pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
@@ -37,6 +40,8 @@ impl<E> ValidateEvent for E where
 /// snapshot. Reuse one transaction for many reads rather than beginning one per read.
 pub struct Reader<E> {
     storage: Storage,
+    /// Which of the store's event type ids this reader accepts, learnt as it reads.
+    memo: Arc<TypeMemo>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -44,9 +49,73 @@ impl<E> Clone for Reader<E> {
     fn clone(&self) -> Self {
         Reader {
             storage: self.storage.clone(),
+            memo: Arc::clone(&self.memo),
             _event: PhantomData,
         }
     }
+}
+
+/// What a reader has learnt of a store's event type ids: for each id, whether its type is one
+/// of the reader's, and which. A few slots, filled as ids are met, so that checking an event's
+/// type costs a compare, not a lookup. Ids never change once committed, so nothing goes stale.
+#[derive(Default)]
+struct TypeMemo {
+    /// `id << 32 | state`; state 0: empty, `REJECTED`, or the index in `E::TYPES` plus 1.
+    slots: [AtomicU64; 8],
+}
+
+const REJECTED: u64 = 0xffff_ffff;
+
+impl TypeMemo {
+    /// The index in `E::TYPES` of the type with id `type_id`, or `TypeMismatch`.
+    fn check<E: Event>(&self, dbs: &Dbs, txn: &RoTxn<'_>, seq: u64, type_id: u32) -> Result<u16> {
+        let slot = &self.slots[type_id as usize % self.slots.len()];
+        let known = slot.load(Ordering::Relaxed);
+        if known != 0 && (known >> 32) as u32 == type_id && known as u32 as u64 != REJECTED {
+            return Ok((known as u32 - 1) as u16);
+        }
+        let found = types::resolve(dbs, txn, type_id)?.ok_or_else(|| {
+            Error::corrupt(
+                seq,
+                format!("the record names event type {type_id}, which the store does not have"),
+            )
+        })?;
+        let index = (found.container == E::CONTAINER)
+            .then(|| {
+                E::TYPES
+                    .iter()
+                    .position(|t| t.name == found.name && t.version == found.version)
+            })
+            .flatten()
+            .and_then(|i| u16::try_from(i).ok());
+        match index {
+            Some(i) => {
+                slot.store(
+                    u64::from(type_id) << 32 | u64::from(i + 1),
+                    Ordering::Relaxed,
+                );
+                Ok(i)
+            }
+            None => {
+                slot.store(u64::from(type_id) << 32 | REJECTED, Ordering::Relaxed);
+                Err(Error::TypeMismatch {
+                    seq,
+                    expected: expected_types::<E>(),
+                    found: found.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// What a reader of `E` accepts, for [`Error::TypeMismatch`].
+fn expected_types<E: Event>() -> String {
+    let one = |t: &crate::EventType| format!("{} v{}", t.name, t.version);
+    if E::CONTAINER.is_empty() && E::TYPES.len() == 1 {
+        return one(&E::TYPES[0]);
+    }
+    let list: Vec<String> = E::TYPES.iter().map(one).collect();
+    format!("{} {{ {} }}", E::CONTAINER, list.join(", "))
 }
 
 impl<E> fmt::Debug for Reader<E> {
@@ -74,7 +143,7 @@ enum Payload<'t> {
 ///
 /// ```compile_fail
 /// use varvedb::{EventRef, Reader, Storage};
-/// #[derive(rkyv::Archive, rkyv::Serialize)]
+/// #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
 /// struct Event { x: u64 }
 ///
 /// fn escape(storage: &Storage, reader: &Reader<Event>) -> EventRef<'static, Event> {
@@ -88,6 +157,8 @@ pub struct EventRef<'t, E: Archive> {
     payload: Payload<'t>,
     /// The BLAKE3 hash of a payload served from the blob store.
     blob: Option<[u8; blob::HASH_LEN]>,
+    /// The event's type: its index in `E::TYPES`.
+    type_index: u16,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -98,6 +169,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
         header: RecordHeader,
         bytes: &'t [u8],
         blob: Option<[u8; blob::HASH_LEN]>,
+        type_index: u16,
     ) -> Result<Self> {
         let payload = if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
             Payload::Mapped(bytes)
@@ -111,6 +183,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
             header,
             payload,
             blob,
+            type_index,
             _event: PhantomData,
         };
         rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| {
@@ -138,6 +211,26 @@ impl<E: Archive> EventRef<'_, E> {
     /// The event's version within its stream (from 1).
     pub fn version(&self) -> u32 {
         self.header.version
+    }
+
+    /// The event's type name, as stored (`#[event(name)]`, or the variant's for an enum).
+    pub fn event_type(&self) -> &'static str
+    where
+        E: Event,
+    {
+        E::TYPES
+            .get(usize::from(self.type_index))
+            .map_or("", |t| t.name)
+    }
+
+    /// The event's schema version, as stored: for upcasting an older layout.
+    pub fn event_version(&self) -> u16
+    where
+        E: Event,
+    {
+        E::TYPES
+            .get(usize::from(self.type_index))
+            .map_or(0, |t| t.version)
     }
 
     /// The commit time, in nanoseconds since the Unix epoch, as stored in the record header
@@ -224,23 +317,27 @@ impl<E: Archive> fmt::Debug for EventRef<'_, E> {
 
 /// The event of the record `value` at `seq`: its payload from the record, or from the blob store
 /// when the record holds a blob reference.
-fn event_at<'t, E: ValidateEvent>(
+/// The event's type is checked first: an event of another type is `TypeMismatch`, and its
+/// payload is not touched.
+fn event_at<'t, E: ValidateEvent + Event>(
     dbs: &Dbs,
     txn: &'t RoTxn<'_>,
+    memo: &TypeMemo,
     seq: u64,
     value: &'t [u8],
 ) -> Result<EventRef<'t, E>> {
     let (header, body) = storage::record::decode(seq, value)?;
+    let type_index = memo.check::<E>(dbs, txn, seq, header.type_id)?;
     if header.flags & blob::FLAG_BLOB == 0 {
-        return EventRef::new(seq, header, body, None);
+        return EventRef::new(seq, header, body, None, type_index);
     }
     let reference = blob::BlobRef::decode(body)
         .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
     let payload = blob::get(dbs, txn, seq, &reference)?;
-    EventRef::new(seq, header, payload, Some(reference.hash))
+    EventRef::new(seq, header, payload, Some(reference.hash), type_index)
 }
 
-impl<E: ValidateEvent> Reader<E> {
+impl<E: ValidateEvent + Event> Reader<E> {
     /// A reader of `E` events from `storage`.
     ///
     /// `E`'s archived form must not need more than 16-byte alignment ([`MAX_EVENT_ALIGN`]); this
@@ -254,6 +351,7 @@ impl<E: ValidateEvent> Reader<E> {
         }
         Reader {
             storage,
+            memo: Arc::default(),
             _event: PhantomData,
         }
     }
@@ -269,7 +367,7 @@ impl<E: ValidateEvent> Reader<E> {
         let dbs = self.storage.dbs();
         match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
-            Some(value) => event_at(dbs, txn.raw(), seq, value).map(Some),
+            Some(value) => event_at(dbs, txn.raw(), &self.memo, seq, value).map(Some),
         }
     }
 
@@ -291,7 +389,7 @@ impl<E: ValidateEvent> Reader<E> {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        event_at(dbs, txn.raw(), found.seq, found.record).map(Some)
+        event_at(dbs, txn.raw(), &self.memo, found.seq, found.record).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -312,7 +410,7 @@ impl<E: ValidateEvent> Reader<E> {
         stream_id: u128,
         from_version: u32,
     ) -> StreamIter<'t, E> {
-        StreamIter::new(&self.storage, txn, stream_id, from_version, false)
+        StreamIter::new(self, txn, stream_id, from_version, false)
     }
 
     /// The events of `stream_id` from `from_version` down to version 1, newest first.
@@ -323,7 +421,7 @@ impl<E: ValidateEvent> Reader<E> {
         stream_id: u128,
         from_version: u32,
     ) -> StreamIter<'t, E> {
-        StreamIter::new(&self.storage, txn, stream_id, from_version, true)
+        StreamIter::new(self, txn, stream_id, from_version, true)
     }
 
     /// Every event from global sequence `from_seq` on, in global order.
@@ -339,6 +437,7 @@ impl<E: ValidateEvent> Reader<E> {
         AllIter {
             dbs,
             txn: txn.raw(),
+            memo: Arc::clone(&self.memo),
             state: IterState::from(cursor),
             _event: PhantomData,
         }
@@ -414,6 +513,7 @@ pub struct StreamIter<'t, E> {
     /// Forwards: the located events of the current chunk, the next one last.
     chunk: Vec<(u64, &'t [u8])>,
     error: Option<Error>,
+    memo: Arc<TypeMemo>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -429,14 +529,15 @@ impl<E> fmt::Debug for StreamIter<'_, E> {
     }
 }
 
-impl<'t, E: ValidateEvent> StreamIter<'t, E> {
+impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
     fn new(
-        storage: &Storage,
+        reader: &Reader<E>,
         txn: &'t ReadTxn,
         stream_id: u128,
         from_version: u32,
         backwards: bool,
     ) -> Self {
+        let storage = &reader.storage;
         let mut iter = StreamIter {
             dbs: *storage.dbs(),
             txn: txn.raw(),
@@ -448,6 +549,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
             backwards,
             chunk: Vec::new(),
             error: None,
+            memo: Arc::clone(&reader.memo),
             _event: PhantomData,
         };
         let head = storage
@@ -518,7 +620,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
 
     fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
         if let Some((seq, record)) = self.chunk.pop() {
-            return Some(event_at(&self.dbs, self.txn, seq, record));
+            return Some(event_at(&self.dbs, self.txn, &self.memo, seq, record));
         }
         if self.next == 0 || self.next > self.head.0 {
             return None;
@@ -531,7 +633,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
             Ok(()) => self
                 .chunk
                 .pop()
-                .map(|(seq, record)| event_at(&self.dbs, self.txn, seq, record)),
+                .map(|(seq, record)| event_at(&self.dbs, self.txn, &self.memo, seq, record)),
             Err(e) => {
                 // Skip what could not be located; later chunks are reached from the head.
                 self.chunk.clear();
@@ -548,7 +650,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
         match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
             Ok((record, links)) => {
                 (self.next, self.next_seq) = (version - 1, links.prev);
-                Some(event_at(&self.dbs, self.txn, seq, record))
+                Some(event_at(&self.dbs, self.txn, &self.memo, seq, record))
             }
             Err(e) => {
                 // Without this record's links the rest of the stream cannot be reached.
@@ -559,7 +661,7 @@ impl<'t, E: ValidateEvent> StreamIter<'t, E> {
     }
 }
 
-impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
+impl<'t, E: ValidateEvent + Event> Iterator for StreamIter<'t, E> {
     type Item = Result<EventRef<'t, E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -582,6 +684,7 @@ impl<'t, E: ValidateEvent> Iterator for StreamIter<'t, E> {
 pub struct AllIter<'t, E> {
     dbs: Dbs,
     txn: &'t RoTxn<'static, heed::WithoutTls>,
+    memo: Arc<TypeMemo>,
     state: IterState<'t>,
     _event: PhantomData<fn() -> E>,
 }
@@ -594,7 +697,7 @@ impl<E> fmt::Debug for AllIter<'_, E> {
     }
 }
 
-impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {
+impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
     type Item = Result<EventRef<'t, E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -608,6 +711,6 @@ impl<'t, E: ValidateEvent> Iterator for AllIter<'t, E> {
                 format!("malformed events-log key {key:02x?}"),
             )));
         };
-        Some(event_at(&self.dbs, self.txn, seq, value))
+        Some(event_at(&self.dbs, self.txn, &self.memo, seq, value))
     }
 }

@@ -10,11 +10,13 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
 use crate::commit::{Blob, Committer, Outcome, Prepared, StreamAppend};
+use crate::envelope::{EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::Storage;
 use crate::storage::blob::{self, BlobRef};
 use crate::storage::record::{self, HEADER_LEN};
+use crate::storage::types::TypeKey;
 
 /// The stream id reserved for VarveDB's own use.
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
@@ -64,7 +66,7 @@ impl<E> fmt::Debug for Writer<E> {
 /// blocking pool by the `_async` appends, so that a runtime thread never spends long on them.
 pub const ASYNC_HASH_OFFLOAD_BYTES: usize = 64 << 10;
 
-impl<E: SerializeEvent> Writer<E> {
+impl<E: SerializeEvent + Event> Writer<E> {
     /// A writer of `E` events into `storage`.
     pub fn new(storage: Storage) -> Self {
         Writer {
@@ -307,10 +309,41 @@ thread_local! {
 pub(crate) struct Serialized {
     buffer: AlignedVec,
     payload_len: usize,
+    event_type: TypeKey<'static>,
+}
+
+/// The type `event` is stored as; a hand-written `Event` with an empty or over-long name is
+/// refused.
+fn event_type<E: Event>(event: &E) -> Result<TypeKey<'static>> {
+    let key = TypeKey {
+        container: E::CONTAINER,
+        name: event.event_type(),
+        version: event.event_version(),
+    };
+    let bad = |name: &str, reason: String| {
+        Err(Error::InvalidEventType {
+            name: name.into(),
+            reason,
+        })
+    };
+    if key.name.is_empty() || key.name.len() > EVENT_NAME_BYTES_MAX {
+        return bad(
+            key.name,
+            format!("a name is 1 to {EVENT_NAME_BYTES_MAX} bytes long"),
+        );
+    }
+    if key.container.len() > EVENT_NAME_BYTES_MAX {
+        return bad(
+            key.container,
+            format!("a container name is at most {EVENT_NAME_BYTES_MAX} bytes long"),
+        );
+    }
+    Ok(key)
 }
 
 /// Serializes `event` right after a header placeholder; refuses it past `max` bytes.
-pub(crate) fn serialize<E: SerializeEvent>(event: &E, max: usize) -> Result<Serialized> {
+pub(crate) fn serialize<E: SerializeEvent + Event>(event: &E, max: usize) -> Result<Serialized> {
+    let event_type = event_type(event)?;
     let mut buf = AlignedVec::<16>::with_capacity(256);
     buf.extend_from_slice(&[0u8; HEADER_LEN]);
     // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
@@ -330,6 +363,7 @@ pub(crate) fn serialize<E: SerializeEvent>(event: &E, max: usize) -> Result<Seri
     Ok(Serialized {
         buffer,
         payload_len,
+        event_type,
     })
 }
 
@@ -344,6 +378,7 @@ pub(crate) fn finish(
     let Serialized {
         buffer: mut buf,
         payload_len,
+        event_type,
     } = serialized;
     if payload_len > blob_threshold {
         #[cfg(test)]
@@ -363,6 +398,8 @@ pub(crate) fn finish(
                 reference,
                 buffer: buf,
             }),
+            event_type,
+            type_id: 0,
         });
     }
     let digest = record::payload_digest(&buf[HEADER_LEN..]);
@@ -377,12 +414,14 @@ pub(crate) fn finish(
         digest,
         flags: 0,
         blob: None,
+        event_type,
+        type_id: 0,
     })
 }
 
 /// Serializes `event`, digests it and pads the record: everything of an append that happens
 /// outside the commit.
-pub(crate) fn prepare<E: SerializeEvent>(
+pub(crate) fn prepare<E: SerializeEvent + Event>(
     event: &E,
     max: usize,
     blob_threshold: usize,

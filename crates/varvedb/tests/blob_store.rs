@@ -8,13 +8,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
 /// An event whose archived form is exactly `N` bytes (a byte array has alignment 1).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Fixed<const N: usize> {
     bytes: [u8; N],
 }
 
 /// An event of any size: its archive is the bytes, padded to 4, then an 8-byte header.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Doc {
     body: Vec<u8>,
 }
@@ -177,7 +177,7 @@ fn the_empty_payload_and_the_configured_maximum_work_and_one_byte_more_is_refuse
         ..common::config(&dir)
     })
     .unwrap();
-    #[derive(Archive, Serialize, Deserialize)]
+    #[derive(Archive, Serialize, Deserialize, varvedb::Event)]
     struct Nothing;
     assert_eq!(archived_len(&Nothing), 0);
     let at = Writer::<Nothing>::new(storage.clone())

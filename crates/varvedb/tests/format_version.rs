@@ -67,7 +67,11 @@ fn an_unknown_format_is_refused_and_left_untouched() {
         matches!(err, Error::UnsupportedFormat { found, supported, .. } if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION),
         "{err}"
     );
-    assert!(err.to_string().contains("format version 2"), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("reads format version {FORMAT_VERSION}")),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("data.mdb")).unwrap(),
         before,
@@ -77,6 +81,19 @@ fn an_unknown_format_is_refused_and_left_untouched() {
     set_format(&dir, FORMAT_VERSION);
     let storage = Storage::open(config(&dir)).unwrap();
     assert_eq!(storage.stats().unwrap().events, 1);
+}
+
+#[test]
+fn an_older_format_is_refused_too() {
+    // Format 2 (before the event envelope) was never released: refused, not migrated.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&dir));
+    set_format(&dir, 2);
+    let err = Storage::open(config(&dir)).unwrap_err();
+    assert!(
+        matches!(err, Error::UnsupportedFormat { found: 2, .. }),
+        "{err}"
+    );
 }
 
 #[test]

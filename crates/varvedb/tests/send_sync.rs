@@ -29,7 +29,7 @@ fn error_is_send_sync_static() {
 }
 
 /// An event whose archived form is not `Debug`: handles over it must be `Debug` all the same.
-#[derive(rkyv::Archive, rkyv::Serialize)]
+#[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
 struct Opaque {
     n: u64,
 }

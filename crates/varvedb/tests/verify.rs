@@ -9,7 +9,7 @@ use heed::types::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, VerifyPhase, VerifyReport, Writer};
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 #[rkyv(derive(Debug))]
 struct Doc {
     tag: u64,

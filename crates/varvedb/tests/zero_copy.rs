@@ -8,14 +8,14 @@ use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{EventRef, ExpectedVersion, Reader, Storage, Writer};
 
 /// Alignment 1, odd sizes: shifts everything after it if the layout is careless.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Tiny {
     flag: u8,
     bytes: [u8; 3],
 }
 
 /// Alignment 16 in the archive.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Wide {
     id: u128,
     amount: u64,
@@ -23,7 +23,7 @@ struct Wide {
 }
 
 /// A vector of u128, with a variable length: a sweep over record sizes.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 struct Blobby {
     ids: Vec<u128>,
     text: String,

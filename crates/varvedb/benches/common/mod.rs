@@ -3,7 +3,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// A realistic event of about 150 bytes archived.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, varvedb::Event)]
 pub struct Deposited {
     pub account: u64,
     pub amount: u64,

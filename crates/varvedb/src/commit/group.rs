@@ -18,6 +18,7 @@ use crate::storage::blob;
 use crate::storage::chain::Spine;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{self, RecordHeader};
+use crate::storage::types::{self, TypeKey};
 use crate::storage::{Dbs, Storage, keys, stream_head};
 
 fn now_ns() -> u64 {
@@ -75,14 +76,23 @@ struct Head {
 pub(crate) struct HeadCache {
     last_seq: u64,
     map: StreamMap<(u32, u64, Spine)>,
+    /// The ids of the event types committed so far. A type's id never changes once committed,
+    /// so this is never dropped.
+    types: HashMap<TypeKey<'static>, u32>,
 }
 
 /// The most streams the cache remembers (a few tens of bytes each); past it, it starts over.
 const HEAD_CACHE_MAX: usize = 1 << 18;
 
 impl HeadCache {
-    /// Takes back the heads of a committed group.
-    fn adopt(&mut self, heads: StreamMap<Head>, last_seq: u64) {
+    /// Takes back the heads (and the new event types) of a committed group.
+    fn adopt(
+        &mut self,
+        heads: StreamMap<Head>,
+        types: Vec<(TypeKey<'static>, u32)>,
+        last_seq: u64,
+    ) {
+        self.types.extend(types);
         if self.map.len() + heads.len() > HEAD_CACHE_MAX {
             self.map.clear();
         }
@@ -100,9 +110,24 @@ impl HeadCache {
 struct Heads<'c> {
     map: StreamMap<Head>,
     cache: &'c mut HeadCache,
+    /// Event types interned by this group's transaction; the cache takes them after the commit.
+    new_types: Vec<(TypeKey<'static>, u32)>,
 }
 
 impl Heads<'_> {
+    /// The id of an event type, interning it in this transaction if the store has not seen it.
+    fn type_id(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>, key: TypeKey<'static>) -> Result<u32> {
+        if let Some(id) = self.cache.types.get(&key) {
+            return Ok(*id);
+        }
+        if let Some((_, id)) = self.new_types.iter().find(|(k, _)| *k == key) {
+            return Ok(*id);
+        }
+        let (id, _) = types::intern(dbs, wtxn, &key)?;
+        self.new_types.push((key, id));
+        Ok(id)
+    }
+
     fn get(&mut self, dbs: &Dbs, wtxn: &RwTxn<'_>, stream_id: u128) -> Result<&mut Head> {
         use std::collections::hash_map::Entry;
         match self.map.entry(stream_id) {
@@ -217,6 +242,9 @@ fn apply(
     let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
     for append in appends.iter_mut() {
         let stream_id = append.stream_id;
+        for event in &mut append.events {
+            event.type_id = heads.type_id(dbs, wtxn, event.event_type)?;
+        }
         let head = heads.get(dbs, wtxn, stream_id)?;
         let spine = match &mut head.spine {
             Some(spine) => spine,
@@ -240,6 +268,7 @@ fn apply(
                 flags: event.flags,
                 stream_id,
                 version: head.version,
+                type_id: event.type_id,
                 timestamp_ns,
                 links,
             };
@@ -291,6 +320,7 @@ pub(crate) fn commit_group(
                 Default::default(),
             ),
             cache,
+            new_types: Vec::new(),
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
@@ -325,11 +355,11 @@ pub(crate) fn commit_group(
             }
         }
         heads.write(dbs, wtxn)?;
-        Ok(((outcomes, heads.map, seq, wrote), wrote))
+        Ok(((outcomes, heads.map, heads.new_types, seq, wrote), wrote))
     });
     match written {
-        Ok((outcomes, heads, last_seq, wrote)) => {
-            cache.adopt(heads, last_seq);
+        Ok((outcomes, heads, types, last_seq, wrote)) => {
+            cache.adopt(heads, types, last_seq);
             (outcomes, wrote)
         }
         Err(e) => {

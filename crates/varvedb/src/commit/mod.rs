@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::expected::ExpectedVersion;
 use crate::storage::blob::BlobRef;
 use crate::storage::record;
+use crate::storage::types::TypeKey;
 use crate::storage::{Attached, Storage, WeakStorage};
 pub(crate) use queue::{CommitQueue, Outcome, committer_gone};
 
@@ -33,6 +34,10 @@ pub(crate) struct Prepared {
     pub(crate) flags: u8,
     /// The payload of a blob record, which the record only references.
     pub(crate) blob: Option<Blob>,
+    /// The event's type, as the writer's `Event` says.
+    pub(crate) event_type: TypeKey<'static>,
+    /// Its id in the store, set by the commit.
+    pub(crate) type_id: u32,
 }
 
 /// A payload bound for the blob store.

@@ -132,6 +132,9 @@ pub(super) fn open(
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_CURSORS))?;
             let keystore =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::KEYSTORE))?;
+            let types = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TYPES))?;
+            let type_ids =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TYPE_IDS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -144,11 +147,27 @@ pub(super) fn open(
                 None => meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?,
             }
             Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit((
-                events, heads, blobs, blob_refs, cursors, keystore, meta,
+                events,
+                heads,
+                blobs,
+                blob_refs,
+                cursors,
+                keystore,
+                (types, type_ids),
+                meta,
             )))
         })
         .map_err(OpenFail::into_error)?;
-    let CommitOrAbort::Commit((events, heads, blobs, blob_refs, cursors, keystore, meta)) = created;
+    let CommitOrAbort::Commit((
+        events,
+        heads,
+        blobs,
+        blob_refs,
+        cursors,
+        keystore,
+        (types, type_ids),
+        meta,
+    )) = created;
     let page_size = {
         let rtxn = env.read_txn().lmdb()?;
         events.stat(&rtxn).lmdb()?.page_size as usize
@@ -160,6 +179,8 @@ pub(super) fn open(
         blob_refs,
         cursors,
         keystore,
+        types,
+        type_ids,
         meta,
         page_size,
     };

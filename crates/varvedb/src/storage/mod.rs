@@ -20,6 +20,7 @@ pub(crate) mod record;
 mod registry;
 mod stats;
 mod txn;
+pub(crate) mod types;
 mod verify;
 
 use std::any::Any;
@@ -43,7 +44,7 @@ pub use txn::ReadTxn;
 pub use verify::{Problem, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport};
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// The meta key of the format version; its value is a little-endian `u32`.
 pub const META_FORMAT_KEY: &str = "format_version";
 
@@ -56,6 +57,8 @@ pub(crate) mod db_names {
     pub(crate) const CONSUMER_CURSORS: &str = "consumer_cursors";
     pub(crate) const KEYSTORE: &str = "keystore";
     pub(crate) const META: &str = "meta";
+    pub(crate) const TYPES: &str = "types";
+    pub(crate) const TYPE_IDS: &str = "type_ids";
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
@@ -77,6 +80,10 @@ pub(crate) struct Dbs {
     pub(crate) cursors: Raw,
     /// Stream → wrapped data key (used by encryption; created now so that the format is stable).
     pub(crate) keystore: Raw,
+    /// `u32 BE id` → event type key: each distinct type once (see [`types`]).
+    pub(crate) types: Raw,
+    /// Event type key → `u32 LE id`.
+    pub(crate) type_ids: Raw,
     /// `format_version` and other store-wide records.
     pub(crate) meta: Database<'static, Str, Bytes>,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).

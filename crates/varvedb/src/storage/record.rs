@@ -1,13 +1,13 @@
 //! The record format of the events log. `docs/design.md` draws it byte by byte.
 //!
 //! ```text
-//! 0   u8    record format (2)
+//! 0   u8    record format (3)
 //! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference); other bits are refused
 //! 2   u16   header length (64)
 //! 4   u32   payload length
 //! 8   u128  stream id
 //! 24  u32   version
-//! 28  u32   reserved, zero
+//! 28  u32   event type id (the `types` table; 1 and up)
 //! 32  u64   timestamp, unix nanoseconds
 //! 40  u64   prev: sequence of the stream's previous version (0 for version 1)
 //! 48  u64   jump: sequence of version `chain::jump_version(version)` (0 for version 1)
@@ -21,7 +21,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::blob::{FLAG_BLOB, REF_LEN};
 use crate::error::{Error, Result};
 
-pub(crate) const RECORD_FORMAT: u8 = 2;
+pub(crate) const RECORD_FORMAT: u8 = 3;
 pub(crate) const HEADER_LEN: usize = 64;
 /// Records are padded to this multiple, and payloads start at this alignment in the map.
 pub(crate) const RECORD_ALIGN: usize = 16;
@@ -33,6 +33,8 @@ pub(crate) struct RecordHeader {
     pub(crate) flags: u8,
     pub(crate) stream_id: u128,
     pub(crate) version: u32,
+    /// The event's type, interned in the `types` table (see [`types`](super::types)).
+    pub(crate) type_id: u32,
     pub(crate) timestamp_ns: u64,
     /// The stream chain: see [`chain`](super::chain).
     pub(crate) links: Links,
@@ -92,7 +94,7 @@ pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &Re
     h[4..8].copy_from_slice(&payload_len.to_le_bytes());
     h[8..24].copy_from_slice(&header.stream_id.to_le_bytes());
     h[24..28].copy_from_slice(&header.version.to_le_bytes());
-    h[28..32].copy_from_slice(&0u32.to_le_bytes());
+    h[28..32].copy_from_slice(&header.type_id.to_le_bytes());
     h[32..40].copy_from_slice(&header.timestamp_ns.to_le_bytes());
     h[40..48].copy_from_slice(&header.links.prev.to_le_bytes());
     h[48..56].copy_from_slice(&header.links.jump.to_le_bytes());
@@ -181,6 +183,7 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
                 .map_err(|_| Error::corrupt(seq, "stream id"))?,
         ),
         version: le_u32(record, 24),
+        type_id: le_u32(record, 28),
         timestamp_ns: le_u64(record, 32),
         links: Links {
             prev: le_u64(record, 40),
@@ -201,6 +204,7 @@ mod tests {
             flags: 0,
             stream_id: 7 << 100,
             version: 3,
+            type_id: 42,
             timestamp_ns: 99,
             links: Links { prev: 11, jump: 5 },
         };

@@ -4,7 +4,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{Storage, StorageConfig};
 
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 #[rkyv(derive(Debug))]
 pub struct Deposited {
     pub account: u64,

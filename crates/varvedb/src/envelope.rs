@@ -1,0 +1,75 @@
+//! The event envelope: what a record says about its event besides the payload. This file holds
+//! the [`Event`] trait (a type name and schema version, derived with `#[derive(Event)]`).
+//!
+//! A store keeps each distinct `(container, name, version)` once, in its `types` table, and a
+//! record carries its 32-bit id (see `docs/design.md`, "Event types"). A reader checks that id
+//! against its own type before it validates a payload, so a `Reader<Other>` never reads someone
+//! else's event as garbage: it gets [`Error::TypeMismatch`](crate::Error::TypeMismatch).
+
+/// One type an event may be stored as: a name and a schema version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventType {
+    /// The event's type name (`"OrderPlaced"`): what frameworks call the event type.
+    pub name: &'static str,
+    /// The schema version of that name, from 1: a new version for each change of the payload's
+    /// layout, so that a reader can upcast the older ones.
+    pub version: u16,
+}
+
+impl EventType {
+    /// An event type; `#[derive(Event)]` writes these.
+    pub const fn new(name: &'static str, version: u16) -> Self {
+        EventType { name, version }
+    }
+}
+
+/// An event type VarveDB can store: its type name and schema version.
+///
+/// Derive it: `#[derive(varvedb::Event)]`, with an optional `#[event(name = "..", version = N)]`
+/// (the default name is the type's ident, the default version 1).
+///
+/// ```
+/// #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+/// #[event(name = "OrderPlaced", version = 2)]
+/// struct OrderPlaced { order: u64, total_cents: u64 }
+///
+/// use varvedb::Event;
+/// let e = OrderPlaced { order: 1, total_cents: 990 };
+/// assert_eq!((e.event_type(), e.event_version()), ("OrderPlaced", 2));
+/// ```
+///
+/// **An enum of events** is one type for a whole log (a reader of the enum reads every event
+/// written as that enum), and each variant is its own event type: its ident, or its own
+/// `#[event(name, version)]`. An enum's events are archived as the enum, so they are read back
+/// through the enum; a `Reader` of one variant's payload struct gets
+/// [`Error::TypeMismatch`](crate::Error::TypeMismatch) for them. The enum's own name (its ident
+/// or `#[event(name)]` on the enum) is its container.
+///
+/// ```
+/// #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+/// enum Account {
+///     Opened { owner: String },
+///     #[event(name = "Deposited", version = 2)]
+///     Deposited { cents: u64 },
+/// }
+///
+/// use varvedb::Event;
+/// assert_eq!(Account::CONTAINER, "Account");
+/// assert_eq!(Account::Deposited { cents: 5 }.event_type(), "Deposited");
+/// assert_eq!(Account::TYPES.len(), 2);
+/// ```
+pub trait Event {
+    /// `""` for a struct; for an enum of events, the enum's name. Events of an enum are
+    /// archived as the enum, so a record knows which one it was written as.
+    const CONTAINER: &'static str;
+    /// Every type a value may be stored as (one for a struct, one per variant for an enum): what
+    /// a reader of this type accepts.
+    const TYPES: &'static [EventType];
+    /// The type name this value is stored as.
+    fn event_type(&self) -> &'static str;
+    /// The schema version this value is stored as.
+    fn event_version(&self) -> u16;
+}
+
+/// The longest event type name or container name, in bytes.
+pub const EVENT_NAME_BYTES_MAX: usize = 255;
