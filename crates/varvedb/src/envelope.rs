@@ -71,5 +71,98 @@ pub trait Event {
     fn event_version(&self) -> u16;
 }
 
+pub use crate::event_id::EventId;
+
 /// The longest event type name or container name, in bytes.
 pub const EVENT_NAME_BYTES_MAX: usize = 255;
+
+/// The most bytes an event's ids and metadata take in its record (64 KiB); past it an append is
+/// [`Error::MetadataTooLarge`](crate::Error::MetadataTooLarge).
+pub const ENVELOPE_BYTES_MAX: usize = crate::storage::envelope::ENVELOPE_BYTES_MAX;
+
+/// What an append stores beside an event: an event id (for idempotency), a correlation and a
+/// causation id, and metadata as string pairs. All optional; an event without any stores
+/// nothing extra.
+///
+/// ```
+/// use varvedb::{AppendOptions, EventId};
+/// let id = EventId::from_u128(7);
+/// let opts = AppendOptions::new().event_id(id).metadata("tenant", "acme").correlation_id(id);
+/// assert_eq!(opts.get_event_id(), Some(id));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendOptions {
+    pub(crate) fields: crate::storage::envelope::Fields,
+}
+
+impl AppendOptions {
+    /// No id, no metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The event's id. An append whose ids the store already has, for the same events at the
+    /// same place, returns the original answer and writes nothing (see
+    /// [`Writer::append_with`](crate::Writer::append_with)).
+    pub fn event_id(mut self, id: impl Into<EventId>) -> Self {
+        self.fields.event_id = Some(id.into().as_u128());
+        self
+    }
+
+    /// The id of the event or request this event belongs with (its conversation).
+    pub fn correlation_id(mut self, id: impl Into<EventId>) -> Self {
+        self.fields.correlation_id = Some(id.into().as_u128());
+        self
+    }
+
+    /// The id of the event or command that caused this one.
+    pub fn causation_id(mut self, id: impl Into<EventId>) -> Self {
+        self.fields.causation_id = Some(id.into().as_u128());
+        self
+    }
+
+    /// Adds a metadata pair. Pairs keep their order; a key may repeat (`get` finds the first).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.fields.metadata.push((key.into(), value.into()));
+        self
+    }
+
+    /// The event id set, if any.
+    pub fn get_event_id(&self) -> Option<EventId> {
+        self.fields.event_id.map(EventId::from_u128)
+    }
+}
+
+/// An event's metadata pairs, read from its record without touching the payload.
+#[derive(Clone, Copy, Default)]
+pub struct Metadata<'t> {
+    pub(crate) section: crate::storage::envelope::Section<'t>,
+}
+
+impl<'t> Metadata<'t> {
+    /// The value of the first pair with `key`.
+    pub fn get(&self, key: &str) -> Option<&'t str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Every pair, in the order they were given.
+    pub fn iter(&self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
+        crate::storage::envelope::pairs(self.section)
+    }
+
+    /// The number of pairs.
+    pub fn len(&self) -> usize {
+        usize::from(self.section.pair_count)
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.section.pair_count == 0
+    }
+}
+
+impl std::fmt::Debug for Metadata<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::event_id::EventId;
 use crate::expected::{Appended, ExpectedVersion};
 
 /// The result type of VarveDB operations.
@@ -86,6 +87,40 @@ pub enum Error {
         name: String,
         /// What is wrong with it.
         reason: String,
+    },
+
+    /// An event's metadata and ids take more than the envelope section allows
+    /// (`ENVELOPE_BYTES_MAX`, 64 KiB). Nothing was written.
+    #[error("event metadata of {size} bytes exceeds the maximum of {max} bytes")]
+    MetadataTooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The maximum.
+        max: usize,
+    },
+
+    /// An append carries an event id that the store already has for another event (another
+    /// stream, position or payload), or that only some of a batch's events already had.
+    /// Nothing was written. A retry of the very same append is not this error: it returns the
+    /// original answer.
+    #[error("event id {event_id} is already the id of the event at sequence {seq}: {reason}")]
+    DuplicateEventId {
+        /// The sequence of the event that has the id.
+        seq: u64,
+        /// The id.
+        event_id: EventId,
+        /// How the append differs from the one that wrote it.
+        reason: String,
+    },
+
+    /// A `_with` append was given a different number of options than events. Nothing was
+    /// written.
+    #[error("{events} events but {options} append options: give one per event")]
+    OptionsMismatch {
+        /// Events in the append.
+        events: usize,
+        /// Options given.
+        options: usize,
     },
 
     /// The record is intact but its payload is not a valid archive of the requested event type.

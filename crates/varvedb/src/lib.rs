@@ -50,6 +50,48 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## The event envelope
+//!
+//! Every event has a type name and schema version ([`Event`], derived), and may carry an event
+//! id, a correlation and a causation id, and metadata ([`AppendOptions`]). An append with an
+//! event id is idempotent, durably: a retry returns the original answer and writes nothing.
+//!
+//! ```
+//! use varvedb::{AppendOptions, Error, Event, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, varvedb::Event)]
+//! #[event(name = "OrderPlaced", version = 2)]        // optional; the default name is the type's ident, version 1
+//! struct OrderPlaced { order: u64, total_cents: u64 }
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, varvedb::Event)]
+//! struct OrderShipped { order: u64 }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let storage = Storage::open(StorageConfig { path: tmp.path().into(), ..Default::default() })?;
+//! # let writer = Writer::<OrderPlaced>::new(storage.clone());
+//! let id = EventId::from_u128(0x0190_f00d_0000_7000_8000_0000_0000_0001);
+//! let opts = AppendOptions::new().event_id(id).metadata("tenant", "acme").correlation_id(id);
+//! let a = writer.append_with(7, ExpectedVersion::NoStream, &OrderPlaced { order: 1, total_cents: 990 }, opts.clone())?;
+//! // A retry with the same event id, after a timeout or a crash: the original answer, nothing written.
+//! let again = writer.append_with(7, ExpectedVersion::NoStream, &OrderPlaced { order: 1, total_cents: 990 }, opts)?;
+//! assert_eq!(again, a);
+//!
+//! let txn = storage.read_txn()?;
+//! let e = Reader::<OrderPlaced>::new(storage.clone()).get(&txn, a.seq)?.unwrap();
+//! assert_eq!((e.event_type(), e.event_version()), ("OrderPlaced", 2));
+//! assert_eq!(e.metadata().get("tenant"), Some("acme"));
+//! assert_eq!(e.event_id(), Some(id));
+//! // The wrong type is a typed error, never a silent misread.
+//! assert!(matches!(Reader::<OrderShipped>::new(storage.clone()).get(&txn, a.seq),
+//!                  Err(Error::TypeMismatch { .. })));
+//! // Untyped access for tools: type, version, metadata, ids and the payload bytes.
+//! let raw = storage.raw_reader().get(&txn, a.seq)?.unwrap();
+//! assert_eq!(raw.event_type(), "OrderPlaced");
+//! # assert_eq!(storage.seq_of_event_id(id)?, Some(a.seq));
+//! # Ok(()) }
+//! ```
+//!
 //! ## Mixing event types
 //!
 //! A store can hold events of several types, for example one type per stream. A reader
@@ -95,17 +137,22 @@ mod commit;
 mod config;
 mod envelope;
 mod error;
+mod event_id;
 mod expected;
 #[cfg(test)]
 mod fault_tests;
+mod raw;
 mod reader;
 mod storage;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
-pub use envelope::{EVENT_NAME_BYTES_MAX, Event, EventType};
+pub use envelope::{
+    AppendOptions, ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX, Event, EventId, EventType, Metadata,
+};
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
+pub use raw::{RawEvent, RawReader};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
     FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, Stats, Storage, VERIFY_PROBLEMS_MAX,
@@ -131,7 +178,7 @@ pub mod __bench {
         event: &E,
         version: u32,
     ) -> crate::Result<Vec<u8>> {
-        let mut prepared = crate::writer::prepare(event, usize::MAX, usize::MAX)?;
+        let mut prepared = crate::writer::prepare(event, None, usize::MAX, usize::MAX)?;
         let header = RecordHeader {
             flags: 0,
             stream_id: 7,

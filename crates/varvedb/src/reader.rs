@@ -13,9 +13,10 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
-use crate::envelope::Event;
+use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::storage::chain::Found;
+use crate::storage::envelope::Section;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys, types};
@@ -109,7 +110,7 @@ impl TypeMemo {
 }
 
 /// What a reader of `E` accepts, for [`Error::TypeMismatch`].
-fn expected_types<E: Event>() -> String {
+pub(crate) fn expected_types<E: Event>() -> String {
     let one = |t: &crate::EventType| format!("{} v{}", t.name, t.version);
     if E::CONTAINER.is_empty() && E::TYPES.len() == 1 {
         return one(&E::TYPES[0]);
@@ -159,6 +160,8 @@ pub struct EventRef<'t, E: Archive> {
     blob: Option<[u8; blob::HASH_LEN]>,
     /// The event's type: its index in `E::TYPES`.
     type_index: u16,
+    /// Its ids and metadata (empty when the record has none).
+    envelope: Section<'t>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -170,6 +173,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
         bytes: &'t [u8],
         blob: Option<[u8; blob::HASH_LEN]>,
         type_index: u16,
+        envelope: Section<'t>,
     ) -> Result<Self> {
         let payload = if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
             Payload::Mapped(bytes)
@@ -184,6 +188,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
             payload,
             blob,
             type_index,
+            envelope,
             _event: PhantomData,
         };
         rkyv::access::<E::Archived, rancor::Error>(event.payload_bytes()).map_err(|e| {
@@ -197,7 +202,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
     }
 }
 
-impl<E: Archive> EventRef<'_, E> {
+impl<'t, E: Archive> EventRef<'t, E> {
     /// The global sequence number.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -231,6 +236,28 @@ impl<E: Archive> EventRef<'_, E> {
         E::TYPES
             .get(usize::from(self.type_index))
             .map_or(0, |t| t.version)
+    }
+
+    /// The event's id, if its append gave one.
+    pub fn event_id(&self) -> Option<EventId> {
+        self.envelope.event_id.map(EventId::from_u128)
+    }
+
+    /// The correlation id its append gave, if any.
+    pub fn correlation_id(&self) -> Option<EventId> {
+        self.envelope.correlation_id.map(EventId::from_u128)
+    }
+
+    /// The causation id its append gave, if any.
+    pub fn causation_id(&self) -> Option<EventId> {
+        self.envelope.causation_id.map(EventId::from_u128)
+    }
+
+    /// Its metadata pairs (empty if its append gave none).
+    pub fn metadata(&self) -> Metadata<'t> {
+        Metadata {
+            section: self.envelope,
+        }
     }
 
     /// The commit time, in nanoseconds since the Unix epoch, as stored in the record header
@@ -326,15 +353,22 @@ fn event_at<'t, E: ValidateEvent + Event>(
     seq: u64,
     value: &'t [u8],
 ) -> Result<EventRef<'t, E>> {
-    let (header, body) = storage::record::decode(seq, value)?;
+    let (header, envelope, body) = storage::record::open(seq, value)?;
     let type_index = memo.check::<E>(dbs, txn, seq, header.type_id)?;
     if header.flags & blob::FLAG_BLOB == 0 {
-        return EventRef::new(seq, header, body, None, type_index);
+        return EventRef::new(seq, header, body, None, type_index, envelope);
     }
     let reference = blob::BlobRef::decode(body)
         .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
     let payload = blob::get(dbs, txn, seq, &reference)?;
-    EventRef::new(seq, header, payload, Some(reference.hash), type_index)
+    EventRef::new(
+        seq,
+        header,
+        payload,
+        Some(reference.hash),
+        type_index,
+        envelope,
+    )
 }
 
 impl<E: ValidateEvent + Event> Reader<E> {

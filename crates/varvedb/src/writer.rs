@@ -10,11 +10,12 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
 use crate::commit::{Blob, Committer, Outcome, Prepared, StreamAppend};
-use crate::envelope::{EVENT_NAME_BYTES_MAX, Event};
+use crate::envelope::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::Storage;
 use crate::storage::blob::{self, BlobRef};
+use crate::storage::envelope;
 use crate::storage::record::{self, HEADER_LEN};
 use crate::storage::types::TypeKey;
 
@@ -92,7 +93,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         event: &E,
     ) -> Result<Appended> {
         let appends =
-            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event))?];
+            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event), &[])?];
         first(self.submit(appends))
     }
 
@@ -105,7 +106,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         events: &[E],
     ) -> Result<Vec<Appended>> {
         self.check_batch(events.len())?;
-        let appends = vec![self.prepare_stream(stream_id, expected, events)?];
+        let appends = vec![self.prepare_stream(stream_id, expected, events, &[])?];
         self.submit(appends)
     }
 
@@ -118,9 +119,89 @@ impl<E: SerializeEvent + Event> Writer<E> {
         self.check_multi(appends)?;
         let prepared = appends
             .iter()
-            .map(|(stream_id, expected, events)| self.prepare_stream(*stream_id, *expected, events))
+            .map(|(stream_id, expected, events)| {
+                self.prepare_stream(*stream_id, *expected, events, &[])
+            })
             .collect::<Result<Vec<_>>>()?;
         self.submit(prepared)
+    }
+
+    /// [`append`](Self::append) with an event id, correlation and causation ids and metadata.
+    ///
+    /// **Idempotent with an event id.** If the store already has this id for the same event
+    /// (same stream, same payload), this returns the original [`Appended`] and writes nothing,
+    /// whatever `expected` says: a retry after a timeout, a crash or a lost answer is safe. The
+    /// id index is in the store, so this holds across restarts. The same id with another stream
+    /// or payload is [`Error::DuplicateEventId`]. Payloads are compared by their xxh3 digest;
+    /// metadata is not compared.
+    pub fn append_with(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+        options: AppendOptions,
+    ) -> Result<Appended> {
+        let appends = vec![self.prepare_stream(
+            stream_id,
+            expected,
+            std::slice::from_ref(event),
+            std::slice::from_ref(&options),
+        )?];
+        first(self.submit(appends))
+    }
+
+    /// [`append_batch`](Self::append_batch) with one [`AppendOptions`] per event. A retry of a
+    /// batch whose ids the store has, all of them, as that same batch, returns the original
+    /// answers; a batch of which only some ids are known is [`Error::DuplicateEventId`].
+    pub fn append_batch_with(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        events: &[E],
+        options: &[AppendOptions],
+    ) -> Result<Vec<Appended>> {
+        self.check_batch(events.len())?;
+        let appends = vec![self.prepare_stream(stream_id, expected, events, options)?];
+        self.submit(appends)
+    }
+
+    /// [`append_multi`](Self::append_multi) with one [`AppendOptions`] per event of each
+    /// stream; idempotent like [`append_batch_with`](Self::append_batch_with), over the whole
+    /// append.
+    pub fn append_multi_with(
+        &self,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<Appended>> {
+        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+        self.check_batch(total)?;
+        let prepared = appends
+            .iter()
+            .map(|(stream_id, expected, events, options)| {
+                self.prepare_stream(*stream_id, *expected, events, options)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.submit(prepared)
+    }
+
+    /// [`append_with`](Self::append_with) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_with_async(
+        &self,
+        stream_id: u128,
+        expected: ExpectedVersion,
+        event: &E,
+        options: AppendOptions,
+    ) -> Result<Appended> {
+        let appends = vec![
+            self.prepare_stream_async(
+                stream_id,
+                expected,
+                std::slice::from_ref(event),
+                std::slice::from_ref(&options),
+            )
+            .await?,
+        ];
+        first(self.submit_async(appends).await)
     }
 
     /// [`append`](Self::append) for async callers: the commit runs on the store's committer
@@ -138,7 +219,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         event: &E,
     ) -> Result<Appended> {
         let appends = vec![
-            self.prepare_stream_async(stream_id, expected, std::slice::from_ref(event))
+            self.prepare_stream_async(stream_id, expected, std::slice::from_ref(event), &[])
                 .await?,
         ];
         first(self.submit_async(appends).await)
@@ -154,7 +235,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
     ) -> Result<Vec<Appended>> {
         self.check_batch(events.len())?;
         let appends = vec![
-            self.prepare_stream_async(stream_id, expected, events)
+            self.prepare_stream_async(stream_id, expected, events, &[])
                 .await?,
         ];
         self.submit_async(appends).await
@@ -170,7 +251,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         let mut prepared = Vec::with_capacity(appends.len());
         for (stream_id, expected, events) in appends {
             prepared.push(
-                self.prepare_stream_async(*stream_id, *expected, events)
+                self.prepare_stream_async(*stream_id, *expected, events, &[])
                     .await?,
             );
         }
@@ -226,27 +307,43 @@ impl<E: SerializeEvent + Event> Writer<E> {
         Ok(())
     }
 
-    fn check_stream(stream_id: u128, events: &[E]) -> Result<()> {
+    fn check_stream(stream_id: u128, events: &[E], options: &[AppendOptions]) -> Result<()> {
         if stream_id == RESERVED_STREAM_ID {
             return Err(Error::InvalidStreamId { stream_id });
         }
         if events.is_empty() {
             return Err(Error::EmptyBatch);
         }
+        if !options.is_empty() && options.len() != events.len() {
+            return Err(Error::OptionsMismatch {
+                events: events.len(),
+                options: options.len(),
+            });
+        }
         Ok(())
     }
 
+    /// Prepares one stream's events; `options` is empty, or one per event.
     fn prepare_stream(
         &self,
         stream_id: u128,
         expected: ExpectedVersion,
         events: &[E],
+        options: &[AppendOptions],
     ) -> Result<StreamAppend> {
-        Self::check_stream(stream_id, events)?;
+        Self::check_stream(stream_id, events, options)?;
         let config = self.storage.config();
         let events = events
             .iter()
-            .map(|e| prepare(e, config.event_bytes_max, config.blob_threshold_bytes))
+            .enumerate()
+            .map(|(i, e)| {
+                prepare(
+                    e,
+                    options.get(i),
+                    config.event_bytes_max,
+                    config.blob_threshold_bytes,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(StreamAppend {
             stream_id,
@@ -262,13 +359,15 @@ impl<E: SerializeEvent + Event> Writer<E> {
         stream_id: u128,
         expected: ExpectedVersion,
         events: &[E],
+        options: &[AppendOptions],
     ) -> Result<StreamAppend> {
-        Self::check_stream(stream_id, events)?;
+        Self::check_stream(stream_id, events, options)?;
         let config = self.storage.config();
         let (max, threshold) = (config.event_bytes_max, config.blob_threshold_bytes);
         let serialized = events
             .iter()
-            .map(|e| serialize(e, max))
+            .enumerate()
+            .map(|(i, e)| serialize(e, options.get(i), max))
             .collect::<Result<Vec<_>>>()?;
         let large: usize = serialized
             .iter()
@@ -305,11 +404,14 @@ thread_local! {
         const { std::cell::Cell::new(None) };
 }
 
-/// An event serialized behind a header placeholder, not yet digested.
+/// An event serialized behind a header placeholder and its envelope section, not yet digested.
 pub(crate) struct Serialized {
     buffer: AlignedVec,
+    /// Where the payload starts: after the header and the envelope section.
+    offset: usize,
     payload_len: usize,
     event_type: TypeKey<'static>,
+    event_id: Option<u128>,
 }
 
 /// The type `event` is stored as; a hand-written `Event` with an empty or over-long name is
@@ -341,19 +443,30 @@ fn event_type<E: Event>(event: &E) -> Result<TypeKey<'static>> {
     Ok(key)
 }
 
-/// Serializes `event` right after a header placeholder; refuses it past `max` bytes.
-pub(crate) fn serialize<E: SerializeEvent + Event>(event: &E, max: usize) -> Result<Serialized> {
+/// Serializes `event` right after a header placeholder and the envelope section of `options`;
+/// refuses it past `max` bytes.
+pub(crate) fn serialize<E: SerializeEvent + Event>(
+    event: &E,
+    options: Option<&AppendOptions>,
+    max: usize,
+) -> Result<Serialized> {
     let event_type = event_type(event)?;
-    let mut buf = AlignedVec::<16>::with_capacity(256);
+    let section = match options {
+        Some(o) => o.fields.encode()?,
+        None => Vec::new(),
+    };
+    let mut buf = AlignedVec::<16>::with_capacity(256 + section.len());
     buf.extend_from_slice(&[0u8; HEADER_LEN]);
-    // The header is 64 bytes, a multiple of 16, so rkyv's alignment padding (computed from
-    // the buffer position) is the same as if the payload started at offset 0.
+    buf.extend_from_slice(&section);
+    let offset = buf.len();
+    // The header and the section are multiples of 16 bytes, so rkyv's alignment padding
+    // (computed from the buffer position) is the same as if the payload started at offset 0.
     let buffer = rkyv::api::high::to_bytes_in::<_, rancor::Error>(event, buf).map_err(|e| {
         Error::Serialize {
             reason: e.to_string(),
         }
     })?;
-    let payload_len = buffer.len() - HEADER_LEN;
+    let payload_len = buffer.len() - offset;
     if payload_len > max {
         return Err(Error::EventTooLarge {
             size: payload_len,
@@ -362,14 +475,16 @@ pub(crate) fn serialize<E: SerializeEvent + Event>(event: &E, max: usize) -> Res
     }
     Ok(Serialized {
         buffer,
+        offset,
         payload_len,
         event_type,
+        event_id: options.and_then(|o| o.fields.event_id),
     })
 }
 
 /// Digests a serialized payload and pads the record to 16 bytes. A payload longer than
 /// `blob_threshold` is also hashed (BLAKE3) and becomes a blob; the record then carries only
-/// its reference.
+/// its envelope section and the blob's reference.
 pub(crate) fn finish(
     serialized: Serialized,
     max: usize,
@@ -377,45 +492,69 @@ pub(crate) fn finish(
 ) -> Result<Prepared> {
     let Serialized {
         buffer: mut buf,
+        offset,
         payload_len,
         event_type,
+        event_id,
     } = serialized;
+    let section_len = offset - HEADER_LEN;
+    let envelope_flag = if section_len > 0 {
+        envelope::FLAG_ENVELOPE
+    } else {
+        0
+    };
     if payload_len > blob_threshold {
         #[cfg(test)]
         HASHED_ON.with(|t| t.set(Some(std::thread::current().id())));
-        let reference = BlobRef::of(&buf[HEADER_LEN..]);
-        let body = reference.encode();
-        buf.resize(record::record_len(payload_len), 0);
-        let mut record = AlignedVec::<16>::with_capacity(record::record_len(body.len()));
-        record.extend_from_slice(&[0u8; HEADER_LEN]);
-        record.extend_from_slice(&body);
+        let reference = BlobRef::of(&buf[offset..]);
+        let body_len = section_len + blob::REF_LEN;
+        let mut record = AlignedVec::<16>::with_capacity(record::record_len(body_len));
+        record.extend_from_slice(&buf[..offset]);
+        record.extend_from_slice(&reference.encode());
+        let digest = record::payload_digest(&record[HEADER_LEN..]);
+        record.resize(record::record_len(body_len), 0);
+        buf.resize(
+            offset + payload_len.next_multiple_of(record::RECORD_ALIGN),
+            0,
+        );
         return Ok(Prepared {
             record,
-            payload_len: blob::REF_LEN as u32,
-            digest: record::payload_digest(&body),
-            flags: blob::FLAG_BLOB,
+            payload_len: body_len as u32,
+            digest,
+            payload_digest: reference.digest,
+            flags: blob::FLAG_BLOB | envelope_flag,
             blob: Some(Blob {
                 reference,
                 buffer: buf,
+                offset,
             }),
             event_type,
             type_id: 0,
+            event_id,
         });
     }
     let digest = record::payload_digest(&buf[HEADER_LEN..]);
-    buf.resize(record::record_len(payload_len), 0);
-    let payload_len = u32::try_from(payload_len).map_err(|_| Error::EventTooLarge {
+    let payload_digest = if section_len > 0 {
+        record::payload_digest(&buf[offset..])
+    } else {
+        digest
+    };
+    let body_len = section_len + payload_len;
+    buf.resize(record::record_len(body_len), 0);
+    let body_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
         size: payload_len,
         max,
     })?;
     Ok(Prepared {
         record: buf,
-        payload_len,
+        payload_len: body_len,
         digest,
-        flags: 0,
+        payload_digest,
+        flags: envelope_flag,
         blob: None,
         event_type,
         type_id: 0,
+        event_id,
     })
 }
 
@@ -423,10 +562,11 @@ pub(crate) fn finish(
 /// outside the commit.
 pub(crate) fn prepare<E: SerializeEvent + Event>(
     event: &E,
+    options: Option<&AppendOptions>,
     max: usize,
     blob_threshold: usize,
 ) -> Result<Prepared> {
-    finish(serialize(event, max)?, max, blob_threshold)
+    finish(serialize(event, options, max)?, max, blob_threshold)
 }
 
 fn first(outcome: Outcome) -> Result<Appended> {

@@ -13,6 +13,7 @@ use heed::{PutFlags, RwTxn};
 use super::StreamAppend;
 use super::queue::{Outcome, Request};
 use crate::error::{Error, Result};
+use crate::event_id::EventId;
 use crate::expected::Appended;
 use crate::storage::blob;
 use crate::storage::chain::Spine;
@@ -179,13 +180,123 @@ impl Heads<'_> {
     }
 }
 
+/// What a checked request does.
+enum Verdict {
+    /// Write it.
+    Write,
+    /// The store already has it (every event id, as this same append): answer with where it
+    /// landed, write nothing.
+    Replay(Vec<Appended>),
+}
+
+/// Checks a request's event ids against the `event_ids` index (in this transaction, so that a
+/// request sees the ids of the requests before it in the group).
+fn check_ids(dbs: &Dbs, wtxn: &RwTxn<'_>, appends: &[StreamAppend]) -> Result<Option<Verdict>> {
+    let events = appends.iter().flat_map(|a| a.events.iter());
+    if events.clone().all(|e| e.event_id.is_none()) {
+        return Ok(None);
+    }
+    let duplicate = |seq: u64, id: u128, reason: String| Error::DuplicateEventId {
+        seq,
+        event_id: EventId::from_u128(id),
+        reason,
+    };
+    let mut seen: HashMap<u128, ()> = HashMap::new();
+    let mut found = Vec::new();
+    for event in events {
+        let seq = match event.event_id {
+            Some(id) => {
+                if seen.insert(id, ()).is_some() {
+                    return Err(duplicate(0, id, "the append carries this id twice".into()));
+                }
+                crate::storage::event_id_seq(dbs, wtxn, id)?.map(|seq| (id, seq))
+            }
+            None => None,
+        };
+        found.push(seq);
+    }
+    let known = found.iter().flatten().count();
+    if known == 0 {
+        return Ok(None);
+    }
+    if known < found.len() {
+        let (id, seq) = found.iter().flatten().next().copied().unwrap_or((0, 0));
+        return Err(duplicate(
+            seq,
+            id,
+            format!(
+                "the store has {known} of this append's {} event ids; a retry must carry the same events with the same ids",
+                found.len()
+            ),
+        ));
+    }
+    // Every id is known: it must be this very append, event for event.
+    let mut answers = Vec::with_capacity(found.len());
+    let mut found = found.into_iter().flatten();
+    for append in appends {
+        let mut previous: Option<(u32, u64)> = None;
+        for event in &append.events {
+            let Some((id, seq)) = found.next() else {
+                break;
+            };
+            let record =
+                crate::storage::get_record(dbs, wtxn, seq)?.ok_or_else(|| Error::CorruptIndex {
+                    stream_id: append.stream_id,
+                    version: 0,
+                    reason: format!(
+                        "the event-id index points {} at sequence {seq}, which does not exist",
+                        EventId::from_u128(id)
+                    ),
+                })?;
+            let (header, _, body) = record::open(seq, record)?;
+            if header.stream_id != append.stream_id {
+                return Err(duplicate(
+                    seq,
+                    id,
+                    format!(
+                        "it is in stream {}, not {}",
+                        header.stream_id, append.stream_id
+                    ),
+                ));
+            }
+            let stored_digest = if header.flags & blob::FLAG_BLOB != 0 {
+                blob::BlobRef::decode(body).map_or(0, |r| r.digest)
+            } else {
+                record::payload_digest(body)
+            };
+            if stored_digest != event.payload_digest {
+                return Err(duplicate(seq, id, "its payload differs".into()));
+            }
+            if let Some((version, at)) = previous
+                && (header.version != version + 1 || seq <= at)
+            {
+                return Err(duplicate(
+                    seq,
+                    id,
+                    "the events with these ids were not appended as this one batch".into(),
+                ));
+            }
+            previous = Some((header.version, seq));
+            answers.push(Appended {
+                seq,
+                version: header.version,
+            });
+        }
+    }
+    Ok(Some(Verdict::Replay(answers)))
+}
+
 /// Checks one request's expectations against the heads, without writing anything.
 fn check(
     dbs: &Dbs,
     wtxn: &RwTxn<'_>,
     heads: &mut Heads<'_>,
     appends: &[StreamAppend],
-) -> Result<()> {
+) -> Result<Verdict> {
+    // A retry of an append the store already has is answered whatever its expectation says.
+    if let Some(verdict) = check_ids(dbs, wtxn, appends)? {
+        return Ok(verdict);
+    }
     // A stream may appear twice in one request: the second entry sees the first one's events.
     // (A map, not a list: a request may carry thousands of streams.)
     let mut overlay: StreamMap<u32> = StreamMap::default();
@@ -226,7 +337,7 @@ fn check(
             overlay.insert(stream_id, next);
         }
     }
-    Ok(())
+    Ok(Verdict::Write)
 }
 
 /// Writes one checked request: its records and (in memory) its heads.
@@ -282,6 +393,11 @@ fn apply(
             dbs.events
                 .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)
                 .lmdb()?;
+            if let Some(id) = event.event_id {
+                dbs.event_ids
+                    .put(wtxn, &id.to_be_bytes(), &seq.to_le_bytes())
+                    .lmdb()?;
+            }
             out.push(Appended {
                 seq: *seq,
                 version: head.version,
@@ -338,7 +454,8 @@ pub(crate) fn commit_group(
                 continue;
             }
             match check(dbs, wtxn, &mut heads, &request.appends) {
-                Ok(()) => {
+                Ok(Verdict::Replay(answers)) => outcomes.push(Ok(answers)),
+                Ok(Verdict::Write) => {
                     wrote = true;
                     outcomes.push(Ok(apply(
                         dbs,

@@ -18,17 +18,23 @@ use rkyv::util::AlignedVec;
 use crate::error::{Error, Result};
 use crate::expected::ExpectedVersion;
 use crate::storage::blob::BlobRef;
-use crate::storage::record;
 use crate::storage::types::TypeKey;
 use crate::storage::{Attached, Storage, WeakStorage};
 pub(crate) use queue::{CommitQueue, Outcome, committer_gone};
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
 pub(crate) struct Prepared {
-    /// Header placeholder, payload, zero padding: the exact bytes stored.
+    /// Header placeholder, body (envelope section, then payload or blob reference), zero
+    /// padding: the exact bytes stored.
     pub(crate) record: AlignedVec,
+    /// The body's length, as the header announces it.
     pub(crate) payload_len: u32,
+    /// xxh3-64 of the body, which the record checksum folds in.
     pub(crate) digest: u64,
+    /// xxh3-64 of the payload alone: what tells a retried event from another with its id.
+    pub(crate) payload_digest: u64,
+    /// The event id of the append's options.
+    pub(crate) event_id: Option<u128>,
     /// Record flags: [`blob::FLAG_BLOB`](crate::storage::blob::FLAG_BLOB) when the payload goes
     /// to the blob store.
     pub(crate) flags: u8,
@@ -43,15 +49,16 @@ pub(crate) struct Prepared {
 /// A payload bound for the blob store.
 pub(crate) struct Blob {
     pub(crate) reference: BlobRef,
-    /// The serialization buffer: a header placeholder, then the payload zero-padded to 16 (the
-    /// stored blob).
+    /// The serialization buffer: a header placeholder and the envelope section, then from
+    /// `offset` the payload zero-padded to 16 (the stored blob).
     pub(crate) buffer: AlignedVec,
+    pub(crate) offset: usize,
 }
 
 impl Blob {
     /// The bytes stored in the `blobs` database.
     pub(crate) fn stored(&self) -> &[u8] {
-        &self.buffer[record::HEADER_LEN..]
+        &self.buffer[self.offset..]
     }
 }
 

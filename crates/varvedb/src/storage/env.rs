@@ -135,6 +135,8 @@ pub(super) fn open(
             let types = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TYPES))?;
             let type_ids =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TYPE_IDS))?;
+            let event_ids =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENT_IDS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -153,7 +155,7 @@ pub(super) fn open(
                 blob_refs,
                 cursors,
                 keystore,
-                (types, type_ids),
+                (types, type_ids, event_ids),
                 meta,
             )))
         })
@@ -165,7 +167,7 @@ pub(super) fn open(
         blob_refs,
         cursors,
         keystore,
-        (types, type_ids),
+        (types, type_ids, event_ids),
         meta,
     )) = created;
     let page_size = {
@@ -181,6 +183,7 @@ pub(super) fn open(
         keystore,
         types,
         type_ids,
+        event_ids,
         meta,
         page_size,
     };

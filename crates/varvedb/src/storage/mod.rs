@@ -13,6 +13,7 @@
 pub(crate) mod blob;
 pub(crate) mod chain;
 mod env;
+pub(crate) mod envelope;
 mod gate;
 pub(crate) mod keys;
 pub(crate) mod lmdb;
@@ -59,6 +60,7 @@ pub(crate) mod db_names {
     pub(crate) const META: &str = "meta";
     pub(crate) const TYPES: &str = "types";
     pub(crate) const TYPE_IDS: &str = "type_ids";
+    pub(crate) const EVENT_IDS: &str = "event_ids";
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
@@ -84,6 +86,8 @@ pub(crate) struct Dbs {
     pub(crate) types: Raw,
     /// Event type key → `u32 LE id`.
     pub(crate) type_ids: Raw,
+    /// `u128 BE event id` → `u64 LE seq`: the events appended with an id (idempotency).
+    pub(crate) event_ids: Raw,
     /// `format_version` and other store-wide records.
     pub(crate) meta: Database<'static, Str, Bytes>,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
@@ -197,6 +201,13 @@ impl Storage {
         &self.inner.path
     }
 
+    /// The sequence of the event appended with `id`, if there is one (from a snapshot of its
+    /// own).
+    pub fn seq_of_event_id(&self, id: crate::EventId) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        event_id_seq(&self.inner.dbs, txn.raw(), id.as_u128())
+    }
+
     /// The last committed global sequence number (0 for an empty store).
     pub fn last_seq(&self, txn: &ReadTxn) -> Result<u64> {
         self.check_txn(txn)?;
@@ -291,6 +302,24 @@ pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
         None => Ok(0),
         Some((key, _)) => keys::decode_seq_key(key)
             .ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed")),
+    }
+}
+
+/// The sequence the `event_ids` index gives for `id`.
+pub(crate) fn event_id_seq(dbs: &Dbs, txn: &RoTxn<'_>, id: u128) -> Result<Option<u64>> {
+    match dbs.event_ids.get(txn, &id.to_be_bytes()).lmdb()? {
+        None => Ok(None),
+        Some(v) => <[u8; 8]>::try_from(v)
+            .map(|b| Some(u64::from_le_bytes(b)))
+            .map_err(|_| Error::CorruptIndex {
+                stream_id: 0,
+                version: 0,
+                reason: format!(
+                    "the event-id index entry of {} is {} bytes, expected 8",
+                    crate::EventId::from_u128(id),
+                    v.len()
+                ),
+            }),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! 0   u8    record format (3)
-//! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference); other bits are refused
+//! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference), 0x04 ENVELOPE (the
+//!           body starts with an envelope section, see `envelope`); other bits are refused
 //! 2   u16   header length (64)
 //! 4   u32   payload length
 //! 8   u128  stream id
@@ -19,6 +20,7 @@
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::blob::{FLAG_BLOB, REF_LEN};
+use super::envelope::{self, FLAG_ENVELOPE, Section};
 use crate::error::{Error, Result};
 
 pub(crate) const RECORD_FORMAT: u8 = 3;
@@ -166,10 +168,10 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         ));
     }
     let flags = record[1];
-    if flags & !FLAG_BLOB != 0 {
+    if flags & !(FLAG_BLOB | FLAG_ENVELOPE) != 0 {
         return Err(Error::corrupt(seq, format!("unknown flags {flags:#04x}")));
     }
-    if flags & FLAG_BLOB != 0 && payload_len != REF_LEN {
+    if flags & FLAG_BLOB != 0 && flags & FLAG_ENVELOPE == 0 && payload_len != REF_LEN {
         return Err(Error::corrupt(
             seq,
             format!("a blob reference of {payload_len} bytes, expected {REF_LEN}"),
@@ -191,6 +193,23 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         },
     };
     Ok((header, payload))
+}
+
+/// [`decode`], then the body split into its envelope section and the payload (or, for a blob
+/// record, the blob reference, checked for length).
+pub(crate) fn open(seq: u64, record: &[u8]) -> Result<(RecordHeader, Section<'_>, &[u8])> {
+    let (header, body) = decode(seq, record)?;
+    let (section, rest) = envelope::split(seq, header.flags, body)?;
+    if header.flags & FLAG_BLOB != 0 && rest.len() != REF_LEN {
+        return Err(Error::corrupt(
+            seq,
+            format!(
+                "a blob reference of {} bytes, expected {REF_LEN}",
+                rest.len()
+            ),
+        ));
+    }
+    Ok((header, section, rest))
 }
 
 #[cfg(test)]

@@ -155,6 +155,8 @@ struct Run<'a> {
     /// Stream → (last version, its seq), as the log has it.
     streams: HashMap<u128, (u32, u64)>,
     blobs: HashMap<[u8; HASH_LEN], Referenced>,
+    /// Event type ids found in `types`.
+    types: std::collections::HashSet<u32>,
 }
 
 /// What `verify` knows of the environment around the snapshot.
@@ -182,6 +184,7 @@ pub(crate) fn run(
         progress,
         streams: HashMap::new(),
         blobs: HashMap::new(),
+        types: std::collections::HashSet::new(),
     };
     if !run.structure(&layout)? {
         // Reading a page past the end of the file would raise SIGBUS: stop here.
@@ -353,7 +356,7 @@ impl<'a> Run<'a> {
                     ),
                 );
             }
-            let (header, body) = match record::decode(seq, value) {
+            let (header, _, body) = match record::open(seq, value) {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     let what = match e {
@@ -365,6 +368,7 @@ impl<'a> Run<'a> {
                 }
             };
             run.chain(seq, header.stream_id, header.version, header.links)?;
+            run.event_type(seq, header.type_id)?;
             if header.flags & FLAG_BLOB != 0 {
                 run.reference(seq, body);
             }
@@ -430,6 +434,27 @@ impl<'a> Run<'a> {
         if let Some(what) = what {
             self.report
                 .report(db_names::EVENTS, seq_key_name(seq), what);
+        }
+        Ok(())
+    }
+
+    /// Each record's type must be in the `types` table.
+    fn event_type(&mut self, seq: u64, type_id: u32) -> Result<()> {
+        if self.types.contains(&type_id) {
+            return Ok(());
+        }
+        match super::types::resolve(self.dbs, self.txn, type_id) {
+            Ok(Some(_)) => {
+                self.types.insert(type_id);
+            }
+            Ok(None) => self.report.report(
+                db_names::EVENTS,
+                seq_key_name(seq),
+                format!("names event type {type_id}, which the store does not have"),
+            ),
+            Err(e) => self
+                .report
+                .report(db_names::TYPES, format!("type {type_id}"), e.to_string()),
         }
         Ok(())
     }

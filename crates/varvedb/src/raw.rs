@@ -1,0 +1,313 @@
+//! The untyped view: [`RawReader`] and [`RawEvent`], for tools that read a store without
+//! knowing its Rust event types (the `varvedb` tool, exporters, replicators).
+//!
+//! A `RawEvent` is the whole envelope of a stored event (sequence, stream, version, timestamp,
+//! type name and version, ids, metadata) and its payload bytes, checked (checksum, blob digest)
+//! but not validated as any type. [`RawEvent::archived`] validates it as a type on request,
+//! which is how a reader upcasts older schema versions.
+
+use std::fmt;
+use std::ops::Bound;
+
+use heed::RoTxn;
+use rkyv::Archive;
+use rkyv::rancor;
+
+use crate::envelope::{Event, EventId, Metadata};
+use crate::error::{Error, Result};
+use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
+use crate::storage::envelope::Section;
+use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::record::{self, RecordHeader};
+use crate::storage::types::{self, TypeKey};
+use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys};
+
+impl Storage {
+    /// The untyped reader of this store: every event with its envelope and payload bytes,
+    /// whatever its type.
+    pub fn raw_reader(&self) -> RawReader {
+        RawReader {
+            storage: self.clone(),
+        }
+    }
+}
+
+/// Reads events without knowing their Rust type; from [`Storage::raw_reader`].
+#[derive(Debug, Clone)]
+pub struct RawReader {
+    storage: Storage,
+}
+
+/// One stored event, untyped: its envelope and payload bytes, borrowed from the snapshot.
+pub struct RawEvent<'t> {
+    seq: u64,
+    header: RecordHeader,
+    event_type: TypeKey<'t>,
+    envelope: Section<'t>,
+    payload: &'t [u8],
+    blob: Option<[u8; blob::HASH_LEN]>,
+}
+
+impl<'t> RawEvent<'t> {
+    /// The global sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The stream.
+    pub fn stream_id(&self) -> u128 {
+        self.header.stream_id
+    }
+
+    /// The version within the stream.
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// The commit time, in nanoseconds since the Unix epoch.
+    pub fn timestamp_ns(&self) -> u64 {
+        self.header.timestamp_ns
+    }
+
+    /// The event's type name.
+    pub fn event_type(&self) -> &'t str {
+        self.event_type.name
+    }
+
+    /// The event's schema version.
+    pub fn event_version(&self) -> u16 {
+        self.event_type.version
+    }
+
+    /// The enum of events it was written through (`""` for a struct).
+    pub fn event_container(&self) -> &'t str {
+        self.event_type.container
+    }
+
+    /// The event id its append gave, if any.
+    pub fn event_id(&self) -> Option<EventId> {
+        self.envelope.event_id.map(EventId::from_u128)
+    }
+
+    /// The correlation id its append gave, if any.
+    pub fn correlation_id(&self) -> Option<EventId> {
+        self.envelope.correlation_id.map(EventId::from_u128)
+    }
+
+    /// The causation id its append gave, if any.
+    pub fn causation_id(&self) -> Option<EventId> {
+        self.envelope.causation_id.map(EventId::from_u128)
+    }
+
+    /// Its metadata pairs.
+    pub fn metadata(&self) -> Metadata<'t> {
+        Metadata {
+            section: self.envelope,
+        }
+    }
+
+    /// The payload: the rkyv archive of the event (checked against its checksum or digest,
+    /// not validated as any type).
+    pub fn payload_bytes(&self) -> &'t [u8] {
+        self.payload
+    }
+
+    /// Whether the payload lives in the blob store.
+    pub fn is_blob(&self) -> bool {
+        self.blob.is_some()
+    }
+
+    /// The BLAKE3 hash of a payload in the blob store.
+    pub fn blob_hash(&self) -> Option<&[u8; 32]> {
+        self.blob.as_ref()
+    }
+
+    /// The payload validated as an `E`, if the event was stored as one of `E`'s types;
+    /// otherwise [`Error::TypeMismatch`]. Zero-copy. This is the upcasting pattern: look at
+    /// [`event_version`](Self::event_version), then read the payload as the type of that
+    /// version.
+    pub fn archived<E: ValidateEvent + Event>(&self) -> Result<&'t E::Archived> {
+        let accepted = self.event_type.container == E::CONTAINER
+            && E::TYPES
+                .iter()
+                .any(|t| t.name == self.event_type.name && t.version == self.event_type.version);
+        if !accepted {
+            return Err(Error::TypeMismatch {
+                seq: self.seq,
+                expected: crate::reader::expected_types::<E>(),
+                found: self.event_type.to_string(),
+            });
+        }
+        if !(self.payload.as_ptr() as usize).is_multiple_of(MAX_EVENT_ALIGN)
+            || align_of::<<E as Archive>::Archived>() > MAX_EVENT_ALIGN
+        {
+            return Err(Error::corrupt(
+                self.seq,
+                "payload not aligned for zero-copy",
+            ));
+        }
+        rkyv::access::<E::Archived, rancor::Error>(self.payload).map_err(|e| Error::InvalidEvent {
+            seq: self.seq,
+            type_name: std::any::type_name::<E>(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl fmt::Debug for RawEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawEvent")
+            .field("seq", &self.seq)
+            .field("stream_id", &self.header.stream_id)
+            .field("version", &self.header.version)
+            .field("timestamp_ns", &self.header.timestamp_ns)
+            .field("event_type", &self.event_type.to_string())
+            .field("event_id", &self.event_id())
+            .field("metadata", &self.metadata())
+            .field("payload_bytes", &self.payload.len())
+            .field("is_blob", &self.is_blob())
+            .finish()
+    }
+}
+
+/// The untyped event of the record `value` at `seq`.
+fn raw_at<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64, value: &'t [u8]) -> Result<RawEvent<'t>> {
+    let (header, envelope, body) = record::open(seq, value)?;
+    let event_type = types::resolve(dbs, txn, header.type_id)?.ok_or_else(|| {
+        Error::corrupt(
+            seq,
+            format!(
+                "the record names event type {}, which the store does not have",
+                header.type_id
+            ),
+        )
+    })?;
+    let (payload, blob) = if header.flags & blob::FLAG_BLOB == 0 {
+        (body, None)
+    } else {
+        let reference = blob::BlobRef::decode(body)
+            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+        (blob::get(dbs, txn, seq, &reference)?, Some(reference.hash))
+    };
+    Ok(RawEvent {
+        seq,
+        header,
+        event_type,
+        envelope,
+        payload,
+        blob,
+    })
+}
+
+impl RawReader {
+    /// The store this reader reads.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The event with global sequence `seq`, or `None`.
+    pub fn get<'t>(&self, txn: &'t ReadTxn, seq: u64) -> Result<Option<RawEvent<'t>>> {
+        self.storage.check_txn(txn)?;
+        let dbs = self.storage.dbs();
+        match storage::get_record(dbs, txn.raw(), seq)? {
+            None => Ok(None),
+            Some(value) => raw_at(dbs, txn.raw(), seq, value).map(Some),
+        }
+    }
+
+    /// The event at `version` of `stream_id`, or `None`.
+    pub fn get_by_version<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        version: u32,
+    ) -> Result<Option<RawEvent<'t>>> {
+        self.storage.check_txn(txn)?;
+        let dbs = self.storage.dbs();
+        let Some((head_version, head_seq)) = storage::stream_head(dbs, txn.raw(), stream_id)?
+        else {
+            return Ok(None);
+        };
+        if version == 0 || version > head_version {
+            return Ok(None);
+        }
+        let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
+        let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
+        raw_at(dbs, txn.raw(), found.seq, found.record).map(Some)
+    }
+
+    /// Every event from global sequence `from_seq` on, in order. A damaged record is reported
+    /// once and skipped; an LMDB failure is reported once and ends the iteration.
+    pub fn read_all<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<RawEvent<'t>>> + 't {
+        let dbs = *self.storage.dbs();
+        let start = keys::seq_key(from_seq);
+        let range = (Bound::Included(&start[..]), Bound::Unbounded);
+        let cursor = self
+            .storage
+            .check_txn(txn)
+            .and_then(|()| dbs.events.range(txn.raw(), &range).lmdb());
+        let (cursor, failed) = match cursor {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        };
+        let raw = txn.raw();
+        let mut done = false;
+        failed
+            .map(Err)
+            .into_iter()
+            .chain(cursor.into_iter().flatten().map_while(move |entry| {
+                if done {
+                    return None;
+                }
+                Some(match entry {
+                    Err(e) => {
+                        done = true;
+                        Err(Error::lmdb(e))
+                    }
+                    Ok((key, value)) => match keys::decode_seq_key(key) {
+                        None => Err(Error::corrupt(
+                            0,
+                            format!("malformed events-log key {key:02x?}"),
+                        )),
+                        Some(seq) => raw_at(&dbs, raw, seq, value),
+                    },
+                })
+            }))
+    }
+
+    /// The events of `stream_id` from `from_version` on, in version order (each found through
+    /// the stream chain). A broken chain is reported once and ends the iteration.
+    pub fn read_stream<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        stream_id: u128,
+        from_version: u32,
+    ) -> impl Iterator<Item = Result<RawEvent<'t>>> + 't {
+        let reader = self.clone();
+        let mut version = from_version.max(1);
+        let mut done = false;
+        std::iter::from_fn(move || {
+            if done {
+                return None;
+            }
+            match reader.get_by_version(txn, stream_id, version) {
+                Ok(Some(event)) => {
+                    version = version.checked_add(1).unwrap_or_else(|| {
+                        done = true;
+                        version
+                    });
+                    Some(Ok(event))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    done = true;
+                    Some(Err(e))
+                }
+            }
+        })
+    }
+}

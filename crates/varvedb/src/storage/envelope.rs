@@ -1,0 +1,249 @@
+//! The envelope section of a record: the event id, correlation and causation ids, and
+//! metadata pairs, stored before the payload when a record has any (flag [`FLAG_ENVELOPE`]).
+//!
+//! ```text
+//! 0   u32   section length E (LE): a multiple of 16, this field and the padding included
+//! 4   u8    fields: 0x01 event id, 0x02 correlation id, 0x04 causation id
+//! 5   u8    reserved, zero
+//! 6   u16   metadata pairs N (LE)
+//! 8   u64   reserved, zero
+//! 16  u128  event id (LE), if 0x01; then the correlation id, if 0x02; then the causation id
+//! ..        N pairs: [u16 key length][u16 value length][key][value], UTF-8
+//! ..        zero padding to E
+//! ```
+//! Because E is a multiple of 16, the payload after it stays 16-aligned (zero-copy reads). A
+//! record without the flag has no section: an event without ids or metadata costs nothing.
+
+use crate::error::{Error, Result};
+
+/// Record flag: the body starts with an envelope section.
+pub(crate) const FLAG_ENVELOPE: u8 = 0x04;
+/// The largest envelope section, in bytes: metadata past it is refused.
+pub(crate) const ENVELOPE_BYTES_MAX: usize = 64 << 10;
+
+const HAS_EVENT_ID: u8 = 0x01;
+const HAS_CORRELATION: u8 = 0x02;
+const HAS_CAUSATION: u8 = 0x04;
+const FIXED_LEN: usize = 16;
+
+/// What an envelope section holds, to encode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Fields {
+    pub(crate) event_id: Option<u128>,
+    pub(crate) correlation_id: Option<u128>,
+    pub(crate) causation_id: Option<u128>,
+    pub(crate) metadata: Vec<(String, String)>,
+}
+
+impl Fields {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.event_id.is_none()
+            && self.correlation_id.is_none()
+            && self.causation_id.is_none()
+            && self.metadata.is_empty()
+    }
+
+    /// The encoded section (empty when there is nothing to store), or `MetadataTooLarge`.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = [self.event_id, self.correlation_id, self.causation_id];
+        let mut len = FIXED_LEN + 16 * ids.iter().flatten().count();
+        for (k, v) in &self.metadata {
+            len = len.saturating_add(4 + k.len() + v.len());
+        }
+        let padded = len.next_multiple_of(16);
+        let too_large = || Error::MetadataTooLarge {
+            size: padded,
+            max: ENVELOPE_BYTES_MAX,
+        };
+        if padded > ENVELOPE_BYTES_MAX {
+            return Err(too_large());
+        }
+        let pairs = u16::try_from(self.metadata.len()).map_err(|_| too_large())?;
+        let mut out = Vec::with_capacity(padded);
+        out.extend_from_slice(&(padded as u32).to_le_bytes());
+        let mut fields = 0;
+        for (bit, id) in [HAS_EVENT_ID, HAS_CORRELATION, HAS_CAUSATION]
+            .into_iter()
+            .zip(ids)
+        {
+            if id.is_some() {
+                fields |= bit;
+            }
+        }
+        out.push(fields);
+        out.push(0);
+        out.extend_from_slice(&pairs.to_le_bytes());
+        out.extend_from_slice(&[0u8; 8]);
+        for id in ids.into_iter().flatten() {
+            out.extend_from_slice(&id.to_le_bytes());
+        }
+        for (k, v) in &self.metadata {
+            // Each fits in u16: the whole section is at most 64 KiB.
+            out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+            out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.resize(padded, 0);
+        Ok(out)
+    }
+}
+
+/// A decoded envelope section, borrowing the record.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Section<'t> {
+    pub(crate) event_id: Option<u128>,
+    pub(crate) correlation_id: Option<u128>,
+    pub(crate) causation_id: Option<u128>,
+    /// The metadata pairs, still encoded (checked by [`split`]).
+    pub(crate) pairs: &'t [u8],
+    pub(crate) pair_count: u16,
+}
+
+/// Splits a record body into its envelope section and the payload that follows. Every
+/// malformation is `Corrupt` naming `seq`; the pairs are checked here (lengths and UTF-8), so
+/// that reading them later cannot fail.
+pub(crate) fn split(seq: u64, flags: u8, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
+    if flags & FLAG_ENVELOPE == 0 {
+        return Ok((Section::default(), body));
+    }
+    let bad = |reason: &str| Error::corrupt(seq, format!("envelope section: {reason}"));
+    if body.len() < FIXED_LEN {
+        return Err(bad("shorter than its fixed part"));
+    }
+    let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if len < FIXED_LEN || !len.is_multiple_of(16) || len > body.len() {
+        return Err(bad(&format!("length {len} in a body of {}", body.len())));
+    }
+    let fields = body[4];
+    if fields & !(HAS_EVENT_ID | HAS_CORRELATION | HAS_CAUSATION) != 0 {
+        return Err(bad(&format!("unknown fields {fields:#04x}")));
+    }
+    let pair_count = u16::from_le_bytes([body[6], body[7]]);
+    let (section, payload) = body.split_at(len);
+    let mut at = FIXED_LEN;
+    let mut id = |bit: u8| -> Result<Option<u128>> {
+        if fields & bit == 0 {
+            return Ok(None);
+        }
+        let bytes = section
+            .get(at..at + 16)
+            .ok_or_else(|| bad("ids past its end"))?;
+        at += 16;
+        let mut b = [0u8; 16];
+        b.copy_from_slice(bytes);
+        Ok(Some(u128::from_le_bytes(b)))
+    };
+    let event_id = id(HAS_EVENT_ID)?;
+    let correlation_id = id(HAS_CORRELATION)?;
+    let causation_id = id(HAS_CAUSATION)?;
+    let pairs = &section[at..];
+    // Check every pair once, here.
+    let mut rest = pairs;
+    for _ in 0..pair_count {
+        let (k, v, tail) = next_pair(rest).ok_or_else(|| bad("a metadata pair past its end"))?;
+        if std::str::from_utf8(k).is_err() || std::str::from_utf8(v).is_err() {
+            return Err(bad("metadata that is not UTF-8"));
+        }
+        rest = tail;
+    }
+    if rest.iter().any(|&b| b != 0) {
+        return Err(bad("bytes after the last metadata pair"));
+    }
+    Ok((
+        Section {
+            event_id,
+            correlation_id,
+            causation_id,
+            pairs,
+            pair_count,
+        },
+        payload,
+    ))
+}
+
+/// The next encoded pair: `(key, value, rest)`.
+fn next_pair(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let klen = u16::from_le_bytes([*bytes.first()?, *bytes.get(1)?]) as usize;
+    let vlen = u16::from_le_bytes([*bytes.get(2)?, *bytes.get(3)?]) as usize;
+    let rest = bytes.get(4..)?;
+    let (k, rest) = rest.split_at_checked(klen)?;
+    let (v, rest) = rest.split_at_checked(vlen)?;
+    Some((k, v, rest))
+}
+
+/// The metadata pairs of a section that [`split`] checked.
+pub(crate) fn pairs<'t>(section: Section<'t>) -> impl Iterator<Item = (&'t str, &'t str)> {
+    let mut rest = section.pairs;
+    (0..section.pair_count).map_while(move |_| {
+        let (k, v, tail) = next_pair(rest)?;
+        rest = tail;
+        Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_round_trip() {
+        let fields = Fields {
+            event_id: Some(7),
+            correlation_id: None,
+            causation_id: Some(u128::MAX),
+            metadata: vec![
+                ("tenant".into(), "acme".into()),
+                ("".into(), "".into()),
+                ("straße".into(), "日本".into()),
+            ],
+        };
+        let mut body = fields.encode().unwrap();
+        assert_eq!(body.len() % 16, 0);
+        body.extend_from_slice(b"payload!");
+        let (section, payload) = split(1, FLAG_ENVELOPE, &body).unwrap();
+        assert_eq!(payload, b"payload!");
+        assert_eq!(section.event_id, Some(7));
+        assert_eq!(section.correlation_id, None);
+        assert_eq!(section.causation_id, Some(u128::MAX));
+        let got: Vec<_> = pairs(section).collect();
+        assert_eq!(got, [("tenant", "acme"), ("", ""), ("straße", "日本")]);
+        assert!(Fields::default().encode().unwrap().is_empty());
+    }
+
+    #[test]
+    fn damaged_sections_are_corrupt_never_a_panic() {
+        let fields = Fields {
+            event_id: Some(1),
+            metadata: vec![("k".into(), "v".into())],
+            ..Default::default()
+        };
+        let body = fields.encode().unwrap();
+        for i in 0..body.len() {
+            for bit in 0..8 {
+                let mut b = body.clone();
+                b[i] ^= 1 << bit;
+                // Either it still decodes (a flipped id bit) or it is Corrupt; never a panic.
+                if let Err(e) = split(9, FLAG_ENVELOPE, &b) {
+                    assert!(matches!(e, Error::Corrupt { seq: 9, .. }), "{e:?}");
+                }
+            }
+        }
+        assert!(split(9, FLAG_ENVELOPE, &body[..8]).is_err());
+    }
+
+    #[test]
+    fn too_much_metadata_is_refused() {
+        let fields = Fields {
+            metadata: vec![("k".into(), "v".repeat(ENVELOPE_BYTES_MAX))],
+            ..Default::default()
+        };
+        assert!(matches!(
+            fields.encode(),
+            Err(Error::MetadataTooLarge { .. })
+        ));
+    }
+}
