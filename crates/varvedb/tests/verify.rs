@@ -129,7 +129,8 @@ fn a_sound_store_is_clean_and_counted() {
             (VerifyPhase::Events, 12),
             (VerifyPhase::StreamHeads, 3),
             (VerifyPhase::Blobs, 6),
-            (VerifyPhase::BlobRefs, 6)
+            (VerifyPhase::BlobRefs, 6),
+            (VerifyPhase::EventIds, 0)
         ]
     );
     drop(storage);
@@ -333,4 +334,35 @@ fn a_damaged_record_a_gap_and_a_wrong_head_are_reported() {
         "the head says version 9 at seq 11, but the stream's last event in the log is version 4 at seq 11",
     );
     assert_eq!(report.problem_count(), 5, "{:#?}", report.problems);
+}
+
+#[test]
+fn verify_checks_the_event_id_index_against_the_log() {
+    use varvedb::{AppendOptions, EventId};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let writer = varvedb::Writer::<Doc>::new(common::open(&dir));
+        for n in 1..=3u128 {
+            writer
+                .append_with(
+                    1,
+                    varvedb::ExpectedVersion::Auto,
+                    &doc(n as u64, 10),
+                    AppendOptions::new().event_id(EventId::from_u128(n)),
+                )
+                .unwrap();
+        }
+        let report = writer.storage().verify().unwrap();
+        assert!(report.is_clean(), "{:#?}", report.problems);
+        assert_eq!(report.event_ids, 3);
+    }
+    // Point id 2 at seq 3, and index an id no record has.
+    common::raw_put(&dir, "event_ids", &2u128.to_be_bytes(), &3u64.to_le_bytes());
+    common::raw_put(&dir, "event_ids", &9u128.to_be_bytes(), &1u64.to_le_bytes());
+    let report = common::open(&dir).verify().unwrap();
+    let two = EventId::from_u128(2).to_string();
+    let nine = EventId::from_u128(9).to_string();
+    assert_one_problem(&report, "events", "seq 2", "indexed at sequence 3");
+    assert_one_problem(&report, "event_ids", &two, "has another id");
+    assert_one_problem(&report, "event_ids", &nine, "has another id");
 }

@@ -56,6 +56,8 @@ pub struct VerifyReport {
     pub blobs: u64,
     /// Events whose payload is a blob.
     pub blob_references: u64,
+    /// Events appended with an event id.
+    pub event_ids: u64,
     /// Bytes of records and blobs read and checked.
     pub bytes_checked: u64,
     /// What is wrong, in the order found (at most [`VERIFY_PROBLEMS_MAX`]).
@@ -100,6 +102,8 @@ pub enum VerifyPhase {
     Blobs,
     /// Reference counts.
     BlobRefs,
+    /// The event-id index against the log.
+    EventIds,
 }
 
 impl VerifyPhase {
@@ -110,6 +114,7 @@ impl VerifyPhase {
             VerifyPhase::StreamHeads => db_names::STREAM_HEADS,
             VerifyPhase::Blobs => db_names::BLOBS,
             VerifyPhase::BlobRefs => db_names::BLOB_REFS,
+            VerifyPhase::EventIds => db_names::EVENT_IDS,
         }
     }
 }
@@ -194,6 +199,7 @@ pub(crate) fn run(
     run.heads()?;
     run.blob_store()?;
     run.reference_counts()?;
+    run.event_id_index()?;
     Ok(run.report)
 }
 
@@ -356,7 +362,7 @@ impl<'a> Run<'a> {
                     ),
                 );
             }
-            let (header, _, body) = match record::open(seq, value) {
+            let (header, section, body) = match record::open(seq, value) {
                 Ok(decoded) => decoded,
                 Err(e) => {
                     let what = match e {
@@ -369,6 +375,9 @@ impl<'a> Run<'a> {
             };
             run.chain(seq, header.stream_id, header.version, header.links)?;
             run.event_type(seq, header.type_id)?;
+            if let Some(id) = section.event_id {
+                run.event_id(seq, id)?;
+            }
             if header.flags & FLAG_BLOB != 0 {
                 run.reference(seq, body);
             }
@@ -436,6 +445,59 @@ impl<'a> Run<'a> {
                 .report(db_names::EVENTS, seq_key_name(seq), what);
         }
         Ok(())
+    }
+
+    /// A record with an event id must be where the index says that id is.
+    fn event_id(&mut self, seq: u64, id: u128) -> Result<()> {
+        self.report.event_ids += 1;
+        let what = match super::event_id_seq(self.dbs, self.txn, id) {
+            Ok(Some(at)) if at == seq => return Ok(()),
+            Ok(Some(at)) => format!(
+                "its event id {} is indexed at sequence {at}",
+                crate::EventId::from_u128(id)
+            ),
+            Ok(None) => format!(
+                "its event id {} is missing from the event-id index",
+                crate::EventId::from_u128(id)
+            ),
+            Err(e) => e.to_string(),
+        };
+        self.report
+            .report(db_names::EVENTS, seq_key_name(seq), what);
+        Ok(())
+    }
+
+    /// Each entry of the event-id index must point at a record with that id.
+    fn event_id_index(&mut self) -> Result<()> {
+        let dbs = self.dbs;
+        self.pass(VerifyPhase::EventIds, &dbs.event_ids, |run, key, value| {
+            let (Ok(id), Ok(seq)) = (<[u8; 16]>::try_from(key), <[u8; 8]>::try_from(value)) else {
+                run.malformed_key(db_names::EVENT_IDS, key);
+                return Ok(());
+            };
+            let (id, seq) = (u128::from_be_bytes(id), u64::from_le_bytes(seq));
+            let name = crate::EventId::from_u128(id).to_string();
+            let stored = match super::get_record(run.dbs, run.txn, seq)? {
+                None => None,
+                Some(value) => record::open(seq, value)
+                    .ok()
+                    .map(|(_, section, _)| section.event_id),
+            };
+            match stored {
+                Some(Some(found)) if found == id => {}
+                None => run.report.report(
+                    db_names::EVENT_IDS,
+                    name,
+                    format!("points at sequence {seq}, which does not exist or is damaged"),
+                ),
+                Some(_) => run.report.report(
+                    db_names::EVENT_IDS,
+                    name,
+                    format!("points at sequence {seq}, which has another id"),
+                ),
+            }
+            Ok(())
+        })
     }
 
     /// Each record's type must be in the `types` table.
