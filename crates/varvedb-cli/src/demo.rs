@@ -1,10 +1,13 @@
-//! `varvedb demo`: a bank account, two clerks racing, a conflict and a retry.
+//! `varvedb demo`: a bank account, an idempotent retry, two clerks racing, a conflict and a
+//! retry.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rkyv::{Archive, Deserialize, Serialize};
-use varvedb::{Error, ExpectedVersion, Reader, Result, Storage, StorageConfig, Writer};
+use varvedb::{
+    AppendOptions, Error, EventId, ExpectedVersion, Reader, Result, Storage, StorageConfig, Writer,
+};
 
 /// The events of one bank account.
 #[derive(Archive, Serialize, Deserialize, Debug, varvedb::Event)]
@@ -58,15 +61,21 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         },
     )?;
     println!("  v{} (seq {}): opened for Ada", a.version, a.seq);
-    let a = writer.append(
-        account,
-        ExpectedVersion::Exact(1),
-        &Account::Deposited {
-            cents: 10_000,
-            note: "salary".into(),
-        },
-    )?;
+    // The payroll system gives its deposit an event id: a retry after a lost answer is safe.
+    let salary = Account::Deposited {
+        cents: 10_000,
+        note: "salary".into(),
+    };
+    let payroll = AppendOptions::new()
+        .event_id(EventId::from_u128(account ^ 1))
+        .metadata("clerk", "payroll");
+    let a = writer.append_with(account, ExpectedVersion::Exact(1), &salary, payroll.clone())?;
     println!("  v{} (seq {}): deposited 100.00", a.version, a.seq);
+    let again = writer.append_with(account, ExpectedVersion::Exact(1), &salary, payroll)?;
+    println!(
+        "  payroll retried after a timeout: same event id, same answer (v{}, seq {}), nothing written",
+        again.version, again.seq
+    );
 
     // Two clerks read the account at the same version and both try to withdraw.
     let (_, seen_by_alice) = balance(&reader, &storage, account)?;
@@ -139,7 +148,18 @@ pub(crate) fn run(path: &Path) -> Result<()> {
                 format!("-{} ({note})", money(i128::from(cents.to_native())))
             }
         };
-        println!("  v{} seq {}: {what}", event.version(), event.seq());
+        let meta: Vec<String> = event
+            .metadata()
+            .iter()
+            .map(|(k, v)| format!(" [{k}={v}]"))
+            .collect();
+        println!(
+            "  v{} seq {} {}: {what}{}",
+            event.version(),
+            event.seq(),
+            event.event_type(),
+            meta.concat()
+        );
     }
     drop(txn);
     let (cents, version) = balance(&reader, &storage, account)?;

@@ -1,6 +1,7 @@
 //! The `varvedb` command-line tool.
 
 mod demo;
+mod read;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,13 @@ enum Command {
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
     /// check.
     Verify,
+    /// Prints events with their envelope (type, version, ids, metadata, payload length): one by
+    /// --seq, a stream by --stream [--from-version], or the log from --from-seq. --json for one
+    /// JSON object a line. Exits 1 if an event could not be read, 2 if the store cannot be
+    /// opened.
+    ///
+    /// Example: varvedb read --stream 7 --json
+    Read(read::ReadArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +46,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo::run(&cli.path).map_err(Into::into),
         Command::Stats => stats(&cli.path),
+        Command::Read(args) => {
+            return match read::run(&cli.path, &args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("varvedb: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Verify => {
             return match verify(&cli.path) {
                 Ok(true) => ExitCode::SUCCESS,

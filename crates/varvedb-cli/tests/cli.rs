@@ -176,3 +176,61 @@ fn the_installed_tool_has_no_bench_command() {
     assert!(!ok);
     assert!(stderr.contains("unrecognized subcommand"), "{stderr}");
 }
+
+#[test]
+fn read_prints_the_envelope_as_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "read", "--json"]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 7, "{stdout}");
+    assert!(lines[0].starts_with("{\"seq\":1,"), "{}", lines[0]);
+    assert!(lines[0].contains("\"type\":\"Opened\""), "{}", lines[0]);
+    assert!(
+        lines[1].contains("\"metadata\":[[\"clerk\",\"payroll\"]]"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[1].contains("\"event_id\":\""), "{}", lines[1]);
+
+    let (ok, stdout, _) = varvedb(&["--path", store, "read", "--seq", "2"]);
+    assert!(ok);
+    assert!(
+        stdout.starts_with("seq 2 ")
+            && stdout.contains("Account::Deposited v1")
+            && stdout.contains("clerk=\"payroll\""),
+        "{stdout}"
+    );
+    let stream = stdout.split(' ').nth(3).unwrap().to_string();
+    let (ok, stdout, _) = varvedb(&[
+        "--path",
+        store,
+        "read",
+        "--stream",
+        &stream,
+        "--from-version",
+        "6",
+    ]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", store, "read", "--from-seq", "3", "--limit", "2"]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+
+    // Nothing there: exit 1; no store: exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store, "read", "--seq", "99"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", dir.path().join("nope").to_str().unwrap(), "read"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,174 @@
+//! `varvedb read`: events with their envelope, through the untyped view (no Rust types needed).
+
+use std::io::Write;
+use std::path::Path;
+
+use varvedb::{RawEvent, Storage, StorageConfig};
+
+/// What to read.
+#[derive(clap::Args)]
+pub(crate) struct ReadArgs {
+    /// One event, by global sequence.
+    #[arg(long, conflicts_with_all = ["stream", "from_seq"])]
+    seq: Option<u64>,
+    /// A stream (decimal, or hex with 0x), from `--from-version`.
+    #[arg(long, value_parser = parse_stream)]
+    stream: Option<u128>,
+    /// With `--stream`: the first version to print.
+    #[arg(long, default_value_t = 1, requires = "stream")]
+    from_version: u32,
+    /// The log from this global sequence on (the default: the whole log).
+    #[arg(long)]
+    from_seq: Option<u64>,
+    /// Print at most this many events.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// One JSON object a line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_stream(s: &str) -> Result<u128, String> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u128::from_str_radix(hex, 16),
+        None => s.parse(),
+    }
+    .map_err(|e| format!("not a stream id: {e}"))
+}
+
+/// Prints the events asked for; damaged ones are reported on stderr and skipped. Returns
+/// whether every event could be read.
+pub(crate) fn run(path: &Path, args: &ReadArgs) -> Result<bool, varvedb::Error> {
+    let storage = Storage::open_existing(StorageConfig {
+        path: path.into(),
+        ..Default::default()
+    })?;
+    let txn = storage.read_txn()?;
+    let raw = storage.raw_reader();
+    let events: Box<dyn Iterator<Item = varvedb::Result<RawEvent<'_>>>> =
+        match (args.seq, args.stream) {
+            (Some(seq), _) => Box::new(raw.get(&txn, seq).transpose().into_iter()),
+            (None, Some(stream)) => Box::new(raw.read_stream(&txn, stream, args.from_version)),
+            (None, None) => Box::new(raw.read_all(&txn, args.from_seq.unwrap_or(1))),
+        };
+    let mut out = std::io::stdout().lock();
+    let mut clean = true;
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let mut printed = 0;
+    for event in events {
+        if printed >= limit {
+            break;
+        }
+        match event {
+            Ok(e) => {
+                let line = if args.json { json(&e) } else { text(&e) };
+                if writeln!(out, "{line}").is_err() {
+                    // A closed pipe (`| head`): stop quietly.
+                    return Ok(clean);
+                }
+                printed += 1;
+            }
+            Err(e) => {
+                clean = false;
+                eprintln!("varvedb: {e}");
+            }
+        }
+    }
+    if args.seq.is_some() && printed == 0 && clean {
+        eprintln!("varvedb: no event at that sequence");
+        return Ok(false);
+    }
+    Ok(clean)
+}
+
+fn type_name(e: &RawEvent<'_>) -> String {
+    if e.event_container().is_empty() {
+        e.event_type().to_string()
+    } else {
+        format!("{}::{}", e.event_container(), e.event_type())
+    }
+}
+
+fn text(e: &RawEvent<'_>) -> String {
+    let mut line = format!(
+        "seq {} stream {:#x} v{} {} v{} at {} ns, {} payload bytes{}",
+        e.seq(),
+        e.stream_id(),
+        e.version(),
+        type_name(e),
+        e.event_version(),
+        e.timestamp_ns(),
+        e.payload_bytes().len(),
+        if e.is_blob() { " (blob)" } else { "" }
+    );
+    for (label, id) in [
+        ("id", e.event_id()),
+        ("correlation", e.correlation_id()),
+        ("causation", e.causation_id()),
+    ] {
+        if let Some(id) = id {
+            line.push_str(&format!(" {label} {id}"));
+        }
+    }
+    for (k, v) in e.metadata().iter() {
+        line.push_str(&format!(" {k}={v:?}"));
+    }
+    line
+}
+
+/// A JSON string literal: the text, escaped.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json(e: &RawEvent<'_>) -> String {
+    let id =
+        |id: Option<varvedb::EventId>| id.map_or("null".to_string(), |i| quote(&i.to_string()));
+    let metadata: Vec<String> = e
+        .metadata()
+        .iter()
+        .map(|(k, v)| format!("[{},{}]", quote(k), quote(v)))
+        .collect();
+    // Stream ids are u128: a hex string, as JSON numbers lose precision past 2^53.
+    format!(
+        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{}}}",
+        e.seq(),
+        e.stream_id(),
+        e.version(),
+        quote(e.event_type()),
+        quote(e.event_container()),
+        e.event_version(),
+        e.timestamp_ns(),
+        id(e.event_id()),
+        id(e.correlation_id()),
+        id(e.causation_id()),
+        metadata.join(","),
+        e.payload_bytes().len(),
+        e.is_blob()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            super::quote("a\"b\\c\n\u{1}é"),
+            "\"a\\\"b\\\\c\\n\\u0001é\""
+        );
+    }
+}
