@@ -152,12 +152,12 @@ impl<'t> Metadata<'t> {
 
     /// The number of pairs.
     pub fn len(&self) -> usize {
-        usize::from(self.section.pair_count)
+        usize::from(self.section.pair_count())
     }
 
     /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
-        self.section.pair_count == 0
+        self.section.pair_count() == 0
     }
 }
 

@@ -86,17 +86,17 @@ impl<'t> RawEvent<'t> {
 
     /// The event id its append gave, if any.
     pub fn event_id(&self) -> Option<EventId> {
-        self.envelope.event_id.map(EventId::from_u128)
+        self.envelope.event_id().map(EventId::from_u128)
     }
 
     /// The correlation id its append gave, if any.
     pub fn correlation_id(&self) -> Option<EventId> {
-        self.envelope.correlation_id.map(EventId::from_u128)
+        self.envelope.correlation_id().map(EventId::from_u128)
     }
 
     /// The causation id its append gave, if any.
     pub fn causation_id(&self) -> Option<EventId> {
-        self.envelope.causation_id.map(EventId::from_u128)
+        self.envelope.causation_id().map(EventId::from_u128)
     }
 
     /// Its metadata pairs.

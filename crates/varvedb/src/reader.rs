@@ -154,10 +154,12 @@ enum Payload<'t> {
 /// ```
 pub struct EventRef<'t, E: Archive> {
     seq: u64,
-    header: RecordHeader,
+    stream_id: u128,
+    timestamp_ns: u64,
+    version: u32,
     payload: Payload<'t>,
     /// The BLAKE3 hash of a payload served from the blob store.
-    blob: Option<[u8; blob::HASH_LEN]>,
+    blob: Option<&'t [u8; blob::HASH_LEN]>,
     /// The event's type: its index in `E::TYPES`.
     type_index: u16,
     /// Its ids and metadata (empty when the record has none).
@@ -171,7 +173,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
         seq: u64,
         header: RecordHeader,
         bytes: &'t [u8],
-        blob: Option<[u8; blob::HASH_LEN]>,
+        blob: Option<&'t [u8; blob::HASH_LEN]>,
         type_index: u16,
         envelope: Section<'t>,
     ) -> Result<Self> {
@@ -184,7 +186,9 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
         };
         let event: EventRef<'t, E> = EventRef {
             seq,
-            header,
+            stream_id: header.stream_id,
+            timestamp_ns: header.timestamp_ns,
+            version: header.version,
             payload,
             blob,
             type_index,
@@ -210,12 +214,12 @@ impl<'t, E: Archive> EventRef<'t, E> {
 
     /// The stream the event belongs to.
     pub fn stream_id(&self) -> u128 {
-        self.header.stream_id
+        self.stream_id
     }
 
     /// The event's version within its stream (from 1).
     pub fn version(&self) -> u32 {
-        self.header.version
+        self.version
     }
 
     /// The event's type name, as stored (`#[event(name)]`, or the variant's for an enum).
@@ -240,17 +244,17 @@ impl<'t, E: Archive> EventRef<'t, E> {
 
     /// The event's id, if its append gave one.
     pub fn event_id(&self) -> Option<EventId> {
-        self.envelope.event_id.map(EventId::from_u128)
+        self.envelope.event_id().map(EventId::from_u128)
     }
 
     /// The correlation id its append gave, if any.
     pub fn correlation_id(&self) -> Option<EventId> {
-        self.envelope.correlation_id.map(EventId::from_u128)
+        self.envelope.correlation_id().map(EventId::from_u128)
     }
 
     /// The causation id its append gave, if any.
     pub fn causation_id(&self) -> Option<EventId> {
-        self.envelope.causation_id.map(EventId::from_u128)
+        self.envelope.causation_id().map(EventId::from_u128)
     }
 
     /// Its metadata pairs (empty if its append gave none).
@@ -264,7 +268,7 @@ impl<'t, E: Archive> EventRef<'t, E> {
     /// (every event of one commit has the same). `UNIX_EPOCH + Duration::from_nanos(..)` makes
     /// it a `SystemTime`.
     pub fn timestamp_ns(&self) -> u64 {
-        self.header.timestamp_ns
+        self.timestamp_ns
     }
 
     /// The archived bytes of the event (validated).
@@ -290,7 +294,7 @@ impl<'t, E: Archive> EventRef<'t, E> {
 
     /// The BLAKE3 hash of the payload, for an event whose payload lives in the blob store.
     pub fn blob_hash(&self) -> Option<&[u8; 32]> {
-        self.blob.as_ref()
+        self.blob
     }
 
     /// The archived event.
@@ -332,9 +336,9 @@ impl<E: Archive> fmt::Debug for EventRef<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventRef")
             .field("seq", &self.seq)
-            .field("stream_id", &self.header.stream_id)
-            .field("version", &self.header.version)
-            .field("timestamp_ns", &self.header.timestamp_ns)
+            .field("stream_id", &self.stream_id)
+            .field("version", &self.version)
+            .field("timestamp_ns", &self.timestamp_ns)
             .field("payload_bytes", &self.payload_bytes().len())
             .field("is_blob", &self.is_blob())
             .field("event", &std::any::type_name::<E>())
@@ -361,14 +365,11 @@ fn event_at<'t, E: ValidateEvent + Event>(
     let reference = blob::BlobRef::decode(body)
         .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
     let payload = blob::get(dbs, txn, seq, &reference)?;
-    EventRef::new(
-        seq,
-        header,
-        payload,
-        Some(reference.hash),
-        type_index,
-        envelope,
-    )
+    // The hash, borrowed from the record (the reference starts with it).
+    let hash = body
+        .first_chunk::<{ blob::HASH_LEN }>()
+        .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+    EventRef::new(seq, header, payload, Some(hash), type_index, envelope)
 }
 
 impl<E: ValidateEvent + Event> Reader<E> {

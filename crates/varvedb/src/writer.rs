@@ -411,7 +411,7 @@ pub(crate) struct Serialized {
     offset: usize,
     payload_len: usize,
     event_type: TypeKey<'static>,
-    event_id: Option<u128>,
+    event_id: Option<[u8; 16]>,
 }
 
 /// The type `event` is stored as; a hand-written `Event` with an empty or over-long name is
@@ -478,7 +478,9 @@ pub(crate) fn serialize<E: SerializeEvent + Event>(
         offset,
         payload_len,
         event_type,
-        event_id: options.and_then(|o| o.fields.event_id),
+        event_id: options
+            .and_then(|o| o.fields.event_id)
+            .map(u128::to_le_bytes),
     })
 }
 
@@ -523,11 +525,11 @@ pub(crate) fn finish(
             digest,
             payload_digest: reference.digest,
             flags: blob::FLAG_BLOB | envelope_flag,
-            blob: Some(Blob {
+            blob: Some(Box::new(Blob {
                 reference,
                 buffer: buf,
                 offset,
-            }),
+            })),
             event_type,
             type_id: 0,
             event_id,

@@ -113,11 +113,36 @@ struct Heads<'c> {
     cache: &'c mut HeadCache,
     /// Event types interned by this group's transaction; the cache takes them after the commit.
     new_types: Vec<(TypeKey<'static>, u32)>,
+    /// The type of the last event written, and its id.
+    last_type: Option<(TypeKey<'static>, u32)>,
+}
+
+fn same_type(a: &TypeKey<'static>, b: &TypeKey<'static>) -> bool {
+    let same = |x: &str, y: &str| std::ptr::eq(x, y) || x == y;
+    a.version == b.version && same(a.name, b.name) && same(a.container, b.container)
 }
 
 impl Heads<'_> {
     /// The id of an event type, interning it in this transaction if the store has not seen it.
     fn type_id(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>, key: TypeKey<'static>) -> Result<u32> {
+        // Most events of a group share their type: compare with the last one first (the names
+        // are `&'static str`s of one `Event` impl, so usually the same pointers).
+        if let Some((last, id)) = self.last_type
+            && same_type(&last, &key)
+        {
+            return Ok(id);
+        }
+        let id = self.type_id_slow(dbs, wtxn, key)?;
+        self.last_type = Some((key, id));
+        Ok(id)
+    }
+
+    fn type_id_slow(
+        &mut self,
+        dbs: &Dbs,
+        wtxn: &mut RwTxn<'_>,
+        key: TypeKey<'static>,
+    ) -> Result<u32> {
         if let Some(id) = self.cache.types.get(&key) {
             return Ok(*id);
         }
@@ -204,7 +229,7 @@ fn check_ids(dbs: &Dbs, wtxn: &RwTxn<'_>, appends: &[StreamAppend]) -> Result<Op
     let mut seen: HashMap<u128, ()> = HashMap::new();
     let mut found = Vec::new();
     for event in events {
-        let seq = match event.event_id {
+        let seq = match event.event_id.map(u128::from_le_bytes) {
             Some(id) => {
                 if seen.insert(id, ()).is_some() {
                     return Err(duplicate(0, id, "the append carries this id twice".into()));
@@ -393,7 +418,7 @@ fn apply(
             dbs.events
                 .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)
                 .lmdb()?;
-            if let Some(id) = event.event_id {
+            if let Some(id) = event.event_id.map(u128::from_le_bytes) {
                 dbs.event_ids
                     .put(wtxn, &id.to_be_bytes(), &seq.to_le_bytes())
                     .lmdb()?;
@@ -437,6 +462,7 @@ pub(crate) fn commit_group(
             ),
             cache,
             new_types: Vec::new(),
+            last_type: None,
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;

@@ -33,13 +33,15 @@ pub(crate) struct Prepared {
     pub(crate) digest: u64,
     /// xxh3-64 of the payload alone: what tells a retried event from another with its id.
     pub(crate) payload_digest: u64,
-    /// The event id of the append's options.
-    pub(crate) event_id: Option<u128>,
+    /// The event id of the append's options, little-endian (bytes rather than a `u128`, whose
+    /// 16-byte alignment would double the size of every prepared event).
+    pub(crate) event_id: Option<[u8; 16]>,
     /// Record flags: [`blob::FLAG_BLOB`](crate::storage::blob::FLAG_BLOB) when the payload goes
     /// to the blob store.
     pub(crate) flags: u8,
-    /// The payload of a blob record, which the record only references.
-    pub(crate) blob: Option<Blob>,
+    /// The payload of a blob record, which the record only references (boxed: most events are
+    /// not blobs, and a prepared event is moved several times on its way to the commit).
+    pub(crate) blob: Option<Box<Blob>>,
     /// The event's type, as the writer's `Event` says.
     pub(crate) event_type: TypeKey<'static>,
     /// Its id in the store, set by the commit.

@@ -92,24 +92,68 @@ impl Fields {
     }
 }
 
-/// A decoded envelope section, borrowing the record.
+/// A checked envelope section, borrowing the record: one slice (empty when the record has
+/// none), so that the events a reader hands out stay small; fields are read from it on demand.
 #[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Section<'t> {
-    pub(crate) event_id: Option<u128>,
-    pub(crate) correlation_id: Option<u128>,
-    pub(crate) causation_id: Option<u128>,
-    /// The metadata pairs, still encoded (checked by [`split`]).
-    pub(crate) pairs: &'t [u8],
-    pub(crate) pair_count: u16,
+pub(crate) struct Section<'t>(&'t [u8]);
+
+impl<'t> Section<'t> {
+    fn fields(&self) -> u8 {
+        self.0.get(4).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn pair_count(&self) -> u16 {
+        match self.0 {
+            [_, _, _, _, _, _, lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+            _ => 0,
+        }
+    }
+
+    fn id(&self, bit: u8) -> Option<u128> {
+        let fields = self.fields();
+        if fields & bit == 0 {
+            return None;
+        }
+        // The ids before this one in field order.
+        let at = FIXED_LEN + 16 * (fields & (bit - 1)).count_ones() as usize;
+        let bytes = self.0.get(at..at + 16)?;
+        let mut b = [0u8; 16];
+        b.copy_from_slice(bytes);
+        Some(u128::from_le_bytes(b))
+    }
+
+    pub(crate) fn event_id(&self) -> Option<u128> {
+        self.id(HAS_EVENT_ID)
+    }
+
+    pub(crate) fn correlation_id(&self) -> Option<u128> {
+        self.id(HAS_CORRELATION)
+    }
+
+    pub(crate) fn causation_id(&self) -> Option<u128> {
+        self.id(HAS_CAUSATION)
+    }
+
+    /// The encoded metadata pairs.
+    fn pairs(&self) -> &'t [u8] {
+        let at = FIXED_LEN + 16 * self.fields().count_ones() as usize;
+        self.0.get(at..).unwrap_or(&[])
+    }
 }
 
 /// Splits a record body into its envelope section and the payload that follows. Every
 /// malformation is `Corrupt` naming `seq`; the pairs are checked here (lengths and UTF-8), so
 /// that reading them later cannot fail.
+#[inline]
 pub(crate) fn split(seq: u64, flags: u8, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
     if flags & FLAG_ENVELOPE == 0 {
         return Ok((Section::default(), body));
     }
+    split_section(seq, body)
+}
+
+/// [`split`] of a body that has a section.
+fn split_section(seq: u64, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
     let bad = |reason: &str| Error::corrupt(seq, format!("envelope section: {reason}"));
     if body.len() < FIXED_LEN {
         return Err(bad("shorter than its fixed part"));
@@ -124,23 +168,11 @@ pub(crate) fn split(seq: u64, flags: u8, body: &[u8]) -> Result<(Section<'_>, &[
     }
     let pair_count = u16::from_le_bytes([body[6], body[7]]);
     let (section, payload) = body.split_at(len);
-    let mut at = FIXED_LEN;
-    let mut id = |bit: u8| -> Result<Option<u128>> {
-        if fields & bit == 0 {
-            return Ok(None);
-        }
-        let bytes = section
-            .get(at..at + 16)
-            .ok_or_else(|| bad("ids past its end"))?;
-        at += 16;
-        let mut b = [0u8; 16];
-        b.copy_from_slice(bytes);
-        Ok(Some(u128::from_le_bytes(b)))
-    };
-    let event_id = id(HAS_EVENT_ID)?;
-    let correlation_id = id(HAS_CORRELATION)?;
-    let causation_id = id(HAS_CAUSATION)?;
-    let pairs = &section[at..];
+    let id_bytes = 16 * fields.count_ones() as usize;
+    let ids = section
+        .get(FIXED_LEN..FIXED_LEN + id_bytes)
+        .ok_or_else(|| bad("ids past its end"))?;
+    let pairs = &section[FIXED_LEN + id_bytes..];
     // Check every pair once, here.
     let mut rest = pairs;
     for _ in 0..pair_count {
@@ -153,16 +185,8 @@ pub(crate) fn split(seq: u64, flags: u8, body: &[u8]) -> Result<(Section<'_>, &[
     if rest.iter().any(|&b| b != 0) {
         return Err(bad("bytes after the last metadata pair"));
     }
-    Ok((
-        Section {
-            event_id,
-            correlation_id,
-            causation_id,
-            pairs,
-            pair_count,
-        },
-        payload,
-    ))
+    debug_assert_eq!(ids.len(), id_bytes);
+    Ok((Section(section), payload))
 }
 
 /// The next encoded pair: `(key, value, rest)`.
@@ -177,8 +201,8 @@ fn next_pair(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 
 /// The metadata pairs of a section that [`split`] checked.
 pub(crate) fn pairs<'t>(section: Section<'t>) -> impl Iterator<Item = (&'t str, &'t str)> {
-    let mut rest = section.pairs;
-    (0..section.pair_count).map_while(move |_| {
+    let mut rest = section.pairs();
+    (0..section.pair_count()).map_while(move |_| {
         let (k, v, tail) = next_pair(rest)?;
         rest = tail;
         Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
@@ -206,9 +230,9 @@ mod tests {
         body.extend_from_slice(b"payload!");
         let (section, payload) = split(1, FLAG_ENVELOPE, &body).unwrap();
         assert_eq!(payload, b"payload!");
-        assert_eq!(section.event_id, Some(7));
-        assert_eq!(section.correlation_id, None);
-        assert_eq!(section.causation_id, Some(u128::MAX));
+        assert_eq!(section.event_id(), Some(7));
+        assert_eq!(section.correlation_id(), None);
+        assert_eq!(section.causation_id(), Some(u128::MAX));
         let got: Vec<_> = pairs(section).collect();
         assert_eq!(got, [("tenant", "acme"), ("", ""), ("straße", "日本")]);
         assert!(Fields::default().encode().unwrap().is_empty());

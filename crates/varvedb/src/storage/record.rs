@@ -197,6 +197,7 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
 
 /// [`decode`], then the body split into its envelope section and the payload (or, for a blob
 /// record, the blob reference, checked for length).
+#[inline]
 pub(crate) fn open(seq: u64, record: &[u8]) -> Result<(RecordHeader, Section<'_>, &[u8])> {
     let (header, body) = decode(seq, record)?;
     let (section, rest) = envelope::split(seq, header.flags, body)?;

@@ -375,7 +375,7 @@ impl<'a> Run<'a> {
             };
             run.chain(seq, header.stream_id, header.version, header.links)?;
             run.event_type(seq, header.type_id)?;
-            if let Some(id) = section.event_id {
+            if let Some(id) = section.event_id() {
                 run.event_id(seq, id)?;
             }
             if header.flags & FLAG_BLOB != 0 {
@@ -481,7 +481,7 @@ impl<'a> Run<'a> {
                 None => None,
                 Some(value) => record::open(seq, value)
                     .ok()
-                    .map(|(_, section, _)| section.event_id),
+                    .map(|(_, section, _)| section.event_id()),
             };
             match stored {
                 Some(Some(found)) if found == id => {}
