@@ -62,3 +62,24 @@ impl From<EventId> for uuid::Uuid {
         uuid::Uuid::from_u128(id.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EventId;
+
+    #[test]
+    fn displays_as_a_uuid() {
+        let id = EventId::from_u128(0x0190_f00d_0000_7000_8000_0000_0000_0001);
+        assert_eq!(id.to_string(), "0190f00d-0000-7000-8000-000000000001");
+        assert_eq!(EventId::from(id.as_u128()), id);
+    }
+
+    #[cfg(feature = "uuid")]
+    #[test]
+    fn converts_to_and_from_uuid() {
+        let uuid = uuid::Uuid::from_u128(0x0190_f00d_0000_7000_8000_0000_0000_0001);
+        let id = EventId::from(uuid);
+        assert_eq!(id.to_string(), uuid.to_string());
+        assert_eq!(uuid::Uuid::from(id), uuid);
+    }
+}
