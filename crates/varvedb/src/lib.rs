@@ -94,9 +94,12 @@
 //!
 //! ## Mixing event types
 //!
-//! A store can hold events of several types, for example one type per stream. A reader
-//! validates each event against its own type, so read a stream with the reader of the type it
-//! was written with; to read the whole log at once, use one `enum` of all your events.
+//! A store can hold events of several types, for example one type per stream. Every record
+//! names its type, and a reader of another type gets [`Error::TypeMismatch`] (iterators report
+//! it and move on). To read the whole log with one reader, write it through one `enum` of your
+//! events with `#[derive(Event)]`: each variant is its own event type (see [`Event`] and
+//! `examples/event_enum.rs`). To read events without their Rust type, or an old schema version,
+//! use [`Storage::raw_reader`] (`examples/upcasting.rs`).
 //!
 //! ## When an append fails
 //!
