@@ -20,8 +20,8 @@ pub enum Durability {
 
 /// The configuration of a [`Storage`](crate::Storage).
 ///
-/// Sizes are in bytes; every limit names its unit last.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Sizes are in bytes; every limit names its unit last. `Debug` never shows the master key.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StorageConfig {
     /// The store's directory; it is created if missing.
     pub path: PathBuf,
@@ -46,6 +46,37 @@ pub struct StorageConfig {
     pub readers_max: u32,
     /// How long an append that must grow the map waits for open read transactions to end.
     pub resize_wait_ms_max: u64,
+    /// Encrypt every new stream (AES-256-GCM, a key per stream, wrapped by `master_key`).
+    /// Requires `master_key`; opening without one is [`Error::InvalidConfig`]. See
+    /// `docs/design.md`, "Encryption".
+    pub encryption_enabled: bool,
+    /// The 32-byte master key that wraps the stream keys. The store copies it into memory that
+    /// is zeroized when the store closes; `Storage::config()` does not show it. Opening a
+    /// store with another key than it was created with is [`Error::WrongMasterKey`]. Without
+    /// a key, an encrypted store still opens: envelopes and plaintext streams read, encrypted
+    /// payloads are [`Error::MasterKeyRequired`].
+    pub master_key: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .field("map_bytes_initial", &self.map_bytes_initial)
+            .field("map_bytes_max", &self.map_bytes_max)
+            .field("event_bytes_max", &self.event_bytes_max)
+            .field("blob_threshold_bytes", &self.blob_threshold_bytes)
+            .field("batch_events_max", &self.batch_events_max)
+            .field("readers_max", &self.readers_max)
+            .field("resize_wait_ms_max", &self.resize_wait_ms_max)
+            .field("encryption_enabled", &self.encryption_enabled)
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// The default path of a store: `varvedb-data` in the working directory.
@@ -68,6 +99,8 @@ impl Default for StorageConfig {
             batch_events_max: 100_000,
             readers_max: 1024,
             resize_wait_ms_max: 10_000,
+            encryption_enabled: false,
+            master_key: None,
         }
     }
 }
@@ -115,6 +148,12 @@ impl StorageConfig {
         }
         if self.readers_max == 0 {
             return bad("readers_max", "must be at least 1".into());
+        }
+        if self.encryption_enabled && self.master_key.is_none() {
+            return bad(
+                "master_key",
+                "encryption_enabled needs a 32-byte master key".into(),
+            );
         }
         Ok(())
     }

@@ -136,7 +136,9 @@ impl AppendOptions {
 /// An event's metadata pairs, read from its record without touching the payload.
 #[derive(Clone, Copy, Default)]
 pub struct Metadata<'t> {
-    pub(crate) section: crate::storage::envelope::Section<'t>,
+    /// The encoded pairs, checked when the event was read.
+    pub(crate) pairs: &'t [u8],
+    pub(crate) count: u16,
 }
 
 impl<'t> Metadata<'t> {
@@ -147,17 +149,17 @@ impl<'t> Metadata<'t> {
 
     /// Every pair, in the order they were given.
     pub fn iter(&self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
-        crate::storage::envelope::pairs(self.section)
+        crate::storage::envelope::pairs(self.pairs, self.count)
     }
 
     /// The number of pairs.
     pub fn len(&self) -> usize {
-        usize::from(self.section.pair_count())
+        usize::from(self.count)
     }
 
     /// Whether there are no pairs.
     pub fn is_empty(&self) -> bool {
-        self.section.pair_count() == 0
+        self.count == 0
     }
 }
 

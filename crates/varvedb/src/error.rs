@@ -123,6 +123,57 @@ pub enum Error {
         options: usize,
     },
 
+    /// The stream was shredded: its key is gone and its events are unreadable for good.
+    /// Iterators report it and move on.
+    #[error("event at sequence {seq} belongs to stream {stream_id}, which was shredded")]
+    Shredded {
+        /// The event's sequence.
+        seq: u64,
+        /// Its stream.
+        stream_id: u128,
+    },
+
+    /// An append to a shredded stream. Nothing was written; a shredded stream takes no events.
+    #[error("stream {stream_id} was shredded and takes no more events")]
+    StreamShredded {
+        /// The stream.
+        stream_id: u128,
+    },
+
+    /// Only an encrypted stream can be shredded; this one is plaintext. Nothing changed.
+    #[error("stream {stream_id} is not encrypted, so it cannot be crypto-shredded")]
+    StreamNotEncrypted {
+        /// The stream.
+        stream_id: u128,
+    },
+
+    /// An encrypted event did not authenticate: it was tampered with, or moved to another
+    /// stream, version or sequence. Nothing of it is handed out.
+    #[error("event at sequence {seq} does not authenticate: its ciphertext was changed or moved")]
+    AuthenticationFailed {
+        /// The event's sequence.
+        seq: u64,
+    },
+
+    /// The master key given does not open this store (its key-check value does not decrypt).
+    /// Nothing was read or written.
+    #[error("the master key does not open this store: it was created with another key")]
+    WrongMasterKey,
+
+    /// The stream is encrypted and the store was opened without its master key.
+    #[error("stream {stream_id} is encrypted; open the store with its master key to use it")]
+    MasterKeyRequired {
+        /// The stream.
+        stream_id: u128,
+    },
+
+    /// An encryption operation failed (no randomness from the OS, a malformed wrapped key).
+    #[error("encryption failed: {reason}")]
+    Crypto {
+        /// What failed.
+        reason: String,
+    },
+
     /// The record is intact but its payload is not a valid archive of the requested event type.
     /// This usually means the reader's type differs from the type the event was written with.
     #[error("event at sequence {seq} is not a valid {type_name}: {reason}")]

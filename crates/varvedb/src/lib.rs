@@ -158,8 +158,8 @@ pub use expected::{Appended, ExpectedVersion};
 pub use raw::{RawEvent, RawReader};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
-    FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, Stats, Storage, VERIFY_PROBLEMS_MAX,
-    VerifyPhase, VerifyProgress, VerifyReport,
+    FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, ShredReport, Stats, Storage,
+    VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,
 };
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
@@ -168,8 +168,8 @@ pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID, SerializeEvent, W
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;
 
-/// The record codec, exposed for the criterion micro-benchmarks (`benches/record.rs`) only. Not
-/// part of the API: it may change in any release.
+/// The record codec, exposed for the criterion micro-benchmarks (`benches/record.rs`) and for
+/// tests that forge or inspect records. Not part of the API: it may change in any release.
 #[doc(hidden)]
 pub mod __bench {
     use crate::storage::record::{self, Links, RecordHeader};
@@ -214,6 +214,23 @@ pub mod __bench {
 
     /// The length of a record's header: its payload starts here.
     pub const HEADER_LEN: usize = record::HEADER_LEN;
+
+    /// The checksum a record's header must carry (for tests that forge a record).
+    pub fn reseal_checksum(record_bytes: &[u8]) -> u64 {
+        record::checksum_of(record_bytes)
+    }
+
+    /// A stream's raw keystore entry (for tests that look for it in a file).
+    pub fn keystore_entry(storage: &crate::Storage, stream_id: u128) -> Option<Vec<u8>> {
+        let txn = storage.read_txn().ok()?;
+        storage
+            .dbs()
+            .keystore
+            .get(txn.raw(), &stream_id.to_be_bytes())
+            .ok()
+            .flatten()
+            .map(<[u8]>::to_vec)
+    }
 }
 
 // The README's quickstart is compiled and run as a doc-test too.

@@ -16,11 +16,12 @@ use rkyv::rancor;
 use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
+use crate::storage::crypto::{self, StreamKey};
 use crate::storage::envelope::Section;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::types::{self, TypeKey};
-use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys};
+use crate::storage::{self, ReadTxn, Storage, blob, chain, keys};
 
 impl Storage {
     /// The untyped reader of this store: every event with its envelope and payload bytes,
@@ -44,8 +45,43 @@ pub struct RawEvent<'t> {
     header: RecordHeader,
     event_type: TypeKey<'t>,
     envelope: Section<'t>,
-    payload: &'t [u8],
+    payload: RawPayload<'t>,
     blob: Option<[u8; blob::HASH_LEN]>,
+}
+
+/// A raw event's payload.
+enum RawPayload<'t> {
+    /// Plaintext, in the map.
+    Mapped(&'t [u8]),
+    /// Decrypted (an encrypted stream, with its key): the plaintext and where its parts are.
+    Decrypted {
+        buffer: Plaintext,
+        payload: std::ops::Range<usize>,
+        pairs: std::ops::Range<usize>,
+        pair_count: u16,
+    },
+    /// Encrypted, and this store was opened without the master key.
+    Locked,
+    /// Its stream was shredded: the payload is unreadable for good.
+    Shredded,
+}
+
+/// A decrypted payload, wiped when dropped. (A type of its own, without the snapshot's
+/// lifetime, so that a `RawEvent` may still be dropped after its snapshot ends.)
+struct Plaintext(rkyv::util::AlignedVec<16>);
+
+impl Drop for Plaintext {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.0.as_mut_slice());
+    }
+}
+
+impl std::ops::Deref for Plaintext {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl<'t> RawEvent<'t> {
@@ -99,17 +135,48 @@ impl<'t> RawEvent<'t> {
         self.envelope.causation_id().map(EventId::from_u128)
     }
 
-    /// Its metadata pairs.
-    pub fn metadata(&self) -> Metadata<'t> {
-        Metadata {
-            section: self.envelope,
+    /// Its metadata pairs (for an encrypted event, decrypted; none if it cannot be).
+    pub fn metadata(&self) -> Metadata<'_> {
+        if let RawPayload::Decrypted {
+            buffer,
+            pairs,
+            pair_count,
+            ..
+        } = &self.payload
+        {
+            return Metadata {
+                pairs: &buffer[pairs.clone()],
+                count: *pair_count,
+            };
+        }
+        if self.is_encrypted() {
+            return Metadata::default();
+        }
+        let (pairs, count) = self.envelope.encoded_pairs();
+        Metadata { pairs, count }
+    }
+
+    /// The payload: the rkyv archive of the event (checked against its checksum, digest or
+    /// authentication tag, not validated as any type). Empty for a shredded event, or an
+    /// encrypted one read without the master key.
+    pub fn payload_bytes(&self) -> &[u8] {
+        match &self.payload {
+            RawPayload::Mapped(bytes) => bytes,
+            RawPayload::Decrypted {
+                buffer, payload, ..
+            } => &buffer[payload.clone()],
+            RawPayload::Locked | RawPayload::Shredded => &[],
         }
     }
 
-    /// The payload: the rkyv archive of the event (checked against its checksum or digest,
-    /// not validated as any type).
-    pub fn payload_bytes(&self) -> &'t [u8] {
-        self.payload
+    /// Whether the event was stored encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.header.flags & crypto::FLAG_ENCRYPTED != 0
+    }
+
+    /// Whether the event's stream was shredded: its envelope stays, its payload is gone.
+    pub fn is_shredded(&self) -> bool {
+        matches!(self.payload, RawPayload::Shredded)
     }
 
     /// Whether the payload lives in the blob store.
@@ -126,7 +193,7 @@ impl<'t> RawEvent<'t> {
     /// otherwise [`Error::TypeMismatch`]. Zero-copy. This is the upcasting pattern: look at
     /// [`event_version`](Self::event_version), then read the payload as the type of that
     /// version.
-    pub fn archived<E: ValidateEvent + Event>(&self) -> Result<&'t E::Archived> {
+    pub fn archived<E: ValidateEvent + Event>(&self) -> Result<&E::Archived> {
         let accepted = self.event_type.container == E::CONTAINER
             && E::TYPES
                 .iter()
@@ -138,7 +205,22 @@ impl<'t> RawEvent<'t> {
                 found: self.event_type.to_string(),
             });
         }
-        if !(self.payload.as_ptr() as usize).is_multiple_of(MAX_EVENT_ALIGN)
+        match self.payload {
+            RawPayload::Shredded => {
+                return Err(Error::Shredded {
+                    seq: self.seq,
+                    stream_id: self.header.stream_id,
+                });
+            }
+            RawPayload::Locked => {
+                return Err(Error::MasterKeyRequired {
+                    stream_id: self.header.stream_id,
+                });
+            }
+            _ => {}
+        }
+        let payload = self.payload_bytes();
+        if !(payload.as_ptr() as usize).is_multiple_of(MAX_EVENT_ALIGN)
             || align_of::<<E as Archive>::Archived>() > MAX_EVENT_ALIGN
         {
             return Err(Error::corrupt(
@@ -146,7 +228,7 @@ impl<'t> RawEvent<'t> {
                 "payload not aligned for zero-copy",
             ));
         }
-        rkyv::access::<E::Archived, rancor::Error>(self.payload).map_err(|e| Error::InvalidEvent {
+        rkyv::access::<E::Archived, rancor::Error>(payload).map_err(|e| Error::InvalidEvent {
             seq: self.seq,
             type_name: std::any::type_name::<E>(),
             reason: e.to_string(),
@@ -164,14 +246,22 @@ impl fmt::Debug for RawEvent<'_> {
             .field("event_type", &self.event_type.to_string())
             .field("event_id", &self.event_id())
             .field("metadata", &self.metadata())
-            .field("payload_bytes", &self.payload.len())
+            .field("payload_bytes", &self.payload_bytes().len())
+            .field("is_encrypted", &self.is_encrypted())
+            .field("is_shredded", &self.is_shredded())
             .field("is_blob", &self.is_blob())
             .finish()
     }
 }
 
 /// The untyped event of the record `value` at `seq`.
-fn raw_at<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64, value: &'t [u8]) -> Result<RawEvent<'t>> {
+fn raw_at<'t>(
+    storage: &Storage,
+    txn: &'t RoTxn<'_>,
+    seq: u64,
+    value: &'t [u8],
+) -> Result<RawEvent<'t>> {
+    let dbs = storage.dbs();
     let (header, envelope, body) = record::open(seq, value)?;
     let event_type = types::resolve(dbs, txn, header.type_id)?.ok_or_else(|| {
         Error::corrupt(
@@ -182,21 +272,49 @@ fn raw_at<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64, value: &'t [u8]) -> Resul
             ),
         )
     })?;
-    let (payload, blob) = if header.flags & blob::FLAG_BLOB == 0 {
-        (body, None)
-    } else {
-        let reference = blob::BlobRef::decode(body)
-            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        (blob::get(dbs, txn, seq, &reference)?, Some(reference.hash))
-    };
-    Ok(RawEvent {
+    let event = |payload, blob| RawEvent {
         seq,
         header,
         event_type,
         envelope,
         payload,
         blob,
-    })
+    };
+    let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
+        None
+    } else {
+        match storage.crypto().stream_key(dbs, txn, header.stream_id) {
+            Ok(StreamKey::Key(key)) => Some(key),
+            Ok(StreamKey::Shredded) => return Ok(event(RawPayload::Shredded, None)),
+            Ok(StreamKey::Plain) => {
+                return Err(Error::corrupt(seq, "an encrypted record without a key"));
+            }
+            Err(Error::MasterKeyRequired { .. }) => return Ok(event(RawPayload::Locked, None)),
+            Err(e) => return Err(e),
+        }
+    };
+    let (stored, blob) = if header.flags & blob::FLAG_BLOB == 0 {
+        (body, None)
+    } else {
+        let reference = blob::BlobRef::decode(body)
+            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+        (blob::get(dbs, txn, seq, &reference)?, Some(reference.hash))
+    };
+    let payload = match key {
+        Some(key) => {
+            let aad = crypto::event_aad(header.stream_id, header.version, seq, header.type_id);
+            let opened =
+                crypto::open_event(&key, &aad, stored, seq, rkyv::util::AlignedVec::new())?;
+            RawPayload::Decrypted {
+                buffer: Plaintext(opened.buffer),
+                payload: opened.payload,
+                pairs: opened.pairs,
+                pair_count: opened.pair_count,
+            }
+        }
+        None => RawPayload::Mapped(stored),
+    };
+    Ok(event(payload, blob))
 }
 
 impl RawReader {
@@ -211,7 +329,7 @@ impl RawReader {
         let dbs = self.storage.dbs();
         match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
-            Some(value) => raw_at(dbs, txn.raw(), seq, value).map(Some),
+            Some(value) => raw_at(&self.storage, txn.raw(), seq, value).map(Some),
         }
     }
 
@@ -233,7 +351,7 @@ impl RawReader {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        raw_at(dbs, txn.raw(), found.seq, found.record).map(Some)
+        raw_at(&self.storage, txn.raw(), found.seq, found.record).map(Some)
     }
 
     /// Every event from global sequence `from_seq` on, in order. A damaged record is reported
@@ -255,6 +373,7 @@ impl RawReader {
             Err(e) => (None, Some(e)),
         };
         let raw = txn.raw();
+        let storage = self.storage.clone();
         let mut done = false;
         failed
             .map(Err)
@@ -273,7 +392,7 @@ impl RawReader {
                             0,
                             format!("malformed events-log key {key:02x?}"),
                         )),
-                        Some(seq) => raw_at(&dbs, raw, seq, value),
+                        Some(seq) => raw_at(&storage, raw, seq, value),
                     },
                 })
             }))

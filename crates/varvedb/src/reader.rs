@@ -16,6 +16,7 @@ use rkyv::{Archive, Deserialize};
 use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::storage::chain::Found;
+use crate::storage::crypto::{self, StreamKey};
 use crate::storage::envelope::Section;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
@@ -42,7 +43,7 @@ impl<E> ValidateEvent for E where
 pub struct Reader<E> {
     storage: Storage,
     /// Which of the store's event type ids this reader accepts, learnt as it reads.
-    memo: Arc<TypeMemo>,
+    state: Arc<ReaderState>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -50,10 +51,18 @@ impl<E> Clone for Reader<E> {
     fn clone(&self) -> Self {
         Reader {
             storage: self.storage.clone(),
-            memo: Arc::clone(&self.memo),
+            state: Arc::clone(&self.state),
             _event: PhantomData,
         }
     }
+}
+
+/// What a reader and its iterators share: the store (for stream keys), what it learnt of type
+/// ids, and its decryption buffers.
+struct ReaderState {
+    storage: Storage,
+    memo: TypeMemo,
+    pool: Arc<BufferPool>,
 }
 
 /// What a reader has learnt of a store's event type ids: for each id, whether its type is one
@@ -135,6 +144,62 @@ enum Payload<'t> {
     /// storage layout makes this unreachable for records written by this format; it is kept so
     /// that a surprise from LMDB costs a copy, never undefined behaviour.
     Copied(AlignedVec<RECORD_ALIGN>),
+    /// Decrypted into a buffer of the reader's pool (an encrypted stream).
+    Decrypted(Decrypted),
+}
+
+impl<'t> Payload<'t> {
+    /// The payload as it lies in the map: borrowed if aligned, else copied.
+    fn mapped(bytes: &'t [u8]) -> Self {
+        if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
+            Payload::Mapped(bytes)
+        } else {
+            let mut copy = AlignedVec::<RECORD_ALIGN>::with_capacity(bytes.len());
+            copy.extend_from_slice(bytes);
+            Payload::Copied(copy)
+        }
+    }
+}
+
+/// A decrypted event in a buffer that goes back to its reader's pool when the event is dropped,
+/// so that a scan of an encrypted stream reuses a few buffers rather than allocating one per
+/// event.
+struct Decrypted {
+    buffer: AlignedVec<RECORD_ALIGN>,
+    payload: std::ops::Range<usize>,
+    pairs: std::ops::Range<usize>,
+    pair_count: u16,
+    pool: Arc<BufferPool>,
+}
+
+impl Drop for Decrypted {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.buffer);
+        self.pool.put(buffer);
+    }
+}
+
+/// The decryption buffers of a reader.
+#[derive(Default)]
+struct BufferPool(std::sync::Mutex<Vec<AlignedVec<RECORD_ALIGN>>>);
+
+/// The most idle buffers a reader keeps.
+const POOL_MAX: usize = 8;
+
+impl BufferPool {
+    fn take(&self) -> AlignedVec<RECORD_ALIGN> {
+        crate::storage::lock(&self.0).pop().unwrap_or_default()
+    }
+
+    fn put(&self, mut buffer: AlignedVec<RECORD_ALIGN>) {
+        // Plaintext of an encrypted stream: wiped before it is kept or freed.
+        zeroize::Zeroize::zeroize(buffer.as_mut_slice());
+        let mut pool = crate::storage::lock(&self.0);
+        if pool.len() < POOL_MAX {
+            buffer.clear();
+            pool.push(buffer);
+        }
+    }
 }
 
 /// One event, read zero-copy: it dereferences to the archived event inside the memory map.
@@ -172,18 +237,11 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
     fn new(
         seq: u64,
         header: RecordHeader,
-        bytes: &'t [u8],
+        payload: Payload<'t>,
         blob: Option<&'t [u8; blob::HASH_LEN]>,
         type_index: u16,
         envelope: Section<'t>,
     ) -> Result<Self> {
-        let payload = if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
-            Payload::Mapped(bytes)
-        } else {
-            let mut copy = AlignedVec::<RECORD_ALIGN>::with_capacity(bytes.len());
-            copy.extend_from_slice(bytes);
-            Payload::Copied(copy)
-        };
         let event: EventRef<'t, E> = EventRef {
             seq,
             stream_id: header.stream_id,
@@ -258,10 +316,21 @@ impl<'t, E: Archive> EventRef<'t, E> {
     }
 
     /// Its metadata pairs (empty if its append gave none).
-    pub fn metadata(&self) -> Metadata<'t> {
-        Metadata {
-            section: self.envelope,
+    pub fn metadata(&self) -> Metadata<'_> {
+        if let Payload::Decrypted(d) = &self.payload {
+            return Metadata {
+                pairs: &d.buffer[d.pairs.clone()],
+                count: d.pair_count,
+            };
         }
+        let (pairs, count) = self.envelope.encoded_pairs();
+        Metadata { pairs, count }
+    }
+
+    /// Whether the event was stored encrypted (and so was decrypted into a buffer to be read:
+    /// not zero-copy).
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self.payload, Payload::Decrypted(_))
     }
 
     /// The commit time, in nanoseconds since the Unix epoch, as stored in the record header
@@ -276,6 +345,7 @@ impl<'t, E: Archive> EventRef<'t, E> {
         match &self.payload {
             Payload::Mapped(bytes) => bytes,
             Payload::Copied(copy) => copy,
+            Payload::Decrypted(d) => &d.buffer[d.payload.clone()],
         }
     }
 
@@ -353,23 +423,73 @@ impl<E: Archive> fmt::Debug for EventRef<'_, E> {
 fn event_at<'t, E: ValidateEvent + Event>(
     dbs: &Dbs,
     txn: &'t RoTxn<'_>,
-    memo: &TypeMemo,
+    state: &ReaderState,
     seq: u64,
     value: &'t [u8],
 ) -> Result<EventRef<'t, E>> {
     let (header, envelope, body) = storage::record::open(seq, value)?;
-    let type_index = memo.check::<E>(dbs, txn, seq, header.type_id)?;
-    if header.flags & blob::FLAG_BLOB == 0 {
-        return EventRef::new(seq, header, body, None, type_index, envelope);
+    let type_index = state.memo.check::<E>(dbs, txn, seq, header.type_id)?;
+    // An encrypted event's key first: a shredded stream's blobs are gone.
+    let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
+        None
+    } else {
+        Some(stream_key(dbs, txn, state, seq, &header)?)
+    };
+    let (stored, hash) = if header.flags & blob::FLAG_BLOB == 0 {
+        (body, None)
+    } else {
+        let reference = blob::BlobRef::decode(body)
+            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+        // The hash, borrowed from the record (the reference starts with it).
+        let hash = body
+            .first_chunk::<{ blob::HASH_LEN }>()
+            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+        (blob::get(dbs, txn, seq, &reference)?, Some(hash))
+    };
+    let payload = match key {
+        None => Payload::mapped(stored),
+        Some(key) => Payload::Decrypted(decrypt(&key, state, seq, &header, stored)?),
+    };
+    EventRef::new(seq, header, payload, hash, type_index, envelope)
+}
+
+/// The key of an encrypted event's stream; `Shredded` when it is gone.
+fn stream_key(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    state: &ReaderState,
+    seq: u64,
+    header: &RecordHeader,
+) -> Result<Arc<aes_gcm::Aes256Gcm>> {
+    let stream_id = header.stream_id;
+    match state.storage.crypto().stream_key(dbs, txn, stream_id)? {
+        StreamKey::Key(key) => Ok(key),
+        StreamKey::Shredded => Err(Error::Shredded { seq, stream_id }),
+        StreamKey::Plain => Err(Error::corrupt(
+            seq,
+            "the record is encrypted but its stream has no key",
+        )),
     }
-    let reference = blob::BlobRef::decode(body)
-        .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-    let payload = blob::get(dbs, txn, seq, &reference)?;
-    // The hash, borrowed from the record (the reference starts with it).
-    let hash = body
-        .first_chunk::<{ blob::HASH_LEN }>()
-        .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-    EventRef::new(seq, header, payload, Some(hash), type_index, envelope)
+}
+
+/// Decrypts an encrypted event into a buffer of the reader's pool.
+fn decrypt(
+    key: &aes_gcm::Aes256Gcm,
+    state: &ReaderState,
+    seq: u64,
+    header: &RecordHeader,
+    sealed: &[u8],
+) -> Result<Decrypted> {
+    let stream_id = header.stream_id;
+    let aad = crypto::event_aad(stream_id, header.version, seq, header.type_id);
+    let opened = crypto::open_event(key, &aad, sealed, seq, state.pool.take())?;
+    Ok(Decrypted {
+        buffer: opened.buffer,
+        payload: opened.payload,
+        pairs: opened.pairs,
+        pair_count: opened.pair_count,
+        pool: Arc::clone(&state.pool),
+    })
 }
 
 impl<E: ValidateEvent + Event> Reader<E> {
@@ -385,8 +505,12 @@ impl<E: ValidateEvent + Event> Reader<E> {
             );
         }
         Reader {
+            state: Arc::new(ReaderState {
+                storage: storage.clone(),
+                memo: TypeMemo::default(),
+                pool: Arc::default(),
+            }),
             storage,
-            memo: Arc::default(),
             _event: PhantomData,
         }
     }
@@ -402,7 +526,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
         let dbs = self.storage.dbs();
         match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
-            Some(value) => event_at(dbs, txn.raw(), &self.memo, seq, value).map(Some),
+            Some(value) => event_at(dbs, txn.raw(), &self.state, seq, value).map(Some),
         }
     }
 
@@ -424,7 +548,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        event_at(dbs, txn.raw(), &self.memo, found.seq, found.record).map(Some)
+        event_at(dbs, txn.raw(), &self.state, found.seq, found.record).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -472,8 +596,8 @@ impl<E: ValidateEvent + Event> Reader<E> {
         AllIter {
             dbs,
             txn: txn.raw(),
-            memo: Arc::clone(&self.memo),
-            state: IterState::from(cursor),
+            state: Arc::clone(&self.state),
+            cursor: IterState::from(cursor),
             _event: PhantomData,
         }
     }
@@ -548,7 +672,7 @@ pub struct StreamIter<'t, E> {
     /// Forwards: the located events of the current chunk, the next one last.
     chunk: Vec<(u64, &'t [u8])>,
     error: Option<Error>,
-    memo: Arc<TypeMemo>,
+    state: Arc<ReaderState>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -584,7 +708,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             backwards,
             chunk: Vec::new(),
             error: None,
-            memo: Arc::clone(&reader.memo),
+            state: Arc::clone(&reader.state),
             _event: PhantomData,
         };
         let head = storage
@@ -655,7 +779,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
 
     fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
         if let Some((seq, record)) = self.chunk.pop() {
-            return Some(event_at(&self.dbs, self.txn, &self.memo, seq, record));
+            return Some(event_at(&self.dbs, self.txn, &self.state, seq, record));
         }
         if self.next == 0 || self.next > self.head.0 {
             return None;
@@ -668,7 +792,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             Ok(()) => self
                 .chunk
                 .pop()
-                .map(|(seq, record)| event_at(&self.dbs, self.txn, &self.memo, seq, record)),
+                .map(|(seq, record)| event_at(&self.dbs, self.txn, &self.state, seq, record)),
             Err(e) => {
                 // Skip what could not be located; later chunks are reached from the head.
                 self.chunk.clear();
@@ -685,7 +809,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
             Ok((record, links)) => {
                 (self.next, self.next_seq) = (version - 1, links.prev);
-                Some(event_at(&self.dbs, self.txn, &self.memo, seq, record))
+                Some(event_at(&self.dbs, self.txn, &self.state, seq, record))
             }
             Err(e) => {
                 // Without this record's links the rest of the stream cannot be reached.
@@ -719,8 +843,8 @@ impl<'t, E: ValidateEvent + Event> Iterator for StreamIter<'t, E> {
 pub struct AllIter<'t, E> {
     dbs: Dbs,
     txn: &'t RoTxn<'static, heed::WithoutTls>,
-    memo: Arc<TypeMemo>,
-    state: IterState<'t>,
+    state: Arc<ReaderState>,
+    cursor: IterState<'t>,
     _event: PhantomData<fn() -> E>,
 }
 
@@ -736,7 +860,7 @@ impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
     type Item = Result<EventRef<'t, E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (key, value) = match self.state.next_raw()? {
+        let (key, value) = match self.cursor.next_raw()? {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
@@ -746,6 +870,6 @@ impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
                 format!("malformed events-log key {key:02x?}"),
             )));
         };
-        Some(event_at(&self.dbs, self.txn, &self.memo, seq, value))
+        Some(event_at(&self.dbs, self.txn, &self.state, seq, value))
     }
 }

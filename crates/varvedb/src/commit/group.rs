@@ -8,16 +8,22 @@
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aes_gcm::Aes256Gcm;
 use heed::{PutFlags, RwTxn};
+use rkyv::util::AlignedVec;
+use std::sync::Arc;
 
-use super::StreamAppend;
 use super::queue::{Outcome, Request};
+use super::{Blob, Prepared, StreamAppend};
 use crate::error::{Error, Result};
 use crate::event_id::EventId;
 use crate::expected::Appended;
-use crate::storage::blob;
+use crate::storage::blob::{self, BlobRef};
 use crate::storage::chain::Spine;
+use crate::storage::crypto::{self, Crypto, StreamKey};
+use crate::storage::envelope;
 use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::record::HEADER_LEN;
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::types::{self, TypeKey};
 use crate::storage::{Dbs, Storage, keys, stream_head};
@@ -67,6 +73,18 @@ struct Head {
     /// The jump spine of the head, once known (from the cache, a load, or this group's appends).
     spine: Option<Spine>,
     dirty: bool,
+    /// The stream's encryption, once checked.
+    mode: Option<Mode>,
+}
+
+/// How a stream's events are written.
+#[derive(Clone)]
+enum Mode {
+    Plain,
+    /// Encrypted with this key.
+    Key(Arc<Aes256Gcm>),
+    /// A new stream of an encrypting store: its key is created with its first event.
+    New,
 }
 
 /// The heads the committer wrote last, with their spines, kept between groups so that a stream
@@ -115,6 +133,9 @@ struct Heads<'c> {
     new_types: Vec<(TypeKey<'static>, u32)>,
     /// The type of the last event written, and its id.
     last_type: Option<(TypeKey<'static>, u32)>,
+    /// Stream keys created by this group's transaction; the key cache takes them after the
+    /// commit.
+    new_keys: Vec<(u128, Arc<Aes256Gcm>)>,
 }
 
 fn same_type(a: &TypeKey<'static>, b: &TypeKey<'static>) -> bool {
@@ -167,6 +188,7 @@ impl Heads<'_> {
                         seq,
                         spine: Some(spine),
                         dirty: false,
+                        mode: None,
                     },
                     None => {
                         let (version, seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
@@ -175,6 +197,7 @@ impl Heads<'_> {
                             seq,
                             spine: (version == 0).then(Spine::default),
                             dirty: false,
+                            mode: None,
                         }
                     }
                 };
@@ -214,9 +237,113 @@ enum Verdict {
     Replay(Vec<Appended>),
 }
 
+/// Replaces a prepared event's body with its sealed form (see [`crypto`]): the ids stay
+/// visible in the envelope section, the metadata and payload are encrypted, and a sealed body
+/// past `blob_threshold` goes to the blob store (as ciphertext: plaintext never reaches disk).
+fn encrypt(
+    event: &mut Prepared,
+    key: &Aes256Gcm,
+    version: u32,
+    aad: &[u8],
+    blob_threshold: usize,
+) -> Result<()> {
+    let body = &event.record[HEADER_LEN..HEADER_LEN + event.payload_len as usize];
+    let (section, rest) = envelope::split(0, event.flags, body)?;
+    let payload = match &event.blob {
+        Some(b) => &b.buffer[b.offset..b.offset + b.reference.len as usize],
+        None => rest,
+    };
+    let (pairs, pair_count) = section.encoded_pairs();
+    let sealed = crypto::seal_event(key, version, aad, pairs, pair_count, payload)?;
+    let visible = envelope::Fields {
+        event_id: section.event_id(),
+        correlation_id: section.correlation_id(),
+        causation_id: section.causation_id(),
+        metadata: Vec::new(),
+    }
+    .encode()?;
+    let mut flags = crypto::FLAG_ENCRYPTED;
+    if !visible.is_empty() {
+        flags |= envelope::FLAG_ENVELOPE;
+    }
+    let mut record =
+        AlignedVec::<16>::with_capacity(HEADER_LEN + visible.len() + sealed.len() + 16);
+    record.extend_from_slice(&[0u8; HEADER_LEN]);
+    record.extend_from_slice(&visible);
+    if visible.len() + sealed.len() > blob_threshold {
+        let reference = BlobRef::of(&sealed);
+        let mut buffer = AlignedVec::<16>::with_capacity(sealed.len().next_multiple_of(16));
+        buffer.extend_from_slice(&sealed);
+        buffer.resize(sealed.len().next_multiple_of(16), 0);
+        record.extend_from_slice(&reference.encode());
+        event.blob = Some(Box::new(Blob {
+            reference,
+            buffer,
+            offset: 0,
+        }));
+        flags |= blob::FLAG_BLOB;
+    } else {
+        record.extend_from_slice(&sealed);
+        event.blob = None;
+    }
+    let body_len = record.len() - HEADER_LEN;
+    event.digest = record::payload_digest(&record[HEADER_LEN..]);
+    record.resize(record::record_len(body_len), 0);
+    event.payload_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
+        size: body_len,
+        max: u32::MAX as usize,
+    })?;
+    event.record = record;
+    event.flags = flags;
+    Ok(())
+}
+
+/// The xxh3-64 of a stored event's payload (decrypted if need be), for comparing a retried
+/// event with the one that has its id.
+fn stored_payload_digest(
+    dbs: &Dbs,
+    txn: &RwTxn<'_>,
+    crypto: &Crypto,
+    seq: u64,
+    header: &record::RecordHeader,
+    body: &[u8],
+) -> Result<u64> {
+    if header.flags & crypto::FLAG_ENCRYPTED == 0 {
+        return Ok(if header.flags & blob::FLAG_BLOB != 0 {
+            blob::BlobRef::decode(body).map_or(0, |r| r.digest)
+        } else {
+            record::payload_digest(body)
+        });
+    }
+    let key = match crypto.stream_key(dbs, txn, header.stream_id)? {
+        StreamKey::Key(key) => key,
+        StreamKey::Shredded => {
+            return Err(Error::StreamShredded {
+                stream_id: header.stream_id,
+            });
+        }
+        StreamKey::Plain => return Err(Error::corrupt(seq, "an encrypted record without a key")),
+    };
+    let sealed = if header.flags & blob::FLAG_BLOB != 0 {
+        let r = blob::BlobRef::decode(body)
+            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
+        blob::get(dbs, txn, seq, &r)?
+    } else {
+        body
+    };
+    let aad = crypto::event_aad(header.stream_id, header.version, seq, header.type_id);
+    let opened = crypto::open_event(&key, &aad, sealed, seq, AlignedVec::new())?;
+    Ok(record::payload_digest(&opened.buffer[opened.payload]))
+}
+
 /// Checks a request's event ids against the `event_ids` index (in this transaction, so that a
 /// request sees the ids of the requests before it in the group).
-fn check_ids(dbs: &Dbs, wtxn: &RwTxn<'_>, appends: &[StreamAppend]) -> Result<Option<Verdict>> {
+fn check_ids(
+    dbs: &Dbs,
+    wtxn: &RwTxn<'_>,
+    crypto: &Crypto,
+    appends: &[StreamAppend],
+) -> Result<Option<Verdict>> {
     let events = appends.iter().flat_map(|a| a.events.iter());
     if events.clone().all(|e| e.event_id.is_none()) {
         return Ok(None);
@@ -284,11 +411,7 @@ fn check_ids(dbs: &Dbs, wtxn: &RwTxn<'_>, appends: &[StreamAppend]) -> Result<Op
                     ),
                 ));
             }
-            let stored_digest = if header.flags & blob::FLAG_BLOB != 0 {
-                blob::BlobRef::decode(body).map_or(0, |r| r.digest)
-            } else {
-                record::payload_digest(body)
-            };
+            let stored_digest = stored_payload_digest(dbs, wtxn, crypto, seq, &header, body)?;
             if stored_digest != event.payload_digest {
                 return Err(duplicate(seq, id, "its payload differs".into()));
             }
@@ -316,10 +439,12 @@ fn check(
     dbs: &Dbs,
     wtxn: &RwTxn<'_>,
     heads: &mut Heads<'_>,
+    crypto: &Crypto,
+    encrypt_new: bool,
     appends: &[StreamAppend],
 ) -> Result<Verdict> {
     // A retry of an append the store already has is answered whatever its expectation says.
-    if let Some(verdict) = check_ids(dbs, wtxn, appends)? {
+    if let Some(verdict) = check_ids(dbs, wtxn, crypto, appends)? {
         return Ok(verdict);
     }
     // A stream may appear twice in one request: the second entry sees the first one's events.
@@ -331,7 +456,19 @@ fn check(
             Some(v) => *v,
             None => heads.get(dbs, wtxn, stream_id)?.version,
         };
-        for event in &append.events {
+        // The stream's encryption: a shredded stream takes nothing, an encrypted one needs its
+        // key, and a new stream of an encrypting store gets one.
+        let head = heads.get(dbs, wtxn, stream_id)?;
+        if head.mode.is_none() {
+            head.mode = Some(match crypto.stream_key(dbs, wtxn, stream_id)? {
+                StreamKey::Shredded => return Err(Error::StreamShredded { stream_id }),
+                StreamKey::Key(key) => Mode::Key(key),
+                StreamKey::Plain if head.version == 0 && encrypt_new => Mode::New,
+                StreamKey::Plain => Mode::Plain,
+            });
+        }
+        let encrypted = !matches!(head.mode, Some(Mode::Plain));
+        for event in append.events.iter().filter(|_| !encrypted) {
             if let Some(b) = &event.blob {
                 // A damaged reference count fails this append before it writes anything.
                 blob::check_refs(dbs, wtxn, &b.reference)?;
@@ -366,10 +503,16 @@ fn check(
 }
 
 /// Writes one checked request: its records and (in memory) its heads.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the commit's context, passed down once"
+)]
 fn apply(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
     heads: &mut Heads<'_>,
+    crypto: &Crypto,
+    blob_threshold: usize,
     inline_max: usize,
     timestamp_ns: u64,
     seq: &mut u64,
@@ -381,6 +524,17 @@ fn apply(
         for event in &mut append.events {
             event.type_id = heads.type_id(dbs, wtxn, event.event_type)?;
         }
+        let mode = heads.get(dbs, wtxn, stream_id)?.mode.clone();
+        let key = match mode {
+            Some(Mode::Key(key)) => Some(key),
+            Some(Mode::New) => {
+                let key = crypto.create_key(dbs, wtxn, stream_id)?;
+                heads.new_keys.push((stream_id, Arc::clone(&key)));
+                heads.get(dbs, wtxn, stream_id)?.mode = Some(Mode::Key(Arc::clone(&key)));
+                Some(key)
+            }
+            _ => None,
+        };
         let head = heads.get(dbs, wtxn, stream_id)?;
         let spine = match &mut head.spine {
             Some(spine) => spine,
@@ -397,6 +551,10 @@ fn apply(
             head.version += 1;
             head.seq = *seq;
             let links = spine.push(head.version, *seq);
+            if let Some(key) = &key {
+                let aad = crypto::event_aad(stream_id, head.version, *seq, event.type_id);
+                encrypt(event, key, head.version, &aad, blob_threshold)?;
+            }
             if let Some(b) = &event.blob {
                 blob::put(dbs, wtxn, &b.reference, b.stored())?;
             }
@@ -447,6 +605,8 @@ pub(crate) fn commit_group(
     resize_wait: std::time::Duration,
 ) -> (Vec<Outcome>, bool) {
     let inline_max = storage.inline_record_max();
+    let encrypt_new = storage.is_encrypted();
+    let blob_threshold = storage.config().blob_threshold_bytes;
     let written = storage.write(resize_wait, |wtxn, dbs| {
         let mut seq = crate::storage::last_seq(dbs, wtxn)?;
         if seq != cache.last_seq {
@@ -463,6 +623,7 @@ pub(crate) fn commit_group(
             cache,
             new_types: Vec::new(),
             last_type: None,
+            new_keys: Vec::new(),
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
@@ -479,7 +640,14 @@ pub(crate) fn commit_group(
                 outcomes.push(Ok(Vec::new()));
                 continue;
             }
-            match check(dbs, wtxn, &mut heads, &request.appends) {
+            match check(
+                dbs,
+                wtxn,
+                &mut heads,
+                storage.crypto(),
+                encrypt_new,
+                &request.appends,
+            ) {
                 Ok(Verdict::Replay(answers)) => outcomes.push(Ok(answers)),
                 Ok(Verdict::Write) => {
                     wrote = true;
@@ -487,6 +655,8 @@ pub(crate) fn commit_group(
                         dbs,
                         wtxn,
                         &mut heads,
+                        storage.crypto(),
+                        blob_threshold,
                         inline_max,
                         timestamp_ns,
                         &mut seq,
@@ -498,11 +668,22 @@ pub(crate) fn commit_group(
             }
         }
         heads.write(dbs, wtxn)?;
-        Ok(((outcomes, heads.map, heads.new_types, seq, wrote), wrote))
+        Ok((
+            (
+                outcomes,
+                heads.map,
+                heads.new_types,
+                heads.new_keys,
+                seq,
+                wrote,
+            ),
+            wrote,
+        ))
     });
     match written {
-        Ok((outcomes, heads, types, last_seq, wrote)) => {
+        Ok((outcomes, heads, types, keys, last_seq, wrote)) => {
             cache.adopt(heads, types, last_seq);
+            storage.crypto().adopt(keys);
             (outcomes, wrote)
         }
         Err(e) => {

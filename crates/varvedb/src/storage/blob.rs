@@ -199,10 +199,6 @@ pub(crate) fn put(dbs: &Dbs, wtxn: &mut RwTxn<'_>, r: &BlobRef, padded: &[u8]) -
 /// Drops one reference to the blob `hash`; the last one deletes the blob. Returns the references
 /// left. This is how shredding and retention release payloads without touching other events
 /// that share them.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "the release path of shredding and retention")
-)]
 pub(crate) fn release(dbs: &Dbs, wtxn: &mut RwTxn<'_>, hash: &[u8; HASH_LEN]) -> Result<u64> {
     let unknown = || Error::CorruptBlob {
         hash: hex(hash),

@@ -34,6 +34,7 @@ pub(super) fn open(
     config: &StorageConfig,
     path: &Path,
     create: Create,
+    crypto: &super::crypto::Crypto,
 ) -> Result<(Env<WithoutTls>, Dbs)> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
@@ -187,6 +188,12 @@ pub(super) fn open(
         meta,
         page_size,
     };
+    // The master key must open this store: refused here, not at the first read.
+    if crypto.has_master_key() {
+        let mut wtxn = env.write_txn().lmdb()?;
+        crypto.check_master_key(&dbs.meta, &mut wtxn)?;
+        wtxn.commit().lmdb()?;
+    }
     Ok((env, dbs))
 }
 

@@ -134,6 +134,11 @@ impl<'t> Section<'t> {
         self.id(HAS_CAUSATION)
     }
 
+    /// The encoded metadata pairs and their count.
+    pub(crate) fn encoded_pairs(&self) -> (&'t [u8], u16) {
+        (self.pairs(), self.pair_count())
+    }
+
     /// The encoded metadata pairs.
     fn pairs(&self) -> &'t [u8] {
         let at = FIXED_LEN + 16 * self.fields().count_ones() as usize;
@@ -173,9 +178,17 @@ fn split_section(seq: u64, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
         .get(FIXED_LEN..FIXED_LEN + id_bytes)
         .ok_or_else(|| bad("ids past its end"))?;
     let pairs = &section[FIXED_LEN + id_bytes..];
-    // Check every pair once, here.
+    check_pairs(seq, pairs, pair_count)?;
+    debug_assert_eq!(ids.len(), id_bytes);
+    Ok((Section(section), payload))
+}
+
+/// Checks `count` encoded pairs (lengths, UTF-8, nothing but zero padding after them), so that
+/// reading them later cannot fail.
+pub(crate) fn check_pairs(seq: u64, pairs: &[u8], count: u16) -> Result<()> {
+    let bad = |reason: &str| Error::corrupt(seq, format!("envelope section: {reason}"));
     let mut rest = pairs;
-    for _ in 0..pair_count {
+    for _ in 0..count {
         let (k, v, tail) = next_pair(rest).ok_or_else(|| bad("a metadata pair past its end"))?;
         if std::str::from_utf8(k).is_err() || std::str::from_utf8(v).is_err() {
             return Err(bad("metadata that is not UTF-8"));
@@ -185,8 +198,7 @@ fn split_section(seq: u64, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
     if rest.iter().any(|&b| b != 0) {
         return Err(bad("bytes after the last metadata pair"));
     }
-    debug_assert_eq!(ids.len(), id_bytes);
-    Ok((Section(section), payload))
+    Ok(())
 }
 
 /// The next encoded pair: `(key, value, rest)`.
@@ -200,9 +212,9 @@ fn next_pair(bytes: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 }
 
 /// The metadata pairs of a section that [`split`] checked.
-pub(crate) fn pairs<'t>(section: Section<'t>) -> impl Iterator<Item = (&'t str, &'t str)> {
-    let mut rest = section.pairs();
-    (0..section.pair_count()).map_while(move |_| {
+pub(crate) fn pairs(bytes: &[u8], count: u16) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = bytes;
+    (0..count).map_while(move |_| {
         let (k, v, tail) = next_pair(rest)?;
         rest = tail;
         Some((std::str::from_utf8(k).ok()?, std::str::from_utf8(v).ok()?))
@@ -233,7 +245,8 @@ mod tests {
         assert_eq!(section.event_id(), Some(7));
         assert_eq!(section.correlation_id(), None);
         assert_eq!(section.causation_id(), Some(u128::MAX));
-        let got: Vec<_> = pairs(section).collect();
+        let (p, n) = section.encoded_pairs();
+        let got: Vec<_> = pairs(p, n).collect();
         assert_eq!(got, [("tenant", "acme"), ("", ""), ("straße", "日本")]);
         assert!(Fields::default().encode().unwrap().is_empty());
     }

@@ -12,6 +12,7 @@
 
 pub(crate) mod blob;
 pub(crate) mod chain;
+pub(crate) mod crypto;
 mod env;
 pub(crate) mod envelope;
 mod gate;
@@ -19,6 +20,7 @@ pub(crate) mod keys;
 pub(crate) mod lmdb;
 pub(crate) mod record;
 mod registry;
+mod shred;
 mod stats;
 mod txn;
 pub(crate) mod types;
@@ -40,6 +42,7 @@ use gate::Gate;
 use lmdb::LmdbResultExt;
 
 pub(crate) use env::{inline_record_max, node_max};
+pub use shred::ShredReport;
 pub use stats::Stats;
 pub use txn::ReadTxn;
 pub use verify::{Problem, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport};
@@ -130,6 +133,10 @@ pub(crate) struct Inner {
     dbs: Dbs,
     config: StorageConfig,
     path: PathBuf,
+    /// The master key and the stream keys (see [`crypto`]).
+    crypto: crypto::Crypto,
+    /// What `open` found worth a warning (loose permissions).
+    warnings: Vec<String>,
     gate: Gate,
     /// Held by the one writer; resizes happen under it too.
     write_lock: Mutex<()>,
@@ -199,6 +206,25 @@ impl Storage {
     /// The store's directory (canonical).
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// What opening the store found worth a warning, such as a directory or data file other
+    /// local users can read. The `varvedb` tool prints them.
+    pub fn warnings(&self) -> &[String] {
+        &self.inner.warnings
+    }
+
+    /// Whether new streams are encrypted (`StorageConfig::encryption_enabled`).
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.config.encryption_enabled
+    }
+
+    pub(crate) fn crypto(&self) -> &crypto::Crypto {
+        &self.inner.crypto
+    }
+
+    pub(crate) fn env(&self) -> &Env<WithoutTls> {
+        &self.inner.env
     }
 
     /// The sequence of the event appended with `id`, if there is one (from a snapshot of its

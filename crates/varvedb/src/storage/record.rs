@@ -104,6 +104,13 @@ pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &Re
     h[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
 }
 
+/// The checksum of a whole record (header bytes and body), as `seal` writes it.
+pub(crate) fn checksum_of(record: &[u8]) -> u64 {
+    let body_len = le_u32(record, 4) as usize;
+    let body = record.get(HEADER_LEN..HEADER_LEN + body_len).unwrap_or(&[]);
+    header_checksum(&record[..CHECKSUM_AT], payload_digest(body))
+}
+
 fn header_checksum(header: &[u8], digest: u64) -> u64 {
     let mut buf = [0u8; CHECKSUM_AT + 8];
     buf[..CHECKSUM_AT].copy_from_slice(header);
@@ -168,7 +175,7 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         ));
     }
     let flags = record[1];
-    if flags & !(FLAG_BLOB | FLAG_ENVELOPE) != 0 {
+    if flags & !(FLAG_BLOB | FLAG_ENVELOPE | super::crypto::FLAG_ENCRYPTED) != 0 {
         return Err(Error::corrupt(seq, format!("unknown flags {flags:#04x}")));
     }
     if flags & FLAG_BLOB != 0 && flags & FLAG_ENVELOPE == 0 && payload_len != REF_LEN {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
+use super::crypto::Crypto;
 use super::env::{self, Create};
 use super::gate::Gate;
 use super::{Inner, Storage, health, lock};
@@ -57,6 +58,41 @@ impl Drop for Inner {
     }
 }
 
+/// Creates the store's directory (and missing parents) readable by its owner only (0700), so
+/// that other local users cannot read the store.
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err(path))
+}
+
+/// Warnings about an existing store's permissions: a directory or data file others can read.
+fn permission_warnings(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
+    for (what, p) in [
+        ("directory", path.to_path_buf()),
+        ("data file", path.join("data.mdb")),
+    ] {
+        if let Ok(meta) = std::fs::metadata(&p) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                warnings.push(format!(
+                    "the store's {what} {} has mode {mode:o}: other local users may read it (VarveDB creates 0700 directories and 0600 files)",
+                    p.display()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.to_path_buf(),
@@ -74,7 +110,7 @@ impl Storage {
     /// [`open_after_flush_failure`](Self::open_after_flush_failure)).
     pub fn open(config: StorageConfig) -> Result<Storage> {
         config.validate()?;
-        std::fs::create_dir_all(&config.path).map_err(io_err(&config.path))?;
+        create_private_dir(&config.path)?;
         Self::open_canonical(config, Create::Yes)
     }
 
@@ -145,10 +181,18 @@ impl Storage {
             ..config
         };
 
+        // The store keeps the master key only in zeroizing memory, not in its configuration.
+        let master_key = config.master_key.map(zeroize::Zeroizing::new);
+        let config = StorageConfig {
+            master_key: None,
+            ..config
+        };
+
         let _open = lock(&OPEN_LOCK);
         let existing = lock(&REGISTRY).get(&path).and_then(Weak::upgrade);
         if let Some(inner) = existing {
-            return if inner.config == config {
+            let same_key = inner.crypto.is_master(master_key.as_deref());
+            return if inner.config == config && same_key {
                 Ok(Storage { inner })
             } else {
                 Err(Error::ConfigMismatch { path })
@@ -162,13 +206,17 @@ impl Storage {
                 ),
             });
         }
-        let (env, dbs) = env::open(&config, &path, create)?;
+        let crypto = Crypto::new(master_key.as_deref());
+        let (env, dbs) = env::open(&config, &path, create, &crypto)?;
+        let warnings = permission_warnings(&path);
         let inner = Arc::new(Inner {
             attached: OnceLock::new(),
             env: ManuallyDrop::new(env),
             dbs,
             config,
             path: path.clone(),
+            crypto,
+            warnings,
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             health: AtomicU8::new(health::OK),

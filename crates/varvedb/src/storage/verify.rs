@@ -162,6 +162,8 @@ struct Run<'a> {
     blobs: HashMap<[u8; HASH_LEN], Referenced>,
     /// Event type ids found in `types`.
     types: std::collections::HashSet<u32>,
+    /// Streams known shredded (true) or not.
+    shredded: HashMap<u128, bool>,
 }
 
 /// What `verify` knows of the environment around the snapshot.
@@ -190,6 +192,7 @@ pub(crate) fn run(
         streams: HashMap::new(),
         blobs: HashMap::new(),
         types: std::collections::HashSet::new(),
+        shredded: HashMap::new(),
     };
     if !run.structure(&layout)? {
         // Reading a page past the end of the file would raise SIGBUS: stop here.
@@ -378,7 +381,12 @@ impl<'a> Run<'a> {
             if let Some(id) = section.event_id() {
                 run.event_id(seq, id)?;
             }
-            if header.flags & FLAG_BLOB != 0 {
+            // A shredded stream's blobs were released with its key: its records keep their
+            // references, to nothing.
+            if header.flags & FLAG_BLOB != 0
+                && !(header.flags & super::crypto::FLAG_ENCRYPTED != 0
+                    && run.shredded(header.stream_id)?)
+            {
                 run.reference(seq, body);
             }
             Ok(())
@@ -445,6 +453,21 @@ impl<'a> Run<'a> {
                 .report(db_names::EVENTS, seq_key_name(seq), what);
         }
         Ok(())
+    }
+
+    /// Whether a stream was shredded (its keystore entry is the mark), remembered per stream.
+    fn shredded(&mut self, stream_id: u128) -> Result<bool> {
+        if let Some(&known) = self.shredded.get(&stream_id) {
+            return Ok(known);
+        }
+        let is = self
+            .dbs
+            .keystore
+            .get(self.txn, &stream_id.to_be_bytes())
+            .lmdb()?
+            .is_some_and(super::crypto::is_tombstone);
+        self.shredded.insert(stream_id, is);
+        Ok(is)
     }
 
     /// A record with an event id must be where the index says that id is.

@@ -60,13 +60,18 @@ pub fn writer_for_child(env_var: &str) -> Option<varvedb::Writer<Deposited>> {
 
 /// Puts `key → value` into the database `db` of a closed store, with raw heed: how the tests
 /// damage a store the way a disk or a bug would.
-#[allow(unsafe_code)]
 pub fn raw_put(dir: &tempfile::TempDir, db: &str, key: &[u8], value: &[u8]) {
+    raw_put_path(dir.path(), db, key, value);
+}
+
+/// [`raw_put`] by path.
+#[allow(unsafe_code)]
+pub fn raw_put_path(dir: &std::path::Path, db: &str, key: &[u8], value: &[u8]) {
     use heed::types::Bytes;
     let mut options = heed::EnvOpenOptions::new();
     options.max_dbs(16);
     // SAFETY: the store is closed in this process and no other process opens it meanwhile.
-    let env = unsafe { options.open(dir.path()) }.unwrap();
+    let env = unsafe { options.open(dir) }.unwrap();
     let wtxn = env.write_txn().unwrap();
     let database = env
         .create_databases_and_commit(wtxn, |opener, wtxn| {
@@ -79,4 +84,25 @@ pub fn raw_put(dir: &tempfile::TempDir, db: &str, key: &[u8], value: &[u8]) {
     let mut wtxn = env.write_txn().unwrap();
     database.put(&mut wtxn, key, value).unwrap();
     wtxn.commit().unwrap();
+}
+
+/// The value of `key` in the database `db` of a closed store, with raw heed.
+#[allow(unsafe_code)]
+pub fn raw_get(dir: &std::path::Path, db: &str, key: &[u8]) -> Option<Vec<u8>> {
+    use heed::types::Bytes;
+    let mut options = heed::EnvOpenOptions::new();
+    options.max_dbs(16);
+    // SAFETY: the store is closed in this process and no other process opens it meanwhile.
+    let env = unsafe { options.open(dir) }.unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let database = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| {
+            opener
+                .open_database::<Bytes, Bytes>(rtxn, Some(db))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit()?;
+    let rtxn = env.read_txn().unwrap();
+    database.get(&rtxn, key).unwrap().map(<[u8]>::to_vec)
 }

@@ -1,0 +1,164 @@
+//! Crypto-shredding, master-key rotation and the compacting copy: the operations on a store's
+//! keys that run outside the commit queue (each in one write transaction of its own).
+
+use std::path::Path;
+
+use heed::CompactionOption;
+
+use super::crypto;
+use super::lmdb::LmdbResultExt;
+use super::{Storage, blob, keys, record, stream_head};
+use crate::error::{Error, Result};
+
+/// What [`Storage::shred_stream`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShredReport {
+    /// The stream's events, now unreadable for good.
+    pub events: u32,
+    /// Blobs released (their only references were the stream's events).
+    pub blobs_released: u64,
+    /// Whether the stream was already shredded (then nothing changed).
+    pub already: bool,
+}
+
+impl Storage {
+    /// Crypto-shreds an encrypted stream: deletes its key and marks it shredded, in one
+    /// transaction, and releases the blobs its events held. Its events then read as
+    /// [`Error::Shredded`] (iterators move on past them), and appends to it are
+    /// [`Error::StreamShredded`]. Works without the master key.
+    ///
+    /// The key's old bytes may stay on LMDB's free pages until they are reused; a compacting
+    /// copy ([`compact_to`](Self::compact_to)) carries no trace of them. A plaintext stream
+    /// cannot be shredded ([`Error::StreamNotEncrypted`]).
+    pub fn shred_stream(&self, stream_id: u128) -> Result<ShredReport> {
+        let done = self.write(self.resize_wait(), |wtxn, dbs| {
+            let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
+            match entry {
+                None => return Err(Error::StreamNotEncrypted { stream_id }),
+                Some(v) if crypto::is_tombstone(v) => {
+                    let shredded = ShredReport {
+                        events: 0,
+                        blobs_released: 0,
+                        already: true,
+                    };
+                    return Ok((shredded, false));
+                }
+                Some(_) => {}
+            }
+            // The blobs of the stream's events: each is its own (ciphertexts differ).
+            let mut hashes = Vec::new();
+            let (mut version, mut seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
+            let events = version;
+            while version > 0 {
+                let value =
+                    super::get_record(dbs, wtxn, seq)?.ok_or_else(|| Error::CorruptIndex {
+                        stream_id,
+                        version,
+                        reason: format!("the chain points at sequence {seq}, which does not exist"),
+                    })?;
+                let (header, _, body) = record::open(seq, value)?;
+                if header.flags & blob::FLAG_BLOB != 0
+                    && let Some(r) = blob::BlobRef::decode(body)
+                {
+                    hashes.push(r.hash);
+                }
+                (version, seq) = (version - 1, header.links.prev);
+            }
+            let mut released = 0;
+            for hash in hashes {
+                if blob::release(dbs, wtxn, &hash)? == 0 {
+                    released += 1;
+                }
+            }
+            self.crypto().shred(dbs, wtxn, stream_id)?;
+            let shredded = ShredReport {
+                events,
+                blobs_released: released,
+                already: false,
+            };
+            Ok((shredded, true))
+        });
+        // Whatever happened, no cached key of the stream may outlive this call.
+        self.crypto().forget(stream_id);
+        done
+    }
+
+    /// Whether a stream was shredded.
+    pub fn is_shredded(&self, txn: &super::ReadTxn, stream_id: u128) -> Result<bool> {
+        self.check_txn(txn)?;
+        Ok(matches!(
+            self.dbs()
+                .keystore
+                .get(txn.raw(), &keys::head_key(stream_id))
+                .lmdb()?,
+            Some(v) if crypto::is_tombstone(v)
+        ))
+    }
+
+    /// Rewraps every stream key under `new_master_key`, atomically (one transaction; the
+    /// events are not rewritten), and from then on opens the store with it only. Needs the
+    /// current master key.
+    pub fn rotate_master_key(&self, new_master_key: [u8; 32]) -> Result<u64> {
+        let new = zeroize::Zeroizing::new(new_master_key);
+        if !self.crypto().has_master_key() {
+            return Err(Error::InvalidConfig {
+                field: "master_key",
+                reason: "rotating the master key needs the current one".into(),
+            });
+        }
+        let rewrapped = self.write(self.resize_wait(), |wtxn, dbs| {
+            Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true))
+        })?;
+        self.crypto().set_master(&new);
+        self.crypto().forget_keys();
+        Ok(rewrapped)
+    }
+
+    /// Writes a compacted copy of the store into the directory `dest` (created 0700; it must
+    /// not hold a store): only the pages in use, so that no freed page (a shredded stream's old
+    /// key, a deleted blob) is carried over. The copy opens as a store like any other.
+    pub fn compact_to(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        let io = |source| Error::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dest)
+                .map_err(io)?;
+        }
+        let file = dest.join("data.mdb");
+        if file.exists() {
+            return Err(Error::InvalidStore {
+                path: dest.to_path_buf(),
+                reason: "it already holds a data file; a copy goes to a new directory".into(),
+            });
+        }
+        // A snapshot for the copy: the same reader slot rules as any read.
+        let txn = self.read_txn()?;
+        let copied = self
+            .env()
+            .copy_to_path(&file, CompactionOption::Enabled)
+            .lmdb()?;
+        drop(txn);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            copied
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::Io {
+                    path: file.clone(),
+                    source: e,
+                })?;
+            copied.sync_all().map_err(|e| Error::Io {
+                path: file.clone(),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+}

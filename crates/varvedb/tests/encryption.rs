@@ -1,0 +1,567 @@
+//! Encryption at rest and crypto-shredding: per-stream keys under a master key, nothing in
+//! plaintext on disk, authenticated ciphertexts, shredding, rotation and the compacting copy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::path::Path;
+
+use common::pattern;
+use varvedb::{
+    AppendOptions, Error, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer,
+};
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
+struct Secret {
+    n: u64,
+    text: String,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
+struct Doc {
+    marker: String,
+    body: Vec<u8>,
+}
+
+const KEY: [u8; 32] = [7u8; 32];
+
+fn encrypted(dir: &Path) -> StorageConfig {
+    StorageConfig {
+        path: dir.into(),
+        encryption_enabled: true,
+        master_key: Some(KEY),
+        ..Default::default()
+    }
+}
+
+fn open(dir: &Path) -> Storage {
+    Storage::open(encrypted(dir)).unwrap()
+}
+
+/// Every file of the store's directory, concatenated.
+fn files(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        all.extend(std::fs::read(entry.unwrap().path()).unwrap());
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+// The issue's own words: `[7u8; 32].into()` must compile.
+#[allow(clippy::useless_conversion)]
+fn the_issue_example_shreds_a_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig {
+        path: dir.path().into(),
+        encryption_enabled: true,
+        master_key: Some([7u8; 32].into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Secret>::new(storage.clone());
+    writer
+        .append(
+            66,
+            ExpectedVersion::Auto,
+            &Secret {
+                n: 1,
+                text: "card 4111".into(),
+            },
+        )
+        .unwrap();
+    storage.shred_stream(66).unwrap();
+    assert!(matches!(
+        Reader::<Secret>::new(storage.clone()).get(&storage.read_txn().unwrap(), 1),
+        Err(Error::Shredded { .. })
+    ));
+    assert!(
+        writer
+            .append(
+                66,
+                ExpectedVersion::Auto,
+                &Secret {
+                    n: 2,
+                    text: "again".into()
+                }
+            )
+            .is_err()
+    );
+}
+
+#[test]
+fn events_round_trip_and_nothing_reaches_the_disk_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Doc>::new(storage.clone());
+    let small = Doc {
+        marker: "INLINE-MARKER-4111".into(),
+        body: pattern(100, 1),
+    };
+    let large = Doc {
+        marker: "BLOB-MARKER-4222".into(),
+        body: pattern(50_000, 2),
+    };
+    let opts = AppendOptions::new()
+        .event_id(EventId::from_u128(5))
+        .metadata("tenant", "METADATA-MARKER-77");
+    writer
+        .append_with(1, ExpectedVersion::NoStream, &small, opts)
+        .unwrap();
+    writer.append(1, ExpectedVersion::Exact(1), &large).unwrap();
+    storage.flush().unwrap();
+
+    let reader = Reader::<Doc>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let a = reader.get(&txn, 1).unwrap().unwrap();
+    assert_eq!(a.marker, "INLINE-MARKER-4111");
+    assert_eq!(a.metadata().get("tenant"), Some("METADATA-MARKER-77"));
+    assert_eq!(a.event_id(), Some(EventId::from_u128(5)));
+    assert!(a.is_encrypted() && !a.is_zero_copy());
+    let b = reader.get(&txn, 2).unwrap().unwrap();
+    assert_eq!(b.body.len(), 50_000);
+    assert!(b.is_blob() && b.is_encrypted());
+    let versions: Vec<u32> = reader
+        .read_stream(&txn, 1, 1)
+        .map(|e| e.unwrap().version())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    drop((a, b));
+    drop(txn);
+
+    let bytes = files(dir.path());
+    for marker in [
+        &b"INLINE-MARKER-4111"[..],
+        b"BLOB-MARKER-4222",
+        b"METADATA-MARKER-77",
+        &pattern(100, 1)[20..60],
+        &pattern(50_000, 2)[1000..1040],
+    ] {
+        assert!(!contains(&bytes, marker), "plaintext {marker:?} on disk");
+    }
+    // The type name and the event id stay visible (tools and idempotency work without keys).
+    assert!(contains(&bytes, b"Doc"));
+    assert!(storage.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_tampered_or_moved_ciphertext_does_not_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        let writer = Writer::<Secret>::new(storage.clone());
+        for (stream, n) in [(1, 1), (2, 2)] {
+            writer
+                .append(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    &Secret {
+                        n,
+                        text: "same length text".into(),
+                    },
+                )
+                .unwrap();
+        }
+    }
+    // Swap the two records' sealed bodies (same length): each is now in the wrong stream and
+    // sequence. The checksums are recomputed, as an attacker would.
+    let key = |seq: u64| seq.to_be_bytes();
+    let mut one = common::raw_get(dir.path(), "events", &key(1)).unwrap();
+    let mut two = common::raw_get(dir.path(), "events", &key(2)).unwrap();
+    assert_eq!(one.len(), two.len());
+    let body = 64..one.len();
+    let saved = one[body.clone()].to_vec();
+    one[body.clone()].copy_from_slice(&two[body.clone()]);
+    two[body].copy_from_slice(&saved);
+    for record in [&mut one, &mut two] {
+        let sum = varvedb::__bench::reseal_checksum(record);
+        record[56..64].copy_from_slice(&sum.to_le_bytes());
+    }
+    common::raw_put_path(dir.path(), "events", &key(1), &one);
+    common::raw_put_path(dir.path(), "events", &key(2), &two);
+
+    let storage = open(dir.path());
+    let reader = Reader::<Secret>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    for seq in [1, 2] {
+        let err = reader.get(&txn, seq).unwrap_err();
+        assert!(
+            matches!(err, Error::AuthenticationFailed { seq: s } if s == seq),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn shredding_makes_a_stream_unreadable_and_reads_move_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Doc>::new(storage.clone());
+    for stream in [1u128, 2, 1, 2] {
+        writer
+            .append(
+                stream,
+                ExpectedVersion::Auto,
+                &Doc {
+                    marker: format!("s{stream}"),
+                    body: pattern(5000, stream as u64),
+                },
+            )
+            .unwrap();
+    }
+    let blobs_before = storage.stats().unwrap().blobs;
+    assert_eq!(blobs_before, 4, "encrypted events never share a blob");
+    let report = storage.shred_stream(1).unwrap();
+    assert_eq!((report.events, report.blobs_released), (2, 2));
+    assert!(storage.shred_stream(1).unwrap().already);
+    assert_eq!(storage.stats().unwrap().blobs, 2);
+
+    let reader = Reader::<Doc>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    assert!(storage.is_shredded(&txn, 1).unwrap());
+    let all: Vec<_> = reader.read_all(&txn, 1).collect();
+    assert_eq!(all.len(), 4, "the scan passes over shredded events");
+    let readable: Vec<u64> = all
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|e| e.seq()))
+        .collect();
+    assert_eq!(readable, [2, 4]);
+    assert!(matches!(
+        all[0],
+        Err(Error::Shredded {
+            seq: 1,
+            stream_id: 1
+        })
+    ));
+    let stream: Vec<_> = reader.read_stream(&txn, 1, 1).collect();
+    assert_eq!(stream.len(), 2);
+    assert!(
+        stream
+            .iter()
+            .all(|r| matches!(r, Err(Error::Shredded { .. })))
+    );
+    // The untyped view still shows the envelope.
+    let raw = storage.raw_reader().get(&txn, 1).unwrap().unwrap();
+    assert!(raw.is_shredded() && raw.is_encrypted());
+    assert_eq!((raw.event_type(), raw.stream_id()), ("Doc", 1));
+    assert!(raw.payload_bytes().is_empty());
+    drop((raw, all, stream));
+    drop(txn);
+
+    let err = writer
+        .append(
+            1,
+            ExpectedVersion::Auto,
+            &Doc {
+                marker: "again".into(),
+                body: Vec::new(),
+            },
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::StreamShredded { stream_id: 1 }),
+        "{err:?}"
+    );
+    assert!(storage.verify().unwrap().is_clean());
+    // A plaintext stream cannot be shredded.
+    let plain = tempfile::tempdir().unwrap();
+    let storage = common::open(&plain);
+    Writer::<Doc>::new(storage.clone())
+        .append(
+            9,
+            ExpectedVersion::Auto,
+            &Doc {
+                marker: "p".into(),
+                body: Vec::new(),
+            },
+        )
+        .unwrap();
+    assert!(matches!(
+        storage.shred_stream(9),
+        Err(Error::StreamNotEncrypted { stream_id: 9 })
+    ));
+}
+
+#[test]
+fn a_compacting_copy_after_a_shred_carries_no_trace_of_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    Writer::<Secret>::new(storage.clone())
+        .append(
+            3,
+            ExpectedVersion::NoStream,
+            &Secret {
+                n: 1,
+                text: "x".into(),
+            },
+        )
+        .unwrap();
+    Writer::<Secret>::new(storage.clone())
+        .append(
+            4,
+            ExpectedVersion::NoStream,
+            &Secret {
+                n: 2,
+                text: "kept".into(),
+            },
+        )
+        .unwrap();
+    let wrapped = varvedb::__bench::keystore_entry(&storage, 3).unwrap();
+    assert_eq!(wrapped.len(), 61);
+    storage.shred_stream(3).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    let dest = copy.path().join("backup");
+    storage.compact_to(&dest).unwrap();
+    let bytes = files(&dest);
+    assert!(
+        !contains(&bytes, &wrapped),
+        "the wrapped key survived in the copy"
+    );
+    drop(storage);
+    let copied = open(&dest);
+    let reader = Reader::<Secret>::new(copied.clone());
+    let txn = copied.read_txn().unwrap();
+    assert!(matches!(reader.get(&txn, 1), Err(Error::Shredded { .. })));
+    assert_eq!(reader.get(&txn, 2).unwrap().unwrap().text, "kept");
+}
+
+#[test]
+fn the_wrong_master_key_is_refused_at_open_and_no_key_cannot_encrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let err = Storage::open(StorageConfig {
+        master_key: Some([8u8; 32]),
+        ..encrypted(dir.path())
+    })
+    .unwrap_err();
+    assert!(matches!(err, Error::WrongMasterKey), "{err:?}");
+    let err = Storage::open(StorageConfig {
+        master_key: None,
+        ..encrypted(dir.path())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "master_key",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Debug never shows the key.
+    let shown = format!("{:?}", encrypted(dir.path()));
+    assert!(
+        shown.contains("<redacted>") && !shown.contains("7, 7"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn without_the_key_envelopes_read_and_payloads_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        Writer::<Secret>::new(storage)
+            .append(
+                1,
+                ExpectedVersion::NoStream,
+                &Secret {
+                    n: 1,
+                    text: "s".into(),
+                },
+            )
+            .unwrap();
+    }
+    let storage = Storage::open(StorageConfig {
+        path: dir.path().into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let txn = storage.read_txn().unwrap();
+    let raw = storage.raw_reader().get(&txn, 1).unwrap().unwrap();
+    assert_eq!(raw.event_type(), "Secret");
+    assert!(raw.is_encrypted() && raw.payload_bytes().is_empty());
+    assert!(matches!(
+        Reader::<Secret>::new(storage.clone()).get(&txn, 1),
+        Err(Error::MasterKeyRequired { stream_id: 1 })
+    ));
+    drop(raw);
+    drop(txn);
+    assert!(matches!(
+        Writer::<Secret>::new(storage.clone()).append(
+            1,
+            ExpectedVersion::Auto,
+            &Secret {
+                n: 2,
+                text: "t".into()
+            }
+        ),
+        Err(Error::MasterKeyRequired { stream_id: 1 })
+    ));
+    assert!(storage.verify().unwrap().is_clean());
+}
+
+#[test]
+fn rotation_rewraps_every_key_and_keeps_every_event_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Secret>::new(storage.clone());
+    for stream in 1..=5u128 {
+        writer
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                &Secret {
+                    n: stream as u64,
+                    text: "r".into(),
+                },
+            )
+            .unwrap();
+    }
+    storage.shred_stream(5).unwrap();
+    assert_eq!(storage.rotate_master_key([9u8; 32]).unwrap(), 4);
+    writer
+        .append(
+            6,
+            ExpectedVersion::NoStream,
+            &Secret {
+                n: 6,
+                text: "after".into(),
+            },
+        )
+        .unwrap();
+    drop((writer, storage));
+    assert!(matches!(
+        Storage::open(encrypted(dir.path())),
+        Err(Error::WrongMasterKey)
+    ));
+    let storage = Storage::open(StorageConfig {
+        master_key: Some([9u8; 32]),
+        ..encrypted(dir.path())
+    })
+    .unwrap();
+    let reader = Reader::<Secret>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let ok: Vec<u64> = reader
+        .read_all(&txn, 1)
+        .filter_map(|e| e.ok().map(|e| e.n.to_native()))
+        .collect();
+    assert_eq!(ok, [1, 2, 3, 4, 6]);
+}
+
+#[test]
+fn a_plaintext_store_keeps_its_streams_plain_when_encryption_is_enabled_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain_config = StorageConfig {
+        path: dir.path().into(),
+        ..Default::default()
+    };
+    {
+        let storage = Storage::open(plain_config.clone()).unwrap();
+        Writer::<Secret>::new(storage)
+            .append(
+                1,
+                ExpectedVersion::NoStream,
+                &Secret {
+                    n: 1,
+                    text: "PLAIN-STREAM-MARKER".into(),
+                },
+            )
+            .unwrap();
+    }
+    let storage = open(dir.path());
+    let writer = Writer::<Secret>::new(storage.clone());
+    // The old stream stays plaintext; a new one is encrypted.
+    writer
+        .append(
+            1,
+            ExpectedVersion::Exact(1),
+            &Secret {
+                n: 2,
+                text: "PLAIN-STREAM-MARKER".into(),
+            },
+        )
+        .unwrap();
+    writer
+        .append(
+            2,
+            ExpectedVersion::NoStream,
+            &Secret {
+                n: 3,
+                text: "NEW-STREAM-MARKER".into(),
+            },
+        )
+        .unwrap();
+    let reader = Reader::<Secret>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let flags: Vec<bool> = reader
+        .read_all(&txn, 1)
+        .map(|e| e.unwrap().is_encrypted())
+        .collect();
+    assert_eq!(flags, [false, false, true]);
+    drop(txn);
+    storage.flush().unwrap();
+    let bytes = files(dir.path());
+    assert!(contains(&bytes, b"PLAIN-STREAM-MARKER"));
+    assert!(!contains(&bytes, b"NEW-STREAM-MARKER"));
+}
+
+#[test]
+fn idempotent_retries_work_on_encrypted_streams() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Secret>::new(storage.clone());
+    let event = Secret {
+        n: 1,
+        text: "once".into(),
+    };
+    let opts = AppendOptions::new().event_id(EventId::from_u128(42));
+    let a = writer
+        .append_with(1, ExpectedVersion::NoStream, &event, opts.clone())
+        .unwrap();
+    assert_eq!(
+        writer
+            .append_with(1, ExpectedVersion::NoStream, &event, opts.clone())
+            .unwrap(),
+        a
+    );
+    let other = Secret {
+        n: 2,
+        text: "once".into(),
+    };
+    assert!(matches!(
+        writer.append_with(1, ExpectedVersion::Auto, &other, opts),
+        Err(Error::DuplicateEventId { .. })
+    ));
+    assert_eq!(storage.stats().unwrap().events, 1);
+}
+
+#[test]
+fn the_store_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private");
+    let storage = open(&path);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let data = std::fs::metadata(path.join("data.mdb"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(data & 0o077, 0, "data.mdb is {data:o}");
+    assert!(storage.warnings().is_empty(), "{:?}", storage.warnings());
+    drop(storage);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let storage = open(&path);
+    assert!(
+        storage.warnings().iter().any(|w| w.contains("755")),
+        "{:?}",
+        storage.warnings()
+    );
+}
