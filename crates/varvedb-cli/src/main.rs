@@ -18,6 +18,10 @@ struct Cli {
     /// The store's directory.
     #[arg(long, global = true, default_value = varvedb::DEFAULT_PATH)]
     path: PathBuf,
+    /// A file holding the store's master key: 32 bytes, or 64 hex digits. Without it, an
+    /// encrypted store's envelopes read and its payloads do not.
+    #[arg(long, global = true)]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,15 +43,47 @@ enum Command {
     ///
     /// Example: varvedb read --stream 7 --json
     Read(read::ReadArgs),
+    /// Crypto-shreds an encrypted stream: deletes its key, so its events are unreadable for
+    /// good, and releases its blobs. Needs no master key. Follow with `backup --compact` to
+    /// leave no trace of the key in a copy of the file.
+    ///
+    /// Example: varvedb shred --stream 66
+    Shred {
+        /// The stream (decimal, or hex with 0x).
+        #[arg(long, value_parser = read::parse_stream)]
+        stream: u128,
+    },
+    /// Writes a consistent copy of the store to a new directory. With --compact, only the
+    /// pages in use: no freed page (a shredded key, a deleted blob) is carried over.
+    ///
+    /// Example: varvedb backup --compact /backups/store-2026-11-26
+    Backup {
+        /// The new directory.
+        dest: PathBuf,
+        /// Copy only the pages in use (the only kind of copy offered: LMDB's compacting copy).
+        #[arg(long, default_value_t = true)]
+        compact: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let key = match cli.key_file.as_deref().map(read_key).transpose() {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("varvedb: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let path = cli.path.clone();
+    let open = move || open_existing(&path, key);
     let result = match cli.command {
         Command::Demo => demo::run(&cli.path).map_err(Into::into),
-        Command::Stats => stats(&cli.path),
+        Command::Stats => stats(open),
+        Command::Shred { stream } => shred(open, stream),
+        Command::Backup { dest, .. } => backup(open, &dest),
         Command::Read(args) => {
-            return match read::run(&cli.path, &args) {
+            return match read::run(open, &args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -57,7 +93,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Verify => {
-            return match verify(&cli.path) {
+            return match verify(open) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {
@@ -77,18 +113,71 @@ fn main() -> ExitCode {
 }
 
 /// Opens an existing store: a missing directory, or one that holds no store, is an error and
-/// nothing is created.
-fn open_existing(path: &Path) -> Result<Storage, varvedb::Error> {
-    Storage::open_existing(StorageConfig {
+/// nothing is created. Prints what the store warns about.
+fn open_existing(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, varvedb::Error> {
+    let storage = Storage::open_existing(StorageConfig {
         path: path.into(),
+        master_key,
         ..Default::default()
-    })
+    })?;
+    for warning in storage.warnings() {
+        eprintln!("varvedb: warning: {warning}");
+    }
+    Ok(storage)
+}
+
+/// Reads a master key file: 32 raw bytes, or 64 hex digits (whitespace around them ignored).
+fn read_key(path: &Path) -> Result<[u8; 32], String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(key);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let hex = text.trim();
+    if hex.len() != 64 {
+        return Err(format!(
+            "{}: a master key is 32 bytes or 64 hex digits",
+            path.display()
+        ));
+    }
+    let mut key = [0u8; 32];
+    for (i, byte) in key.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{}: not hex", path.display()))?;
+    }
+    Ok(key)
+}
+
+fn shred(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    stream: u128,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let report = open()?.shred_stream(stream)?;
+    if report.already {
+        println!("stream {stream:#x} was already shredded");
+    } else {
+        println!(
+            "stream {stream:#x} shredded: {} events unreadable for good, {} blobs released",
+            report.events, report.blobs_released
+        );
+    }
+    Ok(())
+}
+
+fn backup(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    dest: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open()?;
+    storage.compact_to(dest)?;
+    println!("compacted copy written to {}", dest.display());
+    Ok(())
 }
 
 /// Runs `Storage::verify` with progress on stderr; prints every problem and a summary. Returns
 /// whether the store is clean.
-fn verify(path: &Path) -> Result<bool, varvedb::Error> {
-    let storage = open_existing(path)?;
+fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool, varvedb::Error> {
+    let storage = open()?;
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut last = Instant::now();
@@ -138,8 +227,10 @@ fn verify(path: &Path) -> Result<bool, varvedb::Error> {
     Ok(report.is_clean())
 }
 
-fn stats(path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let storage = open_existing(path)?;
+fn stats(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open()?;
     let s = storage.stats()?;
     println!("store       {}", storage.path().display());
     println!("events      {}", s.events);

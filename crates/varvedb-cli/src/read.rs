@@ -1,9 +1,7 @@
 //! `varvedb read`: events with their envelope, through the untyped view (no Rust types needed).
 
 use std::io::Write;
-use std::path::Path;
-
-use varvedb::{RawEvent, Storage, StorageConfig};
+use varvedb::{RawEvent, Storage};
 
 /// What to read.
 #[derive(clap::Args)]
@@ -28,7 +26,7 @@ pub(crate) struct ReadArgs {
     json: bool,
 }
 
-fn parse_stream(s: &str) -> Result<u128, String> {
+pub(crate) fn parse_stream(s: &str) -> Result<u128, String> {
     match s.strip_prefix("0x") {
         Some(hex) => u128::from_str_radix(hex, 16),
         None => s.parse(),
@@ -38,11 +36,11 @@ fn parse_stream(s: &str) -> Result<u128, String> {
 
 /// Prints the events asked for; damaged ones are reported on stderr and skipped. Returns
 /// whether every event could be read.
-pub(crate) fn run(path: &Path, args: &ReadArgs) -> Result<bool, varvedb::Error> {
-    let storage = Storage::open_existing(StorageConfig {
-        path: path.into(),
-        ..Default::default()
-    })?;
+pub(crate) fn run(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    args: &ReadArgs,
+) -> Result<bool, varvedb::Error> {
+    let storage = open()?;
     let txn = storage.read_txn()?;
     let raw = storage.raw_reader();
     let events: Box<dyn Iterator<Item = varvedb::Result<RawEvent<'_>>>> =
@@ -101,6 +99,13 @@ fn text(e: &RawEvent<'_>) -> String {
         e.payload_bytes().len(),
         if e.is_blob() { " (blob)" } else { "" }
     );
+    if e.is_shredded() {
+        line.push_str(" shredded");
+    } else if e.is_encrypted() && e.payload_bytes().is_empty() {
+        line.push_str(" encrypted (no key given)");
+    } else if e.is_encrypted() {
+        line.push_str(" encrypted");
+    }
     for (label, id) in [
         ("id", e.event_id()),
         ("correlation", e.correlation_id()),
@@ -145,7 +150,7 @@ fn json(e: &RawEvent<'_>) -> String {
         .collect();
     // Stream ids are u128: a hex string, as JSON numbers lose precision past 2^53.
     format!(
-        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{}}}",
+        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}}}",
         e.seq(),
         e.stream_id(),
         e.version(),
@@ -158,7 +163,9 @@ fn json(e: &RawEvent<'_>) -> String {
         id(e.causation_id()),
         metadata.join(","),
         e.payload_bytes().len(),
-        e.is_blob()
+        e.is_blob(),
+        e.is_encrypted(),
+        e.is_shredded()
     )
 }
 

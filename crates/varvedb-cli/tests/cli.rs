@@ -234,3 +234,91 @@ fn read_prints_the_envelope_as_text_and_json() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+struct Secret {
+    text: String,
+}
+
+#[test]
+fn shred_read_and_backup_an_encrypted_store() {
+    use varvedb::{ExpectedVersion, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{}\n", "07".repeat(32))).unwrap();
+    {
+        let storage = Storage::open(StorageConfig {
+            path: store.clone(),
+            encryption_enabled: true,
+            master_key: Some([7u8; 32]),
+            ..Default::default()
+        })
+        .unwrap();
+        let writer = Writer::<Secret>::new(storage);
+        for stream in [66u128, 67] {
+            writer
+                .append(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    &Secret {
+                        text: "card".into(),
+                    },
+                )
+                .unwrap();
+        }
+    }
+    let s = store.to_str().unwrap();
+    let k = key_file.to_str().unwrap();
+    // With the key the payload reads; without it, the envelope does.
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "--key-file", k, "read", "--seq", "1"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("Secret v1") && stdout.trim_end().ends_with(" encrypted"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", s, "read", "--seq", "1"]);
+    assert!(
+        ok && stdout.contains("encrypted (no key given)"),
+        "{stdout}"
+    );
+    // A wrong key is refused.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, [8u8; 32]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", s, "--key-file", wrong.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("master key"));
+
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "shred", "--stream", "66"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("shredded: 1 events"), "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "--key-file", k, "read", "--json"]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.lines().next().unwrap().contains("\"shredded\":true"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("\"shredded\":false"),
+        "{stdout}"
+    );
+
+    let backup = dir.path().join("backup");
+    let (ok, _, stderr) = varvedb(&["--path", s, "backup", "--compact", backup.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        backup.to_str().unwrap(),
+        "--key-file",
+        k,
+        "verify",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+}
