@@ -17,8 +17,9 @@ pub use varvedb::VarveDb;
 pub use varvedb04::VarveDb04;
 
 /// Every peer's name, in table order.
-pub const ALL: [&str; 5] = [
+pub const ALL: [&str; 6] = [
     VarveDb::NAME,
+    VarveDb::NAME_ENCRYPTED,
     Sqlite::NAME,
     VarveDb04::NAME,
     HeedRaw::NAME,
@@ -29,6 +30,7 @@ pub const ALL: [&str; 5] = [
 pub fn open(name: &str, dir: &Path) -> BenchResult<Box<dyn BenchStore>> {
     Ok(match name {
         VarveDb::NAME => Box::new(VarveDb::open(dir)?),
+        VarveDb::NAME_ENCRYPTED => Box::new(VarveDb::open_encrypted(dir)?),
         Sqlite::NAME => Box::new(Sqlite::open(dir)?),
         VarveDb04::NAME => Box::new(VarveDb04::open(dir)?),
         HeedRaw::NAME => Box::new(HeedRaw::open(dir)?),

@@ -1,4 +1,4 @@
-//! VarveDB itself, with its defaults (durable, group commit).
+//! VarveDB itself, with its defaults (durable, group commit), in plaintext and encrypted.
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
 
 /// VarveDB with `Durability::Sync`.
 pub struct VarveDb {
+    name: &'static str,
     storage: Storage,
     writer: Writer<BenchEvent>,
     reader: Reader<BenchEvent>,
@@ -17,15 +18,33 @@ pub struct VarveDb {
 impl VarveDb {
     /// The name in the table.
     pub const NAME: &'static str = "VarveDB";
+    /// The name of the encrypted store in the table.
+    pub const NAME_ENCRYPTED: &'static str = "VarveDB encrypted";
 
     /// Opens a store in `dir`.
     pub fn open(dir: &Path) -> BenchResult<VarveDb> {
+        Self::open_with(dir, false)
+    }
+
+    /// Opens a store in `dir` that encrypts every stream (AES-256-GCM, a fixed bench key).
+    pub fn open_encrypted(dir: &Path) -> BenchResult<VarveDb> {
+        Self::open_with(dir, true)
+    }
+
+    fn open_with(dir: &Path, encrypted: bool) -> BenchResult<VarveDb> {
         let storage = Storage::open(StorageConfig {
             path: dir.into(),
+            encryption_enabled: encrypted,
+            master_key: encrypted.then_some([0x5a; 32]),
             ..Default::default()
         })
         .map_err(failed)?;
         Ok(VarveDb {
+            name: if encrypted {
+                Self::NAME_ENCRYPTED
+            } else {
+                Self::NAME
+            },
             writer: Writer::new(storage.clone()),
             reader: Reader::new(storage.clone()),
             storage,
@@ -35,7 +54,7 @@ impl VarveDb {
 
 impl BenchStore for VarveDb {
     fn name(&self) -> &'static str {
-        Self::NAME
+        self.name
     }
 
     fn append(&self, stream: u128, version: u32, events: &[BenchEvent]) -> BenchResult<()> {
