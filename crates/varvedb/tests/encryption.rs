@@ -565,3 +565,54 @@ fn the_store_directory_is_private() {
         storage.warnings()
     );
 }
+
+#[test]
+fn no_snapshot_taken_after_a_shred_reads_the_stream_while_readers_race_it() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Secret>::new(storage.clone());
+    for stream in 1..=20u128 {
+        writer
+            .append(
+                stream,
+                ExpectedVersion::NoStream,
+                &Secret {
+                    n: stream as u64,
+                    text: "race".into(),
+                },
+            )
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Readers keep reading every stream (and so keep putting keys into the cache).
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (storage, stop) = (storage.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let reader = Reader::<Secret>::new(storage.clone());
+                while !stop.load(Ordering::Relaxed) {
+                    let txn = storage.read_txn().unwrap();
+                    for seq in 1..=20 {
+                        let _ = reader.get(&txn, seq);
+                    }
+                }
+            })
+        })
+        .collect();
+    let reader = Reader::<Secret>::new(storage.clone());
+    for stream in 1..=20u128 {
+        storage.shred_stream(stream).unwrap();
+        let txn = storage.read_txn().unwrap();
+        let got = reader.get(&txn, stream as u64);
+        assert!(
+            matches!(got, Err(Error::Shredded { .. })),
+            "stream {stream} read after its shred"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+}

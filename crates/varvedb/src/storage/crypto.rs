@@ -17,8 +17,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use heed::{RoTxn, RwTxn};
 use rkyv::util::AlignedVec;
 use zeroize::Zeroizing;
@@ -61,10 +61,16 @@ pub(crate) struct Crypto {
     master: RwLock<Option<Arc<Aes256Gcm>>>,
     /// The master key itself, to compare a reopen's key with (zeroized on drop).
     raw: RwLock<Option<Zeroizing<[u8; 32]>>>,
-    keys: Mutex<HashMap<u128, Arc<Aes256Gcm>>>,
-    /// Streams shredded while this store was open: their keys are never cached again, so a
-    /// snapshot from before the shred (which still has the key) cannot put one back.
-    shredded: Mutex<std::collections::HashSet<u128>>,
+    keys: Mutex<KeyCache>,
+}
+
+/// The unwrapped stream keys, and the streams shredded while the store was open (whose keys
+/// are never cached again, so that a snapshot from before the shred, which still has the key,
+/// cannot put one back). One lock for both closes that race.
+#[derive(Default)]
+struct KeyCache {
+    keys: HashMap<u128, Arc<Aes256Gcm>>,
+    shredded: std::collections::HashSet<u128>,
 }
 
 /// Whether a keystore value is the shredded mark.
@@ -76,6 +82,36 @@ impl std::fmt::Debug for Crypto {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Crypto { .. }")
     }
+}
+
+/// Nonce bits from the operating system, fetched 4 KiB at a time: one `getrandom` call per 512
+/// nonces instead of one per event. A buffer of OS randomness, consumed once, never reused.
+struct NonceBits {
+    bytes: [u8; 4096],
+    at: usize,
+}
+
+static NONCE_BITS: Mutex<NonceBits> = Mutex::new(NonceBits {
+    bytes: [0; 4096],
+    at: 4096,
+});
+
+/// 8 random bytes for a nonce.
+fn nonce_bits() -> Result<[u8; 8]> {
+    let mut pool = lock(&NONCE_BITS);
+    if pool.at + 8 > pool.bytes.len() {
+        getrandom::fill(&mut pool.bytes).map_err(|e| Error::Crypto {
+            reason: format!("the operating system gave no random bytes: {e}"),
+        })?;
+        pool.at = 0;
+    }
+    let at = pool.at;
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&pool.bytes[at..at + 8]);
+    // Consumed: wiped, so that the same bits can never serve twice.
+    pool.bytes[at..at + 8].fill(0);
+    pool.at += 8;
+    Ok(out)
 }
 
 /// `n` random bytes from the operating system.
@@ -139,8 +175,7 @@ impl Crypto {
         Crypto {
             master: RwLock::new(master.map(|k| Arc::new(cipher(k)))),
             raw: RwLock::new(master.map(|k| Zeroizing::new(*k))),
-            keys: Mutex::new(HashMap::new()),
-            shredded: Mutex::new(std::collections::HashSet::new()),
+            keys: Mutex::new(KeyCache::default()),
         }
     }
 
@@ -200,9 +235,11 @@ impl Crypto {
         txn: &RoTxn<'_>,
         stream_id: u128,
     ) -> Result<StreamKey> {
-        let recently_shredded = lock(&self.shredded).contains(&stream_id);
-        if !recently_shredded && let Some(key) = lock(&self.keys).get(&stream_id) {
-            return Ok(StreamKey::Key(Arc::clone(key)));
+        {
+            let cache = lock(&self.keys);
+            if let Some(key) = cache.keys.get(&stream_id) {
+                return Ok(StreamKey::Key(Arc::clone(key)));
+            }
         }
         let Some(stored) = dbs.keystore.get(txn, &stream_id.to_be_bytes()).lmdb()? else {
             return Ok(StreamKey::Plain);
@@ -211,15 +248,14 @@ impl Crypto {
             return Ok(StreamKey::Shredded);
         }
         let key = self.unwrap_key(stream_id, stored)?;
-        if recently_shredded {
-            // An old snapshot: it may read the stream, the cache may not keep the key.
-            return Ok(StreamKey::Key(key));
+        let mut cache = lock(&self.keys);
+        // A stream shredded meanwhile: an old snapshot may read it, the cache may not keep it.
+        if !cache.shredded.contains(&stream_id) {
+            if cache.keys.len() >= KEY_CACHE_MAX {
+                cache.keys.clear();
+            }
+            cache.keys.insert(stream_id, Arc::clone(&key));
         }
-        let mut keys = lock(&self.keys);
-        if keys.len() >= KEY_CACHE_MAX {
-            keys.clear();
-        }
-        keys.insert(stream_id, Arc::clone(&key));
         Ok(StreamKey::Key(key))
     }
 
@@ -277,15 +313,12 @@ impl Crypto {
         if created.is_empty() {
             return;
         }
-        {
-            let shredded = lock(&self.shredded);
-            created.retain(|(s, _)| !shredded.contains(s));
+        let mut cache = lock(&self.keys);
+        created.retain(|(s, _)| !cache.shredded.contains(s));
+        if cache.keys.len() + created.len() > KEY_CACHE_MAX {
+            cache.keys.clear();
         }
-        let mut keys = lock(&self.keys);
-        if keys.len() + created.len() > KEY_CACHE_MAX {
-            keys.clear();
-        }
-        keys.extend(created);
+        cache.keys.extend(created);
     }
 
     /// Replaces the stream's key with the shredded mark in `wtxn`, and forgets it.
@@ -293,19 +326,20 @@ impl Crypto {
         dbs.keystore
             .put(wtxn, &stream_id.to_be_bytes(), TOMBSTONE)
             .lmdb()?;
-        lock(&self.keys).remove(&stream_id);
+        lock(&self.keys).keys.remove(&stream_id);
         Ok(())
     }
 
     /// Forgets a stream's key for good in this process (after a shred).
     pub(crate) fn forget(&self, stream_id: u128) {
-        lock(&self.shredded).insert(stream_id);
-        lock(&self.keys).remove(&stream_id);
+        let mut cache = lock(&self.keys);
+        cache.shredded.insert(stream_id);
+        cache.keys.remove(&stream_id);
     }
 
     /// Forgets every cached key (after a rotation).
     pub(crate) fn forget_keys(&self) {
-        lock(&self.keys).clear();
+        lock(&self.keys).keys.clear();
     }
 
     /// Rewraps every stream key under `new` in `wtxn`, and the key check. The caller installs
@@ -386,7 +420,7 @@ pub(crate) fn seal_event(
     plain.extend_from_slice(payload);
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&version.to_le_bytes());
-    nonce[4..].copy_from_slice(&random::<8>()?);
+    nonce[4..].copy_from_slice(&nonce_bits()?);
     seal_with(key, nonce, aad, &plain)
 }
 
@@ -408,19 +442,34 @@ pub(crate) fn open_event(
     seq: u64,
     mut buffer: AlignedVec,
 ) -> Result<Opened> {
-    let plain = open_with(key, aad, sealed).ok_or(Error::AuthenticationFailed { seq })?;
+    let failed = Error::AuthenticationFailed { seq };
+    let (nonce, rest) = sealed
+        .split_at_checked(NONCE_LEN)
+        .ok_or(Error::AuthenticationFailed { seq })?;
+    let (ct, tag) = rest
+        .split_at_checked(rest.len().saturating_sub(TAG_LEN))
+        .filter(|(_, tag)| tag.len() == TAG_LEN)
+        .ok_or(Error::AuthenticationFailed { seq })?;
+    // Decrypted in place, in the reader's buffer: no allocation, one copy.
+    buffer.clear();
+    buffer.extend_from_slice(ct);
+    key.decrypt_in_place_detached(
+        Nonce::from_slice(nonce),
+        aad,
+        buffer.as_mut_slice(),
+        Tag::from_slice(tag),
+    )
+    .map_err(|_| failed)?;
     let bad = |reason: &str| Error::corrupt(seq, format!("decrypted event: {reason}"));
-    if plain.len() < PLAIN_FIXED {
+    if buffer.len() < PLAIN_FIXED {
         return Err(bad("shorter than its fixed part"));
     }
-    let pairs_len = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
-    let pair_count = u16::from_le_bytes([plain[4], plain[5]]);
+    let pairs_len = u32::from_le_bytes([buffer[0], buffer[1], buffer[2], buffer[3]]) as usize;
+    let pair_count = u16::from_le_bytes([buffer[4], buffer[5]]);
     let payload_at = PLAIN_FIXED
         .checked_add(pairs_len.next_multiple_of(16))
-        .filter(|&at| at <= plain.len())
+        .filter(|&at| at <= buffer.len())
         .ok_or_else(|| bad("metadata past its end"))?;
-    buffer.clear();
-    buffer.extend_from_slice(&plain);
     let pairs = PLAIN_FIXED..PLAIN_FIXED + pairs_len;
     super::envelope::check_pairs(seq, &buffer[pairs.clone()], pair_count)?;
     Ok(Opened {

@@ -32,7 +32,10 @@ impl Storage {
     /// copy ([`compact_to`](Self::compact_to)) carries no trace of them. A plaintext stream
     /// cannot be shredded ([`Error::StreamNotEncrypted`]).
     pub fn shred_stream(&self, stream_id: u128) -> Result<ShredReport> {
-        let done = self.write(self.resize_wait(), |wtxn, dbs| {
+        // First: from now on no cached key of the stream, and none put back by a reader of an
+        // older snapshot (if the shred fails, the stream is only read without the cache).
+        self.crypto().forget(stream_id);
+        self.write(self.resize_wait(), |wtxn, dbs| {
             let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
             match entry {
                 None => return Err(Error::StreamNotEncrypted { stream_id }),
@@ -78,10 +81,7 @@ impl Storage {
                 already: false,
             };
             Ok((shredded, true))
-        });
-        // Whatever happened, no cached key of the stream may outlive this call.
-        self.crypto().forget(stream_id);
-        done
+        })
     }
 
     /// Whether a stream was shredded.
