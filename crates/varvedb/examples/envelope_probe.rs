@@ -5,7 +5,8 @@
 //! cargo run --release -p varvedb --example envelope_probe -- <mode> [events] [dir]
 //! ```
 //! `mode`: `plain`, `meta` (two metadata pairs), `v7` (time-ordered ids), `v4` (random ids),
-//! `all` (v7 ids, a correlation id and two pairs). Appends run in batches of 100 with
+//! `all` (v7 ids, a correlation id and two pairs), `encrypted` (plain events in an encrypting
+//! store). Appends run in batches of 100 with
 //! `Durability::NoSync`, so that the figure is the CPU and index cost, not the flush. Prints
 //! one line: mode, append ev/s, scan ev/s, log bytes per event, id-index bytes per event.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -39,9 +40,12 @@ fn main() {
         Into::into,
     );
     let _ = std::fs::remove_dir_all(&dir);
+    let encrypted = mode == "encrypted";
     let storage = Storage::open(StorageConfig {
         path: dir.clone(),
         durability: Durability::NoSync,
+        encryption_enabled: encrypted,
+        master_key: encrypted.then_some([1u8; 32]),
         ..Default::default()
     })
     .unwrap();
@@ -70,7 +74,7 @@ fn main() {
     for b in 0..events / 100 {
         let stream = u128::from(b % 64) + 1;
         let options: Vec<AppendOptions> = match mode.as_str() {
-            "plain" => Vec::new(),
+            "plain" | "encrypted" => Vec::new(),
             "meta" => (0..100)
                 .map(|_| {
                     AppendOptions::new()
