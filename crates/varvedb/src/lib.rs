@@ -101,6 +101,30 @@
 //! `examples/event_enum.rs`). To read events without their Rust type, or an old schema version,
 //! use [`Storage::raw_reader`] (`examples/upcasting.rs`).
 //!
+//! ## Encryption and crypto-shredding
+//!
+//! With [`StorageConfig::encryption_enabled`] and a [`StorageConfig::master_key`], every new
+//! stream is encrypted with its own AES-256-GCM key, wrapped by the master key; an event's
+//! payload and metadata are sealed and bound to its stream, version, sequence and type.
+//! [`Storage::shred_stream`] deletes a stream's key: its events read as [`Error::Shredded`]
+//! for good. Stream ids, sizes, type names and event ids stay visible.
+//!
+//! ```
+//! use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+//! #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+//! struct Secret { n: u64, text: String }
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let tmp = tempfile::tempdir()?;
+//! # let dir = tmp.path();
+//! let storage = Storage::open(StorageConfig { path: dir.into(), encryption_enabled: true, master_key: Some([7u8; 32]), ..Default::default() })?;
+//! let writer = Writer::<Secret>::new(storage.clone());
+//! writer.append(66, ExpectedVersion::Auto, &Secret { n: 1, text: "card 4111".into() })?;
+//! storage.shred_stream(66)?;
+//! assert!(matches!(Reader::<Secret>::new(storage.clone()).get(&storage.read_txn()?, 1), Err(Error::Shredded { .. })));
+//! assert!(writer.append(66, ExpectedVersion::Auto, &Secret { n: 2, text: "again".into() }).is_err());
+//! # Ok(()) }
+//! ```
+//!
 //! ## When an append fails
 //!
 //! Every error says whether the append was written ([`Error::written`]): not at all (a
