@@ -174,6 +174,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A processor's handler failed on an event and its policy said stop. The processor
+    /// checkpointed before that event: it is handled again on the next run.
+    #[error("consumer {consumer:?} stopped at sequence {seq}: its handler failed: {reason}")]
+    HandlerFailed {
+        /// The processor's name.
+        consumer: String,
+        /// The event the handler failed on.
+        seq: u64,
+        /// The handler's error.
+        reason: String,
+    },
+
     /// The record is intact but its payload is not a valid archive of the requested event type.
     /// This usually means the reader's type differs from the type the event was written with.
     #[error("event at sequence {seq} is not a valid {type_name}: {reason}")]

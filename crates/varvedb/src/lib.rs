@@ -168,6 +168,7 @@ mod event_id;
 mod expected;
 #[cfg(test)]
 mod fault_tests;
+mod processor;
 mod raw;
 mod reader;
 mod storage;
@@ -179,11 +180,12 @@ pub use envelope::{
 };
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
+pub use processor::{EventHandler, HandlerError, OnError, Processor, ProcessorOptions};
 pub use raw::{RawEvent, RawReader};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
-    FORMAT_VERSION, META_FORMAT_KEY, Problem, ReadTxn, ShredReport, Stats, Storage,
-    VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,
+    Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, ReadTxn, ShredReport, Stats,
+    Storage, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,
 };
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;

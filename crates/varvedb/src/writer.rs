@@ -81,6 +81,11 @@ impl<E: SerializeEvent + Event> Writer<E> {
         &self.storage
     }
 
+    /// The store's bus: see [`Storage::subscribe`].
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.storage.subscribe()
+    }
+
     /// Appends one event to `stream_id` if the stream satisfies `expected`.
     ///
     /// Fails with [`Error::ConcurrencyConflict`] (nothing written) when it does not. Every

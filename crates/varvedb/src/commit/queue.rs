@@ -350,6 +350,15 @@ impl Answers {
         }
     }
 
+    /// The last sequence among the answers about to go out.
+    fn ready_head(&self) -> Option<u64> {
+        self.ready
+            .iter()
+            .filter_map(|(_, o)| o.as_ref().ok())
+            .flat_map(|appended| appended.iter().map(|a| a.seq))
+            .max()
+    }
+
     /// Sends the answers that may go out. Called with no handle to the store held, so that a
     /// caller that drops its last handle on return closes the store at once (and may reopen the
     /// path with another configuration).
@@ -488,6 +497,10 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
                     answers.flush(&storage);
                 }
             }
+        }
+        // Subscribers learn of the new head as the appends are acknowledged.
+        if let Some(seq) = answers.ready_head() {
+            storage.publish(seq);
         }
         drop(storage);
         answers.deliver();

@@ -138,6 +138,7 @@ pub(super) fn open(
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TYPE_IDS))?;
             let event_ids =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENT_IDS))?;
+            let parked = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::PARKED))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -156,7 +157,7 @@ pub(super) fn open(
                 blob_refs,
                 cursors,
                 keystore,
-                (types, type_ids, event_ids),
+                (types, type_ids, event_ids, parked),
                 meta,
             )))
         })
@@ -168,7 +169,7 @@ pub(super) fn open(
         blob_refs,
         cursors,
         keystore,
-        (types, type_ids, event_ids),
+        (types, type_ids, event_ids, parked),
         meta,
     )) = created;
     let page_size = {
@@ -185,6 +186,7 @@ pub(super) fn open(
         types,
         type_ids,
         event_ids,
+        parked,
         meta,
         page_size,
     };

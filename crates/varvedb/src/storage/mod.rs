@@ -12,6 +12,7 @@
 
 pub(crate) mod blob;
 pub(crate) mod chain;
+pub(crate) mod consumers;
 pub(crate) mod crypto;
 mod env;
 pub(crate) mod envelope;
@@ -41,6 +42,7 @@ use crate::error::{Error, Result};
 use gate::Gate;
 use lmdb::LmdbResultExt;
 
+pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
 pub use shred::ShredReport;
 pub use stats::Stats;
@@ -64,6 +66,7 @@ pub(crate) mod db_names {
     pub(crate) const TYPES: &str = "types";
     pub(crate) const TYPE_IDS: &str = "type_ids";
     pub(crate) const EVENT_IDS: &str = "event_ids";
+    pub(crate) const PARKED: &str = "parked_events";
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
@@ -91,6 +94,8 @@ pub(crate) struct Dbs {
     pub(crate) type_ids: Raw,
     /// `u128 BE event id` → `u64 LE seq`: the events appended with an id (idempotency).
     pub(crate) event_ids: Raw,
+    /// `consumer name ‖ 0x00 ‖ u64 BE seq` → reason (UTF-8): events a processor parked.
+    pub(crate) parked: Raw,
     /// `format_version` and other store-wide records.
     pub(crate) meta: Database<'static, Str, Bytes>,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
@@ -137,6 +142,8 @@ pub(crate) struct Inner {
     crypto: crypto::Crypto,
     /// What `open` found worth a warning (loose permissions).
     warnings: Vec<String>,
+    /// The bus: the last committed sequence whose append was acknowledged, for subscribers.
+    bus: tokio::sync::watch::Sender<u64>,
     gate: Gate,
     /// Held by the one writer; resizes happen under it too.
     write_lock: Mutex<()>,
@@ -212,6 +219,27 @@ impl Storage {
     /// local users can read. The `varvedb` tool prints them.
     pub fn warnings(&self) -> &[String] {
         &self.inner.warnings
+    }
+
+    /// A receiver of the last committed global sequence: it starts at the current head (not at
+    /// 0) and changes after each group commit, once the commit's appends are acknowledged. A
+    /// subscriber that falls behind misses nothing: the value is the newest head, and the
+    /// events up to it are read from the store. Appends of other processes are not published
+    /// here; a [`Processor`](crate::Processor) notices them by polling (its `poll_interval_ms`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.bus.subscribe()
+    }
+
+    /// Publishes a new head to subscribers (only ever forward).
+    pub(crate) fn publish(&self, seq: u64) {
+        self.inner.bus.send_if_modified(|head| {
+            if seq > *head {
+                *head = seq;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Whether new streams are encrypted (`StorageConfig::encryption_enabled`).

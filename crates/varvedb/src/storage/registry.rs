@@ -209,6 +209,10 @@ impl Storage {
         let crypto = Crypto::new(master_key.as_deref());
         let (env, dbs) = env::open(&config, &path, create, &crypto)?;
         let warnings = permission_warnings(&path);
+        let head = {
+            let rtxn = env.read_txn().map_err(Error::lmdb)?;
+            super::last_seq(&dbs, &rtxn)?
+        };
         let inner = Arc::new(Inner {
             attached: OnceLock::new(),
             env: ManuallyDrop::new(env),
@@ -217,6 +221,7 @@ impl Storage {
             path: path.clone(),
             crypto,
             warnings,
+            bus: tokio::sync::watch::Sender::new(head),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             health: AtomicU8::new(health::OK),

@@ -1,0 +1,454 @@
+//! Durable processors: a [`Processor`] drives an [`EventHandler`] over the log, in sequence
+//! order, from a cursor stored under its name in the store (`consumer_cursors`).
+//!
+//! Delivery is at-least-once: the cursor is checkpointed every `checkpoint_every_events`
+//! events or `checkpoint_every_ms` milliseconds (whichever comes first, at the end of a batch)
+//! and at a graceful stop, so a crash replays at most that many events. The log has no gaps (one
+//! committer assigns sequences inside the commit), so no event is ever skipped: the cursor only
+//! moves past an event once the handler has taken it, parked it, or the event is not the
+//! processor's (another type, or a shredded stream).
+//!
+//! Reading runs on tokio's blocking pool, a batch at a time (`batch_events_max`); the read
+//! snapshot lives for one batch and is released between batches, so a slow processor neither
+//! blocks map growth nor pins freed pages for long, and a processor far behind reads from disk at
+//! its own pace: it never lags out.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use crate::envelope::Event;
+use crate::error::{Error, Result};
+use crate::reader::{EventRef, Reader, ValidateEvent};
+use crate::storage::{self, Storage};
+
+/// What a handler's `Err` carries.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Takes events of type `E`, one at a time, in sequence order. The event is zero-copy: it
+/// borrows the processor's read snapshot for the duration of the call.
+pub trait EventHandler<E: rkyv::Archive>: Send + 'static {
+    /// Handles one event. An `Err` follows the processor's [`OnError`] policy.
+    fn handle(&mut self, event: &EventRef<'_, E>) -> std::result::Result<(), HandlerError>;
+}
+
+/// What a processor does when its handler fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnError {
+    /// Checkpoint before the failed event and stop with [`Error::HandlerFailed`].
+    Stop,
+    /// Call the handler again, up to `attempts` times in all, `backoff_ms` apart (doubling each
+    /// time), then stop. The cursor never moves past the event meanwhile.
+    Retry {
+        /// Calls in all, the first included.
+        attempts: u32,
+        /// The first pause between two calls, in milliseconds.
+        backoff_ms: u64,
+    },
+    /// Park the event (it is listed by [`Storage::parked_events`] with the reason, and can be
+    /// replayed with [`Processor::replay_parked`]) and go on with the next.
+    Park,
+    /// [`Retry`](Self::Retry), then park instead of stopping.
+    RetryThenPark {
+        /// Calls in all, the first included.
+        attempts: u32,
+        /// The first pause between two calls, in milliseconds.
+        backoff_ms: u64,
+    },
+}
+
+/// A processor's settings (build them with `..Default::default()`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessorOptions {
+    /// Checkpoint at least every this many events (the most a crash replays).
+    pub checkpoint_every_events: u64,
+    /// Checkpoint at least every this many milliseconds while events are handled.
+    pub checkpoint_every_ms: u64,
+    /// The most events read in one snapshot.
+    pub batch_events_max: usize,
+    /// How often, when caught up, the store is polled for appends of other processes (appends
+    /// of this process wake the processor at once, through the bus).
+    pub poll_interval_ms: u64,
+    /// What a handler error does.
+    pub on_error: OnError,
+}
+
+impl Default for ProcessorOptions {
+    fn default() -> Self {
+        ProcessorOptions {
+            checkpoint_every_events: 1000,
+            checkpoint_every_ms: 1000,
+            batch_events_max: 1000,
+            poll_interval_ms: 100,
+            on_error: OnError::Stop,
+        }
+    }
+}
+
+/// Drives an [`EventHandler`] from a durable, named cursor; see the module docs.
+///
+/// ```no_run
+/// # use varvedb::{EventHandler, EventRef, HandlerError, Processor, Reader, Storage};
+/// # #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+/// # struct Deposited { amount: u64 }
+/// struct Balance { total: u64 }
+/// impl EventHandler<Deposited> for Balance {
+///     fn handle(&mut self, event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+///         self.total += event.amount.to_native();
+///         Ok(())
+///     }
+/// }
+/// # async fn run(storage: Storage) -> varvedb::Result<()> {
+/// let rx = storage.subscribe();
+/// let processor = Processor::new(Reader::<Deposited>::new(storage.clone()), Balance { total: 0 }, "balance", rx);
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let task = tokio::spawn(processor.run_until(async move { let _ = stopped.await; }));
+/// // ... appends ...
+/// let _ = stop.send(());
+/// let balance: Balance = task.await.expect("the task ran")?;
+/// # Ok(()) }
+/// ```
+pub struct Processor<E, H> {
+    reader: Reader<E>,
+    handler: H,
+    name: String,
+    rx: tokio::sync::watch::Receiver<u64>,
+    options: ProcessorOptions,
+}
+
+impl<E, H> std::fmt::Debug for Processor<E, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Processor")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a batch ended.
+enum Batch {
+    /// More events may be waiting.
+    More,
+    /// The processor is at the head.
+    CaughtUp,
+    /// The handler failed on an event that is to be tried again after `wait`.
+    Retry(Duration),
+}
+
+/// What a processor carries between batches.
+struct State<E, H> {
+    reader: Reader<E>,
+    handler: H,
+    name: String,
+    options: ProcessorOptions,
+    /// The seq of the last event taken (handled, parked or not ours).
+    position: u64,
+    /// The position last written to the store.
+    checkpointed: u64,
+    last_checkpoint: Instant,
+    /// The event being retried, and the calls made so far.
+    retrying: Option<(u64, u32)>,
+}
+
+impl<E, H> State<E, H>
+where
+    E: ValidateEvent + Event,
+    H: EventHandler<E>,
+{
+    fn storage(&self) -> &Storage {
+        self.reader.storage()
+    }
+
+    /// Handles the events after `position`, up to a batch, in one snapshot; then checkpoints
+    /// (with the events parked in the batch, in one transaction) if it is due.
+    fn batch(&mut self) -> Result<Batch> {
+        let storage = self.storage().clone();
+        let limit = self
+            .options
+            .batch_events_max
+            .min(usize::try_from(self.options.checkpoint_every_events).unwrap_or(usize::MAX))
+            .max(1);
+        let mut parked: Vec<(u64, String)> = Vec::new();
+        let mut outcome = Batch::CaughtUp;
+        let mut failure = None;
+        {
+            let txn = storage.read_txn()?;
+            for (taken, item) in self.reader.read_all(&txn, self.position + 1).enumerate() {
+                if taken == limit {
+                    outcome = Batch::More;
+                    break;
+                }
+                let event = match item {
+                    Ok(event) => event,
+                    // Not this processor's: another type in the log, or a shredded stream.
+                    Err(Error::TypeMismatch { seq, .. } | Error::Shredded { seq, .. }) => {
+                        self.position = seq;
+                        continue;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let seq = event.seq();
+                match self.handler.handle(&event) {
+                    Ok(()) => {
+                        self.retrying = None;
+                        self.position = seq;
+                    }
+                    Err(e) => {
+                        let calls = match self.retrying {
+                            Some((s, n)) if s == seq => n + 1,
+                            _ => 1,
+                        };
+                        match self.options.on_error {
+                            OnError::Stop => {
+                                failure = Some(handler_failed(&self.name, seq, &*e));
+                                break;
+                            }
+                            OnError::Park => {
+                                parked.push((seq, e.to_string()));
+                                self.position = seq;
+                            }
+                            OnError::Retry {
+                                attempts,
+                                backoff_ms,
+                            }
+                            | OnError::RetryThenPark {
+                                attempts,
+                                backoff_ms,
+                            } if calls < attempts => {
+                                self.retrying = Some((seq, calls));
+                                let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
+                                outcome = Batch::Retry(Duration::from_millis(wait));
+                                break;
+                            }
+                            OnError::RetryThenPark { .. } => {
+                                self.retrying = None;
+                                parked.push((seq, e.to_string()));
+                                self.position = seq;
+                            }
+                            OnError::Retry { .. } => {
+                                failure = Some(handler_failed(&self.name, seq, &*e));
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The snapshot is released: checkpoint (and park) in a transaction of its own.
+        let due = self.position.saturating_sub(self.checkpointed)
+            >= self.options.checkpoint_every_events
+            || self.last_checkpoint.elapsed()
+                >= Duration::from_millis(self.options.checkpoint_every_ms);
+        if !parked.is_empty() || failure.is_some() || (due && self.position > self.checkpointed) {
+            self.checkpoint(&parked)?;
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
+    }
+
+    /// Writes the position (and parks `parked`) in one transaction.
+    fn checkpoint(&mut self, parked: &[(u64, String)]) -> Result<()> {
+        let (name, position) = (self.name.clone(), self.position);
+        let storage = self.storage().clone();
+        storage.write(storage.resize_wait(), |wtxn, dbs| {
+            for (seq, reason) in parked {
+                storage::consumers::park(dbs, wtxn, &name, *seq, reason)?;
+            }
+            storage::consumers::set_position(dbs, wtxn, &name, position)?;
+            Ok(((), true))
+        })?;
+        self.checkpointed = position;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+fn handler_failed(name: &str, seq: u64, e: &(dyn std::error::Error + Send + Sync)) -> Error {
+    Error::HandlerFailed {
+        consumer: name.to_string(),
+        seq,
+        reason: e.to_string(),
+    }
+}
+
+/// Runs `f` on tokio's blocking pool, handing the state over and back.
+async fn blocking<T, S, F>(state: S, f: F) -> Result<(S, Result<T>)>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(&mut S) -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let mut state = state;
+        let out = f(&mut state);
+        (state, out)
+    })
+    .await
+    .map_err(|e| Error::HandlerFailed {
+        consumer: String::new(),
+        seq: 0,
+        reason: format!("the processor's blocking task failed: {e}"),
+    })
+}
+
+impl<E, H> Processor<E, H>
+where
+    E: ValidateEvent + Event + Send + 'static,
+    H: EventHandler<E>,
+{
+    /// A processor named `name` (1 to 255 bytes of UTF-8) that feeds `handler` the events
+    /// `reader` reads, woken by `rx` (from [`Storage::subscribe`]).
+    pub fn new(
+        reader: Reader<E>,
+        handler: H,
+        name: impl Into<String>,
+        rx: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        Processor {
+            reader,
+            handler,
+            name: name.into(),
+            rx,
+            options: ProcessorOptions::default(),
+        }
+    }
+
+    /// Replaces the processor's settings.
+    pub fn with_options(mut self, options: ProcessorOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs until the handler fails (per [`OnError`]) or the store does; never returns
+    /// otherwise. See [`run_until`](Self::run_until) for a graceful stop.
+    pub async fn run(self) -> Result<H> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Runs until `signal` completes, then checkpoints and hands the handler back.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
+        storage::consumers::check_name(&self.name)?;
+        let Processor {
+            reader,
+            handler,
+            name,
+            mut rx,
+            options,
+        } = self;
+        let poll = Duration::from_millis(options.poll_interval_ms.max(1));
+        let position = {
+            let (storage, name) = (reader.storage().clone(), name.clone());
+            tokio::task::spawn_blocking(move || storage.consumer_position(&name))
+                .await
+                .map_err(|e| Error::HandlerFailed {
+                    consumer: String::new(),
+                    seq: 0,
+                    reason: e.to_string(),
+                })??
+                .unwrap_or(0)
+        };
+        let mut state = State {
+            reader,
+            handler,
+            name,
+            options,
+            position,
+            checkpointed: position,
+            last_checkpoint: Instant::now(),
+            retrying: None,
+        };
+        tokio::pin!(signal);
+        loop {
+            let (back, outcome) = blocking(state, State::batch).await?;
+            state = back;
+            let outcome = outcome?;
+            let wait = match outcome {
+                Batch::More => Duration::ZERO,
+                Batch::CaughtUp => poll,
+                Batch::Retry(wait) => wait,
+            };
+            tokio::select! {
+                biased;
+                () = &mut signal => break,
+                changed = rx.changed(), if matches!(outcome, Batch::CaughtUp) => {
+                    // The bus is gone with the store's last handle but ours: poll only.
+                    if changed.is_err() {
+                        tokio::time::sleep(poll).await;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        // The graceful stop: everything handled is checkpointed.
+        let (state, done) = blocking(state, |s: &mut State<E, H>| {
+            if s.position > s.checkpointed {
+                s.checkpoint(&[])?;
+            }
+            Ok(())
+        })
+        .await?;
+        done?;
+        Ok(state.handler)
+    }
+
+    /// Hands the events this processor parked to its handler again, in seq order; each one it
+    /// takes leaves the parked list. The main cursor does not move. Returns how many were taken.
+    pub async fn replay_parked(self) -> Result<(Self, u64)> {
+        let Processor {
+            reader,
+            handler,
+            name,
+            rx,
+            options,
+        } = self;
+        let state = (reader, handler, name);
+        let (state, taken) = blocking(state, |(reader, handler, name)| {
+            let storage = reader.storage().clone();
+            let parked = storage.parked_events(name)?;
+            let mut taken = Vec::new();
+            {
+                let txn = storage.read_txn()?;
+                for p in parked {
+                    let Some(event) = reader.get(&txn, p.seq)? else {
+                        continue;
+                    };
+                    if handler.handle(&event).is_ok() {
+                        taken.push(p.seq);
+                    }
+                }
+            }
+            let n = taken.len() as u64;
+            if !taken.is_empty() {
+                storage.write(storage.resize_wait(), |wtxn, dbs| {
+                    for seq in &taken {
+                        storage::consumers::unpark(dbs, wtxn, name, *seq)?;
+                    }
+                    Ok(((), true))
+                })?;
+            }
+            Ok(n)
+        })
+        .await?;
+        let (reader, handler, name) = state;
+        Ok((
+            Processor {
+                reader,
+                handler,
+                name,
+                rx,
+                options,
+            },
+            taken?,
+        ))
+    }
+
+    /// The processor's handler (for example to read its state between runs).
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+}

@@ -1,0 +1,195 @@
+//! Consumer cursors and parked events: where each named consumer (a processor) stands, and the
+//! events it set aside.
+//!
+//! ```text
+//! consumer_cursors  name (UTF-8)             → u64 LE: the seq of the last event it handled
+//! parked_events     name ‖ 0x00 ‖ u64 BE seq → the reason (UTF-8)
+//! ```
+//! Names are UTF-8 bytes, stored as they are: stable across Rust releases and processes.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use heed::{RoTxn, RwTxn};
+
+use super::lmdb::LmdbResultExt;
+use super::{Dbs, Storage, get_record, last_seq, record};
+use crate::error::{Error, Result};
+
+/// The longest consumer name, in bytes.
+pub const CONSUMER_NAME_BYTES_MAX: usize = 255;
+
+/// A consumer as [`Storage::consumers`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Consumer {
+    /// Its name.
+    pub name: String,
+    /// The seq of the last event it handled.
+    pub position: u64,
+    /// The store's last seq.
+    pub head: u64,
+    /// Events it has not handled yet.
+    pub lag_events: u64,
+    /// How long the oldest event it has not handled has waited, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// Events it parked.
+    pub parked: u64,
+}
+
+/// An event a consumer parked, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ParkedEvent {
+    /// The event's seq.
+    pub seq: u64,
+    /// The handler's error.
+    pub reason: String,
+}
+
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > CONSUMER_NAME_BYTES_MAX || name.contains('\0') {
+        return Err(Error::InvalidConfig {
+            field: "consumer name",
+            reason: format!("1 to {CONSUMER_NAME_BYTES_MAX} bytes of UTF-8, without NUL"),
+        });
+    }
+    Ok(())
+}
+
+fn parked_key(name: &str, seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 9);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(crate) fn position(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<Option<u64>> {
+    match dbs.cursors.get(txn, name.as_bytes()).lmdb()? {
+        None => Ok(None),
+        Some(v) => <[u8; 8]>::try_from(v)
+            .map(|b| Some(u64::from_le_bytes(b)))
+            .map_err(|_| Error::Corrupt {
+                seq: 0,
+                reason: format!("the cursor of consumer {name:?} is {} bytes", v.len()),
+            }),
+    }
+}
+
+pub(crate) fn set_position(dbs: &Dbs, wtxn: &mut RwTxn<'_>, name: &str, seq: u64) -> Result<()> {
+    dbs.cursors
+        .put(wtxn, name.as_bytes(), &seq.to_le_bytes())
+        .lmdb()
+}
+
+pub(crate) fn park(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    name: &str,
+    seq: u64,
+    reason: &str,
+) -> Result<()> {
+    dbs.parked
+        .put(wtxn, &parked_key(name, seq), reason.as_bytes())
+        .lmdb()
+}
+
+pub(crate) fn unpark(dbs: &Dbs, wtxn: &mut RwTxn<'_>, name: &str, seq: u64) -> Result<()> {
+    dbs.parked
+        .delete(wtxn, &parked_key(name, seq))
+        .lmdb()
+        .map(drop)
+}
+
+fn parked_of(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<Vec<ParkedEvent>> {
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.push(0);
+    let mut out = Vec::new();
+    for entry in dbs.parked.prefix_iter(txn, &prefix).lmdb()? {
+        let (key, value) = entry.lmdb()?;
+        let Some(seq) = key
+            .get(prefix.len()..)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        else {
+            continue;
+        };
+        out.push(ParkedEvent {
+            seq: u64::from_be_bytes(seq),
+            reason: String::from_utf8_lossy(value).into_owned(),
+        });
+    }
+    Ok(out)
+}
+
+impl Storage {
+    /// The seq of the last event the consumer `name` handled; `None` if it never checkpointed.
+    pub fn consumer_position(&self, name: &str) -> Result<Option<u64>> {
+        let txn = self.read_txn()?;
+        position(self.dbs(), txn.raw(), name)
+    }
+
+    /// Every consumer with its position, the head, and its lag in events and in seconds.
+    pub fn consumers(&self) -> Result<Vec<Consumer>> {
+        let txn = self.read_txn()?;
+        let dbs = self.dbs();
+        let head = last_seq(dbs, txn.raw())?;
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let mut names = Vec::new();
+        for entry in dbs.cursors.iter(txn.raw()).lmdb()? {
+            let (k, _) = entry.lmdb()?;
+            names.push(String::from_utf8_lossy(k).into_owned());
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let position = position(dbs, txn.raw(), &name)?.unwrap_or(0);
+            let lag_events = head.saturating_sub(position);
+            let lag_seconds = match get_record(dbs, txn.raw(), position + 1)? {
+                Some(value) if lag_events > 0 => {
+                    let (header, _) = record::decode(position + 1, value)?;
+                    now_ns.saturating_sub(header.timestamp_ns) as f64 / 1e9
+                }
+                _ => 0.0,
+            };
+            let parked = parked_of(dbs, txn.raw(), &name)?.len() as u64;
+            out.push(Consumer {
+                name,
+                position,
+                head,
+                lag_events,
+                lag_seconds,
+                parked,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The events the consumer `name` parked, in seq order.
+    pub fn parked_events(&self, name: &str) -> Result<Vec<ParkedEvent>> {
+        let txn = self.read_txn()?;
+        parked_of(self.dbs(), txn.raw(), name)
+    }
+
+    /// Moves the consumer `name` to `position` (the seq of the last event it is to count as
+    /// handled; 0: from the start). Takes effect when its processor next starts.
+    pub fn reset_consumer(&self, name: &str, position: u64) -> Result<()> {
+        check_name(name)?;
+        self.write(self.resize_wait(), |wtxn, dbs| {
+            set_position(dbs, wtxn, name, position)?;
+            Ok(((), true))
+        })
+    }
+
+    /// Deletes the consumer `name`: its cursor and its parked events. Returns whether it existed.
+    pub fn delete_consumer(&self, name: &str) -> Result<bool> {
+        self.write(self.resize_wait(), |wtxn, dbs| {
+            let existed = dbs.cursors.delete(wtxn, name.as_bytes()).lmdb()?;
+            let parked: Vec<u64> = parked_of(dbs, wtxn, name)?.iter().map(|p| p.seq).collect();
+            for seq in &parked {
+                unpark(dbs, wtxn, name, *seq)?;
+            }
+            Ok((existed || !parked.is_empty(), true))
+        })
+    }
+}

@@ -1,0 +1,439 @@
+//! Processors: durable, named cursors; at-least-once delivery in sequence order, with no event
+//! skipped or delivered twice while running; catch-up after a restart; handler-error policies.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use varvedb::{
+    EventHandler, EventRef, ExpectedVersion, HandlerError, OnError, Processor, ProcessorOptions,
+    Reader, Storage, Writer,
+};
+
+/// Sums amounts and records the seqs it saw.
+#[derive(Default)]
+struct Balance {
+    total: u64,
+    seqs: Vec<u64>,
+}
+
+impl EventHandler<Deposited> for Balance {
+    fn handle(&mut self, event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+        self.total += event.amount.to_native();
+        self.seqs.push(event.seq());
+        Ok(())
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `processor` until the store's head is `until` (polling), then stops it gracefully.
+fn run_to<H: EventHandler<Deposited>>(
+    rt: &tokio::runtime::Runtime,
+    storage: &Storage,
+    processor: Processor<Deposited, H>,
+    name: &str,
+    until: u64,
+) -> H {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let name = name.to_string();
+    let storage = storage.clone();
+    rt.block_on(async {
+        // Wait until the processor's checkpoint... or the head: stop, and the stop checkpoints.
+        for _ in 0..2000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if storage.consumer_position(&name).unwrap() == Some(until) {
+                break;
+            }
+        }
+    });
+    stop.send(()).unwrap();
+    rt.block_on(task).unwrap().unwrap()
+}
+
+#[test]
+fn the_issue_example_runs_and_checkpoints_at_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let rx = storage.subscribe();
+    let processor = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "consumer_group_1",
+        rx,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    for i in 1..=50u64 {
+        writer
+            .append(u128::from(i % 3), ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    // The bus wakes the processor; give it the moment to catch up, then stop it.
+    rt.block_on(async {
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if storage.consumer_position("consumer_group_1").unwrap() == Some(50) {
+                break;
+            }
+            // Checkpoints are periodic; the stop writes the final one.
+            if storage.consumers().unwrap().is_empty() {
+                continue;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    });
+    stop_tx.send(()).unwrap();
+    let handler: Balance = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(handler.total, (1..=50).sum::<u64>());
+    assert_eq!(handler.seqs, (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        storage.consumer_position("consumer_group_1").unwrap(),
+        Some(storage.last_seq(&storage.read_txn().unwrap()).unwrap())
+    );
+}
+
+#[test]
+fn a_restarted_processor_catches_up_on_a_backlog_without_new_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let rt = runtime();
+    for i in 1..=30u64 {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "late",
+        storage.subscribe(),
+    );
+    let first = run_to(&rt, &storage, p, "late", 30);
+    assert_eq!(first.seqs.len(), 30);
+    // A backlog appended while it is down, then no appends at all: it must still catch up.
+    for i in 31..=60u64 {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    drop((writer, storage));
+    let storage = open(&dir);
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "late",
+        storage.subscribe(),
+    );
+    let second = run_to(&rt, &storage, p, "late", 60);
+    assert_eq!(second.seqs, (31..=60).collect::<Vec<_>>());
+}
+
+#[test]
+fn three_processors_see_four_writers_events_exactly_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let names = ["a", "b", "c"];
+    let mut stops = Vec::new();
+    let mut tasks = Vec::new();
+    for name in names {
+        let p = Processor::new(
+            Reader::<Deposited>::new(storage.clone()),
+            Balance::default(),
+            name,
+            storage.subscribe(),
+        )
+        .with_options(ProcessorOptions {
+            batch_events_max: 500,
+            ..Default::default()
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        tasks.push(rt.spawn(p.run_until(async move {
+            let _ = stopped.await;
+        })));
+    }
+    let per_writer = 2500u64;
+    let writers: Vec<_> = (0..4u128)
+        .map(|w| {
+            let writer = Writer::<Deposited>::new(storage.clone());
+            std::thread::spawn(move || {
+                for i in 0..per_writer {
+                    let batch: Vec<_> = (0..5).map(|k| deposit(i * 5 + k)).collect();
+                    if i % 2 == 0 {
+                        writer
+                            .append_batch(w, ExpectedVersion::Auto, &batch)
+                            .unwrap();
+                    } else {
+                        writer.append(w, ExpectedVersion::Auto, &batch[0]).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let head = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
+    rt.block_on(async {
+        for _ in 0..4000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let all = storage.consumers().unwrap();
+            if all.len() == 3 && all.iter().all(|c| c.position == head) {
+                break;
+            }
+        }
+    });
+    for stop in stops {
+        stop.send(()).unwrap();
+    }
+    for task in tasks {
+        let handler = rt.block_on(task).unwrap().unwrap();
+        assert_eq!(
+            handler.seqs,
+            (1..=head).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
+    }
+}
+
+/// Fails on chosen seqs a given number of times.
+struct Flaky {
+    fail: Arc<Mutex<std::collections::HashMap<u64, u32>>>,
+    seen: Vec<u64>,
+}
+
+impl EventHandler<Deposited> for Flaky {
+    fn handle(&mut self, event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+        let mut fail = self.fail.lock().unwrap();
+        if let Some(n) = fail.get_mut(&event.seq())
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(format!("flaky at {}", event.seq()).into());
+        }
+        self.seen.push(event.seq());
+        Ok(())
+    }
+}
+
+fn flaky(failures: &[(u64, u32)]) -> Flaky {
+    Flaky {
+        fail: Arc::new(Mutex::new(failures.iter().copied().collect())),
+        seen: Vec::new(),
+    }
+}
+
+fn filled(n: u64) -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    for i in 1..=n {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    (dir, storage)
+}
+
+#[test]
+fn stop_checkpoints_before_the_failed_event_and_the_next_run_retries_it() {
+    let (_dir, storage) = filled(10);
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[(6, 1)]),
+        "stopper",
+        storage.subscribe(),
+    );
+    let err = rt.block_on(p.run()).err().unwrap();
+    assert!(
+        matches!(&err, varvedb::Error::HandlerFailed { seq: 6, consumer, .. } if consumer == "stopper"),
+        "{err:?}"
+    );
+    assert_eq!(storage.consumer_position("stopper").unwrap(), Some(5));
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[]),
+        "stopper",
+        storage.subscribe(),
+    );
+    let h = run_to(&rt, &storage, p, "stopper", 10);
+    assert_eq!(h.seen, (6..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn retries_never_let_the_checkpoint_pass_the_retrying_event() {
+    let (_dir, storage) = filled(10);
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[(4, 3)]),
+        "retrier",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::Retry {
+            attempts: 5,
+            backoff_ms: 40,
+        },
+        checkpoint_every_events: 1,
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    // While event 4 is being retried (40 + 80 + 160 ms of backoff), the cursor stays at 3.
+    let mut seen_during_retry = Vec::new();
+    rt.block_on(async {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            seen_during_retry.push(storage.consumer_position("retrier").unwrap());
+        }
+    });
+    assert!(
+        seen_during_retry.iter().all(|p| p.is_none_or(|p| p <= 3)),
+        "{seen_during_retry:?}"
+    );
+    rt.block_on(async {
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if storage.consumer_position("retrier").unwrap() == Some(10) {
+                break;
+            }
+        }
+    });
+    stop.send(()).unwrap();
+    let h = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(
+        h.seen,
+        (1..=10).collect::<Vec<_>>(),
+        "4 taken on its 4th call"
+    );
+}
+
+#[test]
+fn parked_events_are_listed_and_replayed_without_moving_the_cursor() {
+    let (_dir, storage) = filled(10);
+    let rt = runtime();
+    let fail = Arc::new(Mutex::new(
+        [(3u64, u32::MAX), (7, u32::MAX)].into_iter().collect(),
+    ));
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Flaky {
+            fail: Arc::clone(&fail),
+            seen: Vec::new(),
+        },
+        "parker",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::RetryThenPark {
+            attempts: 2,
+            backoff_ms: 1,
+        },
+        ..Default::default()
+    });
+    let h = run_to(&rt, &storage, p, "parker", 10);
+    assert_eq!(h.seen, [1, 2, 4, 5, 6, 8, 9, 10]);
+    let parked = storage.parked_events("parker").unwrap();
+    assert_eq!(parked.iter().map(|p| p.seq).collect::<Vec<_>>(), [3, 7]);
+    assert!(parked[0].reason.contains("flaky at 3"));
+    assert_eq!(storage.consumers().unwrap()[0].parked, 2);
+
+    // The handler recovers; replaying the parked events leaves the cursor at 10.
+    fail.lock().unwrap().clear();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Flaky {
+            fail,
+            seen: Vec::new(),
+        },
+        "parker",
+        storage.subscribe(),
+    );
+    let (p, taken) = rt.block_on(p.replay_parked()).unwrap();
+    assert_eq!(taken, 2);
+    assert_eq!(p.handler().seen, [3, 7]);
+    assert!(storage.parked_events("parker").unwrap().is_empty());
+    assert_eq!(storage.consumer_position("parker").unwrap(), Some(10));
+}
+
+#[test]
+fn consumers_are_independent_survive_a_reopen_and_can_be_reset_or_deleted() {
+    let (dir, storage) = filled(20);
+    let rt = runtime();
+    for (name, until) in [("one", 20u64), ("two", 20)] {
+        let p = Processor::new(
+            Reader::<Deposited>::new(storage.clone()),
+            Balance::default(),
+            name,
+            storage.subscribe(),
+        );
+        run_to(&rt, &storage, p, name, until);
+    }
+    storage.reset_consumer("two", 15).unwrap();
+    drop(storage);
+    let storage = open(&dir);
+    let consumers = storage.consumers().unwrap();
+    let names: Vec<(&str, u64, u64)> = consumers
+        .iter()
+        .map(|c| (c.name.as_str(), c.position, c.lag_events))
+        .collect();
+    assert_eq!(names, [("one", 20, 0), ("two", 15, 5)]);
+    assert!(consumers[1].lag_seconds >= 0.0);
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "two",
+        storage.subscribe(),
+    );
+    let h = run_to(&rt, &storage, p, "two", 20);
+    assert_eq!(h.seqs, (16..=20).collect::<Vec<_>>());
+    assert!(storage.delete_consumer("one").unwrap());
+    assert_eq!(storage.consumer_position("one").unwrap(), None);
+    assert!(!storage.delete_consumer("one").unwrap());
+}
+
+#[test]
+fn other_event_types_in_the_log_are_passed_over() {
+    #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    struct Other {
+        x: u64,
+    }
+    let (_dir, storage) = filled(3);
+    Writer::<Other>::new(storage.clone())
+        .append(9, ExpectedVersion::Auto, &Other { x: 1 })
+        .unwrap();
+    Writer::<Deposited>::new(storage.clone())
+        .append(1, ExpectedVersion::Auto, &deposit(4))
+        .unwrap();
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "typed",
+        storage.subscribe(),
+    );
+    let h = run_to(&rt, &storage, p, "typed", 5);
+    assert_eq!(h.seqs, [1, 2, 3, 5]);
+}
