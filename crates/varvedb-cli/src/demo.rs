@@ -6,8 +6,31 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{
-    AppendOptions, Error, EventId, ExpectedVersion, Reader, Result, Storage, StorageConfig, Writer,
+    AppendOptions, Error, EventHandler, EventId, EventRef, ExpectedVersion, HandlerError,
+    Processor, ProcessorOptions, Reader, Result, Storage, StorageConfig, Writer,
 };
+
+/// A projection: the balance of one account, kept by a processor.
+struct BalanceProjection {
+    account: u128,
+    cents: i128,
+    events: u64,
+}
+
+impl EventHandler<Account> for BalanceProjection {
+    fn handle(&mut self, event: &EventRef<'_, Account>) -> std::result::Result<(), HandlerError> {
+        if event.stream_id() != self.account {
+            return Ok(());
+        }
+        self.events += 1;
+        match &**event {
+            ArchivedAccount::Opened { .. } => {}
+            ArchivedAccount::Deposited { cents, .. } => self.cents += i128::from(cents.to_native()),
+            ArchivedAccount::Withdrawn { cents, .. } => self.cents -= i128::from(cents.to_native()),
+        }
+        Ok(())
+    }
+}
 
 /// The events of one bank account.
 #[derive(Archive, Serialize, Deserialize, Debug, varvedb::Event)]
@@ -165,10 +188,68 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     let (cents, version) = balance(&reader, &storage, account)?;
     println!("balance {} at version {version}", money(cents));
 
+    // A processor projects the account's balance from the log, from its own durable cursor.
+    let projection = project(&storage, account)?;
+    println!(
+        "projection \"{}\": balance {} after {} events of the account",
+        projection.0,
+        money(projection.1.cents),
+        projection.1.events
+    );
+
     let stats = storage.stats()?;
     println!(
         "store now holds {} events in {} streams ({} bytes of log)",
         stats.events, stats.streams, stats.log_bytes
     );
     Ok(())
+}
+
+/// Runs a processor over the log until it has reached the head, then stops it gracefully.
+fn project(storage: &Storage, account: u128) -> Result<(String, BalanceProjection)> {
+    let name = format!("demo-balance-{account:032x}");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "tokio runtime".into(),
+            source,
+        })?;
+    let head = storage.last_seq(&storage.read_txn()?)?;
+    let processor = Processor::new(
+        Reader::<Account>::new(storage.clone()),
+        BalanceProjection {
+            account,
+            cents: 0,
+            events: 0,
+        },
+        name.clone(),
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        checkpoint_every_ms: 20,
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = runtime.spawn(processor.run_until(async move {
+        let _ = stopped.await;
+    }));
+    runtime.block_on(async {
+        // The processor checkpoints as it goes; wait for the head, at most a few seconds.
+        for _ in 0..500 {
+            if storage.consumer_position(&name)? == Some(head) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Ok::<_, Error>(())
+    })?;
+    let _ = stop.send(());
+    let handler = runtime.block_on(task).map_err(|e| Error::HandlerFailed {
+        consumer: name.clone(),
+        seq: 0,
+        reason: e.to_string(),
+    })??;
+    Ok((name, handler))
 }

@@ -33,6 +33,10 @@ fn demo_runs_twice_and_stats_counts_it() {
         );
         assert!(stdout.contains("balance 20.75 at version 7"), "{stdout}");
         assert!(
+            stdout.contains(": balance 20.75 after 7 events of the account"),
+            "the projection:\n{stdout}"
+        );
+        assert!(
             stdout.contains(&format!(
                 "store now holds {} events in {run} streams",
                 7 * run
