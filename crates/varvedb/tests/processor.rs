@@ -437,3 +437,96 @@ fn other_event_types_in_the_log_are_passed_over() {
     let h = run_to(&rt, &storage, p, "typed", 5);
     assert_eq!(h.seqs, [1, 2, 3, 5]);
 }
+
+const CHILD_ENV: &str = "VARVEDB_PROCESSOR_CHILD_DIR";
+
+/// Prints each seq it handles, slowly, so that the parent can kill it in the middle.
+struct Printer;
+
+impl EventHandler<Deposited> for Printer {
+    fn handle(&mut self, event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "handled {}", event.seq())?;
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(2));
+        Ok(())
+    }
+}
+
+/// The child: runs a processor over the store until it is killed.
+#[test]
+fn child_processor() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let storage = Storage::open(varvedb::StorageConfig {
+        path: dir.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Printer,
+        "killed",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        checkpoint_every_events: 10,
+        ..Default::default()
+    });
+    runtime().block_on(p.run()).unwrap();
+}
+
+#[test]
+fn a_killed_processor_resumes_within_one_checkpoint_interval_and_skips_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let (dir, storage) = filled(300);
+    drop(storage);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_processor",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut last = 0u64;
+    while last < 137 {
+        let line = lines.next().unwrap().unwrap();
+        // The first line follows libtest's "test child_processor ... ".
+        if let Some(seq) = line.split("handled ").nth(1) {
+            let seq: u64 = seq.parse().unwrap();
+            assert_eq!(seq, last + 1, "in order, nothing skipped");
+            last = seq;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let storage = open(&dir);
+    let checkpoint = storage.consumer_position("killed").unwrap().unwrap_or(0);
+    assert!(
+        checkpoint <= last,
+        "the cursor never passes what was handled"
+    );
+    assert!(
+        last - checkpoint <= 2 * 10,
+        "replay bounded by the checkpoint interval: handled {last}, checkpoint {checkpoint}"
+    );
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "killed",
+        storage.subscribe(),
+    );
+    let h = run_to(&rt, &storage, p, "killed", 300);
+    assert_eq!(h.seqs, (checkpoint + 1..=300).collect::<Vec<_>>());
+}
