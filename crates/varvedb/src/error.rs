@@ -174,6 +174,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A task VarveDB ran on tokio's blocking pool panicked or was cancelled (a handler that
+    /// panicked, a runtime shutting down).
+    #[error("a blocking task failed: {reason}")]
+    TaskFailed {
+        /// What the runtime reported.
+        reason: String,
+    },
+
     /// A processor's handler failed on an event and its policy said stop. The processor
     /// checkpointed before that event: it is handled again on the next run.
     #[error("consumer {consumer:?} stopped at sequence {seq}: its handler failed: {reason}")]

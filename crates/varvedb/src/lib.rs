@@ -172,6 +172,7 @@ mod processor;
 mod raw;
 mod reader;
 mod storage;
+mod subscription;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
@@ -187,6 +188,7 @@ pub use storage::{
     Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, ReadTxn, ShredReport, Stats,
     Storage, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,
 };
+pub use subscription::{OwnedEvent, SUBSCRIPTION_BATCH_EVENTS, Subscription, SubscriptionItem};
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
 pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID, SerializeEvent, Writer};

@@ -289,10 +289,8 @@ where
         (state, out)
     })
     .await
-    .map_err(|e| Error::HandlerFailed {
-        consumer: String::new(),
-        seq: 0,
-        reason: format!("the processor's blocking task failed: {e}"),
+    .map_err(|e| Error::TaskFailed {
+        reason: format!("the processor's blocking task: {e}"),
     })
 }
 
@@ -345,10 +343,8 @@ where
             let (storage, name) = (reader.storage().clone(), name.clone());
             tokio::task::spawn_blocking(move || storage.consumer_position(&name))
                 .await
-                .map_err(|e| Error::HandlerFailed {
-                    consumer: String::new(),
-                    seq: 0,
-                    reason: e.to_string(),
+                .map_err(|e| Error::TaskFailed {
+                    reason: format!("the processor's blocking task: {e}"),
                 })??
                 .unwrap_or(0)
         };
