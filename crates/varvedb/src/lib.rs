@@ -181,7 +181,10 @@ pub use envelope::{
 };
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
-pub use processor::{EventHandler, HandlerError, OnError, Processor, ProcessorOptions};
+pub use processor::{
+    AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, OnError, Processor,
+    ProcessorOptions,
+};
 pub use raw::{RawEvent, RawReader};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{

@@ -448,3 +448,168 @@ where
         &self.handler
     }
 }
+
+/// Work on the store, sent to the blocking pool.
+type StoreTask = Box<dyn FnOnce(&Storage) -> Result<()> + Send>;
+
+/// An async handler, for handlers that call out (HTTP, another database). It receives an owned
+/// copy of each event ([`OwnedEvent`]), read by a [`Subscription`](crate::Subscription); the
+/// sync [`EventHandler`] stays zero-copy.
+pub trait AsyncEventHandler<E: rkyv::Archive>: Send + 'static {
+    /// Handles one event. An `Err` follows the processor's [`OnError`] policy.
+    fn handle(
+        &mut self,
+        event: &crate::OwnedEvent<E>,
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send;
+}
+
+/// A [`Processor`] for an [`AsyncEventHandler`]: the same cursor, checkpoints and error
+/// policies; events come from a catch-up subscription, so the handler's awaits hold no read
+/// snapshot.
+pub struct AsyncProcessor<E, H> {
+    reader: Reader<E>,
+    handler: H,
+    name: String,
+    options: ProcessorOptions,
+}
+
+impl<E, H> std::fmt::Debug for AsyncProcessor<E, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncProcessor")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E, H> AsyncProcessor<E, H>
+where
+    E: ValidateEvent + Event + Send + 'static,
+    H: AsyncEventHandler<E>,
+{
+    /// An async processor named `name` that feeds `handler` the events `reader` reads.
+    pub fn new(reader: Reader<E>, handler: H, name: impl Into<String>) -> Self {
+        AsyncProcessor {
+            reader,
+            handler,
+            name: name.into(),
+            options: ProcessorOptions::default(),
+        }
+    }
+
+    /// Replaces the processor's settings.
+    pub fn with_options(mut self, options: ProcessorOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Runs until `signal` completes (then checkpoints and hands the handler back), or until
+    /// the handler fails and its policy says stop.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
+        storage::consumers::check_name(&self.name)?;
+        let AsyncProcessor {
+            reader,
+            mut handler,
+            name,
+            options,
+        } = self;
+        let storage = reader.storage().clone();
+        let run = |f: StoreTask| {
+            let storage = storage.clone();
+            async move {
+                tokio::task::spawn_blocking(move || f(&storage))
+                    .await
+                    .map_err(|e| Error::TaskFailed {
+                        reason: format!("the processor's blocking task: {e}"),
+                    })?
+            }
+        };
+        let position = {
+            let (storage, name) = (storage.clone(), name.clone());
+            tokio::task::spawn_blocking(move || storage.consumer_position(&name))
+                .await
+                .map_err(|e| Error::TaskFailed {
+                    reason: format!("the processor's blocking task: {e}"),
+                })??
+                .unwrap_or(0)
+        };
+        let mut subscription = crate::Subscription::all(reader, position + 1)
+            .poll_interval(Duration::from_millis(options.poll_interval_ms));
+        let (mut position, mut checkpointed, mut last) = (position, position, Instant::now());
+        let checkpoint = |name: String, position: u64, parked: Vec<(u64, String)>| {
+            run(Box::new(move |storage: &Storage| {
+                storage.write(storage.resize_wait(), |wtxn, dbs| {
+                    for (seq, reason) in &parked {
+                        storage::consumers::park(dbs, wtxn, &name, *seq, reason)?;
+                    }
+                    storage::consumers::set_position(dbs, wtxn, &name, position)?;
+                    Ok(((), true))
+                })
+            }))
+        };
+        tokio::pin!(signal);
+        loop {
+            let every = Duration::from_millis(options.checkpoint_every_ms);
+            let item = tokio::select! {
+                biased;
+                () = &mut signal => break,
+                // Idle with events handled since the last checkpoint: write it when it is due.
+                () = tokio::time::sleep(every.saturating_sub(last.elapsed())), if position > checkpointed => {
+                    checkpoint(name.clone(), position, Vec::new()).await?;
+                    (checkpointed, last) = (position, Instant::now());
+                    continue;
+                }
+                item = subscription.next() => item?,
+            };
+            let event = match item {
+                crate::SubscriptionItem::Event(event) => event,
+                crate::SubscriptionItem::CaughtUp => continue,
+            };
+            let mut calls = 0u32;
+            let mut parked = Vec::new();
+            loop {
+                calls += 1;
+                let Err(e) = handler.handle(&event).await else {
+                    break;
+                };
+                let (attempts, backoff_ms, park) = match options.on_error {
+                    OnError::Stop => (1, 0, false),
+                    OnError::Park => (1, 0, true),
+                    OnError::Retry {
+                        attempts,
+                        backoff_ms,
+                    } => (attempts, backoff_ms, false),
+                    OnError::RetryThenPark {
+                        attempts,
+                        backoff_ms,
+                    } => (attempts, backoff_ms, true),
+                };
+                if calls < attempts {
+                    let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    continue;
+                }
+                if park {
+                    parked.push((event.seq, e.to_string()));
+                    break;
+                }
+                // Stop: checkpoint before the failed event.
+                if position > checkpointed {
+                    checkpoint(name.clone(), position, Vec::new()).await?;
+                }
+                return Err(handler_failed(&name, event.seq, &*e));
+            }
+            position = event.seq;
+            let due = position.saturating_sub(checkpointed) >= options.checkpoint_every_events
+                || last.elapsed() >= Duration::from_millis(options.checkpoint_every_ms);
+            if due || !parked.is_empty() {
+                checkpoint(name.clone(), position, parked).await?;
+                (checkpointed, last) = (position, Instant::now());
+            }
+        }
+        if position > checkpointed {
+            checkpoint(name.clone(), position, Vec::new()).await?;
+        }
+        Ok(handler)
+    }
+}

@@ -530,3 +530,73 @@ fn a_killed_processor_resumes_within_one_checkpoint_interval_and_skips_nothing()
     let h = run_to(&rt, &storage, p, "killed", 300);
     assert_eq!(h.seqs, (checkpoint + 1..=300).collect::<Vec<_>>());
 }
+
+/// An async handler that awaits between events, as one that calls out would.
+struct Remote {
+    seqs: Vec<u64>,
+    fail_once: Option<u64>,
+}
+
+impl varvedb::AsyncEventHandler<Deposited> for Remote {
+    async fn handle(&mut self, event: &varvedb::OwnedEvent<Deposited>) -> Result<(), HandlerError> {
+        tokio::time::sleep(Duration::from_micros(100)).await;
+        if self.fail_once == Some(event.seq) {
+            self.fail_once = None;
+            return Err("the remote was down".into());
+        }
+        assert_eq!(
+            event.archived().amount.to_native(),
+            event.amount.to_native()
+        );
+        self.seqs.push(event.seq);
+        Ok(())
+    }
+}
+
+#[test]
+fn an_async_processor_resumes_from_its_cursor_and_retries() {
+    let (_dir, storage) = filled(40);
+    let rt = runtime();
+    let run = |until: u64, fail_once: Option<u64>| -> Remote {
+        let p = varvedb::AsyncProcessor::new(
+            Reader::<Deposited>::new(storage.clone()),
+            Remote {
+                seqs: Vec::new(),
+                fail_once,
+            },
+            "remote",
+        )
+        .with_options(ProcessorOptions {
+            checkpoint_every_ms: 20,
+            on_error: OnError::Retry {
+                attempts: 3,
+                backoff_ms: 5,
+            },
+            ..Default::default()
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(p.run_until(async move {
+            let _ = stopped.await;
+        }));
+        rt.block_on(async {
+            for _ in 0..2000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if storage.consumer_position("remote").unwrap() == Some(until) {
+                    break;
+                }
+            }
+        });
+        stop.send(()).unwrap();
+        rt.block_on(task).unwrap().unwrap()
+    };
+    let first = run(40, Some(17));
+    assert_eq!(first.seqs, (1..=40).collect::<Vec<_>>());
+    let writer = Writer::<Deposited>::new(storage.clone());
+    for i in 41..=50u64 {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    let second = run(50, None);
+    assert_eq!(second.seqs, (41..=50).collect::<Vec<_>>());
+}
