@@ -169,6 +169,7 @@ mod expected;
 #[cfg(test)]
 mod fault_tests;
 mod processor;
+mod projection;
 mod raw;
 mod reader;
 mod storage;
@@ -185,6 +186,7 @@ pub use processor::{
     AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, OnError, Processor,
     ProcessorOptions,
 };
+pub use projection::{Model, Projection, ProjectionHandler};
 pub use raw::{RawEvent, RawReader};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{

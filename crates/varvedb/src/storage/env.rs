@@ -18,6 +18,10 @@ use super::{Dbs, FORMAT_VERSION, META_FORMAT_KEY, Storage, db_names, health, key
 use crate::config::{Durability, StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
 
+/// The most named databases an environment holds: VarveDB's own eleven, and the read models of
+/// exactly-once projections (one each).
+pub(crate) const DBS_MAX: u32 = 128;
+
 /// Whether [`open`] may create a store.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Create {
@@ -35,11 +39,15 @@ pub(super) fn open(
     path: &Path,
     create: Create,
     crypto: &super::crypto::Crypto,
-) -> Result<(Env<WithoutTls>, Dbs)> {
+) -> Result<(
+    Env<WithoutTls>,
+    Dbs,
+    std::collections::HashMap<String, super::Raw>,
+)> {
     let mut options = EnvOpenOptions::new().read_txn_without_tls();
     options
         .map_size(round_map_bytes(config.map_bytes_initial))
-        .max_dbs(16)
+        .max_dbs(DBS_MAX)
         .max_readers(config.readers_max);
     match config.durability {
         Durability::NoSync => {
@@ -190,13 +198,61 @@ pub(super) fn open(
         meta,
         page_size,
     };
+    // The read models of projections: their handles are opened now, before any snapshot, so
+    // that every snapshot can read them (a handle opened later is invalid in older ones).
+    let rtxn = env.read_txn().lmdb()?;
+    let projections = env
+        .open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenFail> {
+            let mut found = ProjectionDbs::new();
+            let Some(main) = opener.open_database::<Str, heed::types::DecodeIgnore>(rtxn, None)?
+            else {
+                return Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit(found));
+            };
+            let names: Vec<String> = main
+                .prefix_iter(rtxn, PROJECTION_PREFIX)?
+                .filter_map(|entry| entry.ok().map(|(name, ())| name.to_string()))
+                .collect();
+            for name in names {
+                if let Some(db) = opener.open_database::<Bytes, Bytes>(rtxn, Some(&name))? {
+                    let projection = name[PROJECTION_PREFIX.len()..].to_string();
+                    found.0.insert(projection, db);
+                }
+            }
+            Ok(CommitOrAbort::Commit(found))
+        })
+        .map_err(OpenFail::into_error)?;
+    let CommitOrAbort::Commit(projections) = projections;
+
     // The master key must open this store: refused here, not at the first read.
     if crypto.has_master_key() {
         let mut wtxn = env.write_txn().lmdb()?;
         crypto.check_master_key(&dbs.meta, &mut wtxn)?;
         wtxn.commit().lmdb()?;
     }
-    Ok((env, dbs))
+    Ok((env, dbs, projections))
+}
+
+/// The prefix of a projection's read-model database name.
+pub(crate) const PROJECTION_PREFIX: &str = "projection/";
+
+/// The read-model databases found at open, by projection name (a type of its own, so that
+/// heed hands each handle back valid for the environment's life once the transaction commits).
+struct ProjectionDbs<'e>(std::collections::HashMap<String, heed::Database<'e, Bytes, Bytes>>);
+
+impl ProjectionDbs<'_> {
+    fn new() -> Self {
+        ProjectionDbs(std::collections::HashMap::new())
+    }
+}
+
+impl heed::OnCommit for ProjectionDbs<'_> {
+    type Committed = std::collections::HashMap<String, super::Raw>;
+    fn on_commit(self, token: &heed::CommitToken) -> Self::Committed {
+        self.0
+            .into_iter()
+            .map(|(name, db)| (name, db.on_commit(token)))
+            .collect()
+    }
 }
 
 /// The error of the database-opening closures, which heed requires to be `From<heed::Error>`;

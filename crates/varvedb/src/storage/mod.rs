@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     warnings: Vec<String>,
     /// The bus: the last committed sequence whose append was acknowledged, for subscribers.
     bus: tokio::sync::watch::Sender<u64>,
+    /// The read-model databases of projections, by projection name, once opened.
+    projections: Mutex<std::collections::HashMap<String, Raw>>,
     gate: Gate,
     /// Held by the one writer; resizes happen under it too.
     write_lock: Mutex<()>,
@@ -253,6 +255,50 @@ impl Storage {
 
     pub(crate) fn env(&self) -> &Env<WithoutTls> {
         &self.inner.env
+    }
+
+    /// The read-model database of the projection `name` (`projection/<name>`), created if
+    /// missing. Under the write lock: no other write transaction, and no resize, meanwhile.
+    pub(crate) fn projection_db(&self, name: &str) -> Result<Raw> {
+        if let Some(db) = lock(&self.inner.projections).get(name) {
+            return Ok(*db);
+        }
+        let _w = lock(&self.inner.write_lock);
+        self.check_writable()?;
+        let db_name = format!("{}{name}", env::PROJECTION_PREFIX);
+        let wtxn = self.inner.env.write_txn().lmdb()?;
+        let created = self
+            .inner
+            .env
+            .create_databases_and_commit(wtxn, |opener, wtxn| {
+                opener
+                    .create_database::<Bytes, Bytes>(wtxn, Some(&db_name))
+                    .map(heed::CommitOrAbort::<_, std::convert::Infallible>::Commit)
+            })
+            .lmdb()?;
+        let heed::CommitOrAbort::Commit(db) = created;
+        lock(&self.inner.projections).insert(name.to_string(), db);
+        Ok(db)
+    }
+
+    /// The value under `key` in the read model of the projection `name`, in `txn`'s snapshot;
+    /// `None` also when the projection has no model yet. A model created after `txn` began
+    /// (its projection's first run in this process) is read from the next snapshot on.
+    pub fn projection_get<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<&'t [u8]>> {
+        self.check_txn(txn)?;
+        let Some(db) = lock(&self.inner.projections).get(name).copied() else {
+            return Ok(None);
+        };
+        match db.get(txn.raw(), key) {
+            // EINVAL: the handle is newer than this snapshot, which cannot see the model.
+            Err(heed::Error::Io(e)) if e.raw_os_error() == Some(22) => Ok(None),
+            other => other.lmdb(),
+        }
     }
 
     /// The sequence of the event appended with `id`, if there is one (from a snapshot of its

@@ -207,7 +207,7 @@ impl Storage {
             });
         }
         let crypto = Crypto::new(master_key.as_deref());
-        let (env, dbs) = env::open(&config, &path, create, &crypto)?;
+        let (env, dbs, projections) = env::open(&config, &path, create, &crypto)?;
         let warnings = permission_warnings(&path);
         let head = {
             let rtxn = env.read_txn().map_err(Error::lmdb)?;
@@ -222,6 +222,7 @@ impl Storage {
             crypto,
             warnings,
             bus: tokio::sync::watch::Sender::new(head),
+            projections: Mutex::new(projections),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
             health: AtomicU8::new(health::OK),
