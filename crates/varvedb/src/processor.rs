@@ -66,6 +66,10 @@ pub struct ProcessorOptions {
     pub checkpoint_every_ms: u64,
     /// The most events read in one snapshot.
     pub batch_events_max: usize,
+    /// The longest a batch keeps its read snapshot, in milliseconds: past it the batch ends
+    /// after the current event, so that a slow handler does not hold back map growth or pin
+    /// freed pages (a growth waits at most this plus one handler call).
+    pub snapshot_ms_max: u64,
     /// How often, when caught up, the store is polled for appends of other processes (appends
     /// of this process wake the processor at once, through the bus).
     pub poll_interval_ms: u64,
@@ -79,6 +83,7 @@ impl Default for ProcessorOptions {
             checkpoint_every_events: 1000,
             checkpoint_every_ms: 1000,
             batch_events_max: 1000,
+            snapshot_ms_max: 100,
             poll_interval_ms: 100,
             on_error: OnError::Stop,
         }
@@ -173,8 +178,10 @@ where
         let mut failure = None;
         {
             let txn = storage.read_txn()?;
+            let opened = Instant::now();
+            let held_max = Duration::from_millis(self.options.snapshot_ms_max);
             for (taken, item) in self.reader.read_all(&txn, self.position + 1).enumerate() {
-                if taken == limit {
+                if taken == limit || (taken > 0 && opened.elapsed() >= held_max) {
                     outcome = Batch::More;
                     break;
                 }

@@ -170,20 +170,21 @@ fn three_processors_see_four_writers_events_exactly_once_in_order() {
             let _ = stopped.await;
         })));
     }
-    let per_writer = 2500u64;
+    // 4 writers × 25,000 events (batches of 5 and of 20 alternately): 100,000 events.
     let writers: Vec<_> = (0..4u128)
         .map(|w| {
             let writer = Writer::<Deposited>::new(storage.clone());
             std::thread::spawn(move || {
-                for i in 0..per_writer {
-                    let batch: Vec<_> = (0..5).map(|k| deposit(i * 5 + k)).collect();
-                    if i % 2 == 0 {
-                        writer
-                            .append_batch(w, ExpectedVersion::Auto, &batch)
-                            .unwrap();
-                    } else {
-                        writer.append(w, ExpectedVersion::Auto, &batch[0]).unwrap();
-                    }
+                let mut written = 0u64;
+                let mut i = 0u64;
+                while written < 25_000 {
+                    let n = if i % 2 == 0 { 5 } else { 20 };
+                    let batch: Vec<_> = (0..n).map(|k| deposit(written + k)).collect();
+                    writer
+                        .append_batch(w, ExpectedVersion::Auto, &batch)
+                        .unwrap();
+                    written += n;
+                    i += 1;
                 }
             })
         })
@@ -193,7 +194,7 @@ fn three_processors_see_four_writers_events_exactly_once_in_order() {
     }
     let head = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
     rt.block_on(async {
-        for _ in 0..4000 {
+        for _ in 0..12_000 {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let all = storage.consumers().unwrap();
             if all.len() == 3 && all.iter().all(|c| c.position == head) {
@@ -599,4 +600,71 @@ fn an_async_processor_resumes_from_its_cursor_and_retries() {
     }
     let second = run(50, None);
     assert_eq!(second.seqs, (41..=50).collect::<Vec<_>>());
+}
+
+/// Takes its time over every event.
+struct Slow(u64);
+
+impl EventHandler<Deposited> for Slow {
+    fn handle(&mut self, _event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+        std::thread::sleep(Duration::from_millis(20));
+        self.0 += 1;
+        Ok(())
+    }
+}
+
+#[test]
+fn a_slow_handler_holds_no_snapshot_long_enough_to_block_map_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(varvedb::StorageConfig {
+        path: dir.path().into(),
+        map_bytes_initial: 1 << 20,
+        map_bytes_max: 1 << 30,
+        // Waiting this long for the processor's snapshot would fail the test below.
+        resize_wait_ms_max: 60_000,
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    // A backlog that takes the slow handler 20 s: one snapshot over it would block growth.
+    let backlog: Vec<Deposited> = (1..=1000u64).map(deposit).collect();
+    writer
+        .append_batch(1, ExpectedVersion::NoStream, &backlog)
+        .unwrap();
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Slow(0),
+        "slow",
+        storage.subscribe(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    // About 3 MB: the 1 MiB map must grow while the processor is mid-backlog.
+    let started = std::time::Instant::now();
+    let note = "g".repeat(900);
+    for b in 0..15u128 {
+        let batch: Vec<Deposited> = (0..200)
+            .map(|i| Deposited {
+                account: i,
+                amount: i,
+                note: note.clone(),
+            })
+            .collect();
+        writer
+            .append_batch(100 + b, ExpectedVersion::NoStream, &batch)
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the appends waited {:?} for the slow processor's snapshot",
+        started.elapsed()
+    );
+    assert!(storage.stats().unwrap().map_bytes > 1 << 20);
+    stop.send(()).unwrap();
+    let slow = rt.block_on(task).unwrap().unwrap();
+    assert!(slow.0 > 0);
 }
