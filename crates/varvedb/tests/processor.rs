@@ -178,7 +178,7 @@ fn three_processors_see_four_writers_events_exactly_once_in_order() {
                 let mut written = 0u64;
                 let mut i = 0u64;
                 while written < 25_000 {
-                    let n = if i % 2 == 0 { 5 } else { 20 };
+                    let n = if i.is_multiple_of(2) { 5 } else { 20 };
                     let batch: Vec<_> = (0..n).map(|k| deposit(written + k)).collect();
                     writer
                         .append_batch(w, ExpectedVersion::Auto, &batch)
