@@ -243,5 +243,11 @@ fn stats(
     println!("blob bytes  {}", s.blob_bytes);
     println!("file bytes  {}", s.file_bytes);
     println!("map bytes   {}", s.map_bytes);
+    for c in storage.consumers()? {
+        println!(
+            "consumer    {} at {} of {}: {} behind ({:.1} s), {} parked",
+            c.name, c.position, c.head, c.lag_events, c.lag_seconds, c.parked
+        );
+    }
     Ok(())
 }

@@ -53,6 +53,12 @@ fn demo_runs_twice_and_stats_counts_it() {
             .unwrap_or_else(|| panic!("no {name} in {stdout}"))
     };
     assert_eq!(field("events"), 14);
+    // The demo's projections are consumers, listed with their lag.
+    assert_eq!(
+        stdout.matches("consumer    demo-balance-").count(),
+        2,
+        "{stdout}"
+    );
     assert_eq!(field("streams"), 2);
     assert_eq!(field("last seq"), 14);
     assert!(field("log bytes") > 0 && field("file bytes") > 0);

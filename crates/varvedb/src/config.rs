@@ -46,6 +46,11 @@ pub struct StorageConfig {
     pub readers_max: u32,
     /// How long an append that must grow the map waits for open read transactions to end.
     pub resize_wait_ms_max: u64,
+    /// How often the bus looks for appends of other processes, in milliseconds: appends made
+    /// through this process are published at once; those of another process that shares the
+    /// store reach subscribers at most this long after they commit. The poller is a thread that
+    /// starts with the first `subscribe()` and stops when the store closes; 0 turns it off.
+    pub bus_poll_ms: u64,
     /// Encrypt every new stream (AES-256-GCM, a key per stream, wrapped by `master_key`).
     /// Requires `master_key`; opening without one is [`Error::InvalidConfig`]. See
     /// `docs/design.md`, "Encryption".
@@ -70,6 +75,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("batch_events_max", &self.batch_events_max)
             .field("readers_max", &self.readers_max)
             .field("resize_wait_ms_max", &self.resize_wait_ms_max)
+            .field("bus_poll_ms", &self.bus_poll_ms)
             .field("encryption_enabled", &self.encryption_enabled)
             .field(
                 "master_key",
@@ -99,6 +105,7 @@ impl Default for StorageConfig {
             batch_events_max: 100_000,
             readers_max: 1024,
             resize_wait_ms_max: 10_000,
+            bus_poll_ms: 100,
             encryption_enabled: false,
             master_key: None,
         }

@@ -198,3 +198,32 @@ fn a_read_blocked_by_another_processs_growth_says_so_at_once() {
     let txn = storage.read_txn().unwrap();
     assert_eq!(storage.last_seq(&txn).unwrap(), 1 + 20 * 200);
 }
+
+#[test]
+fn the_bus_notices_appends_of_another_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    Writer::<Deposited>::new(storage.clone())
+        .append(1, ExpectedVersion::NoStream, &deposit(0))
+        .unwrap();
+    let mut rx = storage.subscribe();
+    assert_eq!(*rx.borrow_and_update(), 1, "the bus starts at the head");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_appender", "--test-threads=1"])
+        .env(ENV_VAR, dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The child appended two events; the poller publishes them within its interval.
+    let started = std::time::Instant::now();
+    loop {
+        if *rx.borrow() == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the bus never saw the other process's appends"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

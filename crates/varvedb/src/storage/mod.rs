@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     warnings: Vec<String>,
     /// The bus: the last committed sequence whose append was acknowledged, for subscribers.
     bus: tokio::sync::watch::Sender<u64>,
+    /// Set once the bus poller runs.
+    bus_poller: OnceLock<()>,
     /// The read-model databases of projections, by projection name, once opened.
     projections: Mutex<std::collections::HashMap<String, Raw>>,
     gate: Gate,
@@ -226,10 +228,40 @@ impl Storage {
     /// A receiver of the last committed global sequence: it starts at the current head (not at
     /// 0) and changes after each group commit, once the commit's appends are acknowledged. A
     /// subscriber that falls behind misses nothing: the value is the newest head, and the
-    /// events up to it are read from the store. Appends of other processes are not published
-    /// here; a [`Processor`](crate::Processor) notices them by polling (its `poll_interval_ms`).
+    /// events up to it are read from the store. Appends of other processes sharing the store
+    /// are noticed by polling, every `StorageConfig::bus_poll_ms` (100 ms by default).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.start_bus_poller();
         self.inner.bus.subscribe()
+    }
+
+    /// Starts, once, the thread that publishes appends of other processes.
+    fn start_bus_poller(&self) {
+        let every = self.inner.config.bus_poll_ms;
+        if every == 0 || self.inner.bus_poller.set(()).is_err() {
+            return;
+        }
+        let store = self.downgrade();
+        // If the thread cannot start, subscribers still see this process's appends.
+        drop(
+            std::thread::Builder::new()
+                .name("varvedb-bus".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_millis(every));
+                        let Some(storage) = store.upgrade() else {
+                            return;
+                        };
+                        // Only this thread's own short snapshot; errors wait for the next turn.
+                        if let Ok(txn) = storage.read_txn()
+                            && let Ok(head) = last_seq(&storage.inner.dbs, txn.raw())
+                        {
+                            drop(txn);
+                            storage.publish(head);
+                        }
+                    }
+                }),
+        );
     }
 
     /// Publishes a new head to subscribers (only ever forward).

@@ -222,6 +222,7 @@ impl Storage {
             crypto,
             warnings,
             bus: tokio::sync::watch::Sender::new(head),
+            bus_poller: OnceLock::new(),
             projections: Mutex::new(projections),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
