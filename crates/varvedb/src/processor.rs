@@ -335,7 +335,9 @@ where
         self.run_until(std::future::pending()).await
     }
 
-    /// Runs until `signal` completes, then checkpoints and hands the handler back.
+    /// Runs until `signal` completes; then handles what was committed up to that moment
+    /// (so that a stop right after an append sees it handled), checkpoints, and hands the
+    /// handler back.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
         storage::consumers::check_name(&self.name)?;
         let Processor {
@@ -387,7 +389,25 @@ where
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        // The graceful stop: everything handled is checkpointed.
+        // The graceful stop: first everything committed when the signal came (so that a stop
+        // right after an append sees it handled), then the checkpoint.
+        let (mut state, head) = blocking(state, |s: &mut State<E, H>| {
+            let storage = s.storage().clone();
+            let txn = storage.read_txn()?;
+            storage.last_seq(&txn)
+        })
+        .await?;
+        let head = head?;
+        while state.position < head {
+            let (back, outcome) = blocking(state, State::batch).await?;
+            state = back;
+            match outcome? {
+                Batch::Retry(wait) => tokio::time::sleep(wait).await,
+                Batch::More => {}
+                // Nothing more to read: the rest up to the head is not ours.
+                Batch::CaughtUp => break,
+            }
+        }
         let (state, done) = blocking(state, |s: &mut State<E, H>| {
             if s.position > s.checkpointed {
                 s.checkpoint(&[])?;
@@ -456,6 +476,52 @@ where
     }
 }
 
+/// What became of an event handed to an async handler.
+enum Delivery {
+    Handled,
+    /// Park it, with this reason.
+    Park(String),
+    /// Stop with this error.
+    Stop(HandlerError),
+}
+
+/// Hands `event` to `handler`, retrying per `on_error`.
+async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
+    handler: &mut H,
+    event: &crate::OwnedEvent<E>,
+    on_error: OnError,
+) -> Delivery {
+    let (attempts, backoff_ms, park) = match on_error {
+        OnError::Stop => (1, 0, false),
+        OnError::Park => (1, 0, true),
+        OnError::Retry {
+            attempts,
+            backoff_ms,
+        } => (attempts, backoff_ms, false),
+        OnError::RetryThenPark {
+            attempts,
+            backoff_ms,
+        } => (attempts, backoff_ms, true),
+    };
+    let mut calls = 0u32;
+    loop {
+        calls += 1;
+        let Err(e) = handler.handle(event).await else {
+            return Delivery::Handled;
+        };
+        if calls < attempts {
+            let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            continue;
+        }
+        return if park {
+            Delivery::Park(e.to_string())
+        } else {
+            Delivery::Stop(e)
+        };
+    }
+}
+
 /// Work on the store, sent to the blocking pool.
 type StoreTask = Box<dyn FnOnce(&Storage) -> Result<()> + Send>;
 
@@ -510,8 +576,9 @@ where
         self
     }
 
-    /// Runs until `signal` completes (then checkpoints and hands the handler back), or until
-    /// the handler fails and its policy says stop.
+    /// Runs until `signal` completes (then handles what was committed up to that moment,
+    /// checkpoints and hands the handler back), or until the handler fails and its policy says
+    /// stop.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
         storage::consumers::check_name(&self.name)?;
         let AsyncProcessor {
@@ -572,39 +639,17 @@ where
                 crate::SubscriptionItem::Event(event) => event,
                 crate::SubscriptionItem::CaughtUp => continue,
             };
-            let mut calls = 0u32;
             let mut parked = Vec::new();
-            loop {
-                calls += 1;
-                let Err(e) = handler.handle(&event).await else {
-                    break;
-                };
-                let (attempts, backoff_ms, park) = match options.on_error {
-                    OnError::Stop => (1, 0, false),
-                    OnError::Park => (1, 0, true),
-                    OnError::Retry {
-                        attempts,
-                        backoff_ms,
-                    } => (attempts, backoff_ms, false),
-                    OnError::RetryThenPark {
-                        attempts,
-                        backoff_ms,
-                    } => (attempts, backoff_ms, true),
-                };
-                if calls < attempts {
-                    let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                    continue;
+            match deliver(&mut handler, &event, options.on_error).await {
+                Delivery::Handled => {}
+                Delivery::Park(reason) => parked.push((event.seq, reason)),
+                Delivery::Stop(e) => {
+                    // Stop: checkpoint before the failed event.
+                    if position > checkpointed {
+                        checkpoint(name.clone(), position, Vec::new()).await?;
+                    }
+                    return Err(handler_failed(&name, event.seq, &*e));
                 }
-                if park {
-                    parked.push((event.seq, e.to_string()));
-                    break;
-                }
-                // Stop: checkpoint before the failed event.
-                if position > checkpointed {
-                    checkpoint(name.clone(), position, Vec::new()).await?;
-                }
-                return Err(handler_failed(&name, event.seq, &*e));
             }
             position = event.seq;
             let due = position.saturating_sub(checkpointed) >= options.checkpoint_every_events
@@ -613,6 +658,34 @@ where
                 checkpoint(name.clone(), position, parked).await?;
                 (checkpointed, last) = (position, Instant::now());
             }
+        }
+        // The graceful stop: first everything committed when the signal came, then the
+        // checkpoint.
+        let head = {
+            let storage = storage.clone();
+            tokio::task::spawn_blocking(move || storage.last_seq(&storage.read_txn()?))
+                .await
+                .map_err(|e| Error::TaskFailed {
+                    reason: format!("the processor's blocking task: {e}"),
+                })??
+        };
+        while subscription.has_queued() || subscription.read_position() < head {
+            let crate::SubscriptionItem::Event(event) = subscription.next().await? else {
+                continue;
+            };
+            match deliver(&mut handler, &event, options.on_error).await {
+                Delivery::Handled => {}
+                Delivery::Park(reason) => {
+                    checkpoint(name.clone(), position, vec![(event.seq, reason)]).await?;
+                }
+                Delivery::Stop(e) => {
+                    if position > checkpointed {
+                        checkpoint(name.clone(), position, Vec::new()).await?;
+                    }
+                    return Err(handler_failed(&name, event.seq, &*e));
+                }
+            }
+            position = event.seq;
         }
         if position > checkpointed {
             checkpoint(name.clone(), position, Vec::new()).await?;

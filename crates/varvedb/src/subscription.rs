@@ -175,6 +175,20 @@ where
         self
     }
 
+    /// Whether events already read wait to be handed out.
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// The seq of the last event read from the store (handed out, queued or filtered out);
+    /// for a stream subscription, 0.
+    pub fn read_position(&self) -> u64 {
+        match self.source {
+            Source::All { next_seq } => next_seq.saturating_sub(1),
+            Source::Stream { .. } => 0,
+        }
+    }
+
     /// The next item: an event, `CaughtUp` once, or an error (a damaged event, reported once
     /// and passed). Waits for new appends when caught up; never ends on its own.
     pub async fn next(&mut self) -> Result<SubscriptionItem<E>> {

@@ -602,12 +602,15 @@ fn an_async_processor_resumes_from_its_cursor_and_retries() {
     assert_eq!(second.seqs, (41..=50).collect::<Vec<_>>());
 }
 
-/// Takes its time over every event.
-struct Slow(u64);
+/// Takes its time over every event, until told to hurry (so that the stop, which first
+/// handles what was committed, does not take minutes).
+struct Slow(u64, Arc<std::sync::atomic::AtomicBool>);
 
 impl EventHandler<Deposited> for Slow {
     fn handle(&mut self, _event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
-        std::thread::sleep(Duration::from_millis(20));
+        if !self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.0 += 1;
         Ok(())
     }
@@ -632,9 +635,10 @@ fn a_slow_handler_holds_no_snapshot_long_enough_to_block_map_growth() {
         .append_batch(1, ExpectedVersion::NoStream, &backlog)
         .unwrap();
     let rt = runtime();
+    let hurry = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let p = Processor::new(
         Reader::<Deposited>::new(storage.clone()),
-        Slow(0),
+        Slow(0, Arc::clone(&hurry)),
         "slow",
         storage.subscribe(),
     );
@@ -664,7 +668,85 @@ fn a_slow_handler_holds_no_snapshot_long_enough_to_block_map_growth() {
         started.elapsed()
     );
     assert!(storage.stats().unwrap().map_bytes > 1 << 20);
+    hurry.store(true, std::sync::atomic::Ordering::Relaxed);
     stop.send(()).unwrap();
     let slow = rt.block_on(task).unwrap().unwrap();
     assert!(slow.0 > 0);
+}
+
+#[test]
+fn a_stop_right_after_appends_handles_them_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "eager",
+        storage.subscribe(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    for i in 1..=500u64 {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    stop.send(()).unwrap();
+    let h = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(h.seqs.len(), 500);
+    assert_eq!(storage.consumer_position("eager").unwrap(), Some(500));
+
+    // The same for an async processor.
+    let p = varvedb::AsyncProcessor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Remote {
+            seqs: Vec::new(),
+            fail_once: None,
+        },
+        "eager-async",
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    for i in 501..=600u64 {
+        writer
+            .append(1, ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    stop.send(()).unwrap();
+    let h = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(h.seqs, (1..=600).collect::<Vec<_>>());
+    assert_eq!(storage.consumer_position("eager-async").unwrap(), Some(600));
+}
+
+#[test]
+fn park_alone_parks_at_once_and_goes_on() {
+    let (_dir, storage) = filled(6);
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[(2, 1)]),
+        "parks",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::Park,
+        ..Default::default()
+    });
+    let h = run_to(&rt, &storage, p, "parks", 6);
+    assert_eq!(h.seen, [1, 3, 4, 5, 6], "one failure parks: no retry");
+    assert_eq!(
+        storage
+            .parked_events("parks")
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<_>>(),
+        [2]
+    );
 }
