@@ -42,6 +42,23 @@ impl ProjectionHandler<Tick> for Totals {
     }
 }
 
+/// Appends `n` events in batches of 1,000 over 64 streams; returns the head.
+fn fill(writer: &Writer<Tick>, n: u64) -> u64 {
+    for b in 0..n / 1000 {
+        let batch: Vec<Tick> = (0..1000)
+            .map(|i| Tick {
+                sent_ns: b * 1000 + i + 1,
+                note: "x".repeat(100),
+            })
+            .collect();
+        writer
+            .append_batch((b % 64) as u128, ExpectedVersion::Auto, &batch)
+            .unwrap();
+    }
+    let storage = writer.storage();
+    storage.last_seq(&storage.read_txn().unwrap()).unwrap()
+}
+
 /// 8 threads of durable single appends for `seconds`; returns appends per second.
 fn appenders(storage: &Storage, seconds: u64) -> f64 {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -140,18 +157,7 @@ fn main() {
     };
     match mode.as_str() {
         "projection" => {
-            for b in 0..n / 1000 {
-                let batch: Vec<Tick> = (0..1000)
-                    .map(|i| Tick {
-                        sent_ns: b * 1000 + i + 1,
-                        note: "x".repeat(100),
-                    })
-                    .collect();
-                writer
-                    .append_batch((b % 64) as u128, ExpectedVersion::Auto, &batch)
-                    .unwrap();
-            }
-            let head = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
+            let head = fill(&writer, n);
             let p = Projection::new(Reader::<Tick>::new(storage.clone()), Totals, "totals");
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let start = Instant::now();
@@ -188,18 +194,7 @@ fn main() {
             );
         }
         "catchup" => {
-            for b in 0..n / 1000 {
-                let batch: Vec<Tick> = (0..1000)
-                    .map(|i| Tick {
-                        sent_ns: b * 1000 + i + 1,
-                        note: "x".repeat(100),
-                    })
-                    .collect();
-                writer
-                    .append_batch((b % 64) as u128, ExpectedVersion::Auto, &batch)
-                    .unwrap();
-            }
-            let head = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
+            let head = fill(&writer, n);
             let p = Processor::new(
                 Reader::<Tick>::new(storage.clone()),
                 Count(0),
