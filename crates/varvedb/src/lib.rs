@@ -125,6 +125,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Reacting to events
+//!
+//! [`Storage::subscribe`] is a watch of the last committed sequence. A [`Processor`] drives an
+//! [`EventHandler`] over the log from a durable, named cursor (at-least-once, with error
+//! policies and parked events); an [`AsyncProcessor`] does the same for handlers that await;
+//! a [`Subscription`] follows the log or one stream from a position; a [`Projection`] keeps a
+//! read model in the store, written with its cursor in one transaction (exactly once).
+//! `docs/design.md`, "The bus, subscriptions and processors", has the guarantees.
+//!
 //! ## When an append fails
 //!
 //! Every error says whether the append was written ([`Error::written`]): not at all (a

@@ -8,6 +8,10 @@
 //! moves past an event once the handler has taken it, parked it, or the event is not the
 //! processor's (another type, or a shredded stream).
 //!
+//! Processors, subscriptions and projections run on a tokio runtime with its time driver
+//! (`#[tokio::main]`, or a builder with `enable_all()`/`enable_time()`): they wait with
+//! `tokio::time`.
+//!
 //! Reading runs on tokio's blocking pool, a batch at a time (`batch_events_max`); the read
 //! snapshot lives for one batch and is released between batches, so a slow processor neither
 //! blocks map growth nor pins freed pages for long, and a processor far behind reads from disk at
@@ -526,7 +530,7 @@ async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
 type StoreTask = Box<dyn FnOnce(&Storage) -> Result<()> + Send>;
 
 /// An async handler, for handlers that call out (HTTP, another database). It receives an owned
-/// copy of each event ([`OwnedEvent`]), read by a [`Subscription`](crate::Subscription); the
+/// copy of each event ([`OwnedEvent`](crate::OwnedEvent)), read by a [`Subscription`](crate::Subscription); the
 /// sync [`EventHandler`] stays zero-copy.
 pub trait AsyncEventHandler<E: rkyv::Archive>: Send + 'static {
     /// Handles one event. An `Err` follows the processor's [`OnError`] policy.
