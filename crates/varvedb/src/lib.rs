@@ -177,6 +177,7 @@ mod event_id;
 mod expected;
 #[cfg(test)]
 mod fault_tests;
+mod metrics;
 mod processor;
 mod projection;
 mod raw;

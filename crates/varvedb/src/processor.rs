@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::envelope::Event;
 use crate::error::{Error, Result};
+use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
 use crate::storage::{self, Storage};
 
@@ -157,6 +158,7 @@ struct State<E, H> {
     last_checkpoint: Instant,
     /// The event being retried, and the calls made so far.
     retrying: Option<(u64, u32)>,
+    counters: ConsumerCounters,
 }
 
 impl<E, H> State<E, H>
@@ -208,6 +210,7 @@ where
                         self.position = seq;
                     }
                     Err(e) => {
+                        self.counters.handler_errors.inc();
                         let calls = match self.retrying {
                             Some((s, n)) if s == seq => n + 1,
                             _ => 1,
@@ -229,6 +232,7 @@ where
                                 attempts,
                                 backoff_ms,
                             } if calls < attempts => {
+                                self.counters.retries.inc();
                                 self.retrying = Some((seq, calls));
                                 let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
                                 outcome = Batch::Retry(Duration::from_millis(wait));
@@ -361,6 +365,7 @@ where
                 })??
                 .unwrap_or(0)
         };
+        let counters = reader.storage().metrics().consumer(&name);
         let mut state = State {
             reader,
             handler,
@@ -370,6 +375,7 @@ where
             checkpointed: position,
             last_checkpoint: Instant::now(),
             retrying: None,
+            counters,
         };
         tokio::pin!(signal);
         loop {
@@ -494,6 +500,7 @@ async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
     handler: &mut H,
     event: &crate::OwnedEvent<E>,
     on_error: OnError,
+    counters: &ConsumerCounters,
 ) -> Delivery {
     let (attempts, backoff_ms, park) = match on_error {
         OnError::Stop => (1, 0, false),
@@ -513,7 +520,9 @@ async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
         let Err(e) = handler.handle(event).await else {
             return Delivery::Handled;
         };
+        counters.handler_errors.inc();
         if calls < attempts {
+            counters.retries.inc();
             let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
             tokio::time::sleep(Duration::from_millis(wait)).await;
             continue;
@@ -611,6 +620,7 @@ where
                 })??
                 .unwrap_or(0)
         };
+        let counters = storage.metrics().consumer(&name);
         let mut subscription = crate::Subscription::all(reader, position + 1)
             .poll_interval(Duration::from_millis(options.poll_interval_ms));
         let (mut position, mut checkpointed, mut last) = (position, position, Instant::now());
@@ -644,7 +654,7 @@ where
                 crate::SubscriptionItem::CaughtUp => continue,
             };
             let mut parked = Vec::new();
-            match deliver(&mut handler, &event, options.on_error).await {
+            match deliver(&mut handler, &event, options.on_error, &counters).await {
                 Delivery::Handled => {}
                 Delivery::Park(reason) => parked.push((event.seq, reason)),
                 Delivery::Stop(e) => {
@@ -677,7 +687,7 @@ where
             let crate::SubscriptionItem::Event(event) = subscription.next().await? else {
                 continue;
             };
-            match deliver(&mut handler, &event, options.on_error).await {
+            match deliver(&mut handler, &event, options.on_error, &counters).await {
                 Delivery::Handled => {}
                 Delivery::Park(reason) => {
                     checkpoint(name.clone(), position, vec![(event.seq, reason)]).await?;

@@ -303,8 +303,9 @@ fn raw_at<'t>(
     let payload = match key {
         Some(key) => {
             let aad = crypto::event_aad(header.stream_id, header.version, seq, header.type_id);
-            let opened =
-                crypto::open_event(&key, &aad, stored, seq, rkyv::util::AlignedVec::new())?;
+            let opened = crypto::open_event(&key, &aad, stored, seq, rkyv::util::AlignedVec::new());
+            storage.metrics().record_open(&opened);
+            let opened = opened?;
             RawPayload::Decrypted {
                 buffer: Plaintext(opened.buffer),
                 payload: opened.payload,

@@ -15,6 +15,7 @@ use rkyv::{Archive, Deserialize};
 
 use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
+use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
 use crate::storage::crypto::{self, StreamKey};
 use crate::storage::envelope::Section;
@@ -472,6 +473,15 @@ fn stream_key(
     }
 }
 
+/// Counts one event read on its own (a point read).
+fn count_one<E: Archive>(storage: &Storage, event: &EventRef<'_, E>) {
+    let metrics = storage.metrics();
+    metrics.read_events.inc();
+    metrics
+        .read_bytes
+        .inc_by(event.payload_bytes().len() as u64);
+}
+
 /// Decrypts an encrypted event into a buffer of the reader's pool.
 fn decrypt(
     key: &aes_gcm::Aes256Gcm,
@@ -482,7 +492,9 @@ fn decrypt(
 ) -> Result<Decrypted> {
     let stream_id = header.stream_id;
     let aad = crypto::event_aad(stream_id, header.version, seq, header.type_id);
-    let opened = crypto::open_event(key, &aad, sealed, seq, state.pool.take())?;
+    let opened = crypto::open_event(key, &aad, sealed, seq, state.pool.take());
+    state.storage.metrics().record_open(&opened);
+    let opened = opened?;
     Ok(Decrypted {
         buffer: opened.buffer,
         payload: opened.payload,
@@ -526,7 +538,11 @@ impl<E: ValidateEvent + Event> Reader<E> {
         let dbs = self.storage.dbs();
         match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
-            Some(value) => event_at(dbs, txn.raw(), &self.state, seq, value).map(Some),
+            Some(value) => {
+                let event = event_at(dbs, txn.raw(), &self.state, seq, value)?;
+                count_one(&self.storage, &event);
+                Ok(Some(event))
+            }
         }
     }
 
@@ -548,7 +564,9 @@ impl<E: ValidateEvent + Event> Reader<E> {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        event_at(dbs, txn.raw(), &self.state, found.seq, found.record).map(Some)
+        let event = event_at(dbs, txn.raw(), &self.state, found.seq, found.record)?;
+        count_one(&self.storage, &event);
+        Ok(Some(event))
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -598,6 +616,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
             txn: txn.raw(),
             state: Arc::clone(&self.state),
             cursor: IterState::from(cursor),
+            tally: ReadTally::default(),
             _event: PhantomData,
         }
     }
@@ -673,7 +692,14 @@ pub struct StreamIter<'t, E> {
     chunk: Vec<(u64, &'t [u8])>,
     error: Option<Error>,
     state: Arc<ReaderState>,
+    tally: ReadTally,
     _event: PhantomData<fn() -> E>,
+}
+
+impl<E> Drop for StreamIter<'_, E> {
+    fn drop(&mut self) {
+        self.tally.record(self.state.storage.metrics());
+    }
 }
 
 impl<E> fmt::Debug for StreamIter<'_, E> {
@@ -709,6 +735,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             chunk: Vec::new(),
             error: None,
             state: Arc::clone(&reader.state),
+            tally: ReadTally::default(),
             _event: PhantomData,
         };
         let head = storage
@@ -828,11 +855,15 @@ impl<'t, E: ValidateEvent + Event> Iterator for StreamIter<'t, E> {
             self.next = 0;
             return Some(Err(e));
         }
-        if self.backwards {
+        let item = if self.backwards {
             self.next_backward()
         } else {
             self.next_forward()
+        };
+        if let Some(Ok(event)) = &item {
+            self.tally.count(event.payload_bytes().len());
         }
+        item
     }
 }
 
@@ -845,7 +876,14 @@ pub struct AllIter<'t, E> {
     txn: &'t RoTxn<'static, heed::WithoutTls>,
     state: Arc<ReaderState>,
     cursor: IterState<'t>,
+    tally: ReadTally,
     _event: PhantomData<fn() -> E>,
+}
+
+impl<E> Drop for AllIter<'_, E> {
+    fn drop(&mut self) {
+        self.tally.record(self.state.storage.metrics());
+    }
 }
 
 impl<E> fmt::Debug for AllIter<'_, E> {
@@ -870,6 +908,10 @@ impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
                 format!("malformed events-log key {key:02x?}"),
             )));
         };
-        Some(event_at(&self.dbs, self.txn, &self.state, seq, value))
+        let item: Self::Item = event_at(&self.dbs, self.txn, &self.state, seq, value);
+        if let Ok(event) = &item {
+            self.tally.count(event.payload_bytes().len());
+        }
+        Some(item)
     }
 }

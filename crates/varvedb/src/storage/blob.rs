@@ -179,7 +179,8 @@ pub(crate) fn check_refs(dbs: &Dbs, txn: &RoTxn<'_>, r: &BlobRef) -> Result<Opti
 ///
 /// A stored blob whose bytes differ from `padded` (damaged on disk: the hash is the same, so
 /// the content must be) is overwritten, so the new reference never points at damaged bytes.
-pub(crate) fn put(dbs: &Dbs, wtxn: &mut RwTxn<'_>, r: &BlobRef, padded: &[u8]) -> Result<()> {
+/// Returns whether the blob was already referenced (a deduplicated payload).
+pub(crate) fn put(dbs: &Dbs, wtxn: &mut RwTxn<'_>, r: &BlobRef, padded: &[u8]) -> Result<bool> {
     let references = check_refs(dbs, wtxn, r)?.unwrap_or(0);
     let (key, key_len) = key(&r.hash, padded.len(), dbs.page_size);
     let key = &key[..key_len];
@@ -193,7 +194,7 @@ pub(crate) fn put(dbs: &Dbs, wtxn: &mut RwTxn<'_>, r: &BlobRef, padded: &[u8]) -
     dbs.blob_refs
         .put(wtxn, &r.hash, &refs_value(references, r.len))
         .lmdb()?;
-    Ok(())
+    Ok(references > 1)
 }
 
 /// Drops one reference to the blob `hash`; the last one deletes the blob. Returns the references
@@ -306,7 +307,7 @@ mod tests {
         storage
             .write(storage.resize_wait(), |wtxn, dbs| {
                 put(dbs, wtxn, &r, &padded)?;
-                put(dbs, wtxn, &r, &padded).map(|()| ((), true))
+                put(dbs, wtxn, &r, &padded).map(|_| ((), true))
             })
             .unwrap();
         assert_eq!(count(&storage), (Some((2, 5000)), true));

@@ -423,6 +423,9 @@ impl Storage {
         // write transactions only exist under the write lock, which every caller holds with no
         // transaction open.
         let resized = unsafe { self.inner.env.resize(bytes) };
+        if resized.is_ok() && bytes > 0 {
+            self.inner.metrics.map_growths.inc();
+        }
         resized.map_err(|e| {
             let reason = format!(
                 "growing the memory map to {bytes} bytes failed ({e}); LMDB's map is gone, so every read and append is refused until every handle is dropped and the store reopened"

@@ -161,6 +161,8 @@ pub(crate) struct Inner {
     commits: AtomicU64,
     /// Explicit flushes (`force_sync`) since the environment was opened in this process.
     flushes: AtomicU64,
+    /// The store's Prometheus metrics.
+    metrics: crate::metrics::Metrics,
     /// Failures the unit tests inject.
     #[cfg(test)]
     pub(crate) faults: Faults,

@@ -231,6 +231,7 @@ impl Storage {
             unflushed: AtomicBool::new(false),
             commits: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
+            metrics: crate::metrics::Metrics::new(),
             #[cfg(test)]
             faults: Default::default(),
         });

@@ -35,7 +35,7 @@ impl Storage {
         // First: from now on no cached key of the stream, and none put back by a reader of an
         // older snapshot (if the shred fails, the stream is only read without the cache).
         self.crypto().forget(stream_id);
-        self.write(self.resize_wait(), |wtxn, dbs| {
+        let report = self.write(self.resize_wait(), |wtxn, dbs| {
             let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
             match entry {
                 None => return Err(Error::StreamNotEncrypted { stream_id }),
@@ -81,7 +81,11 @@ impl Storage {
                 already: false,
             };
             Ok((shredded, true))
-        })
+        })?;
+        if !report.already {
+            self.metrics().shredded_streams.inc();
+        }
+        Ok(report)
     }
 
     /// Whether a stream was shredded.

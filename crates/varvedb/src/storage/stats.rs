@@ -7,6 +7,7 @@ use heed::RoTxn;
 use super::lmdb::LmdbResultExt;
 use super::{Dbs, Raw, Storage, blob, last_seq};
 use crate::error::{Error, Result};
+use crate::metrics::{ConsumerGauges, FileGauges, Metrics};
 
 /// Counts describing a store, from [`Storage::stats`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,60 @@ impl Storage {
             commits: self.inner.commits.load(Ordering::Relaxed),
             flushes: self.inner.flushes.load(Ordering::Relaxed),
         })
+    }
+
+    /// The store's Prometheus metrics in the text exposition format (OpenMetrics 1.0, which
+    /// Prometheus scrapes), every name in the `varvedb_` namespace. The counters count what
+    /// this process did since it opened the store; the gauges of the file (map size and use,
+    /// events, last sequence, blobs) are read from one snapshot now. When no snapshot can be
+    /// taken (a poisoned store), those gauges keep their last values.
+    ///
+    /// The README's operator section lists every name.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.encode(self.file_gauges().ok())
+    }
+
+    fn file_gauges(&self) -> Result<FileGauges> {
+        let txn = self.read_txn()?;
+        let dbs = self.dbs();
+        let info = self.inner.env.info();
+        let page_size = dbs.page_size as u64;
+        let blob_pages = [&dbs.blobs, &dbs.blob_refs]
+            .into_iter()
+            .map(|db| {
+                db.stat(txn.raw()).lmdb().map(|s| {
+                    (s.branch_pages as u64)
+                        .saturating_add(s.leaf_pages as u64)
+                        .saturating_add(s.overflow_pages as u64)
+                })
+            })
+            .sum::<Result<u64>>()?;
+        Ok(FileGauges {
+            map_size_bytes: info.map_size as u64,
+            map_used_bytes: (info.last_page_number as u64)
+                .saturating_add(1)
+                .saturating_mul(page_size),
+            events: dbs.events.len(txn.raw()).lmdb()?,
+            last_seq: last_seq(dbs, txn.raw())?,
+            blobs: dbs.blob_refs.len(txn.raw()).lmdb()?,
+            blob_store_bytes: blob_pages.saturating_mul(page_size),
+            consumers: self
+                .consumers()?
+                .into_iter()
+                .map(|c| ConsumerGauges {
+                    name: c.name,
+                    position: c.position,
+                    lag_events: c.lag_events,
+                    lag_seconds: c.lag_seconds,
+                    parked: c.parked,
+                })
+                .collect(),
+        })
+    }
+
+    /// The metrics the commit, readers and processors record into.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 }
 

@@ -176,8 +176,13 @@ impl Storage {
             let eio = std::io::Error::from_raw_os_error(5);
             return self.flush_failed(Error::lmdb(heed::Error::Io(eio)));
         }
+        let started = std::time::Instant::now();
         match sync_env(&self.inner.env, self.inner.health.load(Ordering::Acquire)) {
             Ok(()) => {
+                self.inner
+                    .metrics
+                    .flush_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.inner.unflushed.store(false, Ordering::Release);
                 Ok(())
             }
