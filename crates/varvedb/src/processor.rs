@@ -173,6 +173,12 @@ where
     /// Handles the events after `position`, up to a batch, in one snapshot; then checkpoints
     /// (with the events parked in the batch, in one transaction) if it is due.
     fn batch(&mut self) -> Result<Batch> {
+        let _span = tracing::debug_span!(
+            "varvedb.processor_batch",
+            consumer = %self.name,
+            from = self.position + 1
+        )
+        .entered();
         let storage = self.storage().clone();
         let limit = self
             .options

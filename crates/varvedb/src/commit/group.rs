@@ -616,6 +616,7 @@ pub(crate) fn commit_group(
     let inline_max = storage.inline_record_max();
     let encrypt_new = storage.is_encrypted();
     let blob_threshold = storage.config().blob_threshold_bytes;
+    let _span = tracing::debug_span!("varvedb.commit", group_size = group.len()).entered();
     let started = Instant::now();
     let written = storage.write(resize_wait, |wtxn, dbs| {
         // Counted afresh on each run: the write runs again after the map grows.

@@ -418,6 +418,7 @@ impl Storage {
         reason = "heed's resize is unsafe: no transaction may be active"
     )]
     fn resize_unguarded(&self, bytes: usize) -> Result<()> {
+        let _span = tracing::info_span!("varvedb.map_growth", to_bytes = bytes).entered();
         // SAFETY: heed requires that no transaction of this process is active. Every caller runs
         // this inside the gate's exclusive section (no reader inside, new ones held back), and
         // write transactions only exist under the write lock, which every caller holds with no

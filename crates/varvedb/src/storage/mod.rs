@@ -376,6 +376,12 @@ impl Storage {
         &self,
         mut progress: impl FnMut(&VerifyProgress),
     ) -> Result<VerifyReport> {
+        let span = tracing::info_span!(
+            "varvedb.verify",
+            path = %self.inner.path.display(),
+            problems = tracing::field::Empty
+        );
+        let _entered = span.enter();
         let txn = self.read_txn()?;
         let info = self.inner.env.info();
         let file_bytes = self.inner.env.real_disk_size().lmdb()?;
@@ -390,6 +396,9 @@ impl Storage {
             },
             &mut progress,
         )
+        .inspect(|report| {
+            span.record("problems", report.problems.len());
+        })
     }
 
     /// The number of read transactions open in this process.

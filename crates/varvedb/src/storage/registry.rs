@@ -173,6 +173,7 @@ impl Storage {
     }
 
     fn open_canonical(config: StorageConfig, create: Create) -> Result<Storage> {
+        let _span = tracing::info_span!("varvedb.open", path = %config.path.display()).entered();
         let path = std::fs::canonicalize(&config.path).map_err(io_err(&config.path))?;
         // Compare and keep configurations by the canonical path, so that two spellings of one
         // directory are one store.
