@@ -64,6 +64,18 @@ enum Command {
         #[arg(long, default_value_t = true)]
         compact: bool,
     },
+    /// Prints the store's Prometheus metrics once, or with --listen serves them at
+    /// http://ADDR/metrics until stopped (Ctrl-C). The file's gauges (events, map use, blobs)
+    /// and every consumer's position and lag are read at each scrape; the counters are this
+    /// process's, so an application exports its own with `Storage::serve_metrics`.
+    ///
+    /// Example: varvedb metrics --listen 127.0.0.1:9477
+    Metrics {
+        /// The address to serve on (127.0.0.1 keeps it on this machine; 0.0.0.0 opens it to
+        /// the network). Port 0 lets the system choose; the address is printed on stderr.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +94,7 @@ fn main() -> ExitCode {
         Command::Stats => stats(open),
         Command::Shred { stream } => shred(open, stream),
         Command::Backup { dest, .. } => backup(open, &dest),
+        Command::Metrics { listen } => metrics(open, listen),
         Command::Read(args) => {
             return match read::run(open, &args) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -225,6 +238,26 @@ fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool
         println!("{} problems: {summary}", report.problem_count());
     }
     Ok(report.is_clean())
+}
+
+fn metrics(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    listen: Option<std::net::SocketAddr>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open()?;
+    let Some(addr) = listen else {
+        print!("{}", storage.metrics_text());
+        return Ok(());
+    };
+    let server = storage.serve_metrics(Some(addr))?;
+    eprintln!(
+        "varvedb: serving the metrics of {} at http://{}/metrics (Ctrl-C stops)",
+        storage.path().display(),
+        server.local_addr()
+    );
+    loop {
+        std::thread::park();
+    }
 }
 
 fn stats(

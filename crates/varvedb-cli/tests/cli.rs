@@ -332,3 +332,77 @@ fn shred_read_and_backup_an_encrypted_store() {
     ]);
     assert!(ok, "{stdout}{stderr}");
 }
+
+fn metric(exposition: &str, name: &str) -> f64 {
+    let scrape =
+        prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a number"),
+        })
+        .unwrap_or_else(|| panic!("no {name} in {exposition}"))
+}
+
+#[test]
+fn metrics_prints_once_and_serves_over_http() {
+    use std::io::{BufRead, Read, Write};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "metrics"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(metric(&stdout, "varvedb_events"), 7.0);
+    assert!(stdout.contains("varvedb_consumer_lag_events{consumer=\"demo-balance-"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store, "metrics", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    assert_eq!(metric(body, "varvedb_events"), 7.0);
+}
+
+#[test]
+fn metrics_refuses_a_missing_store_and_a_bad_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing");
+    let (ok, stdout, stderr) = varvedb(&["--path", missing.to_str().unwrap(), "metrics"]);
+    assert!(!ok);
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.starts_with("varvedb: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!missing.exists(), "a reading command created the store");
+    let (ok, _, stderr) = varvedb(&["metrics", "--listen", "not-an-address"]);
+    assert!(!ok);
+    assert!(stderr.contains("--listen"), "{stderr}");
+}

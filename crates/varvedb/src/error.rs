@@ -396,6 +396,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The metrics endpoint could not listen on its address (in use, not local, not allowed).
+    #[error("cannot serve metrics on {addr}: {reason}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+
     /// An error reported by LMDB.
     #[error("LMDB error: {0}")]
     Lmdb(LmdbError),

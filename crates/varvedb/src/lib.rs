@@ -178,6 +178,8 @@ mod expected;
 #[cfg(test)]
 mod fault_tests;
 mod metrics;
+#[cfg(feature = "metrics-http")]
+mod metrics_http;
 mod processor;
 mod projection;
 mod raw;
@@ -192,6 +194,8 @@ pub use envelope::{
 };
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
+#[cfg(feature = "metrics-http")]
+pub use metrics_http::{DEFAULT_METRICS_ADDR, MetricsServer};
 pub use processor::{
     AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, OnError, Processor,
     ProcessorOptions,
