@@ -1,5 +1,6 @@
 //! The `varvedb` command-line tool.
 
+mod admin;
 mod demo;
 mod read;
 
@@ -64,6 +65,18 @@ enum Command {
         #[arg(long, default_value_t = true)]
         compact: bool,
     },
+    /// Lists the streams with their version, last sequence, last event time (UTC) and type.
+    ///
+    /// Example: varvedb streams --limit 20 --type OrderPlaced
+    Streams(admin::StreamsArgs),
+    /// Lists consumers (processors' cursors) with their lag; resets or deletes one; lists the
+    /// events one parked. Exits 1 when the consumer named does not exist.
+    ///
+    /// Example: varvedb consumers reset billing --to 0
+    Consumers {
+        #[command(subcommand)]
+        command: Option<admin::ConsumersCommand>,
+    },
     /// Prints the store's Prometheus metrics once, or with --listen serves them at
     /// http://ADDR/metrics until stopped (Ctrl-C). The file's gauges (events, map use, blobs)
     /// and every consumer's position and lag are read at each scrape; the counters are this
@@ -95,6 +108,17 @@ fn main() -> ExitCode {
         Command::Shred { stream } => shred(open, stream),
         Command::Backup { dest, .. } => backup(open, &dest),
         Command::Metrics { listen } => metrics(open, listen),
+        Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
+        Command::Consumers { command } => {
+            return match admin::consumers(open, command.as_ref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("varvedb: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Read(args) => {
             return match read::run(open, &args) {
                 Ok(true) => ExitCode::SUCCESS,

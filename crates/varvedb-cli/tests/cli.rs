@@ -406,3 +406,89 @@ fn metrics_refuses_a_missing_store_and_a_bad_address() {
     assert!(!ok);
     assert!(stderr.contains("--listen"), "{stderr}");
 }
+
+#[test]
+fn streams_lists_versions_and_filters_by_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+    let rows = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--path", store, "streams"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = varvedb(&all);
+        assert!(ok, "{stderr}");
+        stdout.lines().skip(1).map(str::to_owned).collect()
+    };
+    let all = rows(&[]);
+    assert!(!all.is_empty());
+    // The demo's account: 7 events, the last a deposit or withdrawal, with a UTC time.
+    let account: Vec<&String> = all
+        .iter()
+        .filter(|l| l.split_whitespace().nth(1) == Some("7"))
+        .collect();
+    assert_eq!(account.len(), 1, "{all:?}");
+    assert!(account[0].contains("Z "), "{all:?}");
+    assert_eq!(rows(&["--limit", "0"]).len(), 0);
+    assert_eq!(rows(&["--type", "Deposited"]).len(), 1, "{all:?}");
+    assert_eq!(rows(&["--type", "NoSuchType"]).len(), 0);
+    let (ok, _, stderr) = varvedb(&["--path", store, "streams", "--limit", "many"]);
+    assert!(!ok);
+    assert!(stderr.contains("--limit"), "{stderr}");
+}
+
+#[test]
+fn consumers_list_reset_park_and_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "consumers"]);
+    assert!(ok, "{stderr}");
+    let name = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .next()
+                .filter(|n| n.starts_with("demo-balance-"))
+        })
+        .unwrap_or_else(|| panic!("no demo consumer in {stdout}"))
+        .to_owned();
+    let (ok, _, stderr) = varvedb(&["--path", store, "consumers", "reset", &name, "--to", "0"]);
+    assert!(ok, "{stderr}");
+    let (_, stdout, _) = varvedb(&["--path", store, "consumers", "list"]);
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with(&name))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "0", "{stdout}");
+    assert_eq!(row[3], "7", "the lag after the reset: {stdout}");
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "consumers", "parked", &name]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let (ok, _, stderr) = varvedb(&["--path", store, "consumers", "delete", &name]);
+    assert!(ok, "{stderr}");
+    // Gone: deleting or resetting it again exits 1 with one line.
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store, "consumers", "delete", &name])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store, "consumers", "reset", &name, "--to", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // A missing store: exit 2, nothing created.
+    let missing = dir.path().join("nothing");
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", missing.to_str().unwrap(), "consumers"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!missing.exists());
+}

@@ -201,7 +201,7 @@ pub use processor::{
     ProcessorOptions,
 };
 pub use projection::{Model, Projection, ProjectionHandler};
-pub use raw::{RawEvent, RawReader};
+pub use raw::{RawEvent, RawReader, StreamSummary};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
     Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, ReadTxn, ShredReport, Stats,

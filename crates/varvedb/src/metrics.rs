@@ -20,6 +20,8 @@ use prometheus_client::registry::{Registry, Unit};
 /// The store's metrics. Built once at open; everything below is shared by reference.
 pub(crate) struct Metrics {
     registry: Registry,
+    /// One encoding at a time: the consumer families are cleared and refilled for each.
+    encoding: std::sync::Mutex<()>,
     /// Events appended (committed), idempotent replays excluded.
     pub(crate) append_events: Counter,
     /// Bytes of the records appended (header, envelope, payload or blob reference, padding).
@@ -37,9 +39,9 @@ pub(crate) struct Metrics {
     pub(crate) commit_seconds: Histogram,
     /// Time of one explicit flush of the data file.
     pub(crate) flush_seconds: Histogram,
-    /// Events handed out by readers and subscriptions (decoded records).
+    /// Records read by readers (typed, untyped, subscriptions, processors).
     pub(crate) read_events: Counter,
-    /// Payload bytes of those events.
+    /// Bytes of those records in the log (a blob's payload counts as its reference).
     pub(crate) read_bytes: Counter,
     /// Payloads written to the blob store (new blobs).
     pub(crate) blob_writes: Counter,
@@ -162,130 +164,131 @@ impl Metrics {
         }
         let r = &mut registry;
         Metrics {
-            append_events: counter(r, "append_events", "Events appended and committed."),
+            append_events: counter(r, "append_events", "Events appended and committed"),
             append_bytes: counter_unit(
                 r,
                 "append",
-                "Bytes of the records appended and committed.",
+                "Bytes of the records appended and committed",
                 Unit::Bytes,
             ),
             append_conflicts: counter(
                 r,
                 "append_conflicts",
-                "Appends refused because their expected version was wrong.",
+                "Appends refused because their expected version was wrong",
             ),
             append_idempotent_hits: counter(
                 r,
                 "append_idempotent_hits",
-                "Appends answered from the store because their event ids were already there.",
+                "Appends answered from the store because their event ids were already there",
             ),
             append_batch_events: histogram(
                 r,
                 "append_batch_events",
-                "Events per append request.",
+                "Events per append request",
                 None,
                 counts(),
             ),
             commit_group_requests: histogram(
                 r,
                 "commit_group_requests",
-                "Append requests per commit group (one write transaction, one flush).",
+                "Append requests per commit group (one write transaction, one flush)",
                 None,
                 counts(),
             ),
             commit_seconds: histogram(
                 r,
                 "commit_duration",
-                "Time to write and commit one commit group.",
+                "Time to write and commit one commit group",
                 Some(Unit::Seconds),
                 seconds(),
             ),
             flush_seconds: histogram(
                 r,
                 "flush_duration",
-                "Time of one explicit flush of the data file.",
+                "Time of one explicit flush of the data file",
                 Some(Unit::Seconds),
                 seconds(),
             ),
-            read_events: counter(r, "read_events", "Events handed out by readers."),
+            read_events: counter(r, "read_events", "Events read from the log by readers"),
             read_bytes: counter_unit(
                 r,
                 "read",
-                "Payload bytes of the events handed out by readers.",
+                "Bytes of the records read (a blob's payload counts as its reference)",
                 Unit::Bytes,
             ),
-            blob_writes: counter(r, "blob_writes", "Payloads written to the blob store."),
+            blob_writes: counter(r, "blob_writes", "Payloads written to the blob store"),
             blob_dedup_hits: counter(
                 r,
                 "blob_dedup_hits",
-                "Large payloads already in the blob store, stored once and referenced again.",
+                "Large payloads already in the blob store, stored once and referenced again",
             ),
-            encrypt_ops: counter(r, "encrypt_ops", "Events sealed with their stream's key."),
-            decrypt_ops: counter(r, "decrypt_ops", "Events opened with their stream's key."),
+            encrypt_ops: counter(r, "encrypt_ops", "Events sealed with their stream's key"),
+            decrypt_ops: counter(r, "decrypt_ops", "Events opened with their stream's key"),
             decrypt_auth_failures: counter(
                 r,
                 "decrypt_auth_failures",
-                "Sealed events whose authentication tag did not verify.",
+                "Sealed events whose authentication tag did not verify",
             ),
             shredded_streams: counter(
                 r,
                 "shredded_streams",
-                "Streams crypto-shredded (their key deleted).",
+                "Streams crypto-shredded (their key deleted)",
             ),
-            map_growths: counter(r, "map_growths", "Times the memory map grew."),
-            map_size_bytes: gauge(r, "map_size", "Size of the memory map.", Some(Unit::Bytes)),
+            map_growths: counter(r, "map_growths", "Times the memory map grew"),
+            map_size_bytes: gauge(r, "map_size", "Size of the memory map", Some(Unit::Bytes)),
             map_used_bytes: gauge(
                 r,
                 "map_used",
-                "Bytes of the memory map in use (up to the last used page).",
+                "Bytes of the memory map in use (up to the last used page)",
                 Some(Unit::Bytes),
             ),
-            events: gauge(r, "events", "Events in the log.", None),
-            last_seq: gauge(r, "last_seq", "The last committed global sequence.", None),
-            blobs: gauge(r, "blobs", "Distinct payloads in the blob store.", None),
+            events: gauge(r, "events", "Events in the log", None),
+            last_seq: gauge(r, "last_seq", "The last committed global sequence", None),
+            blobs: gauge(r, "blobs", "Distinct payloads in the blob store", None),
             blob_store_bytes: gauge(
                 r,
                 "blob_store",
-                "Bytes of pages holding the blob store.",
+                "Bytes of pages holding the blob store",
                 Some(Unit::Bytes),
             ),
             consumer_position: family(
                 r,
                 "consumer_position",
-                "The last event a consumer checkpointed as handled (a global sequence).",
+                "The last event a consumer checkpointed as handled (a global sequence)",
                 None,
             ),
             consumer_lag_events: family(
                 r,
                 "consumer_lag_events",
-                "Events committed after a consumer's checkpointed position.",
+                "Events committed after a consumer's checkpointed position",
                 None,
             ),
             consumer_lag_seconds: family(
                 r,
                 "consumer_lag",
-                "How long the oldest event a consumer has not handled has waited (0 when caught up).",
+                "How long the oldest event a consumer has not handled has waited (0 when caught up)",
                 Some(Unit::Seconds),
             ),
             consumer_parked_events: family(
                 r,
                 "consumer_parked_events",
-                "Events a consumer's handler failed on and parked.",
+                "Events a consumer's handler failed on and parked",
                 None,
             ),
             consumer_handler_errors: family(
                 r,
                 "consumer_handler_errors",
-                "Errors returned by a consumer's handler in this process.",
+                "Errors returned by a consumer's handler in this process",
                 None,
             ),
             consumer_retries: family(
                 r,
                 "consumer_retries",
-                "Events a consumer's handler was given again after an error, in this process.",
+                "Events a consumer's handler was given again after an error, in this process",
                 None,
             ),
             registry,
+            encoding: std::sync::Mutex::new(()),
         }
     }
 
@@ -306,6 +309,10 @@ impl Metrics {
     /// The text exposition (OpenMetrics, which Prometheus scrapes), with the file's gauges set
     /// from `file`.
     pub(crate) fn encode(&self, file: Option<FileGauges>) -> String {
+        let _one = self
+            .encoding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(file) = file {
             self.map_size_bytes.set(gauge_value(file.map_size_bytes));
             self.map_used_bytes.set(gauge_value(file.map_used_bytes));

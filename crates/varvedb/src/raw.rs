@@ -254,6 +254,58 @@ impl fmt::Debug for RawEvent<'_> {
     }
 }
 
+/// A stream as its head and last event describe it, from [`RawReader::streams`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamSummary {
+    /// The stream.
+    pub stream_id: u128,
+    /// Its version: the number of events in it.
+    pub version: u32,
+    /// The global sequence of its last event.
+    pub last_seq: u64,
+    /// When its last event was committed (nanoseconds since the Unix epoch).
+    pub last_timestamp_ns: u64,
+    /// The type name of its last event.
+    pub last_event_type: String,
+}
+
+fn stream_summary(
+    dbs: &storage::Dbs,
+    txn: &RoTxn<'_>,
+    key: &[u8],
+    value: &[u8],
+) -> Result<StreamSummary> {
+    let stream_id = <[u8; 16]>::try_from(key)
+        .map(u128::from_be_bytes)
+        .map_err(|_| Error::CorruptIndex {
+            stream_id: 0,
+            version: 0,
+            reason: format!("a stream head under a key of {} bytes", key.len()),
+        })?;
+    let (version, last_seq) =
+        keys::decode_head_value(value).ok_or_else(|| Error::CorruptIndex {
+            stream_id,
+            version: 0,
+            reason: format!("stream head of {} bytes", value.len()),
+        })?;
+    let record = storage::get_record(dbs, txn, last_seq)?.ok_or_else(|| Error::CorruptIndex {
+        stream_id,
+        version,
+        reason: format!("the head points at sequence {last_seq}, which does not exist"),
+    })?;
+    let (header, _, _) = record::open(last_seq, record)?;
+    let event_type = types::resolve(dbs, txn, header.type_id)?
+        .map_or_else(|| format!("#{}", header.type_id), |t| t.name.to_owned());
+    Ok(StreamSummary {
+        stream_id,
+        version,
+        last_seq,
+        last_timestamp_ns: header.timestamp_ns,
+        last_event_type: event_type,
+    })
+}
+
 /// The untyped event of the record `value` at `seq`.
 fn raw_at<'t>(
     storage: &Storage,
@@ -315,7 +367,14 @@ fn raw_at<'t>(
         }
         None => RawPayload::Mapped(stored),
     };
-    Ok(event(payload, blob))
+    let event = event(payload, blob);
+    // The untyped view is the operator's path (export, the tool): one count per event.
+    let metrics = storage.metrics();
+    metrics.read_events.inc();
+    metrics
+        .read_bytes
+        .inc_by(event.payload_bytes().len() as u64);
+    Ok(event)
 }
 
 impl RawReader {
@@ -395,6 +454,41 @@ impl RawReader {
                         )),
                         Some(seq) => raw_at(&storage, raw, seq, value),
                     },
+                })
+            }))
+    }
+
+    /// Every stream with at least one event, in stream-id order, with its version and its
+    /// last event's sequence, timestamp and type: what `varvedb streams` lists. A damaged head
+    /// or a head pointing at no event is reported once and skipped.
+    pub fn streams<'t>(
+        &self,
+        txn: &'t ReadTxn,
+    ) -> impl Iterator<Item = Result<StreamSummary>> + 't {
+        let dbs = *self.storage.dbs();
+        let cursor = self
+            .storage
+            .check_txn(txn)
+            .and_then(|()| dbs.heads.iter(txn.raw()).lmdb());
+        let (cursor, failed) = match cursor {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        };
+        let raw = txn.raw();
+        let mut done = false;
+        failed
+            .map(Err)
+            .into_iter()
+            .chain(cursor.into_iter().flatten().map_while(move |entry| {
+                if done {
+                    return None;
+                }
+                Some(match entry {
+                    Err(e) => {
+                        done = true;
+                        Err(Error::lmdb(e))
+                    }
+                    Ok((key, value)) => stream_summary(&dbs, raw, key, value),
                 })
             }))
     }

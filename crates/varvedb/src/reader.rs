@@ -473,13 +473,11 @@ fn stream_key(
     }
 }
 
-/// Counts one event read on its own (a point read).
-fn count_one<E: Archive>(storage: &Storage, event: &EventRef<'_, E>) {
+/// Counts one record read on its own (a point read).
+fn count_one(storage: &Storage, record_bytes: usize) {
     let metrics = storage.metrics();
     metrics.read_events.inc();
-    metrics
-        .read_bytes
-        .inc_by(event.payload_bytes().len() as u64);
+    metrics.read_bytes.inc_by(record_bytes as u64);
 }
 
 /// Decrypts an encrypted event into a buffer of the reader's pool.
@@ -539,9 +537,8 @@ impl<E: ValidateEvent + Event> Reader<E> {
         match storage::get_record(dbs, txn.raw(), seq)? {
             None => Ok(None),
             Some(value) => {
-                let event = event_at(dbs, txn.raw(), &self.state, seq, value)?;
-                count_one(&self.storage, &event);
-                Ok(Some(event))
+                count_one(&self.storage, value.len());
+                event_at(dbs, txn.raw(), &self.state, seq, value).map(Some)
             }
         }
     }
@@ -564,9 +561,8 @@ impl<E: ValidateEvent + Event> Reader<E> {
         }
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
-        let event = event_at(dbs, txn.raw(), &self.state, found.seq, found.record)?;
-        count_one(&self.storage, &event);
-        Ok(Some(event))
+        count_one(&self.storage, found.record.len());
+        event_at(dbs, txn.raw(), &self.state, found.seq, found.record).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -806,6 +802,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
 
     fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
         if let Some((seq, record)) = self.chunk.pop() {
+            self.tally.count(record.len());
             return Some(event_at(&self.dbs, self.txn, &self.state, seq, record));
         }
         if self.next == 0 || self.next > self.head.0 {
@@ -816,10 +813,10 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         let filled = self.fill(end);
         self.next = end.checked_add(1).unwrap_or(0);
         match filled {
-            Ok(()) => self
-                .chunk
-                .pop()
-                .map(|(seq, record)| event_at(&self.dbs, self.txn, &self.state, seq, record)),
+            Ok(()) => self.chunk.pop().map(|(seq, record)| {
+                self.tally.count(record.len());
+                event_at(&self.dbs, self.txn, &self.state, seq, record)
+            }),
             Err(e) => {
                 // Skip what could not be located; later chunks are reached from the head.
                 self.chunk.clear();
@@ -836,6 +833,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
             Ok((record, links)) => {
                 (self.next, self.next_seq) = (version - 1, links.prev);
+                self.tally.count(record.len());
                 Some(event_at(&self.dbs, self.txn, &self.state, seq, record))
             }
             Err(e) => {
@@ -855,15 +853,11 @@ impl<'t, E: ValidateEvent + Event> Iterator for StreamIter<'t, E> {
             self.next = 0;
             return Some(Err(e));
         }
-        let item = if self.backwards {
+        if self.backwards {
             self.next_backward()
         } else {
             self.next_forward()
-        };
-        if let Some(Ok(event)) = &item {
-            self.tally.count(event.payload_bytes().len());
         }
-        item
     }
 }
 
@@ -908,10 +902,9 @@ impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
                 format!("malformed events-log key {key:02x?}"),
             )));
         };
-        let item: Self::Item = event_at(&self.dbs, self.txn, &self.state, seq, value);
-        if let Ok(event) = &item {
-            self.tally.count(event.payload_bytes().len());
-        }
-        Some(item)
+        // Counted before the decode, which leaves the result to be built in place: an event a
+        // typed reader rejects is counted as read.
+        self.tally.count(value.len());
+        Some(event_at(&self.dbs, self.txn, &self.state, seq, value))
     }
 }

@@ -94,7 +94,7 @@ fn counters_move_with_appends_conflicts_replays_and_reads() {
     assert_eq!(get(&after, "varvedb_events"), 13.0);
     assert_eq!(get(&after, "varvedb_last_seq"), 13.0);
     assert_eq!(get(&after, "varvedb_read_events_total"), 13.0);
-    assert!(get(&after, "varvedb_read_bytes_total") > 2000.0);
+    assert!(get(&after, "varvedb_read_bytes_total") > 13.0 * 32.0);
     assert!(get(&after, "varvedb_append_bytes_total") > 13.0 * 32.0);
     assert!(get(&after, "varvedb_map_used_bytes") > 0.0);
     // One request per append: 15 observed (the conflict and the replay included).

@@ -1,0 +1,193 @@
+//! `varvedb streams` and `varvedb consumers`: what a store holds and who reads it.
+
+use std::collections::HashSet;
+
+use varvedb::Storage;
+
+/// What `streams` lists.
+#[derive(clap::Args)]
+pub(crate) struct StreamsArgs {
+    /// List at most this many streams.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// Only streams holding at least one event of this type (its name, as `read` prints it,
+    /// with or without `@version`). Reads the whole log.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+}
+
+/// Prints one line per stream: id, version, last sequence, last timestamp, last type.
+pub(crate) fn streams(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    args: &StreamsArgs,
+) -> Result<(), varvedb::Error> {
+    let storage = open()?;
+    let txn = storage.read_txn()?;
+    let raw = storage.raw_reader();
+    let wanted: Option<HashSet<u128>> = match &args.event_type {
+        None => None,
+        Some(name) => {
+            let (name, version) = match name.split_once('@') {
+                Some((n, v)) => (n, v.parse::<u16>().ok()),
+                None => (name.as_str(), None),
+            };
+            let mut ids = HashSet::new();
+            for event in raw.read_all(&txn, 1) {
+                let event = event?;
+                if event.event_type() == name && version.is_none_or(|v| v == event.event_version())
+                {
+                    ids.insert(event.stream_id());
+                }
+            }
+            Some(ids)
+        }
+    };
+    let limit = args.limit.unwrap_or(u64::MAX);
+    let mut printed = 0;
+    println!(
+        "{:<34} {:>10} {:>12}  {:<30}  last type",
+        "stream", "version", "last seq", "last event (UTC)"
+    );
+    for stream in raw.streams(&txn) {
+        if printed >= limit {
+            break;
+        }
+        let stream = stream?;
+        if wanted
+            .as_ref()
+            .is_some_and(|ids| !ids.contains(&stream.stream_id))
+        {
+            continue;
+        }
+        printed += 1;
+        println!(
+            "{:<34} {:>10} {:>12}  {:<30}  {}",
+            format!("{:#x}", stream.stream_id),
+            stream.version,
+            stream.last_seq,
+            utc(stream.last_timestamp_ns),
+            stream.last_event_type
+        );
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` from nanoseconds since the Unix epoch (civil-from-days,
+/// proleptic Gregorian).
+pub(crate) fn utc(ns: u64) -> String {
+    let secs = ns / 1_000_000_000;
+    let nanos = ns % 1_000_000_000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// What `consumers` does.
+#[derive(clap::Subcommand)]
+pub(crate) enum ConsumersCommand {
+    /// Lists the consumers with their position, lag and parked events (the default).
+    List,
+    /// Moves a consumer's cursor: its processor handles the events after POSITION next
+    /// (0: from the start). Stop the processor first.
+    Reset {
+        /// The consumer.
+        name: String,
+        /// The global sequence of the last event it is to count as handled.
+        #[arg(long)]
+        to: u64,
+    },
+    /// Deletes a consumer's cursor and its parked events.
+    Delete {
+        /// The consumer.
+        name: String,
+    },
+    /// Lists the events a consumer parked, with the handler's error.
+    Parked {
+        /// The consumer.
+        name: String,
+    },
+}
+
+/// Runs a `consumers` command. Returns false when the consumer named does not exist.
+pub(crate) fn consumers(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    command: Option<&ConsumersCommand>,
+) -> Result<bool, varvedb::Error> {
+    let storage = open()?;
+    let known = |storage: &Storage, name: &str| -> Result<bool, varvedb::Error> {
+        Ok(storage.consumer_position(name)?.is_some())
+    };
+    match command.unwrap_or(&ConsumersCommand::List) {
+        ConsumersCommand::List => {
+            println!(
+                "{:<32} {:>12} {:>12} {:>10} {:>10} {:>8}",
+                "consumer", "position", "head", "lag", "lag (s)", "parked"
+            );
+            for c in storage.consumers()? {
+                println!(
+                    "{:<32} {:>12} {:>12} {:>10} {:>10.1} {:>8}",
+                    c.name, c.position, c.head, c.lag_events, c.lag_seconds, c.parked
+                );
+            }
+        }
+        ConsumersCommand::Reset { name, to } => {
+            if !known(&storage, name)? {
+                eprintln!("varvedb: no consumer named {name:?}");
+                return Ok(false);
+            }
+            storage.reset_consumer(name, *to)?;
+            println!("consumer {name} now at {to}");
+        }
+        ConsumersCommand::Delete { name } => {
+            if !storage.delete_consumer(name)? {
+                eprintln!("varvedb: no consumer named {name:?}");
+                return Ok(false);
+            }
+            println!("consumer {name} deleted");
+        }
+        ConsumersCommand::Parked { name } => {
+            if !known(&storage, name)? {
+                eprintln!("varvedb: no consumer named {name:?}");
+                return Ok(false);
+            }
+            for p in storage.parked_events(name)? {
+                println!("{:>12}  {}", p.seq, p.reason);
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000000000Z");
+        // 2026-11-26T08:00:00Z
+        assert_eq!(
+            utc(1_795_680_000 * 1_000_000_000 + 5),
+            "2026-11-26T08:00:00.000000005Z"
+        );
+        // A leap day.
+        assert_eq!(
+            utc(951_782_400 * 1_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+}
