@@ -65,6 +65,21 @@ enum Command {
         #[arg(long, default_value_t = true)]
         compact: bool,
     },
+    /// Prints the last events (-n, default 10) and with -f follows the log, printing events as
+    /// other processes append them, with their envelope. --stream and --type filter, --json for
+    /// one JSON object a line.
+    ///
+    /// Example: varvedb tail -f --type OrderPlaced --json
+    Tail(read::TailArgs),
+    /// Rewraps every stream key of an encrypted store under a new master key, in one
+    /// transaction; the events are not rewritten. Needs the current key (--key-file).
+    ///
+    /// Example: varvedb --key-file old.key rotate-key --new-key-file new.key
+    RotateKey {
+        /// A file holding the new master key: 32 bytes, or 64 hex digits.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
     /// Lists the streams with their version, last sequence, last event time (UTC) and type.
     ///
     /// Example: varvedb streams --limit 20 --type OrderPlaced
@@ -109,6 +124,8 @@ fn main() -> ExitCode {
         Command::Backup { dest, .. } => backup(open, &dest),
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
+        Command::Tail(args) => read::tail(open, &args).map_err(Into::into),
+        Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Consumers { command } => {
             return match admin::consumers(open, command.as_ref()) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -198,6 +215,20 @@ fn shred(
             report.events, report.blobs_released
         );
     }
+    Ok(())
+}
+
+fn rotate_key(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    new_key_file: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let new_key = read_key(new_key_file)?;
+    let storage = open()?;
+    let keys = storage.rotate_master_key(new_key)?;
+    println!(
+        "{keys} stream keys rewrapped under the key in {}; open the store with it from now on",
+        new_key_file.display()
+    );
     Ok(())
 }
 

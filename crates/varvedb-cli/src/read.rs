@@ -79,7 +79,7 @@ pub(crate) fn run(
     Ok(clean)
 }
 
-fn type_name(e: &RawEvent<'_>) -> String {
+pub(crate) fn type_name(e: &RawEvent<'_>) -> String {
     if e.event_container().is_empty() {
         e.event_type().to_string()
     } else {
@@ -87,7 +87,7 @@ fn type_name(e: &RawEvent<'_>) -> String {
     }
 }
 
-fn text(e: &RawEvent<'_>) -> String {
+pub(crate) fn text(e: &RawEvent<'_>) -> String {
     let mut line = format!(
         "seq {} stream {:#x} v{} {} v{} at {} ns, {} payload bytes{}",
         e.seq(),
@@ -140,7 +140,7 @@ fn quote(s: &str) -> String {
     out
 }
 
-fn json(e: &RawEvent<'_>) -> String {
+pub(crate) fn json(e: &RawEvent<'_>) -> String {
     let id =
         |id: Option<varvedb::EventId>| id.map_or("null".to_string(), |i| quote(&i.to_string()));
     let metadata: Vec<String> = e
@@ -177,5 +177,93 @@ mod tests {
             super::quote("a\"b\\c\n\u{1}é"),
             "\"a\\\"b\\\\c\\n\\u0001é\""
         );
+    }
+}
+
+/// What `tail` follows.
+#[derive(clap::Args)]
+pub(crate) struct TailArgs {
+    /// Keep following: print new events as other processes append them, until stopped
+    /// (Ctrl-C). Without it, print the last events and exit.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only this stream (decimal, or hex with 0x).
+    #[arg(long, value_parser = parse_stream)]
+    stream: Option<u128>,
+    /// Only events of this type (the name `read` prints, with or without the enum's name).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// How many of the last events to print first.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    lines: u64,
+    /// One JSON object a line instead of text.
+    #[arg(long)]
+    json: bool,
+    /// How often to look for new events, in milliseconds.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    poll_ms: u64,
+}
+
+/// Prints the last `lines` matching events, then with `-f` follows the log. Returns when the
+/// output is closed, or (without `-f`) after the last events.
+pub(crate) fn tail(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    args: &TailArgs,
+) -> Result<(), varvedb::Error> {
+    let storage = open()?;
+    let raw = storage.raw_reader();
+    let matches = |e: &RawEvent<'_>| {
+        args.stream.is_none_or(|s| s == e.stream_id())
+            && args
+                .event_type
+                .as_deref()
+                .is_none_or(|t| t == e.event_type() || t == type_name(e))
+    };
+    let mut out = std::io::stdout().lock();
+    // The last `lines` matching events: walk back from the head.
+    let mut next = {
+        let txn = storage.read_txn()?;
+        let head = storage.last_seq(&txn)?;
+        let mut found = Vec::new();
+        let mut seq = head;
+        while seq > 0 && (found.len() as u64) < args.lines {
+            if let Some(e) = raw.get(&txn, seq)?
+                && matches(&e)
+            {
+                found.push(seq);
+            }
+            seq -= 1;
+        }
+        for &seq in found.iter().rev() {
+            if let Some(e) = raw.get(&txn, seq)? {
+                let line = if args.json { json(&e) } else { text(&e) };
+                if writeln!(out, "{line}").is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        head + 1
+    };
+    if !args.follow {
+        return Ok(());
+    }
+    let _ = out.flush();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(args.poll_ms));
+        let txn = storage.read_txn()?;
+        for e in raw.read_all(&txn, next) {
+            let e = e?;
+            next = e.seq() + 1;
+            if !matches(&e) {
+                continue;
+            }
+            let line = if args.json { json(&e) } else { text(&e) };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
     }
 }

@@ -320,6 +320,31 @@ fn shred_read_and_backup_an_encrypted_store() {
         "{stdout}"
     );
 
+    // Rotate the master key: the old key is refused afterwards, the new one reads.
+    let new_key = dir.path().join("new-key");
+    std::fs::write(&new_key, [9u8; 32]).unwrap();
+    let nk = new_key.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", s, "rotate-key", "--new-key-file", nk]);
+    assert!(!ok, "rotating without the current key must fail");
+    assert!(stderr.starts_with("varvedb: "), "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        s,
+        "--key-file",
+        k,
+        "rotate-key",
+        "--new-key-file",
+        nk,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("stream keys rewrapped"), "{stdout}");
+    let (ok, _, _) = varvedb(&["--path", s, "--key-file", k, "stats"]);
+    assert!(!ok, "the old key still opens the store");
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "--key-file", nk, "read", "--seq", "2"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.trim_end().ends_with(" encrypted"), "{stdout}");
+    let k = nk;
+
     let backup = dir.path().join("backup");
     let (ok, _, stderr) = varvedb(&["--path", s, "backup", "--compact", backup.to_str().unwrap()]);
     assert!(ok, "{stderr}");
@@ -491,4 +516,53 @@ fn consumers_list_reset_park_and_delete() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(!missing.exists());
+}
+
+#[test]
+fn tail_prints_the_last_events_and_follows_appends_of_another_process() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "tail", "-n", "3"]);
+    assert!(ok, "{stderr}");
+    let seqs: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(seqs, ["5", "6", "7"], "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", store, "tail", "--type", "Opened", "--json"]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with('{'), "{stdout}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", store, "tail", "-f", "-n", "1", "--poll-ms", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // It follows once it printed the last event.
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("seq 7 "), "{first}");
+    // Another process appends 7 more events.
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let line = lines.next().unwrap().unwrap();
+        seen.push(
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+        );
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(seen, (8..=14).collect::<Vec<_>>());
 }
