@@ -13,8 +13,12 @@ use clap::{Parser, Subcommand};
 use varvedb::{Storage, StorageConfig};
 
 /// VarveDB: an embedded, append-only event store.
+///
+/// Exit codes: 0 success; 1 the command ran and found a problem (verify found damage, an event
+/// could not be read, no such event or consumer); 2 it could not run (no store there, a wrong
+/// key, bad arguments, a failed operation). Errors are one line on stderr.
 #[derive(Parser)]
-#[command(name = "varvedb", version, about)]
+#[command(name = "varvedb", version, about, long_about = None, after_help = "Exit codes: 0 success, 1 a problem found, 2 could not run.")]
 struct Cli {
     /// The store's directory.
     #[arg(long, global = true, default_value = varvedb::DEFAULT_PATH)]
@@ -161,7 +165,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("varvedb: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

@@ -68,8 +68,13 @@ fn demo_runs_twice_and_stats_counts_it() {
 fn stats_on_a_missing_store_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let (ok, _, stderr) = varvedb(&["--path", missing.to_str().unwrap(), "stats"]);
-    assert!(!ok);
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", missing.to_str().unwrap(), "stats"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "exit code 2: could not run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(
         stderr.starts_with("varvedb: ") && stderr.contains("no such directory"),
         "{stderr}"
