@@ -4,7 +4,6 @@ mod admin;
 mod demo;
 mod read;
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -241,7 +240,13 @@ fn backup(
     dest: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
-    storage.compact_to(dest)?;
+    // One LMDB call with no progress to report: a spinner, on a terminal only.
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("backup: writing {}", dest.display()));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let copied = storage.compact_to(dest);
+    spinner.finish_and_clear();
+    copied?;
     println!("compacted copy written to {}", dest.display());
     Ok(())
 }
@@ -250,32 +255,22 @@ fn backup(
 /// whether the store is clean.
 fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool, varvedb::Error> {
     let storage = open()?;
-    let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
-    let mut last = Instant::now();
+    // On a terminal only: indicatif draws nothing when stderr is a pipe or a file.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "verify {msg:<12} [{bar:30}] {pos}/{len} ({percent}%) {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
     let report = storage.verify_with_progress(|p| {
-        let finished = p.done == p.total;
-        if !finished && last.elapsed() < Duration::from_millis(500) {
-            return;
-        }
-        last = Instant::now();
-        let percent = (p.done * 100).checked_div(p.total).unwrap_or(100);
-        let line = format!(
-            "verify: {:<12} {}/{} ({percent}%), {} problems",
-            p.phase.database(),
-            p.done,
-            p.total,
-            p.problems
-        );
-        if terminal {
-            eprint!("\r{line}\x1b[K");
-            if finished {
-                eprintln!();
-            }
-        } else if !finished || p.total > 0 {
-            eprintln!("{line}");
-        }
+        bar.set_message(p.phase.database());
+        bar.set_length(p.total);
+        bar.set_position(p.done);
     })?;
+    bar.finish_and_clear();
     for problem in &report.problems {
         println!("{problem}");
     }

@@ -571,3 +571,20 @@ fn tail_prints_the_last_events_and_follows_appends_of_another_process() {
     child.wait().unwrap();
     assert_eq!(seen, (8..=14).collect::<Vec<_>>());
 }
+
+#[test]
+fn long_commands_stay_quiet_when_stderr_is_not_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "verify"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("clean: "), "{stdout}");
+    assert!(stderr.is_empty(), "no progress on a pipe: {stderr:?}");
+    let copy = dir.path().join("copy");
+    let (ok, _, stderr) = varvedb(&["--path", store, "backup", copy.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.is_empty(), "no spinner on a pipe: {stderr:?}");
+}
