@@ -202,6 +202,20 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         "store now holds {} events in {} streams ({} bytes of log)",
         stats.events, stats.streams, stats.log_bytes
     );
+    // A few of the Prometheus metrics this run produced (`varvedb metrics` prints them all).
+    println!("metrics of this run:");
+    for line in storage.metrics_text().lines() {
+        let shown = [
+            "varvedb_append_events_total ",
+            "varvedb_append_conflicts_total ",
+            "varvedb_append_idempotent_hits_total ",
+            "varvedb_commit_duration_seconds_count ",
+            "varvedb_consumer_lag_events{",
+        ];
+        if shown.iter().any(|prefix| line.starts_with(prefix)) {
+            println!("  {line}");
+        }
+    }
     Ok(())
 }
 

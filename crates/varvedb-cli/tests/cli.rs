@@ -32,6 +32,12 @@ fn demo_runs_twice_and_stats_counts_it() {
             "the demo shows the retry:\n{stdout}"
         );
         assert!(stdout.contains("balance 20.75 at version 7"), "{stdout}");
+        // The metrics of the run: its appends and its one conflict.
+        assert!(stdout.contains("varvedb_append_events_total 7"), "{stdout}");
+        assert!(
+            stdout.contains("varvedb_append_conflicts_total 1"),
+            "{stdout}"
+        );
         assert!(
             stdout.contains(": balance 20.75 after 7 events of the account"),
             "the projection:\n{stdout}"
