@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A short walk-through: open an account stream, append with a conflict and a retry, read.
+    /// A short walk-through: open an account stream, append with a conflict and a retry, read
+    /// it back, project it with a processor, and print the run's metrics.
     Demo,
     /// Event, stream and byte counts of a store.
     Stats,
