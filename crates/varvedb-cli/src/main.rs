@@ -1,6 +1,7 @@
 //! The `varvedb` command-line tool.
 
 mod admin;
+mod append;
 mod demo;
 mod read;
 
@@ -69,6 +70,12 @@ enum Command {
         #[arg(long, default_value_t = true)]
         compact: bool,
     },
+    /// Appends one event given as JSON, for scripts and non-Rust tooling: stored as the tool's
+    /// JSON event type (container `varvedb.json`), which `read` and `tail` print as JSON.
+    /// Creates the store if there is none. A wrong --expect exits 2 with the conflict.
+    ///
+    /// Example: varvedb append --stream 7 --expect none --type Opened --json '{"owner":"ada"}'
+    Append(append::AppendArgs),
     /// Prints the last events (-n, default 10) and with -f follows the log, printing events as
     /// other processes append them, with their envelope. --stream and --type filter, --json for
     /// one JSON object a line.
@@ -129,6 +136,7 @@ fn main() -> ExitCode {
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
         Command::Tail(args) => read::tail(open, &args).map_err(Into::into),
+        Command::Append(args) => append::run(&cli.path, key, args),
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Consumers { command } => {
             return match admin::consumers(open, command.as_ref()) {

@@ -99,6 +99,9 @@ pub(crate) fn text(e: &RawEvent<'_>) -> String {
         e.payload_bytes().len(),
         if e.is_blob() { " (blob)" } else { "" }
     );
+    if let Some(data) = crate::append::json_data(e) {
+        line.push_str(&format!(" data {data}"));
+    }
     if e.is_shredded() {
         line.push_str(" shredded");
     } else if e.is_encrypted() && e.payload_bytes().is_empty() {
@@ -150,7 +153,7 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
         .collect();
     // Stream ids are u128: a hex string, as JSON numbers lose precision past 2^53.
     format!(
-        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}}}",
+        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}{}}}",
         e.seq(),
         e.stream_id(),
         e.version(),
@@ -165,7 +168,8 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
         e.payload_bytes().len(),
         e.is_blob(),
         e.is_encrypted(),
-        e.is_shredded()
+        e.is_shredded(),
+        crate::append::json_data(e).map_or(String::new(), |d| format!(",\"data\":{d}"))
     )
 }
 

@@ -594,3 +594,78 @@ fn long_commands_stay_quiet_when_stderr_is_not_a_terminal() {
     assert!(ok, "{stderr}");
     assert!(stderr.is_empty(), "no spinner on a pipe: {stderr:?}");
 }
+
+#[test]
+fn append_stores_json_events_that_read_prints_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let code = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (c, stdout, stderr) = code(&[
+        "--path",
+        s,
+        "append",
+        "--stream",
+        "7",
+        "--expect",
+        "none",
+        "--type",
+        "Opened",
+        "--json",
+        r#"{"owner": "ada", "cents": 250}"#,
+    ]);
+    assert_eq!(c, Some(0), "{stderr}");
+    assert!(stdout.contains("version 1, seq 1"), "{stdout}");
+    // A wrong expectation is the conflict, exit 2, one line.
+    let (c, _, stderr) = code(&[
+        "--path", s, "append", "--stream", "7", "--expect", "none", "--type", "Opened", "--json",
+        "{}",
+    ]);
+    assert_eq!(c, Some(2));
+    assert!(
+        stderr.contains("conflict") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    // Bad JSON and a bad --expect are refused before anything is written.
+    let (c, _, stderr) = code(&[
+        "--path", s, "append", "--stream", "7", "--expect", "1", "--type", "X", "--json", "{bad",
+    ]);
+    assert_eq!(c, Some(2));
+    assert!(stderr.contains("--json"), "{stderr}");
+    let (c, _, stderr) = code(&[
+        "--path", s, "append", "--stream", "7", "--expect", "soon", "--type", "X", "--json", "1",
+    ]);
+    assert_eq!(c, Some(2));
+    assert!(stderr.contains("--expect"), "{stderr}");
+    let (c, _, stderr) = code(&[
+        "--path", s, "append", "--stream", "7", "--expect", "any", "--type", "Renamed", "--json",
+        r#""bob""#,
+    ]);
+    assert_eq!(c, Some(0), "{stderr}");
+
+    let (c, stdout, stderr) = code(&["--path", s, "read", "--json"]);
+    assert_eq!(c, Some(0), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(
+        lines[0].contains(r#""type":"Opened","container":"varvedb.json""#),
+        "{stdout}"
+    );
+    assert!(
+        lines[0].ends_with(r#","data":{"cents":250,"owner":"ada"}}"#),
+        "{stdout}"
+    );
+    assert!(lines[1].ends_with(r#","data":"bob"}"#), "{stdout}");
+    let (c, stdout, _) = code(&["--path", s, "verify"]);
+    assert_eq!(c, Some(0), "{stdout}");
+}
