@@ -144,6 +144,19 @@
 //! and open it again to recover. [`Storage::flush`] and [`Storage::close`] make everything
 //! committed durable and report a failed flush.
 //!
+//! ## Observability
+//!
+//! Each store has its own Prometheus registry: [`Storage::metrics_text`] returns the text
+//! exposition (appends, conflicts, commit and flush latency, reads, blobs, encryption, the map,
+//! every consumer's lag; the README lists the names). The `metrics-http` feature adds
+//! `Storage::serve_metrics`, which serves `/metrics` on 127.0.0.1:9477 unless told otherwise.
+//! Open, commit, map growth, verify and processor batches are `tracing` spans.
+//!
+//! ## Cargo features
+//!
+//! - `uuid`: `EventId` converts to and from `uuid::Uuid`.
+//! - `metrics-http`: `/metrics` over HTTP (`Storage::serve_metrics`, `MetricsServer`).
+//!
 //! ## Platforms
 //!
 //! Unix only (Linux, macOS, the BSDs): the crate refuses to build elsewhere, because its
