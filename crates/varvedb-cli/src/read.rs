@@ -234,16 +234,14 @@ pub(crate) fn tail(
             if let Some(e) = raw.get(&txn, seq)?
                 && matches(&e)
             {
-                found.push(seq);
+                found.push(e);
             }
             seq -= 1;
         }
-        for &seq in found.iter().rev() {
-            if let Some(e) = raw.get(&txn, seq)? {
-                let line = if args.json { json(&e) } else { text(&e) };
-                if writeln!(out, "{line}").is_err() {
-                    return Ok(());
-                }
+        for e in found.iter().rev() {
+            let line = if args.json { json(e) } else { text(e) };
+            if writeln!(out, "{line}").is_err() {
+                return Ok(());
             }
         }
         head + 1

@@ -301,11 +301,6 @@ impl Metrics {
         }
     }
 
-    /// The registry, for whoever adds metrics of their own (processors).
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
     /// The text exposition (OpenMetrics, which Prometheus scrapes), with the file's gauges set
     /// from `file`.
     pub(crate) fn encode(&self, file: Option<FileGauges>) -> String {
@@ -344,7 +339,7 @@ impl Metrics {
         }
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, self.registry());
+        let _ = encode(&mut out, &self.registry);
         out
     }
 }

@@ -130,7 +130,12 @@ impl Storage {
 
     /// Every consumer with its position, the head, and its lag in events and in seconds.
     pub fn consumers(&self) -> Result<Vec<Consumer>> {
-        let txn = self.read_txn()?;
+        self.consumers_in(&self.read_txn()?)
+    }
+
+    /// [`consumers`](Self::consumers) as of the snapshot `txn` (the metrics read them in the
+    /// snapshot of their other gauges).
+    pub(crate) fn consumers_in(&self, txn: &super::ReadTxn) -> Result<Vec<Consumer>> {
         let dbs = self.dbs();
         let head = last_seq(dbs, txn.raw())?;
         let now_ns = SystemTime::now()

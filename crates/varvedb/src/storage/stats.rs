@@ -120,7 +120,7 @@ impl Storage {
             blobs: dbs.blob_refs.len(txn.raw()).lmdb()?,
             blob_store_bytes: blob_pages.saturating_mul(page_size),
             consumers: self
-                .consumers()?
+                .consumers_in(&txn)?
                 .into_iter()
                 .map(|c| ConsumerGauges {
                     name: c.name,
