@@ -88,6 +88,7 @@ pub enum SubscriptionItem<E: rkyv::Archive> {
 }
 
 /// Where a subscription reads.
+#[derive(Clone, Copy)]
 enum Source {
     /// The whole log, from this seq on.
     All { next_seq: u64 },
@@ -191,14 +192,19 @@ where
 
     /// The next item: an event, `CaughtUp` once, or an error (a damaged event, reported once
     /// and passed). Waits for new appends when caught up; never ends on its own.
+    ///
+    /// Cancel-safe: a `next()` dropped before it returns (the losing branch of a
+    /// `tokio::select!`, a timeout) loses no event and repeats none; the position moves only
+    /// when a read's events are queued.
     pub async fn next(&mut self) -> Result<SubscriptionItem<E>> {
         loop {
             if let Some(item) = self.queue.pop_front() {
                 return item.map(SubscriptionItem::Event);
             }
+            // A copy: if this future is dropped during the read, the position stays put.
             let (reader, source, streams, types) = (
                 self.reader.clone(),
-                std::mem::replace(&mut self.source, Source::All { next_seq: 0 }),
+                self.source,
                 self.streams.clone(),
                 self.types.clone(),
             );

@@ -124,3 +124,58 @@ fn filters_by_stream_and_type_and_one_stream_subscriptions() {
     let from = collect(Subscription::all(reader, 50));
     assert_eq!(from.len(), 5, "seqs 50..=60 hold five deposits");
 }
+
+/// `next()` dropped mid-read (as the losing branch of a `select!`, which is how processors
+/// use it) must neither restart the subscription nor skip: every event exactly once, in order.
+#[test]
+fn a_cancelled_next_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let total = varvedb::SUBSCRIPTION_BATCH_EVENTS as u64 * 3 + 11;
+    let batch: Vec<_> = (1..=total).map(deposit).collect();
+    writer
+        .append_batch(4, ExpectedVersion::NoStream, &batch)
+        .unwrap();
+    let rt = runtime();
+    let mut sub = Subscription::all(Reader::<Deposited>::new(storage.clone()), 1);
+    let (seqs, cancelled) = rt.block_on(async {
+        let (mut seqs, mut cancelled) = (Vec::new(), 0u32);
+        let mut round = 0u32;
+        while (seqs.len() as u64) < total {
+            round += 1;
+            assert!(
+                round < 100_000,
+                "the subscription stalled at {} events",
+                seqs.len()
+            );
+            // Each call is first polled once and dropped: a call that has to read is dropped
+            // during its read. Then the same call is let finish.
+            let item = match tokio::select! {
+                biased;
+                item = sub.next() => Some(item),
+                () = std::future::ready(()) => None,
+            } {
+                Some(item) => Some(item),
+                None => {
+                    cancelled += 1;
+                    Some(
+                        tokio::time::timeout(Duration::from_secs(20), sub.next())
+                            .await
+                            .expect("the subscription stalled"),
+                    )
+                }
+            };
+            match item.map(Result::unwrap) {
+                Some(SubscriptionItem::Event(e)) => seqs.push(e.seq),
+                Some(SubscriptionItem::CaughtUp) | None => {}
+            }
+        }
+        (seqs, cancelled)
+    });
+    assert!(
+        cancelled > 0,
+        "no call was cancelled: the test tested nothing"
+    );
+    assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+}
