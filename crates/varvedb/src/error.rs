@@ -405,6 +405,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// An imported event (or the export's header) cannot go into this store as it is: out of
+    /// order, inconsistent with itself, or different from what the store already holds. The
+    /// batch it was in was not written; every batch before it is committed and durable.
+    #[error("cannot import event {seq}: {reason}")]
+    InvalidImport {
+        /// The sequence of the event refused (0 for the export's header).
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// An error reported by LMDB.
     #[error("LMDB error: {0}")]
     Lmdb(LmdbError),

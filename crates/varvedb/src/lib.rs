@@ -184,6 +184,7 @@ extern crate self as varvedb;
 
 mod commit;
 mod config;
+mod dump;
 mod envelope;
 mod error;
 mod event_id;
@@ -202,6 +203,9 @@ mod subscription;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
+pub use dump::{
+    ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer, StoredEvent,
+};
 pub use envelope::{
     AppendOptions, ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX, Event, EventId, EventType, Metadata,
 };

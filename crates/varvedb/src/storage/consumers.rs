@@ -101,7 +101,7 @@ pub(crate) fn unpark(dbs: &Dbs, wtxn: &mut RwTxn<'_>, name: &str, seq: u64) -> R
         .map(drop)
 }
 
-fn parked_of(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<Vec<ParkedEvent>> {
+pub(crate) fn parked_of(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<Vec<ParkedEvent>> {
     let mut prefix = name.as_bytes().to_vec();
     prefix.push(0);
     let mut out = Vec::new();

@@ -35,7 +35,7 @@ pub(crate) const TAG_LEN: usize = 16;
 const PLAIN_FIXED: usize = 16;
 const WRAP_VERSION: u8 = 1;
 const WRAPPED_LEN: usize = 1 + NONCE_LEN + 32 + TAG_LEN;
-const TOMBSTONE: &[u8] = &[0xff];
+pub(crate) const TOMBSTONE: &[u8] = &[0xff];
 const KEY_CHECK: &str = "key_check";
 const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v1";
 const KEY_CHECK_AAD: &[u8] = b"varvedb key check";
@@ -226,6 +226,31 @@ impl Crypto {
                 meta.put(wtxn, KEY_CHECK, &sealed).lmdb()
             }
         }
+    }
+
+    /// The key-check value stored in `meta`, if the store has one.
+    pub(crate) fn key_check(
+        meta: &heed::Database<'static, heed::types::Str, heed::types::Bytes>,
+        txn: &RoTxn<'_>,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(meta.get(txn, KEY_CHECK).lmdb()?.map(<[u8]>::to_vec))
+    }
+
+    /// Records `check` as the store's key-check value (an import into a store that has none).
+    pub(crate) fn put_key_check(
+        meta: &heed::Database<'static, heed::types::Str, heed::types::Bytes>,
+        wtxn: &mut RwTxn<'_>,
+        check: &[u8],
+    ) -> Result<()> {
+        meta.put(wtxn, KEY_CHECK, check).lmdb()
+    }
+
+    /// Whether `check` is a key-check value sealed under this store's master key (false
+    /// without one).
+    pub(crate) fn accepts_check(&self, check: &[u8]) -> bool {
+        self.master().is_some_and(|master| {
+            open_with(&master, KEY_CHECK_AAD, check).is_some_and(|t| t.as_slice() == KEY_CHECK_TEXT)
+        })
     }
 
     /// The key of `stream_id`, from the cache or the keystore.

@@ -291,6 +291,12 @@ impl Storage {
         &self.inner.env
     }
 
+    /// Whether the consumer `name` is a projection with a read model (one this process
+    /// opened, or found at open).
+    pub(crate) fn has_projection(&self, name: &str) -> bool {
+        lock(&self.inner.projections).contains_key(name)
+    }
+
     /// The read-model database of the projection `name` (`projection/<name>`), created if
     /// missing. Under the write lock: no other write transaction, and no resize, meanwhile.
     pub(crate) fn projection_db(&self, name: &str) -> Result<Raw> {
