@@ -475,11 +475,23 @@ impl Importer {
         Ok(())
     }
 
-    /// Writes what is queued, then the consumers of `header` (their positions must be within
-    /// the imported log), and flushes.
+    /// Writes what is queued, checks that the export's events all came (`header.last_seq`),
+    /// then writes the consumers of `header` (their positions within the imported log), and
+    /// flushes.
     pub fn finish(mut self, header: &ExportHeader) -> Result<ImportReport> {
         self.write_pending()?;
         let last = self.next_seq - 1;
+        if last != header.last_seq {
+            return Err(invalid(
+                last.saturating_add(1),
+                format!(
+                    "the export's header announces {} events and {last} came: it is truncated \
+                     or its events do not belong to it (what came is imported; importing the \
+                     whole export again continues after it)",
+                    header.last_seq
+                ),
+            ));
+        }
         for c in &header.consumers {
             consumers::check_name(&c.name)?;
             if c.position > last {

@@ -408,7 +408,7 @@ pub enum Error {
     /// An imported event (or the export's header) cannot go into this store as it is: out of
     /// order, inconsistent with itself, or different from what the store already holds. The
     /// batch it was in was not written; every batch before it is committed and durable.
-    #[error("cannot import event {seq}: {reason}")]
+    #[error("cannot import {}: {reason}", import_subject(*.seq))]
     InvalidImport {
         /// The sequence of the event refused (0 for the export's header).
         seq: u64,
@@ -419,6 +419,15 @@ pub enum Error {
     /// An error reported by LMDB.
     #[error("LMDB error: {0}")]
     Lmdb(LmdbError),
+}
+
+/// What an import error is about: an event, or (sequence 0) the export's header.
+fn import_subject(seq: u64) -> String {
+    if seq == 0 {
+        "the export's header".into()
+    } else {
+        format!("event {seq}")
+    }
 }
 
 /// Whether a failed append was written (see [`Error::written`]).

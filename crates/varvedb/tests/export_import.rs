@@ -262,6 +262,7 @@ fn an_interrupted_import_continues_and_a_foreign_store_is_refused() {
         }
         importer
             .finish(&ExportHeader {
+                last_seq: (events.len() / 2) as u64,
                 consumers: Vec::new(),
                 ..header.clone()
             })
@@ -334,4 +335,21 @@ fn malformed_imports_are_refused_with_the_event_named_and_nothing_of_its_batch_w
     assert!(no_payload.contains("payload"), "{no_payload}");
     let duplicate_id = refuse(&|e| e[1].event_id = e[0].event_id);
     assert!(duplicate_id.contains("event id"), "{duplicate_id}");
+
+    // A truncated export: what came is imported, and the import says it is incomplete.
+    let dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dir.path(), None)).unwrap();
+    let mut importer = dst.importer();
+    importer.begin(&header).unwrap();
+    for e in &events[..events.len() - 1] {
+        importer.push(e.clone()).unwrap();
+    }
+    let err = importer.finish(&header).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    assert_eq!(export(&dst).1.len(), events.len() - 1);
+    assert_eq!(
+        dst.consumer_position("auditor").unwrap(),
+        None,
+        "no consumer moved"
+    );
 }

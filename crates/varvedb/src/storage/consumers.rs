@@ -46,6 +46,16 @@ pub struct ParkedEvent {
     pub reason: String,
 }
 
+impl ParkedEvent {
+    /// A parked event (for an import, which writes them back).
+    pub fn new(seq: u64, reason: impl Into<String>) -> Self {
+        ParkedEvent {
+            seq,
+            reason: reason.into(),
+        }
+    }
+}
+
 pub(crate) fn check_name(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > CONSUMER_NAME_BYTES_MAX || name.contains('\0') {
         return Err(Error::InvalidConfig {

@@ -1,0 +1,388 @@
+//! `varvedb export` and `varvedb import`: a store as JSON lines, and a store rebuilt from them.
+//!
+//! The first line is the header (event types with their ids, wrapped stream keys, the key
+//! check, consumers); then one line per event, in global order, with its whole envelope and
+//! its stored payload in base64. Nothing is decrypted: an encrypted event's payload is its
+//! ciphertext, so an export needs no key and shows no plaintext of an encrypted stream.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use varvedb::{
+    EventId, ExportConsumer, ExportHeader, ExportKey, ExportType, ParkedEvent, Storage,
+    StorageConfig, StoredEvent,
+};
+
+use crate::read::parse_stream;
+
+/// What the header line says the file is.
+const EXPORT_KIND: &str = "varvedb-export";
+/// The version of this line format.
+const EXPORT_VERSION: u32 = 1;
+
+#[derive(Args)]
+pub(crate) struct ExportArgs {
+    /// The file to write; `-` or nothing: standard output.
+    pub(crate) file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct ImportArgs {
+    /// The export to read; `-`: standard input.
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeaderLine {
+    kind: String,
+    export_version: u32,
+    record_format: u32,
+    last_seq: u64,
+    types: Vec<TypeLine>,
+    keys: Vec<KeyLine>,
+    key_check: Option<String>,
+    consumers: Vec<ConsumerLine>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypeLine {
+    id: u32,
+    container: String,
+    name: String,
+    version: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyLine {
+    stream: String,
+    /// The key wrapped by the master key, base64; null: shredded.
+    wrapped: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumerLine {
+    name: String,
+    position: u64,
+    parked: Vec<ParkedLine>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParkedLine {
+    seq: u64,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    seq: u64,
+    stream: String,
+    version: u32,
+    timestamp_ns: u64,
+    #[serde(rename = "type")]
+    type_name: String,
+    container: String,
+    type_version: u16,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    correlation_id: Option<String>,
+    #[serde(default)]
+    causation_id: Option<String>,
+    #[serde(default)]
+    metadata: Vec<(String, String)>,
+    encrypted: bool,
+    blob: bool,
+    /// The stored payload, base64 (null only for a released blob of a shredded stream).
+    payload: Option<String>,
+    /// The 48-byte blob reference of an event whose blob was released, base64.
+    #[serde(default)]
+    blob_ref: Option<String>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn unb64(line: usize, field: &str, text: &str) -> Result<Vec<u8>, String> {
+    B64.decode(text)
+        .map_err(|e| format!("line {line}: {field} is not base64: {e}"))
+}
+
+/// An event id in its UUID form, back to its bits.
+fn parse_event_id(line: usize, field: &str, text: &str) -> Result<EventId, String> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 {
+        return Err(format!("line {line}: {field} {text:?} is not a UUID"));
+    }
+    u128::from_str_radix(&hex, 16)
+        .map(EventId::from_u128)
+        .map_err(|_| format!("line {line}: {field} {text:?} is not a UUID"))
+}
+
+fn header_line(h: &ExportHeader) -> HeaderLine {
+    HeaderLine {
+        kind: EXPORT_KIND.into(),
+        export_version: EXPORT_VERSION,
+        record_format: h.format,
+        last_seq: h.last_seq,
+        types: h
+            .types
+            .iter()
+            .map(|t| TypeLine {
+                id: t.id,
+                container: t.container.clone(),
+                name: t.name.clone(),
+                version: t.version,
+            })
+            .collect(),
+        keys: h
+            .keys
+            .iter()
+            .map(|k| KeyLine {
+                stream: format!("{:#x}", k.stream_id),
+                wrapped: k.wrapped.as_deref().map(b64),
+            })
+            .collect(),
+        key_check: h.key_check.as_deref().map(b64),
+        consumers: h
+            .consumers
+            .iter()
+            .map(|c| ConsumerLine {
+                name: c.name.clone(),
+                position: c.position,
+                parked: c
+                    .parked
+                    .iter()
+                    .map(|p| ParkedLine {
+                        seq: p.seq,
+                        reason: p.reason.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn header_of(line: usize, h: HeaderLine) -> Result<ExportHeader, String> {
+    if h.kind != EXPORT_KIND || h.export_version != EXPORT_VERSION {
+        return Err(format!(
+            "line {line}: not a varvedb export of version {EXPORT_VERSION} (kind {:?}, version {})",
+            h.kind, h.export_version
+        ));
+    }
+    let mut keys = Vec::with_capacity(h.keys.len());
+    for k in h.keys {
+        keys.push(ExportKey {
+            stream_id: parse_stream(&k.stream).map_err(|e| format!("line {line}: {e}"))?,
+            wrapped: k
+                .wrapped
+                .map(|w| unb64(line, "a wrapped key", &w))
+                .transpose()?,
+        });
+    }
+    Ok(ExportHeader {
+        format: h.record_format,
+        last_seq: h.last_seq,
+        types: h
+            .types
+            .into_iter()
+            .map(|t| ExportType {
+                id: t.id,
+                container: t.container,
+                name: t.name,
+                version: t.version,
+            })
+            .collect(),
+        keys,
+        key_check: h
+            .key_check
+            .map(|c| unb64(line, "key_check", &c))
+            .transpose()?,
+        consumers: h
+            .consumers
+            .into_iter()
+            .map(|c| ExportConsumer {
+                name: c.name,
+                position: c.position,
+                parked: c
+                    .parked
+                    .into_iter()
+                    .map(|p| ParkedEvent::new(p.seq, p.reason))
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+fn event_line(e: &StoredEvent) -> EventLine {
+    let id = |id: Option<EventId>| id.map(|i| i.to_string());
+    EventLine {
+        seq: e.seq,
+        stream: format!("{:#x}", e.stream_id),
+        version: e.version,
+        timestamp_ns: e.timestamp_ns,
+        type_name: e.type_name.clone(),
+        container: e.type_container.clone(),
+        type_version: e.type_version,
+        event_id: id(e.event_id),
+        correlation_id: id(e.correlation_id),
+        causation_id: id(e.causation_id),
+        metadata: e.metadata.clone(),
+        encrypted: e.encrypted,
+        blob: e.blob,
+        payload: e.payload.as_deref().map(b64),
+        blob_ref: e.blob_ref.as_deref().map(b64),
+    }
+}
+
+fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
+    let id =
+        |field: &str, v: Option<String>| v.map(|v| parse_event_id(line, field, &v)).transpose();
+    Ok(StoredEvent {
+        seq: e.seq,
+        stream_id: parse_stream(&e.stream).map_err(|err| format!("line {line}: {err}"))?,
+        version: e.version,
+        timestamp_ns: e.timestamp_ns,
+        type_container: e.container,
+        type_name: e.type_name,
+        type_version: e.type_version,
+        event_id: id("event_id", e.event_id)?,
+        correlation_id: id("correlation_id", e.correlation_id)?,
+        causation_id: id("causation_id", e.causation_id)?,
+        metadata: e.metadata,
+        encrypted: e.encrypted,
+        blob: e.blob,
+        payload: e.payload.map(|p| unb64(line, "payload", &p)).transpose()?,
+        blob_ref: e
+            .blob_ref
+            .map(|r| unb64(line, "blob_ref", &r))
+            .transpose()?,
+    })
+}
+
+fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
+    // indicatif draws on stderr only when it is a terminal: quiet in pipes and files.
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Writes the store as JSON lines to `args.file` (or standard output).
+pub(crate) fn export(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    args: &ExportArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open()?;
+    let to_stdout = args.file.as_deref().is_none_or(|f| f == Path::new("-"));
+    let sink: Box<dyn Write> = match &args.file {
+        Some(path) if !to_stdout => Box::new(File::create_new(path).map_err(|e| {
+            format!(
+                "{}: {e} (an export never overwrites a file)",
+                path.display()
+            )
+        })?),
+        _ => Box::new(std::io::stdout().lock()),
+    };
+    let mut out = BufWriter::with_capacity(1 << 20, sink);
+    let txn = storage.read_txn()?;
+    let header = storage.export_header(&txn)?;
+    serde_json::to_writer(&mut out, &header_line(&header))?;
+    out.write_all(b"\n")?;
+    let progress = bar(
+        header.last_seq,
+        "export [{bar:30}] {pos}/{len} events ({percent}%) {elapsed}",
+    );
+    let mut n = 0u64;
+    for event in storage.export_events(&txn, 1) {
+        let event = event?;
+        serde_json::to_writer(&mut out, &event_line(&event))?;
+        out.write_all(b"\n")?;
+        n += 1;
+        if n.is_multiple_of(4096) {
+            progress.set_position(n);
+        }
+    }
+    out.flush()?;
+    progress.finish_and_clear();
+    if !to_stdout {
+        // The file is complete only once it is on disk.
+        out.into_inner().map_err(|e| e.into_error())?.flush()?;
+        if let Some(path) = &args.file {
+            File::open(path)?.sync_all()?;
+            eprintln!(
+                "varvedb: exported {n} events and {} consumers to {}",
+                header.consumers.len(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads an export and writes it into the store at `path` (created if missing).
+pub(crate) fn import(
+    path: &Path,
+    master_key: Option<[u8; 32]>,
+    args: &ImportArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (source, len): (Box<dyn Read>, u64) = if args.file == Path::new("-") {
+        (Box::new(std::io::stdin().lock()), 0)
+    } else {
+        let file = File::open(&args.file).map_err(|e| format!("{}: {e}", args.file.display()))?;
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(file), len)
+    };
+    let progress = bar(
+        len,
+        "import [{bar:30}] {bytes}/{total_bytes} ({percent}%) {elapsed}",
+    );
+    let mut lines = BufReader::with_capacity(1 << 20, progress.wrap_read(source)).lines();
+    let first = lines
+        .next()
+        .ok_or("the export is empty: no header line")??;
+    let header: HeaderLine = serde_json::from_str(&first)
+        .map_err(|e| format!("line 1: not a varvedb export header: {e}"))?;
+    let header = header_of(1, header)?;
+    let storage = Storage::open(StorageConfig {
+        path: path.into(),
+        master_key,
+        ..Default::default()
+    })?;
+    let mut importer = storage.importer();
+    importer.begin(&header)?;
+    for (i, line) in lines.enumerate() {
+        let number = i + 2;
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: EventLine =
+            serde_json::from_str(&line).map_err(|e| format!("line {number}: not an event: {e}"))?;
+        importer.push(event_of(number, event)?)?;
+    }
+    let report = importer.finish(&header)?;
+    progress.finish_and_clear();
+    println!(
+        "imported {} events ({} already there) and {} consumers into {}",
+        report.imported,
+        report.already_present,
+        report.consumers,
+        storage.path().display()
+    );
+    Ok(())
+}
