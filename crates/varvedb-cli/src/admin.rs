@@ -120,6 +120,13 @@ pub(crate) enum ConsumersCommand {
         /// The consumer.
         name: String,
     },
+    /// Asks a consumer's processor to hand its parked events to its handler again (after a
+    /// fix): a running processor does it within its poll interval, a stopped one when it next
+    /// starts. Those its handler takes leave the parked list; the cursor does not move.
+    Replay {
+        /// The consumer.
+        name: String,
+    },
 }
 
 /// Runs a `consumers` command. Returns false when the consumer named does not exist.
@@ -166,6 +173,19 @@ pub(crate) fn consumers(
             }
             for p in storage.parked_events(name)? {
                 println!("{:>12}  {}", p.seq, p.reason);
+            }
+        }
+        ConsumersCommand::Replay { name } => {
+            if !known(&storage, name)? {
+                eprintln!("varvedb: no consumer named {name:?}");
+                return Ok(false);
+            }
+            match storage.request_parked_replay(name)? {
+                0 => println!("consumer {name} has no parked events"),
+                n => println!(
+                    "replay of {n} parked events asked of consumer {name}: its processor hands \
+                     them to its handler again (at once if it runs, else when it starts)"
+                ),
             }
         }
     }

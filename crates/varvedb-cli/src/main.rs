@@ -109,7 +109,8 @@ enum Command {
     /// Example: varvedb streams --limit 20 --type OrderPlaced
     Streams(admin::StreamsArgs),
     /// Lists consumers (processors' cursors) with their lag; resets or deletes one; lists the
-    /// events one parked. Exits 1 when the consumer named does not exist.
+    /// events one parked, or asks its processor to replay them. Exits 1 when the consumer
+    /// named does not exist.
     ///
     /// Example: varvedb consumers reset billing --to 0
     Consumers {

@@ -819,3 +819,50 @@ fn key_file(dir: &tempfile::TempDir) -> String {
     std::fs::write(&path, "07".repeat(32)).unwrap();
     path.to_str().unwrap().to_owned()
 }
+
+#[test]
+fn consumers_parked_and_replay_of_an_imported_consumer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", s, "demo"]);
+    assert!(ok, "{stderr}");
+    let export = dir.path().join("e.jsonl");
+    let (ok, _, stderr) = varvedb(&["--path", s, "export", export.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    // The export's consumer gets a parked event, as a processor would have left it.
+    let text = std::fs::read_to_string(&export).unwrap();
+    let (header, events) = text.split_once('\n').unwrap();
+    let mut header: serde_json::Value = serde_json::from_str(header).unwrap();
+    let consumer = &mut header["consumers"][0];
+    let name = consumer["name"].as_str().unwrap().to_owned();
+    consumer["parked"] = serde_json::json!([{"seq": 3, "reason": "the ledger was down"}]);
+    std::fs::write(&export, format!("{header}\n{events}")).unwrap();
+    let restored = dir.path().join("restored");
+    let r = restored.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", r, "import", export.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+
+    let (ok, stdout, stderr) = varvedb(&["--path", r, "consumers", "parked", &name]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("3  the ledger was down"), "{stdout}");
+    let (ok, stdout, stderr) = varvedb(&["--path", r, "consumers", "replay", &name]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("replay of 1 parked events asked"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = varvedb(&["--path", r, "consumers"]);
+    let row = stdout.lines().find(|l| l.starts_with(&name)).unwrap();
+    assert!(row.trim_end().ends_with(" 1"), "one parked: {stdout}");
+    // An unknown consumer: exit 1.
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", r, "consumers", "replay", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let (ok, _, _) = varvedb(&["--path", r, "consumers", "delete", &name]);
+    assert!(ok);
+    let (_, stdout, _) = varvedb(&["--path", r, "consumers", "parked", &name]);
+    assert!(stdout.is_empty());
+}

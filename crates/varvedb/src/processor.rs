@@ -190,6 +190,11 @@ where
         let mut failure = None;
         {
             let txn = storage.read_txn()?;
+            if storage::consumers::replay_requested(storage.dbs(), txn.raw(), &self.name)? {
+                drop(txn);
+                self.replay_parked()?;
+                return Ok(Batch::More);
+            }
             let opened = Instant::now();
             let held_max = Duration::from_millis(self.options.snapshot_ms_max);
             for (taken, item) in self.reader.read_all(&txn, self.position + 1).enumerate() {
@@ -272,6 +277,41 @@ where
         }
     }
 
+    /// Hands the parked events to the handler again, in seq order; those it takes leave the
+    /// parked list, in one transaction that also withdraws any replay request. The cursor does
+    /// not move. Returns how many were taken.
+    fn replay_parked(&mut self) -> Result<u64> {
+        let storage = self.storage().clone();
+        let parked = storage.parked_events(&self.name)?;
+        let mut taken = Vec::new();
+        {
+            let txn = storage.read_txn()?;
+            for p in parked {
+                let event = match self.reader.get(&txn, p.seq) {
+                    Ok(Some(event)) => event,
+                    // Gone, or shredded since: it stays parked.
+                    Ok(None) | Err(Error::Shredded { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                match self.handler.handle(&event) {
+                    Ok(()) => taken.push(p.seq),
+                    Err(_) => {
+                        self.counters.handler_errors.inc();
+                    }
+                }
+            }
+        }
+        let name = self.name.clone();
+        storage.write(storage.resize_wait(), |wtxn, dbs| {
+            for seq in &taken {
+                storage::consumers::unpark(dbs, wtxn, &name, *seq)?;
+            }
+            storage::consumers::clear_replay(dbs, wtxn, &name)?;
+            Ok(((), true))
+        })?;
+        Ok(taken.len() as u64)
+    }
+
     /// Writes the position (and parks `parked`) in one transaction.
     fn checkpoint(&mut self, parked: &[(u64, String)]) -> Result<()> {
         let (name, position) = (self.name.clone(), self.position);
@@ -295,6 +335,70 @@ fn handler_failed(name: &str, seq: u64, e: &(dyn std::error::Error + Send + Sync
         seq,
         reason: e.to_string(),
     }
+}
+
+/// If someone asked (`consumers replay`), hands the consumer's parked events to an async
+/// handler again, in seq order; those it takes leave the parked list, in one transaction that
+/// withdraws the request.
+async fn replay_if_requested<E, H>(
+    reader: &Reader<E>,
+    name: &str,
+    handler: &mut H,
+    counters: &ConsumerCounters,
+) -> Result<()>
+where
+    E: ValidateEvent + Event + Send + 'static,
+    H: AsyncEventHandler<E>,
+{
+    let (for_read, owned_name) = (reader.clone(), name.to_owned());
+    let parked =
+        tokio::task::spawn_blocking(move || -> Result<Option<Vec<crate::OwnedEvent<E>>>> {
+            let reader = for_read;
+            let storage = reader.storage().clone();
+            let txn = storage.read_txn()?;
+            if !storage::consumers::replay_requested(storage.dbs(), txn.raw(), &owned_name)? {
+                return Ok(None);
+            }
+            let mut events = Vec::new();
+            for p in storage.parked_events(&owned_name)? {
+                match reader.get(&txn, p.seq) {
+                    Ok(Some(event)) => events.push(crate::subscription::owned(&event)),
+                    Ok(None) | Err(Error::Shredded { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Some(events))
+        })
+        .await
+        .map_err(|e| Error::TaskFailed {
+            reason: format!("the processor's blocking task: {e}"),
+        })??;
+    let Some(parked) = parked else {
+        return Ok(());
+    };
+    let mut taken = Vec::new();
+    for event in &parked {
+        match handler.handle(event).await {
+            Ok(()) => taken.push(event.seq),
+            Err(_) => {
+                counters.handler_errors.inc();
+            }
+        }
+    }
+    let (storage, name) = (reader.storage().clone(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        storage.write(storage.resize_wait(), |wtxn, dbs| {
+            for seq in &taken {
+                storage::consumers::unpark(dbs, wtxn, &name, *seq)?;
+            }
+            storage::consumers::clear_replay(dbs, wtxn, &name)?;
+            Ok(((), true))
+        })
+    })
+    .await
+    .map_err(|e| Error::TaskFailed {
+        reason: format!("the processor's blocking task: {e}"),
+    })?
 }
 
 /// Runs `f` on tokio's blocking pool, handing the state over and back.
@@ -445,42 +549,26 @@ where
             rx,
             options,
         } = self;
-        let state = (reader, handler, name);
-        let (state, taken) = blocking(state, |(reader, handler, name)| {
-            let storage = reader.storage().clone();
-            let parked = storage.parked_events(name)?;
-            let mut taken = Vec::new();
-            {
-                let txn = storage.read_txn()?;
-                for p in parked {
-                    let Some(event) = reader.get(&txn, p.seq)? else {
-                        continue;
-                    };
-                    if handler.handle(&event).is_ok() {
-                        taken.push(p.seq);
-                    }
-                }
-            }
-            let n = taken.len() as u64;
-            if !taken.is_empty() {
-                storage.write(storage.resize_wait(), |wtxn, dbs| {
-                    for seq in &taken {
-                        storage::consumers::unpark(dbs, wtxn, name, *seq)?;
-                    }
-                    Ok(((), true))
-                })?;
-            }
-            Ok(n)
-        })
-        .await?;
-        let (reader, handler, name) = state;
+        let counters = reader.storage().metrics().consumer(&name);
+        let state = State {
+            reader,
+            handler,
+            name,
+            options,
+            position: 0,
+            checkpointed: 0,
+            last_checkpoint: Instant::now(),
+            retrying: None,
+            counters,
+        };
+        let (state, taken) = blocking(state, State::replay_parked).await?;
         Ok((
             Processor {
-                reader,
-                handler,
-                name,
+                reader: state.reader,
+                handler: state.handler,
+                name: state.name,
                 rx,
-                options,
+                options: state.options,
             },
             taken?,
         ))
@@ -627,6 +715,11 @@ where
                 .unwrap_or(0)
         };
         let counters = storage.metrics().consumer(&name);
+        let parked_reader = reader.clone();
+        // How often an idle processor looks for a replay request (`consumers replay`).
+        let mut replay_poll =
+            tokio::time::interval(Duration::from_millis(options.poll_interval_ms.max(1)));
+        replay_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut subscription = crate::Subscription::all(reader, position + 1)
             .poll_interval(Duration::from_millis(options.poll_interval_ms));
         let (mut position, mut checkpointed, mut last) = (position, position, Instant::now());
@@ -654,6 +747,10 @@ where
                     continue;
                 }
                 item = subscription.next() => item?,
+                _ = replay_poll.tick() => {
+                    replay_if_requested(&parked_reader, &name, &mut handler, &counters).await?;
+                    continue;
+                }
             };
             let event = match item {
                 crate::SubscriptionItem::Event(event) => event,

@@ -316,7 +316,7 @@ fn read<E: ValidateEvent + Event>(
 }
 
 /// Copies an event out of the map with its envelope.
-fn owned<E: ValidateEvent + Event>(e: &crate::EventRef<'_, E>) -> OwnedEvent<E> {
+pub(crate) fn owned<E: ValidateEvent + Event>(e: &crate::EventRef<'_, E>) -> OwnedEvent<E> {
     let mut payload = AlignedVec::<16>::with_capacity(e.payload_bytes().len());
     payload.extend_from_slice(e.payload_bytes());
     OwnedEvent {

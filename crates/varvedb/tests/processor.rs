@@ -750,3 +750,148 @@ fn park_alone_parks_at_once_and_goes_on() {
         [2]
     );
 }
+
+/// Waits (polling) until `done` holds, at most 10 s.
+fn wait_for(rt: &tokio::runtime::Runtime, done: impl Fn() -> bool) -> bool {
+    rt.block_on(async {
+        for _ in 0..2000 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        done()
+    })
+}
+
+#[test]
+fn a_replay_request_reaches_a_running_processor_and_takes_its_parked_events() {
+    let (_dir, storage) = filled(10);
+    let rt = runtime();
+    let fail = Arc::new(Mutex::new([(4u64, u32::MAX)].into_iter().collect()));
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Flaky {
+            fail: Arc::clone(&fail),
+            seen: Vec::new(),
+        },
+        "requested",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::Park,
+        poll_interval_ms: 10,
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    assert!(wait_for(&rt, || storage
+        .parked_events("requested")
+        .unwrap()
+        .len()
+        == 1));
+    assert!(wait_for(&rt, || storage
+        .consumer_position("requested")
+        .unwrap()
+        == Some(10)));
+
+    // Still failing: the replay leaves it parked, and the request is withdrawn.
+    assert_eq!(storage.request_parked_replay("requested").unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(storage.parked_events("requested").unwrap().len(), 1);
+    // Fixed: the next request takes it, while the processor idles; the cursor stays.
+    fail.lock().unwrap().clear();
+    assert_eq!(storage.request_parked_replay("requested").unwrap(), 1);
+    assert!(wait_for(&rt, || storage
+        .parked_events("requested")
+        .unwrap()
+        .is_empty()));
+    assert_eq!(storage.request_parked_replay("requested").unwrap(), 0);
+    stop.send(()).unwrap();
+    let h = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(h.seen, [1, 2, 3, 5, 6, 7, 8, 9, 10, 4]);
+    assert_eq!(storage.consumer_position("requested").unwrap(), Some(10));
+}
+
+#[test]
+fn a_stopped_processor_replays_on_its_next_start_and_an_async_one_while_idle() {
+    let (_dir, storage) = filled(6);
+    let rt = runtime();
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[(2, u32::MAX)]),
+        "later",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::Park,
+        ..Default::default()
+    });
+    run_to(&rt, &storage, p, "later", 6);
+    assert_eq!(storage.request_parked_replay("later").unwrap(), 1);
+    let p = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        flaky(&[]),
+        "later",
+        storage.subscribe(),
+    );
+    let h = run_to(&rt, &storage, p, "later", 6);
+    assert!(storage.parked_events("later").unwrap().is_empty());
+    assert_eq!(
+        h.seen,
+        [2],
+        "only the parked event, the cursor was at the head"
+    );
+
+    // The async processor.
+    struct Picky {
+        refuse: Arc<Mutex<Option<u64>>>,
+        seqs: Vec<u64>,
+    }
+    impl varvedb::AsyncEventHandler<Deposited> for Picky {
+        async fn handle(
+            &mut self,
+            event: &varvedb::OwnedEvent<Deposited>,
+        ) -> Result<(), HandlerError> {
+            if *self.refuse.lock().unwrap() == Some(event.seq) {
+                return Err("refused".into());
+            }
+            self.seqs.push(event.seq);
+            Ok(())
+        }
+    }
+    let refuse = Arc::new(Mutex::new(Some(5)));
+    let p = varvedb::AsyncProcessor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Picky {
+            refuse: Arc::clone(&refuse),
+            seqs: Vec::new(),
+        },
+        "async-picky",
+    )
+    .with_options(ProcessorOptions {
+        on_error: OnError::Park,
+        poll_interval_ms: 10,
+        ..Default::default()
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(p.run_until(async move {
+        let _ = stopped.await;
+    }));
+    assert!(wait_for(&rt, || storage
+        .parked_events("async-picky")
+        .unwrap()
+        .len()
+        == 1));
+    *refuse.lock().unwrap() = None;
+    assert_eq!(storage.request_parked_replay("async-picky").unwrap(), 1);
+    assert!(wait_for(&rt, || storage
+        .parked_events("async-picky")
+        .unwrap()
+        .is_empty()));
+    stop.send(()).unwrap();
+    let h = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(h.seqs, [1, 2, 3, 4, 6, 5]);
+}

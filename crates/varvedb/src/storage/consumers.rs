@@ -131,6 +131,22 @@ pub(crate) fn parked_of(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<Vec<Pa
     Ok(out)
 }
 
+/// The `meta` key that asks the processor `name` to replay its parked events.
+fn replay_key(name: &str) -> String {
+    format!("replay_parked/{name}")
+}
+
+/// Whether someone asked the processor `name` to hand its parked events to its handler again
+/// ([`Storage::request_parked_replay`]).
+pub(crate) fn replay_requested(dbs: &Dbs, txn: &RoTxn<'_>, name: &str) -> Result<bool> {
+    Ok(dbs.meta.get(txn, &replay_key(name)).lmdb()?.is_some())
+}
+
+/// Withdraws the request (the processor took it).
+pub(crate) fn clear_replay(dbs: &Dbs, wtxn: &mut RwTxn<'_>, name: &str) -> Result<()> {
+    dbs.meta.delete(wtxn, &replay_key(name)).lmdb().map(drop)
+}
+
 impl Storage {
     /// The seq of the last event the consumer `name` handled; `None` if it never checkpointed.
     pub fn consumer_position(&self, name: &str) -> Result<Option<u64>> {
@@ -204,7 +220,25 @@ impl Storage {
             for seq in &parked {
                 unpark(dbs, wtxn, name, *seq)?;
             }
+            clear_replay(dbs, wtxn, name)?;
             Ok((existed || !parked.is_empty(), true))
+        })
+    }
+
+    /// Asks the processor `name` to hand its parked events to its handler again, in seq order
+    /// (`varvedb consumers replay`): a running processor does it within its poll interval, a
+    /// stopped one when it next starts. Each event its handler then takes leaves the parked
+    /// list; one that fails again stays. The cursor does not move. Returns the events parked
+    /// now; with none, nothing is asked.
+    pub fn request_parked_replay(&self, name: &str) -> Result<u64> {
+        check_name(name)?;
+        self.write(self.resize_wait(), |wtxn, dbs| {
+            let parked = parked_of(dbs, wtxn, name)?.len() as u64;
+            if parked == 0 {
+                return Ok((0, false));
+            }
+            dbs.meta.put(wtxn, &replay_key(name), &[1]).lmdb()?;
+            Ok((parked, true))
         })
     }
 }
