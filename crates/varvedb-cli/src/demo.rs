@@ -1,5 +1,6 @@
-//! `varvedb demo`: a bank account, an idempotent retry, two clerks racing, a conflict and a
-//! retry.
+//! `varvedb demo`: a customer's personal data in an encrypted stream, forgotten by shredding
+//! its key; then a bank account, an idempotent retry, two clerks racing, a conflict and a
+//! retry, a processor's projection, and the run's metrics.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -56,24 +57,90 @@ fn balance(reader: &Reader<Account>, storage: &Storage, account: u128) -> Result
     Ok((cents, version))
 }
 
+/// A customer's personal data, kept in an encrypted stream of its own so that it can be
+/// forgotten (crypto-shredding) while the account's history stays.
+#[derive(Archive, Serialize, Deserialize, Debug, varvedb::Event)]
+struct CustomerProfile {
+    name: String,
+    email: String,
+}
+
+/// The demo's master key. A real application keeps its key out of the code and out of the
+/// store's directory (a secrets manager, a key file readable by its user only).
+const DEMO_MASTER_KEY: [u8; 32] = *b"varvedb demo key, never use it!!";
+
+/// Opens the store with encryption on, writes a customer profile to a new (so encrypted)
+/// stream, reads it back, shreds the stream and shows that it is gone for good.
+fn forget_a_customer(path: &Path, stream: u128) -> Result<()> {
+    let storage = match Storage::open(StorageConfig {
+        path: path.into(),
+        encryption_enabled: true,
+        master_key: Some(DEMO_MASTER_KEY),
+        ..Default::default()
+    }) {
+        Err(Error::WrongMasterKey) => {
+            println!("(this store has a master key of its own: the encryption part is skipped)");
+            return Ok(());
+        }
+        other => other?,
+    };
+    let writer = Writer::<CustomerProfile>::new(storage.clone());
+    let reader = Reader::<CustomerProfile>::new(storage.clone());
+    let profile = CustomerProfile {
+        name: "Ada Lovelace".into(),
+        email: "ada@example.org".into(),
+    };
+    let a = writer.append(stream, ExpectedVersion::NoStream, &profile)?;
+    println!(
+        "customer stream {stream:032x}: encrypted under a key of its own (AES-256-GCM), v{} seq {}",
+        a.version, a.seq
+    );
+    {
+        let txn = storage.read_txn()?;
+        if let Some(p) = reader.get_by_version(&txn, stream, 1)? {
+            println!("  reads back, decrypted: {} <{}>", p.name, p.email);
+        }
+    }
+    let report = storage.shred_stream(stream)?;
+    println!(
+        "  Ada asks to be forgotten: the stream's key is deleted ({} event unreadable for good)",
+        report.events
+    );
+    let txn = storage.read_txn()?;
+    match reader.get_by_version(&txn, stream, 1) {
+        Err(e @ Error::Shredded { .. }) => println!("  reading it now: {e}"),
+        other => {
+            return Err(Error::InvalidStore {
+                path: path.into(),
+                reason: format!("expected the shredded event to be unreadable, got {other:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn money(cents: i128) -> String {
     format!("{}.{:02}", cents / 100, (cents % 100).abs())
 }
 
 pub(crate) fn run(path: &Path) -> Result<()> {
+    // Fresh streams per run, so the demo can run again on the same store.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let account = (nanos ^ (u128::from(std::process::id()) << 64)) % (u128::MAX - 2) + 1;
+    println!("store: {}", path.display());
+    // First the encrypted part, with the store opened with a master key: every stream it
+    // creates is encrypted. The account's streams below are created by an open without
+    // encryption, so they stay plaintext and read without the key.
+    forget_a_customer(path, account + 1)?;
+
     let storage = Storage::open(StorageConfig {
         path: path.into(),
         ..Default::default()
     })?;
     let writer = Writer::<Account>::new(storage.clone());
     let reader = Reader::<Account>::new(storage.clone());
-    println!("store: {}", storage.path().display());
-
-    // A fresh account stream per run, so the demo can run again on the same store.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let account = (nanos ^ (u128::from(std::process::id()) << 64)) % (u128::MAX - 1);
     println!("account stream {account:032x}");
 
     let a = writer.append(

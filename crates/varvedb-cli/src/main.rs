@@ -132,6 +132,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Like every Unix tool: output into a closed pipe (`varvedb read | head`) ends the process
+    // quietly, instead of `println!` panicking on EPIPE. Rust starts programs with SIGPIPE
+    // ignored; this restores the default.
+    // SAFETY: called first thing in `main`, before any other thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let key = match cli.key_file.as_deref().map(read_key).transpose() {
         Ok(key) => key,

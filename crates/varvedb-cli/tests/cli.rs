@@ -42,10 +42,20 @@ fn demo_runs_twice_and_stats_counts_it() {
             stdout.contains(": balance 20.75 after 7 events of the account"),
             "the projection:\n{stdout}"
         );
+        // The customer's encrypted stream, read back and then shredded.
+        assert!(
+            stdout.contains("reads back, decrypted: Ada Lovelace <ada@example.org>"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("reading it now: ") && stdout.contains("which was shredded"),
+            "{stdout}"
+        );
         assert!(
             stdout.contains(&format!(
-                "store now holds {} events in {run} streams",
-                7 * run
+                "store now holds {} events in {} streams",
+                8 * run,
+                2 * run
             )),
             "{stdout}"
         );
@@ -58,15 +68,15 @@ fn demo_runs_twice_and_stats_counts_it() {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap()))
             .unwrap_or_else(|| panic!("no {name} in {stdout}"))
     };
-    assert_eq!(field("events"), 14);
+    assert_eq!(field("events"), 16);
     // The demo's projections are consumers, listed with their lag.
     assert_eq!(
         stdout.matches("consumer    demo-balance-").count(),
         2,
         "{stdout}"
     );
-    assert_eq!(field("streams"), 2);
-    assert_eq!(field("last seq"), 14);
+    assert_eq!(field("streams"), 4);
+    assert_eq!(field("last seq"), 16);
     assert!(field("log bytes") > 0 && field("file bytes") > 0);
 }
 
@@ -209,20 +219,22 @@ fn read_prints_the_envelope_as_text_and_json() {
     let (ok, stdout, stderr) = varvedb(&["--path", store, "read", "--json"]);
     assert!(ok, "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 7, "{stdout}");
+    assert_eq!(lines.len(), 8, "{stdout}");
+    // The customer's shredded profile, then the account.
     assert!(lines[0].starts_with("{\"seq\":1,"), "{}", lines[0]);
-    assert!(lines[0].contains("\"type\":\"Opened\""), "{}", lines[0]);
+    assert!(lines[0].contains("\"shredded\":true"), "{}", lines[0]);
+    assert!(lines[1].contains("\"type\":\"Opened\""), "{}", lines[1]);
     assert!(
-        lines[1].contains("\"metadata\":[[\"clerk\",\"payroll\"]]"),
+        lines[2].contains("\"metadata\":[[\"clerk\",\"payroll\"]]"),
         "{}",
-        lines[1]
+        lines[2]
     );
-    assert!(lines[1].contains("\"event_id\":\""), "{}", lines[1]);
+    assert!(lines[2].contains("\"event_id\":\""), "{}", lines[2]);
 
-    let (ok, stdout, _) = varvedb(&["--path", store, "read", "--seq", "2"]);
+    let (ok, stdout, _) = varvedb(&["--path", store, "read", "--seq", "3"]);
     assert!(ok);
     assert!(
-        stdout.starts_with("seq 2 ")
+        stdout.starts_with("seq 3 ")
             && stdout.contains("Account::Deposited v1")
             && stdout.contains("clerk=\"payroll\""),
         "{stdout}"
@@ -397,7 +409,7 @@ fn metrics_prints_once_and_serves_over_http() {
 
     let (ok, stdout, stderr) = varvedb(&["--path", store, "metrics"]);
     assert!(ok, "{stderr}");
-    assert_eq!(metric(&stdout, "varvedb_events"), 7.0);
+    assert_eq!(metric(&stdout, "varvedb_events"), 8.0);
     assert!(stdout.contains("varvedb_consumer_lag_events{consumer=\"demo-balance-"));
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_varvedb"))
@@ -425,7 +437,7 @@ fn metrics_prints_once_and_serves_over_http() {
         head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
         "{head}"
     );
-    assert_eq!(metric(body, "varvedb_events"), 7.0);
+    assert_eq!(metric(body, "varvedb_events"), 8.0);
 }
 
 #[test]
@@ -502,7 +514,7 @@ fn consumers_list_reset_park_and_delete() {
         .split_whitespace()
         .collect();
     assert_eq!(row[1], "0", "{stdout}");
-    assert_eq!(row[3], "7", "the lag after the reset: {stdout}");
+    assert_eq!(row[3], "8", "the lag after the reset: {stdout}");
     let (ok, stdout, stderr) = varvedb(&["--path", store, "consumers", "parked", &name]);
     assert!(ok, "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
@@ -544,7 +556,7 @@ fn tail_prints_the_last_events_and_follows_appends_of_another_process() {
         .lines()
         .map(|l| l.split_whitespace().nth(1).unwrap())
         .collect();
-    assert_eq!(seqs, ["5", "6", "7"], "{stdout}");
+    assert_eq!(seqs, ["6", "7", "8"], "{stdout}");
     let (ok, stdout, _) = varvedb(&["--path", store, "tail", "--type", "Opened", "--json"]);
     assert!(ok);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
@@ -558,12 +570,12 @@ fn tail_prints_the_last_events_and_follows_appends_of_another_process() {
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     // It follows once it printed the last event.
     let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("seq 7 "), "{first}");
-    // Another process appends 7 more events.
+    assert!(first.starts_with("seq 8 "), "{first}");
+    // Another process appends 8 more events.
     let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
     assert!(ok, "{stderr}");
     let mut seen = Vec::new();
-    while seen.len() < 7 {
+    while seen.len() < 8 {
         let line = lines.next().unwrap().unwrap();
         seen.push(
             line.split_whitespace()
@@ -575,7 +587,7 @@ fn tail_prints_the_last_events_and_follows_appends_of_another_process() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(seen, (8..=14).collect::<Vec<_>>());
+    assert_eq!(seen, (9..=16).collect::<Vec<_>>());
 }
 
 #[test]
@@ -865,4 +877,29 @@ fn consumers_parked_and_replay_of_an_imported_consumer() {
     assert!(ok);
     let (_, stdout, _) = varvedb(&["--path", r, "consumers", "parked", &name]);
     assert!(stdout.is_empty());
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    for _ in 0..3 {
+        let (ok, _, stderr) = varvedb(&["--path", s, "demo"]);
+        assert!(ok, "{stderr}");
+    }
+    // `varvedb read | head -1`: the reader closes the pipe after one line.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", s, "read", "--from-seq", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
