@@ -478,13 +478,63 @@ fn concurrency_note(concurrency: Option<Concurrency>) -> Option<String> {
     }
 }
 
+/// The harness's progress: a bar on stderr when it is a terminal (indicatif draws nothing
+/// otherwise), and one log line per step either way.
+struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    fn new(steps: u64) -> Progress {
+        let bar = indicatif::ProgressBar::new(steps);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "bench [{bar:30}] {pos}/{len} {elapsed} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Progress(bar)
+    }
+
+    /// Starts a step: logs it above the bar.
+    fn start(&self, what: String) {
+        self.0.suspend(|| eprintln!("varvedb-bench: {what}"));
+        self.0.set_message(what);
+    }
+
+    fn done(&self) {
+        self.0.inc(1);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
 /// Runs everything; returns the rows of the table.
 pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
     let mut rows: Vec<Row> = Vec::new();
     let workloads = write_workloads(o);
     let wanted = |id: &str| o.only.is_empty() || o.only.iter().any(|w| w == id);
+    let latency_wanted = ["g_p50", "g_p99", "g_p999"].iter().any(|g| wanted(g));
+    let steps = workloads
+        .iter()
+        .filter(|(id, _, _)| wanted(id) || (*id == "b_hot" && latency_wanted))
+        .count()
+        + [
+            "h10k_scan",
+            "h1m_scan",
+            "h_dedup",
+            "d_scan",
+            "e_point",
+            "f_stream",
+        ]
+        .iter()
+        .filter(|id| wanted(id))
+        .count();
+    let progress = Progress::new((steps * o.peers.len()) as u64);
     for (id, title, f) in &workloads {
-        let latency_wanted = ["g_p50", "g_p99", "g_p999"].iter().any(|g| wanted(g));
         if !(wanted(id) || (*id == "b_hot" && latency_wanted)) {
             continue;
         }
@@ -499,8 +549,9 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             Vec::new()
         };
         for peer in &o.peers {
-            eprintln!("varvedb-bench: {title}: {peer}");
+            progress.start(format!("{title}: {peer}"));
             let runs = measure(o, peer, id, |s| f(s, o), None)?;
+            progress.done();
             // How a peer takes concurrent appends only matters for the concurrent rows.
             let concurrency = runs.concurrency.filter(|_| id.starts_with('b'));
             match runs.unsupported {
@@ -525,7 +576,7 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         rows.extend(latency_rows);
     }
 
-    large_rows(o, &wanted, &mut rows)?;
+    large_rows(o, &wanted, &mut rows, &progress)?;
 
     if !["d_scan", "e_point", "f_stream"]
         .iter()
@@ -550,10 +601,10 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
         Unit::EventsPerSecond,
     );
     for peer in &o.peers {
-        eprintln!(
-            "varvedb bench: filling {} events for the reads: {peer}",
+        progress.start(format!(
+            "filling {} events for the reads: {peer}",
             o.read_events
-        );
+        ));
         let dir = store_dir(o, peer, "reads");
         fresh(&dir)?;
         let store = peers::open(peer, &dir)?;
@@ -566,8 +617,9 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
             if !wanted(&row.id) {
                 continue;
             }
-            eprintln!("varvedb-bench: {}: {peer}", row.title);
+            progress.start(format!("{}: {peer}", row.title));
             let runs = measure(o, peer, &row.id, |s| f(s, o), Some(store.as_ref()))?;
+            progress.done();
             row.cells.push(match runs.unsupported {
                 Some(why) => Cell::not_applicable(peer, why),
                 None => Cell::from_runs(peer, runs.rates, None),
@@ -585,7 +637,12 @@ pub(crate) fn run_all(o: &Options) -> BenchResult<Vec<Row>> {
 }
 
 /// (h) The large-payload reads, and the disk use of repeated payloads.
-fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -> BenchResult<()> {
+fn large_rows(
+    o: &Options,
+    wanted: &dyn Fn(&str) -> bool,
+    rows: &mut Vec<Row>,
+    progress: &Progress,
+) -> BenchResult<()> {
     for (id, title, size, events) in [
         (
             "h10k_scan",
@@ -605,7 +662,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
         }
         let mut row = Row::new(id, title, Unit::EventsPerSecond);
         for peer in &o.peers {
-            eprintln!("varvedb-bench: {title}: {peer} (filling {events} events)");
+            progress.start(format!("{title}: {peer} (filling {events} events)"));
             let dir = store_dir(o, peer, id);
             fresh(&dir)?;
             let store = peers::open(peer, &dir)?;
@@ -622,6 +679,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
                 }
             };
             row.cells.push(cell);
+            progress.done();
             drop(store);
             std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
         }
@@ -638,7 +696,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
             Unit::BytesPerEvent,
         );
         for peer in &o.peers {
-            eprintln!("varvedb-bench: {}: {peer}", row.title);
+            progress.start(format!("{}: {peer}", row.title));
             let dir = store_dir(o, peer, id);
             fresh(&dir)?;
             let store = peers::open(peer, &dir)?;
@@ -653,6 +711,7 @@ fn large_rows(o: &Options, wanted: &dyn Fn(&str) -> bool, rows: &mut Vec<Row>) -
                 Ok(None) => Cell::single(peer, per_event(dir_bytes(&dir)?)),
                 Ok(Some((bytes, how))) => Cell::from_runs(peer, vec![per_event(bytes)], Some(how)),
             });
+            progress.done();
             std::fs::remove_dir_all(&dir).map_err(crate::store::failed)?;
         }
         rows.push(row);
