@@ -903,3 +903,173 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Every command that needs a store, with arguments that would be valid on one.
+const STORE_COMMANDS: &[&[&str]] = &[
+    &["stats"],
+    &["verify"],
+    &["streams"],
+    &["read"],
+    &["read", "--seq", "1"],
+    &["tail", "-n", "3"],
+    &["consumers"],
+    &["consumers", "parked", "x"],
+    &["consumers", "replay", "x"],
+    &["consumers", "reset", "x", "--to", "0"],
+    &["consumers", "delete", "x"],
+    &["export"],
+    &["metrics"],
+    &["shred", "--stream", "1"],
+];
+
+/// Runs `args` and checks the failure: exit 2 and one line on stderr, no panic.
+fn fails_cleanly(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: one line: {stderr}");
+    assert!(stderr.starts_with("varvedb: "), "{args:?}: {stderr}");
+    stderr
+}
+
+#[test]
+fn every_command_refuses_a_missing_or_foreign_store_with_one_line_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let not_a_store = dir.path().join("notes");
+    std::fs::create_dir(&not_a_store).unwrap();
+    std::fs::write(not_a_store.join("notes.txt"), b"not a store").unwrap();
+    // A data file that is not LMDB at all (another program's, or overwritten).
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("data.mdb"), vec![0x5a; 64 << 10]).unwrap();
+    let backup = dir.path().join("copy");
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, "11".repeat(32)).unwrap();
+    for store in [&missing, &not_a_store, &foreign] {
+        let s = store.to_str().unwrap();
+        let extra: [Vec<&str>; 2] = [
+            vec!["backup", backup.to_str().unwrap()],
+            vec!["rotate-key", "--new-key-file", new_key.to_str().unwrap()],
+        ];
+        for command in STORE_COMMANDS.iter().map(|c| c.to_vec()).chain(extra) {
+            let mut args = vec!["--path", s];
+            args.extend(command);
+            fails_cleanly(&args);
+        }
+    }
+    assert!(!missing.exists(), "a command created the missing store");
+    assert!(!backup.exists(), "a backup of nothing was written");
+    let names: Vec<_> = std::fs::read_dir(&not_a_store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "a command created files");
+    assert_eq!(
+        std::fs::read(foreign.join("data.mdb")).unwrap(),
+        vec![0x5a; 64 << 10]
+    );
+}
+
+#[test]
+fn a_damaged_record_is_named_by_verify_read_and_export() {
+    use varvedb::{ExpectedVersion, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    {
+        let storage = Storage::open(StorageConfig {
+            path: store.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let writer = Writer::<Secret>::new(storage);
+        for i in 0..3 {
+            writer
+                .append(
+                    5,
+                    ExpectedVersion::Auto,
+                    &Secret {
+                        text: format!("marker-{i}-abcdefghijklmnop"),
+                    },
+                )
+                .unwrap();
+        }
+    }
+    // Flip a byte of the second event's payload in the data file (in every copy of its page:
+    // freed pages of earlier transactions hold it too).
+    let file = store.join("data.mdb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let found: Vec<usize> = bytes
+        .windows(9)
+        .enumerate()
+        .filter(|(_, w)| *w == b"marker-1-")
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!found.is_empty(), "the payload is in the file");
+    for at in found {
+        bytes[at] ^= 0x20;
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let s = store.to_str().unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", s, "verify"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "verify finds it");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2"),
+        "names seq 2"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+        .args(["--path", s, "read"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "read prints the rest and exits 1"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sequence 2"));
+    // An export is a faithful copy or none: it stops at the damage, exit 2.
+    let stderr = fails_cleanly(&[
+        "--path",
+        s,
+        "export",
+        dir.path().join("e").to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("sequence 2"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_exit_2_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("store");
+    let s = s.to_str().unwrap();
+    for args in [
+        vec!["--path", s, "read", "--seq", "x"],
+        vec!["--path", s, "shred", "--stream", "not-a-number"],
+        vec!["--path", s, "consumers", "reset", "x"],
+        vec![
+            "--path", s, "append", "--stream", "1", "--expect", "soon", "--type", "X", "--json",
+            "1",
+        ],
+        vec!["--path", s, "metrics", "--listen", "nowhere"],
+        vec!["--path", s, "frobnicate"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert!(!dir.path().join("store").exists());
+}
