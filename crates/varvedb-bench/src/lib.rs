@@ -5,6 +5,7 @@
 //! takes the median of several runs, and returns a [`Report`] that prints as a markdown table
 //! (with VarveDB's ratio against each peer) and serializes to JSON. The `varvedb-bench` binary runs it (`cargo run --release -p varvedb-bench`).
 
+pub mod chart;
 pub mod event;
 pub mod peers;
 pub mod report;

@@ -40,6 +40,10 @@ struct Args {
     /// Where the JSON report goes.
     #[arg(long, default_value = "varvedb-bench.json")]
     json: PathBuf,
+    /// Also draw the table as an SVG chart (one group per workload, one bar per peer, log
+    /// scale) to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -72,6 +76,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let report = varvedb_bench::run(&options)?;
     std::fs::write(&args.json, report.json())?;
+    if let Some(svg) = &args.svg {
+        varvedb_bench::chart::write_svg(&report, svg)?;
+        eprintln!("varvedb-bench: chart written to {}", svg.display());
+    }
     print!("{}", report.markdown());
     eprintln!("varvedb-bench: JSON written to {}", args.json.display());
     // The stores were removed as each workload finished; remove the emptied directory too.
