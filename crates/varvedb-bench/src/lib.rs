@@ -9,6 +9,7 @@ pub mod chart;
 pub mod event;
 pub mod peers;
 pub mod report;
+pub mod scale;
 pub mod store;
 mod workloads;
 

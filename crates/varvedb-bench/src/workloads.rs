@@ -308,7 +308,7 @@ fn large_scan(store: &dyn BenchStore, events: u64) -> BenchResult<Measured> {
 }
 
 /// The bytes of the files under `dir` (the peer's store, closed).
-fn dir_bytes(dir: &Path) -> BenchResult<u64> {
+pub(crate) fn dir_bytes(dir: &Path) -> BenchResult<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).map_err(crate::store::failed)? {
         let entry = entry.map_err(crate::store::failed)?;

@@ -44,6 +44,14 @@ struct Args {
     /// scale) to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Instead of the table: grow one store to 100M events (batches of 1,000 over 10K
+    /// streams), report the append throughput of every tenth, file size and memory as it
+    /// grows, and a full scan at the end. Needs about 25 GB of disk under --dir.
+    #[arg(long)]
+    scale: bool,
+    /// Events of a --scale run (default 100M).
+    #[arg(long, requires = "scale")]
+    scale_events: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +65,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.scale {
+        return scale(&args);
+    }
     let mut options = if args.quick {
         varvedb_bench::Options::quick(args.dir)
     } else {
@@ -84,5 +95,32 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!("varvedb-bench: JSON written to {}", args.json.display());
     // The stores were removed as each workload finished; remove the emptied directory too.
     drop(std::fs::remove_dir_all(&options.dir));
+    Ok(())
+}
+
+fn scale(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut options = varvedb_bench::scale::ScaleOptions::full(args.dir.join("scale"));
+    if let Some(n) = args.scale_events {
+        options.events = n.max(1);
+    }
+    if let Some(peer) = args.peers.as_ref().and_then(|p| p.first()) {
+        options.peer = peer.clone();
+    }
+    // indicatif draws on a terminal only.
+    let bar = indicatif::ProgressBar::new(options.events);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "scale [{bar:30}] {human_pos}/{human_len} events {per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let report = varvedb_bench::scale::run(&options, |n| bar.set_position(n));
+    bar.finish_and_clear();
+    let report = report?;
+    std::fs::write(&args.json, report.json())?;
+    print!("{}", report.markdown());
+    eprintln!("varvedb-bench: JSON written to {}", args.json.display());
+    drop(std::fs::remove_dir_all(&args.dir));
     Ok(())
 }
