@@ -661,9 +661,13 @@ impl<'t> IterState<'t> {
     }
 }
 
-/// How many events a forward stream read locates at a time: it finds the last of them through
-/// the chain's jumps, then walks back through `prev` links and yields them in order.
-const STREAM_CHUNK: u32 = 128;
+/// How many events a forward stream read locates at first: it finds the last of them through
+/// the chain's jumps, then walks back through `prev` links and yields them in order. Small, so
+/// that reading a few events of a long stream stays cheap.
+const STREAM_CHUNK_FIRST: u32 = 128;
+/// How many it locates at a time after the first chunk: a reader that went on is reading the
+/// stream through, and each chunk costs a walk from the head (O(log n) lookups).
+const STREAM_CHUNK: u32 = 1024;
 
 /// The events of one stream in version order (or reverse), from [`Reader::read_stream`] and
 /// [`Reader::read_stream_backwards`].
@@ -686,6 +690,8 @@ pub struct StreamIter<'t, E> {
     backwards: bool,
     /// Forwards: the located events of the current chunk, the next one last.
     chunk: Vec<(u64, &'t [u8])>,
+    /// Steps over `prev` links, by cursor where the stream's events are neighbours in the log.
+    walk: chain::BackWalk<'t>,
     error: Option<Error>,
     state: Arc<ReaderState>,
     tally: ReadTally,
@@ -729,6 +735,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             next_seq: 0,
             backwards,
             chunk: Vec::new(),
+            walk: chain::BackWalk::new(storage.dbs(), txn.raw()),
             error: None,
             state: Arc::clone(&reader.state),
             tally: ReadTally::default(),
@@ -781,8 +788,8 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
     /// Locates versions `self.next ..= end` into `self.chunk`.
     fn fill(&mut self, end: u32) -> Result<()> {
         let mut found = self.locate(end)?;
-        // One allocation for the whole read: every chunk but the last is full.
-        self.chunk.reserve(STREAM_CHUNK as usize);
+        // At most two allocations for the whole read: the first chunk's, then a full one's.
+        self.chunk.reserve((end - self.next + 1) as usize);
         let mut version = end;
         loop {
             self.chunk.push((found.seq, found.record));
@@ -790,13 +797,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
                 return Ok(());
             }
             version -= 1;
-            found = chain::find(
-                &self.dbs,
-                self.txn,
-                self.stream_id,
-                version,
-                found.links.prev,
-            )?;
+            found = self.walk.find(self.stream_id, version, found.links.prev)?;
         }
     }
 
@@ -808,7 +809,12 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         if self.next == 0 || self.next > self.head.0 {
             return None;
         }
-        let end = self.next.saturating_add(STREAM_CHUNK - 1).min(self.head.0);
+        let size = if self.chunk.capacity() == 0 {
+            STREAM_CHUNK_FIRST
+        } else {
+            STREAM_CHUNK
+        };
+        let end = self.next.saturating_add(size - 1).min(self.head.0);
         self.chunk.clear();
         let filled = self.fill(end);
         self.next = end.checked_add(1).unwrap_or(0);
@@ -830,11 +836,17 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             return None;
         }
         let (version, seq) = (self.next, self.next_seq);
-        match chain::hop(&self.dbs, self.txn, self.stream_id, version, seq) {
-            Ok((record, links)) => {
-                (self.next, self.next_seq) = (version - 1, links.prev);
-                self.tally.count(record.len());
-                Some(event_at(&self.dbs, self.txn, &self.state, seq, record))
+        match self.walk.find(self.stream_id, version, seq) {
+            Ok(found) => {
+                (self.next, self.next_seq) = (version - 1, found.links.prev);
+                self.tally.count(found.record.len());
+                Some(event_at(
+                    &self.dbs,
+                    self.txn,
+                    &self.state,
+                    seq,
+                    found.record,
+                ))
             }
             Err(e) => {
                 // Without this record's links the rest of the stream cannot be reached.

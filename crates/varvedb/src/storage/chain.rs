@@ -112,6 +112,94 @@ pub(crate) fn find<'t>(
     Ok(Found { seq, record, links })
 }
 
+/// Reads a stream's records backwards over their `prev` links. A stream's events are often
+/// neighbours in the log (a batch, an aggregate appended to in a burst): then the previous
+/// version is the log's previous entry, and one cursor step reads it instead of a descent of
+/// the B-tree. Any other link costs one positioned lookup, as [`find`] does.
+pub(crate) struct BackWalk<'t> {
+    dbs: Dbs,
+    txn: &'t RoTxn<'t, heed::WithoutTls>,
+    /// A cursor walking the log downwards, and the sequence it last read.
+    cursor: Option<(
+        heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes>,
+        u64,
+    )>,
+}
+
+impl<'t> BackWalk<'t> {
+    pub(crate) fn new(dbs: &Dbs, txn: &'t RoTxn<'t, heed::WithoutTls>) -> Self {
+        BackWalk {
+            dbs: *dbs,
+            txn,
+            cursor: None,
+        }
+    }
+
+    /// Version `version` of `stream_id` at `seq`, checked as [`hop`] checks it.
+    pub(crate) fn find(&mut self, stream_id: u128, version: u32, seq: u64) -> Result<Found<'t>> {
+        if let Some((cursor, last)) = &mut self.cursor
+            && last.checked_sub(1) == Some(seq)
+            && let Some(Ok((key, record))) = cursor.next()
+            && super::keys::decode_seq_key(key) == Some(seq)
+        {
+            *last = seq;
+            return checked(stream_id, version, seq, record);
+        }
+        // Position a new cursor at `seq` (either key length: the long key sorts after the
+        // short one of the same sequence).
+        let upper = super::keys::seq_key_long(seq);
+        let range = (
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Included(&upper[..]),
+        );
+        let mut cursor = self
+            .dbs
+            .events
+            .rev_range(self.txn, &range)
+            .map_err(Error::lmdb)?;
+        let record = match cursor.next() {
+            Some(Ok((key, record))) if super::keys::decode_seq_key(key) == Some(seq) => record,
+            Some(Err(e)) => return Err(Error::lmdb(e)),
+            _ => {
+                self.cursor = None;
+                return Err(broken(
+                    stream_id,
+                    version,
+                    format!("the chain points at sequence {seq}, which does not exist"),
+                ));
+            }
+        };
+        self.cursor = Some((cursor, seq));
+        checked(stream_id, version, seq, record)
+    }
+}
+
+/// `record`, found at `seq`, as version `version` of `stream_id`: what [`hop`] checks.
+fn checked(stream_id: u128, version: u32, seq: u64, record: &[u8]) -> Result<Found<'_>> {
+    let peek = record::peek(record).ok_or_else(|| {
+        broken(
+            stream_id,
+            version,
+            format!("the chain points at sequence {seq}, which is not a record"),
+        )
+    })?;
+    if peek.stream_id != stream_id || peek.version != version {
+        return Err(broken(
+            stream_id,
+            version,
+            format!(
+                "the chain points at sequence {seq}, which holds version {} of stream {}",
+                peek.version, peek.stream_id
+            ),
+        ));
+    }
+    Ok(Found {
+        seq,
+        record,
+        links: peek.links,
+    })
+}
+
 /// Walks from `start`, version `from` of `stream_id`, back to version `target <= from`.
 pub(crate) fn locate<'t>(
     dbs: &Dbs,
