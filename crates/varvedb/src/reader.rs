@@ -146,7 +146,7 @@ enum Payload<'t> {
     /// that a surprise from LMDB costs a copy, never undefined behaviour.
     Copied(AlignedVec<RECORD_ALIGN>),
     /// Decrypted into a buffer of the reader's pool (an encrypted stream).
-    Decrypted(Decrypted),
+    Decrypted(Box<Decrypted>),
 }
 
 impl<'t> Payload<'t> {
@@ -449,7 +449,7 @@ fn event_at<'t, E: ValidateEvent + Event>(
     };
     let payload = match key {
         None => Payload::mapped(stored),
-        Some(key) => Payload::Decrypted(decrypt(&key, state, seq, &header, stored)?),
+        Some(key) => Payload::Decrypted(Box::new(decrypt(&key, state, seq, &header, stored)?)),
     };
     EventRef::new(seq, header, payload, hash, type_index, envelope)
 }
