@@ -131,6 +131,32 @@ fn reads(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // A stream of the filled store: its events are runs of 1,000 neighbours in the log (one
+    // batch each), so the walk over `prev` links steps a cursor (`chain::BackWalk`).
+    let stream_events = reader.read_stream(&txn, 1, 1).count() as u64;
+    let mut group = c.benchmark_group("stream");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(stream_events.max(1)));
+    group.bench_function("read_stream_forward", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for e in reader.read_stream(&txn, 1, 1) {
+                sum = sum.wrapping_add(e.unwrap().amount.to_native());
+            }
+            black_box(sum)
+        })
+    });
+    group.bench_function("read_stream_backwards", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for e in reader.read_stream_backwards(&txn, 1, u32::MAX) {
+                sum = sum.wrapping_add(e.unwrap().amount.to_native());
+            }
+            black_box(sum)
+        })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, append, reads);
