@@ -875,6 +875,27 @@ mod tests {
     #[test]
     fn every_record_blob_and_index_entry_is_rebuilt_byte_for_byte() {
         let src_dir = tempfile::tempdir().unwrap();
+        {
+            // Plaintext streams first (created before encryption is on), with payloads that
+            // repeat: deduplicated blobs with several references.
+            let plain = open(src_dir.path(), None);
+            let w = Writer::<Ev>::new(plain.clone());
+            for i in 0..60u64 {
+                let event = Ev {
+                    n: i % 4,
+                    body: vec![(i % 4) as u8; 3000],
+                };
+                let options = AppendOptions::new().metadata("plain", i.to_string());
+                w.append_with(
+                    10 + u128::from(i % 3),
+                    ExpectedVersion::Auto,
+                    &event,
+                    options,
+                )
+                .unwrap();
+            }
+            w.close().unwrap();
+        }
         let src = open(src_dir.path(), Some([3; 32]));
         let w = Writer::<Ev>::new(src.clone());
         for i in 0..300u64 {

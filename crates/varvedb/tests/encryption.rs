@@ -616,3 +616,106 @@ fn no_snapshot_taken_after_a_shred_reads_the_stream_while_readers_race_it() {
         r.join().unwrap();
     }
 }
+
+#[test]
+fn encrypted_events_of_every_size_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Doc>::new(storage.clone());
+    let sizes = [
+        0usize,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        300_000,
+        1 << 20,
+        3 << 20,
+    ];
+    for (i, size) in sizes.iter().enumerate() {
+        writer
+            .append(
+                500 + i as u128,
+                ExpectedVersion::NoStream,
+                &Doc {
+                    marker: format!("size-{size}"),
+                    body: pattern(*size, i as u64),
+                },
+            )
+            .unwrap();
+    }
+    let reader = Reader::<Doc>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    for (i, size) in sizes.iter().enumerate() {
+        let event = reader
+            .get_by_version(&txn, 500 + i as u128, 1)
+            .unwrap_or_else(|e| panic!("{size} bytes: {e}"))
+            .unwrap();
+        assert_eq!(event.marker.as_str(), format!("size-{size}"));
+        assert_eq!(event.body.as_slice(), pattern(*size, i as u64).as_slice());
+    }
+    let all: Vec<_> = reader.read_all(&txn, 1).collect();
+    assert_eq!(all.len(), sizes.len());
+    for e in all {
+        e.unwrap();
+    }
+    drop(txn);
+
+    // Several large events in one atomic batch.
+    let docs: Vec<Doc> = (0..6u64)
+        .map(|i| Doc {
+            marker: format!("batch-{i}"),
+            body: pattern(1 << 20, 100 + i),
+        })
+        .collect();
+    writer
+        .append_batch(600, ExpectedVersion::NoStream, &docs)
+        .unwrap();
+    let txn = storage.read_txn().unwrap();
+    for (i, e) in reader.read_stream(&txn, 600, 1).enumerate() {
+        let e = e.unwrap_or_else(|err| panic!("batch event {i}: {err}"));
+        assert_eq!(e.marker.as_str(), format!("batch-{i}"));
+        assert_eq!(
+            e.body.as_slice(),
+            pattern(1 << 20, 100 + i as u64).as_slice()
+        );
+    }
+}
+
+/// The commit's transaction runs again after the map grows. Sealing must start from the
+/// plaintext again: sealing the first attempt's ciphertext stored events that authenticated
+/// but decrypted to ciphertext.
+#[test]
+fn an_encrypted_batch_that_grows_the_map_mid_commit_is_sealed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(StorageConfig {
+        map_bytes_initial: 4 << 20,
+        ..encrypted(dir.path())
+    })
+    .unwrap();
+    let writer = Writer::<Doc>::new(storage.clone());
+    let before = storage.stats().unwrap().map_bytes;
+    let docs: Vec<Doc> = (0..8u64)
+        .map(|i| Doc {
+            marker: format!("grown-{i}"),
+            body: pattern(1 << 20, 700 + i),
+        })
+        .collect();
+    writer
+        .append_batch(700, ExpectedVersion::NoStream, &docs)
+        .unwrap();
+    assert!(
+        storage.stats().unwrap().map_bytes > before,
+        "the batch grew the map during its commit"
+    );
+    let reader = Reader::<Doc>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let read: Vec<String> = reader
+        .read_stream(&txn, 700, 1)
+        .map(|e| e.unwrap().marker.to_string())
+        .collect();
+    assert_eq!(
+        read,
+        (0..8).map(|i| format!("grown-{i}")).collect::<Vec<_>>()
+    );
+}

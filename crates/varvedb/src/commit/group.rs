@@ -241,13 +241,24 @@ enum Verdict {
 /// Replaces a prepared event's body with its sealed form (see [`crypto`]): the ids stay
 /// visible in the envelope section, the metadata and payload are encrypted, and a sealed body
 /// past `blob_threshold` goes to the blob store (as ciphertext: plaintext never reaches disk).
+/// The stored form of an encrypted event, built from its prepared plaintext, which stays as it
+/// was: the commit's closure runs again after the map grows, and must then seal the plaintext
+/// again (under a key that may be new, with a new nonce), never the ciphertext.
+struct Sealed {
+    record: AlignedVec,
+    payload_len: u32,
+    digest: u64,
+    flags: u8,
+    blob: Option<Box<Blob>>,
+}
+
 fn encrypt(
-    event: &mut Prepared,
+    event: &Prepared,
     key: &Aes256Gcm,
     version: u32,
     aad: &[u8],
     blob_threshold: usize,
-) -> Result<()> {
+) -> Result<Sealed> {
     let body = &event.record[HEADER_LEN..HEADER_LEN + event.payload_len as usize];
     let (section, rest) = envelope::split(0, event.flags, body)?;
     let payload = match &event.blob {
@@ -271,32 +282,36 @@ fn encrypt(
         AlignedVec::<16>::with_capacity(HEADER_LEN + visible.len() + sealed.len() + 16);
     record.extend_from_slice(&[0u8; HEADER_LEN]);
     record.extend_from_slice(&visible);
-    if visible.len() + sealed.len() > blob_threshold {
+    let blob = if visible.len() + sealed.len() > blob_threshold {
         let reference = BlobRef::of(&sealed);
         let mut buffer = AlignedVec::<16>::with_capacity(sealed.len().next_multiple_of(16));
         buffer.extend_from_slice(&sealed);
         buffer.resize(sealed.len().next_multiple_of(16), 0);
         record.extend_from_slice(&reference.encode());
-        event.blob = Some(Box::new(Blob {
+        flags |= blob::FLAG_BLOB;
+        Some(Box::new(Blob {
             reference,
             buffer,
             offset: 0,
-        }));
-        flags |= blob::FLAG_BLOB;
+        }))
     } else {
         record.extend_from_slice(&sealed);
-        event.blob = None;
-    }
+        None
+    };
     let body_len = record.len() - HEADER_LEN;
-    event.digest = record::payload_digest(&record[HEADER_LEN..]);
+    let digest = record::payload_digest(&record[HEADER_LEN..]);
     record.resize(record::record_len(body_len), 0);
-    event.payload_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
+    let payload_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
         size: body_len,
         max: u32::MAX as usize,
     })?;
-    event.record = record;
-    event.flags = flags;
-    Ok(())
+    Ok(Sealed {
+        record,
+        payload_len,
+        digest,
+        flags,
+        blob,
+    })
 }
 
 /// The xxh3-64 of a stored event's payload (decrypted if need be), for comparing a retried
@@ -553,12 +568,31 @@ fn apply(
             head.version += 1;
             head.seq = *seq;
             let links = spine.push(head.version, *seq);
-            if let Some(key) = &key {
-                let aad = crypto::event_aad(stream_id, head.version, *seq, event.type_id);
-                encrypt(event, key, head.version, &aad, blob_threshold)?;
-                tally.encrypted += 1;
-            }
-            if let Some(b) = &event.blob {
+            let mut sealed = match &key {
+                Some(key) => {
+                    let aad = crypto::event_aad(stream_id, head.version, *seq, event.type_id);
+                    tally.encrypted += 1;
+                    Some(encrypt(event, key, head.version, &aad, blob_threshold)?)
+                }
+                None => None,
+            };
+            let (record, payload_len, digest, flags, stored_blob) = match &mut sealed {
+                Some(s) => (
+                    &mut s.record,
+                    s.payload_len,
+                    s.digest,
+                    s.flags,
+                    s.blob.as_deref(),
+                ),
+                None => (
+                    &mut event.record,
+                    event.payload_len,
+                    event.digest,
+                    event.flags,
+                    event.blob.as_deref(),
+                ),
+            };
+            if let Some(b) = stored_blob {
                 if blob::put(dbs, wtxn, &b.reference, b.stored())? {
                     tally.blob_dedup_hits += 1;
                 } else {
@@ -566,25 +600,25 @@ fn apply(
                 }
             }
             let header = RecordHeader {
-                flags: event.flags,
+                flags,
                 stream_id,
                 version: head.version,
                 type_id: event.type_id,
                 timestamp_ns,
                 links,
             };
-            record::seal(&mut event.record, event.payload_len, event.digest, &header);
+            record::seal(record, payload_len, digest, &header);
             // Seqs only grow, so APPEND skips the search and fills pages completely.
-            let key = if event.record.len() <= inline_max {
+            let key = if record.len() <= inline_max {
                 &keys::seq_key(*seq)[..]
             } else {
                 &keys::seq_key_long(*seq)[..]
             };
             dbs.events
-                .put_with_flags(wtxn, PutFlags::APPEND, key, &event.record)
+                .put_with_flags(wtxn, PutFlags::APPEND, key, record)
                 .lmdb()?;
             tally.events += 1;
-            tally.bytes += event.record.len() as u64;
+            tally.bytes += record.len() as u64;
             if let Some(id) = event.event_id.map(u128::from_le_bytes) {
                 dbs.event_ids
                     .put(wtxn, &id.to_be_bytes(), &seq.to_le_bytes())
