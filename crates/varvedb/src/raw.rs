@@ -377,6 +377,9 @@ fn raw_at<'t>(
     Ok(event)
 }
 
+/// How many versions a raw stream read locates at a time.
+const RAW_STREAM_CHUNK: u32 = 1024;
+
 impl RawReader {
     /// The store this reader reads.
     pub fn storage(&self) -> &Storage {
@@ -493,32 +496,62 @@ impl RawReader {
             }))
     }
 
-    /// The events of `stream_id` from `from_version` on, in version order (each found through
-    /// the stream chain). A broken chain is reported once and ends the iteration.
+    /// The events of `stream_id` from `from_version` on, in version order: located a chunk
+    /// at a time from the head and walked back over `prev` links (a cursor step where the
+    /// stream's events are neighbours in the log), as [`Reader::read_stream`](crate::Reader::read_stream)
+    /// does. A broken link is reported once and the read resumes at the next chunk.
     pub fn read_stream<'t>(
         &self,
         txn: &'t ReadTxn,
         stream_id: u128,
         from_version: u32,
     ) -> impl Iterator<Item = Result<RawEvent<'t>>> + 't {
-        let reader = self.clone();
-        let mut version = from_version.max(1);
-        let mut done = false;
+        let storage = self.storage.clone();
+        let dbs = *storage.dbs();
+        let raw = txn.raw();
+        let head = storage
+            .check_txn(txn)
+            .and_then(|()| storage::stream_head(&dbs, raw, stream_id));
+        let (mut failed, (head_version, head_seq)) = match head {
+            Ok(head) => (None, head.unwrap_or((0, 0))),
+            Err(e) => (Some(e), (0, 0)),
+        };
+        let mut next = from_version.max(1);
+        let mut chunk: Vec<(u64, &'t [u8])> = Vec::new();
+        let mut walk = chain::BackWalk::new(&dbs, raw);
         std::iter::from_fn(move || {
-            if done {
+            if let Some(e) = failed.take() {
+                next = 0;
+                return Some(Err(e));
+            }
+            if let Some((seq, record)) = chunk.pop() {
+                return Some(raw_at(&storage, raw, seq, record));
+            }
+            if next == 0 || next > head_version {
                 return None;
             }
-            match reader.get_by_version(txn, stream_id, version) {
-                Ok(Some(event)) => {
-                    version = version.checked_add(1).unwrap_or_else(|| {
-                        done = true;
-                        version
-                    });
-                    Some(Ok(event))
-                }
-                Ok(None) => None,
+            let end = next.saturating_add(RAW_STREAM_CHUNK - 1).min(head_version);
+            let first = next;
+            next = end.checked_add(1).unwrap_or(0);
+            let located = chain::find(&dbs, raw, stream_id, head_version, head_seq)
+                .and_then(|head| chain::locate(&dbs, raw, stream_id, (head_version, head), end))
+                .and_then(|mut found| {
+                    let mut version = end;
+                    loop {
+                        chunk.push((found.seq, found.record));
+                        if version == first {
+                            return Ok(());
+                        }
+                        version -= 1;
+                        found = walk.find(stream_id, version, found.links.prev)?;
+                    }
+                });
+            match located {
+                Ok(()) => chunk
+                    .pop()
+                    .map(|(seq, record)| raw_at(&storage, raw, seq, record)),
                 Err(e) => {
-                    done = true;
+                    chunk.clear();
                     Some(Err(e))
                 }
             }
