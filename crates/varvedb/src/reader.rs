@@ -602,11 +602,10 @@ impl<E: ValidateEvent + Event> Reader<E> {
         let dbs = *self.storage.dbs();
         let start = keys::seq_key(from_seq);
         let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let cursor = self.storage.check_txn(txn).and_then(|()| {
-            let iter: Box<dyn Iterator<Item = RawEntry<'t>> + 't> =
-                Box::new(dbs.events.range(txn.raw(), &range).lmdb()?);
-            Ok(iter)
-        });
+        let cursor = self
+            .storage
+            .check_txn(txn)
+            .and_then(|()| dbs.events.range(txn.raw(), &range).lmdb());
         AllIter {
             dbs,
             txn: txn.raw(),
@@ -618,17 +617,18 @@ impl<E: ValidateEvent + Event> Reader<E> {
     }
 }
 
-type RawEntry<'t> = heed::Result<(&'t [u8], &'t [u8])>;
+/// The log's cursor, as `read_all` walks it (a concrete type: one call per event, inlined).
+type LogRange<'t> = heed::RoRange<'t, heed::types::Bytes, heed::types::Bytes>;
 
 /// The cursor of an iterator: running, failed before starting, or done.
 enum IterState<'t> {
-    Running(Box<dyn Iterator<Item = RawEntry<'t>> + 't>),
+    Running(LogRange<'t>),
     Failed(Error),
     Done,
 }
 
-impl<'t> From<Result<Box<dyn Iterator<Item = RawEntry<'t>> + 't>>> for IterState<'t> {
-    fn from(r: Result<Box<dyn Iterator<Item = RawEntry<'t>> + 't>>) -> Self {
+impl<'t> From<Result<LogRange<'t>>> for IterState<'t> {
+    fn from(r: Result<LogRange<'t>>) -> Self {
         match r {
             Ok(iter) => IterState::Running(iter),
             Err(e) => IterState::Failed(e),
