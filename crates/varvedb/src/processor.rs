@@ -287,11 +287,10 @@ where
         {
             let txn = storage.read_txn()?;
             for p in parked {
-                let event = match self.reader.get(&txn, p.seq) {
-                    Ok(Some(event)) => event,
-                    // Gone, or shredded since: it stays parked.
-                    Ok(None) | Err(Error::Shredded { .. }) => continue,
-                    Err(e) => return Err(e),
+                // Gone, shredded since, or unreadable (`varvedb verify` names the damage): it
+                // stays parked, and the others are replayed.
+                let Ok(Some(event)) = self.reader.get(&txn, p.seq) else {
+                    continue;
                 };
                 match self.handler.handle(&event) {
                     Ok(()) => taken.push(p.seq),
@@ -361,10 +360,9 @@ where
             }
             let mut events = Vec::new();
             for p in storage.parked_events(&owned_name)? {
-                match reader.get(&txn, p.seq) {
-                    Ok(Some(event)) => events.push(crate::subscription::owned(&event)),
-                    Ok(None) | Err(Error::Shredded { .. }) => {}
-                    Err(e) => return Err(e),
+                // As in `State::replay_parked`: an event that cannot be read stays parked.
+                if let Ok(Some(event)) = reader.get(&txn, p.seq) {
+                    events.push(crate::subscription::owned(&event));
                 }
             }
             Ok(Some(events))
