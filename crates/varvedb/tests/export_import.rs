@@ -353,3 +353,97 @@ fn malformed_imports_are_refused_with_the_event_named_and_nothing_of_its_batch_w
         "no consumer moved"
     );
 }
+
+const IMPORT_CHILD_SRC: &str = "VARVEDB_TEST_IMPORT_SRC";
+const IMPORT_CHILD_DST: &str = "VARVEDB_TEST_IMPORT_DST";
+
+/// In the child: imports the store at `IMPORT_CHILD_SRC` into `IMPORT_CHILD_DST` (until the
+/// parent kills it).
+#[test]
+fn child_imports() {
+    let (Ok(src), Ok(dst)) = (
+        std::env::var(IMPORT_CHILD_SRC),
+        std::env::var(IMPORT_CHILD_DST),
+    ) else {
+        return;
+    };
+    let src = Storage::open(config(Path::new(&src), None)).unwrap();
+    let dst = Storage::open(config(Path::new(&dst), None)).unwrap();
+    let (header, events) = export(&src);
+    import(&dst, &header, &events);
+}
+
+/// A killed import leaves a durable, verifiable prefix of the export; importing again checks
+/// that prefix and finishes, byte for byte.
+#[test]
+fn a_killed_import_leaves_a_clean_prefix_and_importing_again_finishes_it() {
+    let src_dir = tempfile::tempdir().unwrap();
+    {
+        let src = Storage::open(config(src_dir.path(), None)).unwrap();
+        let w = Writer::<Doc>::new(src.clone());
+        for b in 0..60u64 {
+            let batch: Vec<Doc> = (0..1_000).map(|i| doc(b * 1_000 + i, 24)).collect();
+            w.append_batch(1 + u128::from(b % 7), ExpectedVersion::Auto, &batch)
+                .unwrap();
+        }
+        w.append(99, ExpectedVersion::Auto, &doc(1, 5_000)).unwrap();
+        w.close().unwrap();
+    }
+    let dst_dir = tempfile::tempdir().unwrap();
+    let mut killed_with = Vec::new();
+    for _ in 0..2 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_imports",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(IMPORT_CHILD_SRC, src_dir.path())
+            .env(IMPORT_CHILD_DST, dst_dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill it once it has committed at least one more batch than before.
+        let before = killed_with.last().copied().unwrap_or(0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            std::thread::sleep(Duration::from_millis(2));
+            let last = Storage::open_existing(config(dst_dir.path(), None))
+                .ok()
+                .and_then(|s| s.stats().ok())
+                .map_or(0, |s| s.last_seq);
+            if last > before || std::time::Instant::now() > deadline {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+        assert!(
+            dst.verify().unwrap().is_clean(),
+            "the killed import left damage"
+        );
+        let prefix = export(&dst).1;
+        killed_with.push(prefix.len() as u64);
+        drop(dst);
+    }
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    let (header, events) = export(&src);
+    assert!(
+        killed_with[0] > 0 && killed_with[0] < events.len() as u64,
+        "the first kill landed mid-import: {killed_with:?}"
+    );
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    let prefix = export(&dst).1;
+    assert_eq!(
+        prefix[..],
+        events[..prefix.len()],
+        "what is there is the export's prefix"
+    );
+    let report = import(&dst, &header, &events);
+    assert_eq!(report.already_present, prefix.len() as u64);
+    assert_eq!(export(&dst).1, events);
+    assert!(dst.verify().unwrap().is_clean());
+}
