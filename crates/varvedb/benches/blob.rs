@@ -37,7 +37,7 @@ fn checks(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("blob_check/{name}"));
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function("xxh3_read_check", |b| {
-            b.iter(|| black_box(xxhash_rust::xxh3::xxh3_64(black_box(&data))))
+            b.iter(|| black_box(twox_hash::XxHash3_64::oneshot(black_box(&data))))
         });
         group.bench_function("blake3_hash", |b| {
             b.iter(|| black_box(blake3::hash(black_box(&data))))

@@ -19,7 +19,10 @@ use std::time::Instant;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, PutFlags, WithoutTls};
 use varvedb_bench::event::{ArchivedBenchEvent, event};
-use xxhash_rust::xxh3::xxh3_64;
+
+fn xxh3_64(bytes: &[u8]) -> u64 {
+    twox_hash::XxHash3_64::oneshot(bytes)
+}
 
 const EVENTS: u64 = 1_000_000;
 const POINT_READS: usize = 200_000;
