@@ -145,32 +145,29 @@ impl<'t> BackWalk<'t> {
             *last = seq;
             return checked(stream_id, version, seq, record);
         }
-        // Position a new cursor at `seq` (either key length: the long key sorts after the
-        // short one of the same sequence).
-        let upper = super::keys::seq_key_long(seq);
-        let range = (
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Included(&upper[..]),
-        );
-        let mut cursor = self
-            .dbs
-            .events
-            .rev_range(self.txn, &range)
-            .map_err(Error::lmdb)?;
-        let record = match cursor.next() {
-            Some(Ok((key, record))) if super::keys::decode_seq_key(key) == Some(seq) => record,
-            Some(Err(e)) => return Err(Error::lmdb(e)),
-            _ => {
-                self.cursor = None;
-                return Err(broken(
-                    stream_id,
-                    version,
-                    format!("the chain points at sequence {seq}, which does not exist"),
-                ));
+        // Any other link: one exact lookup (LMDB's stack cursor, no allocation).
+        self.cursor = None;
+        let record = get_record(&self.dbs, self.txn, seq)?.ok_or_else(|| {
+            broken(
+                stream_id,
+                version,
+                format!("the chain points at sequence {seq}, which does not exist"),
+            )
+        })?;
+        let found = checked(stream_id, version, seq, record)?;
+        // If the next link will name this entry's neighbour, walk on with a cursor (positioned
+        // at the first step, and allocated once for the run). Scattered streams never pay it.
+        if found.links.prev != 0 && found.links.prev.checked_add(1) == Some(seq) {
+            let upper = super::keys::seq_key_long(found.links.prev);
+            let range = (
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Included(&upper[..]),
+            );
+            if let Ok(cursor) = self.dbs.events.rev_range(self.txn, &range) {
+                self.cursor = Some((cursor, seq));
             }
-        };
-        self.cursor = Some((cursor, seq));
-        checked(stream_id, version, seq, record)
+        }
+        Ok(found)
     }
 }
 
