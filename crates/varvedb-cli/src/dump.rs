@@ -288,50 +288,75 @@ pub(crate) fn export(
     args: &ExportArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
-    let to_stdout = args.file.as_deref().is_none_or(|f| f == Path::new("-"));
-    let sink: Box<dyn Write> = match &args.file {
-        Some(path) if !to_stdout => Box::new(File::create_new(path).map_err(|e| {
+    let file = args.file.as_deref().filter(|f| *f != Path::new("-"));
+    let sink: Box<dyn Write> = match file {
+        Some(path) => Box::new(File::create_new(path).map_err(|e| {
             format!(
                 "{}: {e} (an export never overwrites a file)",
                 path.display()
             )
         })?),
-        _ => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::stdout().lock()),
     };
+    // A bar on stderr, unless the export itself is going to this terminal.
+    let show_progress = file.is_some() || !std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let written = write_export(&storage, sink, show_progress);
+    match (written, file) {
+        (Ok((events, consumers)), Some(path)) => {
+            // The file is complete only once it is on disk.
+            File::open(path)?.sync_all()?;
+            eprintln!(
+                "varvedb: exported {events} events and {consumers} consumers to {}",
+                path.display()
+            );
+            Ok(())
+        }
+        (Ok(_), None) => Ok(()),
+        (Err(e), path) => {
+            // An incomplete export is removed rather than left to be mistaken for one.
+            if let Some(path) = path {
+                drop(std::fs::remove_file(path));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes the header and every event of one snapshot to `sink`; returns the events and
+/// consumers written. The progress bar is cleared whatever happens.
+fn write_export(
+    storage: &Storage,
+    sink: Box<dyn Write>,
+    show_progress: bool,
+) -> Result<(u64, usize), Box<dyn std::error::Error>> {
     let mut out = BufWriter::with_capacity(1 << 20, sink);
     let txn = storage.read_txn()?;
     let header = storage.export_header(&txn)?;
     serde_json::to_writer(&mut out, &header_line(&header))?;
     out.write_all(b"\n")?;
     let progress = bar(
-        header.last_seq,
+        if show_progress { header.last_seq } else { 0 },
         "export [{bar:30}] {pos}/{len} events ({percent}%) {elapsed}",
     );
-    let mut n = 0u64;
-    for event in storage.export_events(&txn, 1) {
-        let event = event?;
-        serde_json::to_writer(&mut out, &event_line(&event))?;
-        out.write_all(b"\n")?;
-        n += 1;
-        if n.is_multiple_of(4096) {
-            progress.set_position(n);
-        }
+    if !show_progress {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    out.flush()?;
+    let written = (|| -> Result<u64, Box<dyn std::error::Error>> {
+        let mut n = 0u64;
+        for event in storage.export_events(&txn, 1) {
+            let event = event?;
+            serde_json::to_writer(&mut out, &event_line(&event))?;
+            out.write_all(b"\n")?;
+            n += 1;
+            if n.is_multiple_of(4096) {
+                progress.set_position(n);
+            }
+        }
+        out.flush()?;
+        Ok(n)
+    })();
     progress.finish_and_clear();
-    if !to_stdout {
-        // The file is complete only once it is on disk.
-        out.into_inner().map_err(|e| e.into_error())?.flush()?;
-        if let Some(path) = &args.file {
-            File::open(path)?.sync_all()?;
-            eprintln!(
-                "varvedb: exported {n} events and {} consumers to {}",
-                header.consumers.len(),
-                path.display()
-            );
-        }
-    }
-    Ok(())
+    Ok((written?, header.consumers.len()))
 }
 
 /// Reads an export and writes it into the store at `path` (created if missing).
@@ -351,7 +376,27 @@ pub(crate) fn import(
         len,
         "import [{bar:30}] {bytes}/{total_bytes} ({percent}%) {elapsed}",
     );
-    let mut lines = BufReader::with_capacity(1 << 20, progress.wrap_read(source)).lines();
+    // The bar is cleared whatever happens, so that an error prints on a clean line.
+    let imported = import_lines(path, master_key, progress.wrap_read(source));
+    progress.finish_and_clear();
+    let (storage, report) = imported?;
+    println!(
+        "imported {} events ({} already there) and {} consumers into {}",
+        report.imported,
+        report.already_present,
+        report.consumers,
+        storage.path().display()
+    );
+    Ok(())
+}
+
+/// Reads the export's lines from `source` and imports them into the store at `path`.
+fn import_lines(
+    path: &Path,
+    master_key: Option<[u8; 32]>,
+    source: impl Read,
+) -> Result<(Storage, varvedb::ImportReport), Box<dyn std::error::Error>> {
+    let mut lines = BufReader::with_capacity(1 << 20, source).lines();
     let first = lines
         .next()
         .ok_or("the export is empty: no header line")??;
@@ -376,13 +421,5 @@ pub(crate) fn import(
         importer.push(event_of(number, event)?)?;
     }
     let report = importer.finish(&header)?;
-    progress.finish_and_clear();
-    println!(
-        "imported {} events ({} already there) and {} consumers into {}",
-        report.imported,
-        report.already_present,
-        report.consumers,
-        storage.path().display()
-    );
-    Ok(())
+    Ok((storage, report))
 }

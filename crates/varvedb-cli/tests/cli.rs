@@ -1044,6 +1044,10 @@ fn a_damaged_record_is_named_by_verify_read_and_export() {
         dir.path().join("e").to_str().unwrap(),
     ]);
     assert!(stderr.contains("sequence 2"), "{stderr}");
+    assert!(
+        !dir.path().join("e").exists(),
+        "an incomplete export is removed"
+    );
 }
 
 #[test]
