@@ -854,8 +854,11 @@ mod tests {
         let txn = storage.read_txn().unwrap();
         let dbs = storage.dbs();
         let mut out = Vec::new();
+        for entry in dbs.events.iter(txn.raw()).unwrap() {
+            let (k, v) = entry.unwrap();
+            out.push(("events", k.to_vec(), v.to_vec()));
+        }
         for (name, db) in [
-            ("events", dbs.events),
             ("heads", dbs.heads),
             ("blobs", dbs.blobs),
             ("blob_refs", dbs.blob_refs),

@@ -618,7 +618,8 @@ impl<E: ValidateEvent + Event> Reader<E> {
 }
 
 /// The log's cursor, as `read_all` walks it (a concrete type: one call per event, inlined).
-type LogRange<'t> = heed::RoRange<'t, heed::types::Bytes, heed::types::Bytes>;
+type LogRange<'t> =
+    heed::RoRange<'t, heed::types::Bytes, heed::types::Bytes, storage::keys::SeqOrder>;
 
 /// The cursor of an iterator: running, failed before starting, or done.
 enum IterState<'t> {

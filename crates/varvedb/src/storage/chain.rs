@@ -121,7 +121,7 @@ pub(crate) struct BackWalk<'t> {
     txn: &'t RoTxn<'t, heed::WithoutTls>,
     /// A cursor walking the log downwards, and the sequence it last read.
     cursor: Option<(
-        heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes>,
+        heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes, super::keys::SeqOrder>,
         u64,
     )>,
 }

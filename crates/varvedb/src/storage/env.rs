@@ -131,7 +131,12 @@ pub(super) fn open(
     let wtxn = env.write_txn().lmdb()?;
     let created = env
         .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenFail> {
-            let events = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENTS))?;
+            let events = opener
+                .database_options()
+                .types::<Bytes, Bytes>()
+                .key_comparator::<super::keys::SeqOrder>()
+                .name(db_names::EVENTS)
+                .create(wtxn)?;
             let heads =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_HEADS))?;
             let blobs = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::BLOBS))?;

@@ -75,3 +75,47 @@ mod tests {
         assert_eq!(decode_head_value(&[0; 3]), None);
     }
 }
+
+/// The events log's key order, compared without a call to `memcmp`: the first eight bytes as
+/// a big-endian `u64`, then the rest of the key and its length. That is exactly LMDB's default
+/// order (bytes, then length), so a store written with either comparator reads with the
+/// other, and tools that know no comparator (`mdb_dump`, `mdb_stat`) still read the log.
+pub(crate) enum SeqOrder {}
+
+impl heed::Comparator for SeqOrder {
+    #[inline]
+    fn compare(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+        match (a.split_first_chunk::<8>(), b.split_first_chunk::<8>()) {
+            (Some((x, a_rest)), Some((y, b_rest))) => u64::from_be_bytes(*x)
+                .cmp(&u64::from_be_bytes(*y))
+                .then_with(|| a_rest.cmp(b_rest)),
+            _ => a.cmp(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use heed::Comparator;
+
+    use super::*;
+
+    /// The comparator orders keys exactly as LMDB's default does (bytewise, then by length).
+    #[test]
+    fn seq_order_is_lmdbs_default_order() {
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for seq in [0u64, 1, 2, 255, 256, 1 << 32, u64::MAX - 1, u64::MAX] {
+            keys.push(seq_key(seq).to_vec());
+            keys.push(seq_key_long(seq).to_vec());
+        }
+        keys.push(Vec::new());
+        keys.push(vec![0]);
+        keys.push(vec![0, 0, 0, 0, 0, 0, 0, 1, 5]);
+        keys.push(vec![0xff; 9]);
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(SeqOrder::compare(a, b), a.as_slice().cmp(b), "{a:?} {b:?}");
+            }
+        }
+    }
+}

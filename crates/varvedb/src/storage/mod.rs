@@ -70,12 +70,14 @@ pub(crate) mod db_names {
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
+/// The events log: `Raw`, ordered by [`keys::SeqOrder`] (LMDB's own order, compared faster).
+pub(crate) type EventsDb = Database<'static, Bytes, Bytes, keys::SeqOrder>;
 
 /// The databases of one environment.
 #[derive(Clone, Copy)]
 pub(crate) struct Dbs {
     /// `u64 BE seq` (or `seq ‖ 0u64` for overflow records) → record.
-    pub(crate) events: Raw,
+    pub(crate) events: EventsDb,
     /// `u128 BE stream` → `[u32 version][u32 0][u64 last seq]` LE: where each stream's chain
     /// starts (see [`chain`]).
     pub(crate) heads: Raw,

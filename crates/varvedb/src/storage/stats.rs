@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use heed::RoTxn;
 
 use super::lmdb::LmdbResultExt;
-use super::{Dbs, Raw, Storage, blob, last_seq};
+use super::{Dbs, Storage, blob, last_seq};
 use crate::error::{Error, Result};
 use crate::metrics::{ConsumerGauges, FileGauges, Metrics};
 
@@ -55,8 +55,7 @@ impl Storage {
     pub fn stats(&self) -> Result<Stats> {
         let txn = self.read_txn()?;
         let dbs = self.dbs();
-        let pages = |db: &Raw| -> Result<u64> {
-            let s = db.stat(txn.raw()).lmdb()?;
+        let pages = |s: heed::DatabaseStat| -> Result<u64> {
             let pages = (s.branch_pages as u64)
                 .checked_add(s.leaf_pages as u64)
                 .and_then(|n| n.checked_add(s.overflow_pages as u64))
@@ -67,13 +66,14 @@ impl Storage {
             })
         };
         let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
-        let blob_bytes = pages(&dbs.blobs)?.saturating_add(pages(&dbs.blob_refs)?);
+        let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
+            .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
         Ok(Stats {
             events: dbs.events.len(txn.raw()).lmdb()?,
             streams: dbs.heads.len(txn.raw()).lmdb()?,
             last_seq: last_seq(dbs, txn.raw())?,
-            log_bytes: pages(&dbs.events)?,
-            index_bytes: pages(&dbs.heads)?,
+            log_bytes: pages(dbs.events.stat(txn.raw()).lmdb()?)?,
+            index_bytes: pages(dbs.heads.stat(txn.raw()).lmdb()?)?,
             blobs,
             blob_references,
             blob_bytes,

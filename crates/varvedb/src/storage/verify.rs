@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use heed::RoTxn;
+use heed::types::Bytes;
+use heed::{Database, RoTxn};
 
 use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
 use super::record::{self, Peek};
-use super::{Dbs, Raw, chain, db_names, get_record, keys};
+use super::{Dbs, chain, db_names, get_record, keys};
 use crate::error::Result;
 use crate::storage::lmdb::LmdbResultExt;
 
@@ -272,10 +273,10 @@ impl<'a> Run<'a> {
     }
 
     /// Walks `db` in key order, with progress, handing each entry to `check`.
-    fn pass(
+    fn pass<C: heed::Comparator + 'static>(
         &mut self,
         phase: VerifyPhase,
-        db: &Raw,
+        db: &Database<'static, Bytes, Bytes, C>,
         mut check: impl FnMut(&mut Self, &'a [u8], &'a [u8]) -> Result<()>,
     ) -> Result<()> {
         let txn = self.txn;
