@@ -271,8 +271,9 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
     })
 }
 
-fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
-    // indicatif draws on stderr only when it is a terminal: quiet in pipes and files.
+/// A progress bar on stderr, drawn only when stderr is a terminal (indicatif's default): quiet
+/// in pipes and files. Used by every long command of the tool.
+pub(crate) fn bar(len: u64, template: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
         indicatif::ProgressStyle::with_template(template)

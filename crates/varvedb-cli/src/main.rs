@@ -289,14 +289,9 @@ fn backup(
 fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool, varvedb::Error> {
     let storage = open()?;
     let started = Instant::now();
-    // On a terminal only: indicatif draws nothing when stderr is a pipe or a file.
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "verify {msg:<12} [{bar:30}] {pos}/{len} ({percent}%) {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+    let bar = dump::bar(
+        0,
+        "verify {msg:<12} [{bar:30}] {pos}/{len} ({percent}%) {elapsed}",
     );
     let report = storage.verify_with_progress(|p| {
         bar.set_message(p.phase.database());

@@ -9,7 +9,6 @@
 //! timestamp, links, envelope and payload), and so is every blob.
 
 use std::collections::HashMap;
-use std::ops::Bound;
 
 use heed::PutFlags;
 
@@ -205,33 +204,16 @@ impl Storage {
         from_seq: u64,
     ) -> impl Iterator<Item = Result<StoredEvent>> + 't {
         let dbs = *self.dbs();
-        let start = keys::seq_key(from_seq);
-        let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let cursor = self
-            .check_txn(txn)
-            .and_then(|()| dbs.events.range(txn.raw(), &range).lmdb());
-        let (cursor, failed) = match cursor {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
-        };
         let raw = txn.raw();
         let mut done = false;
-        failed
-            .map(Err)
-            .into_iter()
-            .chain(cursor.into_iter().flatten().map_while(move |entry| {
-                if done {
-                    return None;
-                }
-                let event = entry.map_err(Error::lmdb).and_then(|(key, value)| {
-                    let seq = keys::decode_seq_key(key).ok_or_else(|| {
-                        Error::corrupt(0, format!("malformed events-log key {key:02x?}"))
-                    })?;
-                    stored_event(&dbs, raw, seq, value)
-                });
-                done = event.is_err();
-                Some(event)
-            }))
+        storage::log_from(self.check_txn(txn), &dbs, raw, from_seq).map_while(move |entry| {
+            if done {
+                return None;
+            }
+            let event = entry.and_then(|(seq, value)| stored_event(&dbs, raw, seq, value));
+            done = event.is_err();
+            Some(event)
+        })
     }
 
     /// An importer into this store. See [`Importer`].
@@ -243,7 +225,7 @@ impl Storage {
             next_seq: 1,
             started: None,
             heads: HashMap::new(),
-            type_ids: HashMap::new(),
+            type_ids: TypeIds::default(),
             report: ImportReport::default(),
         }
     }
@@ -343,7 +325,7 @@ pub struct Importer {
     /// committed (or checked) up to.
     started: Option<(u64, u64)>,
     heads: HashMap<u128, ImportHead>,
-    type_ids: HashMap<(String, String, u16), u32>,
+    type_ids: TypeIds,
     report: ImportReport,
 }
 
@@ -545,7 +527,7 @@ impl Importer {
                     ));
                 }
                 let mut heads: HashMap<u128, ImportHead> = HashMap::new();
-                let mut types: HashMap<(String, String, u16), u32> = HashMap::new();
+                let mut types = TypeIds::default();
                 let mut present = 0u64;
                 let mut last = done;
                 for event in pending {
@@ -645,7 +627,7 @@ impl Importer {
             self.heads.clear();
         }
         self.heads.extend(heads);
-        self.type_ids.extend(types);
+        self.type_ids.absorb(types);
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(())
@@ -663,29 +645,52 @@ fn check_type_name(seq: u64, key: &TypeKey<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Type ids by type, found without allocating: by name, then container and version.
+#[derive(Default)]
+struct TypeIds(HashMap<String, Vec<(String, u16, u32)>>);
+
+impl TypeIds {
+    fn get(&self, key: &TypeKey<'_>) -> Option<u32> {
+        self.0
+            .get(key.name)?
+            .iter()
+            .find(|(container, version, _)| container == key.container && *version == key.version)
+            .map(|(_, _, id)| *id)
+    }
+
+    fn insert(&mut self, key: &TypeKey<'_>, id: u32) {
+        self.0.entry(key.name.to_owned()).or_default().push((
+            key.container.to_owned(),
+            key.version,
+            id,
+        ));
+    }
+
+    fn absorb(&mut self, other: TypeIds) {
+        for (name, list) in other.0 {
+            self.0.entry(name).or_default().extend(list);
+        }
+    }
+}
+
 fn import_type_id(
     dbs: &Dbs,
     wtxn: &mut heed::RwTxn<'_>,
-    cached: &HashMap<(String, String, u16), u32>,
-    batch: &mut HashMap<(String, String, u16), u32>,
+    cached: &TypeIds,
+    batch: &mut TypeIds,
     event: &StoredEvent,
 ) -> Result<u32> {
-    let owned = (
-        event.type_container.clone(),
-        event.type_name.clone(),
-        event.type_version,
-    );
-    if let Some(id) = cached.get(&owned).or_else(|| batch.get(&owned)) {
-        return Ok(*id);
-    }
     let key = TypeKey {
         container: &event.type_container,
         name: &event.type_name,
         version: event.type_version,
     };
+    if let Some(id) = cached.get(&key).or_else(|| batch.get(&key)) {
+        return Ok(id);
+    }
     check_type_name(event.seq, &key)?;
     let (id, _) = types::intern(dbs, wtxn, &key)?;
-    batch.insert(owned, id);
+    batch.insert(&key, id);
     Ok(id)
 }
 

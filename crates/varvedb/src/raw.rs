@@ -7,7 +7,6 @@
 //! which is how a reader upcasts older schema versions.
 
 use std::fmt;
-use std::ops::Bound;
 
 use heed::RoTxn;
 use rkyv::Archive;
@@ -424,41 +423,11 @@ impl RawReader {
         txn: &'t ReadTxn,
         from_seq: u64,
     ) -> impl Iterator<Item = Result<RawEvent<'t>>> + 't {
-        let dbs = *self.storage.dbs();
-        let start = keys::seq_key(from_seq);
-        let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let cursor = self
-            .storage
-            .check_txn(txn)
-            .and_then(|()| dbs.events.range(txn.raw(), &range).lmdb());
-        let (cursor, failed) = match cursor {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
-        };
+        let check = self.storage.check_txn(txn);
         let raw = txn.raw();
         let storage = self.storage.clone();
-        let mut done = false;
-        failed
-            .map(Err)
-            .into_iter()
-            .chain(cursor.into_iter().flatten().map_while(move |entry| {
-                if done {
-                    return None;
-                }
-                Some(match entry {
-                    Err(e) => {
-                        done = true;
-                        Err(Error::lmdb(e))
-                    }
-                    Ok((key, value)) => match keys::decode_seq_key(key) {
-                        None => Err(Error::corrupt(
-                            0,
-                            format!("malformed events-log key {key:02x?}"),
-                        )),
-                        Some(seq) => raw_at(&storage, raw, seq, value),
-                    },
-                })
-            }))
+        storage::log_from(check, self.storage.dbs(), raw, from_seq)
+            .map(move |entry| entry.and_then(|(seq, value)| raw_at(&storage, raw, seq, value)))
     }
 
     /// Every stream with at least one event, in stream-id order, with its version and its
@@ -469,31 +438,13 @@ impl RawReader {
         txn: &'t ReadTxn,
     ) -> impl Iterator<Item = Result<StreamSummary>> + 't {
         let dbs = *self.storage.dbs();
-        let cursor = self
+        let raw = txn.raw();
+        let opened = self
             .storage
             .check_txn(txn)
-            .and_then(|()| dbs.heads.iter(txn.raw()).lmdb());
-        let (cursor, failed) = match cursor {
-            Ok(c) => (Some(c), None),
-            Err(e) => (None, Some(e)),
-        };
-        let raw = txn.raw();
-        let mut done = false;
-        failed
-            .map(Err)
-            .into_iter()
-            .chain(cursor.into_iter().flatten().map_while(move |entry| {
-                if done {
-                    return None;
-                }
-                Some(match entry {
-                    Err(e) => {
-                        done = true;
-                        Err(Error::lmdb(e))
-                    }
-                    Ok((key, value)) => stream_summary(&dbs, raw, key, value),
-                })
-            }))
+            .and_then(|()| dbs.heads.iter(raw).lmdb());
+        storage::walk(opened)
+            .map(move |entry| entry.and_then(|(key, value)| stream_summary(&dbs, raw, key, value)))
     }
 
     /// The events of `stream_id` from `from_version` on, in version order: located a chunk
@@ -519,6 +470,8 @@ impl RawReader {
         let mut next = from_version.max(1);
         let mut chunk: Vec<(u64, &'t [u8])> = Vec::new();
         let mut walk = chain::BackWalk::new(&dbs, raw);
+        // The head record, read once for every chunk that starts from it.
+        let mut head: Option<chain::Found<'t>> = None;
         std::iter::from_fn(move || {
             if let Some(e) = failed.take() {
                 next = 0;
@@ -533,7 +486,12 @@ impl RawReader {
             let end = next.saturating_add(RAW_STREAM_CHUNK - 1).min(head_version);
             let first = next;
             next = end.checked_add(1).unwrap_or(0);
-            let located = chain::find(&dbs, raw, stream_id, head_version, head_seq)
+            let head_found = match head {
+                Some(found) => Ok(found),
+                None => chain::find(&dbs, raw, stream_id, head_version, head_seq)
+                    .inspect(|found| head = Some(*found)),
+            };
+            let located = head_found
                 .and_then(|head| chain::locate(&dbs, raw, stream_id, (head_version, head), end))
                 .and_then(|mut found| {
                     let mut version = end;

@@ -104,12 +104,7 @@ fn source(dir: &Path) -> Storage {
             Ok(())
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let head = storage.raw_reader().storage().stats().unwrap().last_seq;
+    let head = storage.stats().unwrap().last_seq;
     let p = Processor::new(
         Reader::<Doc>::new(storage.clone()),
         FailsOnTwo,
@@ -123,20 +118,7 @@ fn source(dir: &Path) -> Storage {
         },
         ..Default::default()
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(p.run_until(async move {
-        let _ = stopped.await;
-    }));
-    rt.block_on(async {
-        for _ in 0..2000 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if storage.consumer_position("auditor").unwrap() == Some(head) {
-                break;
-            }
-        }
-    });
-    stop.send(()).unwrap();
-    rt.block_on(task).unwrap().unwrap();
+    common::run_to(&common::runtime(), &storage, p, "auditor", head);
     assert_eq!(storage.parked_events("auditor").unwrap().len(), 1);
     storage
 }

@@ -27,41 +27,6 @@ impl EventHandler<Deposited> for Balance {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Runs `processor` until the store's head is `until` (polling), then stops it gracefully.
-fn run_to<H: EventHandler<Deposited>>(
-    rt: &tokio::runtime::Runtime,
-    storage: &Storage,
-    processor: Processor<Deposited, H>,
-    name: &str,
-    until: u64,
-) -> H {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = rt.spawn(processor.run_until(async move {
-        let _ = stopped.await;
-    }));
-    let name = name.to_string();
-    let storage = storage.clone();
-    rt.block_on(async {
-        // Wait until the processor's checkpoint... or the head: stop, and the stop checkpoints.
-        for _ in 0..2000 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if storage.consumer_position(&name).unwrap() == Some(until) {
-                break;
-            }
-        }
-    });
-    stop.send(()).unwrap();
-    rt.block_on(task).unwrap().unwrap()
-}
-
 #[test]
 fn the_issue_example_runs_and_checkpoints_at_the_head() {
     let dir = tempfile::tempdir().unwrap();

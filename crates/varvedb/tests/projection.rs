@@ -46,14 +46,6 @@ impl ProjectionHandler<Deposited> for Totals {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// What the model holds for each of streams 0..5: (sum, count).
 fn model(storage: &Storage) -> Vec<(u64, u64)> {
     let txn = storage.read_txn().unwrap();

@@ -13,14 +13,6 @@ struct Other {
     x: u64,
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn a_subscription_catches_up_then_follows_live_appends_in_order() {
     let dir = tempfile::tempdir().unwrap();

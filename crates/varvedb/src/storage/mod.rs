@@ -448,6 +448,53 @@ impl Storage {
     }
 }
 
+/// The entries of an LMDB cursor, or the error opening it gave. An LMDB error is yielded once
+/// and ends the walk: a failed cursor cannot be advanced.
+pub(crate) fn walk<'t, I>(opened: Result<I>) -> impl Iterator<Item = Result<(&'t [u8], &'t [u8])>>
+where
+    I: Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>>,
+{
+    let (cursor, failed) = match opened {
+        Ok(c) => (Some(c), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut done = false;
+    failed
+        .map(Err)
+        .into_iter()
+        .chain(cursor.into_iter().flatten().map_while(move |entry| {
+            if done {
+                return None;
+            }
+            done = entry.is_err();
+            Some(entry.map_err(Error::lmdb))
+        }))
+}
+
+/// The events log from `from_seq` on, as `(seq, record)`, through [`walk`] (`check` is the
+/// caller's check of the snapshot, reported first if it failed). A malformed key is an error
+/// and the walk goes on.
+pub(crate) fn log_from<'t>(
+    check: Result<()>,
+    dbs: &Dbs,
+    txn: &'t RoTxn<'static, WithoutTls>,
+    from_seq: u64,
+) -> impl Iterator<Item = Result<(u64, &'t [u8])>> + use<'t> {
+    let start = keys::seq_key(from_seq);
+    let range = (
+        std::ops::Bound::Included(&start[..]),
+        std::ops::Bound::Unbounded,
+    );
+    let opened = check.and_then(|()| dbs.events.range(txn, &range).lmdb());
+    walk(opened).map(|entry| {
+        entry.and_then(|(key, value)| {
+            keys::decode_seq_key(key)
+                .map(|seq| (seq, value))
+                .ok_or_else(|| Error::corrupt(0, format!("malformed events-log key {key:02x?}")))
+        })
+    })
+}
+
 pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
     match dbs.events.last(txn).lmdb()? {
         None => Ok(0),

@@ -106,3 +106,44 @@ pub fn raw_get(dir: &std::path::Path, db: &str, key: &[u8]) -> Option<Vec<u8>> {
     let rtxn = env.read_txn().unwrap();
     database.get(&rtxn, key).unwrap().map(<[u8]>::to_vec)
 }
+
+/// A two-worker tokio runtime for the tests that run processors.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Runs `processor` until its consumer `name` has checkpointed `until` (polling, at most
+/// 10 s), then stops it gracefully and hands its handler back.
+pub fn run_to<E, H>(
+    rt: &tokio::runtime::Runtime,
+    storage: &Storage,
+    processor: varvedb::Processor<E, H>,
+    name: &str,
+    until: u64,
+) -> H
+where
+    E: varvedb::ValidateEvent + varvedb::Event + Send + 'static,
+    H: varvedb::EventHandler<E>,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let name = name.to_string();
+    let storage = storage.clone();
+    rt.block_on(async {
+        // Wait until the processor's checkpoint... or the head: stop, and the stop checkpoints.
+        for _ in 0..2000 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            if storage.consumer_position(&name).unwrap() == Some(until) {
+                break;
+            }
+        }
+    });
+    stop.send(()).unwrap();
+    rt.block_on(task).unwrap().unwrap()
+}
