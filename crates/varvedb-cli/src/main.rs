@@ -349,6 +349,7 @@ fn stats(
     let s = storage.stats()?;
     println!("store       {}", storage.path().display());
     println!("events      {}", s.events);
+    println!("packs       {}", s.packs);
     println!("streams     {}", s.streams);
     println!("last seq    {}", s.last_seq);
     println!("log bytes   {}", s.log_bytes);

@@ -284,6 +284,17 @@ pub mod __bench {
         record::checksum_of(record_bytes)
     }
 
+    /// The byte ranges of the records in the pack stored under the key `last` (for tests that
+    /// forge or damage a record in place); `None` if it is not a pack.
+    pub fn pack_records(last: u64, pack: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
+        crate::storage::pack::record_ranges(last, pack)
+    }
+
+    /// Rewrites the checksum of the pack stored under the key `last` to match its bytes.
+    pub fn reseal_pack(last: u64, pack: &mut [u8]) {
+        crate::storage::pack::reseal(last, pack);
+    }
+
     /// A stream's raw keystore entry (for tests that look for it in a file).
     pub fn keystore_entry(storage: &crate::Storage, stream_id: u128) -> Option<Vec<u8>> {
         let txn = storage.read_txn().ok()?;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::ops::{Bound, Deref};
+use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,9 +19,9 @@ use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
 use crate::storage::crypto::{self, StreamKey};
 use crate::storage::envelope::Section;
-use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::pack::LogIter;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
-use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, keys, types};
+use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
 pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
@@ -427,8 +427,9 @@ fn event_at<'t, E: ValidateEvent + Event>(
     state: &ReaderState,
     seq: u64,
     value: &'t [u8],
+    checked: bool,
 ) -> Result<EventRef<'t, E>> {
-    let (header, envelope, body) = storage::record::open(seq, value)?;
+    let (header, envelope, body) = storage::record::open_with(seq, value, checked)?;
     let type_index = state.memo.check::<E>(dbs, txn, seq, header.type_id)?;
     // An encrypted event's key first: a shredded stream's blobs are gone.
     let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
@@ -538,7 +539,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
             None => Ok(None),
             Some(value) => {
                 count_one(&self.storage, value.len());
-                event_at(dbs, txn.raw(), &self.state, seq, value).map(Some)
+                event_at(dbs, txn.raw(), &self.state, seq, value, false).map(Some)
             }
         }
     }
@@ -562,7 +563,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
         let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
         let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
         count_one(&self.storage, found.record.len());
-        event_at(dbs, txn.raw(), &self.state, found.seq, found.record).map(Some)
+        event_at(dbs, txn.raw(), &self.state, found.seq, found.record, false).map(Some)
     }
 
     /// The current version of a stream (0 if it has no events). Pass it to
@@ -600,64 +601,14 @@ impl<E: ValidateEvent + Event> Reader<E> {
     /// Every event from global sequence `from_seq` on, in global order.
     pub fn read_all<'t>(&self, txn: &'t ReadTxn, from_seq: u64) -> AllIter<'t, E> {
         let dbs = *self.storage.dbs();
-        let start = keys::seq_key(from_seq);
-        let range = (Bound::Included(&start[..]), Bound::Unbounded);
-        let cursor = self
-            .storage
-            .check_txn(txn)
-            .and_then(|()| dbs.events.range(txn.raw(), &range).lmdb());
+        let check = self.storage.check_txn(txn);
         AllIter {
             dbs,
             txn: txn.raw(),
             state: Arc::clone(&self.state),
-            cursor: IterState::from(cursor),
+            log: LogIter::open(check, &dbs, txn.raw(), from_seq, true),
             tally: ReadTally::default(),
             _event: PhantomData,
-        }
-    }
-}
-
-/// The log's cursor, as `read_all` walks it (a concrete type: one call per event, inlined).
-type LogRange<'t> =
-    heed::RoRange<'t, heed::types::Bytes, heed::types::Bytes, storage::keys::SeqOrder>;
-
-/// The cursor of an iterator: running, failed before starting, or done.
-enum IterState<'t> {
-    Running(LogRange<'t>),
-    Failed(Error),
-    Done,
-}
-
-impl<'t> From<Result<LogRange<'t>>> for IterState<'t> {
-    fn from(r: Result<LogRange<'t>>) -> Self {
-        match r {
-            Ok(iter) => IterState::Running(iter),
-            Err(e) => IterState::Failed(e),
-        }
-    }
-}
-
-impl<'t> IterState<'t> {
-    /// The next raw entry. A cursor error is yielded once and ends the iteration: LMDB cursors
-    /// do not recover from one. An undecodable entry is yielded as an error and skipped.
-    fn next_raw(&mut self) -> Option<Result<(&'t [u8], &'t [u8])>> {
-        match self {
-            IterState::Running(iter) => match iter.next() {
-                Some(Ok(entry)) => Some(Ok(entry)),
-                Some(Err(e)) => {
-                    *self = IterState::Done;
-                    Some(Err(Error::lmdb(e)))
-                }
-                None => {
-                    *self = IterState::Done;
-                    None
-                }
-            },
-            IterState::Failed(_) => match std::mem::replace(self, IterState::Done) {
-                IterState::Failed(e) => Some(Err(e)),
-                _ => None,
-            },
-            IterState::Done => None,
         }
     }
 }
@@ -805,7 +756,14 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
     fn next_forward(&mut self) -> Option<Result<EventRef<'t, E>>> {
         if let Some((seq, record)) = self.chunk.pop() {
             self.tally.count(record.len());
-            return Some(event_at(&self.dbs, self.txn, &self.state, seq, record));
+            return Some(event_at(
+                &self.dbs,
+                self.txn,
+                &self.state,
+                seq,
+                record,
+                false,
+            ));
         }
         if self.next == 0 || self.next > self.head.0 {
             return None;
@@ -822,7 +780,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         match filled {
             Ok(()) => self.chunk.pop().map(|(seq, record)| {
                 self.tally.count(record.len());
-                event_at(&self.dbs, self.txn, &self.state, seq, record)
+                event_at(&self.dbs, self.txn, &self.state, seq, record, false)
             }),
             Err(e) => {
                 // Skip what could not be located; later chunks are reached from the head.
@@ -847,6 +805,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
                     &self.state,
                     seq,
                     found.record,
+                    false,
                 ))
             }
             Err(e) => {
@@ -882,7 +841,7 @@ pub struct AllIter<'t, E> {
     dbs: Dbs,
     txn: &'t RoTxn<'static, heed::WithoutTls>,
     state: Arc<ReaderState>,
-    cursor: IterState<'t>,
+    log: LogIter<'t>,
     tally: ReadTally,
     _event: PhantomData<fn() -> E>,
 }
@@ -905,19 +864,20 @@ impl<'t, E: ValidateEvent + Event> Iterator for AllIter<'t, E> {
     type Item = Result<EventRef<'t, E>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (key, value) = match self.cursor.next_raw()? {
+        let entry = match self.log.next()? {
             Ok(entry) => entry,
             Err(e) => return Some(Err(e)),
         };
-        let Some(seq) = keys::decode_seq_key(key) else {
-            return Some(Err(Error::corrupt(
-                0,
-                format!("malformed events-log key {key:02x?}"),
-            )));
-        };
         // Counted before the decode, which leaves the result to be built in place: an event a
         // typed reader rejects is counted as read.
-        self.tally.count(value.len());
-        Some(event_at(&self.dbs, self.txn, &self.state, seq, value))
+        self.tally.count(entry.record.len());
+        Some(event_at(
+            &self.dbs,
+            self.txn,
+            &self.state,
+            entry.seq,
+            entry.record,
+            entry.checked,
+        ))
     }
 }

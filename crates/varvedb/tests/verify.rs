@@ -296,10 +296,11 @@ fn a_damaged_record_a_gap_and_a_wrong_head_are_reported() {
     drop(fill(&dir));
     raw_edit(&dir, |wtxn, dbs| {
         let events = dbs["events"];
-        // Seq 4 (stream 1, version 2, inline): one flipped payload byte.
-        let mut record = events.get(wtxn, &seq_key(4)).unwrap().unwrap().to_vec();
-        record[70] ^= 0x10;
-        events.put(wtxn, &seq_key(4), &record).unwrap();
+        // Seq 4 (stream 1, version 2, inline, a pack of its own): one flipped payload byte.
+        let mut pack = events.get(wtxn, &seq_key(4)).unwrap().unwrap().to_vec();
+        let record = varvedb::__bench::pack_records(4, &pack).unwrap()[0].clone();
+        pack[record.start + 70] ^= 0x10;
+        events.put(wtxn, &seq_key(4), &pack).unwrap();
         // Seq 9 (stream 3, version 3) disappears.
         events.delete(wtxn, &seq_key(9)).unwrap();
         // Stream 2's head claims a version the log does not have.

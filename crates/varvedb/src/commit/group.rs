@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::Aes256Gcm;
-use heed::{PutFlags, RwTxn};
+use heed::RwTxn;
 use rkyv::util::AlignedVec;
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ use crate::storage::chain::Spine;
 use crate::storage::crypto::{self, Crypto, StreamKey};
 use crate::storage::envelope;
 use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::pack::PackWriter;
 use crate::storage::record::HEADER_LEN;
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::types::{self, TypeKey};
@@ -535,7 +536,11 @@ fn apply(
     appends: &mut [StreamAppend],
     tally: &mut CommitTally,
 ) -> Result<Vec<Appended>> {
-    let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
+    let mut remaining: usize = appends.iter().map(|a| a.events.len()).sum();
+    let mut out = Vec::with_capacity(remaining);
+    // The request's records go into packs, written as they fill and at the end, so that the
+    // next request of the group reads them like any committed record.
+    let mut packs = PackWriter::default();
     for append in appends.iter_mut() {
         let stream_id = append.stream_id;
         for event in &mut append.events {
@@ -608,15 +613,8 @@ fn apply(
                 links,
             };
             record::seal(record, payload_len, digest, &header);
-            // Seqs only grow, so APPEND skips the search and fills pages completely.
-            let key = if record.len() <= inline_max {
-                &keys::seq_key(*seq)[..]
-            } else {
-                &keys::seq_key_long(*seq)[..]
-            };
-            dbs.events
-                .put_with_flags(wtxn, PutFlags::APPEND, key, record)
-                .lmdb()?;
+            packs.push(dbs, wtxn, inline_max, *seq, record, remaining)?;
+            remaining -= 1;
             tally.events += 1;
             tally.bytes += record.len() as u64;
             if let Some(id) = event.event_id.map(u128::from_le_bytes) {
@@ -631,6 +629,7 @@ fn apply(
         }
         head.dirty = true;
     }
+    packs.flush(dbs, wtxn, inline_max)?;
     Ok(out)
 }
 

@@ -10,6 +10,7 @@
 
 use heed::RoTxn;
 
+use super::pack::{Pack, get_pack};
 use super::record::{self, Links};
 use super::{Dbs, get_record};
 use crate::error::{Error, Result};
@@ -114,16 +115,17 @@ pub(crate) fn find<'t>(
 
 /// Reads a stream's records backwards over their `prev` links. A stream's events are often
 /// neighbours in the log (a batch, an aggregate appended to in a burst): then the previous
-/// version is the log's previous entry, and one cursor step reads it instead of a descent of
-/// the B-tree. Any other link costs one positioned lookup, as [`find`] does.
+/// version is in the same pack, read through its offset table, or at the end of the previous
+/// pack, which one cursor step reads instead of a descent of the B-tree. Any other link costs
+/// one positioned lookup, as [`find`] does.
 pub(crate) struct BackWalk<'t> {
     dbs: Dbs,
     txn: &'t RoTxn<'t, heed::WithoutTls>,
-    /// A cursor walking the log downwards, and the sequence it last read.
-    cursor: Option<(
-        heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes, super::keys::SeqOrder>,
-        u64,
-    )>,
+    /// The pack of the record read last.
+    pack: Option<Pack<'t>>,
+    /// A cursor walking the log downwards, whose next step reads the pack before `pack`.
+    cursor:
+        Option<heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes, super::keys::SeqOrder>>,
 }
 
 impl<'t> BackWalk<'t> {
@@ -131,40 +133,51 @@ impl<'t> BackWalk<'t> {
         BackWalk {
             dbs: *dbs,
             txn,
+            pack: None,
             cursor: None,
         }
     }
 
     /// Version `version` of `stream_id` at `seq`, checked as [`hop`] checks it.
     pub(crate) fn find(&mut self, stream_id: u128, version: u32, seq: u64) -> Result<Found<'t>> {
-        if let Some((cursor, last)) = &mut self.cursor
-            && last.checked_sub(1) == Some(seq)
-            && let Some(Ok((key, record))) = cursor.next()
+        if let Some(pack) = self.pack
+            && pack.contains(seq)
+        {
+            return checked(stream_id, version, seq, pack.record(seq)?);
+        }
+        if let Some(pack) = self.pack
+            && pack.first().checked_sub(1) == Some(seq)
+            && let Some(cursor) = &mut self.cursor
+            && let Some(Ok((key, value))) = cursor.next()
             && super::keys::decode_seq_key(key) == Some(seq)
         {
-            *last = seq;
-            return checked(stream_id, version, seq, record);
+            let pack = Pack::parse(seq, value)?;
+            self.pack = Some(pack);
+            return checked(stream_id, version, seq, pack.record(seq)?);
         }
-        // Any other link: one exact lookup (LMDB's stack cursor, no allocation).
+        // Any other link: one positioned lookup.
         self.cursor = None;
-        let record = get_record(&self.dbs, self.txn, seq)?.ok_or_else(|| {
+        self.pack = None;
+        let pack = get_pack(&self.dbs, self.txn, seq)?.ok_or_else(|| {
             broken(
                 stream_id,
                 version,
                 format!("the chain points at sequence {seq}, which does not exist"),
             )
         })?;
-        let found = checked(stream_id, version, seq, record)?;
-        // If the next link will name this entry's neighbour, walk on with a cursor (positioned
-        // at the first step, and allocated once for the run). Scattered streams never pay it.
-        if found.links.prev != 0 && found.links.prev.checked_add(1) == Some(seq) {
+        self.pack = Some(pack);
+        let found = checked(stream_id, version, seq, pack.record(seq)?)?;
+        // If the next link will name the previous pack's last record, walk on with a cursor
+        // (positioned at the first step, and allocated once for the run). Scattered streams
+        // never pay it.
+        if found.links.prev != 0 && found.links.prev.checked_add(1) == Some(pack.first()) {
             let upper = super::keys::seq_key_long(found.links.prev);
             let range = (
                 std::ops::Bound::Unbounded,
                 std::ops::Bound::Included(&upper[..]),
             );
             if let Ok(cursor) = self.dbs.events.rev_range(self.txn, &range) {
-                self.cursor = Some((cursor, seq));
+                self.cursor = Some(cursor);
             }
         }
         Ok(found)

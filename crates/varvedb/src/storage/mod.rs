@@ -19,6 +19,7 @@ pub(crate) mod envelope;
 mod gate;
 pub(crate) mod keys;
 pub(crate) mod lmdb;
+pub(crate) mod pack;
 pub(crate) mod record;
 mod registry;
 mod shred;
@@ -50,7 +51,7 @@ pub use txn::ReadTxn;
 pub use verify::{Problem, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport};
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The meta key of the format version; its value is a little-endian `u32`.
 pub const META_FORMAT_KEY: &str = "format_version";
 
@@ -471,28 +472,17 @@ where
         }))
 }
 
-/// The events log from `from_seq` on, as `(seq, record)`, through [`walk`] (`check` is the
-/// caller's check of the snapshot, reported first if it failed). A malformed key is an error
-/// and the walk goes on.
+/// The events log from `from_seq` on, as `(seq, record)` (`check` is the caller's check of the
+/// snapshot, reported first if it failed). Each record's own checksum is left to the caller.
+/// A malformed key or pack is an error and the walk goes on; an LMDB error ends it.
 pub(crate) fn log_from<'t>(
     check: Result<()>,
     dbs: &Dbs,
     txn: &'t RoTxn<'static, WithoutTls>,
     from_seq: u64,
 ) -> impl Iterator<Item = Result<(u64, &'t [u8])>> + use<'t> {
-    let start = keys::seq_key(from_seq);
-    let range = (
-        std::ops::Bound::Included(&start[..]),
-        std::ops::Bound::Unbounded,
-    );
-    let opened = check.and_then(|()| dbs.events.range(txn, &range).lmdb());
-    walk(opened).map(|entry| {
-        entry.and_then(|(key, value)| {
-            keys::decode_seq_key(key)
-                .map(|seq| (seq, value))
-                .ok_or_else(|| Error::corrupt(0, format!("malformed events-log key {key:02x?}")))
-        })
-    })
+    pack::LogIter::open(check, dbs, txn, from_seq, false)
+        .map(|entry| entry.map(|e| (e.seq, e.record)))
 }
 
 pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
@@ -542,14 +532,11 @@ pub(crate) fn stream_head(
     }
 }
 
-/// Finds the record with sequence `seq`, under either key length. Returns the raw value.
-///
-/// Two exact lookups rather than one range lookup: `mdb_get` uses a cursor on the stack, while a
-/// range lookup opens (and mallocs) a cursor per call. Inline records, the common case, are found
-/// by the first lookup.
+/// Finds the record with sequence `seq`: one positioned lookup for its pack, then the pack's
+/// offset table. Returns the record's bytes, its own checksum not yet checked.
 pub(crate) fn get_record<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Option<&'t [u8]>> {
-    if let Some(value) = dbs.events.get(txn, &keys::seq_key(seq)).lmdb()? {
-        return Ok(Some(value));
+    match pack::get_pack(dbs, txn, seq)? {
+        None => Ok(None),
+        Some(pack) => pack.record(seq).map(Some),
     }
-    dbs.events.get(txn, &keys::seq_key_long(seq)).lmdb()
 }

@@ -136,6 +136,14 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 /// Verifies a stored record and splits it into header and payload. Every failure is
 /// [`Error::Corrupt`] naming `seq`.
 pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
+    decode_with(seq, record, false)
+}
+
+/// [`decode`]; with `checked`, the record's own checksum is not computed, because a pack
+/// checksum that covers its bytes has matched (see [`pack`](super::pack)). Every other check
+/// still runs.
+#[inline]
+pub(crate) fn decode_with(seq: u64, record: &[u8], checked: bool) -> Result<(RecordHeader, &[u8])> {
     if record.len() < HEADER_LEN {
         return Err(Error::corrupt(
             seq,
@@ -169,13 +177,15 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
         ));
     }
     let payload = &record[HEADER_LEN..HEADER_LEN + payload_len];
-    let stored = le_u64(record, CHECKSUM_AT);
-    let computed = header_checksum(&record[..CHECKSUM_AT], payload_digest(payload));
-    if stored != computed {
-        return Err(Error::corrupt(
-            seq,
-            format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x})"),
-        ));
+    if !checked {
+        let stored = le_u64(record, CHECKSUM_AT);
+        let computed = header_checksum(&record[..CHECKSUM_AT], payload_digest(payload));
+        if stored != computed {
+            return Err(Error::corrupt(
+                seq,
+                format!("checksum mismatch (stored {stored:#018x}, computed {computed:#018x})"),
+            ));
+        }
     }
     let flags = record[1];
     if flags & !(FLAG_BLOB | FLAG_ENVELOPE | super::crypto::FLAG_ENCRYPTED) != 0 {
@@ -209,7 +219,18 @@ pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
 /// record, the blob reference, checked for length).
 #[inline]
 pub(crate) fn open(seq: u64, record: &[u8]) -> Result<(RecordHeader, Section<'_>, &[u8])> {
-    let (header, body) = decode(seq, record)?;
+    open_with(seq, record, false)
+}
+
+/// [`open`], trusting the record's checksum to a matched pack checksum when `checked` (see
+/// [`decode_with`]).
+#[inline]
+pub(crate) fn open_with(
+    seq: u64,
+    record: &[u8],
+    checked: bool,
+) -> Result<(RecordHeader, Section<'_>, &[u8])> {
+    let (header, body) = decode_with(seq, record, checked)?;
     let (section, rest) = envelope::split(seq, header.flags, body)?;
     if header.flags & FLAG_BLOB != 0 && rest.len() != REF_LEN {
         return Err(Error::corrupt(

@@ -13,8 +13,10 @@ use crate::metrics::{ConsumerGauges, FileGauges, Metrics};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Events in the log.
+    /// Events in the log (the log is gap-free from sequence 1, so this is `last_seq`).
     pub events: u64,
+    /// Packs in the log: LMDB entries, each holding the events of one append, up to 256.
+    pub packs: u64,
     /// Streams with at least one event.
     pub streams: u64,
     /// The last committed global sequence (0 when empty).
@@ -69,7 +71,8 @@ impl Storage {
         let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
             .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
         Ok(Stats {
-            events: dbs.events.len(txn.raw()).lmdb()?,
+            events: last_seq(dbs, txn.raw())?,
+            packs: dbs.events.len(txn.raw()).lmdb()?,
             streams: dbs.heads.len(txn.raw()).lmdb()?,
             last_seq: last_seq(dbs, txn.raw())?,
             log_bytes: pages(dbs.events.stat(txn.raw()).lmdb()?)?,
@@ -115,7 +118,7 @@ impl Storage {
             map_used_bytes: (info.last_page_number as u64)
                 .saturating_add(1)
                 .saturating_mul(page_size),
-            events: dbs.events.len(txn.raw()).lmdb()?,
+            events: last_seq(dbs, txn.raw())?,
             last_seq: last_seq(dbs, txn.raw())?,
             blobs: dbs.blob_refs.len(txn.raw()).lmdb()?,
             blob_store_bytes: blob_pages.saturating_mul(page_size),

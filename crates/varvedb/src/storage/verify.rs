@@ -13,6 +13,7 @@ use heed::types::Bytes;
 use heed::{Database, RoTxn};
 
 use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
+use super::pack::Pack;
 use super::record::{self, Peek};
 use super::{Dbs, chain, db_names, get_record, keys};
 use crate::error::Result;
@@ -335,60 +336,79 @@ impl<'a> Run<'a> {
         let dbs = self.dbs;
         let mut next_seq = 1u64;
         self.pass(VerifyPhase::Events, &dbs.events, |run, key, value| {
-            run.report.events += 1;
             run.report.bytes_checked += value.len() as u64;
-            let Some(seq) = keys::decode_seq_key(key) else {
+            let Some(last) = keys::decode_seq_key(key) else {
                 run.malformed_key(db_names::EVENTS, key);
                 return Ok(());
             };
-            if seq != next_seq {
-                let what = if seq > next_seq {
+            let pack = match Pack::parse(last, value) {
+                Ok(pack) => pack,
+                Err(e) => {
+                    run.report
+                        .report(db_names::EVENTS, seq_key_name(last), reason(e));
+                    next_seq = last.saturating_add(1);
+                    return Ok(());
+                }
+            };
+            let first = pack.first();
+            if first != next_seq {
+                let what = if first > next_seq {
                     format!(
                         "the log skips sequences {next_seq}..={}: it must be gap-free",
-                        seq - 1
+                        first - 1
                     )
                 } else {
                     format!("out of order: expected sequence {next_seq} or later")
                 };
-                run.report.report(db_names::EVENTS, seq_key_name(seq), what);
+                run.report
+                    .report(db_names::EVENTS, seq_key_name(first), what);
             }
-            next_seq = seq.saturating_add(1);
+            next_seq = last.saturating_add(1);
             let long_key = key.len() == keys::SEQ_KEY_LONG_LEN;
             if long_key != (value.len() > run.inline_max) {
                 run.report.report(
                     db_names::EVENTS,
-                    seq_key_name(seq),
+                    seq_key_name(last),
                     format!(
-                        "a {}-byte record under a {}-byte key: its payload is not 16-byte aligned \
-                         in the map",
+                        "a {}-byte pack under a {}-byte key: its records are not 16-byte \
+                         aligned in the map",
                         value.len(),
                         key.len()
                     ),
                 );
             }
-            let (header, section, body) = match record::open(seq, value) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    let what = match e {
-                        crate::Error::Corrupt { reason, .. } => reason,
-                        other => other.to_string(),
-                    };
-                    run.report.report(db_names::EVENTS, seq_key_name(seq), what);
-                    return Ok(());
+            let mut damaged_records = false;
+            for seq in first..=last {
+                run.report.events += 1;
+                let decoded = pack.record(seq).and_then(|r| record::open(seq, r));
+                let (header, section, body) = match decoded {
+                    Ok(decoded) => decoded,
+                    Err(e) => {
+                        damaged_records = true;
+                        run.report
+                            .report(db_names::EVENTS, seq_key_name(seq), reason(e));
+                        continue;
+                    }
+                };
+                run.chain(seq, header.stream_id, header.version, header.links)?;
+                run.event_type(seq, header.type_id)?;
+                if let Some(id) = section.event_id() {
+                    run.event_id(seq, id)?;
                 }
-            };
-            run.chain(seq, header.stream_id, header.version, header.links)?;
-            run.event_type(seq, header.type_id)?;
-            if let Some(id) = section.event_id() {
-                run.event_id(seq, id)?;
+                // A shredded stream's blobs were released with its key: its records keep their
+                // references, to nothing.
+                if header.flags & FLAG_BLOB != 0
+                    && !(header.flags & super::crypto::FLAG_ENCRYPTED != 0
+                        && run.shredded(header.stream_id)?)
+                {
+                    run.reference(seq, body);
+                }
             }
-            // A shredded stream's blobs were released with its key: its records keep their
-            // references, to nothing.
-            if header.flags & FLAG_BLOB != 0
-                && !(header.flags & super::crypto::FLAG_ENCRYPTED != 0
-                    && run.shredded(header.stream_id)?)
-            {
-                run.reference(seq, body);
+            // Damage the records' own checks found is reported there; the pack's checksum
+            // also covers its header, its offset table and the padding between records.
+            if !damaged_records && let Err(what) = pack.check_checksum() {
+                run.report
+                    .report(db_names::EVENTS, seq_key_name(last), what);
             }
             Ok(())
         })?;
@@ -777,4 +797,12 @@ fn check_blob(
         ));
     }
     None
+}
+
+/// The words of a corruption error, without the error's own prefix.
+fn reason(e: crate::Error) -> String {
+    match e {
+        crate::Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    }
 }
