@@ -129,44 +129,67 @@ impl<'t> Pack<'t> {
 
     /// The record with sequence `seq` (which the pack must contain), its offsets checked:
     /// 16-aligned, after the table, increasing and inside the pack. Its own checksum is not.
+    #[inline]
     pub(crate) fn record(&self, seq: u64) -> Result<&'t [u8]> {
-        let Some(i) = seq
-            .checked_sub(self.first())
-            .map(|i| i as usize)
-            .filter(|&i| i < self.count)
-        else {
-            return Err(Error::corrupt(
+        let i = seq.wrapping_sub(self.first()) as usize;
+        // `parse` checked that the table fits, so these reads stay inside it.
+        let table = &self.bytes[PACK_HEADER_LEN..PACK_HEADER_LEN + 4 * self.count];
+        if i < self.count {
+            let start = table_entry(table, i);
+            let end = if i + 1 < self.count {
+                table_entry(table, i + 1)
+            } else {
+                self.bytes.len()
+            };
+            if start >= table_end(self.count)
+                && start.is_multiple_of(record::RECORD_ALIGN)
+                && start < end
+                && end <= self.bytes.len()
+            {
+                return Ok(&self.bytes[start..end]);
+            }
+        }
+        Err(self.bad_record(seq))
+    }
+
+    /// Why [`Pack::record`] refused `seq`.
+    #[cold]
+    fn bad_record(&self, seq: u64) -> Error {
+        let i = seq.wrapping_sub(self.first()) as usize;
+        if i >= self.count {
+            return Error::corrupt(
                 seq,
                 format!(
                     "not in the pack of sequences {}..={}",
                     self.first(),
                     self.last
                 ),
-            ));
-        };
-        let offset = |i: usize| le_u32(self.bytes, PACK_HEADER_LEN + 4 * i).map(|o| o as usize);
-        let start = offset(i).unwrap_or(0);
+            );
+        }
+        let table = &self.bytes[PACK_HEADER_LEN..PACK_HEADER_LEN + 4 * self.count];
+        let start = table_entry(table, i);
         let end = if i + 1 < self.count {
-            offset(i + 1).unwrap_or(0)
+            table_entry(table, i + 1)
         } else {
             self.bytes.len()
         };
-        if start < table_end(self.count)
-            || !start.is_multiple_of(record::RECORD_ALIGN)
-            || end <= start
-            || end > self.bytes.len()
-        {
-            return Err(Error::corrupt(
-                seq,
-                format!(
-                    "its pack's offset table places it at bytes {start}..{end} of {} \
-                     (offsets are 16-aligned, increasing, after the table)",
-                    self.bytes.len()
-                ),
-            ));
-        }
-        Ok(&self.bytes[start..end])
+        Error::corrupt(
+            seq,
+            format!(
+                "its pack's offset table places it at bytes {start}..{end} of {} \
+                 (offsets are 16-aligned, increasing, after the table)",
+                self.bytes.len()
+            ),
+        )
     }
+}
+
+/// Entry `i` of an offset table (which holds more than `i` entries).
+#[inline]
+fn table_entry(table: &[u8], i: usize) -> usize {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&table[4 * i..4 * i + 4]);
+    u32::from_le_bytes(b) as usize
 }
 
 /// The byte ranges of a pack's records, for tests that forge or damage one; `None` if the pack

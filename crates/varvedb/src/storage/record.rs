@@ -121,12 +121,14 @@ fn header_checksum(header: &[u8], digest: u64) -> u64 {
     xxh3_64(&buf)
 }
 
+#[inline]
 fn le_u32(bytes: &[u8], at: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&bytes[at..at + 4]);
     u32::from_le_bytes(b)
 }
 
+#[inline]
 fn le_u64(bytes: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[at..at + 8]);
