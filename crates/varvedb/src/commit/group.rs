@@ -534,13 +534,13 @@ fn apply(
     timestamp_ns: u64,
     seq: &mut u64,
     appends: &mut [StreamAppend],
+    packs: &mut PackWriter,
     tally: &mut CommitTally,
 ) -> Result<Vec<Appended>> {
     let mut remaining: usize = appends.iter().map(|a| a.events.len()).sum();
     let mut out = Vec::with_capacity(remaining);
     // The request's records go into packs, written as they fill and at the end, so that the
     // next request of the group reads them like any committed record.
-    let mut packs = PackWriter::default();
     for append in appends.iter_mut() {
         let stream_id = append.stream_id;
         for event in &mut append.events {
@@ -673,6 +673,8 @@ pub(crate) fn commit_group(
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
+        // One pack buffer for the group's requests.
+        let mut packs = PackWriter::default();
         #[cfg(test)]
         if storage
             .faults()
@@ -710,6 +712,7 @@ pub(crate) fn commit_group(
                         timestamp_ns,
                         &mut seq,
                         &mut request.appends,
+                        &mut packs,
                         &mut tally,
                     )?));
                 }

@@ -127,7 +127,7 @@ impl VerifyPhase {
 pub struct VerifyProgress {
     /// The pass running.
     pub phase: VerifyPhase,
-    /// Entries of this pass checked so far.
+    /// Entries of this pass checked so far (in the events pass: packs).
     pub done: u64,
     /// Entries this pass will check.
     pub total: u64,
