@@ -1,4 +1,5 @@
-//! First criterion benchmarks of the core: durable append, `get`, and a full `read_all` scan.
+//! Criterion benchmarks of the core: durable append, `get`, a full `read_all` scan, stream
+//! reads, and the same reads over a log of single appends (packs of one record).
 //!
 //! Run with `cargo bench -p varvedb --bench core`. The store lives under `target/` (a real disk,
 //! never tmpfs) so that durable appends pay a real flush. Set `VARVEDB_BENCH_EVENTS` to change
@@ -8,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+use varvedb::{Durability, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
 mod common;
 
@@ -159,5 +160,65 @@ fn reads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, append, reads);
+/// Reads over a log written by single appends: every pack holds one record, so a scan steps
+/// the cursor per event and a stream read's `prev` links cross packs (format 4's worst case).
+fn reads_packs_of_one(c: &mut Criterion) {
+    let total = (events_total() / 10).max(1000);
+    let dir = bench_dir("packs-of-one");
+    let storage = Storage::open(StorageConfig {
+        path: dir.path().into(),
+        durability: Durability::NoSync,
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    for i in 0..total {
+        // Four streams, interleaved one event at a time.
+        writer
+            .append(i as u128 % 4 + 1, ExpectedVersion::Auto, &event(i))
+            .unwrap();
+    }
+    let reader = Reader::<Deposited>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let mut group = c.benchmark_group("packs_of_one");
+    group.throughput(Throughput::Elements(1));
+    let mut x = 1u64;
+    group.bench_function("get_random", |b| {
+        b.iter_batched(
+            || {
+                x = (x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407))
+                    >> 1;
+                x % total + 1
+            },
+            |seq| black_box(reader.get(&txn, seq).unwrap().unwrap().amount),
+            BatchSize::SmallInput,
+        )
+    });
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(total));
+    group.bench_function("read_all_validated_one_field", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for e in reader.read_all(&txn, 1) {
+                sum = sum.wrapping_add(e.unwrap().amount.to_native());
+            }
+            black_box(sum)
+        })
+    });
+    group.throughput(Throughput::Elements(total / 4));
+    group.bench_function("read_stream_forward_scattered", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for e in reader.read_stream(&txn, 1, 1) {
+                sum = sum.wrapping_add(e.unwrap().amount.to_native());
+            }
+            black_box(sum)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, append, reads, reads_packs_of_one);
 criterion_main!(benches);
