@@ -357,7 +357,8 @@ fn stored_payload_digest(
 /// request sees the ids of the requests before it in the group).
 fn check_ids(
     dbs: &Dbs,
-    wtxn: &RwTxn<'_>,
+    wtxn: &mut RwTxn<'_>,
+    pending: &mut Pending<'_>,
     crypto: &Crypto,
     appends: &[StreamAppend],
 ) -> Result<Option<Verdict>> {
@@ -388,6 +389,8 @@ fn check_ids(
     if known == 0 {
         return Ok(None);
     }
+    // The records of a retry may be in the group's pack still being built: write it first.
+    pending.flush(dbs, wtxn)?;
     if known < found.len() {
         let (id, seq) = found.iter().flatten().next().copied().unwrap_or((0, 0));
         return Err(duplicate(
@@ -452,16 +455,22 @@ fn check_ids(
 }
 
 /// Checks one request's expectations against the heads, without writing anything.
+///
+/// It reads the log only for an idempotent retry (after writing the group's pending pack) and
+/// for a stream's spine when its head has none. A head gets its spine before its stream's first
+/// record goes into the pending pack (`apply`), so a spine is only ever read from records
+/// already in the log.
 fn check(
     dbs: &Dbs,
-    wtxn: &RwTxn<'_>,
+    wtxn: &mut RwTxn<'_>,
+    pending: &mut Pending<'_>,
     heads: &mut Heads<'_>,
     crypto: &Crypto,
     encrypt_new: bool,
     appends: &[StreamAppend],
 ) -> Result<Verdict> {
     // A retry of an append the store already has is answered whatever its expectation says.
-    if let Some(verdict) = check_ids(dbs, wtxn, crypto, appends)? {
+    if let Some(verdict) = check_ids(dbs, wtxn, pending, crypto, appends)? {
         return Ok(verdict);
     }
     // A stream may appear twice in one request: the second entry sees the first one's events.
@@ -530,17 +539,13 @@ fn apply(
     heads: &mut Heads<'_>,
     crypto: &Crypto,
     blob_threshold: usize,
-    inline_max: usize,
     timestamp_ns: u64,
     seq: &mut u64,
     appends: &mut [StreamAppend],
-    packs: &mut PackWriter,
+    pending: &mut Pending<'_>,
     tally: &mut CommitTally,
 ) -> Result<Vec<Appended>> {
-    let mut remaining: usize = appends.iter().map(|a| a.events.len()).sum();
-    let mut out = Vec::with_capacity(remaining);
-    // The request's records go into packs, written as they fill and at the end, so that the
-    // next request of the group reads them like any committed record.
+    let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
     for append in appends.iter_mut() {
         let stream_id = append.stream_id;
         for event in &mut append.events {
@@ -613,8 +618,7 @@ fn apply(
                 links,
             };
             record::seal(record, payload_len, digest, &header);
-            packs.push(dbs, wtxn, inline_max, *seq, record, remaining)?;
-            remaining -= 1;
+            pending.push(dbs, wtxn, *seq, record)?;
             tally.events += 1;
             tally.bytes += record.len() as u64;
             if let Some(id) = event.event_id.map(u128::from_le_bytes) {
@@ -629,8 +633,34 @@ fn apply(
         }
         head.dirty = true;
     }
-    packs.flush(dbs, wtxn, inline_max)?;
     Ok(out)
+}
+
+/// The group's records on their way into the log: the pack being built, written when it is
+/// full, when the group ends, and before an idempotent retry reads the log.
+struct Pending<'p> {
+    packs: &'p mut PackWriter,
+    inline_max: usize,
+    /// Events of the group still to come (sizes a new pack's offset table).
+    left: usize,
+}
+
+impl Pending<'_> {
+    fn push(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>, seq: u64, record: &[u8]) -> Result<()> {
+        let left = self.left.max(1);
+        self.left = self.left.saturating_sub(1);
+        self.packs
+            .push(dbs, wtxn, self.inline_max, seq, record, left)
+    }
+
+    /// A request of `events` that writes nothing.
+    fn skip(&mut self, events: usize) {
+        self.left = self.left.saturating_sub(events);
+    }
+
+    fn flush(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>) -> Result<()> {
+        self.packs.flush(dbs, wtxn, self.inline_max)
+    }
 }
 
 /// Commits a group of requests in one write transaction and one flush.
@@ -673,8 +703,13 @@ pub(crate) fn commit_group(
         };
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
-        // One pack buffer for the group's requests.
+        // The group's records go into packs that span its requests (cut at 256 records).
         let mut packs = PackWriter::default();
+        let mut pending = Pending {
+            packs: &mut packs,
+            inline_max,
+            left: group.iter().map(Request::events).sum(),
+        };
         #[cfg(test)]
         if storage
             .faults()
@@ -688,9 +723,11 @@ pub(crate) fn commit_group(
                 outcomes.push(Ok(Vec::new()));
                 continue;
             }
+            let events = request.events();
             match check(
                 dbs,
                 wtxn,
+                &mut pending,
                 &mut heads,
                 storage.crypto(),
                 encrypt_new,
@@ -698,6 +735,7 @@ pub(crate) fn commit_group(
             ) {
                 Ok(Verdict::Replay(answers)) => {
                     tally.idempotent_hits += 1;
+                    pending.skip(events);
                     outcomes.push(Ok(answers));
                 }
                 Ok(Verdict::Write) => {
@@ -708,11 +746,10 @@ pub(crate) fn commit_group(
                         &mut heads,
                         storage.crypto(),
                         blob_threshold,
-                        inline_max,
                         timestamp_ns,
                         &mut seq,
                         &mut request.appends,
-                        &mut packs,
+                        &mut pending,
                         &mut tally,
                     )?));
                 }
@@ -721,10 +758,12 @@ pub(crate) fn commit_group(
                     if matches!(e, Error::ConcurrencyConflict { .. }) {
                         tally.conflicts += 1;
                     }
+                    pending.skip(events);
                     outcomes.push(Err(e));
                 }
             }
         }
+        pending.flush(dbs, wtxn)?;
         heads.write(dbs, wtxn)?;
         Ok((
             (

@@ -126,7 +126,7 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    fn events(&self) -> usize {
+    pub(super) fn events(&self) -> usize {
         self.appends.iter().map(|a| a.events.len()).sum()
     }
 
