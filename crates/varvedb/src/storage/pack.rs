@@ -15,7 +15,7 @@
 //! ```
 //! Header integers are little-endian.
 //!
-//! One pack holds the events of one append request (an atomic batch), cut at
+//! One pack holds the events of one commit group (or of one import transaction), cut at
 //! [`PACK_RECORDS_MAX`] records or [`PACK_BYTES_MAX`] bytes. A scan checks the pack's checksum
 //! once and trusts the records' checksums to it; a point read checks the one record it takes.
 
