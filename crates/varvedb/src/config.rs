@@ -116,8 +116,10 @@ impl Default for StorageConfig {
 pub(crate) const MAP_GRANULE_BYTES: usize = 64 << 10;
 /// The smallest map a store starts with: room to create its databases before growth kicks in.
 pub(crate) const MAP_BYTES_MIN: usize = 1 << 20;
-/// The hard ceiling of `event_bytes_max`: the record header stores the payload length as `u32`.
-pub(crate) const EVENT_BYTES_LIMIT: usize = (u32::MAX as usize) - 64;
+/// The hard ceiling of `event_bytes_max`: the record header stores the payload length as `u32`,
+/// and a pack (its 32-byte header and table, then the 64-byte record header and the payload)
+/// stores its length as `u32`.
+pub(crate) const EVENT_BYTES_LIMIT: usize = (u32::MAX as usize) - 128;
 
 impl StorageConfig {
     /// Checks every field; returns the first invalid one as [`Error::InvalidConfig`].

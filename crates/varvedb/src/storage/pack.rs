@@ -33,6 +33,8 @@ pub(crate) const PACK_RECORDS_MAX: usize = 256;
 /// longer: it gets a pack of its own).
 pub(crate) const PACK_BYTES_MAX: usize = 1 << 20;
 const FORMAT_AT: usize = 8;
+/// The longest pack: its length field is a `u32`.
+const PACK_LEN_LIMIT: usize = u32::MAX as usize;
 
 /// The offset table's end: the header, `n` offsets, and padding to the record alignment.
 fn table_end(n: usize) -> usize {
@@ -256,6 +258,19 @@ impl PackWriter {
     ) -> Result<()> {
         if self.needs_cut(seq, record.len()) {
             self.flush(dbs, wtxn, inline_max)?;
+        }
+        // A pack's length is a `u32`: a record too long to fit one, with its table, is refused
+        // before anything of it is written.
+        let start = if self.count == 0 {
+            table_end(remaining.clamp(1, PACK_RECORDS_MAX))
+        } else {
+            self.buf.len()
+        };
+        if start + record.len() > PACK_LEN_LIMIT {
+            return Err(Error::EventTooLarge {
+                size: record.len(),
+                max: PACK_LEN_LIMIT - table_end(1),
+            });
         }
         self.add(seq, record, remaining);
         Ok(())
