@@ -10,7 +10,7 @@
 
 use heed::RoTxn;
 
-use super::pack::{Pack, get_pack};
+use super::pack::{Pack, get_pack, get_single};
 use super::record::{self, Links};
 use super::{Dbs, get_record};
 use crate::error::{Error, Result};
@@ -126,6 +126,8 @@ pub(crate) struct BackWalk<'t> {
     /// A cursor walking the log downwards, whose next step reads the pack before `pack`.
     cursor:
         Option<heed::RoRevRange<'t, heed::types::Bytes, heed::types::Bytes, super::keys::SeqOrder>>,
+    /// The last lookup found a pack of one record: try the next one by exact key first.
+    singles: bool,
 }
 
 impl<'t> BackWalk<'t> {
@@ -135,6 +137,7 @@ impl<'t> BackWalk<'t> {
             txn,
             pack: None,
             cursor: None,
+            singles: false,
         }
     }
 
@@ -155,16 +158,26 @@ impl<'t> BackWalk<'t> {
             self.pack = Some(pack);
             return checked(stream_id, version, seq, pack.record(seq)?);
         }
-        // Any other link: one positioned lookup.
+        // Any other link: one lookup. Where the packs are single records (a log of lone
+        // appends), the record's own key finds it with an exact lookup on LMDB's stack cursor;
+        // otherwise a positioned lookup, which opens (and allocates) a cursor.
         self.cursor = None;
         self.pack = None;
-        let pack = get_pack(&self.dbs, self.txn, seq)?.ok_or_else(|| {
-            broken(
-                stream_id,
-                version,
-                format!("the chain points at sequence {seq}, which does not exist"),
-            )
-        })?;
+        let single = match self.singles {
+            true => get_single(&self.dbs, self.txn, seq)?,
+            false => None,
+        };
+        let pack = match single {
+            Some(pack) => pack,
+            None => get_pack(&self.dbs, self.txn, seq)?.ok_or_else(|| {
+                broken(
+                    stream_id,
+                    version,
+                    format!("the chain points at sequence {seq}, which does not exist"),
+                )
+            })?,
+        };
+        self.singles = pack.first() == pack.last();
         self.pack = Some(pack);
         let found = checked(stream_id, version, seq, pack.record(seq)?)?;
         // If the next link will name the previous pack's last record, walk on with a cursor

@@ -232,6 +232,15 @@ pub(crate) fn get_pack<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Op
     Ok(pack.contains(seq).then_some(pack))
 }
 
+/// The pack whose last record is `seq`, found by an exact lookup of its inline key (LMDB's
+/// stack cursor: no allocation); `None` if there is none, or it lies on overflow pages.
+pub(crate) fn get_single<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Option<Pack<'t>>> {
+    match dbs.events.get(txn, &keys::seq_key(seq)).lmdb()? {
+        None => Ok(None),
+        Some(value) => Pack::parse(seq, value).map(Some),
+    }
+}
+
 /// Builds the packs of an append (or an import) and writes each with `APPEND`.
 #[derive(Debug, Default)]
 pub(crate) struct PackWriter {
