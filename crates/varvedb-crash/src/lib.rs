@@ -1,0 +1,626 @@
+//! The crash harness (`docs/reliability.md`).
+//!
+//! A child process appends a mixed workload to a store and writes a line to stdout after each
+//! acknowledgement: single events, batches, multi-stream appends, blobs, appends with event ids
+//! and their retries, and, in the encrypted store, a shred now and then; in the plaintext store
+//! an exactly-once projection runs alongside. The parent kills the child with SIGKILL at a random
+//! moment, reopens the store, and checks it against what was acknowledged:
+//! - every acknowledged event is there, with its stream, version and payload (decrypted), or
+//!   reads as shredded if its stream's shred was acknowledged;
+//! - the global sequence has no gaps, and each stream's versions run 1..=n and end at its head;
+//! - no append of the workload is in the log twice (idempotent retries, also across a crash);
+//! - `verify` finds no problem;
+//! - the projection's read model equals a recount of the events up to its cursor.
+//!
+//! Every append is a function of `(run, op)`, so the parent rebuilds each acknowledged event and
+//! a child can retry the append that a kill interrupted, byte for byte.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use varvedb::{
+    AppendOptions, Error, EventId, ExpectedVersion, HandlerError, Model, OwnedEvent, Projection,
+    ProjectionHandler, Reader, Storage, StorageConfig, Writer,
+};
+
+/// The harness's event.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, varvedb::Event, Debug, Clone, PartialEq,
+)]
+pub struct Entry {
+    /// The child run that appended it.
+    pub run: u64,
+    /// The operation of that run.
+    pub op: u64,
+    /// The event's place in the operation.
+    pub k: u32,
+    /// A payload of 8 bytes to 3,000 (over 1 KiB it goes to the blob store).
+    pub body: Vec<u8>,
+}
+
+/// The master key of the encrypted store.
+pub const MASTER_KEY: [u8; 32] = [0x5a; 32];
+/// The projection's name.
+pub const PROJECTION: &str = "crash-counts";
+
+/// Which store a run works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Plaintext, with a projection running.
+    Plain,
+    /// Encrypted, with shreds.
+    Encrypted,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::Encrypted => "encrypted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "plain" => Some(Mode::Plain),
+            "encrypted" => Some(Mode::Encrypted),
+            _ => None,
+        }
+    }
+}
+
+/// xorshift64*: a deterministic stream of numbers for the workload and the kill points.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// One operation of the workload.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Appends: one entry per stream (one stream: a single event or a batch; several: an
+    /// atomic multi-stream append), with event ids or without.
+    Append {
+        parts: Vec<(u128, Vec<Entry>)>,
+        ids: bool,
+    },
+    /// Crypto-shreds a stream of the previous run (encrypted store only).
+    Shred(u128),
+}
+
+/// The streams a run appends to: the plaintext store keeps 8 streams across runs; the encrypted
+/// store gives each run 8 of its own, so that a shred never races the run's own appends.
+fn stream(mode: Mode, run: u64, i: u64) -> u128 {
+    match mode {
+        Mode::Plain => u128::from(i % 8 + 1),
+        Mode::Encrypted => u128::from(run * 16 + i % 8 + 1),
+    }
+}
+
+fn body(run: u64, op: u64, k: u32, len: usize) -> Vec<u8> {
+    let mut rng = Rng::new(run << 40 ^ op << 8 ^ u64::from(k));
+    (0..len).map(|_| rng.next_u64() as u8).collect()
+}
+
+/// Operation `op` of run `run`.
+pub fn op(mode: Mode, run: u64, op: u64) -> Op {
+    let mut rng = Rng::new(run.wrapping_mul(1_000_003) ^ op.wrapping_mul(7_919) ^ 0xC0FFEE);
+    if mode == Mode::Encrypted && run > 0 && op % 23 == 22 {
+        return Op::Shred(stream(mode, run - 1, rng.below(8)));
+    }
+    let streams = match rng.below(10) {
+        0..=5 => 1,
+        6..=8 => 2,
+        _ => 3,
+    };
+    let mut k = 0u32;
+    let first = rng.below(8);
+    let parts = (0..streams)
+        .map(|s| {
+            let events = if streams == 1 && rng.below(3) == 0 {
+                2 + rng.below(6)
+            } else {
+                1
+            };
+            let entries = (0..events)
+                .map(|_| {
+                    let len = [8usize, 100, 1500, 3000][rng.below(4) as usize];
+                    let e = Entry {
+                        run,
+                        op,
+                        k,
+                        body: body(run, op, k, len),
+                    };
+                    k += 1;
+                    e
+                })
+                .collect();
+            (stream(mode, run, first + s), entries)
+        })
+        .collect();
+    Op::Append {
+        parts,
+        ids: rng.below(2) == 0,
+    }
+}
+
+/// The event id of entry `k` of operation `op` of run `run`.
+pub fn event_id(run: u64, op: u64, k: u32) -> EventId {
+    EventId::from_u128((u128::from(run) << 64 | u128::from(op) << 16 | u128::from(k)) + 1)
+}
+
+pub fn config(dir: &Path, mode: Mode) -> StorageConfig {
+    StorageConfig {
+        path: dir.join(mode.name()),
+        encryption_enabled: mode == Mode::Encrypted,
+        master_key: (mode == Mode::Encrypted).then_some(MASTER_KEY),
+        ..Default::default()
+    }
+}
+
+/// The projection: per stream, the events and the bytes of their bodies.
+struct Counts;
+
+impl ProjectionHandler<Entry> for Counts {
+    fn apply(
+        &mut self,
+        event: &OwnedEvent<Entry>,
+        model: &mut Model<'_, '_>,
+    ) -> Result<(), HandlerError> {
+        let key = event.stream_id.to_be_bytes();
+        let (mut count, mut bytes) = match model.get(&key)? {
+            Some(v) => (
+                u64::from_le_bytes(v[..8].try_into()?),
+                u64::from_le_bytes(v[8..16].try_into()?),
+            ),
+            None => (0, 0),
+        };
+        count += 1;
+        bytes += event.body.len() as u64;
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&count.to_le_bytes());
+        value[8..].copy_from_slice(&bytes.to_le_bytes());
+        model.put(&key, &value)?;
+        Ok(())
+    }
+}
+
+fn say(out: &mut impl Write, line: std::fmt::Arguments<'_>) {
+    // The parent may be gone (it killed us); then there is nobody to tell.
+    if out.write_fmt(line).and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
+/// Performs one operation and reports it. Returns the answers of an append, in order.
+fn perform(
+    storage: &Storage,
+    writer: &Writer<Entry>,
+    out: &mut impl Write,
+    run: u64,
+    op_no: u64,
+    op: &Op,
+) -> Result<Vec<(u64, u128, u32, u32)>, String> {
+    match op {
+        Op::Shred(stream_id) => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            match storage.shred_stream(*stream_id) {
+                Ok(_) => say(out, format_args!("H {stream_id}\n")),
+                // The stream never got an event (its run was killed early): nothing to shred.
+                Err(Error::StreamNotEncrypted { .. }) => {}
+                Err(e) => return Err(format!("shred of stream {stream_id}: {e}")),
+            }
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
+        Op::Append { parts, ids } => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            let options: Vec<Vec<AppendOptions>> = parts
+                .iter()
+                .map(|(_, entries)| {
+                    entries
+                        .iter()
+                        .map(|e| match ids {
+                            true => AppendOptions::new().event_id(event_id(e.run, e.op, e.k)),
+                            false => AppendOptions::new(),
+                        })
+                        .collect()
+                })
+                .collect();
+            let request: Vec<(u128, ExpectedVersion, &[Entry], &[AppendOptions])> = parts
+                .iter()
+                .zip(&options)
+                .map(|((s, entries), o)| {
+                    (*s, ExpectedVersion::Auto, entries.as_slice(), o.as_slice())
+                })
+                .collect();
+            let answers = writer
+                .append_multi_with(&request)
+                .map_err(|e| format!("append {run}/{op_no}: {e}"))?;
+            let entries = parts
+                .iter()
+                .flat_map(|(s, es)| es.iter().map(move |e| (*s, e.k)));
+            let mut acked = Vec::new();
+            for (a, (stream_id, k)) in answers.iter().zip(entries) {
+                say(
+                    out,
+                    format_args!("A {} {stream_id} {} {run} {op_no} {k}\n", a.seq, a.version),
+                );
+                acked.push((a.seq, stream_id, a.version, k));
+            }
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(acked)
+        }
+    }
+}
+
+/// The child: appends run `run`'s operations to the store under `dir` until it is killed,
+/// after retrying the interrupted operation `retry` of an earlier run, if any.
+pub fn child(dir: &Path, mode: Mode, run: u64, retry: Option<(u64, u64)>) -> Result<(), String> {
+    let storage = Storage::open(config(dir, mode)).map_err(|e| format!("open: {e}"))?;
+    let writer = Writer::<Entry>::new(storage.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let _projection = (mode == Mode::Plain).then(|| {
+        let p = Projection::new(Reader::<Entry>::new(storage.clone()), Counts, PROJECTION)
+            .batch_events_max(64);
+        std::thread::spawn(move || rt.block_on(p.run_until(std::future::pending::<()>())))
+    });
+    let mut out = std::io::stdout().lock();
+    if let Some((r, o)) = retry {
+        perform(&storage, &writer, &mut out, r, o, &op(mode, r, o))?;
+    }
+    for o in 0u64.. {
+        let this = op(mode, run, o);
+        let first = perform(&storage, &writer, &mut out, run, o, &this)?;
+        // Every fifth append with ids is sent twice: the retry must get the same answers.
+        if let Op::Append { ids: true, .. } = this
+            && o % 5 == 0
+        {
+            let again = perform(&storage, &writer, &mut out, run, o, &this)?;
+            if again != first {
+                return Err(format!(
+                    "the retry of {run}/{o} was answered {again:?}, the append {first:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the parent learned from one child's output.
+#[derive(Debug, Default)]
+struct Heard {
+    /// `(seq, stream, version, run, op, k)` of every acknowledged event.
+    acked: Vec<(u64, u128, u32, u64, u64, u32)>,
+    /// The last operation started and not reported done.
+    open: Option<(u64, u64)>,
+    shredded: Vec<u128>,
+}
+
+impl Heard {
+    fn take(&mut self, line: &str) -> Result<(), String> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let n = |i: usize| -> Result<u128, String> {
+            f.get(i)
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("unreadable line from the child: {line:?}"))
+        };
+        match f.first().copied() {
+            Some("S") => self.open = Some((n(1)? as u64, n(2)? as u64)),
+            Some("D") => self.open = None,
+            Some("H") => self.shredded.push(n(1)?),
+            Some("A") => self.acked.push((
+                n(1)? as u64,
+                n(2)?,
+                n(3)? as u32,
+                n(4)? as u64,
+                n(5)? as u64,
+                n(6)? as u32,
+            )),
+            _ => return Err(format!("unexpected line from the child: {line:?}")),
+        }
+        Ok(())
+    }
+}
+
+/// What a harness run did.
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub kill_points: u64,
+    /// Acknowledgements the children printed (a retry is acknowledged again).
+    pub acknowledgements: u64,
+    /// Distinct acknowledged events, each checked after every later kill.
+    pub acknowledged_events: u64,
+    pub events_in_stores: u64,
+    pub retries_after_a_kill: u64,
+    pub shreds: u64,
+    pub projection_checks: u64,
+    pub elapsed: Duration,
+}
+
+/// The state the parent keeps for one store across kills.
+#[derive(Debug, Default)]
+struct Store {
+    acked: HashMap<u64, (u128, u32, u64, u64, u32)>,
+    shredded: HashSet<u128>,
+    maybe_shredded: HashSet<u128>,
+    retry: Option<(u64, u64)>,
+    runs: u64,
+}
+
+/// Runs `kills` kill points, alternating the plaintext and the encrypted store under `dir`.
+/// `exe` is the harness binary; it is started as `exe child DIR MODE RUN [RETRY_RUN RETRY_OP]`.
+pub fn run(
+    exe: &Path,
+    dir: &Path,
+    kills: u64,
+    seed: u64,
+    mut progress: impl FnMut(&Report),
+) -> Result<Report, String> {
+    let started = Instant::now();
+    let mut rng = Rng::new(seed);
+    let mut stores = [Store::default(), Store::default()];
+    let mut report = Report::default();
+    for kill in 0..kills {
+        let (mode, store) = match kill % 2 {
+            0 => (Mode::Plain, &mut stores[0]),
+            _ => (Mode::Encrypted, &mut stores[1]),
+        };
+        let run = store.runs;
+        store.runs += 1;
+        let mut cmd = Command::new(exe);
+        cmd.arg("child")
+            .arg(dir)
+            .arg(mode.name())
+            .arg(run.to_string());
+        if let Some((r, o)) = store.retry.take() {
+            cmd.arg(r.to_string()).arg(o.to_string());
+            report.retries_after_a_kill += 1;
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the child: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // Kill after a random number of started operations, a random moment later: often in
+        // the middle of a commit.
+        let target = 1 + rng.below(60);
+        let delay = Duration::from_micros(rng.below(3000));
+        let mut heard = Heard::default();
+        let mut started_ops = 0;
+        let mut ended_early = false;
+        while started_ops < target {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if line.starts_with('S') {
+                        started_ops += 1;
+                    }
+                    heard.take(&line)?;
+                }
+                _ => {
+                    ended_early = true;
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        // Lines written before the kill are acknowledgements that happened.
+        for line in lines.map_while(Result::ok) {
+            heard.take(&line)?;
+        }
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if ended_early {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!(
+                "kill point {kill} ({} run {run}): the child ended by itself ({status}): {err}",
+                mode.name()
+            ));
+        }
+        let acked_before = store.acked.len() as u64;
+        for &(seq, s, v, r, o, k) in &heard.acked {
+            if let Some(old) = store.acked.insert(seq, (s, v, r, o, k))
+                && old != (s, v, r, o, k)
+            {
+                return Err(format!(
+                    "kill point {kill}: seq {seq} acknowledged twice, as {old:?} and {:?}",
+                    (s, v, r, o, k)
+                ));
+            }
+        }
+        report.acknowledgements += heard.acked.len() as u64;
+        report.shreds += heard.shredded.len() as u64;
+        store.shredded.extend(heard.shredded.iter().copied());
+        if let Some((r, o)) = heard.open {
+            match op(mode, r, o) {
+                Op::Shred(s) => {
+                    store.maybe_shredded.insert(s);
+                }
+                Op::Append { ids: true, .. } => store.retry = Some((r, o)),
+                Op::Append { .. } => {}
+            }
+        }
+        let checked = check(dir, mode, store)
+            .map_err(|e| format!("kill point {kill} ({} run {run}): {e}", mode.name()))?;
+        report.acknowledged_events += store.acked.len() as u64 - acked_before;
+        report.events_in_stores = report.events_in_stores.max(checked.events);
+        report.projection_checks += u64::from(checked.projection);
+        report.kill_points += 1;
+        report.elapsed = started.elapsed();
+        progress(&report);
+    }
+    Ok(report)
+}
+
+struct Checked {
+    events: u64,
+    projection: bool,
+}
+
+/// Reopens the store and checks it against what was acknowledged.
+fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
+    let storage = Storage::open(config(dir, mode)).map_err(|e| format!("reopen: {e}"))?;
+    let verify = storage.verify().map_err(|e| format!("verify: {e}"))?;
+    if !verify.is_clean() {
+        return Err(format!("verify found problems: {:?}", verify.problems));
+    }
+    let txn = storage.read_txn().map_err(|e| e.to_string())?;
+    let reader = Reader::<Entry>::new(storage.clone());
+    let raw = storage.raw_reader();
+    let last = storage.last_seq(&txn).map_err(|e| e.to_string())?;
+    // The log: gap-free, each stream's versions in order, each workload event once.
+    let mut versions: HashMap<u128, u32> = HashMap::new();
+    let mut seen: HashSet<(u64, u64, u32)> = HashSet::new();
+    let mut expect = 1u64;
+    for e in raw.read_all(&txn, 1) {
+        let e = e.map_err(|e| format!("raw read: {e}"))?;
+        if e.seq() != expect {
+            return Err(format!("the log skips from {} to {}", expect - 1, e.seq()));
+        }
+        expect += 1;
+        let v = versions.entry(e.stream_id()).or_insert(0);
+        if e.version() != *v + 1 {
+            return Err(format!(
+                "seq {}: stream {} version {} follows version {v}",
+                e.seq(),
+                e.stream_id(),
+                e.version()
+            ));
+        }
+        *v = e.version();
+    }
+    if expect != last + 1 {
+        return Err(format!(
+            "the log ends at {}, last_seq says {last}",
+            expect - 1
+        ));
+    }
+    for (s, v) in &versions {
+        let head = storage
+            .stream_version(&txn, *s)
+            .map_err(|e| e.to_string())?;
+        if head != *v {
+            return Err(format!("stream {s}: head at version {head}, log at {v}"));
+        }
+    }
+    for e in reader.read_all(&txn, 1) {
+        match e {
+            Ok(e) => {
+                let id = (e.run.to_native(), e.op.to_native(), e.k.to_native());
+                if !seen.insert(id) {
+                    return Err(format!(
+                        "seq {}: operation {id:?} is in the log twice",
+                        e.seq()
+                    ));
+                }
+            }
+            Err(Error::Shredded { .. }) => {}
+            Err(e) => return Err(format!("read_all: {e}")),
+        }
+    }
+    // Every acknowledged event, as it was appended.
+    for (&seq, &(s, v, r, o, k)) in &store.acked {
+        let shredded = store.shredded.contains(&s);
+        match reader.get(&txn, seq) {
+            Err(Error::Shredded { .. }) if shredded || store.maybe_shredded.contains(&s) => {}
+            Ok(Some(e)) if !shredded => {
+                let expected = match op(mode, r, o) {
+                    Op::Append { parts, .. } => {
+                        parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
+                    }
+                    Op::Shred(_) => None,
+                }
+                .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
+                let got = Entry {
+                    run: e.run.to_native(),
+                    op: e.op.to_native(),
+                    k: e.k.to_native(),
+                    body: e.body.to_vec(),
+                };
+                if (e.stream_id(), e.version()) != (s, v) || got != expected {
+                    return Err(format!(
+                        "acknowledged seq {seq} ({r}/{o}/{k}, stream {s} v{v}) reads back as \
+                         stream {} v{} {}/{}/{}",
+                        e.stream_id(),
+                        e.version(),
+                        got.run,
+                        got.op,
+                        got.k
+                    ));
+                }
+            }
+            Ok(None) => return Err(format!("acknowledged seq {seq} is lost")),
+            other => {
+                return Err(format!(
+                    "acknowledged seq {seq} (stream {s}, shredded: {shredded}): {:?}",
+                    other.map(|e| e.map(|e| e.seq()))
+                ));
+            }
+        }
+    }
+    // The projection's model equals a recount up to its cursor.
+    let mut projection = false;
+    if mode == Mode::Plain
+        && let Some(position) = storage
+            .consumer_position(PROJECTION)
+            .map_err(|e| e.to_string())?
+    {
+        let mut counts: HashMap<u128, (u64, u64)> = HashMap::new();
+        for e in reader.read_all(&txn, 1).take(position as usize) {
+            let e = e.map_err(|e| format!("recount: {e}"))?;
+            let c = counts.entry(e.stream_id()).or_default();
+            c.0 += 1;
+            c.1 += e.body.len() as u64;
+        }
+        for s in versions.keys() {
+            let model = storage
+                .projection_get(&txn, PROJECTION, &s.to_be_bytes())
+                .map_err(|e| e.to_string())?
+                .map(|v| {
+                    (
+                        u64::from_le_bytes(v[..8].try_into().unwrap_or_default()),
+                        u64::from_le_bytes(v[8..16].try_into().unwrap_or_default()),
+                    )
+                });
+            let recount = counts.get(s).copied();
+            if model != recount {
+                return Err(format!(
+                    "projection at {position}: stream {s} modelled {model:?}, recounted {recount:?}"
+                ));
+            }
+        }
+        projection = true;
+    }
+    Ok(Checked {
+        events: last,
+        projection,
+    })
+}
