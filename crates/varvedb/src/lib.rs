@@ -308,6 +308,81 @@ pub mod __bench {
     }
 }
 
+/// What the fuzz targets drive (`fuzz/`, `docs/reliability.md`); not a stable API.
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::reader::ValidateEvent;
+    use crate::storage::{crypto, envelope, pack::Pack, record};
+
+    /// Validates `payload` as `E`'s archive, from a 16-aligned copy (as a reader does when a
+    /// payload is not aligned in the map).
+    fn validates<E: ValidateEvent>(payload: &[u8]) -> bool {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        rkyv::access::<E::Archived, rkyv::rancor::Error>(&aligned).is_ok()
+    }
+
+    /// Everything a read does with a value of the events log: parses it as the pack stored
+    /// under `last`, checks its checksum, takes every record through the offset table, and
+    /// decodes each as a scan does (trusting a matching pack checksum) and as a point read
+    /// does (checking the record's own), then splits its envelope and validates its payload as
+    /// `E`. Returns how many records passed; never panics.
+    pub fn read_pack<E: ValidateEvent>(last: u64, bytes: &[u8]) -> usize {
+        let Ok(pack) = Pack::parse(last, bytes) else {
+            return 0;
+        };
+        let trusted = pack.check_checksum().is_ok();
+        let mut passed = 0;
+        for seq in pack.first()..=pack.last() {
+            let Ok(r) = pack.record(seq) else { continue };
+            let scan = record::open_with(seq, r, trusted);
+            let point = record::open(seq, r);
+            if let (Ok((_, _, scan_body)), Ok((_, _, point_body))) = (&scan, &point) {
+                assert_eq!(scan_body, point_body, "a scan and a point read disagree");
+            }
+            if let Ok((header, _, body)) = point
+                && header.flags & (crypto::FLAG_ENCRYPTED | crate::storage::blob::FLAG_BLOB) == 0
+                && validates::<E>(body)
+            {
+                passed += 1;
+            }
+        }
+        passed
+    }
+
+    /// Decodes `bytes` as one record (as a point read does), then its envelope section and
+    /// payload as `E`. Returns whether it passed; never panics.
+    pub fn read_record<E: ValidateEvent>(bytes: &[u8]) -> bool {
+        match record::open(1, bytes) {
+            Ok((header, _, body)) => {
+                header.flags & crypto::FLAG_ENCRYPTED != 0 || validates::<E>(body)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Seals `plain` under a fixed key as the AES-GCM plaintext of an encrypted event, opens it
+    /// as a reader does (the decrypted layout: metadata length, pair count, padding, metadata
+    /// pairs, payload), and validates the payload as `E`. A reader trusts nothing of the
+    /// plaintext's layout; this shows it. Also opens `plain` as a forged sealed event, which
+    /// must not authenticate. Never panics.
+    pub fn open_sealed<E: ValidateEvent>(plain: &[u8]) -> bool {
+        let key = crypto::cipher(&[0x42; 32]);
+        let aad = crypto::event_aad(7, 1, 1, 1);
+        let forged = crypto::open_event(&key, &aad, plain, 1, Default::default());
+        assert!(forged.is_err(), "forged bytes authenticated");
+        let sealed = crypto::seal_raw(&key, &aad, plain);
+        match crypto::open_event(&key, &aad, &sealed, 1, Default::default()) {
+            Ok(opened) => {
+                let pairs = &opened.buffer[opened.pairs.clone()];
+                let _ = envelope::check_pairs(1, pairs, opened.pair_count);
+                validates::<E>(&opened.buffer[opened.payload.clone()])
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 // The README's quickstart is compiled and run as a doc-test too.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]

@@ -123,7 +123,7 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(out)
 }
 
-fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+pub(crate) fn cipher(key: &[u8; 32]) -> Aes256Gcm {
     Aes256Gcm::new(key.into())
 }
 
@@ -455,6 +455,21 @@ pub(crate) struct Opened {
     pub(crate) pairs: std::ops::Range<usize>,
     pub(crate) pair_count: u16,
     pub(crate) payload: std::ops::Range<usize>,
+}
+
+/// Seals `plain` as it stands (no layout of ours around it) with a fixed nonce: for the fuzz
+/// target that feeds arbitrary plaintexts to [`open_event`]'s parser.
+pub(crate) fn seal_raw(key: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let nonce = [0u8; NONCE_LEN];
+    let mut buf = plain.to_vec();
+    let mut sealed = nonce.to_vec();
+    // Only a plaintext past AES-GCM's bound (64 GiB) fails: the sealed bytes then stay short,
+    // and opening them fails authentication.
+    if let Ok(tag) = key.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf) {
+        sealed.extend_from_slice(&buf);
+        sealed.extend_from_slice(&tag);
+    }
+    sealed
 }
 
 /// Decrypts a sealed event into `buffer` (cleared first, reused). A ciphertext that does not
