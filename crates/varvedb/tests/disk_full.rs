@@ -116,3 +116,97 @@ fn a_full_disk_poisons_the_writer_and_loses_nothing() {
         .unwrap();
     assert_eq!(a.seq, acked + 1);
 }
+
+const CHECK_ENV: &str = "VARVEDB_DISK_FULL_CHECK_DIR";
+
+/// In the second child, on the same full filesystem: the store reopens with every event,
+/// `verify` is clean, and once space is freed it takes appends again.
+#[test]
+fn child_reopens_the_full_store() {
+    let Some(dir) = std::env::var_os(CHECK_ENV) else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut out = std::io::stdout().lock();
+    let storage = varvedb::Storage::open(varvedb::StorageConfig {
+        path: dir.join("store"),
+        ..Default::default()
+    })
+    .unwrap();
+    let reader = Reader::<Deposited>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let events = reader.read_all(&txn, 1).filter(|e| e.is_ok()).count();
+    writeln!(out, "\nreopened {events}").unwrap();
+    drop(txn);
+    writeln!(out, "verify {}", storage.verify().unwrap().is_clean()).unwrap();
+    std::fs::remove_file(dir.join("filler")).unwrap();
+    let more = Writer::<Deposited>::new(storage).append(1, ExpectedVersion::Auto, &big(1));
+    writeln!(out, "after-freeing {}", more.is_ok()).unwrap();
+}
+
+/// A filesystem that is really full: an 8 MiB tmpfs in a mount namespace of its own (`unshare
+/// -m`, where the sandbox allows it), so LMDB's writes fail with ENOSPC.
+#[test]
+fn a_full_filesystem_poisons_the_writer_and_the_store_reopens_whole() {
+    let probe = Command::new("unshare")
+        .args(["-m", "true"])
+        .stderr(Stdio::null())
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: no mount namespaces here (`unshare -m` failed)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "set -e; mount -t tmpfs -o size=8m tmpfs '{dir}'; \
+         dd if=/dev/zero of='{dir}/filler' bs=1M count=1 2>/dev/null; \
+         {CHILD_ENV}='{dir}/store' '{exe}' --exact child_fills_the_disk --nocapture --test-threads=1; \
+         {CHECK_ENV}='{dir}' '{exe}' --exact child_reopens_the_full_store --nocapture --test-threads=1",
+        dir = dir.path().display(),
+        exe = exe.display()
+    );
+    let output = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_owned))
+            .unwrap_or_else(|| {
+                panic!(
+                    "child printed no {name}: {stdout}\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                )
+            })
+    };
+    let acked: u64 = field("acked").parse().unwrap();
+    assert!(acked > 100, "only {acked} events fit");
+    assert_eq!(
+        field("first"),
+        "true",
+        "the failed commit: {}",
+        field("first-text")
+    );
+    assert!(
+        field("first-text").contains("28") || field("first-text").to_lowercase().contains("space"),
+        "the error names the full disk: {}",
+        field("first-text")
+    );
+    assert_eq!(
+        field("second"),
+        "true",
+        "the next append is refused as poisoned"
+    );
+    let reopened: u64 = field("reopened").parse().unwrap();
+    assert!(
+        reopened >= acked,
+        "{acked} acknowledged, {reopened} after the reopen"
+    );
+    assert_eq!(field("verify"), "true");
+    assert_eq!(field("after-freeing"), "true");
+}

@@ -83,6 +83,13 @@ pub(super) fn open(
                     reason: "the data file is not an LMDB environment".into(),
                 });
             }
+            // The files cannot be opened (a read-only filesystem, no permission): say where.
+            Err(heed::Error::Io(source)) => {
+                return Err(Error::Io {
+                    path: path.into(),
+                    source,
+                });
+            }
             Err(e) => return Err(Error::lmdb(e)),
         }
     };
