@@ -52,8 +52,10 @@ pub const PROJECTION: &str = "crash-counts";
 pub enum Mode {
     /// Plaintext, with a projection running.
     Plain,
-    /// Encrypted, with shreds.
+    /// Encrypted, with shreds and online backups.
     Encrypted,
+    /// Plaintext, written by two child processes at once.
+    Shared,
 }
 
 impl Mode {
@@ -61,6 +63,7 @@ impl Mode {
         match self {
             Mode::Plain => "plain",
             Mode::Encrypted => "encrypted",
+            Mode::Shared => "shared",
         }
     }
 
@@ -68,6 +71,7 @@ impl Mode {
         match s {
             "plain" => Some(Mode::Plain),
             "encrypted" => Some(Mode::Encrypted),
+            "shared" => Some(Mode::Shared),
             _ => None,
         }
     }
@@ -106,6 +110,8 @@ pub enum Op {
     },
     /// Crypto-shreds a stream of the previous run (encrypted store only).
     Shred(u128),
+    /// An online backup (`compact_to`) into `backups/RUN-OP` (encrypted store only).
+    Backup,
 }
 
 /// The streams a run appends to: the plaintext store keeps 8 streams across runs; the encrypted
@@ -113,7 +119,7 @@ pub enum Op {
 fn stream(mode: Mode, run: u64, i: u64) -> u128 {
     match mode {
         Mode::Plain => u128::from(i % 8 + 1),
-        Mode::Encrypted => u128::from(run * 16 + i % 8 + 1),
+        Mode::Encrypted | Mode::Shared => u128::from(run * 16 + i % 8 + 1),
     }
 }
 
@@ -127,6 +133,9 @@ pub fn op(mode: Mode, run: u64, op: u64) -> Op {
     let mut rng = Rng::new(run.wrapping_mul(1_000_003) ^ op.wrapping_mul(7_919) ^ 0xC0FFEE);
     if mode == Mode::Encrypted && run > 0 && op % 23 == 22 {
         return Op::Shred(stream(mode, run - 1, rng.below(8)));
+    }
+    if mode == Mode::Encrypted && op % 29 == 28 {
+        return Op::Backup;
     }
     let streams = match rng.below(10) {
         0..=5 => 1,
@@ -174,8 +183,16 @@ pub fn config(dir: &Path, mode: Mode) -> StorageConfig {
         path: dir.join(mode.name()),
         encryption_enabled: mode == Mode::Encrypted,
         master_key: (mode == Mode::Encrypted).then_some(MASTER_KEY),
+        // A small map to start with: it grows (doubling) while the harness runs, so that some
+        // kills land during a growth.
+        map_bytes_initial: 1 << 20,
         ..Default::default()
     }
+}
+
+/// Where the backup of operation `op` of run `run` goes.
+pub fn backup_path(dir: &Path, run: u64, op: u64) -> std::path::PathBuf {
+    dir.join("backups").join(format!("{run}-{op}"))
 }
 
 /// The projection: per stream, the events and the bytes of their bodies.
@@ -222,6 +239,24 @@ fn perform(
     op: &Op,
 ) -> Result<Vec<(u64, u128, u32, u32)>, String> {
     match op {
+        Op::Backup => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            let dir = storage
+                .path()
+                .parent()
+                .ok_or("the store has no parent directory")?;
+            let dest = backup_path(dir, run, op_no);
+            std::fs::create_dir_all(dest.parent().ok_or("no backups directory")?)
+                .map_err(|e| e.to_string())?;
+            // A retried backup of an interrupted one starts afresh.
+            let _ = std::fs::remove_dir_all(&dest);
+            storage
+                .compact_to(&dest)
+                .map_err(|e| format!("backup {run}/{op_no}: {e}"))?;
+            say(out, format_args!("B {run} {op_no}\n"));
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
         Op::Shred(stream_id) => {
             say(out, format_args!("S {run} {op_no}\n"));
             match storage.shred_stream(*stream_id) {
@@ -318,6 +353,8 @@ struct Heard {
     /// The last operation started and not reported done.
     open: Option<(u64, u64)>,
     shredded: Vec<u128>,
+    /// `(run, op)` of every acknowledged backup.
+    backups: Vec<(u64, u64)>,
 }
 
 impl Heard {
@@ -332,6 +369,7 @@ impl Heard {
             Some("S") => self.open = Some((n(1)? as u64, n(2)? as u64)),
             Some("D") => self.open = None,
             Some("H") => self.shredded.push(n(1)?),
+            Some("B") => self.backups.push((n(1)? as u64, n(2)? as u64)),
             Some("A") => self.acked.push((
                 n(1)? as u64,
                 n(2)?,
@@ -357,6 +395,9 @@ pub struct Report {
     pub events_in_stores: u64,
     pub retries_after_a_kill: u64,
     pub shreds: u64,
+    pub backups_checked: u64,
+    /// Kill points at which two child processes were writing to one store.
+    pub two_writer_kills: u64,
     pub projection_checks: u64,
     pub elapsed: Duration,
 }
@@ -367,11 +408,50 @@ struct Store {
     acked: HashMap<u64, (u128, u32, u64, u64, u32)>,
     shredded: HashSet<u128>,
     maybe_shredded: HashSet<u128>,
-    retry: Option<(u64, u64)>,
+    retry: Vec<(u64, u64)>,
     runs: u64,
 }
 
-/// Runs `kills` kill points, alternating the plaintext and the encrypted store under `dir`.
+/// A child process and the lines it printed, read by a thread of their own.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    mode: Mode,
+    run: u64,
+    retry: Option<(u64, u64)>,
+) -> Result<Running, String> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("child")
+        .arg(dir)
+        .arg(mode.name())
+        .arg(run.to_string());
+    if let Some((r, o)) = retry {
+        cmd.arg(r.to_string()).arg(o.to_string());
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the child: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(Running { child, lines })
+}
+
+/// Runs `kills` kill points, rotating over three stores under `dir`: plaintext (with a
+/// projection), encrypted (with shreds and backups), and one written by two processes at once.
 /// `exe` is the harness binary; it is started as `exe child DIR MODE RUN [RETRY_RUN RETRY_OP]`.
 pub fn run(
     exe: &Path,
@@ -382,94 +462,101 @@ pub fn run(
 ) -> Result<Report, String> {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
-    let mut stores = [Store::default(), Store::default()];
+    let mut stores = [Store::default(), Store::default(), Store::default()];
     let mut report = Report::default();
     for kill in 0..kills {
-        let (mode, store) = match kill % 2 {
+        let (mode, store) = match kill % 3 {
             0 => (Mode::Plain, &mut stores[0]),
-            _ => (Mode::Encrypted, &mut stores[1]),
+            1 => (Mode::Encrypted, &mut stores[1]),
+            _ => (Mode::Shared, &mut stores[2]),
         };
-        let run = store.runs;
-        store.runs += 1;
-        let mut cmd = Command::new(exe);
-        cmd.arg("child")
-            .arg(dir)
-            .arg(mode.name())
-            .arg(run.to_string());
-        if let Some((r, o)) = store.retry.take() {
-            cmd.arg(r.to_string()).arg(o.to_string());
-            report.retries_after_a_kill += 1;
+        let writers = if mode == Mode::Shared { 2 } else { 1 };
+        let mut children = Vec::new();
+        for _ in 0..writers {
+            let run = store.runs;
+            store.runs += 1;
+            let retry = store.retry.pop();
+            report.retries_after_a_kill += u64::from(retry.is_some());
+            children.push(spawn(exe, dir, mode, run, retry)?);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start the child: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
         // Kill after a random number of started operations, a random moment later: often in
         // the middle of a commit.
         let target = 1 + rng.below(60);
         let delay = Duration::from_micros(rng.below(3000));
-        let mut heard = Heard::default();
+        let mut heard: Vec<Heard> = (0..writers).map(|_| Heard::default()).collect();
         let mut started_ops = 0;
-        let mut ended_early = false;
-        while started_ops < target {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if line.starts_with('S') {
-                        started_ops += 1;
+        let mut ended_early = None;
+        'listen: while started_ops < target {
+            for (i, c) in children.iter().enumerate() {
+                match c.lines.recv_timeout(Duration::from_millis(1)) {
+                    Ok(line) => {
+                        if line.starts_with('S') {
+                            started_ops += 1;
+                        }
+                        heard[i].take(&line)?;
                     }
-                    heard.take(&line)?;
-                }
-                _ => {
-                    ended_early = true;
-                    break;
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        ended_early = Some(i);
+                        break 'listen;
+                    }
                 }
             }
         }
         std::thread::sleep(delay);
-        let _ = child.kill();
-        // Lines written before the kill are acknowledgements that happened.
-        for line in lines.map_while(Result::ok) {
-            heard.take(&line)?;
+        for c in &mut children {
+            let _ = c.child.kill();
         }
-        let status = child.wait().map_err(|e| e.to_string())?;
-        if ended_early {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        for (i, c) in children.iter_mut().enumerate() {
+            let status = c.child.wait().map_err(|e| e.to_string())?;
+            // Lines written before the kill are acknowledgements that happened.
+            for line in c.lines.iter() {
+                heard[i].take(&line)?;
             }
-            return Err(format!(
-                "kill point {kill} ({} run {run}): the child ended by itself ({status}): {err}",
-                mode.name()
-            ));
-        }
-        let acked_before = store.acked.len() as u64;
-        for &(seq, s, v, r, o, k) in &heard.acked {
-            if let Some(old) = store.acked.insert(seq, (s, v, r, o, k))
-                && old != (s, v, r, o, k)
-            {
+            if ended_early == Some(i) {
+                let mut err = String::new();
+                if let Some(mut e) = c.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
                 return Err(format!(
-                    "kill point {kill}: seq {seq} acknowledged twice, as {old:?} and {:?}",
-                    (s, v, r, o, k)
+                    "kill point {kill} ({}): a child ended by itself ({status}): {err}",
+                    mode.name()
                 ));
             }
         }
-        report.acknowledgements += heard.acked.len() as u64;
-        report.shreds += heard.shredded.len() as u64;
-        store.shredded.extend(heard.shredded.iter().copied());
-        if let Some((r, o)) = heard.open {
-            match op(mode, r, o) {
-                Op::Shred(s) => {
-                    store.maybe_shredded.insert(s);
+        let acked_before = store.acked.len() as u64;
+        for heard in &heard {
+            for &(seq, s, v, r, o, k) in &heard.acked {
+                if let Some(old) = store.acked.insert(seq, (s, v, r, o, k))
+                    && old != (s, v, r, o, k)
+                {
+                    return Err(format!(
+                        "kill point {kill}: seq {seq} acknowledged twice, as {old:?} and {:?}",
+                        (s, v, r, o, k)
+                    ));
                 }
-                Op::Append { ids: true, .. } => store.retry = Some((r, o)),
-                Op::Append { .. } => {}
+            }
+            report.acknowledgements += heard.acked.len() as u64;
+            report.shreds += heard.shredded.len() as u64;
+            store.shredded.extend(heard.shredded.iter().copied());
+            if let Some((r, o)) = heard.open {
+                match op(mode, r, o) {
+                    Op::Shred(s) => {
+                        store.maybe_shredded.insert(s);
+                    }
+                    Op::Append { ids: true, .. } => store.retry.push((r, o)),
+                    Op::Append { .. } | Op::Backup => {}
+                }
             }
         }
         let checked = check(dir, mode, store)
-            .map_err(|e| format!("kill point {kill} ({} run {run}): {e}", mode.name()))?;
+            .map_err(|e| format!("kill point {kill} ({}): {e}", mode.name()))?;
+        for &(r, o) in heard.iter().flat_map(|h| &h.backups) {
+            check_backup(dir, mode, r, o, checked.events)
+                .map_err(|e| format!("kill point {kill}: the backup of {r}/{o}: {e}"))?;
+            report.backups_checked += 1;
+        }
+        report.two_writer_kills += u64::from(writers == 2);
         report.acknowledged_events += store.acked.len() as u64 - acked_before;
         report.events_in_stores = report.events_in_stores.max(checked.events);
         report.projection_checks += u64::from(checked.projection);
@@ -478,6 +565,41 @@ pub fn run(
         progress(&report);
     }
     Ok(report)
+}
+
+/// An acknowledged backup opens, is clean, and holds no more than the store.
+fn check_backup(
+    dir: &Path,
+    mode: Mode,
+    run: u64,
+    op: u64,
+    store_events: u64,
+) -> Result<(), String> {
+    let path = backup_path(dir, run, op);
+    let copy = path.clone();
+    let result = (|| {
+        let storage = Storage::open(StorageConfig {
+            path: copy,
+            ..config(dir, mode)
+        })
+        .map_err(|e| format!("open: {e}"))?;
+        let report = storage.verify().map_err(|e| format!("verify: {e}"))?;
+        if !report.is_clean() {
+            return Err(format!("verify found problems: {:?}", report.problems));
+        }
+        let events = storage
+            .last_seq(&storage.read_txn().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if events > store_events {
+            return Err(format!(
+                "{events} events, more than the store's {store_events}"
+            ));
+        }
+        Ok(())
+    })();
+    // Backups are checked once: keep the disk for the store.
+    let _ = std::fs::remove_dir_all(&path);
+    result
 }
 
 struct Checked {
@@ -556,7 +678,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
                     Op::Append { parts, .. } => {
                         parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
                     }
-                    Op::Shred(_) => None,
+                    Op::Shred(_) | Op::Backup => None,
                 }
                 .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
                 let got = Entry {

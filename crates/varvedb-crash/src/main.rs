@@ -20,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Runs the harness: KILLS kill points, alternating a plaintext and an encrypted store.
+    /// Runs the harness: KILLS kill points, rotating over a plaintext store, an encrypted one and
+    /// one that two processes write at once.
     Run {
         /// How many times to kill the child.
         #[arg(long, default_value_t = 1000)]
@@ -88,13 +89,15 @@ fn main() -> ExitCode {
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {}\nacknowledgements: {}\nacknowledged events, all found intact after every later kill: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, all found intact after every later kill: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\nstores: {}",
                         r.kill_points,
+                        r.two_writer_kills,
                         r.acknowledgements,
                         r.acknowledged_events,
                         r.events_in_stores,
                         r.retries_after_a_kill,
                         r.shreds,
+                        r.backups_checked,
                         r.projection_checks,
                         r.elapsed,
                         dir.display()

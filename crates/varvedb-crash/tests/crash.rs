@@ -16,4 +16,6 @@ fn fifty_kill_points_lose_nothing_acknowledged() {
     assert!(report.retries_after_a_kill > 0, "{report:?}");
     assert!(report.shreds > 0, "{report:?}");
     assert!(report.projection_checks > 0, "{report:?}");
+    assert!(report.two_writer_kills > 0, "{report:?}");
+    assert!(report.backups_checked > 0, "{report:?}");
 }

@@ -111,7 +111,7 @@ pub(super) fn open(
     }
 
     // Check the format before creating anything, so that an unknown store is left untouched.
-    let rtxn = env.read_txn().lmdb()?;
+    let rtxn = at_open(&env, || env.read_txn())?;
     let found = env
         .open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenFail> {
             let meta = opener.open_database::<Str, Bytes>(rtxn, Some(db_names::META))?;
@@ -135,7 +135,7 @@ pub(super) fn open(
         });
     }
 
-    let wtxn = env.write_txn().lmdb()?;
+    let wtxn = at_open(&env, || env.write_txn())?;
     let created = env
         .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenFail> {
             let events = opener
@@ -193,7 +193,7 @@ pub(super) fn open(
         meta,
     )) = created;
     let page_size = {
-        let rtxn = env.read_txn().lmdb()?;
+        let rtxn = at_open(&env, || env.read_txn())?;
         events.stat(&rtxn).lmdb()?.page_size as usize
     };
     let dbs = Dbs {
@@ -320,6 +320,27 @@ pub(crate) fn inline_record_max(page_size: usize) -> usize {
 /// `me_nodemax`): a node is an 8-byte header, the key and the value.
 pub(crate) fn node_max(page_size: usize) -> usize {
     (((page_size - 16) / 2) & !1) - 2
+}
+
+/// Begins a transaction while the store is being opened. Another process may grow the map at
+/// any moment; LMDB then refuses every begin with `MDB_MAP_RESIZED` until this environment
+/// adopts the new size, which it does here (as `ReadTxn` does once the store is open).
+#[allow(
+    unsafe_code,
+    reason = "heed's resize is unsafe: no transaction may be active"
+)]
+fn at_open<T>(env: &Env<WithoutTls>, mut begin: impl FnMut() -> heed::Result<T>) -> Result<T> {
+    for _ in 0..1000 {
+        match begin() {
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                // SAFETY: the store is still being opened: no other thread has this environment
+                // yet, and the open's previous transaction has ended before this begin.
+                unsafe { env.resize(0) }.lmdb()?;
+            }
+            other => return other.lmdb(),
+        }
+    }
+    Err(Error::lmdb(heed::Error::Mdb(MdbError::MapResized)))
 }
 
 /// Who waits for a resize: the error for readers that stay too long names them.
