@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-targets=(read_pack read_record open_sealed)
+targets=(read_pack read_record open_sealed ops)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "no nightly toolchain: running the fuzz corpora as plain tests instead"

@@ -10,6 +10,8 @@ mod common;
 
 #[path = "../../../fuzz/fuzz_targets/event.rs"]
 mod event;
+#[path = "../../../fuzz/fuzz_targets/ops_model.rs"]
+mod ops_model;
 
 use std::path::{Path, PathBuf};
 
@@ -117,7 +119,7 @@ fn seeds_and_every_single_byte_change_of_real_log_values_never_panic() {
 #[test]
 fn the_committed_corpora_never_panic() {
     let mut ran = 0;
-    for target in ["read_pack", "read_record", "open_sealed"] {
+    for target in ["read_pack", "read_record", "open_sealed", "ops"] {
         let Ok(dir) = std::fs::read_dir(corpus(target)) else {
             continue;
         };
@@ -132,6 +134,10 @@ fn the_committed_corpora_never_panic() {
                 "read_record" => {
                     varvedb::__fuzz::read_record::<Fz>(&data);
                 }
+                "ops" => {
+                    let dir = tempfile::tempdir().unwrap();
+                    ops_model::run(&dir.path().join("store"), &data);
+                }
                 _ => {
                     varvedb::__fuzz::open_sealed::<Fz>(&data);
                 }
@@ -140,4 +146,23 @@ fn the_committed_corpora_never_panic() {
         }
     }
     assert!(ran >= 3, "the seed corpora are missing ({ran} inputs)");
+}
+
+/// The operation-sequence target on stable: pseudo-random operation sequences, each on a fresh
+/// store, checked against the model.
+#[test]
+fn operation_sequences_match_the_model() {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..40 {
+        let data: Vec<u8> = (0..150)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        ops_model::run(&dir.path().join("store"), &data);
+    }
 }
