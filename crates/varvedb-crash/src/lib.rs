@@ -186,6 +186,12 @@ pub fn config(dir: &Path, mode: Mode) -> StorageConfig {
         // A small map to start with: it grows (doubling) while the harness runs, so that some
         // kills land during a growth.
         map_bytes_initial: 1 << 20,
+        // The simulation's self-test: with no flushes, acknowledged appends must be lost in
+        // some power-cut state, and the simulation must say so.
+        durability: match std::env::var_os("VARVEDB_CRASH_NO_FLUSH") {
+            Some(_) => varvedb::Durability::NoSync,
+            None => varvedb::Durability::Sync,
+        },
         ..Default::default()
     }
 }
@@ -745,4 +751,276 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
         events: last,
         projection,
     })
+}
+
+/// The power-cut simulation (`docs/reliability.md`). A child runs under an `LD_PRELOAD`
+/// recorder (`powercut/interpose.c`) that logs every write to the data file, the start and the
+/// end of every flush, and every acknowledgement the child prints, in order. From the log, the
+/// parent builds the file states a power cut could leave at each acknowledgement:
+/// - every write issued before the start of the last flush that returned is on disk;
+/// - of the later writes, any subset of their 4 KiB pages is (a page is written whole or not).
+///
+/// Each state must open with every acknowledged event intact, a gap-free log, `verify` clean
+/// and the projection consistent (the same checks as after a kill).
+pub mod powercut {
+    use super::*;
+
+    /// What a simulation checked.
+    #[derive(Debug, Default, Clone)]
+    pub struct Figures {
+        pub runs: u64,
+        pub cut_points: u64,
+        pub states: u64,
+        pub acknowledged_events: u64,
+        pub pending_pages_max: u64,
+    }
+
+    const PAGE: u64 = 4096;
+
+    /// Builds the recorder with the system's C compiler.
+    pub fn build_recorder(out: &Path) -> Result<(), String> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("powercut/interpose.c");
+        let status = Command::new("cc")
+            .args(["-shared", "-fPIC", "-O2", "-o"])
+            .arg(out)
+            .arg(&src)
+            .arg("-ldl")
+            .status()
+            .map_err(|e| format!("cc: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("cc failed on {}", src.display()))
+        }
+    }
+
+    enum Rec {
+        Write(u64, Vec<u8>),
+        SyncStart,
+        SyncEnd,
+        Out(Vec<u8>),
+    }
+
+    fn parse(log: &[u8]) -> Result<Vec<Rec>, String> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + 13 <= log.len() {
+            let kind = log[at];
+            let off = u64::from_le_bytes(log[at + 1..at + 9].try_into().map_err(|_| "log")?);
+            let len =
+                u32::from_le_bytes(log[at + 9..at + 13].try_into().map_err(|_| "log")?) as usize;
+            at += 13;
+            // The child was killed while it logged this record, before the call it records.
+            let Some(data) = log.get(at..at + len) else {
+                break;
+            };
+            let data = data.to_vec();
+            at += len;
+            out.push(match kind {
+                1 => Rec::Write(off, data),
+                2 => Rec::SyncStart,
+                3 => Rec::SyncEnd,
+                4 => Rec::Out(data),
+                k => return Err(format!("unknown log record {k}")),
+            });
+        }
+        Ok(out)
+    }
+
+    fn apply(image: &mut Vec<u8>, off: u64, data: &[u8]) {
+        let end = off as usize + data.len();
+        if image.len() < end {
+            image.resize(end, 0);
+        }
+        image[off as usize..end].copy_from_slice(data);
+    }
+
+    /// What a simulation runs.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Plan {
+        /// Recorded children, each on a fresh store.
+        pub runs: u64,
+        /// Operations each child starts before it is killed.
+        pub ops: u64,
+        /// Acknowledgements checked per child (a sample), plus a quarter as many random moments.
+        pub cuts_per_run: u64,
+        /// File states checked per cut point.
+        pub states_per_cut: u64,
+        pub seed: u64,
+    }
+
+    /// Runs the plan's recorded children and checks the power-cut states at their cut points.
+    pub fn run(exe: &Path, recorder: &Path, dir: &Path, plan: Plan) -> Result<Figures, String> {
+        let Plan {
+            runs,
+            ops,
+            cuts_per_run,
+            states_per_cut,
+            seed,
+        } = plan;
+        let mut figures = Figures::default();
+        let mut rng = Rng::new(seed);
+        for r in 0..runs {
+            let base = dir.join(format!("run-{r}"));
+            std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+            let base = base.canonicalize().map_err(|e| e.to_string())?;
+            let log = base.join("recorder.log");
+            let data_file = config(&base, Mode::Plain).path.join("data.mdb");
+            let mut child = Command::new(exe)
+                .arg("child")
+                .arg(&base)
+                .arg(Mode::Plain.name())
+                .arg("0")
+                .env("LD_PRELOAD", recorder)
+                .env("VARVEDB_POWERCUT_FILE", &data_file)
+                .env("VARVEDB_POWERCUT_LOG", &log)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start the child: {e}"))?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            let mut started = 0;
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with('S') {
+                    started += 1;
+                    if started >= ops {
+                        break;
+                    }
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let recs = parse(&std::fs::read(&log).map_err(|e| e.to_string())?)?;
+            figures.runs += 1;
+            // Where each acknowledgement completes in the log.
+            let ack_points: Vec<usize> = {
+                let mut text = Vec::new();
+                let mut points = Vec::new();
+                for (i, rec) in recs.iter().enumerate() {
+                    if let Rec::Out(bytes) = rec {
+                        text.extend_from_slice(bytes);
+                        while let Some(nl) = text.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = text.drain(..=nl).collect();
+                            if line.starts_with(b"A ") {
+                                points.push(i);
+                            }
+                        }
+                    }
+                }
+                points
+            };
+            // The cut points: a sample of the acknowledgements, and the end of the log.
+            let mut cuts: Vec<usize> = ack_points.clone();
+            if cuts.len() as u64 > cuts_per_run {
+                let step = cuts.len() as u64 / cuts_per_run;
+                cuts = cuts.into_iter().step_by(step as usize).collect();
+            }
+            // And moments that are not acknowledgements: anywhere in the log.
+            for _ in 0..(cuts_per_run / 4).max(1) {
+                cuts.push(rng.below(recs.len().max(1) as u64) as usize);
+            }
+            cuts.push(recs.len().saturating_sub(1));
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut heard = Heard::default();
+            let mut text = Vec::new();
+            let mut writes: Vec<(u64, &[u8])> = Vec::new();
+            let mut sync_starts: std::collections::VecDeque<usize> = Default::default();
+            let mut durable = 0usize;
+            let mut image: Vec<u8> = Vec::new();
+            let mut imaged = 0usize;
+            let mut cut_iter = cuts.iter().peekable();
+            for (i, rec) in recs.iter().enumerate() {
+                match rec {
+                    Rec::Write(off, data) => writes.push((*off, data)),
+                    Rec::SyncStart => sync_starts.push_back(writes.len()),
+                    Rec::SyncEnd => {
+                        if let Some(s) = sync_starts.pop_front() {
+                            durable = durable.max(s);
+                        }
+                    }
+                    Rec::Out(bytes) => {
+                        text.extend_from_slice(bytes);
+                        while let Some(nl) = text.iter().position(|&b| b == b'\n') {
+                            let line: Vec<u8> = text.drain(..=nl).collect();
+                            let line = String::from_utf8_lossy(&line);
+                            heard.take(line.trim_end())?;
+                        }
+                    }
+                }
+                if cut_iter.peek() != Some(&&i) {
+                    continue;
+                }
+                while cut_iter.peek() == Some(&&i) {
+                    cut_iter.next();
+                }
+                // The durable image, kept up to date incrementally.
+                for (off, data) in &writes[imaged..durable] {
+                    apply(&mut image, *off, data);
+                }
+                imaged = durable;
+                // The pending writes, as pages.
+                let mut pages: Vec<(u64, &[u8])> = Vec::new();
+                for (off, data) in &writes[durable..] {
+                    let mut at = 0usize;
+                    while at < data.len() {
+                        let page_end = ((off + at as u64) / PAGE + 1) * PAGE;
+                        let take = ((page_end - (off + at as u64)) as usize).min(data.len() - at);
+                        pages.push((off + at as u64, &data[at..at + take]));
+                        at += take;
+                    }
+                }
+                figures.pending_pages_max = figures.pending_pages_max.max(pages.len() as u64);
+                let n = pages.len();
+                let mut subsets: Vec<Vec<bool>> = Vec::new();
+                if n <= 6 {
+                    for mask in 0..(1u64 << n) {
+                        subsets.push((0..n).map(|b| mask >> b & 1 == 1).collect());
+                    }
+                } else {
+                    subsets.push(vec![false; n]);
+                    subsets.push(vec![true; n]);
+                    while (subsets.len() as u64) < states_per_cut {
+                        let p = rng.below(100);
+                        subsets.push((0..n).map(|_| rng.below(100) < p).collect());
+                    }
+                }
+                subsets.truncate(states_per_cut.max(2) as usize);
+                let mut store = Store::default();
+                for &(seq, s, v, r, o, k) in &heard.acked {
+                    store.acked.insert(seq, (s, v, r, o, k));
+                }
+                for subset in subsets {
+                    let mut state = image.clone();
+                    for ((off, data), keep) in pages.iter().zip(&subset) {
+                        if *keep {
+                            apply(&mut state, *off, data);
+                        }
+                    }
+                    let sdir = base.join("state");
+                    let _ = std::fs::remove_dir_all(&sdir);
+                    let store_dir = config(&sdir, Mode::Plain).path;
+                    std::fs::create_dir_all(&store_dir).map_err(|e| e.to_string())?;
+                    std::fs::write(store_dir.join("data.mdb"), &state)
+                        .map_err(|e| e.to_string())?;
+                    figures.states += 1;
+                    if store.acked.is_empty() && state.is_empty() {
+                        continue;
+                    }
+                    check(&sdir, Mode::Plain, &store).map_err(|e| {
+                        format!(
+                            "run {r}, cut at log record {i} ({} acknowledged, {} of {n} pending pages written): {e}",
+                            store.acked.len(),
+                            subset.iter().filter(|k| **k).count()
+                        )
+                    })?;
+                }
+                figures.cut_points += 1;
+                figures.acknowledged_events =
+                    figures.acknowledged_events.max(store.acked.len() as u64);
+            }
+            let _ = std::fs::remove_dir_all(&base);
+        }
+        Ok(figures)
+    }
 }

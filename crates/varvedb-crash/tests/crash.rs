@@ -19,3 +19,33 @@ fn fifty_kill_points_lose_nothing_acknowledged() {
     assert!(report.two_writer_kills > 0, "{report:?}");
     assert!(report.backups_checked > 0, "{report:?}");
 }
+
+/// The power-cut simulation, briefly: a few recorded children, the file states a power cut could
+/// leave at their acknowledgements and at random moments. Needs a C compiler for the recorder.
+#[test]
+fn power_cut_states_keep_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = dir.path().join("recorder.so");
+    if let Err(e) = varvedb_crash::powercut::build_recorder(&recorder) {
+        eprintln!("skipped: no C compiler for the recorder ({e})");
+        return;
+    }
+    let exe = Path::new(env!("CARGO_BIN_EXE_varvedb-crash"));
+    let plan = varvedb_crash::powercut::Plan {
+        runs: 3,
+        ops: 30,
+        cuts_per_run: 15,
+        states_per_cut: 8,
+        seed: 0xC0DE,
+    };
+    let f = varvedb_crash::powercut::run(exe, &recorder, dir.path(), plan)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(f.runs, 3);
+    assert!(f.cut_points >= 20, "{f:?}");
+    assert!(f.states >= 40, "{f:?}");
+    assert!(f.acknowledged_events > 10, "{f:?}");
+    assert!(
+        f.pending_pages_max > 0,
+        "no state had a pending write: {f:?}"
+    );
+}
