@@ -107,6 +107,26 @@ fn a_file_that_is_not_lmdb_is_refused() {
     assert!(matches!(err, Error::InvalidStore { .. }), "{err}");
 }
 
+/// A power cut while a store's first pages were written can leave one meta page and a page of
+/// zeros: the open says so, and that nothing committed is in it, instead of a bare "not LMDB".
+#[test]
+fn a_store_whose_creation_was_cut_short_is_named_as_such() {
+    let whole = tempfile::tempdir().unwrap();
+    drop(open(&whole));
+    let data = std::fs::read(whole.path().join("data.mdb")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut torn = data[..4096].to_vec();
+    torn.extend_from_slice(&[0u8; 4096]);
+    std::fs::write(dir.path().join("data.mdb"), &torn).unwrap();
+    let err = Storage::open(config(&dir)).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidStore { reason, .. } if reason.contains("creation was cut short")),
+        "{err}"
+    );
+    // The file is left as it was.
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), torn);
+}
+
 #[test]
 fn open_existing_creates_nothing_where_there_is_no_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -78,9 +78,17 @@ pub(super) fn open(
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(heed::Error::Mdb(MdbError::Invalid | MdbError::VersionMismatch)) => {
+                let reason = match interrupted_creation(&path.join("data.mdb")) {
+                    Some(bytes) => format!(
+                        "the store's creation was cut short (a crash or power cut while its first \
+                         pages were written): its {bytes}-byte data file holds no committed \
+                         data. Remove data.mdb to create the store afresh"
+                    ),
+                    None => "the data file is not an LMDB environment".into(),
+                };
                 return Err(Error::InvalidStore {
                     path: path.into(),
-                    reason: "the data file is not an LMDB environment".into(),
+                    reason,
                 });
             }
             // The files cannot be opened (a read-only filesystem, no permission): say where.
@@ -320,6 +328,20 @@ pub(crate) fn inline_record_max(page_size: usize) -> usize {
 /// `me_nodemax`): a node is an 8-byte header, the key and the value.
 pub(crate) fn node_max(page_size: usize) -> usize {
     (((page_size - 16) / 2) & !1) - 2
+}
+
+/// The length of a data file that LMDB refused but that is only the start of a store's creation:
+/// at most two pages (LMDB's two meta pages, written first), each either zeros or a page with
+/// LMDB's magic number. Such a file cannot hold committed data; anything else might.
+fn interrupted_creation(data_file: &Path) -> Option<u64> {
+    const PAGE: usize = 4096;
+    const MAGIC: [u8; 4] = 0xBEEF_C0DE_u32.to_le_bytes();
+    let bytes = std::fs::read(data_file).ok()?;
+    let plausible = bytes.len() <= 2 * PAGE
+        && bytes.chunks(PAGE).all(|page| {
+            page.iter().all(|&b| b == 0) || page.windows(4).take(64).any(|w| w == MAGIC)
+        });
+    plausible.then_some(bytes.len() as u64)
 }
 
 /// Begins a transaction while the store is being opened. Another process may grow the map at
