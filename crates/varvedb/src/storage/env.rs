@@ -330,18 +330,25 @@ pub(crate) fn node_max(page_size: usize) -> usize {
     (((page_size - 16) / 2) & !1) - 2
 }
 
-/// The length of a data file that LMDB refused but that is only the start of a store's creation:
-/// at most two pages (LMDB's two meta pages, written first), each either zeros or a page with
-/// LMDB's magic number. Such a file cannot hold committed data; anything else might.
+/// The length of a data file that LMDB refused but that is only the start of a store's
+/// creation: one of its two meta pages (the first two pages) is missing or all zeros, and the
+/// other is zeros or a page with LMDB's magic number. LMDB writes both meta pages when it
+/// creates the file, and every commit flushes them before it writes a meta page of its own, so
+/// such a file has no committed transaction: it holds no data. Anything else might.
 fn interrupted_creation(data_file: &Path) -> Option<u64> {
     const PAGE: usize = 4096;
     const MAGIC: [u8; 4] = 0xBEEF_C0DE_u32.to_le_bytes();
     let bytes = std::fs::read(data_file).ok()?;
-    let plausible = bytes.len() <= 2 * PAGE
-        && bytes.chunks(PAGE).all(|page| {
-            page.iter().all(|&b| b == 0) || page.windows(4).take(64).any(|w| w == MAGIC)
-        });
-    plausible.then_some(bytes.len() as u64)
+    let meta = |i: usize| {
+        bytes
+            .get(i * PAGE..((i + 1) * PAGE).min(bytes.len()))
+            .unwrap_or(&[])
+    };
+    let zero = |page: &[u8]| page.iter().all(|&b| b == 0);
+    let plausible = |page: &[u8]| zero(page) || page.windows(4).take(64).any(|w| w == MAGIC);
+    let (first, second) = (meta(0), meta(1));
+    (plausible(first) && plausible(second) && (zero(first) || zero(second)))
+        .then_some(bytes.len() as u64)
 }
 
 /// Begins a transaction while the store is being opened. Another process may grow the map at
