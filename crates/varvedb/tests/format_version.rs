@@ -127,6 +127,25 @@ fn a_store_whose_creation_was_cut_short_is_named_as_such() {
     assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), torn);
 }
 
+/// A meta page with a page size of 0 made LMDB divide by zero inside its open (SIGFPE: the
+/// process died). It is refused before LMDB reads it.
+#[test]
+fn a_meta_page_with_a_broken_page_size_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(&dir));
+    let path = dir.path().join("data.mdb");
+    let mut data = std::fs::read(&path).unwrap();
+    for psize in [0u32, 3, 1 << 20] {
+        data[40..44].copy_from_slice(&psize.to_le_bytes());
+        std::fs::write(&path, &data).unwrap();
+        let err = Storage::open(config(&dir)).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidStore { reason, .. } if reason.contains("meta page 0 is damaged")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn open_existing_creates_nothing_where_there_is_no_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -109,6 +109,26 @@ fn seeds_and_every_single_byte_change_of_real_log_values_never_panic() {
     // The plaintext store's records validate as `Fz`: the checks are not refusing everything.
     assert!(passed >= 11, "{passed} records passed");
     if write {
+        // A whole small store's data file, for `open_store`.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let storage = Storage::open(StorageConfig {
+                path: dir.path().into(),
+                map_bytes_initial: 1 << 20,
+                ..Default::default()
+            })
+            .unwrap();
+            let w = Writer::<Fz>::new(storage);
+            let batch: Vec<Fz> = (0..6).map(fz).collect();
+            w.append_batch(1, ExpectedVersion::Auto, &batch).unwrap();
+            w.append(2, ExpectedVersion::Auto, &fz(9)).unwrap();
+        }
+        std::fs::create_dir_all(corpus("open_store")).unwrap();
+        std::fs::copy(
+            dir.path().join("data.mdb"),
+            corpus("open_store").join("seed-0"),
+        )
+        .unwrap();
         // A decrypted plaintext: no metadata, then an archive.
         let mut plain = vec![0u8; 16];
         plain.extend_from_slice(&rkyv::to_bytes::<rkyv::rancor::Error>(&fz(7)).unwrap());
@@ -119,7 +139,13 @@ fn seeds_and_every_single_byte_change_of_real_log_values_never_panic() {
 #[test]
 fn the_committed_corpora_never_panic() {
     let mut ran = 0;
-    for target in ["read_pack", "read_record", "open_sealed", "ops"] {
+    for target in [
+        "read_pack",
+        "read_record",
+        "open_sealed",
+        "ops",
+        "open_store",
+    ] {
         let Ok(dir) = std::fs::read_dir(corpus(target)) else {
             continue;
         };
@@ -137,6 +163,17 @@ fn the_committed_corpora_never_panic() {
                 "ops" => {
                     let dir = tempfile::tempdir().unwrap();
                     ops_model::run(&dir.path().join("store"), &data);
+                }
+                "open_store" => {
+                    // The seed is a sound store: it opens, reads and verifies clean.
+                    let dir = tempfile::tempdir().unwrap();
+                    std::fs::write(dir.path().join("data.mdb"), &data).unwrap();
+                    let storage = Storage::open_existing(StorageConfig {
+                        path: dir.path().into(),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                    assert!(storage.verify().unwrap().is_clean());
                 }
                 _ => {
                     varvedb::__fuzz::open_sealed::<Fz>(&data);

@@ -66,6 +66,14 @@ pub(super) fn open(
             unsafe { options.flags(EnvFlags::NO_META_SYNC) };
         }
     }
+    // LMDB trusts its meta pages: one with a page size of 0 divides by zero inside
+    // `mdb_env_open` (found by the `open_store` fuzz target). Refuse such a file first.
+    if let Some(reason) = damaged_meta(&path.join("data.mdb")) {
+        return Err(Error::InvalidStore {
+            path: path.into(),
+            reason,
+        });
+    }
     let mut attempts = 0;
     let env = loop {
         // SAFETY: the registry and OPEN_LOCK ensure one environment per path in this process,
@@ -349,6 +357,43 @@ fn interrupted_creation(data_file: &Path) -> Option<u64> {
     let (first, second) = (meta(0), meta(1));
     (plausible(first) && plausible(second) && (zero(first) || zero(second)))
         .then_some(bytes.len() as u64)
+}
+
+/// Why LMDB must not open this data file, if one of its meta pages carries LMDB's magic number
+/// but a page size LMDB cannot use (`mdb_env_open` divides by it, and steps by it to the second
+/// meta page). `None` when there is no file, or its metas look sound, or LMDB will refuse it
+/// by itself (no magic number).
+fn damaged_meta(data_file: &Path) -> Option<String> {
+    use std::io::Read;
+    const MAGIC: u32 = 0xBEEF_C0DE;
+    // In a meta page: the page header (16 bytes), then mm_magic, mm_version, mm_address,
+    // mm_mapsize, and mm_dbs[0], whose first field holds the page size.
+    const MAGIC_AT: usize = 16;
+    const PSIZE_AT: usize = 40;
+    let mut head = Vec::new();
+    std::fs::File::open(data_file)
+        .ok()?
+        .take(2 * 65536 + 64)
+        .read_to_end(&mut head)
+        .ok()?;
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(head.get(at..at + 4)?.try_into().ok()?))
+    };
+    let sane = |psize: u32| psize.is_power_of_two() && (256..=65536).contains(&psize);
+    let mut at = 0usize;
+    for meta in 0..2 {
+        if u32_at(at + MAGIC_AT) != Some(MAGIC) {
+            return None;
+        }
+        let psize = u32_at(at + PSIZE_AT)?;
+        if !sane(psize) {
+            return Some(format!(
+                "meta page {meta} is damaged: it gives a page size of {psize} bytes"
+            ));
+        }
+        at += psize as usize;
+    }
+    None
 }
 
 /// Begins a transaction while the store is being opened. Another process may grow the map at
