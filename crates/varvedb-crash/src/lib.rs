@@ -112,6 +112,9 @@ pub enum Op {
     Shred(u128),
     /// An online backup (`compact_to`) into `backups/RUN-OP` (encrypted store only).
     Backup,
+    /// An export of the store imported into `imports/RUN-OP` (encrypted store only). A kill
+    /// interrupts it; the next child runs it again, and it continues.
+    Import,
 }
 
 /// The streams a run appends to: the plaintext store keeps 8 streams across runs; the encrypted
@@ -136,6 +139,9 @@ pub fn op(mode: Mode, run: u64, op: u64) -> Op {
     }
     if mode == Mode::Encrypted && op % 29 == 28 {
         return Op::Backup;
+    }
+    if mode == Mode::Encrypted && op % 31 == 30 {
+        return Op::Import;
     }
     let streams = match rng.below(10) {
         0..=5 => 1,
@@ -196,6 +202,11 @@ pub fn config(dir: &Path, mode: Mode) -> StorageConfig {
     }
 }
 
+/// Where the import of operation `op` of run `run` goes.
+pub fn import_path(dir: &Path, run: u64, op: u64) -> std::path::PathBuf {
+    dir.join("imports").join(format!("{run}-{op}"))
+}
+
 /// Where the backup of operation `op` of run `run` goes.
 pub fn backup_path(dir: &Path, run: u64, op: u64) -> std::path::PathBuf {
     dir.join("backups").join(format!("{run}-{op}"))
@@ -245,6 +256,35 @@ fn perform(
     op: &Op,
 ) -> Result<Vec<(u64, u128, u32, u32)>, String> {
     match op {
+        Op::Import => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            let dir = storage
+                .path()
+                .parent()
+                .ok_or("the store has no parent directory")?;
+            let dest = Storage::open(StorageConfig {
+                path: import_path(dir, run, op_no),
+                ..config(dir, Mode::Encrypted)
+            })
+            .map_err(|e| format!("import {run}/{op_no}: open: {e}"))?;
+            let txn = storage.read_txn().map_err(|e| e.to_string())?;
+            let header = storage.export_header(&txn).map_err(|e| e.to_string())?;
+            let mut importer = dest.importer();
+            importer
+                .begin(&header)
+                .map_err(|e| format!("import: {e}"))?;
+            for e in storage.export_events(&txn, 1) {
+                importer
+                    .push(e.map_err(|e| format!("export: {e}"))?)
+                    .map_err(|e| format!("import: {e}"))?;
+            }
+            importer
+                .finish(&header)
+                .map_err(|e| format!("import: {e}"))?;
+            say(out, format_args!("I {run} {op_no} {}\n", header.last_seq));
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
         Op::Backup => {
             say(out, format_args!("S {run} {op_no}\n"));
             let dir = storage
@@ -361,6 +401,8 @@ struct Heard {
     shredded: Vec<u128>,
     /// `(run, op)` of every acknowledged backup.
     backups: Vec<(u64, u64)>,
+    /// `(run, op, last seq)` of every acknowledged import.
+    imports: Vec<(u64, u64, u64)>,
 }
 
 impl Heard {
@@ -376,6 +418,9 @@ impl Heard {
             Some("D") => self.open = None,
             Some("H") => self.shredded.push(n(1)?),
             Some("B") => self.backups.push((n(1)? as u64, n(2)? as u64)),
+            Some("I") => self
+                .imports
+                .push((n(1)? as u64, n(2)? as u64, n(3)? as u64)),
             Some("A") => self.acked.push((
                 n(1)? as u64,
                 n(2)?,
@@ -402,6 +447,8 @@ pub struct Report {
     pub retries_after_a_kill: u64,
     pub shreds: u64,
     pub backups_checked: u64,
+    /// Imports checked record for record against the store, some of them resumed after a kill.
+    pub imports_checked: u64,
     /// Kill points at which two child processes were writing to one store.
     pub two_writer_kills: u64,
     pub projection_checks: u64,
@@ -550,7 +597,7 @@ pub fn run(
                     Op::Shred(s) => {
                         store.maybe_shredded.insert(s);
                     }
-                    Op::Append { ids: true, .. } => store.retry.push((r, o)),
+                    Op::Append { ids: true, .. } | Op::Import => store.retry.push((r, o)),
                     Op::Append { .. } | Op::Backup => {}
                 }
             }
@@ -562,6 +609,11 @@ pub fn run(
                 .map_err(|e| format!("kill point {kill}: the backup of {r}/{o}: {e}"))?;
             report.backups_checked += 1;
         }
+        for &(r, o, last) in heard.iter().flat_map(|h| &h.imports) {
+            check_import(dir, mode, r, o, last)
+                .map_err(|e| format!("kill point {kill}: the import of {r}/{o}: {e}"))?;
+            report.imports_checked += 1;
+        }
         report.two_writer_kills += u64::from(writers == 2);
         report.acknowledged_events += store.acked.len() as u64 - acked_before;
         report.events_in_stores = report.events_in_stores.max(checked.events);
@@ -571,6 +623,49 @@ pub fn run(
         progress(&report);
     }
     Ok(report)
+}
+
+/// An acknowledged import is clean and holds the store's first `last` records, byte for byte.
+fn check_import(dir: &Path, mode: Mode, run: u64, op: u64, last: u64) -> Result<(), String> {
+    let path = import_path(dir, run, op);
+    let result = (|| {
+        let source = Storage::open(config(dir, mode)).map_err(|e| format!("source: {e}"))?;
+        let copy = Storage::open(StorageConfig {
+            path: path.clone(),
+            ..config(dir, mode)
+        })
+        .map_err(|e| format!("open: {e}"))?;
+        let report = copy.verify().map_err(|e| format!("verify: {e}"))?;
+        if !report.is_clean() {
+            return Err(format!("verify found problems: {:?}", report.problems));
+        }
+        let (st, ct) = (
+            source.read_txn().map_err(|e| e.to_string())?,
+            copy.read_txn().map_err(|e| e.to_string())?,
+        );
+        let (sr, cr) = (source.raw_reader(), copy.raw_reader());
+        if copy.last_seq(&ct).map_err(|e| e.to_string())? != last {
+            return Err(format!("it ends before {last}"));
+        }
+        for seq in 1..=last {
+            let a = sr.get(&st, seq).map_err(|e| e.to_string())?;
+            let b = cr.get(&ct, seq).map_err(|e| e.to_string())?;
+            let same = match (a, b) {
+                // A stream the store shredded after the export keeps its events in the copy.
+                (Some(a), Some(b)) => {
+                    (a.stream_id(), a.version()) == (b.stream_id(), b.version())
+                        && (a.is_shredded() || a.payload_bytes() == b.payload_bytes())
+                }
+                _ => false,
+            };
+            if !same {
+                return Err(format!("seq {seq} differs from the store's"));
+            }
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&path);
+    result
 }
 
 /// An acknowledged backup opens, is clean, and holds no more than the store.
@@ -684,7 +779,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
                     Op::Append { parts, .. } => {
                         parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
                     }
-                    Op::Shred(_) | Op::Backup => None,
+                    Op::Shred(_) | Op::Backup | Op::Import => None,
                 }
                 .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
                 let got = Entry {

@@ -156,7 +156,7 @@ fn main() -> ExitCode {
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, all found intact after every later kill: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, all found intact after every later kill: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\nstores: {}",
                         r.kill_points,
                         r.two_writer_kills,
                         r.acknowledgements,
@@ -165,6 +165,7 @@ fn main() -> ExitCode {
                         r.retries_after_a_kill,
                         r.shreds,
                         r.backups_checked,
+                        r.imports_checked,
                         r.projection_checks,
                         r.elapsed,
                         dir.display()

@@ -18,6 +18,7 @@ fn fifty_kill_points_lose_nothing_acknowledged() {
     assert!(report.projection_checks > 0, "{report:?}");
     assert!(report.two_writer_kills > 0, "{report:?}");
     assert!(report.backups_checked > 0, "{report:?}");
+    assert!(report.imports_checked > 0, "{report:?}");
 }
 
 /// The power-cut simulation, briefly: a few recorded children, the file states a power cut could
