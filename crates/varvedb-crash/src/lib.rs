@@ -960,12 +960,47 @@ pub mod powercut {
             std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
             let base = base.canonicalize().map_err(|e| e.to_string())?;
             let log = base.join("recorder.log");
-            let data_file = config(&base, Mode::Plain).path.join("data.mdb");
+            // Plaintext (with its projection) and encrypted (with shreds, backups and imports)
+            // runs alternate.
+            let mode = if r % 2 == 0 {
+                Mode::Plain
+            } else {
+                Mode::Encrypted
+            };
+            let data_file = config(&base, mode).path.join("data.mdb");
+            // An encrypted run shreds streams of the run before it: a first child (run 0, not
+            // recorded) writes them, its file is flushed and becomes the starting image, and
+            // its acknowledgements count.
+            let mut heard = Heard::default();
+            let mut start_image = Vec::new();
+            if mode == Mode::Encrypted {
+                let mut first = spawn(exe, &base, mode, 0, None)?;
+                let mut started = 0;
+                while started < ops {
+                    match first.lines.recv() {
+                        Ok(line) => {
+                            started += u64::from(line.starts_with('S'));
+                            heard.take(&line)?;
+                        }
+                        Err(_) => return Err("the first child ended by itself".into()),
+                    }
+                }
+                let _ = first.child.kill();
+                let _ = first.child.wait();
+                for line in first.lines.iter() {
+                    heard.take(&line)?;
+                }
+                heard.open = None;
+                std::fs::File::open(&data_file)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| e.to_string())?;
+                start_image = std::fs::read(&data_file).map_err(|e| e.to_string())?;
+            }
             let mut child = Command::new(exe)
                 .arg("child")
                 .arg(&base)
-                .arg(Mode::Plain.name())
-                .arg("0")
+                .arg(mode.name())
+                .arg(if mode == Mode::Encrypted { "1" } else { "0" })
                 .env("LD_PRELOAD", recorder)
                 .env("VARVEDB_POWERCUT_FILE", &data_file)
                 .env("VARVEDB_POWERCUT_LOG", &log)
@@ -996,7 +1031,8 @@ pub mod powercut {
                         text.extend_from_slice(bytes);
                         while let Some(nl) = text.iter().position(|&b| b == b'\n') {
                             let line: Vec<u8> = text.drain(..=nl).collect();
-                            if line.starts_with(b"A ") {
+                            // Acknowledged appends and acknowledged shreds.
+                            if line.starts_with(b"A ") || line.starts_with(b"H ") {
                                 points.push(i);
                             }
                         }
@@ -1017,12 +1053,11 @@ pub mod powercut {
             cuts.push(recs.len().saturating_sub(1));
             cuts.sort_unstable();
             cuts.dedup();
-            let mut heard = Heard::default();
             let mut text = Vec::new();
             let mut writes: Vec<(u64, &[u8])> = Vec::new();
             let mut sync_starts: std::collections::VecDeque<usize> = Default::default();
             let mut durable = 0usize;
-            let mut image: Vec<u8> = Vec::new();
+            let mut image: Vec<u8> = start_image;
             let mut imaged = 0usize;
             let mut cut_iter = cuts.iter().peekable();
             for (i, rec) in recs.iter().enumerate() {
@@ -1085,6 +1120,13 @@ pub mod powercut {
                 for &(seq, s, v, r, o, k) in &heard.acked {
                     store.acked.insert(seq, (s, v, r, o, k));
                 }
+                store.shredded.extend(heard.shredded.iter().copied());
+                // A shred started and not reported done may or may not have happened.
+                if let Some((r, o)) = heard.open
+                    && let Op::Shred(s) = op(mode, r, o)
+                {
+                    store.maybe_shredded.insert(s);
+                }
                 for subset in subsets {
                     let mut state = image.clone();
                     for ((off, data), keep) in pages.iter().zip(&subset) {
@@ -1094,7 +1136,7 @@ pub mod powercut {
                     }
                     let sdir = base.join("state");
                     let _ = std::fs::remove_dir_all(&sdir);
-                    let store_dir = config(&sdir, Mode::Plain).path;
+                    let store_dir = config(&sdir, mode).path;
                     std::fs::create_dir_all(&store_dir).map_err(|e| e.to_string())?;
                     std::fs::write(store_dir.join("data.mdb"), &state)
                         .map_err(|e| e.to_string())?;
@@ -1104,7 +1146,7 @@ pub mod powercut {
                     }
                     // Before anything was acknowledged, the store's creation itself may be
                     // torn: the open must then say so (nothing committed is at stake).
-                    match check(&sdir, Mode::Plain, &store) {
+                    match check(&sdir, mode, &store) {
                         Err(e)
                             if store.acked.is_empty()
                                 && e.contains("creation was cut short") =>

@@ -83,6 +83,9 @@ impl Storage {
             Ok((shredded, true))
         })?;
         if !report.already {
+            // The shred is acknowledged only once it is durable: a power cut must not bring the
+            // key back (found by the power-cut simulation, `docs/reliability.md`).
+            self.flush_if_durable()?;
             self.metrics().shredded_streams.inc();
         }
         Ok(report)
@@ -114,6 +117,8 @@ impl Storage {
         let rewrapped = self.write(self.resize_wait(), |wtxn, dbs| {
             Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true))
         })?;
+        // Durable before the caller retires the old master key.
+        self.flush_if_durable()?;
         self.crypto().set_master(&new);
         self.crypto().forget_keys();
         Ok(rewrapped)

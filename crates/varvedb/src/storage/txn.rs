@@ -214,6 +214,15 @@ impl Storage {
         }
     }
 
+    /// [`flush`](Self::flush) with [`Durability::Sync`]; nothing with `NoSync`, whose commits
+    /// are not flushed by choice.
+    pub(crate) fn flush_if_durable(&self) -> Result<()> {
+        match self.config().durability {
+            crate::config::Durability::Sync => self.flush(),
+            crate::config::Durability::NoSync => Ok(()),
+        }
+    }
+
     /// Whether the store refuses appends (or everything) after a failure; see
     /// [`poison_reason`](Self::poison_reason). Drop every handle and reopen it to recover.
     pub fn is_poisoned(&self) -> bool {
