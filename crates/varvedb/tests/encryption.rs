@@ -722,3 +722,32 @@ fn an_encrypted_batch_that_grows_the_map_mid_commit_is_sealed_once() {
         (0..8).map(|i| format!("grown-{i}")).collect::<Vec<_>>()
     );
 }
+
+/// A shred is durable when it returns: its commit is flushed before the answer, so a power cut
+/// cannot bring the key back (the power-cut simulation found the unflushed meta page).
+#[test]
+fn a_shred_is_flushed_before_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(dir.path());
+    let writer = Writer::<Secret>::new(storage.clone());
+    writer
+        .append(
+            5,
+            ExpectedVersion::NoStream,
+            &Secret {
+                n: 1,
+                text: "to be forgotten".into(),
+            },
+        )
+        .unwrap();
+    let before = storage.stats().unwrap();
+    storage.shred_stream(5).unwrap();
+    let after = storage.stats().unwrap();
+    assert!(after.commits > before.commits);
+    assert!(
+        after.flushes > before.flushes,
+        "the shred's commit was not flushed ({} flushes before, {} after)",
+        before.flushes,
+        after.flushes
+    );
+}
