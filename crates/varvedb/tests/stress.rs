@@ -144,7 +144,8 @@ fn run(encrypted: bool) {
                 while !stop.load(Ordering::Acquire) {
                     i += 1;
                     // Streams rotate every 20 appends, so that old ones can be shredded.
-                    let own = 1000 * (w + 1) + u128::from(i / 20);
+                    // Each writer's streams in a range of their own, however long the run.
+                    let own = (w + 1) << 40 | u128::from(i / 20);
                     let answers = match i % 4 {
                         0 => writer
                             .append_batch(own, ExpectedVersion::Auto, &[deposit(i), deposit(i + 1)])
@@ -195,7 +196,7 @@ fn run(encrypted: bool) {
                 let mut k = 0u128;
                 while !stop.load(Ordering::Acquire) {
                     k += 1;
-                    check_snapshot(&storage, &reader, 1000 * ((k + r) % 4 + 1) + k % 3);
+                    check_snapshot(&storage, &reader, ((k + r) % 4 + 1) << 40 | k % 3);
                 }
             });
         }
@@ -210,7 +211,7 @@ fn run(encrypted: bool) {
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(10));
                     for (w, next) in next.iter_mut().enumerate() {
-                        let base = 1000 * (w as u128 + 1);
+                        let base = (w as u128 + 1) << 40;
                         let txn = storage.read_txn().unwrap();
                         let newest = (0..)
                             .take_while(|r| storage.stream_version(&txn, base + r).unwrap() > 0)
