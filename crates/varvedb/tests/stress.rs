@@ -145,7 +145,7 @@ fn run(encrypted: bool) {
                     i += 1;
                     // Streams rotate every 20 appends, so that old ones can be shredded.
                     // Each writer's streams in a range of their own, however long the run.
-                    let own = (w + 1) << 40 | u128::from(i / 20);
+                    let own = ((w + 1) << 40) | u128::from(i / 20);
                     let answers = match i % 4 {
                         0 => writer
                             .append_batch(own, ExpectedVersion::Auto, &[deposit(i), deposit(i + 1)])
@@ -196,7 +196,7 @@ fn run(encrypted: bool) {
                 let mut k = 0u128;
                 while !stop.load(Ordering::Acquire) {
                     k += 1;
-                    check_snapshot(&storage, &reader, ((k + r) % 4 + 1) << 40 | k % 3);
+                    check_snapshot(&storage, &reader, (((k + r) % 4 + 1) << 40) | (k % 3));
                 }
             });
         }
