@@ -346,7 +346,12 @@ pub(crate) fn node_max(page_size: usize) -> usize {
 fn interrupted_creation(data_file: &Path) -> Option<u64> {
     const PAGE: usize = 4096;
     const MAGIC: [u8; 4] = 0xBEEF_C0DE_u32.to_le_bytes();
-    let bytes = std::fs::read(data_file).ok()?;
+    use std::io::Read;
+    let file = std::fs::File::open(data_file).ok()?;
+    let len = file.metadata().ok()?.len();
+    // The two meta pages only: the file may be large.
+    let mut bytes = Vec::new();
+    file.take(2 * PAGE as u64).read_to_end(&mut bytes).ok()?;
     let meta = |i: usize| {
         bytes
             .get(i * PAGE..((i + 1) * PAGE).min(bytes.len()))
@@ -355,8 +360,7 @@ fn interrupted_creation(data_file: &Path) -> Option<u64> {
     let zero = |page: &[u8]| page.iter().all(|&b| b == 0);
     let plausible = |page: &[u8]| zero(page) || page.windows(4).take(64).any(|w| w == MAGIC);
     let (first, second) = (meta(0), meta(1));
-    (plausible(first) && plausible(second) && (zero(first) || zero(second)))
-        .then_some(bytes.len() as u64)
+    (plausible(first) && plausible(second) && (zero(first) || zero(second))).then_some(len)
 }
 
 /// Why LMDB must not open this data file, if one of its meta pages carries LMDB's magic number
