@@ -97,7 +97,13 @@ fn main() -> ExitCode {
             let dir = dir.unwrap_or_else(|| {
                 std::env::temp_dir().join(format!("varvedb-powercut-{}", std::process::id()))
             });
-            let exe = std::env::current_exe().expect("the harness binary");
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("FAILED: cannot find the harness binary to start children: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let recorder = dir.join("recorder.so");
             if let Err(e) = std::fs::create_dir_all(&dir)
                 .map_err(|e| e.to_string())
@@ -143,7 +149,13 @@ fn main() -> ExitCode {
                     temp
                 }
             };
-            let exe = std::env::current_exe().expect("the harness binary");
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("FAILED: cannot find the harness binary to start children: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let every = (kills / 20).max(1);
             let result = varvedb_crash::run(&exe, &dir, kills, seed, |r| {
                 if r.kill_points % every == 0 {

@@ -73,24 +73,8 @@ pub(crate) fn hop<'t>(
             format!("the chain points at sequence {seq}, which does not exist"),
         )
     })?;
-    let peek = record::peek(record).ok_or_else(|| {
-        broken(
-            stream_id,
-            version,
-            format!("the chain points at sequence {seq}, which is not a record"),
-        )
-    })?;
-    if peek.stream_id != stream_id || peek.version != version {
-        return Err(broken(
-            stream_id,
-            version,
-            format!(
-                "the chain points at sequence {seq}, which holds version {} of stream {}",
-                peek.version, peek.stream_id
-            ),
-        ));
-    }
-    Ok((record, peek.links))
+    let found = checked(stream_id, version, seq, record)?;
+    Ok((found.record, found.links))
 }
 
 /// A record of a stream, found by version: its sequence, bytes and links.

@@ -206,7 +206,7 @@ impl Storage {
     /// handled; 0: from the start). Takes effect when its processor next starts.
     pub fn reset_consumer(&self, name: &str, position: u64) -> Result<()> {
         check_name(name)?;
-        self.write(self.resize_wait(), |wtxn, dbs| {
+        self.write_durable(|wtxn, dbs| {
             set_position(dbs, wtxn, name, position)?;
             Ok(((), true))
         })
@@ -214,7 +214,7 @@ impl Storage {
 
     /// Deletes the consumer `name`: its cursor and its parked events. Returns whether it existed.
     pub fn delete_consumer(&self, name: &str) -> Result<bool> {
-        self.write(self.resize_wait(), |wtxn, dbs| {
+        self.write_durable(|wtxn, dbs| {
             let existed = dbs.cursors.delete(wtxn, name.as_bytes()).lmdb()?;
             let parked: Vec<u64> = parked_of(dbs, wtxn, name)?.iter().map(|p| p.seq).collect();
             for seq in &parked {
@@ -232,7 +232,7 @@ impl Storage {
     /// now; with none, nothing is asked.
     pub fn request_parked_replay(&self, name: &str) -> Result<u64> {
         check_name(name)?;
-        self.write(self.resize_wait(), |wtxn, dbs| {
+        self.write_durable(|wtxn, dbs| {
             let parked = parked_of(dbs, wtxn, name)?.len() as u64;
             if parked == 0 {
                 return Ok((0, false));

@@ -35,7 +35,9 @@ impl Storage {
         // First: from now on no cached key of the stream, and none put back by a reader of an
         // older snapshot (if the shred fails, the stream is only read without the cache).
         self.crypto().forget(stream_id);
-        let report = self.write(self.resize_wait(), |wtxn, dbs| {
+        // Durable before it returns: a power cut must not bring the key back (found by the
+        // power-cut simulation, `docs/reliability.md`).
+        let report = self.write_durable(|wtxn, dbs| {
             let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
             match entry {
                 None => return Err(Error::StreamNotEncrypted { stream_id }),
@@ -83,9 +85,6 @@ impl Storage {
             Ok((shredded, true))
         })?;
         if !report.already {
-            // The shred is acknowledged only once it is durable: a power cut must not bring the
-            // key back (found by the power-cut simulation, `docs/reliability.md`).
-            self.flush_if_durable()?;
             self.metrics().shredded_streams.inc();
         }
         Ok(report)
@@ -114,11 +113,9 @@ impl Storage {
                 reason: "rotating the master key needs the current one".into(),
             });
         }
-        let rewrapped = self.write(self.resize_wait(), |wtxn, dbs| {
-            Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true))
-        })?;
         // Durable before the caller retires the old master key.
-        self.flush_if_durable()?;
+        let rewrapped =
+            self.write_durable(|wtxn, dbs| Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true)))?;
         self.crypto().set_master(&new);
         self.crypto().forget_keys();
         Ok(rewrapped)

@@ -70,11 +70,13 @@ impl Storage {
         let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
         let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
             .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
+        let last = last_seq(dbs, txn.raw())?;
         Ok(Stats {
-            events: last_seq(dbs, txn.raw())?,
+            // The log is gap-free from 1: its last sequence counts its events.
+            events: last,
             packs: dbs.events.len(txn.raw()).lmdb()?,
             streams: dbs.heads.len(txn.raw()).lmdb()?,
-            last_seq: last_seq(dbs, txn.raw())?,
+            last_seq: last,
             log_bytes: pages(dbs.events.stat(txn.raw()).lmdb()?)?,
             index_bytes: pages(dbs.heads.stat(txn.raw()).lmdb()?)?,
             blobs,
@@ -113,13 +115,15 @@ impl Storage {
                 })
             })
             .sum::<Result<u64>>()?;
+        let last = last_seq(dbs, txn.raw())?;
         Ok(FileGauges {
             map_size_bytes: info.map_size as u64,
             map_used_bytes: (info.last_page_number as u64)
                 .saturating_add(1)
                 .saturating_mul(page_size),
-            events: last_seq(dbs, txn.raw())?,
-            last_seq: last_seq(dbs, txn.raw())?,
+            // The log is gap-free from 1: its last sequence counts its events.
+            events: last,
+            last_seq: last,
             blobs: dbs.blob_refs.len(txn.raw()).lmdb()?,
             blob_store_bytes: blob_pages.saturating_mul(page_size),
             consumers: self

@@ -214,9 +214,22 @@ impl Storage {
         }
     }
 
+    /// [`write`](Self::write) for an operation whose answer tells the caller it is done (a
+    /// shred, a key rotation, a consumer's reset): with [`Durability::Sync`] the commit is
+    /// flushed before the answer, so that a power cut cannot undo it. Appends go through the
+    /// committer, which answers after the next flush by itself.
+    pub(crate) fn write_durable<T>(
+        &self,
+        f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        let out = self.write(self.resize_wait(), f)?;
+        self.flush_if_durable()?;
+        Ok(out)
+    }
+
     /// [`flush`](Self::flush) with [`Durability::Sync`]; nothing with `NoSync`, whose commits
     /// are not flushed by choice.
-    pub(crate) fn flush_if_durable(&self) -> Result<()> {
+    fn flush_if_durable(&self) -> Result<()> {
         match self.config().durability {
             crate::config::Durability::Sync => self.flush(),
             crate::config::Durability::NoSync => Ok(()),
