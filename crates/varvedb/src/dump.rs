@@ -111,6 +111,12 @@ pub struct StoredEvent {
     pub payload: Option<Vec<u8>>,
     /// The 48-byte blob reference of a blob event whose payload is gone (shredded).
     pub blob_ref: Option<Vec<u8>>,
+    /// The event is the last of its commit group: the events since the previous one that
+    /// ends a group were written by one transaction, and hold whole appends (an atomic
+    /// append of several events never spans two groups). An importer does not need it;
+    /// a replica that must not show half an append applies whole groups
+    /// ([`Importer::push_group`]).
+    pub ends_group: bool,
 }
 
 /// What an [`Importer`] did.
@@ -206,11 +212,16 @@ impl Storage {
         let dbs = *self.dbs();
         let raw = txn.raw();
         let mut done = false;
-        storage::log_from(self.check_txn(txn), &dbs, raw, from_seq).map_while(move |entry| {
+        let check = self.check_txn(txn);
+        storage::pack::LogIter::open(check, &dbs, raw, from_seq, false).map_while(move |entry| {
             if done {
                 return None;
             }
-            let event = entry.and_then(|(seq, value)| stored_event(&dbs, raw, seq, value));
+            let event = entry.and_then(|e| {
+                let mut event = stored_event(&dbs, raw, e.seq, e.record)?;
+                event.ends_group = e.ends_group;
+                Ok(event)
+            });
             done = event.is_err();
             Some(event)
         })
@@ -289,6 +300,7 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         blob: is_blob,
         payload,
         blob_ref,
+        ends_group: false,
     })
 }
 
@@ -455,6 +467,62 @@ impl Importer {
             self.write_pending()?;
         }
         Ok(())
+    }
+
+    /// Continues the store's own log: the next event to push is the one after the store's
+    /// last, which this returns. For a replica that follows its source: each run resumes
+    /// where the last one committed, without reading back the events it already holds.
+    pub fn resume(&mut self) -> Result<u64> {
+        self.write_pending()?;
+        let last = self.storage.last_seq(&self.storage.read_txn()?)?;
+        self.next_seq = last.saturating_add(1);
+        self.started = Some((last, last));
+        Ok(last)
+    }
+
+    /// Queues a whole commit group (the events up to one with
+    /// [`ends_group`](StoredEvent::ends_group)) so that no transaction of the import ends
+    /// inside it: a reader of the store never sees part of an atomic append. A full batch is
+    /// written first; a group larger than a batch gets a transaction of its own.
+    pub fn push_group(&mut self, events: Vec<StoredEvent>) -> Result<()> {
+        let bytes: usize = events
+            .iter()
+            .map(|e| e.payload.as_ref().map_or(0, Vec::len))
+            .sum();
+        if !self.pending.is_empty()
+            && (self.pending.len() + events.len() > IMPORT_BATCH_EVENTS
+                || self.pending_bytes.saturating_add(bytes) > IMPORT_BATCH_BYTES)
+        {
+            self.write_pending()?;
+        }
+        for event in &events {
+            if event.seq != self.next_seq {
+                return Err(invalid(
+                    event.seq,
+                    format!(
+                        "events must come in order without gaps; expected {}",
+                        self.next_seq
+                    ),
+                ));
+            }
+            self.next_seq = self.next_seq.saturating_add(1);
+        }
+        self.pending_bytes = self.pending_bytes.saturating_add(bytes);
+        self.pending.extend(events);
+        if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued, in one transaction, flushed before this returns.
+    pub fn commit(&mut self) -> Result<()> {
+        self.write_pending()
+    }
+
+    /// The sequence the next pushed event must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
     }
 
     /// Writes what is queued, checks that the export's events all came (`header.last_seq`),

@@ -242,3 +242,67 @@ fn a_damaged_offset_table_or_pack_header_is_an_error_never_a_panic() {
     assert!(report.problems[0].what.contains("unknown pack format 9"));
     assert_eq!(report.problems[1].database, "stream_heads");
 }
+
+/// The export marks the last event of each commit group, and a group never ends inside an
+/// atomic append: a batch of 600 events (three packs) is one group, a lone append is one,
+/// and the appends that share a commit under concurrent writers end in whole appends only.
+#[test]
+fn commit_groups_end_only_between_whole_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = common::open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let batch: Vec<_> = (1..=600).map(deposit).collect();
+    writer
+        .append_batch(1, ExpectedVersion::NoStream, &batch)
+        .unwrap();
+    writer
+        .append(2, ExpectedVersion::NoStream, &deposit(1))
+        .unwrap();
+    // Eight threads appending batches of 100 at once: groups of several appends each.
+    let mut appends = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8u128)
+            .map(|t| {
+                let writer = writer.clone();
+                s.spawn(move || {
+                    let batch: Vec<_> = (1..=100).map(deposit).collect();
+                    (0..10)
+                        .map(|_| {
+                            let a = writer
+                                .append_batch(10 + t, ExpectedVersion::Auto, &batch)
+                                .unwrap();
+                            (a[0].seq, a[99].seq)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            appends.extend(h.join().unwrap());
+        }
+    });
+    let txn = storage.read_txn().unwrap();
+    let ends: Vec<u64> = storage
+        .export_events(&txn, 1)
+        .map(|e| e.unwrap())
+        .filter(|e| e.ends_group)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(&ends[..2], &[600, 601]);
+    assert_eq!(ends.last(), Some(&(601 + 8000)));
+    for (first, last) in appends {
+        assert!(
+            !ends.iter().any(|e| (first..last).contains(e)),
+            "a group ends inside the append {first}..={last}: {ends:?}"
+        );
+    }
+    // The export from inside a group still marks its end.
+    let from_inside: Vec<u64> = storage
+        .export_events(&txn, 300)
+        .map(|e| e.unwrap())
+        .take_while(|e| e.seq <= 601)
+        .filter(|e| e.ends_group)
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(from_inside, [600, 601]);
+}

@@ -5,7 +5,8 @@
 //!       (followed by 8 zero bytes when the pack lies on overflow pages)
 //! 0    u64    checksum: xxh3-64 of bytes 8..L, seeded with the key's sequence
 //! 8    u8     pack format (4)
-//! 9    u8     flags (0; others are refused as corrupt)
+//! 9    u8     flags: 0x01 CONTINUED (the next pack was written by the same transaction);
+//!             others are refused as corrupt
 //! 10   u16    records N, 1 to 256
 //! 12   u32    pack length L, a multiple of 16 (the value's length)
 //! 16   u32×N  offset of record i from the pack's start: a multiple of 16, increasing
@@ -16,7 +17,9 @@
 //! Header integers are little-endian.
 //!
 //! One pack holds the events of one commit group (or of one import transaction), cut at
-//! [`PACK_RECORDS_MAX`] records or [`PACK_BYTES_MAX`] bytes. A scan checks the pack's checksum
+//! [`PACK_RECORDS_MAX`] records or [`PACK_BYTES_MAX`] bytes. A pack cut to make room for the
+//! next record of the same transaction is marked CONTINUED, so a run of packs ending with an
+//! unmarked one holds whole appends of one transaction: the replicator's commit group. A scan checks the pack's checksum
 //! once and trusts the records' checksums to it; a point read checks the one record it takes.
 
 use heed::{PutFlags, RoTxn, RwTxn};
@@ -33,6 +36,9 @@ pub(crate) const PACK_RECORDS_MAX: usize = 256;
 /// longer: it gets a pack of its own).
 pub(crate) const PACK_BYTES_MAX: usize = 1 << 20;
 const FORMAT_AT: usize = 8;
+/// The pack's flag: the next pack in the log was written by the same transaction, and the
+/// records of both belong to one commit group.
+pub(crate) const FLAG_CONTINUED: u8 = 0x01;
 /// The longest pack: its length field is a `u32`.
 const PACK_LEN_LIMIT: usize = u32::MAX as usize;
 
@@ -73,7 +79,7 @@ impl<'t> Pack<'t> {
         if bytes[FORMAT_AT] != PACK_FORMAT {
             return Err(bad(format!("unknown pack format {}", bytes[FORMAT_AT])));
         }
-        if bytes[FORMAT_AT + 1] != 0 {
+        if bytes[FORMAT_AT + 1] & !FLAG_CONTINUED != 0 {
             return Err(bad(format!("unknown flags {:#04x}", bytes[FORMAT_AT + 1])));
         }
         let count = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
@@ -100,6 +106,11 @@ impl<'t> Pack<'t> {
             )));
         }
         Ok(Pack { bytes, last, count })
+    }
+
+    /// Whether the next pack continues this one's commit group (see [`FLAG_CONTINUED`]).
+    pub(crate) fn continued(&self) -> bool {
+        self.bytes[FORMAT_AT + 1] & FLAG_CONTINUED != 0
     }
 
     /// The sequence of its first record.
@@ -266,7 +277,8 @@ impl PackWriter {
         remaining: usize,
     ) -> Result<()> {
         if self.needs_cut(seq, record.len()) {
-            self.flush(dbs, wtxn, inline_max)?;
+            // Cut to make room: the record that follows is this transaction's.
+            self.write(dbs, wtxn, inline_max, FLAG_CONTINUED)?;
         }
         // A pack's length is a `u32`: a record too long to fit one, with its table, is refused
         // before anything of it is written.
@@ -309,18 +321,29 @@ impl PackWriter {
         self.last = seq;
     }
 
-    /// Writes the pack being built, if any.
+    /// Writes the pack being built, if any, as the end of a commit group: called between
+    /// whole appends only.
     pub(crate) fn flush(
         &mut self,
         dbs: &Dbs,
         wtxn: &mut RwTxn<'_>,
         inline_max: usize,
     ) -> Result<()> {
+        self.write(dbs, wtxn, inline_max, 0)
+    }
+
+    fn write(
+        &mut self,
+        dbs: &Dbs,
+        wtxn: &mut RwTxn<'_>,
+        inline_max: usize,
+        flags: u8,
+    ) -> Result<()> {
         if self.count == 0 {
             return Ok(());
         }
         let last = self.last;
-        let pack = self.finish();
+        let pack = self.finish(flags);
         // Last sequences only grow, so APPEND skips the search and fills pages completely.
         let key = if pack.len() <= inline_max {
             &keys::seq_key(last)[..]
@@ -336,7 +359,7 @@ impl PackWriter {
     }
 
     /// Seals the pack in `buf`: a table cut short of its slots moves the records down.
-    fn finish(&mut self) -> &[u8] {
+    fn finish(&mut self, flags: u8) -> &[u8] {
         let reserved = table_end(self.slots);
         let used = table_end(self.count);
         if used < reserved {
@@ -353,7 +376,7 @@ impl PackWriter {
         }
         let len = self.buf.len() as u32;
         self.buf[FORMAT_AT] = PACK_FORMAT;
-        self.buf[FORMAT_AT + 1] = 0;
+        self.buf[FORMAT_AT + 1] = flags;
         self.buf[10..12].copy_from_slice(&(self.count as u16).to_le_bytes());
         self.buf[12..16].copy_from_slice(&len.to_le_bytes());
         let checksum = checksum_of(self.last, &self.buf);
@@ -388,6 +411,9 @@ pub(crate) struct LogEntry<'t> {
     pub(crate) record: &'t [u8],
     /// The record's bytes are covered by a pack checksum that matched.
     pub(crate) checked: bool,
+    /// The record is the last of its commit group: of its pack, and the pack is not
+    /// CONTINUED.
+    pub(crate) ends_group: bool,
 }
 
 impl<'t> LogIter<'t> {
@@ -439,10 +465,12 @@ impl<'t> Iterator for LogIter<'t> {
                 let seq = self.next;
                 if seq <= pack.last() {
                     self.next += 1;
+                    let ends_group = seq == pack.last() && !pack.continued();
                     return Some(pack.record(seq).map(|record| LogEntry {
                         seq,
                         record,
                         checked: self.trusted,
+                        ends_group,
                     }));
                 }
                 self.pack = None;
@@ -486,7 +514,7 @@ mod tests {
             assert!(!w.needs_cut(first + i as u64, len));
             w.add(first + i as u64, &record, slots - i);
         }
-        w.finish().to_vec()
+        w.finish(0).to_vec()
     }
 
     #[test]
