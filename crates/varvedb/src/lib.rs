@@ -284,6 +284,15 @@ pub mod __bench {
         record::checksum_of(record_bytes)
     }
 
+    /// Every record of the log, as stored, with its sequence (for tests that compare two
+    /// stores byte for byte, whatever their packs).
+    pub fn records(storage: &crate::Storage) -> crate::Result<Vec<(u64, Vec<u8>)>> {
+        let txn = storage.read_txn()?;
+        crate::storage::pack::LogIter::open(Ok(()), storage.dbs(), txn.raw(), 1, false)
+            .map(|e| e.map(|e| (e.seq, e.record.to_vec())))
+            .collect()
+    }
+
     /// The byte ranges of the records in the pack stored under the key `last` (for tests that
     /// forge or damage a record in place); `None` if it is not a pack.
     pub fn pack_records(last: u64, pack: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {

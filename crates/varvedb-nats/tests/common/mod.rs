@@ -1,0 +1,256 @@
+//! A real nats-server on a loopback port, with JetStream and a temporary store directory,
+//! started and stopped by the test (installed by `scripts/nats.sh install` if missing).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use varvedb::{AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
+
+pub const KEY: [u8; 32] = [42; 32];
+
+/// The nats-server binary, installed from Debian's packages by the project's script if the
+/// machine has none.
+fn server_binary() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nats.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("install")
+        .output()
+        .expect("run scripts/nats.sh");
+    assert!(
+        out.status.success(),
+        "scripts/nats.sh install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// A free loopback port (bound and released; the server takes it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct NatsServer {
+    binary: PathBuf,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> NatsServer {
+        let mut server = NatsServer {
+            binary: server_binary(),
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("nats-server.log")).unwrap();
+        let child = Command::new(&self.binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path().join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the server dies at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
+pub struct Doc {
+    pub n: u64,
+    pub body: Vec<u8>,
+}
+
+pub fn doc(n: u64, len: usize) -> Doc {
+    Doc {
+        n,
+        body: (0..len)
+            .map(|i| (n as usize).wrapping_mul(31).wrapping_add(i) as u8)
+            .collect(),
+    }
+}
+
+pub fn config(dir: &Path, key: Option<[u8; 32]>) -> StorageConfig {
+    StorageConfig {
+        path: dir.into(),
+        encryption_enabled: key.is_some(),
+        master_key: key,
+        ..Default::default()
+    }
+}
+
+/// Appends `n` events of every kind to `storage`: lone appends, batches (one of 600 events,
+/// across three packs), atomic appends to several streams, event ids with metadata and
+/// correlation, and blobs.
+pub fn fill(storage: &Storage, n: u64) {
+    let w = Writer::<Doc>::new(storage.clone());
+    let mut written = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
+    let target = written + n;
+    let mut round = 0u64;
+    while written < target {
+        let left = target - written;
+        round += 1;
+        let stream = 1 + u128::from(round % 97);
+        let landed = match round % 5 {
+            0 if left >= 600 => {
+                let batch: Vec<_> = (0..600).map(|i| doc(round + i, 24)).collect();
+                w.append_batch(stream, ExpectedVersion::Auto, &batch)
+                    .unwrap()
+                    .len()
+            }
+            1 if left >= 30 => {
+                let a: Vec<_> = (0..10).map(|i| doc(i, 16)).collect();
+                let b: Vec<_> = (0..20).map(|i| doc(i, 16)).collect();
+                w.append_multi(&[
+                    (stream, ExpectedVersion::Auto, &a[..]),
+                    (stream + 1000, ExpectedVersion::Auto, &b[..]),
+                ])
+                .unwrap()
+                .len()
+            }
+            2 => {
+                let options = AppendOptions::new()
+                    .event_id(EventId::from_u128(u128::from(round) << 64 | 1))
+                    .correlation_id(EventId::from_u128(7))
+                    .metadata("tenant", format!("t{}", round % 7))
+                    .metadata("note", "a&b=c ü");
+                w.append_with(stream, ExpectedVersion::Auto, &doc(round, 40), options)
+                    .unwrap();
+                1
+            }
+            3 if round % 50 == 3 => {
+                // A blob (over the 1 KiB threshold), sometimes the same content again.
+                w.append(stream, ExpectedVersion::Auto, &doc(round % 3, 3000))
+                    .unwrap();
+                1
+            }
+            _ if left >= 100 => {
+                let batch: Vec<_> = (0..100).map(|i| doc(round * 100 + i, 32)).collect();
+                w.append_batch(stream, ExpectedVersion::Auto, &batch)
+                    .unwrap()
+                    .len()
+            }
+            _ => {
+                w.append(stream, ExpectedVersion::Auto, &doc(round, 8))
+                    .unwrap();
+                1
+            }
+        };
+        written += landed as u64;
+    }
+}
+
+/// Asserts that `restored` holds `source`'s log: every record byte for byte, the same export,
+/// and a clean verify.
+pub fn assert_same_log(source: &Storage, restored: &Storage) {
+    let a = varvedb::__bench::records(source).unwrap();
+    let b = varvedb::__bench::records(restored).unwrap();
+    assert_eq!(a.len(), b.len(), "event counts differ");
+    for ((sa, ra), (sb, rb)) in a.iter().zip(&b) {
+        assert_eq!(sa, sb);
+        assert!(ra == rb, "record {sa} differs");
+    }
+    let ta = source.read_txn().unwrap();
+    let tb = restored.read_txn().unwrap();
+    let ea: Vec<_> = source.export_events(&ta, 1).map(|e| e.unwrap()).collect();
+    let eb: Vec<_> = restored.export_events(&tb, 1).map(|e| e.unwrap()).collect();
+    for (x, y) in ea.iter().zip(&eb) {
+        assert_eq!(
+            (x.seq, &x.payload, &x.blob_ref, x.encrypted),
+            (y.seq, &y.payload, &y.blob_ref, y.encrypted)
+        );
+    }
+    let verified = restored.verify().unwrap();
+    assert!(verified.problems.is_empty(), "{:?}", verified.problems);
+}
+
+/// The JetStream stream's message count and last sequence; (0, 0) while it does not exist.
+/// Retries for a while if the server is not answering (just restarted).
+pub async fn stream_state(url: &str, name: &str) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let attempt = async {
+            let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+            let js = async_nats::jetstream::new(client);
+            match js.get_stream(name).await {
+                Ok(mut stream) => {
+                    let info = stream.info().await.map_err(|e| e.to_string())?;
+                    Ok((info.state.messages, info.state.last_sequence))
+                }
+                Err(e) => match e.kind() {
+                    async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                    {
+                        Ok((0, 0))
+                    }
+                    _ => Err(e.to_string()),
+                },
+            }
+        };
+        match attempt.await {
+            Ok(state) => return state,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the server does not answer: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

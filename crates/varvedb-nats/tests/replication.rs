@@ -1,0 +1,406 @@
+//! Replication to a real nats-server (Debian's 2.9.10 in CI), started on loopback by each
+//! test and stopped when it ends: a whole store published and rebuilt byte for byte, a server
+//! killed in the middle, a replicator killed between publish and cursor commit, a following
+//! replica with shreds, and a stream that holds another store's log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::{KEY, NatsServer, assert_same_log, config, doc, fill, runtime, stream_state};
+use varvedb::{ExpectedVersion, Reader, Storage, Writer};
+use varvedb_nats::{Error, Replicator, ReplicatorConfig, RestoreConfig, restore};
+
+#[test]
+fn replicates_100k_events_and_restores_them_byte_for_byte() {
+    let server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    fill(&src, 100_000);
+    let rt = runtime();
+    let replicator =
+        Replicator::new(src.clone(), ReplicatorConfig::new(server.url(), "ORDERS")).unwrap();
+    let report = rt.block_on(replicator.run_once()).unwrap();
+    assert_eq!(report.published, 100_000);
+    assert_eq!((report.duplicates, report.adopted), (0, 0));
+    assert_eq!(report.position, 100_000);
+    assert_eq!(src.consumer_position("nats:ORDERS").unwrap(), Some(100_000));
+    assert_eq!(replicator.lag().unwrap(), 0);
+    assert_eq!(
+        rt.block_on(stream_state(&server.url(), "ORDERS")),
+        (100_000, 100_000)
+    );
+    // The lag is the consumer's gauge.
+    assert!(src.metrics_text().contains("consumer=\"nats:ORDERS\""));
+
+    // Again: nothing to publish.
+    let again = rt.block_on(replicator.run_once()).unwrap();
+    assert_eq!((again.published, again.duplicates), (0, 0));
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    let restored = rt
+        .block_on(restore(
+            &dst,
+            &RestoreConfig::new(server.url(), "ORDERS"),
+            std::future::pending(),
+        ))
+        .unwrap();
+    assert_eq!(restored.applied, 100_000);
+    assert_eq!(
+        (restored.last_seq, restored.source_last_seq),
+        (100_000, 100_000)
+    );
+    assert_same_log(&src, &dst);
+    // A second restore into the same store has nothing to do.
+    let noop = rt
+        .block_on(restore(
+            &dst,
+            &RestoreConfig::new(server.url(), "ORDERS"),
+            std::future::pending(),
+        ))
+        .unwrap();
+    assert_eq!(noop.applied, 0);
+    // The replica serves reads: the events are the source's.
+    let reader = Reader::<common::Doc>::new(dst.clone());
+    let txn = dst.read_txn().unwrap();
+    assert_eq!(
+        reader.read_all(&txn, 1).filter(|e| e.is_ok()).count(),
+        100_000
+    );
+}
+
+#[test]
+fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
+    let mut server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    fill(&src, 60_000);
+    let rt = runtime();
+    let url = server.url();
+    let replicator = Replicator::new(
+        src.clone(),
+        ReplicatorConfig::new(url.clone(), "KILLED").ack_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
+    let task = rt.spawn({
+        let replicator = replicator.clone();
+        async move { replicator.run_once().await }
+    });
+    // Kill the server twice while it is taking messages, and bring it back each time.
+    for at in [10_000u64, 30_000] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, last) = rt.block_on(stream_state(&url, "KILLED"));
+            if last >= at {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replication stalled at {last}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+    }
+    let report = rt.block_on(task).unwrap().unwrap();
+    assert!(report.retries > 0, "{report:?}");
+    assert_eq!(report.position, 60_000);
+    assert_eq!(rt.block_on(stream_state(&url, "KILLED")), (60_000, 60_000));
+    // Every message is its event, once, in order: the restore checks each sequence.
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    rt.block_on(restore(
+        &dst,
+        &RestoreConfig::new(url, "KILLED"),
+        std::future::pending(),
+    ))
+    .unwrap();
+    assert_same_log(&src, &dst);
+}
+
+/// The child process of the next test: replicates its store until it is killed.
+#[test]
+fn child_replicator() {
+    let (Ok(path), Ok(url)) = (
+        std::env::var("VARVEDB_NATS_CHILD_STORE"),
+        std::env::var("VARVEDB_NATS_CHILD_URL"),
+    ) else {
+        return;
+    };
+    let storage = Storage::open(config(path.as_ref(), None)).unwrap();
+    let replicator = Replicator::new(
+        storage,
+        ReplicatorConfig::new(url, "CRASHED").max_in_flight(64),
+    )
+    .unwrap();
+    runtime()
+        .block_on(replicator.run_until(std::future::pending()))
+        .unwrap();
+}
+
+#[test]
+fn a_replicator_killed_between_publish_and_cursor_commit_publishes_nothing_twice() {
+    let server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    {
+        let src = Storage::open(config(src_dir.path(), None)).unwrap();
+        fill(&src, 80_000);
+    }
+    let rt = runtime();
+    let url = server.url();
+    let mut ahead_of_cursor = 0;
+    for at in [5_000u64, 25_000, 50_000] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "child_replicator", "--nocapture"])
+            .env("VARVEDB_NATS_CHILD_STORE", src_dir.path())
+            .env("VARVEDB_NATS_CHILD_URL", &url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = rt
+                .block_on(async {
+                    let client = async_nats::connect(url.as_str()).await.ok()?;
+                    let js = async_nats::jetstream::new(client);
+                    let mut s = js.get_stream("CRASHED").await.ok()?;
+                    Some(s.info().await.ok()?.state.last_sequence)
+                })
+                .unwrap_or(0);
+            if last >= at {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replication stalled at {last}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let src = Storage::open(config(src_dir.path(), None)).unwrap();
+        let cursor = src.consumer_position("nats:CRASHED").unwrap().unwrap_or(0);
+        let (_, server_last) = rt.block_on(stream_state(&url, "CRASHED"));
+        assert!(cursor <= server_last);
+        ahead_of_cursor += server_last - cursor;
+    }
+    // At least one kill left the server ahead of the cursor: published, not committed.
+    assert!(ahead_of_cursor > 0);
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    let replicator =
+        Replicator::new(src.clone(), ReplicatorConfig::new(url.clone(), "CRASHED")).unwrap();
+    let report = rt.block_on(replicator.run_once()).unwrap();
+    assert_eq!(report.position, 80_000);
+    assert_eq!(rt.block_on(stream_state(&url, "CRASHED")), (80_000, 80_000));
+
+    // The cursor lost again (as if it had never been committed): the server's messages are
+    // checked against the store and adopted, not published again.
+    src.reset_consumer("nats:CRASHED", 70_000).unwrap();
+    let report = rt.block_on(replicator.run_once()).unwrap();
+    assert_eq!(report.adopted, 10_000);
+    assert_eq!((report.published, report.duplicates), (0, 0));
+    assert_eq!(rt.block_on(stream_state(&url, "CRASHED")), (80_000, 80_000));
+
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    rt.block_on(restore(
+        &dst,
+        &RestoreConfig::new(url.clone(), "CRASHED"),
+        std::future::pending(),
+    ))
+    .unwrap();
+    assert_same_log(&src, &dst);
+}
+
+#[test]
+fn a_resend_within_the_window_is_deduplicated_by_message_id() {
+    let server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    fill(&src, 10);
+    let rt = runtime();
+    let replicator =
+        Replicator::new(src.clone(), ReplicatorConfig::new(server.url(), "DEDUP")).unwrap();
+    rt.block_on(replicator.run_once()).unwrap();
+    // The same message id again, expecting the sequence it had: a duplicate, not stored.
+    rt.block_on(async {
+        let client = async_nats::connect(server.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let ack = js
+            .send_publish(
+                "varve.1",
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload("x".into())
+                    .message_id(varvedb_nats::message_id(7))
+                    .expected_last_sequence(6),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(ack.duplicate);
+        assert_eq!(ack.sequence, 7);
+        // A new message that expects an old last sequence is refused.
+        let refused = js
+            .send_publish(
+                "varve.1",
+                async_nats::jetstream::message::PublishMessage::build()
+                    .payload("x".into())
+                    .message_id("another")
+                    .expected_last_sequence(6),
+            )
+            .await
+            .unwrap()
+            .await;
+        assert!(refused.is_err());
+    });
+    assert_eq!(rt.block_on(stream_state(&server.url(), "DEDUP")), (10, 10));
+}
+
+#[test]
+fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
+    let server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), Some(KEY))).unwrap();
+    let w = Writer::<common::Doc>::new(src.clone());
+    w.append(500, ExpectedVersion::NoStream, &doc(1, 5000))
+        .unwrap();
+    w.append(501, ExpectedVersion::NoStream, &doc(2, 10))
+        .unwrap();
+    fill(&src, 2_000);
+    let rt = runtime();
+    let url = server.url();
+    let replicator =
+        Replicator::new(src.clone(), ReplicatorConfig::new(url.clone(), "FOLLOW")).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let replicating = rt.spawn({
+        let replicator = replicator.clone();
+        let stop = stopped(stop_rx.clone());
+        async move { replicator.run_until(stop).await }
+    });
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    let restoring = rt.spawn({
+        let dst = dst.clone();
+        let url = url.clone();
+        let stop = stopped(stop_rx.clone());
+        async move { restore(&dst, &RestoreConfig::new(url, "FOLLOW").follow(true), stop).await }
+    });
+    // The replica's last sequence, sampled while the source takes batches of 600 (several
+    // packs each): it is always the end of a commit group, never inside an append.
+    let mut seen = HashSet::new();
+    for round in 0..20u64 {
+        fill(&src, 600 + round);
+        seen.insert(dst.last_seq(&dst.read_txn().unwrap()).unwrap());
+    }
+    src.shred_stream(501).unwrap();
+    let source_last = src.last_seq(&src.read_txn().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = dst.last_seq(&dst.read_txn().unwrap()).unwrap();
+        seen.insert(last);
+        let shredded = dst
+            .is_shredded(&dst.read_txn().unwrap(), 501)
+            .unwrap_or(false);
+        if last == source_last && shredded {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica is at {last} of {source_last}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop_tx.send(true).unwrap();
+    let report = rt.block_on(replicating).unwrap().unwrap();
+    assert_eq!(report.position, source_last);
+    let restored = rt.block_on(restoring).unwrap().unwrap();
+    assert_eq!(restored.shredded, 1);
+    let ends: HashSet<u64> = {
+        let txn = src.read_txn().unwrap();
+        src.export_events(&txn, 1)
+            .map(|e| e.unwrap())
+            .filter(|e| e.ends_group)
+            .map(|e| e.seq)
+            .collect()
+    };
+    for s in &seen {
+        assert!(
+            *s == 0 || ends.contains(s),
+            "the replica showed {s}, inside a group"
+        );
+    }
+    assert_same_log(&src, &dst);
+    // The replica reads with the master key, and the shred holds there.
+    drop(dst);
+    let dst = Storage::open(config(dst_dir.path(), Some(KEY))).unwrap();
+    let reader = Reader::<common::Doc>::new(dst.clone());
+    let txn = dst.read_txn().unwrap();
+    let first = reader.get_by_version(&txn, 500, 1).unwrap().unwrap();
+    assert_eq!(first.body.len(), 5000);
+    assert!(matches!(
+        reader.get_by_version(&txn, 501, 1),
+        Err(varvedb::Error::Shredded { .. })
+    ));
+    // The replicated key entry is empty: the wrapped key is gone from the server too.
+    let entry = rt.block_on(async {
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let kv = js
+            .get_key_value(varvedb_nats::keys_bucket("FOLLOW"))
+            .await
+            .unwrap();
+        kv.get(format!("key.{:032x}", 501u128)).await.unwrap()
+    });
+    assert_eq!(entry.map(|v| v.len()), Some(0));
+}
+
+#[test]
+fn a_stream_that_holds_another_store_s_log_is_refused() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = Storage::open(config(a_dir.path(), None)).unwrap();
+    fill(&a, 200);
+    rt.block_on(
+        Replicator::new(a, ReplicatorConfig::new(server.url(), "SHARED"))
+            .unwrap()
+            .run_once(),
+    )
+    .unwrap();
+    // Another store, with more events of other content, under another cursor name.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = Storage::open(config(b_dir.path(), None)).unwrap();
+    let w = Writer::<common::Doc>::new(b.clone());
+    for i in 0..300 {
+        w.append(9, ExpectedVersion::Auto, &doc(i, 3)).unwrap();
+    }
+    let err = rt
+        .block_on(
+            Replicator::new(b.clone(), ReplicatorConfig::new(server.url(), "SHARED"))
+                .unwrap()
+                .run_once(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Diverged { seq: 1, .. }), "{err}");
+    assert_eq!(
+        rt.block_on(stream_state(&server.url(), "SHARED")),
+        (200, 200)
+    );
+    // A restore into a store that is not a prefix of the stream is refused as well.
+    let err = rt
+        .block_on(restore(
+            &b,
+            &RestoreConfig::new(server.url(), "SHARED"),
+            std::future::pending(),
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Error::Diverged { .. }), "{err}");
+    // And bad names are typed errors, before any connection.
+    assert!(matches!(
+        Replicator::new(b, ReplicatorConfig::new(server.url(), "no.dots")),
+        Err(Error::InvalidConfig { .. })
+    ));
+}
