@@ -108,9 +108,6 @@ struct EventLine {
     /// The 48-byte blob reference of an event whose blob was released, base64.
     #[serde(default)]
     blob_ref: Option<String>,
-    /// The last event of its commit group (whole appends of one transaction).
-    #[serde(default)]
-    ends_group: bool,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -246,7 +243,6 @@ fn event_line(e: &StoredEvent) -> EventLine {
         blob: e.blob,
         payload: e.payload.as_deref().map(b64),
         blob_ref: e.blob_ref.as_deref().map(b64),
-        ends_group: e.ends_group,
     }
 }
 
@@ -272,7 +268,8 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
             .blob_ref
             .map(|r| unb64(line, "blob_ref", &r))
             .transpose()?,
-        ends_group: e.ends_group,
+        // A property of the store's transactions, not of the event: an import makes its own.
+        ends_group: false,
     })
 }
 

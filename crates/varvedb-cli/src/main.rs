@@ -5,6 +5,7 @@ mod append;
 mod demo;
 mod dump;
 mod read;
+mod replication;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -104,6 +105,19 @@ enum Command {
     ///
     /// Example: varvedb --path ./restored import store.jsonl
     Import(dump::ImportArgs),
+    /// Publishes every event to a NATS JetStream stream, exactly once and in order (the
+    /// stream's sequence is the store's), from the durable cursor `nats:STREAM`; follows the
+    /// store until Ctrl-C, or with --once exits when the server has everything. Encrypted
+    /// events stay encrypted. A lost server is waited for and resumed.
+    ///
+    /// Example: varvedb replicate --to nats://127.0.0.1:4222 --stream ORDERS --once
+    Replicate(replication::ReplicateArgs),
+    /// Rebuilds a store at DEST from a JetStream stream `replicate` wrote, byte for byte,
+    /// whole commit groups at a time; run again, it continues. With --follow it keeps the
+    /// replica up to date (new events, shreds) until Ctrl-C.
+    ///
+    /// Example: varvedb restore --from nats://127.0.0.1:4222 --stream ORDERS ./replica --follow
+    Restore(replication::RestoreArgs),
     /// Lists the streams with their version, last sequence, last event time (UTC) and type.
     ///
     /// Example: varvedb streams --limit 20 --type OrderPlaced
@@ -162,6 +176,8 @@ fn main() -> ExitCode {
         Command::Export(args) => dump::export(open, &args),
         Command::Import(args) => dump::import(&cli.path, key, &args),
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
+        Command::Replicate(args) => replication::replicate(open, &args),
+        Command::Restore(args) => replication::restore(key, &args),
         Command::Consumers { command } => {
             return match admin::consumers(open, command.as_ref()) {
                 Ok(true) => ExitCode::SUCCESS,

@@ -35,7 +35,7 @@ mod wire;
 use std::time::Duration;
 
 pub use replicator::{ReplicationReport, Replicator};
-pub use restorer::{RestoreConfig, RestoreReport, restore};
+pub use restorer::{RestoreConfig, RestoreReport, restore, restore_with_progress};
 pub use wire::message_id;
 
 /// What went wrong in replication or restore.

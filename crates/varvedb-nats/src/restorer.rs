@@ -88,12 +88,23 @@ pub async fn restore(
     config: &RestoreConfig,
     signal: impl Future<Output = ()>,
 ) -> Result<RestoreReport, Error> {
+    restore_with_progress(storage, config, signal, |_| {}).await
+}
+
+/// [`restore`], calling `progress` after each commit with what it did so far: the store's
+/// last sequence and the stream's, whose difference is the replica's lag in events.
+pub async fn restore_with_progress(
+    storage: &Storage,
+    config: &RestoreConfig,
+    signal: impl Future<Output = ()>,
+    mut progress: impl FnMut(&RestoreReport),
+) -> Result<RestoreReport, Error> {
     check_stream_name(&config.stream)?;
     let mut signal = std::pin::pin!(signal);
     let mut report = RestoreReport::default();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let session = session(storage, config, signal.as_mut(), &mut report);
+        let session = session(storage, config, signal.as_mut(), &mut report, &mut progress);
         match session.await {
             Ok(()) => return Ok(report),
             // A follower rides out a server restart or a lost network: it starts over from
@@ -117,6 +128,7 @@ async fn session(
     config: &RestoreConfig,
     mut signal: std::pin::Pin<&mut impl Future<Output = ()>>,
     total: &mut RestoreReport,
+    progress: &mut impl FnMut(&RestoreReport),
 ) -> Result<(), Error> {
     let client = connect(&config.url, config.timeout).await?;
     let context = js::context::ContextBuilder::new()
@@ -216,17 +228,26 @@ async fn session(
             }
             next = tokio::time::timeout(IDLE_COMMIT, messages.next()) => {
                 match next {
-                    Err(_idle) => restore.commit()?,
+                    Err(_idle) => {
+                        if restore.commit()? {
+                            progress(&restore.report);
+                        }
+                    }
                     Ok(None) => return Err(nats("the consumer ended")),
                     Ok(Some(message)) => {
                         let message = message.map_err(nats)?;
-                        let at = message.info().map_err(nats)?.stream_sequence;
+                        let info = message.info().map_err(nats)?;
+                        let at = info.stream_sequence;
+                        restore.report.source_last_seq =
+                            restore.report.source_last_seq.max(at + info.pending);
                         let decoded = wire::decode_event(
                             at,
                             message.headers.as_ref(),
                             &message.payload,
                         )?;
-                        restore.apply(decoded).await?;
+                        if restore.apply(decoded).await? {
+                            progress(&restore.report);
+                        }
                         if !config.follow && at >= source_last {
                             restore.commit()?;
                             break;
@@ -277,7 +298,9 @@ impl Restore<'_> {
         Ok(())
     }
 
-    async fn apply(&mut self, decoded: wire::Decoded) -> Result<(), Error> {
+    /// Queues an event, writing its group when it is whole; returns whether that committed
+    /// (a full batch).
+    async fn apply(&mut self, decoded: wire::Decoded) -> Result<bool, Error> {
         let wire::Decoded {
             event,
             type_id,
@@ -329,21 +352,34 @@ impl Restore<'_> {
         self.group.push(event);
         if ends {
             let group = std::mem::take(&mut self.group);
+            let before = self.importer.next_seq();
             self.importer.push_group(group)?;
             self.uncommitted = true;
+            // A full batch was written by the push: everything queued went with it.
+            let written = self.storage.last_seq(&self.storage.read_txn()?)?;
+            if written + 1 == self.importer.next_seq() && written >= before {
+                self.uncommitted = false;
+                self.report.applied += written - self.report.last_seq;
+                self.report.last_seq = written;
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
     }
 
-    fn commit(&mut self) -> Result<(), Error> {
-        if self.uncommitted {
+    /// Writes what is queued; returns whether there was anything.
+    fn commit(&mut self) -> Result<bool, Error> {
+        if !self.uncommitted {
+            return Ok(false);
+        }
+        {
             self.importer.commit()?;
             self.uncommitted = false;
             let last = self.importer.next_seq() - 1;
             self.report.applied += last - self.report.last_seq;
             self.report.last_seq = last;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// The store's event `seq` is the stream's message `seq`.

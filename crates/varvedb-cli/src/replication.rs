@@ -1,0 +1,145 @@
+//! `varvedb replicate` and `varvedb restore`: the store to NATS JetStream and back.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use varvedb::{Storage, StorageConfig};
+use varvedb_nats::{Replicator, ReplicatorConfig, RestoreConfig};
+
+#[derive(Args)]
+pub struct ReplicateArgs {
+    /// The NATS server: nats://HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// The JetStream stream (letters, digits, '-', '_'); created if missing.
+    #[arg(long)]
+    stream: String,
+    /// Exit once the server has every event the store holds.
+    #[arg(long)]
+    once: bool,
+    /// Events go to the subject PREFIX.<stream id>.
+    #[arg(long, default_value = "varve")]
+    subject_prefix: String,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The NATS server: nats://HOST:PORT.
+    #[arg(long)]
+    from: String,
+    /// The JetStream stream the replicator wrote.
+    #[arg(long)]
+    stream: String,
+    /// The store to rebuild or bring up to date (created if missing).
+    dest: PathBuf,
+    /// Keep following the stream (Ctrl-C stops), printing the replica's lag.
+    #[arg(long)]
+    follow: bool,
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+pub fn replicate(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    args: &ReplicateArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open()?;
+    let config = ReplicatorConfig::new(&args.to, &args.stream).subject_prefix(&args.subject_prefix);
+    let replicator = Replicator::new(storage, config)?;
+    let started = Instant::now();
+    let rt = runtime()?;
+    let report = if args.once {
+        rt.block_on(async {
+            tokio::select! {
+                r = replicator.run_once() => r,
+                () = ctrl_c() => Ok(Default::default()),
+            }
+        })?
+    } else {
+        eprintln!(
+            "varvedb: replicating {} to {} stream {} (Ctrl-C stops)",
+            replicator.storage().path().display(),
+            args.to,
+            args.stream
+        );
+        rt.block_on(replicator.run_until(ctrl_c()))?
+    };
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "replicated to {} stream {}: {} events published ({:.0}/s), {} deduplicated, {} \
+         adopted, {} retries; the server holds events up to {}",
+        args.to,
+        args.stream,
+        report.published,
+        report.published as f64 / secs.max(1e-9),
+        report.duplicates,
+        report.adopted,
+        report.retries,
+        report.position
+    );
+    Ok(())
+}
+
+pub fn restore(
+    key: Option<[u8; 32]>,
+    args: &RestoreArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let storage = open_or_create(&args.dest, key)?;
+    let config = RestoreConfig::new(&args.from, &args.stream).follow(args.follow);
+    let started = Instant::now();
+    let mut last_print = Instant::now();
+    let follow = args.follow;
+    let report = runtime()?.block_on(varvedb_nats::restore_with_progress(
+        &storage,
+        &config,
+        ctrl_c(),
+        |r| {
+            if follow && last_print.elapsed() >= Duration::from_secs(5) {
+                last_print = Instant::now();
+                eprintln!(
+                    "varvedb: replica at {} of {} ({} behind)",
+                    r.last_seq,
+                    r.source_last_seq,
+                    r.source_last_seq.saturating_sub(r.last_seq)
+                );
+            }
+        },
+    ))?;
+    println!(
+        "restored {} events into {} in {:.1?}: it holds events up to {}{}",
+        report.applied,
+        args.dest.display(),
+        started.elapsed(),
+        report.last_seq,
+        if report.shredded > 0 {
+            format!(", {} streams shredded", report.shredded)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn open_or_create(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, varvedb::Error> {
+    let storage = Storage::open(StorageConfig {
+        path: path.into(),
+        master_key,
+        ..Default::default()
+    })?;
+    for warning in storage.warnings() {
+        eprintln!("varvedb: warning: {warning}");
+    }
+    Ok(storage)
+}
