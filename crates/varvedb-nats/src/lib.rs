@@ -57,6 +57,15 @@ pub enum Error {
     /// these itself; the restorer returns them.
     #[error("nats: {0}")]
     Nats(String),
+    /// The server refused a request it will refuse again: a stream whose subjects overlap
+    /// another stream's, a setting the server does not allow. Not retried.
+    #[error("the server refused {what}: {reason}")]
+    Refused {
+        /// The request.
+        what: String,
+        /// The server's answer.
+        reason: String,
+    },
     /// The JetStream stream does not hold this store's log: a message where an event of the
     /// store should be differs from it, or the stream has more messages than the store has
     /// events. Nothing is published past it.

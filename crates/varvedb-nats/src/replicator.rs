@@ -251,7 +251,7 @@ impl Replicator {
         context
             .get_or_create_stream(config)
             .await
-            .map_err(|e| nats(format!("stream {}: {e}", self.config.stream)))
+            .map_err(|e| created(format!("stream {}", self.config.stream), e))
     }
 
     async fn ensure_bucket(&self, context: &js::Context) -> Result<kv::Store, Error> {
@@ -278,7 +278,7 @@ impl Replicator {
         context
             .get_or_create_stream(config)
             .await
-            .map_err(|e| nats(format!("key-value bucket {name}: {e}")))?;
+            .map_err(|e| created(format!("key-value bucket {name}"), e))?;
         context
             .get_key_value(&name)
             .await
@@ -469,6 +469,22 @@ impl Replicator {
             last = acknowledged(seq, ack, report).await?;
         }
         Ok(last)
+    }
+}
+
+/// A failed stream creation: refused for good when the server answered with an error (the
+/// subjects overlap another stream's, a setting is not allowed), retried otherwise.
+fn created(what: String, e: js::context::CreateStreamError) -> Error {
+    use js::context::CreateStreamErrorKind as Kind;
+    match e.kind() {
+        Kind::JetStream(_)
+        | Kind::EmptyStreamName
+        | Kind::InvalidStreamName
+        | Kind::DomainAndExternalSet => Error::Refused {
+            what,
+            reason: e.to_string(),
+        },
+        _ => nats(format!("{what}: {e}")),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::{Error, check_stream_name, connect, keys_bucket, nats, wire};
 
 /// How long the restorer waits for the next message before it commits what it holds.
 const IDLE_COMMIT: Duration = Duration::from_millis(20);
+/// How long whole groups wait for a commit at most while messages keep coming.
+const COMMIT_AFTER: Duration = Duration::from_millis(50);
 
 /// Where to restore from.
 #[derive(Debug, Clone)]
@@ -71,6 +73,8 @@ struct Restore<'a> {
     group: Vec<StoredEvent>,
     report: RestoreReport,
     uncommitted: bool,
+    /// When the oldest whole group not yet committed was queued.
+    held_since: Option<std::time::Instant>,
 }
 
 /// Rebuilds `storage` from the JetStream stream of `config`, or brings it up to date: the
@@ -174,6 +178,7 @@ async fn session(
             ..*total
         },
         uncommitted: false,
+        held_since: None,
     };
     restore.begin(Vec::new(), Vec::new(), true).await?;
     let source_last = stream.info().await.map_err(nats)?.state.last_sequence;
@@ -245,7 +250,17 @@ async fn session(
                             message.headers.as_ref(),
                             &message.payload,
                         )?;
+                        let pending = info.pending;
                         if restore.apply(decoded).await? {
+                            progress(&restore.report);
+                        }
+                        // Caught up with the stream, or holding groups for long enough: they
+                        // go in now, so a following replica lags by a flush, not a batch.
+                        let caught_up = pending == 0 && restore.group.is_empty();
+                        let held = restore
+                            .held_since
+                            .is_some_and(|t| t.elapsed() >= COMMIT_AFTER);
+                        if (caught_up || held) && restore.commit()? {
                             progress(&restore.report);
                         }
                         if !config.follow && at >= source_last {
@@ -355,10 +370,12 @@ impl Restore<'_> {
             let before = self.importer.next_seq();
             self.importer.push_group(group)?;
             self.uncommitted = true;
+            self.held_since.get_or_insert_with(std::time::Instant::now);
             // A full batch was written by the push: everything queued went with it.
             let written = self.storage.last_seq(&self.storage.read_txn()?)?;
             if written + 1 == self.importer.next_seq() && written >= before {
                 self.uncommitted = false;
+                self.held_since = None;
                 self.report.applied += written - self.report.last_seq;
                 self.report.last_seq = written;
                 return Ok(true);
@@ -375,6 +392,7 @@ impl Restore<'_> {
         {
             self.importer.commit()?;
             self.uncommitted = false;
+            self.held_since = None;
             let last = self.importer.next_seq() - 1;
             self.report.applied += last - self.report.last_seq;
             self.report.last_seq = last;

@@ -404,3 +404,23 @@ fn a_stream_that_holds_another_store_s_log_is_refused() {
         Err(Error::InvalidConfig { .. })
     ));
 }
+
+#[test]
+fn a_stream_whose_subjects_overlap_another_is_refused_not_retried() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(config(dir.path(), None)).unwrap();
+    fill(&storage, 10);
+    let run = |stream: &str| {
+        rt.block_on(
+            Replicator::new(storage.clone(), ReplicatorConfig::new(server.url(), stream))
+                .unwrap()
+                .run_once(),
+        )
+    };
+    run("FIRST").unwrap();
+    // Same subjects (`varve.>`), another stream: the server says no, and that is the answer.
+    let err = run("SECOND").unwrap_err();
+    assert!(matches!(err, Error::Refused { .. }), "{err}");
+}
