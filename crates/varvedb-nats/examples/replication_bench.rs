@@ -117,6 +117,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         restored.applied as f64 / restore_secs
     );
 
+    // The floor in the same run: async-nats alone publishing as many messages of the same
+    // payload size, each with a message id and an expected last sequence, 512 in flight.
+    let floor_secs = rt.block_on(async {
+        let client = async_nats::connect(&url).await?;
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: "FLOOR".into(),
+            subjects: vec!["floor.>".into()],
+            ..Default::default()
+        })
+        .await?;
+        let t = Instant::now();
+        let mut acks = std::collections::VecDeque::new();
+        for seq in 1..=events {
+            let message = async_nats::jetstream::message::PublishMessage::build()
+                .payload(vec![(seq % 251) as u8; 100].into())
+                .message_id(format!("floor-{seq}"))
+                .expected_last_sequence(seq - 1);
+            acks.push_back(
+                js.send_publish(format!("floor.{}", seq % 1000), message)
+                    .await?,
+            );
+            if acks.len() >= 512
+                && let Some(ack) = acks.pop_front()
+            {
+                ack.await?;
+            }
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(t.elapsed().as_secs_f64())
+    })?;
+    println!(
+        "floor: async-nats alone publishes {events} messages in {floor_secs:.2} s = {:.0} messages/s; the replicator runs at {:.2}x that",
+        events as f64 / floor_secs,
+        floor_secs / publish_secs
+    );
+
     // 2. Lag under a steady load.
     let src = open("live")?;
     let replica = open("live-replica")?;

@@ -20,11 +20,15 @@
 //! and a following restorer shreds the replica's copy.
 //!
 //! ```no_run
-//! # async fn run(storage: varvedb::Storage) -> Result<(), varvedb_nats::Error> {
-//! use varvedb_nats::{Replicator, ReplicatorConfig};
+//! # async fn run(storage: varvedb::Storage, replica: varvedb::Storage) -> Result<(), varvedb_nats::Error> {
+//! use varvedb_nats::{Replicator, ReplicatorConfig, RestoreConfig};
 //! let replicator = Replicator::new(storage, ReplicatorConfig::new("nats://127.0.0.1:4222", "ORDERS"))?;
 //! let report = replicator.run_once().await?;   // publish everything, then return
 //! println!("{} events published, up to {}", report.published, report.position);
+//! // Follow the store, and keep a replica up to date.
+//! tokio::spawn(async move { replicator.run_until(std::future::pending()).await });
+//! let follow = RestoreConfig::new("nats://127.0.0.1:4222", "ORDERS").follow(true);
+//! varvedb_nats::restore(&replica, &follow, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 

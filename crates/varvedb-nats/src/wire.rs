@@ -2,27 +2,28 @@
 //! the stored bytes (`docs/design.md`, "Replication to NATS JetStream", has the table).
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use varvedb::{EventId, StoredEvent};
 
 use crate::Error;
 
-pub(crate) const SEQ: &str = "Varve-Seq";
-pub(crate) const STREAM: &str = "Varve-Stream";
-pub(crate) const VERSION: &str = "Varve-Version";
-pub(crate) const TIMESTAMP: &str = "Varve-Timestamp";
-pub(crate) const TYPE: &str = "Varve-Type";
-pub(crate) const TYPE_VERSION: &str = "Varve-Type-Version";
-pub(crate) const TYPE_CONTAINER: &str = "Varve-Type-Container";
-pub(crate) const TYPE_ID: &str = "Varve-Type-Id";
-pub(crate) const ENCRYPTED: &str = "Varve-Encrypted";
-pub(crate) const BLOB: &str = "Varve-Blob";
-pub(crate) const BLOB_REF: &str = "Varve-Blob-Ref";
-pub(crate) const EVENT_ID: &str = "Varve-Event-Id";
-pub(crate) const CORRELATION_ID: &str = "Varve-Correlation-Id";
-pub(crate) const CAUSATION_ID: &str = "Varve-Causation-Id";
-pub(crate) const METADATA: &str = "Varve-Metadata";
-pub(crate) const GROUP: &str = "Varve-Group";
-pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
+pub(crate) const SEQ: HeaderName = HeaderName::from_static("Varve-Seq");
+pub(crate) const STREAM: HeaderName = HeaderName::from_static("Varve-Stream");
+pub(crate) const VERSION: HeaderName = HeaderName::from_static("Varve-Version");
+pub(crate) const TIMESTAMP: HeaderName = HeaderName::from_static("Varve-Timestamp");
+pub(crate) const TYPE: HeaderName = HeaderName::from_static("Varve-Type");
+pub(crate) const TYPE_VERSION: HeaderName = HeaderName::from_static("Varve-Type-Version");
+pub(crate) const TYPE_CONTAINER: HeaderName = HeaderName::from_static("Varve-Type-Container");
+pub(crate) const TYPE_ID: HeaderName = HeaderName::from_static("Varve-Type-Id");
+pub(crate) const ENCRYPTED: HeaderName = HeaderName::from_static("Varve-Encrypted");
+pub(crate) const BLOB: HeaderName = HeaderName::from_static("Varve-Blob");
+pub(crate) const BLOB_REF: HeaderName = HeaderName::from_static("Varve-Blob-Ref");
+pub(crate) const EVENT_ID: HeaderName = HeaderName::from_static("Varve-Event-Id");
+pub(crate) const CORRELATION_ID: HeaderName = HeaderName::from_static("Varve-Correlation-Id");
+pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static("Varve-Causation-Id");
+pub(crate) const METADATA: HeaderName = HeaderName::from_static("Varve-Metadata");
+pub(crate) const GROUP: HeaderName = HeaderName::from_static("Varve-Group");
+pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
 
 /// The `Nats-Msg-Id` of the event `seq`: derived from the global sequence alone, so that a
 /// resend of the same event is the same message to the server's deduplication.
@@ -145,10 +146,11 @@ pub(crate) fn decode_event(
 ) -> Result<Decoded, Error> {
     let bad = |reason: String| Error::BadMessage { seq: at, reason };
     let headers = headers.ok_or_else(|| bad("a message without headers".into()))?;
-    let text = |name: &str| headers.get(name).map(|v| v.as_str());
-    let need = |name: &str| text(name).ok_or_else(|| bad(format!("no {name} header")));
+    let text = |name: HeaderName| headers.get(name).map(|v| v.as_str());
+    let need =
+        |name: HeaderName| text(name.clone()).ok_or_else(|| bad(format!("no {name} header")));
     fn num<T: std::str::FromStr>(
-        name: &str,
+        name: HeaderName,
         value: &str,
         bad: &dyn Fn(String) -> Error,
     ) -> Result<T, Error> {
@@ -163,9 +165,9 @@ pub(crate) fn decode_event(
              must be the store's global sequence"
         )));
     }
-    let flag = |name: &str| text(name) == Some("1");
-    let id = |name: &str| -> Result<Option<EventId>, Error> {
-        text(name)
+    let flag = |name: HeaderName| text(name) == Some("1");
+    let id = |name: HeaderName| -> Result<Option<EventId>, Error> {
+        text(name.clone())
             .map(|v| {
                 u128::from_str_radix(v, 16)
                     .map(EventId::from_u128)
