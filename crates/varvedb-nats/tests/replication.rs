@@ -21,32 +21,34 @@ fn replicates_100k_events_and_restores_them_byte_for_byte() {
     let rt = runtime();
     let replicator =
         Replicator::new(src.clone(), ReplicatorConfig::new(server.url(), "ORDERS")).unwrap();
-    let report = rt.block_on(replicator.run_once()).unwrap();
+    let report = common::bounded(&rt, replicator.run_once()).unwrap();
     assert_eq!(report.published, 100_000);
     assert_eq!((report.duplicates, report.adopted), (0, 0));
     assert_eq!(report.position, 100_000);
     assert_eq!(src.consumer_position("nats:ORDERS").unwrap(), Some(100_000));
     assert_eq!(replicator.lag().unwrap(), 0);
     assert_eq!(
-        rt.block_on(stream_state(&server.url(), "ORDERS")),
+        common::bounded(&rt, stream_state(&server.url(), "ORDERS")),
         (100_000, 100_000)
     );
     // The lag is the consumer's gauge.
     assert!(src.metrics_text().contains("consumer=\"nats:ORDERS\""));
 
     // Again: nothing to publish.
-    let again = rt.block_on(replicator.run_once()).unwrap();
+    let again = common::bounded(&rt, replicator.run_once()).unwrap();
     assert_eq!((again.published, again.duplicates), (0, 0));
 
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    let restored = rt
-        .block_on(restore(
+    let restored = common::bounded(
+        &rt,
+        restore(
             &dst,
             &RestoreConfig::new(server.url(), "ORDERS"),
             std::future::pending(),
-        ))
-        .unwrap();
+        ),
+    )
+    .unwrap();
     assert_eq!(restored.applied, 100_000);
     assert_eq!(
         (restored.last_seq, restored.source_last_seq),
@@ -54,13 +56,15 @@ fn replicates_100k_events_and_restores_them_byte_for_byte() {
     );
     assert_same_log(&src, &dst);
     // A second restore into the same store has nothing to do.
-    let noop = rt
-        .block_on(restore(
+    let noop = common::bounded(
+        &rt,
+        restore(
             &dst,
             &RestoreConfig::new(server.url(), "ORDERS"),
             std::future::pending(),
-        ))
-        .unwrap();
+        ),
+    )
+    .unwrap();
     assert_eq!(noop.applied, 0);
     // The replica serves reads: the events are the source's.
     let reader = Reader::<common::Doc>::new(dst.clone());
@@ -92,7 +96,7 @@ fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
     for at in [10_000u64, 30_000] {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (_, last) = rt.block_on(stream_state(&url, "KILLED"));
+            let (_, last) = common::bounded(&rt, stream_state(&url, "KILLED"));
             if last >= at {
                 break;
             }
@@ -103,18 +107,24 @@ fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
         std::thread::sleep(Duration::from_millis(300));
         server.restart();
     }
-    let report = rt.block_on(task).unwrap().unwrap();
+    let report = common::bounded(&rt, task).unwrap().unwrap();
     assert!(report.retries > 0, "{report:?}");
     assert_eq!(report.position, 60_000);
-    assert_eq!(rt.block_on(stream_state(&url, "KILLED")), (60_000, 60_000));
+    assert_eq!(
+        common::bounded(&rt, stream_state(&url, "KILLED")),
+        (60_000, 60_000)
+    );
     // Every message is its event, once, in order: the restore checks each sequence.
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    rt.block_on(restore(
-        &dst,
-        &RestoreConfig::new(url, "KILLED"),
-        std::future::pending(),
-    ))
+    common::bounded(
+        &rt,
+        restore(
+            &dst,
+            &RestoreConfig::new(url, "KILLED"),
+            std::future::pending(),
+        ),
+    )
     .unwrap();
     assert_same_log(&src, &dst);
 }
@@ -134,8 +144,12 @@ fn child_replicator() {
         ReplicatorConfig::new(url, "CRASHED").max_in_flight(64),
     )
     .unwrap();
+    // Killed by the test; if the test dies first, it stops on its own.
     runtime()
-        .block_on(replicator.run_until(std::future::pending()))
+        .block_on(async {
+            let deadline = tokio::time::sleep(Duration::from_secs(120));
+            replicator.run_until(deadline).await
+        })
         .unwrap();
 }
 
@@ -161,14 +175,13 @@ fn a_replicator_killed_between_publish_and_cursor_commit_publishes_nothing_twice
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let last = rt
-                .block_on(async {
-                    let client = async_nats::connect(url.as_str()).await.ok()?;
-                    let js = async_nats::jetstream::new(client);
-                    let mut s = js.get_stream("CRASHED").await.ok()?;
-                    Some(s.info().await.ok()?.state.last_sequence)
-                })
-                .unwrap_or(0);
+            let last = common::bounded(&rt, async {
+                let client = async_nats::connect(url.as_str()).await.ok()?;
+                let js = async_nats::jetstream::new(client);
+                let mut s = js.get_stream("CRASHED").await.ok()?;
+                Some(s.info().await.ok()?.state.last_sequence)
+            })
+            .unwrap_or(0);
             if last >= at {
                 break;
             }
@@ -179,7 +192,7 @@ fn a_replicator_killed_between_publish_and_cursor_commit_publishes_nothing_twice
         child.wait().unwrap();
         let src = Storage::open(config(src_dir.path(), None)).unwrap();
         let cursor = src.consumer_position("nats:CRASHED").unwrap().unwrap_or(0);
-        let (_, server_last) = rt.block_on(stream_state(&url, "CRASHED"));
+        let (_, server_last) = common::bounded(&rt, stream_state(&url, "CRASHED"));
         assert!(cursor <= server_last);
         ahead_of_cursor += server_last - cursor;
     }
@@ -188,25 +201,34 @@ fn a_replicator_killed_between_publish_and_cursor_commit_publishes_nothing_twice
     let src = Storage::open(config(src_dir.path(), None)).unwrap();
     let replicator =
         Replicator::new(src.clone(), ReplicatorConfig::new(url.clone(), "CRASHED")).unwrap();
-    let report = rt.block_on(replicator.run_once()).unwrap();
+    let report = common::bounded(&rt, replicator.run_once()).unwrap();
     assert_eq!(report.position, 80_000);
-    assert_eq!(rt.block_on(stream_state(&url, "CRASHED")), (80_000, 80_000));
+    assert_eq!(
+        common::bounded(&rt, stream_state(&url, "CRASHED")),
+        (80_000, 80_000)
+    );
 
     // The cursor lost again (as if it had never been committed): the server's messages are
     // checked against the store and adopted, not published again.
     src.reset_consumer("nats:CRASHED", 70_000).unwrap();
-    let report = rt.block_on(replicator.run_once()).unwrap();
+    let report = common::bounded(&rt, replicator.run_once()).unwrap();
     assert_eq!(report.adopted, 10_000);
     assert_eq!((report.published, report.duplicates), (0, 0));
-    assert_eq!(rt.block_on(stream_state(&url, "CRASHED")), (80_000, 80_000));
+    assert_eq!(
+        common::bounded(&rt, stream_state(&url, "CRASHED")),
+        (80_000, 80_000)
+    );
 
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    rt.block_on(restore(
-        &dst,
-        &RestoreConfig::new(url.clone(), "CRASHED"),
-        std::future::pending(),
-    ))
+    common::bounded(
+        &rt,
+        restore(
+            &dst,
+            &RestoreConfig::new(url.clone(), "CRASHED"),
+            std::future::pending(),
+        ),
+    )
     .unwrap();
     assert_same_log(&src, &dst);
 }
@@ -220,9 +242,9 @@ fn a_resend_within_the_window_is_deduplicated_by_message_id() {
     let rt = runtime();
     let replicator =
         Replicator::new(src.clone(), ReplicatorConfig::new(server.url(), "DEDUP")).unwrap();
-    rt.block_on(replicator.run_once()).unwrap();
+    common::bounded(&rt, replicator.run_once()).unwrap();
     // The same message id again, expecting the sequence it had: a duplicate, not stored.
-    rt.block_on(async {
+    common::bounded(&rt, async {
         let client = async_nats::connect(server.url()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let ack = js
@@ -253,7 +275,10 @@ fn a_resend_within_the_window_is_deduplicated_by_message_id() {
             .await;
         assert!(refused.is_err());
     });
-    assert_eq!(rt.block_on(stream_state(&server.url(), "DEDUP")), (10, 10));
+    assert_eq!(
+        common::bounded(&rt, stream_state(&server.url(), "DEDUP")),
+        (10, 10)
+    );
 }
 
 #[test]
@@ -314,9 +339,9 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
         std::thread::sleep(Duration::from_millis(1));
     }
     stop_tx.send(true).unwrap();
-    let report = rt.block_on(replicating).unwrap().unwrap();
+    let report = common::bounded(&rt, replicating).unwrap().unwrap();
     assert_eq!(report.position, source_last);
-    let restored = rt.block_on(restoring).unwrap().unwrap();
+    let restored = common::bounded(&rt, restoring).unwrap().unwrap();
     assert_eq!(restored.shredded, 1);
     let ends: HashSet<u64> = {
         let txn = src.read_txn().unwrap();
@@ -345,7 +370,7 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
         Err(varvedb::Error::Shredded { .. })
     ));
     // The replicated key entry is empty: the wrapped key is gone from the server too.
-    let entry = rt.block_on(async {
+    let entry = common::bounded(&rt, async {
         let client = async_nats::connect(url.as_str()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let kv = js
@@ -364,7 +389,8 @@ fn a_stream_that_holds_another_store_s_log_is_refused() {
     let a_dir = tempfile::tempdir().unwrap();
     let a = Storage::open(config(a_dir.path(), None)).unwrap();
     fill(&a, 200);
-    rt.block_on(
+    common::bounded(
+        &rt,
         Replicator::new(a, ReplicatorConfig::new(server.url(), "SHARED"))
             .unwrap()
             .run_once(),
@@ -377,26 +403,28 @@ fn a_stream_that_holds_another_store_s_log_is_refused() {
     for i in 0..300 {
         w.append(9, ExpectedVersion::Auto, &doc(i, 3)).unwrap();
     }
-    let err = rt
-        .block_on(
-            Replicator::new(b.clone(), ReplicatorConfig::new(server.url(), "SHARED"))
-                .unwrap()
-                .run_once(),
-        )
-        .unwrap_err();
+    let err = common::bounded(
+        &rt,
+        Replicator::new(b.clone(), ReplicatorConfig::new(server.url(), "SHARED"))
+            .unwrap()
+            .run_once(),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Diverged { seq: 1, .. }), "{err}");
     assert_eq!(
-        rt.block_on(stream_state(&server.url(), "SHARED")),
+        common::bounded(&rt, stream_state(&server.url(), "SHARED")),
         (200, 200)
     );
     // A restore into a store that is not a prefix of the stream is refused as well.
-    let err = rt
-        .block_on(restore(
+    let err = common::bounded(
+        &rt,
+        restore(
             &b,
             &RestoreConfig::new(server.url(), "SHARED"),
             std::future::pending(),
-        ))
-        .unwrap_err();
+        ),
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Diverged { .. }), "{err}");
     // And bad names are typed errors, before any connection.
     assert!(matches!(
@@ -413,7 +441,8 @@ fn a_stream_whose_subjects_overlap_another_is_refused_not_retried() {
     let storage = Storage::open(config(dir.path(), None)).unwrap();
     fill(&storage, 10);
     let run = |stream: &str| {
-        rt.block_on(
+        common::bounded(
+            &rt,
             Replicator::new(storage.clone(), ReplicatorConfig::new(server.url(), stream))
                 .unwrap()
                 .run_once(),

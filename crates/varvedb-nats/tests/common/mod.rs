@@ -105,6 +105,16 @@ impl Drop for NatsServer {
     }
 }
 
+/// Runs `f` to completion on `rt`, or fails the test after two minutes: every test here is
+/// bounded in time, whatever the server does.
+pub fn bounded<F: std::future::Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), f)
+            .await
+            .expect("the test took more than two minutes")
+    })
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
