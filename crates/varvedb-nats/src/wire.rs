@@ -288,4 +288,52 @@ mod tests {
         ));
         assert_eq!(parse_key_entry(&key_entry(u128::MAX)), Some(u128::MAX));
     }
+
+    proptest::proptest! {
+        /// A message from the server is input: any header values give an event or
+        /// `BadMessage`, never a panic.
+        #[test]
+        fn any_headers_decode_or_fail_cleanly(
+            values in proptest::collection::vec("[ -~]{0,40}", 17),
+            seq in 0u64..5,
+        ) {
+            let names = [
+                SEQ, STREAM, VERSION, TIMESTAMP, TYPE, TYPE_VERSION, TYPE_CONTAINER, TYPE_ID,
+                ENCRYPTED, BLOB, BLOB_REF, EVENT_ID, CORRELATION_ID, CAUSATION_ID, METADATA,
+                GROUP, MSG_ID,
+            ];
+            let mut h = HeaderMap::new();
+            for (name, value) in names.clone().into_iter().zip(&values) {
+                h.insert(name, value.as_str());
+            }
+            if let Err(e) = decode_event(seq, Some(&h), b"payload") {
+                let bad_message = matches!(e, Error::BadMessage { .. });
+                proptest::prop_assert!(bad_message, "{}", e);
+            }
+            // The same with the numbers right and one field left as generated.
+            let good = StoredEvent {
+                seq: seq.max(1),
+                stream_id: 9,
+                version: 1,
+                timestamp_ns: 5,
+                type_container: String::new(),
+                type_name: "T".into(),
+                type_version: 1,
+                event_id: None,
+                correlation_id: None,
+                causation_id: None,
+                metadata: Vec::new(),
+                encrypted: false,
+                blob: false,
+                payload: Some(b"p".to_vec()),
+                blob_ref: None,
+                ends_group: true,
+            };
+            for (i, name) in names.into_iter().enumerate() {
+                let mut h = headers(&good, 1, good.seq);
+                h.insert(name, values[i].as_str());
+                let _ = decode_event(good.seq, Some(&h), b"p");
+            }
+        }
+    }
 }
