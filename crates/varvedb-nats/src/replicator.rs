@@ -19,6 +19,8 @@ use crate::{Error, ReplicatorConfig, check_stream_name, connect, keys_bucket, na
 const CHUNK_EVENTS: usize = 4096;
 /// Payload bytes read and published between two cursor commits, at most (past one group).
 const CHUNK_BYTES: usize = 16 << 20;
+/// The cursor is written at least this often while events keep coming.
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
 /// Retries back off from this ...
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// ... up to this.
@@ -97,8 +99,9 @@ impl Replicator {
         &self.storage
     }
 
-    /// Events committed in the store and not yet acknowledged by the server (as the cursor
-    /// says; the cursor moves every few thousand events). Also exported as the consumer's
+    /// Events committed in the store and not yet acknowledged by the server, as the cursor
+    /// says (it moves every 4,096 events or 100 ms, and when the replicator catches up). Also
+    /// exported as the consumer's
     /// `varvedb_consumer_lag_events` gauge in [`Storage::metrics_text`].
     pub fn lag(&self) -> Result<u64, Error> {
         let position = self
@@ -202,6 +205,10 @@ impl Replicator {
         }
         let mut position = self.reconcile(&mut stream, report).await?;
         let mut changes = self.storage.subscribe();
+        // The cursor is written every few thousand events or 100 ms, and whenever the
+        // replicator catches up: a cursor behind the server costs a reconcile, never a copy.
+        let mut committed = position;
+        let mut committed_at = Instant::now();
         loop {
             let due = known
                 .last_key_sync
@@ -211,6 +218,11 @@ impl Replicator {
             }
             let chunk = self.read_chunk(position + 1)?;
             if chunk.is_empty() {
+                if position > committed {
+                    self.storage
+                        .reset_consumer(&self.config.consumer, position)?;
+                    (committed, committed_at) = (position, Instant::now());
+                }
                 if once {
                     return Ok(());
                 }
@@ -232,9 +244,13 @@ impl Replicator {
             position = self
                 .publish_chunk(client, context, &chunk, known, report)
                 .await?;
-            self.storage
-                .reset_consumer(&self.config.consumer, position)?;
             report.position = position;
+            if position - committed >= CHUNK_EVENTS as u64 || committed_at.elapsed() >= CURSOR_EVERY
+            {
+                self.storage
+                    .reset_consumer(&self.config.consumer, position)?;
+                (committed, committed_at) = (position, Instant::now());
+            }
         }
     }
 
