@@ -129,6 +129,60 @@ fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
     assert_same_log(&src, &dst);
 }
 
+#[test]
+fn a_network_cut_twice_mid_replication_loses_and_duplicates_nothing() {
+    let server = NatsServer::start();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    fill(&src, 60_000);
+    let rt = runtime();
+    let proxy = common::Proxy::start(&rt, server.port);
+    let replicator = Replicator::new(
+        src.clone(),
+        ReplicatorConfig::new(proxy.url(), "CUT").ack_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
+    let task = rt.spawn({
+        let replicator = replicator.clone();
+        async move { replicator.run_once().await }
+    });
+    let url = server.url();
+    for at in [10_000u64, 30_000] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, last) = common::bounded(&rt, stream_state(&url, "CUT"));
+            if last >= at {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replication stalled at {last}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The server stays up; the replicator loses its network for a second.
+        proxy.cut();
+        std::thread::sleep(Duration::from_secs(1));
+        proxy.heal();
+    }
+    let report = common::bounded(&rt, task).unwrap().unwrap();
+    assert!(report.retries > 0, "{report:?}");
+    assert_eq!(report.position, 60_000);
+    assert_eq!(
+        common::bounded(&rt, stream_state(&url, "CUT")),
+        (60_000, 60_000)
+    );
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    common::bounded(
+        &rt,
+        restore(
+            &dst,
+            &RestoreConfig::new(url, "CUT"),
+            std::future::pending(),
+        ),
+    )
+    .unwrap();
+    assert_same_log(&src, &dst);
+}
+
 /// The child process of the next test: replicates its store until it is killed.
 #[test]
 fn child_replicator() {

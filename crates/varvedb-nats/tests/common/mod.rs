@@ -115,6 +115,61 @@ pub fn bounded<F: std::future::Future>(rt: &tokio::runtime::Runtime, f: F) -> F:
     })
 }
 
+/// A TCP proxy on loopback in front of the server, whose network can be cut: every open
+/// connection is dropped and new ones are closed at once, until it is healed.
+pub struct Proxy {
+    pub port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    pub fn start(rt: &tokio::runtime::Runtime, target: u16) -> Proxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = Proxy {
+            port,
+            cut: Default::default(),
+            connections: Default::default(),
+        };
+        let (cut, connections) = (proxy.cut.clone(), proxy.connections.clone());
+        rt.spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts the network: open connections drop, new ones are closed.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.connections.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
