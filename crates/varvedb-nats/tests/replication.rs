@@ -360,7 +360,29 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
         async move { replicator.run_until(stop).await }
     });
     let dst_dir = tempfile::tempdir().unwrap();
-    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    // The replica opened with the master key, so that a processor reads it as it fills (a
+    // keyless replica is restored in the tool's test).
+    let dst = Storage::open(config(dst_dir.path(), Some(KEY))).unwrap();
+    struct Count(u64);
+    impl varvedb::EventHandler<common::Doc> for Count {
+        fn handle(
+            &mut self,
+            _: &varvedb::EventRef<'_, common::Doc>,
+        ) -> Result<(), varvedb::HandlerError> {
+            self.0 += 1;
+            Ok(())
+        }
+    }
+    let processing = rt.spawn({
+        let processor = varvedb::Processor::new(
+            Reader::<common::Doc>::new(dst.clone()),
+            Count(0),
+            "replica-reader",
+            dst.subscribe(),
+        );
+        let stop = stopped(stop_rx.clone());
+        async move { processor.run_until(stop).await }
+    });
     let restoring = rt.spawn({
         let dst = dst.clone();
         let url = url.clone();
@@ -397,6 +419,13 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
     assert_eq!(report.position, source_last);
     let restored = common::bounded(&rt, restoring).unwrap().unwrap();
     assert_eq!(restored.shredded, 1);
+    // The processor on the replica took every event as it arrived.
+    let counted = common::bounded(&rt, processing).unwrap().unwrap();
+    assert!(counted.0 > 0);
+    assert_eq!(
+        dst.consumer_position("replica-reader").unwrap(),
+        Some(source_last)
+    );
     let ends: HashSet<u64> = {
         let txn = src.read_txn().unwrap();
         src.export_events(&txn, 1)
@@ -413,8 +442,6 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
     }
     assert_same_log(&src, &dst);
     // The replica reads with the master key, and the shred holds there.
-    drop(dst);
-    let dst = Storage::open(config(dst_dir.path(), Some(KEY))).unwrap();
     let reader = Reader::<common::Doc>::new(dst.clone());
     let txn = dst.read_txn().unwrap();
     let first = reader.get_by_version(&txn, 500, 1).unwrap().unwrap();
