@@ -152,6 +152,7 @@ impl Replicator {
         let mut known = Known::default();
         let mut backoff = BACKOFF_MIN;
         loop {
+            let progress = report.published + report.duplicates + report.adopted;
             let step = tokio::select! {
                 step = self.session(&client, &context, &mut known, &mut report, once) => step,
                 () = &mut signal => {
@@ -166,6 +167,10 @@ impl Replicator {
                 }
                 Err(Error::Nats(reason)) => {
                     report.retries += 1;
+                    // A stretch that got somewhere starts the back-off over.
+                    if report.published + report.duplicates + report.adopted > progress {
+                        backoff = BACKOFF_MIN;
+                    }
                     tracing::warn!(%reason, backoff_ms = backoff.as_millis() as u64, "replication interrupted; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
