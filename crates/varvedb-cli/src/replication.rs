@@ -74,7 +74,25 @@ pub fn replicate(
             args.to,
             args.stream
         );
-        rt.block_on(replicator.run_until(ctrl_c()))?
+        // Every 5 s, where the cursor is and how far behind the store it is.
+        let status = rt.spawn({
+            let replicator = replicator.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let consumer = replicator.config().consumer.clone();
+                    let position = replicator.storage().consumer_position(&consumer);
+                    if let (Ok(Some(position)), Ok(lag)) = (position, replicator.lag()) {
+                        eprintln!("varvedb: replicated up to {position}, {lag} behind");
+                    }
+                }
+            }
+        });
+        let report = rt.block_on(replicator.run_until(ctrl_c()));
+        status.abort();
+        report?
     };
     let secs = started.elapsed().as_secs_f64();
     println!(

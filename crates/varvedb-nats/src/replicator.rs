@@ -99,6 +99,11 @@ impl Replicator {
         &self.storage
     }
 
+    /// Its settings.
+    pub fn config(&self) -> &ReplicatorConfig {
+        &self.config
+    }
+
     /// Events committed in the store and not yet acknowledged by the server, as the cursor
     /// says (it moves every 4,096 events or 100 ms, and when the replicator catches up). Also
     /// exported as the consumer's
