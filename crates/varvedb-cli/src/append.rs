@@ -1,37 +1,11 @@
 //! `varvedb append`: events from scripts and non-Rust tooling, as JSON.
 //!
-//! They are stored as the tool's JSON event type: container [`JSON_CONTAINER`], the name given
-//! with `--type`, schema version 1, and as payload the rkyv archive of [`JsonEvent`] (the JSON
-//! text, validated and made compact). `read` and `tail` print their data as JSON; a Rust
-//! program reads them with `RawReader` and `rkyv::access::<ArchivedJsonEvent, _>`.
+//! They are stored as the JSON event type (`varvedb::JsonEvent`): container `varvedb.json`, the
+//! name given with `--type`, schema version 1, and as payload the rkyv archive of the JSON
+//! text, validated and made compact. `read` and `tail` print their data as JSON; a Rust
+//! program reads them with `JsonEvent::data_of`.
 
-use rkyv::{Archive, Deserialize, Serialize};
-use varvedb::{EventType, ExpectedVersion, RawEvent, Storage, StorageConfig, Writer};
-
-/// The container name of the tool's JSON events.
-pub(crate) const JSON_CONTAINER: &str = "varvedb.json";
-
-/// A JSON event: its data as compact JSON text.
-#[derive(Archive, Serialize, Deserialize, Debug)]
-pub(crate) struct JsonEvent {
-    /// The type name, from `--type` (not stored in the payload: the record's type is).
-    #[rkyv(with = rkyv::with::Skip)]
-    name: &'static str,
-    /// The event's data, compact JSON.
-    json: String,
-}
-
-impl varvedb::Event for JsonEvent {
-    const CONTAINER: &'static str = JSON_CONTAINER;
-    // Written only by this tool; read through the untyped view.
-    const TYPES: &'static [EventType] = &[];
-    fn event_type(&self) -> &'static str {
-        self.name
-    }
-    fn event_version(&self) -> u16 {
-        1
-    }
-}
+use varvedb::{ExpectedVersion, JsonEvent, RawEvent, Storage, StorageConfig, Writer};
 
 /// What to append.
 #[derive(clap::Args)]
@@ -77,12 +51,8 @@ pub(crate) fn run(
         encryption_enabled: master_key.is_some(),
         ..Default::default()
     })?;
-    // One name for the life of this short process.
-    let name: &'static str = Box::leak(args.event_type.into_boxed_str());
-    let event = JsonEvent {
-        name,
-        json: value.to_string(),
-    };
+    let event = JsonEvent::new(&args.event_type, value.to_string());
+    let name = event.name();
     let appended = Writer::<JsonEvent>::new(storage).append(args.stream, args.expect, &event)?;
     println!(
         "appended {name} to stream {:#x}: version {}, seq {}",
@@ -91,13 +61,7 @@ pub(crate) fn run(
     Ok(())
 }
 
-/// The JSON data of an event of the tool's JSON type, if it is one and can be read.
+/// The JSON data of an event of the JSON type, if it is one and can be read.
 pub(crate) fn json_data(e: &RawEvent<'_>) -> Option<String> {
-    if e.event_container() != JSON_CONTAINER || e.payload_bytes().is_empty() {
-        return None;
-    }
-    let mut aligned = rkyv::util::AlignedVec::<16>::new();
-    aligned.extend_from_slice(e.payload_bytes());
-    let archived = rkyv::access::<ArchivedJsonEvent, rkyv::rancor::Error>(&aligned).ok()?;
-    Some(archived.json.as_str().to_owned())
+    JsonEvent::data_of(e)
 }

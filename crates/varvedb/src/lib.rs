@@ -191,6 +191,7 @@ mod event_id;
 mod expected;
 #[cfg(test)]
 mod fault_tests;
+mod json;
 mod metrics;
 #[cfg(feature = "metrics-http")]
 mod metrics_http;
@@ -211,6 +212,7 @@ pub use envelope::{
 };
 pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
+pub use json::{ArchivedJsonEvent, JSON_CONTAINER, JsonEvent};
 #[cfg(feature = "metrics-http")]
 pub use metrics_http::{DEFAULT_METRICS_ADDR, MetricsServer};
 pub use processor::{
