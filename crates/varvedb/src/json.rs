@@ -1,6 +1,6 @@
 //! The JSON event type: events whose data is JSON text, for tools, scripts and frameworks
 //! that serialize with serde (`varvedb append`, `varvedb-cqrs`). `docs/design.md`, "The
-//! tool's JSON event type", has the layout.
+//! JSON event type", has the layout.
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex};
