@@ -41,6 +41,10 @@
 //! `PersistenceError::OptimisticLockError`, as postgres-es signals it; nothing of the commit is
 //! written.
 
+mod query;
+
+pub use query::QueryRunner;
+
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,

@@ -391,3 +391,98 @@ fn a_bank_account_through_cqrs_framework_with_concurrent_handlers_and_a_reopen()
         assert_eq!(sequences, (1..=events.len()).collect::<Vec<_>>());
     });
 }
+
+/// A view: every account's balance and the number of events it saw.
+#[derive(Default)]
+struct Balances(std::sync::Mutex<std::collections::HashMap<String, (i64, usize)>>);
+
+#[async_trait::async_trait]
+impl cqrs_es::Query<BankAccount> for Arc<Balances> {
+    async fn dispatch(&self, aggregate_id: &str, events: &[cqrs_es::EventEnvelope<BankAccount>]) {
+        let mut map = self.0.lock().unwrap();
+        let entry = map.entry(aggregate_id.to_owned()).or_default();
+        for e in events {
+            assert_eq!(e.metadata.get("user").map(String::as_str), Some("ada"));
+            if let BankEvent::Deposited { amount } = e.payload {
+                entry.0 += amount;
+            }
+            entry.1 += 1;
+        }
+    }
+}
+
+#[test]
+fn a_query_runner_feeds_views_from_a_durable_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let repo = VarveEventRepository::new(storage.clone());
+    let rt = runtime();
+    let deposit = |id: &str, sequence: usize, amount: i64| {
+        event(id, sequence, json!({"Deposited": {"amount": amount}}))
+    };
+    rt.block_on(async {
+        for s in 1..=300usize {
+            repo.persist::<BankAccount>(
+                &[deposit(&format!("acc-{}", s % 3), s.div_ceil(3), 2)],
+                None,
+            )
+            .await
+            .unwrap();
+        }
+        let view = Arc::new(Balances::default());
+        let runner = varvedb_cqrs::QueryRunner::<BankAccount>::new(
+            storage.clone(),
+            "balances",
+            vec![Box::new(view.clone())],
+        );
+        let position = runner.run_once().await.unwrap();
+        assert_eq!(position, 300);
+        assert_eq!(view.0.lock().unwrap()["acc-1"], (200, 100));
+        assert_eq!(storage.consumer_position("balances").unwrap(), Some(300));
+
+        // A runner of the same name, later (a restart): only the new events.
+        repo.persist::<BankAccount>(&[deposit("acc-1", 101, 5)], None)
+            .await
+            .unwrap();
+        let again = Arc::new(Balances::default());
+        varvedb_cqrs::QueryRunner::<BankAccount>::new(
+            storage.clone(),
+            "balances",
+            vec![Box::new(again.clone())],
+        )
+        .run_once()
+        .await
+        .unwrap();
+        assert_eq!(again.0.lock().unwrap()["acc-1"], (5, 1));
+
+        // A following runner sees events as they are committed.
+        let live = Arc::new(Balances::default());
+        let follower = varvedb_cqrs::QueryRunner::<BankAccount>::new(
+            storage.clone(),
+            "live",
+            vec![Box::new(live.clone())],
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            follower
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        repo.persist::<BankAccount>(&[deposit("acc-2", 101, 7)], None)
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while live.0.lock().unwrap().get("acc-2").map(|e| e.1) != Some(101) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the follower fell behind"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        stop.send(()).unwrap();
+        assert_eq!(task.await.unwrap().unwrap(), 302);
+        assert_eq!(live.0.lock().unwrap()["acc-2"], (207, 101));
+    });
+}
