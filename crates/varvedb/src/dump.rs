@@ -495,18 +495,17 @@ impl Importer {
         {
             self.write_pending()?;
         }
-        for event in &events {
-            if event.seq != self.next_seq {
+        // Checked whole before anything of the group is queued.
+        for (i, event) in events.iter().enumerate() {
+            let expected = self.next_seq.saturating_add(i as u64);
+            if event.seq != expected {
                 return Err(invalid(
                     event.seq,
-                    format!(
-                        "events must come in order without gaps; expected {}",
-                        self.next_seq
-                    ),
+                    format!("events must come in order without gaps; expected {expected}"),
                 ));
             }
-            self.next_seq = self.next_seq.saturating_add(1);
         }
+        self.next_seq = self.next_seq.saturating_add(events.len() as u64);
         self.pending_bytes = self.pending_bytes.saturating_add(bytes);
         self.pending.extend(events);
         if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {

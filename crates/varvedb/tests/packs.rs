@@ -306,3 +306,33 @@ fn commit_groups_end_only_between_whole_appends() {
         .collect();
     assert_eq!(from_inside, [600, 601]);
 }
+
+/// An importer refuses a group with a gap before queuing any of it, and takes the right
+/// group afterwards.
+#[test]
+fn a_group_with_a_gap_is_refused_whole() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = common::open(&src_dir);
+    let batch: Vec<_> = (1..=5).map(deposit).collect();
+    Writer::<Deposited>::new(src.clone())
+        .append_batch(1, ExpectedVersion::NoStream, &batch)
+        .unwrap();
+    let txn = src.read_txn().unwrap();
+    let header = src.export_header(&txn).unwrap();
+    let events: Vec<_> = src.export_events(&txn, 1).map(|e| e.unwrap()).collect();
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = common::open(&dst_dir);
+    let mut importer = dst.importer();
+    importer.begin(&header).unwrap();
+    let mut gapped = events.clone();
+    gapped.remove(2);
+    assert!(matches!(
+        importer.push_group(gapped),
+        Err(Error::InvalidImport { seq: 4, .. })
+    ));
+    assert_eq!(importer.next_seq(), 1);
+    importer.push_group(events).unwrap();
+    importer.commit().unwrap();
+    assert_eq!(dst.last_seq(&dst.read_txn().unwrap()).unwrap(), 5);
+    assert!(dst.verify().unwrap().problems.is_empty());
+}

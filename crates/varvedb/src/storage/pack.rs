@@ -19,8 +19,9 @@
 //! One pack holds the events of one commit group (or of one import transaction), cut at
 //! [`PACK_RECORDS_MAX`] records or [`PACK_BYTES_MAX`] bytes. A pack cut to make room for the
 //! next record of the same transaction is marked CONTINUED, so a run of packs ending with an
-//! unmarked one holds whole appends of one transaction: the replicator's commit group. A scan checks the pack's checksum
-//! once and trusts the records' checksums to it; a point read checks the one record it takes.
+//! unmarked one holds whole appends of one transaction: the replicator's commit group. A scan
+//! checks the pack's checksum once and trusts the records' checksums to it; a point read
+//! checks the one record it takes.
 
 use heed::{PutFlags, RoTxn, RwTxn};
 
