@@ -226,10 +226,15 @@ fn open_existing(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, v
         master_key,
         ..Default::default()
     })?;
+    print_warnings(&storage);
+    Ok(storage)
+}
+
+/// Prints what the store warns about (files others can read), one line each on stderr.
+fn print_warnings(storage: &Storage) {
     for warning in storage.warnings() {
         eprintln!("varvedb: warning: {warning}");
     }
-    Ok(storage)
 }
 
 /// Reads a master key file: 32 raw bytes, or 64 hex digits (whitespace around them ignored).

@@ -156,8 +156,6 @@ fn open_or_create(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, 
         master_key,
         ..Default::default()
     })?;
-    for warning in storage.warnings() {
-        eprintln!("varvedb: warning: {warning}");
-    }
+    crate::print_warnings(&storage);
     Ok(storage)
 }

@@ -54,8 +54,9 @@ pub struct Replicator {
 /// What a run remembers across its retries.
 #[derive(Default)]
 struct Known {
-    /// Type ids by (container, name, version).
-    types: HashMap<(String, String, u16), u32>,
+    /// Type ids with their (container, name, version): a store has few types, so a scan
+    /// finds one without building a key per event.
+    types: Vec<(String, String, u16, u32)>,
     /// The key entries published, by stream: the wrapped key, or `None` once shredded.
     keys: HashMap<u128, Option<Vec<u8>>>,
     format_and_check: bool,
@@ -209,10 +210,6 @@ impl Replicator {
     ) -> Result<(), Error> {
         let mut stream = self.ensure_stream(context).await?;
         let bucket = self.ensure_bucket(context).await?;
-        if !known.format_and_check {
-            self.sync_meta(&bucket, known).await?;
-            known.format_and_check = true;
-        }
         let mut position = self.reconcile(&mut stream, report).await?;
         let mut changes = self.storage.subscribe();
         // The cursor is written every few thousand events or 100 ms, and whenever the
@@ -245,14 +242,14 @@ impl Replicator {
                 continue;
             }
             let needs_sync = chunk.iter().any(|e| {
-                !known.types.contains_key(&type_key(e))
+                known.type_id(e).is_none()
                     || (e.encrypted && !known.keys.contains_key(&e.stream_id))
             });
             if needs_sync {
                 self.sync_meta(&bucket, known).await?;
             }
             position = self
-                .publish_chunk(client, context, &chunk, known, report)
+                .publish_chunk(client, context, chunk, known, report)
                 .await?;
             report.position = position;
             if position - committed >= CHUNK_EVENTS as u64 || committed_at.elapsed() >= CURSOR_EVERY
@@ -323,10 +320,13 @@ impl Replicator {
             if let Some(check) = &header.key_check {
                 put(bucket, "check", check.clone()).await?;
             }
+            known.format_and_check = true;
         }
-        for t in header.types {
-            known.types.insert((t.container, t.name, t.version), t.id);
-        }
+        known.types = header
+            .types
+            .into_iter()
+            .map(|t| (t.container, t.name, t.version, t.id))
+            .collect();
         for k in header.keys {
             if known.keys.get(&k.stream_id) != Some(&k.wrapped) {
                 let value = k.wrapped.clone().unwrap_or_default();
@@ -435,7 +435,7 @@ impl Replicator {
         &self,
         client: &async_nats::Client,
         context: &js::Context,
-        chunk: &[StoredEvent],
+        chunk: Vec<StoredEvent>,
         known: &Known,
         report: &mut ReplicationReport,
     ) -> Result<u64, Error> {
@@ -451,15 +451,15 @@ impl Replicator {
         let max_payload = client.server_info().max_payload;
         let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
         let mut last = 0;
-        for (event, group_last) in chunk.iter().zip(group_last) {
-            let type_id = *known.types.get(&type_key(event)).ok_or_else(|| {
+        for (mut event, group_last) in chunk.into_iter().zip(group_last) {
+            let type_id = known.type_id(&event).ok_or_else(|| {
                 Error::Store(varvedb::Error::CorruptType {
                     id: 0,
                     reason: format!("event {} names a type the store does not list", event.seq),
                 })
             })?;
-            let headers = wire::headers(event, type_id, group_last);
-            let payload = event.payload.clone().unwrap_or_default();
+            let headers = wire::headers(&event, type_id, group_last);
+            let payload = event.payload.take().unwrap_or_default();
             let size = payload.len() + header_len(&headers);
             if max_payload > 0 && size > max_payload {
                 return Err(Error::EventTooLarge {
@@ -514,12 +514,15 @@ fn created(what: String, e: js::context::CreateStreamError) -> Error {
     }
 }
 
-fn type_key(e: &StoredEvent) -> (String, String, u16) {
-    (
-        e.type_container.clone(),
-        e.type_name.clone(),
-        e.type_version,
-    )
+impl Known {
+    fn type_id(&self, e: &StoredEvent) -> Option<u32> {
+        self.types
+            .iter()
+            .find(|(container, name, version, _)| {
+                *version == e.type_version && *name == e.type_name && *container == e.type_container
+            })
+            .map(|t| t.3)
+    }
 }
 
 fn header_len(h: &async_nats::HeaderMap) -> usize {

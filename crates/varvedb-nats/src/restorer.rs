@@ -367,17 +367,11 @@ impl Restore<'_> {
         self.group.push(event);
         if ends {
             let group = std::mem::take(&mut self.group);
-            let before = self.importer.next_seq();
-            self.importer.push_group(group)?;
             self.uncommitted = true;
             self.held_since.get_or_insert_with(std::time::Instant::now);
-            // A full batch was written by the push: everything queued went with it.
-            let written = self.storage.last_seq(&self.storage.read_txn()?)?;
-            if written + 1 == self.importer.next_seq() && written >= before {
-                self.uncommitted = false;
-                self.held_since = None;
-                self.report.applied += written - self.report.last_seq;
-                self.report.last_seq = written;
+            if self.importer.push_group(group)? {
+                // A full batch: everything queued was written with it.
+                self.mark_committed();
                 return Ok(true);
             }
         }
@@ -391,13 +385,18 @@ impl Restore<'_> {
         }
         {
             self.importer.commit()?;
-            self.uncommitted = false;
-            self.held_since = None;
-            let last = self.importer.next_seq() - 1;
-            self.report.applied += last - self.report.last_seq;
-            self.report.last_seq = last;
+            self.mark_committed();
         }
         Ok(true)
+    }
+
+    /// Everything pushed is in the store: the report moves to it.
+    fn mark_committed(&mut self) {
+        self.uncommitted = false;
+        self.held_since = None;
+        let last = self.importer.next_seq() - 1;
+        self.report.applied += last - self.report.last_seq;
+        self.report.last_seq = last;
     }
 
     /// The store's event `seq` is the stream's message `seq`.

@@ -97,46 +97,49 @@ fn replicates_100k_events_and_restores_them_byte_for_byte() {
     );
 }
 
-#[test]
-fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
-    let mut server = NatsServer::start();
+/// Replicates 60K events to `stream` through `url` with `run_once`, calling `fault` when the
+/// cursor passes 10,000 and 30,000, then checks that the JetStream stream holds every event
+/// once, in order (60,000 messages, last sequence 60,000), and that a store restored from
+/// it (straight from the server at `server_url`) is the source, byte for byte.
+fn replicate_through_faults(
+    rt: &tokio::runtime::Runtime,
+    url: String,
+    server_url: String,
+    stream: &str,
+    mut fault: impl FnMut(),
+) {
     let src_dir = tempfile::tempdir().unwrap();
     let src = Storage::open(config(src_dir.path(), None)).unwrap();
     fill(&src, 60_000);
-    let rt = runtime();
-    let url = server.url();
     let replicator = Replicator::new(
         src.clone(),
-        ReplicatorConfig::new(url.clone(), "KILLED").ack_timeout(Duration::from_secs(1)),
+        ReplicatorConfig::new(url, stream).ack_timeout(Duration::from_secs(1)),
     )
     .unwrap();
     let task = rt.spawn({
         let replicator = replicator.clone();
         async move { replicator.run_once().await }
     });
-    // Kill the server twice while it is taking messages, and bring it back each time.
-    // The kill points follow the replicator's own cursor (a local read, checked every
+    // The faults follow the replicator's own cursor (a local read, checked every
     // millisecond), so they land while it is publishing, however fast the machine.
     for at in [10_000u64, 30_000] {
-        wait_for_cursor(&src, "nats:KILLED", at);
-        server.kill();
-        std::thread::sleep(Duration::from_millis(300));
-        server.restart();
+        wait_for_cursor(&src, &format!("nats:{stream}"), at);
+        fault();
     }
-    let report = common::bounded(&rt, task).unwrap().unwrap();
+    let report = common::bounded(rt, task).unwrap().unwrap();
     assert_eq!(report.position, 60_000);
     assert_eq!(
-        common::bounded(&rt, stream_state(&url, "KILLED")),
+        common::bounded(rt, stream_state(&server_url, stream)),
         (60_000, 60_000)
     );
     // Every message is its event, once, in order: the restore checks each sequence.
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
     common::bounded(
-        &rt,
+        rt,
         restore(
             &dst,
-            &RestoreConfig::new(url, "KILLED"),
+            &RestoreConfig::new(server_url, stream),
             std::future::pending(),
         ),
     )
@@ -145,48 +148,29 @@ fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn a_server_killed_mid_replication_loses_and_duplicates_nothing() {
+    let mut server = NatsServer::start();
+    let rt = runtime();
+    let url = server.url();
+    // SIGKILL twice while it is taking messages, and back each time.
+    replicate_through_faults(&rt, url.clone(), url, "KILLED", || {
+        server.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+    });
+}
+
+#[test]
 fn a_network_cut_twice_mid_replication_loses_and_duplicates_nothing() {
     let server = NatsServer::start();
-    let src_dir = tempfile::tempdir().unwrap();
-    let src = Storage::open(config(src_dir.path(), None)).unwrap();
-    fill(&src, 60_000);
     let rt = runtime();
     let proxy = common::Proxy::start(&rt, server.port);
-    let replicator = Replicator::new(
-        src.clone(),
-        ReplicatorConfig::new(proxy.url(), "CUT").ack_timeout(Duration::from_secs(1)),
-    )
-    .unwrap();
-    let task = rt.spawn({
-        let replicator = replicator.clone();
-        async move { replicator.run_once().await }
-    });
-    let url = server.url();
-    for at in [10_000u64, 30_000] {
-        wait_for_cursor(&src, "nats:CUT", at);
-        // The server stays up; the replicator loses its network for a second.
+    // The server stays up; the replicator loses its network for a second, twice.
+    replicate_through_faults(&rt, proxy.url(), server.url(), "CUT", || {
         proxy.cut();
         std::thread::sleep(Duration::from_secs(1));
         proxy.heal();
-    }
-    let report = common::bounded(&rt, task).unwrap().unwrap();
-    assert_eq!(report.position, 60_000);
-    assert_eq!(
-        common::bounded(&rt, stream_state(&url, "CUT")),
-        (60_000, 60_000)
-    );
-    let dst_dir = tempfile::tempdir().unwrap();
-    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    common::bounded(
-        &rt,
-        restore(
-            &dst,
-            &RestoreConfig::new(url, "CUT"),
-            std::future::pending(),
-        ),
-    )
-    .unwrap();
-    assert_same_log(&src, &dst);
+    });
 }
 
 /// The child process of the next test: replicates its store until it is killed.

@@ -483,8 +483,9 @@ impl Importer {
     /// Queues a whole commit group (the events up to one with
     /// [`ends_group`](StoredEvent::ends_group)) so that no transaction of the import ends
     /// inside it: a reader of the store never sees part of an atomic append. A full batch is
-    /// written first; a group larger than a batch gets a transaction of its own.
-    pub fn push_group(&mut self, events: Vec<StoredEvent>) -> Result<()> {
+    /// written first; a group larger than a batch gets a transaction of its own. Returns
+    /// whether everything queued, this group included, has been written (and flushed).
+    pub fn push_group(&mut self, events: Vec<StoredEvent>) -> Result<bool> {
         let bytes: usize = events
             .iter()
             .map(|e| e.payload.as_ref().map_or(0, Vec::len))
@@ -510,8 +511,9 @@ impl Importer {
         self.pending.extend(events);
         if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {
             self.write_pending()?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Writes what is queued, in one transaction, flushed before this returns.
