@@ -99,6 +99,8 @@ struct EventLine {
     correlation_id: Option<String>,
     #[serde(default)]
     causation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
     #[serde(default)]
     metadata: Vec<(String, String)>,
     encrypted: bool,
@@ -238,6 +240,7 @@ fn event_line(e: &StoredEvent) -> EventLine {
         event_id: id(e.event_id),
         correlation_id: id(e.correlation_id),
         causation_id: id(e.causation_id),
+        tags: e.tags.clone(),
         metadata: e.metadata.clone(),
         encrypted: e.encrypted,
         blob: e.blob,
@@ -260,6 +263,7 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
         event_id: id("event_id", e.event_id)?,
         correlation_id: id("correlation_id", e.correlation_id)?,
         causation_id: id("causation_id", e.causation_id)?,
+        tags: e.tags,
         metadata: e.metadata,
         encrypted: e.encrypted,
         blob: e.blob,

@@ -22,6 +22,7 @@ pub(crate) const EVENT_ID: HeaderName = HeaderName::from_static("Varve-Event-Id"
 pub(crate) const CORRELATION_ID: HeaderName = HeaderName::from_static("Varve-Correlation-Id");
 pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static("Varve-Causation-Id");
 pub(crate) const METADATA: HeaderName = HeaderName::from_static("Varve-Metadata");
+pub(crate) const TAGS: HeaderName = HeaderName::from_static("Varve-Tags");
 pub(crate) const GROUP: HeaderName = HeaderName::from_static("Varve-Group");
 pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
 
@@ -124,6 +125,16 @@ pub(crate) fn headers(event: &StoredEvent, type_id: u32, group_last: u64) -> Hea
         }
         h.insert(METADATA, text);
     }
+    if !event.tags.is_empty() {
+        let mut text = String::new();
+        for (i, tag) in event.tags.iter().enumerate() {
+            if i > 0 {
+                text.push('&');
+            }
+            encode(tag, &mut text);
+        }
+        h.insert(TAGS, text);
+    }
     h.insert(GROUP, group_last.to_string());
     h
 }
@@ -190,6 +201,12 @@ pub(crate) fn decode_event(
             metadata.push((k, v));
         }
     }
+    let mut tags = Vec::new();
+    if let Some(v) = text(TAGS) {
+        for tag in v.split('&') {
+            tags.push(decode(tag).ok_or_else(|| bad(format!("a malformed {TAGS} tag {tag:?}")))?);
+        }
+    }
     let blob_ref = text(BLOB_REF)
         .map(|v| unhex(v).ok_or_else(|| bad(format!("a malformed {BLOB_REF}"))))
         .transpose()?;
@@ -215,6 +232,7 @@ pub(crate) fn decode_event(
         event_id: id(EVENT_ID)?,
         correlation_id: id(CORRELATION_ID)?,
         causation_id: id(CAUSATION_ID)?,
+        tags,
         metadata,
         encrypted: flag(ENCRYPTED),
         blob: flag(BLOB),
@@ -259,6 +277,7 @@ mod tests {
             )),
             correlation_id: None,
             causation_id: Some(EventId::from_u128(9)),
+            tags: vec!["account:42".into(), "a&b ü".into()],
             metadata: vec![
                 ("tenant".into(), "a&b=c".into()),
                 ("".into(), "ünïcode\r\n".into()),
@@ -294,13 +313,13 @@ mod tests {
         /// `BadMessage`, never a panic.
         #[test]
         fn any_headers_decode_or_fail_cleanly(
-            values in proptest::collection::vec("[ -~]{0,40}", 17),
+            values in proptest::collection::vec("[ -~]{0,40}", 18),
             seq in 0u64..5,
         ) {
             let names = [
                 SEQ, STREAM, VERSION, TIMESTAMP, TYPE, TYPE_VERSION, TYPE_CONTAINER, TYPE_ID,
                 ENCRYPTED, BLOB, BLOB_REF, EVENT_ID, CORRELATION_ID, CAUSATION_ID, METADATA,
-                GROUP, MSG_ID,
+                TAGS, GROUP, MSG_ID,
             ];
             let mut h = HeaderMap::new();
             for (name, value) in names.clone().into_iter().zip(&values) {
@@ -322,6 +341,7 @@ mod tests {
                 event_id: None,
                 correlation_id: None,
                 causation_id: None,
+                tags: Vec::new(),
                 metadata: Vec::new(),
                 encrypted: false,
                 blob: false,

@@ -98,6 +98,8 @@ pub struct StoredEvent {
     pub correlation_id: Option<EventId>,
     /// The causation id.
     pub causation_id: Option<EventId>,
+    /// The tags, in stored order (in the clear, even for an encrypted event).
+    pub tags: Vec<String>,
     /// The metadata pairs, in stored order (empty for an encrypted event, whose metadata is
     /// sealed with its payload).
     pub metadata: Vec<(String, String)>,
@@ -295,6 +297,7 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         event_id: section.event_id().map(EventId::from_u128),
         correlation_id: section.correlation_id().map(EventId::from_u128),
         causation_id: section.causation_id().map(EventId::from_u128),
+        tags: section.tags().map(str::to_owned).collect(),
         metadata,
         encrypted,
         blob: is_blob,
@@ -651,6 +654,19 @@ impl Importer {
                         &built.record,
                         pending.len() - i,
                     )?;
+                    for tag in &event.tags {
+                        dbs.tags
+                            .put(
+                                wtxn,
+                                &crate::storage::tags::index_key(
+                                    tag.as_bytes(),
+                                    type_id,
+                                    event.seq,
+                                ),
+                                &[],
+                            )
+                            .lmdb()?;
+                    }
                     if let Some(id) = event.event_id {
                         let id = id.as_u128();
                         if let Some(seq) = storage::event_id_seq(dbs, wtxn, id)? {
@@ -851,6 +867,7 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
         event_id: event.event_id.map(EventId::as_u128),
         correlation_id: event.correlation_id.map(EventId::as_u128),
         causation_id: event.causation_id.map(EventId::as_u128),
+        tags: event.tags.clone(),
         metadata: event.metadata.clone(),
     }
     .encode()?;
@@ -944,6 +961,7 @@ mod tests {
             ("types", dbs.types),
             ("type_ids", dbs.type_ids),
             ("event_ids", dbs.event_ids),
+            ("tags", dbs.tags),
         ] {
             for entry in db.iter(txn.raw()).unwrap() {
                 let (k, v) = entry.unwrap();
@@ -966,7 +984,9 @@ mod tests {
                     n: i % 4,
                     body: vec![(i % 4) as u8; 3000],
                 };
-                let options = AppendOptions::new().metadata("plain", i.to_string());
+                let options = AppendOptions::new()
+                    .metadata("plain", i.to_string())
+                    .tag(format!("n:{}", i % 4));
                 w.append_with(
                     10 + u128::from(i % 3),
                     ExpectedVersion::Auto,
@@ -983,6 +1003,7 @@ mod tests {
             let len = [8, 2000, 70_000][(i % 3) as usize];
             let options = AppendOptions::new()
                 .event_id(crate::EventId::from_u128(u128::from(i) + 1))
+                .tags([format!("i:{}", i % 9), "sealed".to_owned()])
                 .metadata("i", i.to_string());
             let event = Ev {
                 n: i,

@@ -121,6 +121,30 @@ impl AppendOptions {
         self
     }
 
+    /// Adds a tag: a domain identifier such as `account:42` (1 to 255 bytes of UTF-8, at most
+    /// 255 per event; a tag given twice is kept once). Tags are indexed in the append's
+    /// transaction, so that a [`Query`](crate::Query) finds the events that carry them in a few
+    /// B-tree descents, and a conditional append
+    /// ([`Writer::append_if`](crate::Writer::append_if)) checks them. Like the ids they stay in
+    /// the clear in an encrypted store, and a shred leaves them: do not put secrets in tags.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        let tag = tag.into();
+        if !self.fields.tags.contains(&tag) {
+            self.fields.tags.push(tag);
+        }
+        self
+    }
+
+    /// Adds several tags (see [`tag`](Self::tag)).
+    pub fn tags<T: Into<String>>(self, tags: impl IntoIterator<Item = T>) -> Self {
+        tags.into_iter().fold(self, |o, t| o.tag(t))
+    }
+
+    /// The tags set, in order.
+    pub fn get_tags(&self) -> &[String] {
+        &self.fields.tags
+    }
+
     /// Adds a metadata pair. Pairs keep their order; a key may repeat (`get` finds the first).
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.fields.metadata.push((key.into(), value.into()));

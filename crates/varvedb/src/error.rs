@@ -99,6 +99,30 @@ pub enum Error {
         max: usize,
     },
 
+    /// A tag is empty, longer than 255 bytes, repeated on one event, or one of more than 255
+    /// tags on one event. Nothing was written.
+    #[error("invalid tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag given.
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A conditional append ([`Writer::append_if`](crate::Writer::append_if)) found an event
+    /// matching its query after the position it was given: the decision it carries was made
+    /// on facts that changed. Nothing was written; read again and decide again.
+    #[error(
+        "append condition failed: the event at sequence {seq} matches the query, after {}",
+        match after { Some(a) => format!("sequence {a}"), None => "the start of the log".into() }
+    )]
+    ConditionFailed {
+        /// The position the append was conditional on (`None`: the whole log).
+        after: Option<u64>,
+        /// The first matching event after it.
+        seq: u64,
+    },
+
     /// An append carries an event id that the store already has for another event (another
     /// stream, position or payload), or that only some of a batch's events already had.
     /// Nothing was written. A retry of the very same append is not this error: it returns the

@@ -222,6 +222,8 @@ pub use processor::{
 pub use projection::{Model, Projection, ProjectionHandler};
 pub use raw::{RawEvent, RawReader, StreamSummary};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
+pub use storage::envelope::Tags;
+pub use storage::tags::{Query, QueryItem};
 pub use storage::{
     Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, ReadTxn, ShredReport, Stats,
     Storage, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,

@@ -16,9 +16,10 @@ use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
 use crate::storage::crypto::{self, StreamKey};
-use crate::storage::envelope::Section;
+use crate::storage::envelope::{Section, Tags};
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{self, RecordHeader};
+use crate::storage::tags::{Query, QueryIter};
 use crate::storage::types::{self, TypeKey};
 use crate::storage::{self, ReadTxn, Storage, blob, chain, keys};
 
@@ -132,6 +133,12 @@ impl<'t> RawEvent<'t> {
     /// The causation id its append gave, if any.
     pub fn causation_id(&self) -> Option<EventId> {
         self.envelope.causation_id().map(EventId::from_u128)
+    }
+
+    /// Its tags, in the order its append gave them (in the clear, even for an encrypted or
+    /// shredded event).
+    pub fn tags(&self) -> Tags<'t> {
+        self.envelope.tags()
     }
 
     /// Its metadata pairs (for an encrypted event, decrypted; none if it cannot be).
@@ -427,6 +434,21 @@ impl RawReader {
         let raw = txn.raw();
         let storage = self.storage.clone();
         storage::log_from(check, self.storage.dbs(), raw, from_seq)
+            .map(move |entry| entry.and_then(|(seq, value)| raw_at(&storage, raw, seq, value)))
+    }
+
+    /// The events matching `query` from global sequence `from_seq` on, in global order (see
+    /// [`Reader::read_query`](crate::Reader::read_query)).
+    pub fn read_query<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        query: &Query,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<RawEvent<'t>>> + 't {
+        let check = self.storage.check_txn(txn);
+        let raw = txn.raw();
+        let storage = self.storage.clone();
+        QueryIter::open(check, self.storage.dbs(), raw, query, from_seq)
             .map(move |entry| entry.and_then(|(seq, value)| raw_at(&storage, raw, seq, value)))
     }
 

@@ -18,9 +18,10 @@ use crate::error::{Error, Result};
 use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
 use crate::storage::crypto::{self, StreamKey};
-use crate::storage::envelope::Section;
+use crate::storage::envelope::{Section, Tags};
 use crate::storage::pack::LogIter;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
+use crate::storage::tags::{Query, QueryIter};
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
@@ -314,6 +315,12 @@ impl<'t, E: Archive> EventRef<'t, E> {
     /// The causation id its append gave, if any.
     pub fn causation_id(&self) -> Option<EventId> {
         self.envelope.causation_id().map(EventId::from_u128)
+    }
+
+    /// Its tags, in the order its append gave them (in the clear, even for an encrypted or
+    /// shredded event).
+    pub fn tags(&self) -> Tags<'t> {
+        self.envelope.tags()
     }
 
     /// Its metadata pairs (empty if its append gave none).
@@ -610,6 +617,34 @@ impl<E: ValidateEvent + Event> Reader<E> {
             tally: ReadTally::default(),
             _event: PhantomData,
         }
+    }
+
+    /// The events matching `query` from global sequence `from_seq` on, in global order,
+    /// zero-copy: the read half of a DCB decision (see
+    /// [`Writer::append_if`](crate::Writer::append_if)).
+    ///
+    /// A query whose items all name tags is answered by the tag index (a descent per match and
+    /// per tag); an item without tags filters the log from `from_seq` on. An event of a type
+    /// this reader does not know is reported as [`Error::TypeMismatch`] and the iteration goes
+    /// on, as in [`read_all`](Self::read_all).
+    pub fn read_query<'t>(
+        &self,
+        txn: &'t ReadTxn,
+        query: &Query,
+        from_seq: u64,
+    ) -> impl Iterator<Item = Result<EventRef<'t, E>>> + 't {
+        let dbs = *self.storage.dbs();
+        let check = self.storage.check_txn(txn);
+        let raw = txn.raw();
+        let state = Arc::clone(&self.state);
+        let metrics = self.storage.clone();
+        QueryIter::open(check, &dbs, raw, query, from_seq).map(move |entry| {
+            let (seq, record) = entry?;
+            let m = metrics.metrics();
+            m.read_events.inc();
+            m.read_bytes.inc_by(record.len() as u64);
+            event_at(&dbs, raw, &state, seq, record, false)
+        })
     }
 }
 

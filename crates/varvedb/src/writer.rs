@@ -9,7 +9,7 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
-use crate::commit::{Blob, Committer, Outcome, Prepared, StreamAppend};
+use crate::commit::{Blob, Committer, Condition, Outcome, Prepared, StreamAppend};
 use crate::envelope::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
@@ -17,6 +17,7 @@ use crate::storage::Storage;
 use crate::storage::blob::{self, BlobRef};
 use crate::storage::envelope;
 use crate::storage::record::{self, HEADER_LEN};
+use crate::storage::tags::Query;
 use crate::storage::types::TypeKey;
 
 /// The stream id reserved for VarveDB's own use.
@@ -188,6 +189,105 @@ impl<E: SerializeEvent + Event> Writer<E> {
         self.submit(prepared)
     }
 
+    /// Appends atomically if no event after `after` matches `query`: the conditional append of
+    /// Dynamic Consistency Boundaries (DCB).
+    ///
+    /// A decision reads the events that matter to it (with
+    /// [`Reader::read_query`](crate::Reader::read_query) and the same query), notes the
+    /// position it read up to, decides, and appends on the condition that nothing it read has
+    /// changed since: if an event matching `query` was appended after `after` (`None`: anywhere
+    /// in the log), this fails with [`Error::ConditionFailed`], naming the first such event, and
+    /// writes nothing. The condition is checked inside the commit, in the same transaction as
+    /// the write, so that no append can come between, and group commit batches conditional
+    /// appends like any other. A query whose items all name tags is answered by the tag index,
+    /// in a few B-tree descents per item, tag and type; an item without tags reads the log past
+    /// `after`.
+    ///
+    /// Each entry is a stream's events with its expectation and options, as in
+    /// [`append_multi_with`](Self::append_multi_with) (empty options: none); give
+    /// [`ExpectedVersion::Auto`] where only the condition matters. Tags are set with
+    /// [`AppendOptions::tag`]. An append whose event ids the store has is a retry and gets its
+    /// original answer, whatever the condition says.
+    ///
+    /// ```
+    /// # use varvedb::*;
+    /// # #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    /// # struct Deposited { cents: u64 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let storage = Storage::open(StorageConfig { path: dir.path().into(), ..Default::default() }).unwrap();
+    /// let writer = Writer::<Deposited>::new(storage.clone());
+    /// let query = Query::new().types(["Deposited"]).tags(["account:42"]);
+    /// let tagged = [AppendOptions::new().tag("account:42")];
+    /// let first = writer
+    ///     .append_if(&query, None, &[(7, ExpectedVersion::Auto, &[Deposited { cents: 5 }], &tagged)])
+    ///     .unwrap();
+    /// // A decision that read nothing of account 42 is now stale.
+    /// let stale = writer.append_if(&query, None, &[(7, ExpectedVersion::Auto, &[Deposited { cents: 1 }], &tagged)]);
+    /// assert!(matches!(stale, Err(Error::ConditionFailed { seq, .. }) if seq == first[0].seq));
+    /// // One that read up to the last event appends.
+    /// writer
+    ///     .append_if(&query, Some(first[0].seq), &[(7, ExpectedVersion::Auto, &[Deposited { cents: 1 }], &tagged)])
+    ///     .unwrap();
+    /// ```
+    pub fn append_if(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<Appended>> {
+        let prepared = self.prepare_conditional(appends)?;
+        self.submit_if(
+            prepared,
+            Some(Condition {
+                query: query.clone(),
+                after,
+            }),
+        )
+    }
+
+    /// [`append_if`](Self::append_if) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_if_async(
+        &self,
+        query: &Query,
+        after: Option<u64>,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<Appended>> {
+        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+        self.check_batch(total)?;
+        let mut prepared = Vec::with_capacity(appends.len());
+        for (stream_id, expected, events, options) in appends {
+            prepared.push(
+                self.prepare_stream_async(*stream_id, *expected, events, options)
+                    .await?,
+            );
+        }
+        self.storage.check_writable()?;
+        let rx = Committer::of(&self.storage)?.queue().submit_async(
+            prepared,
+            Some(Condition {
+                query: query.clone(),
+                after,
+            }),
+        )?;
+        rx.await
+            .unwrap_or_else(|_| Err(crate::commit::committer_gone()))
+    }
+
+    fn prepare_conditional(
+        &self,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<StreamAppend>> {
+        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+        self.check_batch(total)?;
+        appends
+            .iter()
+            .map(|(stream_id, expected, events, options)| {
+                self.prepare_stream(*stream_id, *expected, events, options)
+            })
+            .collect()
+    }
+
     /// [`append_with`](Self::append_with) for async callers (see
     /// [`append_async`](Self::append_async)).
     pub async fn append_with_async(
@@ -263,6 +363,24 @@ impl<E: SerializeEvent + Event> Writer<E> {
         self.submit_async(prepared).await
     }
 
+    /// [`append_multi_with`](Self::append_multi_with) for async callers (see
+    /// [`append_async`](Self::append_async)).
+    pub async fn append_multi_with_async(
+        &self,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<Appended>> {
+        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+        self.check_batch(total)?;
+        let mut prepared = Vec::with_capacity(appends.len());
+        for (stream_id, expected, events, options) in appends {
+            prepared.push(
+                self.prepare_stream_async(*stream_id, *expected, events, options)
+                    .await?,
+            );
+        }
+        self.submit_async(prepared).await
+    }
+
     /// Waits until every append made so far (through any handle of this store) is answered
     /// and durable; see [`Storage::flush`].
     pub fn flush(&self) -> Result<()> {
@@ -277,19 +395,23 @@ impl<E: SerializeEvent + Event> Writer<E> {
 
     /// Hands one atomic append to the committer and waits for its answer.
     fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
+        self.submit_if(appends, None)
+    }
+
+    fn submit_if(&self, appends: Vec<StreamAppend>, condition: Option<Condition>) -> Outcome {
         // A poisoned store refuses at once, without a trip through the queue.
         self.storage.check_writable()?;
         let holds_snapshot = self.storage.held_by_current_thread();
         Committer::of(&self.storage)?
             .queue()
-            .submit(appends, holds_snapshot)
+            .submit(appends, condition, holds_snapshot)
     }
 
     async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
         self.storage.check_writable()?;
         let rx = Committer::of(&self.storage)?
             .queue()
-            .submit_async(appends)?;
+            .submit_async(appends, None)?;
         rx.await
             .unwrap_or_else(|_| Err(crate::commit::committer_gone()))
     }

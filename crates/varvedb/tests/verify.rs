@@ -130,7 +130,8 @@ fn a_sound_store_is_clean_and_counted() {
             (VerifyPhase::StreamHeads, 3),
             (VerifyPhase::Blobs, 6),
             (VerifyPhase::BlobRefs, 6),
-            (VerifyPhase::EventIds, 0)
+            (VerifyPhase::EventIds, 0),
+            (VerifyPhase::Tags, 0),
         ]
     );
     drop(storage);

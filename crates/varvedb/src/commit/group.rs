@@ -14,7 +14,7 @@ use rkyv::util::AlignedVec;
 use std::sync::Arc;
 
 use super::queue::{Outcome, Request};
-use super::{Blob, Prepared, StreamAppend};
+use super::{Blob, Condition, Prepared, StreamAppend};
 use crate::error::{Error, Result};
 use crate::event_id::EventId;
 use crate::expected::Appended;
@@ -27,6 +27,7 @@ use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::pack::PackWriter;
 use crate::storage::record::HEADER_LEN;
 use crate::storage::record::{self, RecordHeader};
+use crate::storage::tags;
 use crate::storage::types::{self, TypeKey};
 use crate::storage::{Dbs, Storage, keys, stream_head};
 
@@ -272,6 +273,7 @@ fn encrypt(
         event_id: section.event_id(),
         correlation_id: section.correlation_id(),
         causation_id: section.causation_id(),
+        tags: section.tags().map(str::to_owned).collect(),
         metadata: Vec::new(),
     }
     .encode()?;
@@ -454,12 +456,45 @@ fn check_ids(
     Ok(Some(Verdict::Replay(answers)))
 }
 
+/// Checks a conditional append's query: no event after its position may match. The index is
+/// written with each event, so it shows the group's earlier requests; a query that reads the log
+/// first writes the group's pending pack.
+fn check_condition(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    pending: &mut Pending<'_>,
+    condition: &Condition,
+) -> Result<()> {
+    let from = match condition.after {
+        None => 0,
+        Some(after) => match after.checked_add(1) {
+            Some(from) => from,
+            None => return Ok(()),
+        },
+    };
+    let resolved = condition.query.resolve(dbs, wtxn)?;
+    if resolved.reads_log() {
+        pending.flush(dbs, wtxn)?;
+    }
+    match resolved.first_match(dbs, wtxn, from)? {
+        None => Ok(()),
+        Some(seq) => Err(Error::ConditionFailed {
+            after: condition.after,
+            seq,
+        }),
+    }
+}
+
 /// Checks one request's expectations against the heads, without writing anything.
 ///
 /// It reads the log only for an idempotent retry (after writing the group's pending pack) and
 /// for a stream's spine when its head has none. A head gets its spine before its stream's first
 /// record goes into the pending pack (`apply`), so a spine is only ever read from records
 /// already in the log.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the commit's context, passed down once"
+)]
 fn check(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
@@ -468,10 +503,15 @@ fn check(
     crypto: &Crypto,
     encrypt_new: bool,
     appends: &[StreamAppend],
+    condition: Option<&Condition>,
 ) -> Result<Verdict> {
-    // A retry of an append the store already has is answered whatever its expectation says.
+    // A retry of an append the store already has is answered whatever its expectation (or
+    // condition: its own events match it) says.
     if let Some(verdict) = check_ids(dbs, wtxn, pending, crypto, appends)? {
         return Ok(verdict);
+    }
+    if let Some(condition) = condition {
+        check_condition(dbs, wtxn, pending, condition)?;
     }
     // A stream may appear twice in one request: the second entry sees the first one's events.
     // (A map, not a list: a request may carry thousands of streams.)
@@ -618,6 +658,11 @@ fn apply(
                 links,
             };
             record::seal(record, payload_len, digest, &header);
+            if flags & envelope::FLAG_ENVELOPE != 0 {
+                let body = &record[HEADER_LEN..HEADER_LEN + payload_len as usize];
+                let (section, _) = envelope::split(*seq, flags, body)?;
+                tags::put(dbs, wtxn, section.tags(), event.type_id, *seq)?;
+            }
             pending.push(dbs, wtxn, *seq, record)?;
             tally.events += 1;
             tally.bytes += record.len() as u64;
@@ -732,6 +777,7 @@ pub(crate) fn commit_group(
                 storage.crypto(),
                 encrypt_new,
                 &request.appends,
+                request.condition.as_ref(),
             ) {
                 Ok(Verdict::Replay(answers)) => {
                     tally.idempotent_hits += 1;
@@ -755,7 +801,10 @@ pub(crate) fn commit_group(
                 }
                 Err(e) if e.is_lmdb() => return Err(e),
                 Err(e) => {
-                    if matches!(e, Error::ConcurrencyConflict { .. }) {
+                    if matches!(
+                        e,
+                        Error::ConcurrencyConflict { .. } | Error::ConditionFailed { .. }
+                    ) {
                         tally.conflicts += 1;
                     }
                     pending.skip(events);

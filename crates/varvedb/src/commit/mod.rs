@@ -64,6 +64,12 @@ impl Blob {
     }
 }
 
+/// The condition of a conditional append: no event after `after` matches `query`.
+pub(crate) struct Condition {
+    pub(crate) query: crate::storage::tags::Query,
+    pub(crate) after: Option<u64>,
+}
+
 /// The events of one stream inside an atomic append.
 pub(crate) struct StreamAppend {
     pub(crate) stream_id: u128,

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::group;
-use super::{StreamAppend, lock};
+use super::{Condition, StreamAppend, lock};
 use crate::error::{Error, Result};
 use crate::expected::Appended;
 use crate::storage::{Storage, WeakStorage, health};
@@ -119,6 +119,8 @@ impl Drop for Reply {
 /// One atomic append (every stream's events, or none), or, with no appends, a flush request.
 pub(crate) struct Request {
     pub(crate) appends: Vec<StreamAppend>,
+    /// A conditional append's condition, checked in the commit.
+    pub(crate) condition: Option<Condition>,
     reply: Reply,
     /// The appending thread holds a snapshot of the store while it waits: a growth of the map
     /// would wait for that snapshot, and so for this append's own answer.
@@ -173,7 +175,12 @@ pub(crate) struct CommitQueue {
 impl CommitQueue {
     /// Queues `appends` and blocks the calling thread until they are committed (or fail).
     /// `holds_snapshot`: the calling thread holds a snapshot of the store.
-    pub(crate) fn submit(&self, appends: Vec<StreamAppend>, holds_snapshot: bool) -> Outcome {
+    pub(crate) fn submit(
+        &self,
+        appends: Vec<StreamAppend>,
+        condition: Option<Condition>,
+        holds_snapshot: bool,
+    ) -> Outcome {
         let slot = {
             let mut state = lock(&self.state);
             if let Some(refusal) = state.refusal() {
@@ -186,6 +193,7 @@ impl CommitQueue {
             });
             state.pending.push_back(Request {
                 appends,
+                condition,
                 reply: Reply::Sync(Arc::clone(&slot)),
                 holds_snapshot,
             });
@@ -197,13 +205,14 @@ impl CommitQueue {
 
     /// Blocks until every append queued before this call is answered and durable.
     pub(crate) fn submit_flush(&self) -> Outcome {
-        self.submit(Vec::new(), false)
+        self.submit(Vec::new(), None, false)
     }
 
     /// Queues `appends` for a task; the answer arrives on the returned receiver.
     pub(crate) fn submit_async(
         &self,
         appends: Vec<StreamAppend>,
+        condition: Option<Condition>,
     ) -> Result<tokio::sync::oneshot::Receiver<Outcome>> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
@@ -214,6 +223,7 @@ impl CommitQueue {
             // A task may hold a snapshot, but not pinned to this thread: not flagged.
             state.pending.push_back(Request {
                 appends,
+                condition,
                 reply: Reply::Async(Some(tx)),
                 holds_snapshot: false,
             });

@@ -175,6 +175,7 @@ pub(super) fn open(
             let event_ids =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENT_IDS))?;
             let parked = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::PARKED))?;
+            let tags = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TAGS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -193,7 +194,7 @@ pub(super) fn open(
                 blob_refs,
                 cursors,
                 keystore,
-                (types, type_ids, event_ids, parked),
+                (types, type_ids, event_ids, parked, tags),
                 meta,
             )))
         })
@@ -205,7 +206,7 @@ pub(super) fn open(
         blob_refs,
         cursors,
         keystore,
-        (types, type_ids, event_ids, parked),
+        (types, type_ids, event_ids, parked, tags),
         meta,
     )) = created;
     let page_size = {
@@ -223,6 +224,7 @@ pub(super) fn open(
         type_ids,
         event_ids,
         parked,
+        tags,
         meta,
         page_size,
     };

@@ -4,15 +4,18 @@
 //! ```text
 //! 0   u32   section length E (LE): a multiple of 16, this field and the padding included
 //! 4   u8    fields: 0x01 event id, 0x02 correlation id, 0x04 causation id
-//! 5   u8    reserved, zero
+//! 5   u8    tags T
 //! 6   u16   metadata pairs N (LE)
 //! 8   u64   reserved, zero
 //! 16  u128  event id (LE), if 0x01; then the correlation id, if 0x02; then the causation id
+//! ..        T tags: [u8 length][tag], UTF-8, 1 to 255 bytes, distinct
 //! ..        N pairs: [u16 key length][u16 value length][key][value], UTF-8
 //! ..        zero padding to E
 //! ```
 //! Because E is a multiple of 16, the payload after it stays 16-aligned (zero-copy reads). A
-//! record without the flag has no section: an event without ids or metadata costs nothing.
+//! record without the flag has no section: an event without ids, tags or metadata costs
+//! nothing. Ids and tags stay in the clear in an encrypted record (they are index keys); the
+//! metadata pairs are sealed with the payload.
 
 use crate::error::{Error, Result};
 
@@ -25,6 +28,10 @@ const HAS_EVENT_ID: u8 = 0x01;
 const HAS_CORRELATION: u8 = 0x02;
 const HAS_CAUSATION: u8 = 0x04;
 const FIXED_LEN: usize = 16;
+/// The longest tag, in bytes.
+pub(crate) const TAG_BYTES_MAX: usize = 255;
+/// The most tags one event carries.
+pub(crate) const TAGS_MAX: usize = 255;
 
 /// What an envelope section holds, to encode.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,7 +39,35 @@ pub(crate) struct Fields {
     pub(crate) event_id: Option<u128>,
     pub(crate) correlation_id: Option<u128>,
     pub(crate) causation_id: Option<u128>,
+    /// Distinct, each 1 to [`TAG_BYTES_MAX`] bytes, at most [`TAGS_MAX`] (checked by
+    /// [`check_tags`] before encoding).
+    pub(crate) tags: Vec<String>,
     pub(crate) metadata: Vec<(String, String)>,
+}
+
+/// Checks an event's tags: each 1 to [`TAG_BYTES_MAX`] bytes, at most [`TAGS_MAX`] of them.
+pub(crate) fn check_tags(tags: &[String]) -> Result<()> {
+    let bad = |tag: &str, reason: String| {
+        Err(Error::InvalidTag {
+            tag: tag.to_owned(),
+            reason,
+        })
+    };
+    if tags.len() > TAGS_MAX {
+        return bad(
+            &tags[TAGS_MAX],
+            format!("an event carries at most {TAGS_MAX} tags"),
+        );
+    }
+    for (i, tag) in tags.iter().enumerate() {
+        if tag.is_empty() || tag.len() > TAG_BYTES_MAX {
+            return bad(tag, format!("a tag is 1 to {TAG_BYTES_MAX} bytes long"));
+        }
+        if tags[..i].contains(tag) {
+            return bad(tag, "the event carries this tag twice".into());
+        }
+    }
+    Ok(())
 }
 
 impl Fields {
@@ -40,6 +75,7 @@ impl Fields {
         self.event_id.is_none()
             && self.correlation_id.is_none()
             && self.causation_id.is_none()
+            && self.tags.is_empty()
             && self.metadata.is_empty()
     }
 
@@ -48,8 +84,12 @@ impl Fields {
         if self.is_empty() {
             return Ok(Vec::new());
         }
+        check_tags(&self.tags)?;
         let ids = [self.event_id, self.correlation_id, self.causation_id];
         let mut len = FIXED_LEN + 16 * ids.iter().flatten().count();
+        for tag in &self.tags {
+            len += 1 + tag.len();
+        }
         for (k, v) in &self.metadata {
             len = len.saturating_add(4 + k.len() + v.len());
         }
@@ -74,11 +114,16 @@ impl Fields {
             }
         }
         out.push(fields);
-        out.push(0);
+        // At most TAGS_MAX (checked above).
+        out.push(self.tags.len() as u8);
         out.extend_from_slice(&pairs.to_le_bytes());
         out.extend_from_slice(&[0u8; 8]);
         for id in ids.into_iter().flatten() {
             out.extend_from_slice(&id.to_le_bytes());
+        }
+        for tag in &self.tags {
+            out.push(tag.len() as u8);
+            out.extend_from_slice(tag.as_bytes());
         }
         for (k, v) in &self.metadata {
             // Each fits in u16: the whole section is at most 64 KiB.
@@ -100,6 +145,28 @@ pub(crate) struct Section<'t>(&'t [u8]);
 impl<'t> Section<'t> {
     fn fields(&self) -> u8 {
         self.0.get(4).copied().unwrap_or(0)
+    }
+
+    fn tag_count(&self) -> u8 {
+        self.0.get(5).copied().unwrap_or(0)
+    }
+
+    /// The encoded tags: `[u8 length][tag]` each, checked by [`split`].
+    fn encoded_tags(&self) -> &'t [u8] {
+        let at = FIXED_LEN + 16 * self.fields().count_ones() as usize;
+        let mut end = at;
+        for _ in 0..self.tag_count() {
+            let Some(&len) = self.0.get(end) else { break };
+            end += 1 + usize::from(len);
+        }
+        self.0.get(at..end).unwrap_or(&[])
+    }
+
+    /// The event's tags, in the order they were given.
+    pub(crate) fn tags(&self) -> Tags<'t> {
+        Tags {
+            rest: self.encoded_tags(),
+        }
     }
 
     pub(crate) fn pair_count(&self) -> u16 {
@@ -141,8 +208,25 @@ impl<'t> Section<'t> {
 
     /// The encoded metadata pairs.
     fn pairs(&self) -> &'t [u8] {
-        let at = FIXED_LEN + 16 * self.fields().count_ones() as usize;
+        let at = FIXED_LEN + 16 * self.fields().count_ones() as usize + self.encoded_tags().len();
         self.0.get(at..).unwrap_or(&[])
+    }
+}
+
+/// The tags of an event, from a section that [`split`] checked.
+#[derive(Debug, Clone, Default)]
+pub struct Tags<'t> {
+    rest: &'t [u8],
+}
+
+impl<'t> Iterator for Tags<'t> {
+    type Item = &'t str;
+
+    fn next(&mut self) -> Option<&'t str> {
+        let (&len, rest) = self.rest.split_first()?;
+        let (tag, rest) = rest.split_at_checked(usize::from(len))?;
+        self.rest = rest;
+        std::str::from_utf8(tag).ok()
     }
 }
 
@@ -171,14 +255,29 @@ fn split_section(seq: u64, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
     if fields & !(HAS_EVENT_ID | HAS_CORRELATION | HAS_CAUSATION) != 0 {
         return Err(bad(&format!("unknown fields {fields:#04x}")));
     }
+    let tag_count = body[5];
     let pair_count = u16::from_le_bytes([body[6], body[7]]);
     let (section, payload) = body.split_at(len);
     let id_bytes = 16 * fields.count_ones() as usize;
     let ids = section
         .get(FIXED_LEN..FIXED_LEN + id_bytes)
         .ok_or_else(|| bad("ids past its end"))?;
-    let pairs = &section[FIXED_LEN + id_bytes..];
-    check_pairs(seq, pairs, pair_count)?;
+    let mut rest = &section[FIXED_LEN + id_bytes..];
+    let mut tags: Vec<&[u8]> = Vec::with_capacity(usize::from(tag_count));
+    for _ in 0..tag_count {
+        let (&tag_len, tail) = rest
+            .split_first()
+            .ok_or_else(|| bad("a tag past its end"))?;
+        let (tag, tail) = tail
+            .split_at_checked(usize::from(tag_len))
+            .ok_or_else(|| bad("a tag past its end"))?;
+        if tag.is_empty() || std::str::from_utf8(tag).is_err() || tags.contains(&tag) {
+            return Err(bad("an empty, repeated or non-UTF-8 tag"));
+        }
+        tags.push(tag);
+        rest = tail;
+    }
+    check_pairs(seq, rest, pair_count)?;
     debug_assert_eq!(ids.len(), id_bytes);
     Ok((Section(section), payload))
 }
@@ -231,6 +330,7 @@ mod tests {
             event_id: Some(7),
             correlation_id: None,
             causation_id: Some(u128::MAX),
+            tags: vec!["account:42".into(), "ü".into()],
             metadata: vec![
                 ("tenant".into(), "acme".into()),
                 ("".into(), "".into()),
@@ -248,6 +348,16 @@ mod tests {
         let (p, n) = section.encoded_pairs();
         let got: Vec<_> = pairs(p, n).collect();
         assert_eq!(got, [("tenant", "acme"), ("", ""), ("straße", "日本")]);
+        assert_eq!(section.tags().collect::<Vec<_>>(), ["account:42", "ü"]);
+        let tags_only = Fields {
+            tags: vec!["t".into()],
+            ..Default::default()
+        };
+        let body = tags_only.encode().unwrap();
+        let (section, _) = split(1, FLAG_ENVELOPE, &body).unwrap();
+        assert_eq!(section.tags().collect::<Vec<_>>(), ["t"]);
+        assert_eq!(section.encoded_pairs().1, 0);
+        assert_eq!(section.event_id(), None);
         assert!(Fields::default().encode().unwrap().is_empty());
     }
 
@@ -255,6 +365,7 @@ mod tests {
     fn damaged_sections_are_corrupt_never_a_panic() {
         let fields = Fields {
             event_id: Some(1),
+            tags: vec!["tag".into()],
             metadata: vec![("k".into(), "v".into())],
             ..Default::default()
         };
@@ -282,5 +393,15 @@ mod tests {
             fields.encode(),
             Err(Error::MetadataTooLarge { .. })
         ));
+        for tags in [vec![String::new()], vec!["x".repeat(256)], Vec::new()] {
+            let fields = Fields {
+                tags: tags.clone(),
+                event_id: Some(1),
+                ..Default::default()
+            };
+            assert_eq!(fields.encode().is_err(), !tags.is_empty(), "{tags:?}");
+        }
+        let many: Vec<String> = (0..256).map(|i| i.to_string()).collect();
+        assert!(matches!(check_tags(&many), Err(Error::InvalidTag { .. })));
     }
 }

@@ -24,6 +24,7 @@ pub(crate) mod record;
 mod registry;
 mod shred;
 mod stats;
+pub(crate) mod tags;
 mod txn;
 pub(crate) mod types;
 mod verify;
@@ -68,6 +69,7 @@ pub(crate) mod db_names {
     pub(crate) const TYPE_IDS: &str = "type_ids";
     pub(crate) const EVENT_IDS: &str = "event_ids";
     pub(crate) const PARKED: &str = "parked_events";
+    pub(crate) const TAGS: &str = "tags";
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
@@ -99,6 +101,8 @@ pub(crate) struct Dbs {
     pub(crate) event_ids: Raw,
     /// `consumer name ‖ 0x00 ‖ u64 BE seq` → reason (UTF-8): events a processor parked.
     pub(crate) parked: Raw,
+    /// `[u8 len][tag][u32 BE type id][u64 BE seq]` → empty: the tag index (see [`tags`]).
+    pub(crate) tags: Raw,
     /// `format_version` and other store-wide records.
     pub(crate) meta: Database<'static, Str, Bytes>,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).

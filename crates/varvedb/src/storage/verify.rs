@@ -60,6 +60,8 @@ pub struct VerifyReport {
     pub blob_references: u64,
     /// Events appended with an event id.
     pub event_ids: u64,
+    /// Tags on events (each an entry of the tag index).
+    pub tags: u64,
     /// Bytes of records and blobs read and checked.
     pub bytes_checked: u64,
     /// What is wrong, in the order found (at most [`VERIFY_PROBLEMS_MAX`]).
@@ -106,6 +108,8 @@ pub enum VerifyPhase {
     BlobRefs,
     /// The event-id index against the log.
     EventIds,
+    /// The tag index against the log.
+    Tags,
 }
 
 impl VerifyPhase {
@@ -117,6 +121,7 @@ impl VerifyPhase {
             VerifyPhase::Blobs => db_names::BLOBS,
             VerifyPhase::BlobRefs => db_names::BLOB_REFS,
             VerifyPhase::EventIds => db_names::EVENT_IDS,
+            VerifyPhase::Tags => db_names::TAGS,
         }
     }
 }
@@ -205,6 +210,7 @@ pub(crate) fn run(
     run.blob_store()?;
     run.reference_counts()?;
     run.event_id_index()?;
+    run.tag_index()?;
     Ok(run.report)
 }
 
@@ -395,6 +401,9 @@ impl<'a> Run<'a> {
                 if let Some(id) = section.event_id() {
                     run.event_id(seq, id)?;
                 }
+                for tag in section.tags() {
+                    run.tag(seq, tag, header.type_id)?;
+                }
                 // A shredded stream's blobs were released with its key: its records keep their
                 // references, to nothing.
                 if header.flags & FLAG_BLOB != 0
@@ -538,6 +547,52 @@ impl<'a> Run<'a> {
                     db_names::EVENT_IDS,
                     name,
                     format!("points at sequence {seq}, which has another id"),
+                ),
+            }
+            Ok(())
+        })
+    }
+
+    /// Each tag of a record must be in the tag index.
+    fn tag(&mut self, seq: u64, tag: &str, type_id: u32) -> Result<()> {
+        self.report.tags += 1;
+        let key = super::tags::index_key(tag.as_bytes(), type_id, seq);
+        if self.dbs.tags.get(self.txn, &key).lmdb()?.is_none() {
+            self.report.report(
+                db_names::EVENTS,
+                seq_key_name(seq),
+                format!("its tag {tag:?} is missing from the tag index"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Each entry of the tag index must point at a record of its type with its tag.
+    fn tag_index(&mut self) -> Result<()> {
+        let dbs = self.dbs;
+        self.pass(VerifyPhase::Tags, &dbs.tags, |run, key, _| {
+            let Some((tag, type_id, seq)) = super::tags::decode_key(key) else {
+                run.malformed_key(db_names::TAGS, key);
+                return Ok(());
+            };
+            let name = format!("{} @ {seq}", String::from_utf8_lossy(tag));
+            let found = match super::get_record(run.dbs, run.txn, seq)? {
+                None => None,
+                Some(value) => record::open(seq, value).ok().map(|(header, section, _)| {
+                    header.type_id == type_id && section.tags().any(|t| t.as_bytes() == tag)
+                }),
+            };
+            match found {
+                Some(true) => {}
+                None => run.report.report(
+                    db_names::TAGS,
+                    name,
+                    format!("points at sequence {seq}, which does not exist or is damaged"),
+                ),
+                Some(false) => run.report.report(
+                    db_names::TAGS,
+                    name,
+                    format!("sequence {seq} is not of type {type_id} with this tag"),
                 ),
             }
             Ok(())
