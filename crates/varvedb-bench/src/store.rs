@@ -63,6 +63,23 @@ pub trait BenchStore: Send + Sync {
         Ok(None)
     }
 
+    /// DCB: appends `events`, each carrying the tag `tag`, in one durable commit, if no event
+    /// of the bench type with `tag` came after the position `after` (`None`: ever). Returns the
+    /// position of the last event appended.
+    fn dcb_append(&self, tag: &str, after: Option<u64>, events: &[BenchEvent]) -> BenchResult<u64> {
+        let _ = (tag, after, events);
+        Err(BenchError::Unsupported(
+            "no tags, no conditional append on a query",
+        ))
+    }
+
+    /// DCB: reads the events of the bench type carrying `tag`, in global order; returns
+    /// (events, sum of amounts).
+    fn read_tag(&self, tag: &str) -> BenchResult<(u64, i64)> {
+        let _ = tag;
+        Err(BenchError::Unsupported("no tags, no query read"))
+    }
+
     /// `tasks` async tasks each append `per_task` single events to their own stream, on a
     /// tokio runtime; returns once all are acknowledged.
     fn async_appends(&self, tasks: usize, per_task: u32) -> BenchResult<()> {

@@ -322,6 +322,82 @@ pub(crate) fn dir_bytes(dir: &Path) -> BenchResult<u64> {
     Ok(total)
 }
 
+/// The tags of the DCB workloads (i).
+const DCB_TAGS: u64 = 1_000;
+/// Events in the store the DCB query reads run on, and tags read per run.
+const DCB_READ_EVENTS: u64 = 100_000;
+const DCB_READ_TAGS: u64 = 100;
+
+/// (i) DCB appends: `writers` threads each append single events, each tagged with one of its
+/// own tags and conditional on no event with that tag after the last one it wrote (UmaDB's own
+/// benchmark shape). Returns events per second.
+fn dcb_appends(store: &dyn BenchStore, o: &Options, writers: usize) -> BenchResult<Measured> {
+    let per_writer = if writers == 1 {
+        o.single_appends
+    } else {
+        o.appends_per_writer
+    };
+    let tags_each = (DCB_TAGS / writers as u64).max(1);
+    let barrier = Arc::new(Barrier::new(writers));
+    let elapsed = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|t| {
+                let barrier = Arc::clone(&barrier);
+                s.spawn(move || -> BenchResult<()> {
+                    let mut last: HashMap<u64, u64> = HashMap::new();
+                    let mut rng = Rng(t as u64 + 7);
+                    barrier.wait();
+                    for i in 0..per_writer {
+                        let k = rng.next() % tags_each;
+                        let tag = format!("tag-{t}-{k}");
+                        let e = event((t * per_writer + i) as u64);
+                        let at = store.dcb_append(
+                            &tag,
+                            last.get(&k).copied(),
+                            std::slice::from_ref(&e),
+                        )?;
+                        last.insert(k, at);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        for h in handles {
+            h.join()
+                .map_err(|_| BenchError::Failed("a writer thread panicked".into()))??;
+        }
+        Ok::<_, BenchError>(start.elapsed())
+    })?;
+    Ok(Measured::Rate(rate(writers * per_writer, elapsed)))
+}
+
+/// (i) DCB query reads: a store of [`DCB_READ_EVENTS`] events over [`DCB_TAGS`] tags (written
+/// in conditional batches of 100, not timed), then [`DCB_READ_TAGS`] tags read by query.
+fn dcb_query_reads(store: &dyn BenchStore, _o: &Options) -> BenchResult<Measured> {
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    let batch = 100u64;
+    for b in 0..DCB_READ_EVENTS / batch {
+        let k = b % DCB_TAGS;
+        let events: Vec<BenchEvent> = (0..batch).map(|i| event(b * batch + i)).collect();
+        let at = store.dcb_append(&format!("tag-{k}"), last.get(&k).copied(), &events)?;
+        last.insert(k, at);
+    }
+    let start = Instant::now();
+    let mut read = 0u64;
+    for k in 0..DCB_READ_TAGS {
+        let (n, _) = store.read_tag(&format!("tag-{}", k * (DCB_TAGS / DCB_READ_TAGS)))?;
+        if n != DCB_READ_EVENTS / DCB_TAGS {
+            return Err(BenchError::Failed(format!(
+                "tag {k} has {n} events, expected {}",
+                DCB_READ_EVENTS / DCB_TAGS
+            )));
+        }
+        read += n;
+    }
+    Ok(Measured::Rate(rate(read as usize, start.elapsed())))
+}
+
 type WriteFn = fn(&dyn BenchStore, &Options) -> BenchResult<Measured>;
 
 /// The write workloads, in table order: id, title, function.
@@ -378,6 +454,21 @@ fn write_workloads(o: &Options) -> Vec<(&'static str, String, WriteFn)> {
             "c1000_10k",
             "(c) batches of 1,000, 10K random streams".into(),
             |s, o| batches(s, o, 1_000, Some(TARGET_STREAMS)),
+        ),
+        (
+            "i_dcb_1",
+            "(i) DCB: 1 writer, single events, a condition on one of 1,000 tags".into(),
+            |s, o| dcb_appends(s, o, 1),
+        ),
+        (
+            "i_dcb_n",
+            format!("(i) DCB: {writers} writers, single events, a condition on one of their tags"),
+            |s, o| dcb_appends(s, o, o.writers),
+        ),
+        (
+            "i_query",
+            "(i) DCB: read 100 tags of 100 events by query, in 100K events".into(),
+            dcb_query_reads,
         ),
         (
             "h10k_append",

@@ -30,8 +30,8 @@ struct Args {
     #[arg(long)]
     read_events: Option<u64>,
     /// Run only these rows, by id, comma-separated (a_hot, a_random, b_hot, b_random, async,
-    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, h10k_append, h1m_append,
-    /// h_dedup, h10k_scan, h1m_scan, d_scan, e_point, f_stream).
+    /// c100_hot, c1000_hot, c100_random, c1000_random, c1000_10k, i_dcb_1, i_dcb_n, i_query,
+    /// h10k_append, h1m_append, h_dedup, h10k_scan, h1m_scan, d_scan, e_point, f_stream).
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
     /// Where the stores go: on a real disk, as flushes are part of the result.

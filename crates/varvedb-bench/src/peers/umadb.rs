@@ -350,6 +350,43 @@ impl BenchStore for UmaDb {
         Concurrency::GroupCommit
     }
 
+    fn dcb_append(&self, tag: &str, after: Option<u64>, events: &[BenchEvent]) -> BenchResult<u64> {
+        let query = DcbQuery::with_items([DcbQueryItem::new().types([EVENT_TYPE]).tags([tag])]);
+        let condition = DcbAppendCondition::new(query).after(after);
+        let events = events
+            .iter()
+            .map(|e| {
+                let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(e, Vec::new())
+                    .map_err(failed)?;
+                Ok(DcbEvent::new()
+                    .event_type(EVENT_TYPE)
+                    .tags([tag])
+                    .data(bytes))
+            })
+            .collect::<BenchResult<Vec<_>>>()?;
+        let (message, answer) = message(events, condition);
+        self.sender()?
+            .blocking_send(message)
+            .map_err(|_| BenchError::Failed("the writer thread stopped".into()))?;
+        answer
+            .blocking_recv()
+            .map_err(|_| BenchError::Failed("the writer thread dropped an append".into()))?
+            .map_err(conflict_or_failed)
+    }
+
+    fn read_tag(&self, tag: &str) -> BenchResult<(u64, i64)> {
+        let query = DcbQuery::with_items([DcbQueryItem::new().types([EVENT_TYPE]).tags([tag])]);
+        let (events, _) = self
+            .engine
+            .read_with_head(Some(query), None, false, None)
+            .map_err(failed)?;
+        let mut tally = Tally::default();
+        for e in &events {
+            tally.add(&e.event.data);
+        }
+        tally.finish()
+    }
+
     fn scan(&self) -> BenchResult<(u64, i64)> {
         let head = self.engine.head().map_err(failed)?.unwrap_or(0);
         let mut tally = Tally::default();

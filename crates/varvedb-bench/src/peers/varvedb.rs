@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use varvedb::{ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+use varvedb::{AppendOptions, ExpectedVersion, Query, Reader, Storage, StorageConfig, Writer};
 
 use crate::event::BenchEvent;
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
@@ -114,6 +114,35 @@ impl BenchStore for VarveDb {
         Ok((n, sum))
     }
 
+    fn dcb_append(&self, tag: &str, after: Option<u64>, events: &[BenchEvent]) -> BenchResult<u64> {
+        let query = Query::new().types(["BenchEvent"]).tags([tag]);
+        let options = vec![AppendOptions::new().tag(tag); events.len()];
+        let appended = self
+            .writer
+            .append_if(
+                &query,
+                after,
+                &[(tag_stream(tag), ExpectedVersion::Auto, events, &options)],
+            )
+            .map_err(failed)?;
+        appended
+            .last()
+            .map(|a| a.seq)
+            .ok_or_else(|| BenchError::Failed("an append of no events".into()))
+    }
+
+    fn read_tag(&self, tag: &str) -> BenchResult<(u64, i64)> {
+        let txn = self.storage.read_txn().map_err(failed)?;
+        let query = Query::new().types(["BenchEvent"]).tags([tag]);
+        let (mut n, mut sum) = (0, 0);
+        for event in self.reader.read_query(&txn, &query, 0) {
+            let event = event.map_err(failed)?;
+            n += 1;
+            sum += event.amount.to_native();
+        }
+        Ok((n, sum))
+    }
+
     fn async_appends(&self, tasks: usize, per_task: u32) -> BenchResult<()> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -141,4 +170,13 @@ impl BenchStore for VarveDb {
             Ok(())
         })
     }
+}
+
+/// The stream of a tag's events: the DCB workloads name tags, and a VarveDB event also belongs
+/// to a stream.
+fn tag_stream(tag: &str) -> u128 {
+    let hash = blake3::hash(tag.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash.as_bytes()[..16]);
+    u128::from_le_bytes(id) >> 1
 }
