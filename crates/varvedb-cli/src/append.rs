@@ -5,7 +5,9 @@
 //! text, validated and made compact. `read` and `tail` print their data as JSON; a Rust
 //! program reads them with `JsonEvent::data_of`.
 
-use varvedb::{ExpectedVersion, JsonEvent, RawEvent, Storage, StorageConfig, Writer};
+use varvedb::{
+    AppendOptions, ExpectedVersion, JsonEvent, RawEvent, Storage, StorageConfig, Writer,
+};
 
 /// What to append.
 #[derive(clap::Args)]
@@ -23,6 +25,9 @@ pub(crate) struct AppendArgs {
     /// The event's data: one JSON value.
     #[arg(long)]
     json: String,
+    /// A tag (a domain identifier such as `account:42`), repeatable: indexed, for queries.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
 }
 
 fn parse_expected(s: &str) -> Result<ExpectedVersion, String> {
@@ -53,7 +58,9 @@ pub(crate) fn run(
     })?;
     let event = JsonEvent::new(&args.event_type, value.to_string());
     let name = event.name();
-    let appended = Writer::<JsonEvent>::new(storage).append(args.stream, args.expect, &event)?;
+    let options = AppendOptions::new().tags(args.tags);
+    let appended =
+        Writer::<JsonEvent>::new(storage).append_with(args.stream, args.expect, &event, options)?;
     println!(
         "appended {name} to stream {:#x}: version {}, seq {}",
         args.stream, appended.version, appended.seq

@@ -118,6 +118,9 @@ pub(crate) fn text(e: &RawEvent<'_>) -> String {
             line.push_str(&format!(" {label} {id}"));
         }
     }
+    for tag in e.tags() {
+        line.push_str(&format!(" #{tag}"));
+    }
     for (k, v) in e.metadata().iter() {
         line.push_str(&format!(" {k}={v:?}"));
     }
@@ -151,9 +154,10 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
         .iter()
         .map(|(k, v)| format!("[{},{}]", quote(k), quote(v)))
         .collect();
+    let tags: Vec<String> = e.tags().map(quote).collect();
     // Stream ids are u128: a hex string, as JSON numbers lose precision past 2^53.
     format!(
-        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}{}}}",
+        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"tags\":[{}],\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}{}}}",
         e.seq(),
         e.stream_id(),
         e.version(),
@@ -164,6 +168,7 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
         id(e.event_id()),
         id(e.correlation_id()),
         id(e.causation_id()),
+        tags.join(","),
         metadata.join(","),
         e.payload_bytes().len(),
         e.is_blob(),

@@ -1040,3 +1040,63 @@ fn bad_arguments_exit_2_with_the_reason() {
     }
     assert!(!dir.path().join("store").exists());
 }
+
+#[test]
+fn tags_are_appended_printed_exported_and_imported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        s,
+        "append",
+        "--stream",
+        "1",
+        "--expect",
+        "none",
+        "--type",
+        "Opened",
+        "--json",
+        "{}",
+        "--tag",
+        "account:1",
+        "--tag",
+        "customer:7",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "read", "--json"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(r#""tags":["account:1","customer:7"]"#),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", s, "read"]);
+    assert!(ok && stdout.contains("#account:1 #customer:7"), "{stdout}");
+    // An empty tag is refused, one line, nothing written.
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "1", "--expect", "any", "--type", "X", "--json", "1",
+        "--tag", "",
+    ]);
+    assert!(!ok && stderr.contains("tag"), "{stderr}");
+
+    let export = dir.path().join("tags.jsonl");
+    let e = export.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", s, "export", e]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    assert!(
+        text.contains(r#""tags":["account:1","customer:7"]"#),
+        "{text}"
+    );
+    let restored = dir.path().join("restored");
+    let r = restored.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", r, "import", e]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, _) = varvedb(&["--path", r, "read", "--json"]);
+    assert!(
+        ok && stdout.contains(r#""tags":["account:1","customer:7"]"#),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", r, "verify"]);
+    assert!(ok, "{stdout}");
+}
