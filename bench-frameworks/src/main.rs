@@ -1,6 +1,7 @@
 //! Commands per second through cqrs-es 0.5's `CqrsFramework`, on VarveDB (`varvedb-cqrs`) and
 //! on SQLite (`sqlite-es`), in one run; medians of three runs each (`docs/performance.md`,
-//! "Framework backends").
+//! "Framework backends"). Then decisions per second through disintegrate (`dcb.rs`).
+//! `cargo run --release [-- cqrs|disintegrate]`.
 //!
 //! Workloads (every command loads its account from its events and commits one event):
 //! - `1 handler`: one task, 2,000 deposits over 100 accounts in turn;
@@ -9,6 +10,8 @@
 //! Backends: VarveDB (durable: each commit flushed), sqlite-es's default pool (WAL,
 //! `synchronous = NORMAL`, not flushed per commit), and sqlite-es with `synchronous = FULL`
 //! (flushed per commit, like VarveDB).
+
+mod dcb;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -131,6 +134,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    if which == "all" || which == "cqrs" {
+        cqrs().await;
+    }
+    if which == "all" || which == "disintegrate" {
+        dcb::run().await;
+    }
+}
+
+async fn cqrs() {
     for handlers in [1usize, 64] {
         let (mut varve, mut normal, mut full) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..3 {
