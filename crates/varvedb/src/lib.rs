@@ -101,6 +101,14 @@
 //! `examples/event_enum.rs`). To read events without their Rust type, or an old schema version,
 //! use [`Storage::raw_reader`] (`examples/upcasting.rs`).
 //!
+//! ## Tags, queries and conditional appends
+//!
+//! An event may carry tags ([`AppendOptions::tag`]), indexed in the append's transaction. A
+//! [`Query`] selects events by type and tag; [`Reader::read_query`] reads the matches in
+//! global order, zero-copy; [`Writer::append_if`] appends only if no event matching a query
+//! came after a position, checked inside the commit ([`Error::ConditionFailed`] otherwise):
+//! the conditional append of Dynamic Consistency Boundaries.
+//!
 //! ## Encryption and crypto-shredding
 //!
 //! With [`StorageConfig::encryption_enabled`] and a [`StorageConfig::master_key`], every new

@@ -213,7 +213,7 @@ impl<'t> Section<'t> {
     }
 }
 
-/// The tags of an event, from a section that [`split`] checked.
+/// The tags of an event, in the order its append gave them (from [`RawEvent::tags`](crate::RawEvent::tags) or [`EventRef::tags`](crate::EventRef::tags)).
 #[derive(Debug, Clone, Default)]
 pub struct Tags<'t> {
     rest: &'t [u8],
