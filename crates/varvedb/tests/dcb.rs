@@ -68,10 +68,16 @@ fn tags_are_stored_read_back_and_queried_by_type_and_tag() {
     assert_eq!(raw.tags().collect::<Vec<_>>(), ["account:2", "customer:7"]);
     assert_eq!(reader.get(&txn, s6).unwrap().unwrap().tags().count(), 0);
 
-    // The example: OR between items, AND within one.
+    // The example: OR between items, AND within one (slices or arrays alike).
     let money = Query::new()
-        .types(["Deposited", "Withdrawn"])
-        .tags(["account:1"]);
+        .types(&["Deposited", "Withdrawn"])
+        .tags(&["account:1"]);
+    assert_eq!(
+        money,
+        Query::new()
+            .types(["Deposited", "Withdrawn"])
+            .tags(vec!["account:1".to_string()])
+    );
     assert_eq!(seqs(&storage, &money, 0), [s2, s5]);
     // Every event of a tag, of any type, in global order.
     assert_eq!(
