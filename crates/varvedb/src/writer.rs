@@ -178,14 +178,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         &self,
         appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
     ) -> Result<Vec<Appended>> {
-        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
-        self.check_batch(total)?;
-        let prepared = appends
-            .iter()
-            .map(|(stream_id, expected, events, options)| {
-                self.prepare_stream(*stream_id, *expected, events, options)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let prepared = self.prepare_multi_with(appends)?;
         self.submit(prepared)
     }
 
@@ -235,7 +228,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         after: Option<u64>,
         appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
     ) -> Result<Vec<Appended>> {
-        let prepared = self.prepare_conditional(appends)?;
+        let prepared = self.prepare_multi_with(appends)?;
         self.submit_if(
             prepared,
             Some(Condition {
@@ -253,28 +246,16 @@ impl<E: SerializeEvent + Event> Writer<E> {
         after: Option<u64>,
         appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
     ) -> Result<Vec<Appended>> {
-        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
-        self.check_batch(total)?;
-        let mut prepared = Vec::with_capacity(appends.len());
-        for (stream_id, expected, events, options) in appends {
-            prepared.push(
-                self.prepare_stream_async(*stream_id, *expected, events, options)
-                    .await?,
-            );
-        }
-        self.storage.check_writable()?;
-        let rx = Committer::of(&self.storage)?.queue().submit_async(
-            prepared,
-            Some(Condition {
-                query: query.clone(),
-                after,
-            }),
-        )?;
-        rx.await
-            .unwrap_or_else(|_| Err(crate::commit::committer_gone()))
+        let prepared = self.prepare_multi_with_async(appends).await?;
+        let condition = Condition {
+            query: query.clone(),
+            after,
+        };
+        self.submit_async_if(prepared, Some(condition)).await
     }
 
-    fn prepare_conditional(
+    /// The prepared streams of an `append_multi_with` (or `append_if`).
+    fn prepare_multi_with(
         &self,
         appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
     ) -> Result<Vec<StreamAppend>> {
@@ -286,6 +267,24 @@ impl<E: SerializeEvent + Event> Writer<E> {
                 self.prepare_stream(*stream_id, *expected, events, options)
             })
             .collect()
+    }
+
+    /// [`prepare_multi_with`](Self::prepare_multi_with), hashing large payloads on tokio's
+    /// blocking pool.
+    async fn prepare_multi_with_async(
+        &self,
+        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
+    ) -> Result<Vec<StreamAppend>> {
+        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
+        self.check_batch(total)?;
+        let mut prepared = Vec::with_capacity(appends.len());
+        for (stream_id, expected, events, options) in appends {
+            prepared.push(
+                self.prepare_stream_async(*stream_id, *expected, events, options)
+                    .await?,
+            );
+        }
+        Ok(prepared)
     }
 
     /// [`append_with`](Self::append_with) for async callers (see
@@ -369,15 +368,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         &self,
         appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
     ) -> Result<Vec<Appended>> {
-        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
-        self.check_batch(total)?;
-        let mut prepared = Vec::with_capacity(appends.len());
-        for (stream_id, expected, events, options) in appends {
-            prepared.push(
-                self.prepare_stream_async(*stream_id, *expected, events, options)
-                    .await?,
-            );
-        }
+        let prepared = self.prepare_multi_with_async(appends).await?;
         self.submit_async(prepared).await
     }
 
@@ -408,10 +399,18 @@ impl<E: SerializeEvent + Event> Writer<E> {
     }
 
     async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
+        self.submit_async_if(appends, None).await
+    }
+
+    async fn submit_async_if(
+        &self,
+        appends: Vec<StreamAppend>,
+        condition: Option<Condition>,
+    ) -> Outcome {
         self.storage.check_writable()?;
         let rx = Committer::of(&self.storage)?
             .queue()
-            .submit_async(appends, None)?;
+            .submit_async(appends, condition)?;
         rx.await
             .unwrap_or_else(|_| Err(crate::commit::committer_gone()))
     }

@@ -69,9 +69,8 @@ fn tags_are_stored_read_back_and_queried_by_type_and_tag() {
     assert_eq!(reader.get(&txn, s6).unwrap().unwrap().tags().count(), 0);
 
     // The example: OR between items, AND within one (slices or arrays alike).
-    let money = Query::new()
-        .types(&["Deposited", "Withdrawn"])
-        .tags(&["account:1"]);
+    let (names, tags): (&[&str], &[&str]) = (&["Deposited", "Withdrawn"], &["account:1"]);
+    let money = Query::new().types(names).tags(tags);
     assert_eq!(
         money,
         Query::new()
