@@ -658,8 +658,8 @@ fn apply(
                 links,
             };
             record::seal(record, payload_len, digest, &header);
-            if flags & envelope::FLAG_ENVELOPE != 0 {
-                let body = &record[HEADER_LEN..HEADER_LEN + payload_len as usize];
+            let body = &record[HEADER_LEN..HEADER_LEN + payload_len as usize];
+            if envelope::has_tags(flags, body) {
                 let (section, _) = envelope::split(*seq, flags, body)?;
                 tags::put(dbs, wtxn, section.tags(), event.type_id, *seq)?;
             }

@@ -230,6 +230,13 @@ impl<'t> Iterator for Tags<'t> {
     }
 }
 
+/// Whether a record body has an envelope section with tags (its tag count, without checking
+/// the section).
+#[inline]
+pub(crate) fn has_tags(flags: u8, body: &[u8]) -> bool {
+    flags & FLAG_ENVELOPE != 0 && body.get(5).is_some_and(|&count| count != 0)
+}
+
 /// Splits a record body into its envelope section and the payload that follows. Every
 /// malformation is `Corrupt` naming `seq`; the pairs are checked here (lengths and UTF-8), so
 /// that reading them later cannot fail.
