@@ -18,6 +18,14 @@ pub(crate) struct ReadArgs {
     /// The log from this global sequence on (the default: the whole log).
     #[arg(long)]
     from_seq: Option<u64>,
+    /// Only events carrying this tag (repeatable: all of them), found through the tag index;
+    /// with `--from-seq`, from there on.
+    #[arg(long = "tag", conflicts_with_all = ["seq", "stream"])]
+    tags: Vec<String>,
+    /// Only events of this type name (repeatable: any of them); with `--tag`, through the index,
+    /// otherwise a filter over the log.
+    #[arg(long = "type", conflicts_with_all = ["seq", "stream"])]
+    types: Vec<String>,
     /// Print at most this many events.
     #[arg(long)]
     limit: Option<u64>,
@@ -43,11 +51,16 @@ pub(crate) fn run(
     let storage = open()?;
     let txn = storage.read_txn()?;
     let raw = storage.raw_reader();
+    let query = (!args.tags.is_empty() || !args.types.is_empty())
+        .then(|| varvedb::Query::new().types(&args.types).tags(&args.tags));
     let events: Box<dyn Iterator<Item = varvedb::Result<RawEvent<'_>>>> =
-        match (args.seq, args.stream) {
-            (Some(seq), _) => Box::new(raw.get(&txn, seq).transpose().into_iter()),
-            (None, Some(stream)) => Box::new(raw.read_stream(&txn, stream, args.from_version)),
-            (None, None) => Box::new(raw.read_all(&txn, args.from_seq.unwrap_or(1))),
+        match (args.seq, args.stream, &query) {
+            (Some(seq), _, _) => Box::new(raw.get(&txn, seq).transpose().into_iter()),
+            (None, Some(stream), _) => Box::new(raw.read_stream(&txn, stream, args.from_version)),
+            (None, None, Some(query)) => {
+                Box::new(raw.read_query(&txn, query, args.from_seq.unwrap_or(1)))
+            }
+            (None, None, None) => Box::new(raw.read_all(&txn, args.from_seq.unwrap_or(1))),
         };
     let mut out = std::io::stdout().lock();
     let mut clean = true;

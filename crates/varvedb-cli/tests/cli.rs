@@ -1072,6 +1072,52 @@ fn tags_are_appended_printed_exported_and_imported() {
     );
     let (ok, stdout, _) = varvedb(&["--path", s, "read"]);
     assert!(ok && stdout.contains("#account:1 #customer:7"), "{stdout}");
+    // A query: by tag through the index, and by type.
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        s,
+        "append",
+        "--stream",
+        "2",
+        "--expect",
+        "none",
+        "--type",
+        "Opened",
+        "--json",
+        "{}",
+        "--tag",
+        "account:2",
+        "--tag",
+        "customer:7",
+    ]);
+    assert!(ok, "{stderr}");
+    let seqs = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["--path", s, "read", "--json"];
+        all.extend_from_slice(args);
+        let (ok, stdout, stderr) = varvedb(&all);
+        assert!(ok, "{stderr}");
+        stdout
+            .lines()
+            .map(|l| l.split(',').next().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert_eq!(
+        seqs(&["--tag", "customer:7"]),
+        [r#"{"seq":1"#, r#"{"seq":2"#]
+    );
+    assert_eq!(
+        seqs(&["--tag", "customer:7", "--tag", "account:2"]),
+        [r#"{"seq":2"#]
+    );
+    assert_eq!(
+        seqs(&["--tag", "customer:7", "--from-seq", "2"]),
+        [r#"{"seq":2"#]
+    );
+    assert_eq!(
+        seqs(&["--tag", "customer:7", "--type", "Closed"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(seqs(&["--type", "Opened"]).len(), 2);
     // An empty tag is refused, one line, nothing written.
     let (ok, _, stderr) = varvedb(&[
         "--path", s, "append", "--stream", "1", "--expect", "any", "--type", "X", "--json", "1",
