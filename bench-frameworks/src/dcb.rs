@@ -5,8 +5,10 @@
 //!
 //! Workloads (every decision loads a course's state from its events, checks a seat is free, and
 //! appends one `StudentSubscribed` conditional on the course not having changed):
-//! - `1 task`: 2,000 decisions over 100 courses in turn;
-//! - `64 tasks`: 64 tasks, a course each, 31 decisions each.
+//! - `1 task`: DECISIONS decisions over 100 courses in turn;
+//! - `64 tasks`: 64 tasks, a course each, DECISIONS / 64 decisions each.
+//!
+//! DECISIONS is 2,000 unless given: `cargo run --release -- disintegrate 20000`.
 
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
@@ -87,7 +89,6 @@ impl Decision for Subscribe {
 type Make = Arc<dyn Fn(Subscribe) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 const COURSES_ONE_TASK: usize = 100;
-const DECISIONS: usize = 2_000;
 
 fn courses(n: usize) -> Vec<DomainEvent> {
     (0..n)
@@ -98,8 +99,8 @@ fn courses(n: usize) -> Vec<DomainEvent> {
         .collect()
 }
 
-async fn workload(make: Make, tasks: usize) -> f64 {
-    let per_task = DECISIONS / tasks;
+async fn workload(make: Make, tasks: usize, decisions: usize) -> f64 {
+    let per_task = decisions / tasks;
     let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..tasks {
@@ -117,7 +118,7 @@ async fn workload(make: Make, tasks: usize) -> f64 {
     (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn varvedb_run(tasks: usize) -> f64 {
+async fn varvedb_run(tasks: usize, decisions: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage = varvedb::Storage::open(varvedb::StorageConfig {
         path: dir.path().join("varvedb"),
@@ -136,7 +137,7 @@ async fn varvedb_run(tasks: usize) -> f64 {
             maker.make(d).await.expect("decision");
         })
     });
-    workload(make, tasks).await
+    workload(make, tasks, decisions).await
 }
 
 /// A PostgreSQL server for the run, stopped when dropped.
@@ -179,10 +180,10 @@ impl Drop for Postgres {
     }
 }
 
-async fn postgres_run(pg: &Postgres, tasks: usize, run: usize) -> f64 {
+async fn postgres_run(pg: &Postgres, tasks: usize, decisions: usize, run: usize) -> f64 {
     // A fresh database per run.
     let admin = sqlx::PgPool::connect(&pg.url).await.expect("postgres");
-    let db = format!("bench_{tasks}_{run}");
+    let db = format!("bench_{tasks}_{decisions}_{run}");
     sqlx::query(&format!("CREATE DATABASE {db}"))
         .execute(&admin)
         .await
@@ -195,8 +196,10 @@ async fn postgres_run(pg: &Postgres, tasks: usize, run: usize) -> f64 {
         .await
         .expect("postgres");
     init_schema(&pool).await;
-    let store =
-        disintegrate_postgres::PgEventStore::new_uninitialized(pool, Json::<DomainEvent>::default());
+    let store = disintegrate_postgres::PgEventStore::new_uninitialized(
+        pool,
+        Json::<DomainEvent>::default(),
+    );
     store
         .append_without_validation(courses(tasks.max(COURSES_ONE_TASK)))
         .await
@@ -221,10 +224,12 @@ async fn postgres_run(pg: &Postgres, tasks: usize, run: usize) -> f64 {
             }
         })
     });
-    let rate = workload(make, tasks).await;
+    let rate = workload(make, tasks, decisions).await;
     let retried = retries.load(Ordering::Relaxed);
     if retried > 0 {
-        println!("  disintegrate-postgres, {tasks} task(s), run {run}: {retried} serialization failures retried");
+        println!(
+            "  disintegrate-postgres, {tasks} task(s), run {run}: {retried} serialization failures retried"
+        );
     }
     rate
 }
@@ -246,7 +251,10 @@ async fn init_schema(pool: &sqlx::PgPool) {
     let sql_dir = std::fs::read_dir(home.join("registry/src"))
         .expect("cargo's registry")
         .filter_map(|d| d.ok())
-        .map(|d| d.path().join("disintegrate-postgres-4.0.1/src/event_store/sql"))
+        .map(|d| {
+            d.path()
+                .join("disintegrate-postgres-4.0.1/src/event_store/sql")
+        })
         .find(|p| p.is_dir())
         .expect("disintegrate-postgres 4.0.1's sources in cargo's registry");
     for file in [
@@ -278,17 +286,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-pub async fn run() {
+pub async fn run(decisions: usize) {
     let pg = Postgres::start(55433);
     for tasks in [1usize, 64] {
         let (mut varve, mut postgres) = (Vec::new(), Vec::new());
         for run in 0..3 {
-            varve.push(varvedb_run(tasks).await);
-            postgres.push(postgres_run(&pg, tasks, run).await);
+            varve.push(varvedb_run(tasks, decisions).await);
+            postgres.push(postgres_run(&pg, tasks, decisions, run).await);
         }
         let (v, p) = (median(varve.clone()), median(postgres.clone()));
         println!(
-            "disintegrate, {tasks} task(s): VarveDB {v:.0} decisions/s {varve:.0?}; disintegrate-postgres {p:.0} {postgres:.0?}; VarveDB / Postgres {:.2}x",
+            "disintegrate, {tasks} task(s), {decisions} decisions: VarveDB {v:.0} decisions/s {varve:.0?}; disintegrate-postgres {p:.0} {postgres:.0?}; VarveDB / Postgres {:.2}x",
             v / p
         );
     }

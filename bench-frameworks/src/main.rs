@@ -1,7 +1,7 @@
 //! Commands per second through cqrs-es 0.5's `CqrsFramework`, on VarveDB (`varvedb-cqrs`) and
 //! on SQLite (`sqlite-es`), in one run; medians of three runs each (`docs/performance.md`,
 //! "Framework backends"). Then decisions per second through disintegrate (`dcb.rs`).
-//! `cargo run --release [-- cqrs|disintegrate]`.
+//! `cargo run --release [-- cqrs|disintegrate [DECISIONS]]`.
 //!
 //! Workloads (every command loads its account from its events and commits one event):
 //! - `1 handler`: one task, 2,000 deposits over 100 accounts in turn;
@@ -80,7 +80,9 @@ async fn workload<R: PersistedEventRepository + 'static>(repo: R, handlers: usiz
     let started = Instant::now();
     let commands = if handlers == 1 {
         for i in 0..2000i64 {
-            cqrs.execute(&format!("acc-{}", i % 100), i).await.expect("command");
+            cqrs.execute(&format!("acc-{}", i % 100), i)
+                .await
+                .expect("command");
         }
         2000
     } else {
@@ -101,7 +103,10 @@ async fn workload<R: PersistedEventRepository + 'static>(repo: R, handlers: usiz
     commands as f64 / started.elapsed().as_secs_f64()
 }
 
-async fn sqlite_repo(dir: &std::path::Path, sync: SqliteSynchronous) -> sqlite_es::SqliteEventRepository {
+async fn sqlite_repo(
+    dir: &std::path::Path,
+    sync: SqliteSynchronous,
+) -> sqlite_es::SqliteEventRepository {
     let url = format!("sqlite://{}", dir.join("events.db").display());
     let options = SqliteConnectOptions::from_str(&url)
         .expect("url")
@@ -139,7 +144,10 @@ async fn main() {
         cqrs().await;
     }
     if which == "all" || which == "disintegrate" {
-        dcb::run().await;
+        let decisions = std::env::args()
+            .nth(2)
+            .map_or(2_000, |n| n.parse().expect("DECISIONS is a number"));
+        dcb::run(decisions).await;
     }
 }
 
@@ -155,11 +163,27 @@ async fn cqrs() {
             .expect("store");
             varve.push(workload(varvedb_cqrs::VarveEventRepository::new(storage), handlers).await);
             let d = tempfile::tempdir().expect("tempdir");
-            normal.push(workload(sqlite_repo(d.path(), SqliteSynchronous::Normal).await, handlers).await);
+            normal.push(
+                workload(
+                    sqlite_repo(d.path(), SqliteSynchronous::Normal).await,
+                    handlers,
+                )
+                .await,
+            );
             let d = tempfile::tempdir().expect("tempdir");
-            full.push(workload(sqlite_repo(d.path(), SqliteSynchronous::Full).await, handlers).await);
+            full.push(
+                workload(
+                    sqlite_repo(d.path(), SqliteSynchronous::Full).await,
+                    handlers,
+                )
+                .await,
+            );
         }
-        let (v, n, f) = (median(varve.clone()), median(normal.clone()), median(full.clone()));
+        let (v, n, f) = (
+            median(varve.clone()),
+            median(normal.clone()),
+            median(full.clone()),
+        );
         println!(
             "{handlers} handler(s): VarveDB {v:.0} commands/s {varve:.0?}; sqlite-es default (NORMAL) {n:.0} {normal:.0?}; sqlite-es FULL {f:.0} {full:.0?}; VarveDB / NORMAL {:.2}x, VarveDB / FULL {:.2}x",
             v / n,

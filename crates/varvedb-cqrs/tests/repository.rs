@@ -122,6 +122,20 @@ fn event(id: &str, sequence: usize, payload: serde_json::Value) -> SerializedEve
     }
 }
 
+/// The stored snapshot of aggregate `id`: its state, current sequence and snapshot version.
+async fn snapshot_of(repo: &VarveEventRepository, id: &str) -> (serde_json::Value, usize, usize) {
+    let snapshot = repo
+        .get_snapshot::<BankAccount>(id)
+        .await
+        .unwrap()
+        .expect("a snapshot");
+    (
+        snapshot.aggregate,
+        snapshot.current_sequence,
+        snapshot.current_snapshot,
+    )
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -189,19 +203,7 @@ fn snapshots_are_written_with_their_events_and_conflict_on_their_version() {
         repo.persist::<BankAccount>(&events, Some(("a".into(), state.clone(), 1)))
             .await
             .unwrap();
-        let snapshot = repo
-            .get_snapshot::<BankAccount>("a")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                snapshot.aggregate,
-                snapshot.current_sequence,
-                snapshot.current_snapshot
-            ),
-            (state, 2, 1)
-        );
+        assert_eq!(snapshot_of(&repo, "a").await, (state, 2, 1));
         // Version 1 again (a concurrent writer won): conflict, and the events of that commit
         // are not written either.
         let more = [event("a", 3, json!({"Deposited": {"amount": 5}}))];
@@ -215,19 +217,7 @@ fn snapshots_are_written_with_their_events_and_conflict_on_their_version() {
         repo.persist::<BankAccount>(&more, Some(("a".into(), state.clone(), 2)))
             .await
             .unwrap();
-        let snapshot = repo
-            .get_snapshot::<BankAccount>("a")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (
-                snapshot.aggregate,
-                snapshot.current_sequence,
-                snapshot.current_snapshot
-            ),
-            (state, 3, 2)
-        );
+        assert_eq!(snapshot_of(&repo, "a").await, (state, 3, 2));
     });
 }
 

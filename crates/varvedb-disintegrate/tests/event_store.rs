@@ -178,35 +178,13 @@ async fn a_decision_is_made_refused_and_conflicts_are_detected() {
         .await
         .unwrap();
     let maker = decision_maker(store.clone(), NoSnapshot);
-    let made = maker
-        .make(Subscribe {
-            course_id: "c1".into(),
-            student_id: "s1".into(),
-        })
-        .await
-        .unwrap();
+    let made = maker.make(Subscribe::new("c1", "s1")).await.unwrap();
     assert_eq!(made[0].id(), 4);
-    // The course is full: a domain error.
-    match maker
-        .make(Subscribe {
-            course_id: "c1".into(),
-            student_id: "s2".into(),
-        })
-        .await
-    {
-        Err(disintegrate::DecisionError::Domain(SubscribeError::Full)) => {}
-        other => panic!("{:?}", other.map(|_| ()).map_err(|e| e.to_string())),
-    }
-    match maker
-        .make(Subscribe {
-            course_id: "c9".into(),
-            student_id: "s2".into(),
-        })
-        .await
-    {
-        Err(disintegrate::DecisionError::Domain(SubscribeError::NoCourse)) => {}
-        other => panic!("{:?}", other.map(|_| ()).map_err(|e| e.to_string())),
-    }
+    // The course is full, or there is none: domain errors.
+    let full = maker.make(Subscribe::new("c1", "s2")).await;
+    assert_eq!(domain_error(full), Some(SubscribeError::Full));
+    let missing = maker.make(Subscribe::new("c9", "s2")).await;
+    assert_eq!(domain_error(missing), Some(SubscribeError::NoCourse));
 }
 
 /// Eight tasks subscribe forty students to a course of ten seats through the decision maker,
@@ -230,13 +208,7 @@ async fn concurrent_decisions_never_overfill_a_course() {
             for i in 0..5 {
                 let student = format!("s{}", t * 5 + i);
                 loop {
-                    match maker
-                        .make(Subscribe {
-                            course_id: "c1".into(),
-                            student_id: student.clone(),
-                        })
-                        .await
-                    {
+                    match maker.make(Subscribe::new("c1", &student)).await {
                         Ok(_) => {
                             accepted += 1;
                             break;
@@ -396,18 +368,9 @@ async fn snapshots_give_the_same_states_as_the_events() {
     let without = decision_maker(store.clone(), NoSnapshot);
     for i in 0..20 {
         let maker_result = if i % 2 == 0 {
-            with.make(Subscribe {
-                course_id: "c1".into(),
-                student_id: format!("s{i}"),
-            })
-            .await
+            with.make(Subscribe::new("c1", &format!("s{i}"))).await
         } else {
-            without
-                .make(Subscribe {
-                    course_id: "c1".into(),
-                    student_id: format!("s{i}"),
-                })
-                .await
+            without.make(Subscribe::new("c1", &format!("s{i}"))).await
         };
         maker_result.unwrap();
     }
@@ -442,12 +405,7 @@ async fn snapshots_give_the_same_states_as_the_events() {
     let (events, _) = read(&store, &course.query()).await;
     assert_eq!(events.len(), 21);
     // One more subscription through the snapshotting maker sees 20 taken of 30.
-    with.make(Subscribe {
-        course_id: "c1".into(),
-        student_id: "s0".into(),
-    })
-    .await
-    .unwrap();
+    with.make(Subscribe::new("c1", "s0")).await.unwrap();
     let (events, _) = read(&store, &course_query("c1")).await;
     assert_eq!(events.len(), 22);
     assert!(storage.verify().unwrap().is_clean());
@@ -518,16 +476,21 @@ async fn streams_never_skip_events_while_writers_append() {
             }
         }));
     }
+    // Read until the writers are done, so that reads overlap the appends.
     let mut reads = Vec::new();
-    for _ in 0..50 {
+    while !writers.iter().all(|w| w.is_finished()) {
         reads.push(read(&store, &course_query("c1")).await);
         tokio::task::yield_now().await;
     }
     for w in writers {
         w.await.unwrap();
     }
-    let (all, _) = read(&store, &course_query("c1")).await;
+    let (all, last) = read(&store, &course_query("c1")).await;
     assert_eq!(all.len(), 200);
+    assert!(
+        reads.iter().any(|(_, end)| *end > 0 && *end < last),
+        "no read came in the middle of the appends"
+    );
     for (events, end) in reads {
         let expected: Vec<u64> = all
             .iter()

@@ -10,7 +10,25 @@ use std::time::{Duration, Instant};
 
 use common::{KEY, NatsServer, assert_same_log, config, doc, fill, runtime, stream_state};
 use varvedb::{ExpectedVersion, Reader, Storage, Writer};
-use varvedb_nats::{Error, Replicator, ReplicatorConfig, RestoreConfig, restore};
+use varvedb_nats::{Error, Replicator, ReplicatorConfig, RestoreConfig, RestoreReport, restore};
+
+/// Restores `stream` into `dst` up to the stream's end (not following), within the tests'
+/// time bound.
+fn restore_once(
+    rt: &tokio::runtime::Runtime,
+    dst: &Storage,
+    url: String,
+    stream: &str,
+) -> Result<RestoreReport, Error> {
+    common::bounded(
+        rt,
+        restore(
+            dst,
+            &RestoreConfig::new(url, stream),
+            std::future::pending(),
+        ),
+    )
+}
 
 /// Waits until the replicator's cursor reaches `at`, and checks that it has not finished.
 fn wait_for_cursor(storage: &Storage, consumer: &str, at: u64) {
@@ -62,15 +80,7 @@ fn replicates_100k_events_and_restores_them_byte_for_byte() {
 
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    let restored = common::bounded(
-        &rt,
-        restore(
-            &dst,
-            &RestoreConfig::new(server.url(), "ORDERS"),
-            std::future::pending(),
-        ),
-    )
-    .unwrap();
+    let restored = restore_once(&rt, &dst, server.url(), "ORDERS").unwrap();
     assert_eq!(restored.applied, 100_000);
     assert_eq!(
         (restored.last_seq, restored.source_last_seq),
@@ -78,15 +88,7 @@ fn replicates_100k_events_and_restores_them_byte_for_byte() {
     );
     assert_same_log(&src, &dst);
     // A second restore into the same store has nothing to do.
-    let noop = common::bounded(
-        &rt,
-        restore(
-            &dst,
-            &RestoreConfig::new(server.url(), "ORDERS"),
-            std::future::pending(),
-        ),
-    )
-    .unwrap();
+    let noop = restore_once(&rt, &dst, server.url(), "ORDERS").unwrap();
     assert_eq!(noop.applied, 0);
     // The replica serves reads: the events are the source's.
     let reader = Reader::<common::Doc>::new(dst.clone());
@@ -135,15 +137,7 @@ fn replicate_through_faults(
     // Every message is its event, once, in order: the restore checks each sequence.
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    common::bounded(
-        rt,
-        restore(
-            &dst,
-            &RestoreConfig::new(server_url, stream),
-            std::future::pending(),
-        ),
-    )
-    .unwrap();
+    restore_once(rt, &dst, server_url, stream).unwrap();
     assert_same_log(&src, &dst);
 }
 
@@ -265,15 +259,7 @@ fn a_replicator_killed_between_publish_and_cursor_commit_publishes_nothing_twice
 
     let dst_dir = tempfile::tempdir().unwrap();
     let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
-    common::bounded(
-        &rt,
-        restore(
-            &dst,
-            &RestoreConfig::new(url.clone(), "CRASHED"),
-            std::future::pending(),
-        ),
-    )
-    .unwrap();
+    restore_once(&rt, &dst, url.clone(), "CRASHED").unwrap();
     assert_same_log(&src, &dst);
 }
 
@@ -487,15 +473,7 @@ fn a_stream_that_holds_another_store_s_log_is_refused() {
         (200, 200)
     );
     // A restore into a store that is not a prefix of the stream is refused as well.
-    let err = common::bounded(
-        &rt,
-        restore(
-            &b,
-            &RestoreConfig::new(server.url(), "SHARED"),
-            std::future::pending(),
-        ),
-    )
-    .unwrap_err();
+    let err = restore_once(&rt, &b, server.url(), "SHARED").unwrap_err();
     assert!(matches!(err, Error::Diverged { .. }), "{err}");
     // And bad names are typed errors, before any connection.
     assert!(matches!(

@@ -654,19 +654,13 @@ impl Importer {
                         &built.record,
                         pending.len() - i,
                     )?;
-                    for tag in &event.tags {
-                        dbs.tags
-                            .put(
-                                wtxn,
-                                &crate::storage::tags::index_key(
-                                    tag.as_bytes(),
-                                    type_id,
-                                    event.seq,
-                                ),
-                                &[],
-                            )
-                            .lmdb()?;
-                    }
+                    crate::storage::tags::put(
+                        dbs,
+                        wtxn,
+                        event.tags.iter().map(String::as_str),
+                        type_id,
+                        event.seq,
+                    )?;
                     if let Some(id) = event.event_id {
                         let id = id.as_u128();
                         if let Some(seq) = storage::event_id_seq(dbs, wtxn, id)? {

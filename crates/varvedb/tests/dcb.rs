@@ -339,6 +339,15 @@ fn bad_tags_are_refused_and_nothing_is_written() {
     assert_eq!(seq, 1);
     let q = Query::new().tags([&many[254], &many[0]]);
     assert_eq!(seqs(&storage, &q, 0), [1]);
+    // A query tag longer than any stored one matches nothing, not the stored tag it begins with.
+    let longer = format!("{}x", many[0]);
+    assert!(seqs(&storage, &Query::new().tags([&longer]), 0).is_empty());
+    let cond = w.append_if(
+        &Query::new().tags([&longer]),
+        None,
+        &[(1, ExpectedVersion::Auto, &[Bank::Opened { owner: 2 }], &[])],
+    );
+    assert_eq!(cond.unwrap()[0].seq, 2);
 }
 
 #[test]

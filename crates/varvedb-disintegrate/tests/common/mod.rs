@@ -82,6 +82,25 @@ pub struct Subscribe {
     pub student_id: String,
 }
 
+impl Subscribe {
+    pub fn new(course: &str, student: &str) -> Self {
+        Subscribe {
+            course_id: course.into(),
+            student_id: student.into(),
+        }
+    }
+}
+
+/// The domain error a decision was refused with, if that is how it failed.
+pub fn domain_error<T>(
+    result: Result<T, disintegrate::DecisionError<SubscribeError>>,
+) -> Option<SubscribeError> {
+    match result {
+        Err(disintegrate::DecisionError::Domain(e)) => Some(e),
+        _ => None,
+    }
+}
+
 impl Decision for Subscribe {
     type Event = DomainEvent;
     type StateQuery = (Course, Student);

@@ -312,14 +312,38 @@ impl Resolved {
     }
 }
 
-/// The index key of `tag` on the event at `seq` of type `type_id`.
-pub(crate) fn index_key(tag: &[u8], type_id: u32, seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + tag.len() + 12);
-    key.push(tag.len() as u8);
-    key.extend_from_slice(tag);
-    key.extend_from_slice(&type_id.to_be_bytes());
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
+/// The longest index key: a tag of 255 bytes, its length, the type id and the sequence.
+const KEY_MAX: usize = 1 + 255 + 4 + 8;
+
+/// An index key, on the stack: the committer writes one per tag of every event.
+pub(crate) struct IndexKey {
+    bytes: [u8; KEY_MAX],
+    len: usize,
+}
+
+impl std::ops::Deref for IndexKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The index key of `tag` on the event at `seq` of type `type_id`. A stored tag is at most
+/// 255 bytes; a longer one (only ever from a query) is cut, and then matches no stored key,
+/// as no event carries it.
+pub(crate) fn index_key(tag: &[u8], type_id: u32, seq: u64) -> IndexKey {
+    let tag = &tag[..tag.len().min(255)];
+    let mut bytes = [0u8; KEY_MAX];
+    bytes[0] = tag.len() as u8;
+    bytes[1..1 + tag.len()].copy_from_slice(tag);
+    let at = 1 + tag.len();
+    bytes[at..at + 4].copy_from_slice(&type_id.to_be_bytes());
+    bytes[at + 4..at + 12].copy_from_slice(&seq.to_be_bytes());
+    IndexKey {
+        bytes,
+        len: at + 12,
+    }
 }
 
 /// Decodes an index key: `(tag, type id, seq)`.
@@ -334,11 +358,11 @@ pub(crate) fn decode_key(key: &[u8]) -> Option<(&[u8], u32, u64)> {
     ))
 }
 
-/// Writes the index entries of one event's tags.
-pub(crate) fn put(
+/// Writes the index entries of one event's tags (the committer's and the importer's).
+pub(crate) fn put<'a>(
     dbs: &Dbs,
     wtxn: &mut heed::RwTxn<'_>,
-    tags: super::envelope::Tags<'_>,
+    tags: impl IntoIterator<Item = &'a str>,
     type_id: u32,
     seq: u64,
 ) -> Result<()> {
@@ -601,8 +625,11 @@ mod tests {
     fn keys_round_trip_and_order_by_tag_type_seq() {
         let a = index_key(b"account:42", 3, 9);
         assert_eq!(decode_key(&a), Some((&b"account:42"[..], 3, 9)));
-        assert!(index_key(b"t", 1, u64::MAX) < index_key(b"t", 2, 0));
-        assert!(index_key(b"t", 2, 1) < index_key(b"t", 2, 2));
+        assert!(*index_key(b"t", 1, u64::MAX) < *index_key(b"t", 2, 0));
+        assert!(*index_key(b"t", 2, 1) < *index_key(b"t", 2, 2));
+        let long = index_key(&[b'x'; 300], 1, 1);
+        assert_eq!(long.len(), KEY_MAX);
+        assert_eq!(decode_key(&long), Some((&[b'x'; 255][..], 1, 1)));
         assert_eq!(decode_key(&[5, b'a']), None);
     }
 
