@@ -404,6 +404,10 @@ impl Importer {
                     }
                 }
             }
+            if !header.keys.is_empty() {
+                // Shredded marks among them reach every process's key cache.
+                crypto::bump_generation(&dbs.meta, wtxn)?;
+            }
             for k in &header.keys {
                 let value: &[u8] = k.wrapped.as_deref().unwrap_or(crypto::TOMBSTONE);
                 if value.is_empty() {
@@ -444,9 +448,6 @@ impl Importer {
             }
             Ok(((), true))
         })?;
-        for k in &header.keys {
-            self.storage.crypto().forget(k.stream_id);
-        }
         Ok(())
     }
 

@@ -191,6 +191,15 @@ pub enum Error {
         stream_id: u128,
     },
 
+    /// Another handle rotated the store's master key (`rotate_master_key`, `varvedb
+    /// rotate-key`), and this handle's key is retired: it creates and unwraps no stream keys,
+    /// so that nothing new is ever wrapped under a key that is about to be destroyed. Nothing
+    /// was written. Reopen the store with the new master key.
+    #[error(
+        "the store's master key was rotated by another process: this handle's key is retired; reopen the store with the new master key"
+    )]
+    MasterKeyRotated,
+
     /// An encryption operation failed (no randomness from the OS, a malformed wrapped key).
     #[error("encryption failed: {reason}")]
     Crypto {

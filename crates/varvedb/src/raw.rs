@@ -15,7 +15,7 @@ use rkyv::rancor;
 use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
-use crate::storage::crypto::{self, StreamKey};
+use crate::storage::crypto::{self, StreamKey, Txn};
 use crate::storage::envelope::{Section, Tags};
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::{self, RecordHeader};
@@ -341,7 +341,10 @@ fn raw_at<'t>(
     let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
         None
     } else {
-        match storage.crypto().stream_key(dbs, txn, header.stream_id) {
+        match storage
+            .crypto()
+            .stream_key(dbs, txn, header.stream_id, Txn::Read)
+        {
             Ok(StreamKey::Key(key)) => Some(key),
             Ok(StreamKey::Shredded) => return Ok(event(RawPayload::Shredded, None)),
             Ok(StreamKey::Plain) => {

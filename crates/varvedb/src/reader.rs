@@ -17,7 +17,7 @@ use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
-use crate::storage::crypto::{self, StreamKey};
+use crate::storage::crypto::{self, StreamKey, Txn};
 use crate::storage::envelope::{Section, Tags};
 use crate::storage::pack::LogIter;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
@@ -471,7 +471,11 @@ fn stream_key(
     header: &RecordHeader,
 ) -> Result<Arc<aes_gcm::Aes256Gcm>> {
     let stream_id = header.stream_id;
-    match state.storage.crypto().stream_key(dbs, txn, stream_id)? {
+    match state
+        .storage
+        .crypto()
+        .stream_key(dbs, txn, stream_id, Txn::Read)?
+    {
         StreamKey::Key(key) => Ok(key),
         StreamKey::Shredded => Err(Error::Shredded { seq, stream_id }),
         StreamKey::Plain => Err(Error::corrupt(

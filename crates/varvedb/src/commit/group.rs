@@ -21,7 +21,7 @@ use crate::expected::Appended;
 use crate::metrics::CommitTally;
 use crate::storage::blob::{self, BlobRef};
 use crate::storage::chain::Spine;
-use crate::storage::crypto::{self, Crypto, StreamKey};
+use crate::storage::crypto::{self, Crypto, StoreKeys, StreamKey, Txn};
 use crate::storage::envelope;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::pack::PackWriter;
@@ -334,7 +334,7 @@ fn stored_payload_digest(
             record::payload_digest(body)
         });
     }
-    let key = match crypto.stream_key(dbs, txn, header.stream_id)? {
+    let key = match crypto.stream_key(dbs, txn, header.stream_id, Txn::Write)? {
         StreamKey::Key(key) => key,
         StreamKey::Shredded => {
             return Err(Error::StreamShredded {
@@ -501,7 +501,7 @@ fn check(
     pending: &mut Pending<'_>,
     heads: &mut Heads<'_>,
     crypto: &Crypto,
-    encrypt_new: bool,
+    store_keys: StoreKeys,
     appends: &[StreamAppend],
     condition: Option<&Condition>,
 ) -> Result<Verdict> {
@@ -523,13 +523,23 @@ fn check(
             None => heads.get(dbs, wtxn, stream_id)?.version,
         };
         // The stream's encryption: a shredded stream takes nothing, an encrypted one needs its
-        // key, and a new stream of an encrypting store gets one.
+        // key, and a new stream of an encrypted store gets one. Encryption is the store's: a
+        // handle without the master key cannot create a stream in an encrypted store (it would
+        // be plaintext, and could never be shredded).
         let head = heads.get(dbs, wtxn, stream_id)?;
         if head.mode.is_none() {
-            head.mode = Some(match crypto.stream_key(dbs, wtxn, stream_id)? {
+            head.mode = Some(match crypto.stream_key(dbs, wtxn, stream_id, Txn::Write)? {
                 StreamKey::Shredded => return Err(Error::StreamShredded { stream_id }),
                 StreamKey::Key(key) => Mode::Key(key),
-                StreamKey::Plain if head.version == 0 && encrypt_new => Mode::New,
+                StreamKey::Plain if head.version == 0 && store_keys.encrypted => {
+                    if !crypto.has_master_key() {
+                        return Err(Error::MasterKeyRequired { stream_id });
+                    }
+                    if store_keys.retired {
+                        return Err(Error::MasterKeyRotated);
+                    }
+                    Mode::New
+                }
                 StreamKey::Plain => Mode::Plain,
             });
         }
@@ -722,7 +732,6 @@ pub(crate) fn commit_group(
     resize_wait: std::time::Duration,
 ) -> (Vec<Outcome>, bool) {
     let inline_max = storage.inline_record_max();
-    let encrypt_new = storage.is_encrypted();
     let blob_threshold = storage.config().blob_threshold_bytes;
     let _span = tracing::debug_span!("varvedb.commit", group_size = group.len()).entered();
     let started = Instant::now();
@@ -730,6 +739,9 @@ pub(crate) fn commit_group(
         // Counted afresh on each run: the write runs again after the map grows.
         let mut tally = CommitTally::default();
         let mut seq = crate::storage::last_seq(dbs, wtxn)?;
+        // The keystore as of this transaction: a shred or a rotation committed by any process
+        // is seen here, once per group.
+        let store_keys = storage.crypto().store_keys(dbs, wtxn)?;
         if seq != cache.last_seq {
             // Someone else appended (or this is the first group): the cache may be stale.
             cache.map.clear();
@@ -775,7 +787,7 @@ pub(crate) fn commit_group(
                 &mut pending,
                 &mut heads,
                 storage.crypto(),
-                encrypt_new,
+                store_keys,
                 &request.appends,
                 request.condition.as_ref(),
             ) {
@@ -819,7 +831,7 @@ pub(crate) fn commit_group(
                 outcomes,
                 heads.map,
                 heads.new_types,
-                heads.new_keys,
+                (heads.new_keys, store_keys.generation),
                 seq,
                 wrote,
                 tally,
@@ -828,9 +840,9 @@ pub(crate) fn commit_group(
         ))
     });
     match written {
-        Ok((outcomes, heads, types, keys, last_seq, wrote, tally)) => {
+        Ok((outcomes, heads, types, (keys, generation), last_seq, wrote, tally)) => {
             cache.adopt(heads, types, last_seq);
-            storage.crypto().adopt(keys);
+            storage.crypto().adopt(keys, generation);
             // Recorded on the committer's thread alone: the histograms' locks are never
             // contended, and no event takes a lock.
             let metrics = storage.metrics();

@@ -8,7 +8,14 @@
 //! sealed     [12 nonce: version LE ‖ 8 random bytes][ciphertext][16 tag]
 //!            AAD: stream LE (16) ‖ version LE (4) ‖ seq LE (8) ‖ type id LE (4)
 //! plaintext  [u32 pairs length L][u16 pairs N][u16 0][u64 0][pairs][zero pad to 16][payload]
+//! meta       "keystore_generation" → u64 LE: bumped by every change to the keystore other
+//!            than a new stream's key (a shred, a rotation, an import), in that change's own
+//!            transaction
 //! ```
+//! The generation is how a shred or a rotation made by another process reaches this one: the
+//! cache of unwrapped keys is valid for one generation, and it is checked against the snapshot
+//! once per read snapshot and once per write transaction (see [`Crypto::stream_key`]).
+//!
 //! A nonce is never reused under one key: each stream has its own key, a committed version
 //! of a stream exists once, and the 64 random bits separate the attempts at one version that
 //! never committed (an aborted transaction, a crash before the commit) whose pages may still
@@ -37,6 +44,8 @@ const WRAP_VERSION: u8 = 1;
 const WRAPPED_LEN: usize = 1 + NONCE_LEN + 32 + TAG_LEN;
 pub(crate) const TOMBSTONE: &[u8] = &[0xff];
 const KEY_CHECK: &str = "key_check";
+/// The meta key of the keystore generation (see the module docs).
+const KEYSTORE_GENERATION: &str = "keystore_generation";
 const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v1";
 const KEY_CHECK_AAD: &[u8] = b"varvedb key check";
 const STREAM_KEY_AAD: &[u8] = b"varvedb stream key";
@@ -64,13 +73,90 @@ pub(crate) struct Crypto {
     keys: Mutex<KeyCache>,
 }
 
-/// The unwrapped stream keys, and the streams shredded while the store was open (whose keys
-/// are never cached again, so that a snapshot from before the shred, which still has the key,
-/// cannot put one back). One lock for both closes that race.
+/// The unwrapped stream keys and what they are valid for: one keystore generation.
+///
+/// One lock for all of it closes the races between a reader of an older snapshot (which may
+/// still see a key that a newer snapshot has shredded) and the cache: a key is only ever taken
+/// into the cache from a snapshot of the cache's own generation.
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<u128, Arc<Aes256Gcm>>,
+    /// Streams shredded by this process while it was open (never cached again).
     shredded: std::collections::HashSet<u128>,
+    /// The keystore generation the cache is valid for; `None` until the first look.
+    generation: Option<u64>,
+    /// The read snapshots (LMDB transaction ids, lowest and highest) found to be of
+    /// `generation`: the generation only grows with the id, so every snapshot between them is
+    /// of it too, and needs no look.
+    checked_read: Option<(usize, usize)>,
+    /// The write transaction found to be of `generation` (a write transaction's id is unique
+    /// for the state it starts from, but a read snapshot may later carry the same id with
+    /// another state, so the two are kept apart).
+    checked_write: Option<usize>,
+    /// The store's key-check value as of `generation` (`None`: the store is plaintext).
+    key_check: Option<Vec<u8>>,
+    /// The key check changed and this handle's master key does not open it: another process
+    /// rotated the master key. This handle creates and unwraps no keys any more.
+    retired: bool,
+}
+
+impl KeyCache {
+    /// Whether the transaction `id` is known to be of the cache's generation.
+    fn knows(&self, id: usize, kind: Txn) -> bool {
+        match kind {
+            Txn::Read => self
+                .checked_read
+                .is_some_and(|(lo, hi)| (lo..=hi).contains(&id)),
+            Txn::Write => self.checked_write == Some(id),
+        }
+    }
+}
+
+/// Which kind of transaction a key is looked up in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Txn {
+    /// A read snapshot.
+    Read,
+    /// The write transaction of a commit group or an import.
+    Write,
+}
+
+/// What the keystore says of the store as a whole, as of one snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StoreKeys {
+    /// The store has a key check: it is encrypted, and new streams must be.
+    pub(crate) encrypted: bool,
+    /// This handle's master key was retired by a rotation made elsewhere.
+    pub(crate) retired: bool,
+    /// The keystore generation of the cache when it served this transaction (`None`: it did
+    /// not serve it).
+    pub(crate) generation: Option<u64>,
+}
+
+/// The keystore generation of a snapshot (0 for a store that never had one).
+pub(crate) fn generation(
+    meta: &heed::Database<'static, heed::types::Str, heed::types::Bytes>,
+    txn: &RoTxn<'_>,
+) -> Result<u64> {
+    match meta.get(txn, KEYSTORE_GENERATION).lmdb()? {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v)
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::Crypto {
+                reason: format!("the keystore generation is {} bytes, expected 8", v.len()),
+            }),
+    }
+}
+
+/// Bumps the keystore generation in `wtxn`: every process drops its cached keys at its next
+/// snapshot of this transaction's state or later.
+pub(crate) fn bump_generation(
+    meta: &heed::Database<'static, heed::types::Str, heed::types::Bytes>,
+    wtxn: &mut RwTxn<'_>,
+) -> Result<()> {
+    let next = generation(meta, wtxn)?.wrapping_add(1);
+    meta.put(wtxn, KEYSTORE_GENERATION, &next.to_le_bytes())
+        .lmdb()
 }
 
 /// Whether a keystore value is the shredded mark.
@@ -222,8 +308,10 @@ impl Crypto {
                 _ => Err(Error::WrongMasterKey),
             },
             None => {
+                // The store becomes encrypted: every process learns it at its next generation.
                 let sealed = seal_with(&master, random()?, KEY_CHECK_AAD, KEY_CHECK_TEXT)?;
-                meta.put(wtxn, KEY_CHECK, &sealed).lmdb()
+                meta.put(wtxn, KEY_CHECK, &sealed).lmdb()?;
+                bump_generation(meta, wtxn)
             }
         }
     }
@@ -242,7 +330,8 @@ impl Crypto {
         wtxn: &mut RwTxn<'_>,
         check: &[u8],
     ) -> Result<()> {
-        meta.put(wtxn, KEY_CHECK, check).lmdb()
+        meta.put(wtxn, KEY_CHECK, check).lmdb()?;
+        bump_generation(meta, wtxn)
     }
 
     /// Whether `check` is a key-check value sealed under this store's master key (false
@@ -253,33 +342,131 @@ impl Crypto {
         })
     }
 
-    /// The key of `stream_id`, from the cache or the keystore.
+    /// Brings the cache to the keystore generation of `txn`'s snapshot, and says whether the
+    /// cache serves that snapshot (not one older than the cache: it reads the keystore itself).
+    ///
+    /// The generation is read once per read snapshot (a range of snapshot ids known to be of
+    /// the cache's generation: the generation only grows with the id) and once per write
+    /// transaction. A newer generation keeps the cached keys whose streams still have them,
+    /// and reads the key check again: another process may have rotated the master key.
+    fn sync<'c>(
+        &'c self,
+        dbs: &Dbs,
+        txn: &RoTxn<'_>,
+        kind: Txn,
+    ) -> Result<(std::sync::MutexGuard<'c, KeyCache>, bool)> {
+        let id = txn.id();
+        {
+            let cache = lock(&self.keys);
+            if cache.knows(id, kind) {
+                return Ok((cache, true));
+            }
+        }
+        let found = generation(&dbs.meta, txn)?;
+        let mut cache = lock(&self.keys);
+        match cache.generation {
+            Some(current) if found < current => return Ok((cache, false)),
+            Some(current) if found == current => {}
+            _ => {
+                let check = Self::key_check(&dbs.meta, txn)?;
+                let mut kept = HashMap::with_capacity(cache.keys.len());
+                for (stream_id, key) in cache.keys.drain() {
+                    match dbs.keystore.get(txn, &stream_id.to_be_bytes()).lmdb()? {
+                        Some(v) if !is_tombstone(v) => {
+                            kept.insert(stream_id, key);
+                        }
+                        _ => {}
+                    }
+                }
+                cache.keys = kept;
+                cache.retired = match (&check, self.master()) {
+                    (Some(check), Some(master)) => {
+                        let known =
+                            cache.key_check.as_deref() == Some(check.as_slice()) && !cache.retired;
+                        !known
+                            && open_with(&master, KEY_CHECK_AAD, check)
+                                .is_none_or(|t| t.as_slice() != KEY_CHECK_TEXT)
+                    }
+                    _ => false,
+                };
+                cache.key_check = check;
+                cache.generation = Some(found);
+                cache.checked_read = None;
+                cache.checked_write = None;
+            }
+        }
+        match kind {
+            Txn::Read => {
+                cache.checked_read = Some(match cache.checked_read {
+                    Some((lo, hi)) => (lo.min(id), hi.max(id)),
+                    None => (id, id),
+                });
+            }
+            Txn::Write => cache.checked_write = Some(id),
+        }
+        Ok((cache, true))
+    }
+
+    /// What the keystore says of the whole store in `txn` (a write transaction): whether it is
+    /// encrypted, and whether this handle's master key was retired by a rotation elsewhere.
+    pub(crate) fn store_keys(&self, dbs: &Dbs, wtxn: &RoTxn<'_>) -> Result<StoreKeys> {
+        let (cache, current) = self.sync(dbs, wtxn, Txn::Write)?;
+        if current {
+            return Ok(StoreKeys {
+                encrypted: cache.key_check.is_some(),
+                retired: cache.retired,
+                generation: cache.generation,
+            });
+        }
+        drop(cache);
+        let check = Self::key_check(&dbs.meta, wtxn)?;
+        Ok(StoreKeys {
+            retired: match (&check, self.master()) {
+                (Some(check), Some(_)) => !self.accepts_check(check),
+                _ => false,
+            },
+            encrypted: check.is_some(),
+            generation: None,
+        })
+    }
+
+    /// The key of `stream_id` as `txn`'s snapshot has it, from the cache or the keystore.
+    ///
+    /// A shred or a rotation committed by any process is seen by the first snapshot that
+    /// includes it: the cache is checked against the snapshot's keystore generation.
     pub(crate) fn stream_key(
         &self,
         dbs: &Dbs,
         txn: &RoTxn<'_>,
         stream_id: u128,
+        kind: Txn,
     ) -> Result<StreamKey> {
-        {
-            let cache = lock(&self.keys);
-            if let Some(key) = cache.keys.get(&stream_id) {
-                return Ok(StreamKey::Key(Arc::clone(key)));
-            }
+        let (cache, current) = self.sync(dbs, txn, kind)?;
+        if current && let Some(key) = cache.keys.get(&stream_id) {
+            return Ok(StreamKey::Key(Arc::clone(key)));
         }
+        let (generation, retired) = (cache.generation, cache.retired);
+        drop(cache);
         let Some(stored) = dbs.keystore.get(txn, &stream_id.to_be_bytes()).lmdb()? else {
             return Ok(StreamKey::Plain);
         };
         if stored == TOMBSTONE {
             return Ok(StreamKey::Shredded);
         }
-        let key = self.unwrap_key(stream_id, stored)?;
-        let mut cache = lock(&self.keys);
-        // A stream shredded meanwhile: an old snapshot may read it, the cache may not keep it.
-        if !cache.shredded.contains(&stream_id) {
-            if cache.keys.len() >= KEY_CACHE_MAX {
-                cache.keys.clear();
+        let key = self.unwrap_key(stream_id, stored).map_err(|e| match e {
+            Error::Crypto { .. } if retired => Error::MasterKeyRotated,
+            e => e,
+        })?;
+        if current {
+            let mut cache = lock(&self.keys);
+            // Only into the cache of the snapshot's own generation, and never a key this
+            // process shredded.
+            if cache.generation == generation && !cache.shredded.contains(&stream_id) {
+                if cache.keys.len() >= KEY_CACHE_MAX {
+                    cache.keys.clear();
+                }
+                cache.keys.insert(stream_id, Arc::clone(&key));
             }
-            cache.keys.insert(stream_id, Arc::clone(&key));
         }
         Ok(StreamKey::Key(key))
     }
@@ -325,6 +512,9 @@ impl Crypto {
         wtxn: &mut RwTxn<'_>,
         stream_id: u128,
     ) -> Result<Arc<Aes256Gcm>> {
+        if self.store_keys(dbs, wtxn)?.retired {
+            return Err(Error::MasterKeyRotated);
+        }
         let key = Zeroizing::new(random::<32>()?);
         let wrapped = self.wrap_key(stream_id, &key)?;
         dbs.keystore
@@ -333,12 +523,17 @@ impl Crypto {
         Ok(Arc::new(cipher(&key)))
     }
 
-    /// Takes the keys a committed transaction created into the cache.
-    pub(crate) fn adopt(&self, mut created: Vec<(u128, Arc<Aes256Gcm>)>) {
+    /// Takes the keys a committed transaction created into the cache, if the cache is still
+    /// of the generation `generation` the transaction was checked against (a shred committed
+    /// since, by any process, may have taken one of them).
+    pub(crate) fn adopt(&self, mut created: Vec<(u128, Arc<Aes256Gcm>)>, generation: Option<u64>) {
         if created.is_empty() {
             return;
         }
         let mut cache = lock(&self.keys);
+        if cache.generation != generation {
+            return;
+        }
         created.retain(|(s, _)| !cache.shredded.contains(s));
         if cache.keys.len() + created.len() > KEY_CACHE_MAX {
             cache.keys.clear();
@@ -346,11 +541,19 @@ impl Crypto {
         cache.keys.extend(created);
     }
 
-    /// Replaces the stream's key with the shredded mark in `wtxn`, and forgets it.
+    /// Replaces the stream's key with the shredded mark in `wtxn`, and forgets it. The wrapped
+    /// key's bytes are first overwritten with zeros in place (LMDB writes a value of the same
+    /// length over the old one in the transaction's copy of the page), so that the page this
+    /// transaction writes keeps no copy of them in its vacated space. The page the key was
+    /// read from stays on LMDB's free list until it is reused: see `docs/design.md`,
+    /// "Making a shred final".
     pub(crate) fn shred(&self, dbs: &Dbs, wtxn: &mut RwTxn<'_>, stream_id: u128) -> Result<()> {
-        dbs.keystore
-            .put(wtxn, &stream_id.to_be_bytes(), TOMBSTONE)
-            .lmdb()?;
+        let key = stream_id.to_be_bytes();
+        if let Some(len) = dbs.keystore.get(wtxn, &key).lmdb()?.map(<[u8]>::len) {
+            dbs.keystore.put(wtxn, &key, &vec![0u8; len]).lmdb()?;
+        }
+        dbs.keystore.put(wtxn, &key, TOMBSTONE).lmdb()?;
+        bump_generation(&dbs.meta, wtxn)?;
         lock(&self.keys).keys.remove(&stream_id);
         Ok(())
     }
@@ -362,11 +565,6 @@ impl Crypto {
         cache.keys.remove(&stream_id);
     }
 
-    /// Forgets every cached key (after a rotation).
-    pub(crate) fn forget_keys(&self) {
-        lock(&self.keys).keys.clear();
-    }
-
     /// Rewraps every stream key under `new` in `wtxn`, and the key check. The caller installs
     /// the new master key ([`set_master`](Self::set_master)) once the transaction has committed.
     pub(crate) fn rewrap_all(
@@ -375,6 +573,9 @@ impl Crypto {
         wtxn: &mut RwTxn<'_>,
         new: &[u8; 32],
     ) -> Result<u64> {
+        if self.store_keys(dbs, wtxn)?.retired {
+            return Err(Error::MasterKeyRotated);
+        }
         let new_cipher = cipher(new);
         let mut entries = Vec::new();
         for entry in dbs.keystore.iter(wtxn).lmdb()? {
@@ -411,6 +612,7 @@ impl Crypto {
         }
         let check = seal_with(&new_cipher, random()?, KEY_CHECK_AAD, KEY_CHECK_TEXT)?;
         dbs.meta.put(wtxn, KEY_CHECK, &check).lmdb()?;
+        bump_generation(&dbs.meta, wtxn)?;
         Ok(count)
     }
 

@@ -285,9 +285,14 @@ impl Storage {
         });
     }
 
-    /// Whether new streams are encrypted (`StorageConfig::encryption_enabled`).
+    /// Whether the store is encrypted: it has a master-key check (written by the first open
+    /// with a master key), so every new stream is encrypted, and a handle without the master
+    /// key cannot create one ([`Error::MasterKeyRequired`]). Encryption is the store's, not
+    /// the handle's. A store whose snapshot cannot be read answers as its handle was opened.
     pub fn is_encrypted(&self) -> bool {
-        self.inner.config.encryption_enabled
+        self.read_txn()
+            .and_then(|txn| crypto::Crypto::key_check(&self.inner.dbs.meta, txn.raw()))
+            .map_or(self.inner.crypto.has_master_key(), |check| check.is_some())
     }
 
     pub(crate) fn crypto(&self) -> &crypto::Crypto {

@@ -113,11 +113,19 @@ impl Storage {
                 reason: "rotating the master key needs the current one".into(),
             });
         }
+        // The new key is installed under the write lock, right after the commit: no commit
+        // group of this process can wrap a new stream key under the old one after the
+        // rotation. Other processes see the rotation at their next write transaction (the
+        // keystore generation) and refuse to create keys with their retired master key
+        // (`Error::MasterKeyRotated`). The stream keys themselves do not change, so the
+        // cached ones stay.
+        let rewrapped = self.write_then(
+            self.resize_wait(),
+            |wtxn, dbs| Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true)),
+            |_| self.crypto().set_master(&new),
+        )?;
         // Durable before the caller retires the old master key.
-        let rewrapped =
-            self.write_durable(|wtxn, dbs| Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true)))?;
-        self.crypto().set_master(&new);
-        self.crypto().forget_keys();
+        self.flush_if_durable()?;
         Ok(rewrapped)
     }
 

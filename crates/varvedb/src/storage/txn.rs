@@ -111,7 +111,19 @@ impl Storage {
     pub(crate) fn write<T>(
         &self,
         resize_wait: Duration,
+        f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<(T, bool)>,
+    ) -> Result<T> {
+        self.write_then(resize_wait, f, |_| {})
+    }
+
+    /// [`write`](Self::write), calling `committed` after the commit and before the write lock
+    /// is released: no other write transaction of this process runs in between (a master-key
+    /// rotation installs the new key there).
+    pub(crate) fn write_then<T>(
+        &self,
+        resize_wait: Duration,
         mut f: impl FnMut(&mut RwTxn<'_>, &Dbs) -> Result<(T, bool)>,
+        committed: impl FnOnce(&T),
     ) -> Result<T> {
         let w = lock(&self.inner.write_lock);
         self.check_writable()?;
@@ -142,6 +154,7 @@ impl Storage {
                 Ok(()) => {
                     self.inner.unflushed.store(true, Ordering::Release);
                     self.inner.commits.fetch_add(1, Ordering::Relaxed);
+                    committed(&value);
                     self.grow_early(&w);
                     return Ok(value);
                 }
@@ -229,7 +242,7 @@ impl Storage {
 
     /// [`flush`](Self::flush) with [`Durability::Sync`]; nothing with `NoSync`, whose commits
     /// are not flushed by choice.
-    fn flush_if_durable(&self) -> Result<()> {
+    pub(crate) fn flush_if_durable(&self) -> Result<()> {
         match self.config().durability {
             crate::config::Durability::Sync => self.flush(),
             crate::config::Durability::NoSync => Ok(()),
