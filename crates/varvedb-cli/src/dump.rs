@@ -297,7 +297,9 @@ pub(crate) fn export(
     let storage = open()?;
     let file = args.file.as_deref().filter(|f| *f != Path::new("-"));
     let sink: Box<dyn Write> = match file {
-        Some(path) => Box::new(File::create_new(path).map_err(|e| {
+        // Never over a file, never through a link (O_EXCL), and 0600 from the first byte: an
+        // export holds everything the store's files do.
+        Some(path) => Box::new(private_file(path).map_err(|e| {
             format!(
                 "{}: {e} (an export never overwrites a file)",
                 path.display()
@@ -429,4 +431,17 @@ fn import_lines(
     }
     let report = importer.finish(&header)?;
     Ok((storage, report))
+}
+
+/// Creates `path` exclusively (`O_CREAT | O_EXCL`: no existing file, no symbolic link
+/// followed), readable and writable by its owner only from the start.
+pub(crate) fn private_file(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }

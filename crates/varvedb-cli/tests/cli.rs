@@ -720,9 +720,21 @@ fn export_then_import_rebuilds_the_store_byte_for_byte() {
     let text = std::fs::read_to_string(&export).unwrap();
     assert_eq!(text.lines().count(), 1 + 5, "a header and five events");
     assert!(!text.contains("card 0"), "nothing decrypted in the export");
-    // A second export never overwrites the first.
+    // Only its owner may read it, from its first byte.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&export).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A second export never overwrites the first, nor writes through a planted link.
     let (ok, _, stderr) = varvedb(&["--path", s, "export", e]);
     assert!(!ok && stderr.contains("never overwrites"), "{stderr}");
+    let planted = dir.path().join("planted.jsonl");
+    let target = dir.path().join("attacker.jsonl");
+    std::os::unix::fs::symlink(&target, &planted).unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", s, "export", planted.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("never overwrites"), "{stderr}");
+    assert!(!target.exists(), "the export followed a planted link");
 
     let restored = dir.path().join("restored");
     let r = restored.to_str().unwrap();

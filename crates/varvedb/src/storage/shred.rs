@@ -129,50 +129,95 @@ impl Storage {
         Ok(rewrapped)
     }
 
-    /// Writes a compacted copy of the store into the directory `dest` (created 0700; it must
-    /// not hold a store): only the pages in use, so that no freed page (a shredded stream's old
-    /// key, a deleted blob) is carried over. The copy opens as a store like any other.
+    /// Writes a compacted copy of the store into the directory `dest`: only the pages in use,
+    /// so that no freed page (a shredded stream's old key, a deleted blob) is carried over. The
+    /// copy opens as a store like any other.
+    ///
+    /// `dest` is created with mode 0700 (its parents as needed). An existing `dest` is taken
+    /// only if it is an empty directory (not a symbolic link) that only its owner can enter,
+    /// owned by the owner of this store's directory; anything else is refused
+    /// ([`Error::InvalidStore`]), so that a directory another user prepared, or a planted link,
+    /// never receives the copy. The data file is created exclusively (never through a link,
+    /// never over a file) with mode 0600 from its first byte.
     pub fn compact_to(&self, dest: impl AsRef<Path>) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
         let dest = dest.as_ref();
-        let io = |source| Error::Io {
-            path: dest.to_path_buf(),
-            source,
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
         };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dest)
-                .map_err(io)?;
+        let refuse = |reason: String| Error::InvalidStore {
+            path: dest.to_path_buf(),
+            reason,
+        };
+        match std::fs::symlink_metadata(dest) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dest)
+                    .map_err(io(dest))?;
+            }
+            Err(e) => return Err(io(dest)(e)),
+            Ok(meta) => {
+                if !meta.file_type().is_dir() {
+                    return Err(refuse(
+                        "it exists and is not a directory (a backup goes to a new directory)"
+                            .into(),
+                    ));
+                }
+                let owner = std::fs::metadata(self.path())
+                    .map_err(io(self.path()))?
+                    .uid();
+                if meta.uid() != owner {
+                    return Err(refuse(format!(
+                        "it belongs to user {}, not to the store's owner {owner}",
+                        meta.uid()
+                    )));
+                }
+                if meta.permissions().mode() & 0o077 != 0 {
+                    return Err(refuse(format!(
+                        "other users may use it (mode {:o}); a backup's directory must be 0700",
+                        meta.permissions().mode() & 0o777
+                    )));
+                }
+                if std::fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
+                    return Err(refuse(
+                        "it is not empty; a backup goes to a new or empty directory".into(),
+                    ));
+                }
+            }
         }
         let file = dest.join("data.mdb");
-        if file.exists() {
-            return Err(Error::InvalidStore {
-                path: dest.to_path_buf(),
-                reason: "it already holds a data file; a copy goes to a new directory".into(),
-            });
-        }
+        // O_CREAT | O_EXCL: no symbolic link is followed, no existing file is reused, and
+        // the mode is 0600 from the start.
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(io(&file))?;
+        // The umask may only have narrowed the mode; made exact.
+        out.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io(&file))?;
         // A snapshot for the copy: the same reader slot rules as any read.
         let txn = self.read_txn()?;
         let copied = self
             .env()
-            .copy_to_path(&file, CompactionOption::Enabled)
-            .lmdb()?;
+            .copy_to_file(&mut out, CompactionOption::Enabled)
+            .lmdb();
         drop(txn);
-        {
-            use std::os::unix::fs::PermissionsExt;
-            copied
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| Error::Io {
-                    path: file.clone(),
-                    source: e,
-                })?;
-            copied.sync_all().map_err(|e| Error::Io {
-                path: file.clone(),
-                source: e,
-            })?;
+        if let Err(e) = copied {
+            drop(out);
+            // No half copy is left behind to be mistaken for a backup.
+            let _ = std::fs::remove_file(&file);
+            return Err(e);
         }
+        out.sync_all().map_err(io(&file))?;
+        // The new entry itself is durable too.
+        std::fs::File::open(dest)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dest))?;
         Ok(())
     }
 }
