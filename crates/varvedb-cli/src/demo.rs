@@ -69,21 +69,50 @@ struct CustomerProfile {
 /// store's directory (a secrets manager, a key file readable by its user only).
 const DEMO_MASTER_KEY: [u8; 32] = *b"varvedb demo key, never use it!!";
 
-/// Opens the store with encryption on, writes a customer profile to a new (so encrypted)
-/// stream, reads it back, shreds the stream and shows that it is gone for good.
-fn forget_a_customer(path: &Path, stream: u128) -> Result<()> {
-    let storage = match Storage::open(StorageConfig {
+/// Opens the demo's store: a new one, or one the demo made before (an encrypted store that its
+/// published key opens). Any other store is refused and left as it was: the demo would make a
+/// plaintext store encrypted under a key the whole world knows.
+fn open_demo_store(path: &Path) -> Result<Storage> {
+    if path.join("data.mdb").exists() {
+        let existing = Storage::open_existing(StorageConfig {
+            path: path.into(),
+            ..Default::default()
+        })?;
+        let events = {
+            let txn = existing.read_txn()?;
+            existing.last_seq(&txn)?
+        };
+        let encrypted = existing.is_encrypted();
+        drop(existing);
+        if !encrypted && events > 0 {
+            return Err(Error::InvalidStore {
+                path: path.into(),
+                reason: format!(
+                    "the demo runs only on a store it created, and this one holds {events} events of \
+                     another application; give the demo a new --path"
+                ),
+            });
+        }
+    }
+    match Storage::open(StorageConfig {
         path: path.into(),
         encryption_enabled: true,
         master_key: Some(DEMO_MASTER_KEY),
         ..Default::default()
     }) {
-        Err(Error::WrongMasterKey) => {
-            println!("(this store has a master key of its own: the encryption part is skipped)");
-            return Ok(());
-        }
-        other => other?,
-    };
+        Err(Error::WrongMasterKey) => Err(Error::InvalidStore {
+            path: path.into(),
+            reason: "the demo runs only on a store it created, and this one is encrypted under \
+                     another key; give the demo a new --path"
+                .into(),
+        }),
+        other => other,
+    }
+}
+
+/// Writes a customer profile to a new (so encrypted) stream, reads it back, shreds the stream
+/// and shows that it is gone for good.
+fn forget_a_customer(storage: &Storage, path: &Path, stream: u128) -> Result<()> {
     let writer = Writer::<CustomerProfile>::new(storage.clone());
     let reader = Reader::<CustomerProfile>::new(storage.clone());
     let profile = CustomerProfile {
@@ -130,15 +159,11 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         .map_or(0, |d| d.as_nanos());
     let account = (nanos ^ (u128::from(std::process::id()) << 64)) % (u128::MAX - 2) + 1;
     println!("store: {}", path.display());
-    // First the encrypted part, with the store opened with a master key: every stream it
-    // creates is encrypted. The account's streams below are created by an open without
-    // encryption, so they stay plaintext and read without the key.
-    forget_a_customer(path, account + 1)?;
+    // The store is encrypted under the demo's key: every stream it creates has a key of its
+    // own, which is what lets one customer be forgotten while the rest stays.
+    let storage = open_demo_store(path)?;
+    forget_a_customer(&storage, path, account + 1)?;
 
-    let storage = Storage::open(StorageConfig {
-        path: path.into(),
-        ..Default::default()
-    })?;
     let writer = Writer::<Account>::new(storage.clone());
     let reader = Reader::<Account>::new(storage.clone());
     println!("account stream {account:032x}");

@@ -26,9 +26,14 @@ struct Cli {
     #[arg(long, global = true, default_value = varvedb::DEFAULT_PATH)]
     path: PathBuf,
     /// A file holding the store's master key: 32 bytes, or 64 hex digits. Without it, an
-    /// encrypted store's envelopes read and its payloads do not.
+    /// encrypted store's envelopes read and its payloads do not. A key file that other users
+    /// may read is warned about.
     #[arg(long, global = true)]
     key_file: Option<PathBuf>,
+    /// Refuse a key file that its group or other users may read or write (mode other than
+    /// 0600 or 0400), instead of warning.
+    #[arg(long, global = true)]
+    strict_permissions: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -155,7 +160,13 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let key = match cli.key_file.as_deref().map(read_key).transpose() {
+    let strict = cli.strict_permissions;
+    let key = match cli
+        .key_file
+        .as_deref()
+        .map(|path| read_key_file(path, strict))
+        .transpose()
+    {
         Ok(key) => key,
         Err(e) => {
             eprintln!("varvedb: {e}");
@@ -163,7 +174,10 @@ fn main() -> ExitCode {
         }
     };
     let path = cli.path.clone();
-    let open = move || open_existing(&path, key);
+    // The key's bytes live in `key` (wiped on drop); each open gets a copy that the store
+    // wipes once it has taken the key.
+    let raw_key = || key.as_deref().copied();
+    let open = || open_existing(&path, raw_key());
     let result = match cli.command {
         Command::Demo => demo::run(&cli.path).map_err(Into::into),
         Command::Stats => stats(open),
@@ -172,12 +186,12 @@ fn main() -> ExitCode {
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
         Command::Tail(args) => read::tail(open, &args).map_err(Into::into),
-        Command::Append(args) => append::run(&cli.path, key, args),
+        Command::Append(args) => append::run(&cli.path, raw_key(), args),
         Command::Export(args) => dump::export(open, &args),
-        Command::Import(args) => dump::import(&cli.path, key, &args),
+        Command::Import(args) => dump::import(&cli.path, raw_key(), &args),
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Replicate(args) => replication::replicate(open, &args),
-        Command::Restore(args) => replication::restore(key, &args),
+        Command::Restore(args) => replication::restore(raw_key(), &args),
         Command::Consumers { command } => {
             return match admin::consumers(open, command.as_ref()) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -237,26 +251,85 @@ fn print_warnings(storage: &Storage) {
     }
 }
 
+/// Reads a master key file (see [`parse_key`]), warning about (or, with `strict`, refusing) a
+/// file that its group or other users may read or write.
+fn read_key_file(path: &Path, strict: bool) -> Result<MasterKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        let what = format!(
+            "{}: the key file's mode is {:o}, so other users may read or change it; make it 0600 (chmod 600)",
+            path.display(),
+            mode & 0o777
+        );
+        if strict {
+            return Err(format!("{what} (refused: --strict-permissions)"));
+        }
+        eprintln!("varvedb: warning: {what}");
+    }
+    read_key(path)
+}
+
+/// A master key held by the tool: wiped from memory when dropped.
+type MasterKey = zeroize::Zeroizing<[u8; 32]>;
+
 /// Reads a master key file: 32 raw bytes, or 64 hex digits (whitespace around them ignored).
-fn read_key(path: &Path) -> Result<[u8; 32], String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+/// The bytes read are wiped once parsed.
+fn read_key(path: &Path) -> Result<MasterKey, String> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+    );
+    parse_key(&bytes).map_err(|reason| format!("{}: {reason}", path.display()))
+}
+
+/// A master key from a key file's bytes: 32 raw bytes, or 64 hex digits with optional
+/// whitespace around them. Anything else is an error, never a panic.
+fn parse_key(bytes: &[u8]) -> Result<MasterKey, &'static str> {
+    let mut key = zeroize::Zeroizing::new([0u8; 32]);
+    if bytes.len() == 32 {
+        key.copy_from_slice(bytes);
         return Ok(key);
     }
-    let text = String::from_utf8_lossy(&bytes);
-    let hex = text.trim();
-    if hex.len() != 64 {
-        return Err(format!(
-            "{}: a master key is 32 bytes or 64 hex digits",
-            path.display()
-        ));
+    let hex = bytes.trim_ascii();
+    if hex.len() != 64 || !hex.iter().all(u8::is_ascii_hexdigit) {
+        return Err("a master key is 32 bytes or 64 hex digits");
     }
-    let mut key = [0u8; 32];
-    for (i, byte) in key.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| format!("{}: not hex", path.display()))?;
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    };
+    for (byte, pair) in key.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = digit(pair[0]) << 4 | digit(pair[1]);
     }
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key;
+
+    #[test]
+    fn key_files_parse_or_are_refused_without_a_panic() {
+        assert_eq!(*parse_key(&[7u8; 32]).unwrap(), [7u8; 32]);
+        let hex = format!("  {}\n", "0a".repeat(32));
+        assert_eq!(*parse_key(hex.as_bytes()).unwrap(), [10u8; 32]);
+        assert_eq!(*parse_key("AB".repeat(32).as_bytes()).unwrap(), [0xab; 32]);
+        // 64 bytes of non-ASCII (the panic of issue 26), odd lengths, bad digits.
+        for bad in [
+            vec![0xc3u8; 64],
+            "é".repeat(32).into_bytes(),
+            "0g".repeat(32).into_bytes(),
+            vec![b'a'; 63],
+            vec![],
+            vec![0u8; 33],
+        ] {
+            assert!(parse_key(&bad).is_err(), "{bad:?}");
+        }
+    }
 }
 
 fn shred(
@@ -281,7 +354,7 @@ fn rotate_key(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let new_key = read_key(new_key_file)?;
     let storage = open()?;
-    let keys = storage.rotate_master_key(new_key)?;
+    let keys = storage.rotate_master_key(*new_key)?;
     println!(
         "{keys} stream keys rewrapped under the key in {}; open the store with it from now on",
         new_key_file.display()

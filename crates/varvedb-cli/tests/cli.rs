@@ -41,8 +41,9 @@ fn demo_runs_twice_and_stats_counts_it() {
             "the demo shows the retry:\n{stdout}"
         );
         assert!(stdout.contains("balance 20.75 at version 7"), "{stdout}");
-        // The metrics of the run: its appends and its one conflict.
-        assert!(stdout.contains("varvedb_append_events_total 7"), "{stdout}");
+        // The metrics of the run: its appends (the customer's and the account's seven) and
+        // its one conflict.
+        assert!(stdout.contains("varvedb_append_events_total 8"), "{stdout}");
         assert!(
             stdout.contains("varvedb_append_conflicts_total 1"),
             "{stdout}"
@@ -202,6 +203,102 @@ fn reading_commands_refuse_a_directory_that_is_not_a_store_and_create_nothing() 
 }
 
 #[test]
+fn the_demo_refuses_a_store_it_did_not_create() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plaintext store of another application.
+    let plain = dir.path().join("plain");
+    let p = plain.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path", p, "append", "--stream", "1", "--expect", "none", "--type", "Opened", "--json",
+        "{}",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = varvedb(&["--path", p, "demo"]);
+    assert!(
+        !ok && stderr.contains("only on a store it created"),
+        "{stderr}"
+    );
+    // Nothing changed: still plaintext, no key check, and appends without a key still work.
+    let (ok, _, stderr) = varvedb(&[
+        "--path", p, "append", "--stream", "2", "--expect", "none", "--type", "Opened", "--json",
+        "{}",
+    ]);
+    assert!(ok, "{stderr}");
+    // An encrypted store under another key.
+    let secret = dir.path().join("secret");
+    let s = secret.to_str().unwrap();
+    let key = key_file(&dir);
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        s,
+        "--key-file",
+        &key,
+        "append",
+        "--stream",
+        "1",
+        "--expect",
+        "none",
+        "--type",
+        "Opened",
+        "--json",
+        "{}",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = varvedb(&["--path", s, "demo"]);
+    assert!(
+        !ok && stderr.contains("only on a store it created"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn key_files_are_checked_and_never_panic() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    // 64 bytes that are not ASCII: an error, not a panic.
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, [0xc3u8; 64]).unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = output(["--path", s, "--key-file", bad.to_str().unwrap(), "stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("32 bytes or 64 hex digits"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // A key file others may read: a warning, or with --strict-permissions a refusal.
+    let loose = dir.path().join("loose.key");
+    std::fs::write(&loose, "07".repeat(32)).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let l = loose.to_str().unwrap();
+    let append = |extra: &[&str]| {
+        let mut args = vec!["--path", s, "--key-file", l];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[
+            "append", "--stream", "1", "--expect", "any", "--type", "Opened", "--json", "{}",
+        ]);
+        varvedb(&args)
+    };
+    let (ok, _, stderr) = append(&[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("mode is 644"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = append(&["--strict-permissions"]);
+    assert!(!ok && stderr.contains("--strict-permissions"), "{stderr}");
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, _, stderr) = append(&["--strict-permissions"]);
+    assert!(ok && !stderr.contains("warning"), "{stderr}");
+    // Without the key, the encrypted store takes no new stream.
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "2", "--expect", "none", "--type", "Opened", "--json",
+        "{}",
+    ]);
+    assert!(!ok && stderr.contains("master key"), "{stderr}");
+}
+
+#[test]
 fn the_installed_tool_has_no_bench_command() {
     let (ok, _, stderr) = varvedb(&["bench", "--quick"]);
     assert!(!ok);
@@ -215,9 +312,30 @@ fn read_prints_the_envelope_as_text_and_json() {
     let store = store.to_str().unwrap();
     let (ok, _, stderr) = varvedb(&["--path", store, "demo"]);
     assert!(ok, "{stderr}");
+    // The demo's store is encrypted under its published key: without it, the envelopes read
+    // and the sealed parts (payloads, metadata) do not.
+    let (ok, stdout, stderr) = varvedb(&["--path", store, "read", "--json"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.lines().nth(2).unwrap().contains("\"metadata\":[]"),
+        "{stdout}"
+    );
+    let key = dir.path().join("demo.key");
+    std::fs::write(&key, b"varvedb demo key, never use it!!").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let key = key.to_str().unwrap();
+    let varvedb = |args: &[&str]| {
+        let mut all = vec!["--key-file", key];
+        all.extend_from_slice(args);
+        varvedb(&all)
+    };
 
     let (ok, stdout, stderr) = varvedb(&["--path", store, "read", "--json"]);
     assert!(ok, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 8, "{stdout}");
     // The customer's shredded profile, then the account.

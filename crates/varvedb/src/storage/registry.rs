@@ -172,20 +172,21 @@ impl Storage {
         Ok(storage)
     }
 
-    fn open_canonical(config: StorageConfig, create: Create) -> Result<Storage> {
+    fn open_canonical(mut config: StorageConfig, create: Create) -> Result<Storage> {
+        // The store keeps the master key only in zeroizing memory: the configuration's copy
+        // is wiped here, first thing (the caller's own copies are the caller's to wipe).
+        let master_key = config.master_key.as_mut().map(|key| {
+            let kept = zeroize::Zeroizing::new(*key);
+            zeroize::Zeroize::zeroize(key);
+            kept
+        });
+        config.master_key = None;
         let _span = tracing::info_span!("varvedb.open", path = %config.path.display()).entered();
         let path = std::fs::canonicalize(&config.path).map_err(io_err(&config.path))?;
         // Compare and keep configurations by the canonical path, so that two spellings of one
         // directory are one store.
         let config = StorageConfig {
             path: path.clone(),
-            ..config
-        };
-
-        // The store keeps the master key only in zeroizing memory, not in its configuration.
-        let master_key = config.master_key.map(zeroize::Zeroizing::new);
-        let config = StorageConfig {
-            master_key: None,
             ..config
         };
 
