@@ -222,7 +222,10 @@ pub use error::{Error, LmdbError, Result, Written};
 pub use expected::{Appended, ExpectedVersion};
 pub use json::{ArchivedJsonEvent, JSON_CONTAINER, JsonEvent};
 #[cfg(feature = "metrics-http")]
-pub use metrics_http::{DEFAULT_METRICS_ADDR, MetricsServer};
+pub use metrics_http::{
+    CONNECTIONS_MAX, DEFAULT_METRICS_ADDR, EXCHANGE_TIMEOUT, HEAD_BYTES_MAX, HEAD_TIMEOUT,
+    MetricsServer,
+};
 pub use processor::{
     AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, OnError, Processor,
     ProcessorOptions,

@@ -1,12 +1,36 @@
 //! `/metrics` over HTTP (the `metrics-http` feature), for applications with no server of their
-//! own. One thread answers scrapes with [`Storage::metrics_text`].
+//! own: hyper's HTTP/1 server on a thread of its own, answering scrapes with
+//! [`Storage::metrics_text`].
+//!
+//! It runs inside the database's process, so everything a client can make it spend is bounded:
+//! at most [`CONNECTIONS_MAX`] connections at once (the next ones are closed as soon as they are
+//! accepted), a request head of at most [`HEAD_BYTES_MAX`] bytes (larger is `431`), the head
+//! read within [`HEAD_TIMEOUT`], the whole exchange within [`EXCHANGE_TIMEOUT`], and one request
+//! per connection (no keep-alive). Slow or oversized clients cost one task each, never a thread.
 
+use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::error::{Error, Result};
 use crate::storage::{Storage, WeakStorage};
+
+/// The most connections served at once; more are accepted and closed at once.
+pub const CONNECTIONS_MAX: usize = 32;
+/// The longest request head (request line and headers) read, in bytes (hyper's smallest
+/// buffer); a longer one is answered `431` or closed.
+pub const HEAD_BYTES_MAX: usize = 8192;
+/// The time a client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The time a whole exchange may take, from accept to the last byte of the answer.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Where [`Storage::serve_metrics`] listens when told nothing: the loopback interface only.
 pub const DEFAULT_METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9477);
@@ -20,7 +44,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 /// It does not keep the store open: once every other handle is dropped, scrapes are answered
 /// `503 Service Unavailable`.
 pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
+    stop: Arc<tokio::sync::Notify>,
     addr: SocketAddr,
     thread: Option<JoinHandle<()>>,
 }
@@ -42,7 +66,7 @@ impl MetricsServer {
 
 impl Drop for MetricsServer {
     fn drop(&mut self) {
-        self.server.unblock();
+        self.stop.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -60,62 +84,123 @@ impl Storage {
     /// [`Error::Bind`].
     pub fn serve_metrics(&self, addr: Option<SocketAddr>) -> Result<MetricsServer> {
         let asked = addr.unwrap_or(DEFAULT_METRICS_ADDR);
-        let server = tiny_http::Server::http(asked).map_err(|e| Error::Bind {
+        let bind = |reason: String| Error::Bind {
             addr: asked.to_string(),
-            reason: e.to_string(),
-        })?;
-        let addr = server.server_addr().to_ip().unwrap_or(asked);
-        let server = Arc::new(server);
+            reason,
+        };
+        let listener = std::net::TcpListener::bind(asked).map_err(|e| bind(e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| bind(e.to_string()))?;
+        let addr = listener.local_addr().unwrap_or(asked);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .max_blocking_threads(2)
+            .build()
+            .map_err(|e| bind(format!("cannot start its runtime: {e}")))?;
+        let stop = Arc::new(tokio::sync::Notify::new());
         let store = self.downgrade();
         let thread = std::thread::Builder::new()
             .name("varvedb-metrics".into())
             .spawn({
-                let server = Arc::clone(&server);
-                move || serve(&server, &store)
+                let stop = Arc::clone(&stop);
+                move || runtime.block_on(serve(listener, store, stop))
             })
-            .map_err(|e| Error::Bind {
-                addr: addr.to_string(),
-                reason: format!("cannot start its thread: {e}"),
-            })?;
+            .map_err(|e| bind(format!("cannot start its thread: {e}")))?;
         Ok(MetricsServer {
-            server,
+            stop,
             addr,
             thread: Some(thread),
         })
     }
 }
 
-/// Answers requests until the server is unblocked.
-fn serve(server: &tiny_http::Server, store: &WeakStorage) {
-    for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("");
-        let response = if path != "/metrics" {
-            tiny_http::Response::from_string("not found: the metrics are at /metrics\n")
-                .with_status_code(404)
-        } else if !matches!(
-            request.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        ) {
-            tiny_http::Response::from_string("method not allowed: use GET\n").with_status_code(405)
-        } else {
-            match store.upgrade() {
-                Some(storage) => {
-                    let text = storage.metrics_text();
-                    drop(storage);
-                    let mut response = tiny_http::Response::from_string(text);
-                    if let Ok(header) =
-                        tiny_http::Header::from_bytes(&b"Content-Type"[..], CONTENT_TYPE)
-                    {
-                        response.add_header(header);
-                    }
-                    response
+/// Accepts connections until `stop` is notified, each served on a task of its own within the
+/// bounds of the module docs.
+async fn serve(
+    listener: std::net::TcpListener,
+    store: WeakStorage,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .max_buf_size(HEAD_BYTES_MAX)
+        .max_headers(32)
+        .keep_alive(false);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.notified() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                // Out of descriptors, or a connection reset before it was accepted: wait a
+                // moment rather than spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-                None => {
-                    tiny_http::Response::from_string("the store is closed\n").with_status_code(503)
-                }
-            }
+            },
         };
-        // A client that went away is not the server's problem.
-        let _ = request.respond(response);
+        // Full: the connection is closed at once (dropped), the server stays responsive.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue;
+        };
+        let store = store.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(move |request| answer(request, store.clone())),
+        );
+        tokio::spawn(async move {
+            // A client that is too slow, or goes away, is not the server's problem.
+            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, conn).await;
+            drop(slot);
+        });
     }
+}
+
+/// The answer to one request.
+async fn answer(
+    request: Request<Incoming>,
+    store: WeakStorage,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status: StatusCode, text: &'static str| {
+        let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+        *response.status_mut() = status;
+        response
+    };
+    if request.uri().path() != "/metrics" {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "not found: the metrics are at /metrics\n",
+        ));
+    }
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        return Ok(reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed: use GET\n",
+        ));
+    }
+    // Reading the store's gauges touches the file: off the accepting thread.
+    let text = tokio::task::spawn_blocking(move || store.upgrade().map(|s| s.metrics_text())).await;
+    Ok(match text {
+        Ok(Some(text)) => {
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            if let Ok(value) = hyper::header::HeaderValue::from_str(CONTENT_TYPE) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, value);
+            }
+            response
+        }
+        Ok(None) => reply(StatusCode::SERVICE_UNAVAILABLE, "the store is closed\n"),
+        Err(_) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics could not be read\n",
+        ),
+    })
 }

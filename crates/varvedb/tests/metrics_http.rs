@@ -82,3 +82,85 @@ fn scraping_metrics_over_http_sees_the_counters_move() {
 fn the_default_address_is_loopback() {
     assert!(varvedb::DEFAULT_METRICS_ADDR.ip().is_loopback());
 }
+
+/// The threads of this process (Linux; elsewhere the check is skipped).
+fn threads() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(Iterator::count)
+}
+
+/// Clients that connect and send nothing, send a head that never ends, or send megabytes of
+/// headers: the server spends no thread on any of them, stays responsive to a real scrape
+/// while they hold on, and closes them within its bounds.
+#[test]
+fn slow_and_oversized_clients_cannot_exhaust_the_database_process() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let server = storage
+        .serve_metrics(Some("127.0.0.1:0".parse().unwrap()))
+        .unwrap();
+    let addr = server.local_addr();
+    let before = threads();
+
+    // A head that starts and never ends (first, so that it holds a slot).
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        .unwrap();
+    let started = Instant::now();
+    // 200 idle connections, many more than the server serves at once.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    if let (Some(before), Some(now)) = (before, threads()) {
+        assert!(
+            now <= before + 4,
+            "{now} threads with 201 clients connected, {before} before"
+        );
+    }
+    drop(idle);
+
+    // Megabytes of header: refused (431) or closed, never buffered.
+    let mut big = TcpStream::connect(addr).unwrap();
+    big.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut sent = 0usize;
+    let _ = big.write_all(b"GET /metrics HTTP/1.1\r\n");
+    let line = format!("X-Big: {}\r\n", "a".repeat(1000));
+    while sent < 4 << 20 {
+        if big.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+        sent += line.len();
+    }
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+
+    // A real scrape is answered meanwhile (the idle clients are gone, the slow one holds on).
+    let (status, _, body) = get(addr, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(body.contains("varvedb_append_events_total"));
+
+    // The slow client is cut off once its head is overdue, not before.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < varvedb::HEAD_TIMEOUT + Duration::from_secs(5),
+        "the slow client was held {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() >= varvedb::HEAD_TIMEOUT - Duration::from_millis(500),
+        "the slow client was cut off after {:?} only",
+        started.elapsed()
+    );
+    drop(server);
+}
