@@ -68,11 +68,15 @@ fn replicate_once_then_restore_gives_the_same_events() {
     let dst = tmp.path().join("dst");
     let (src, dst) = (src.to_str().unwrap(), dst.to_str().unwrap());
     assert!(varvedb(&["--path", src, "demo"]).0);
+    // The demo's store is encrypted under its published key: new streams need it.
+    let key = tmp.path().join("demo.key");
+    std::fs::write(&key, b"varvedb demo key, never use it!!").unwrap();
+    let key = key.to_str().unwrap();
     for i in 0..5 {
         let json = format!("{{\"n\":{i}}}");
         let (ok, _, err) = varvedb(&[
-            "--path", src, "append", "--stream", "77", "--expect", "any", "--type", "Noted",
-            "--json", &json,
+            "--path", src, "--key-file", key, "append", "--stream", "77", "--expect", "any",
+            "--type", "Noted", "--json", &json,
         ]);
         assert!(ok, "{err}");
     }
