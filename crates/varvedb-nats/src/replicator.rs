@@ -60,6 +60,8 @@ struct Known {
     /// The key entries published, by stream: the wrapped key, or `None` once shredded.
     keys: HashMap<u128, Option<Vec<u8>>>,
     format_and_check: bool,
+    /// The master-key check published last.
+    check: Option<Vec<u8>>,
     last_key_sync: Option<Instant>,
 }
 
@@ -317,10 +319,14 @@ impl Replicator {
         };
         if !known.format_and_check {
             put(bucket, "format", header.format.to_string().into_bytes()).await?;
+            known.format_and_check = true;
+        }
+        // The check changes with a rotation of the master key: replicas follow it.
+        if header.key_check.is_some() && known.check != header.key_check {
             if let Some(check) = &header.key_check {
                 put(bucket, "check", check.clone()).await?;
             }
-            known.format_and_check = true;
+            known.check = header.key_check;
         }
         known.types = header
             .types

@@ -180,6 +180,14 @@ async fn session(
         uncommitted: false,
         held_since: None,
     };
+    // Shreds and rotations made while this replica was not watching (stopped, or cut off):
+    // the watch starts first, so that nothing changed during the comparison is missed.
+    let mut watch = if config.follow {
+        Some(restore.bucket.watch_all().await.map_err(nats)?)
+    } else {
+        None
+    };
+    restore.reconcile_keys().await?;
     restore.begin(Vec::new(), Vec::new(), true).await?;
     let source_last = stream.info().await.map_err(nats)?.state.last_sequence;
     restore.report.source_last_seq = source_last;
@@ -209,11 +217,6 @@ async fn session(
         .await
         .map_err(nats)?;
     let mut messages = consumer.messages().await.map_err(nats)?;
-    let mut watch = if config.follow {
-        Some(restore.bucket.watch("key.*").await.map_err(nats)?)
-    } else {
-        None
-    };
     loop {
         let waited = async {
             match &mut watch {
@@ -435,24 +438,56 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// A key entry changed at the source: an empty value is a shred.
+    /// Compares every key this replica holds, and the master-key check, with the source's
+    /// bucket, and adopts what changed there: shreds, and keys rewrapped by a rotation. Run at
+    /// every connection (one read of the bucket per encrypted stream of the replica).
+    async fn reconcile_keys(&mut self) -> Result<(), Error> {
+        let check = self.bucket.get("check").await.map_err(nats)?;
+        let mut keys = Vec::with_capacity(self.keyed.len());
+        for &stream_id in &self.keyed {
+            if let Some(value) = self
+                .bucket
+                .get(wire::key_entry(stream_id))
+                .await
+                .map_err(nats)?
+            {
+                keys.push(ExportKey {
+                    stream_id,
+                    wrapped: (!value.is_empty()).then(|| value.to_vec()),
+                });
+            }
+        }
+        self.adopt(check.as_deref(), &keys)
+    }
+
+    /// Adopts a source's keystore changes (see [`Importer::adopt_keys`]).
+    fn adopt(&mut self, check: Option<&[u8]>, keys: &[ExportKey]) -> Result<(), Error> {
+        self.commit()?;
+        let (shredded, _rewrapped) = self.importer.adopt_keys(check, keys)?;
+        self.report.shredded += shredded;
+        Ok(())
+    }
+
+    /// An entry of the bucket changed at the source: a key (empty: a shred; another wrapped
+    /// key: a rotation) or the master-key check (a rotation).
     async fn key_changed(&mut self, entry: &kv::Entry) -> Result<(), Error> {
+        if !matches!(entry.operation, kv::Operation::Put) {
+            return Ok(());
+        }
+        if entry.key == "check" {
+            return self.adopt(Some(&entry.value), &[]);
+        }
         let Some(stream_id) = wire::parse_key_entry(&entry.key) else {
             return Ok(());
         };
-        if !entry.value.is_empty() || !self.keyed.contains(&stream_id) {
+        if !self.keyed.contains(&stream_id) {
             // A new stream's key is taken when its first event comes.
             return Ok(());
         }
-        let shredded = {
-            let txn = self.storage.read_txn()?;
-            self.storage.is_shredded(&txn, stream_id)?
+        let key = ExportKey {
+            stream_id,
+            wrapped: (!entry.value.is_empty()).then(|| entry.value.to_vec()),
         };
-        if !shredded {
-            self.commit()?;
-            self.storage.shred_stream(stream_id)?;
-            self.report.shredded += 1;
-        }
-        Ok(())
+        self.adopt(None, &[key])
     }
 }

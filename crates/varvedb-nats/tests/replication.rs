@@ -502,3 +502,69 @@ fn a_stream_whose_subjects_overlap_another_is_refused_not_retried() {
     let err = run("SECOND").unwrap_err();
     assert!(matches!(err, Error::Refused { .. }), "{err}");
 }
+
+#[test]
+fn a_replica_stopped_across_a_shred_and_a_rotation_adopts_both_when_it_reconnects() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let url = server.url();
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), Some(KEY))).unwrap();
+    let w = Writer::<common::Doc>::new(src.clone());
+    for stream in [600u128, 601, 602] {
+        w.append(stream, ExpectedVersion::NoStream, &doc(stream as u64, 100))
+            .unwrap();
+    }
+    let replicator =
+        Replicator::new(src.clone(), ReplicatorConfig::new(url.clone(), "AWAY")).unwrap();
+    common::bounded(&rt, replicator.run_once()).unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    {
+        // A keyless replica: it copies wrapped keys and unwraps nothing.
+        let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+        restore_once(&rt, &dst, url.clone(), "AWAY").unwrap();
+        assert_same_log(&src, &dst);
+    }
+
+    // While the replica is stopped: a shred, a rotation, and more events.
+    let new_key = [43u8; 32];
+    src.shred_stream(601).unwrap();
+    src.rotate_master_key(new_key).unwrap();
+    w.append(602, ExpectedVersion::Exact(1), &doc(7, 100))
+        .unwrap();
+    w.append(603, ExpectedVersion::NoStream, &doc(8, 100))
+        .unwrap();
+    common::bounded(&rt, replicator.run_once()).unwrap();
+
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    let report = restore_once(&rt, &dst, url.clone(), "AWAY").unwrap();
+    assert_eq!(report.shredded, 1);
+    assert_same_log(&src, &dst);
+    // The replica's keystore is the source's: the shredded mark, every rewrapped key and the
+    // key check, so that the old master key opens nothing in it.
+    let header = |s: &Storage| {
+        let txn = s.read_txn().unwrap();
+        let h = s.export_header(&txn).unwrap();
+        (h.keys, h.key_check)
+    };
+    assert_eq!(header(&src), header(&dst));
+    assert!(dst.is_shredded(&dst.read_txn().unwrap(), 601).unwrap());
+    drop(dst);
+    assert!(matches!(
+        Storage::open(config(dst_dir.path(), Some(KEY))),
+        Err(varvedb::Error::WrongMasterKey)
+    ));
+    let dst = Storage::open(config(dst_dir.path(), Some(new_key))).unwrap();
+    let reader = Reader::<common::Doc>::new(dst.clone());
+    let txn = dst.read_txn().unwrap();
+    for (stream, version) in [(600u128, 1), (602, 2), (603, 1)] {
+        assert!(
+            reader.get_by_version(&txn, stream, version).unwrap().is_some(),
+            "stream {stream}"
+        );
+    }
+    assert!(matches!(
+        reader.get_by_version(&txn, 601, 1),
+        Err(varvedb::Error::Shredded { .. })
+    ));
+}

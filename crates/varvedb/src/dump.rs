@@ -451,6 +451,70 @@ impl Importer {
         Ok(())
     }
 
+    /// Brings the store's keystore to a source's, for a replica that follows it (the NATS
+    /// restorer, at every connection and on every change it is told of): a stream the source
+    /// shredded is shredded here ([`Storage::shred_stream`], its blobs released); a stream
+    /// whose wrapped key changed (the source rotated its master key) takes the new wrapped
+    /// key; and the key check follows the source's, in one transaction with the keys. Streams
+    /// this store does not have yet are left for [`begin`](Self::begin), with their first
+    /// event. Returns how many streams were shredded and how many keys were replaced.
+    ///
+    /// The replica needs no master key for this: it copies wrapped keys, and unwraps nothing.
+    pub fn adopt_keys(
+        &mut self,
+        key_check: Option<&[u8]>,
+        keys: &[ExportKey],
+    ) -> Result<(u64, u64)> {
+        self.commit()?;
+        let mut shred = Vec::new();
+        let mut rewrapped = 0u64;
+        let storage = self.storage.clone();
+        storage.write_durable(|wtxn, dbs| {
+            let mut wrote = false;
+            rewrapped = 0;
+            shred.clear();
+            for k in keys {
+                let stored = dbs.keystore.get(wtxn, &k.stream_id.to_be_bytes()).lmdb()?;
+                match (stored, &k.wrapped) {
+                    (None, _) => {}
+                    (Some(v), _) if crypto::is_tombstone(v) => {}
+                    (Some(_), None) => shred.push(k.stream_id),
+                    (Some(v), Some(w)) if v == w.as_slice() => {}
+                    (Some(_), Some(w)) => {
+                        if w.is_empty() || crypto::is_tombstone(w) {
+                            return Err(invalid(
+                                0,
+                                format!("the source gives stream {} an empty key", k.stream_id),
+                            ));
+                        }
+                        dbs.keystore
+                            .put(wtxn, &k.stream_id.to_be_bytes(), w)
+                            .lmdb()?;
+                        rewrapped += 1;
+                        wrote = true;
+                    }
+                }
+            }
+            if let Some(check) = key_check
+                && Crypto::key_check(&dbs.meta, wtxn)?.as_deref() != Some(check)
+            {
+                Crypto::put_key_check(&dbs.meta, wtxn, check)?;
+                wrote = true;
+            }
+            if wrote {
+                crypto::bump_generation(&dbs.meta, wtxn)?;
+            }
+            Ok(((), wrote))
+        })?;
+        let mut shredded = 0;
+        for stream_id in shred {
+            if !self.storage.shred_stream(stream_id)?.already {
+                shredded += 1;
+            }
+        }
+        Ok((shredded, rewrapped))
+    }
+
     /// Queues one event; a full batch is written (and flushed) before this returns.
     pub fn push(&mut self, event: StoredEvent) -> Result<()> {
         if event.seq != self.next_seq {
