@@ -75,8 +75,19 @@ fn replicate_once_then_restore_gives_the_same_events() {
     for i in 0..5 {
         let json = format!("{{\"n\":{i}}}");
         let (ok, _, err) = varvedb(&[
-            "--path", src, "--key-file", key, "append", "--stream", "77", "--expect", "any",
-            "--type", "Noted", "--json", &json,
+            "--path",
+            src,
+            "--key-file",
+            key,
+            "append",
+            "--stream",
+            "77",
+            "--expect",
+            "any",
+            "--type",
+            "Noted",
+            "--json",
+            &json,
         ]);
         assert!(ok, "{err}");
     }

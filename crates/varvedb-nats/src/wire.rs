@@ -24,6 +24,10 @@ pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static("Varve-Causa
 pub(crate) const METADATA: HeaderName = HeaderName::from_static("Varve-Metadata");
 pub(crate) const TAGS: HeaderName = HeaderName::from_static("Varve-Tags");
 pub(crate) const GROUP: HeaderName = HeaderName::from_static("Varve-Group");
+/// The most events a commit group on the wire may span (a group is at most
+/// `batch_events_max` events past a request, 100,000 by default; this leaves room for any
+/// configuration while keeping what a restorer queues bounded).
+pub(crate) const GROUP_EVENTS_MAX: u64 = 1 << 24;
 pub(crate) const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
 
 /// The `Nats-Msg-Id` of the event `seq`: derived from the global sequence alone, so that a
@@ -221,6 +225,15 @@ pub(crate) fn decode_event(
             "its commit group ends at {group_last}, before the event"
         )));
     }
+    // A restorer holds a group in memory until it is whole: a group that claims to go on
+    // without bound would be queued forever.
+    if group_last - seq >= GROUP_EVENTS_MAX {
+        return Err(bad(format!(
+            "its commit group ends at {group_last}, {} events on; a commit group has fewer \
+             than {GROUP_EVENTS_MAX}",
+            group_last - seq
+        )));
+    }
     let mut event = StoredEvent {
         seq,
         stream_id: num(STREAM, need(STREAM)?, &bad)?,
@@ -305,6 +318,17 @@ mod tests {
             decode_event(1, None, b""),
             Err(Error::BadMessage { .. })
         ));
+        // A group that claims to end at the last sequence there is: refused, not queued.
+        for last in [u64::MAX, 42 + GROUP_EVENTS_MAX] {
+            let h = headers(&event, 5, last);
+            let err = decode_event(42, Some(&h), b"").unwrap_err();
+            assert!(
+                matches!(&err, Error::BadMessage { seq: 42, reason } if reason.contains("commit group")),
+                "{err}"
+            );
+        }
+        let h = headers(&event, 5, 42 + GROUP_EVENTS_MAX - 1);
+        assert!(decode_event(42, Some(&h), b"").is_ok());
         assert_eq!(parse_key_entry(&key_entry(u128::MAX)), Some(u128::MAX));
     }
 

@@ -559,7 +559,10 @@ fn a_replica_stopped_across_a_shred_and_a_rotation_adopts_both_when_it_reconnect
     let txn = dst.read_txn().unwrap();
     for (stream, version) in [(600u128, 1), (602, 2), (603, 1)] {
         assert!(
-            reader.get_by_version(&txn, stream, version).unwrap().is_some(),
+            reader
+                .get_by_version(&txn, stream, version)
+                .unwrap()
+                .is_some(),
             "stream {stream}"
         );
     }
