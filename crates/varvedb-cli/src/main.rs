@@ -57,14 +57,29 @@ enum Command {
     /// Example: varvedb read --stream 7 --json
     Read(read::ReadArgs),
     /// Crypto-shreds an encrypted stream: deletes its key, so its events are unreadable for
-    /// good, and releases its blobs. Needs no master key. Follow with `backup --compact` to
-    /// leave no trace of the key in a copy of the file.
+    /// good, and releases its blobs. Needs no master key.
+    ///
+    /// A shred alone is undone by whoever holds the master key and an old copy of the wrapped
+    /// key (LMDB's free pages, an earlier backup, export or replica). --finalize makes the
+    /// shreds so far final: it rotates the master key (--key-file, the current one, and
+    /// --new-key-file) and writes a compacted copy to --to. Once the copy replaces the store
+    /// and the old master key is destroyed, every old copy of a shredded key is useless.
     ///
     /// Example: varvedb shred --stream 66
+    /// Example: varvedb --key-file old.key shred --finalize --new-key-file new.key --to ./store.final
     Shred {
-        /// The stream (decimal, or hex with 0x).
-        #[arg(long, value_parser = read::parse_stream)]
-        stream: u128,
+        /// The stream (decimal, or hex with 0x). Optional with --finalize.
+        #[arg(long, value_parser = read::parse_stream, required_unless_present = "finalize")]
+        stream: Option<u128>,
+        /// Rotate the master key and write a compacted copy, so that the shreds are final.
+        #[arg(long, requires_all = ["new_key_file", "to"])]
+        finalize: bool,
+        /// With --finalize: the new master key (32 bytes, or 64 hex digits).
+        #[arg(long, requires = "finalize")]
+        new_key_file: Option<PathBuf>,
+        /// With --finalize: the new directory of the compacted copy.
+        #[arg(long, requires = "finalize")]
+        to: Option<PathBuf>,
     },
     /// Writes a consistent copy of the store to a new directory. With --compact, only the
     /// pages in use: no freed page (a shredded key, a deleted blob) is carried over.
@@ -181,7 +196,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo::run(&cli.path).map_err(Into::into),
         Command::Stats => stats(open),
-        Command::Shred { stream } => shred(open, stream),
+        Command::Shred {
+            stream,
+            finalize,
+            new_key_file,
+            to,
+        } => shred(
+            open,
+            stream,
+            key.is_some(),
+            finalize.then(|| new_key_file.zip(to)).flatten(),
+        ),
         Command::Backup { dest, .. } => backup(open, &dest),
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
@@ -332,19 +357,59 @@ mod tests {
     }
 }
 
+/// Shreds `stream`, then with `finalize` (the new key file and the copy's directory) makes the
+/// shreds final: a rotation of the master key and a compacted copy.
 fn shred(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
-    stream: u128,
+    stream: Option<u128>,
+    has_key: bool,
+    finalize: Option<(PathBuf, PathBuf)>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let report = open()?.shred_stream(stream)?;
-    if report.already {
-        println!("stream {stream:#x} was already shredded");
-    } else {
-        println!(
-            "stream {stream:#x} shredded: {} events unreadable for good, {} blobs released",
-            report.events, report.blobs_released
+    // Checked before anything changes: a finalize that cannot rotate shreds nothing either.
+    if finalize.is_some() && !has_key {
+        return Err("--finalize needs the current master key (--key-file)".into());
+    }
+    let new_key = finalize
+        .as_ref()
+        .map(|(file, _)| read_key(file))
+        .transpose()?;
+    let storage = open()?;
+    if let Some(stream) = stream {
+        let report = storage.shred_stream(stream)?;
+        if report.already {
+            println!("stream {stream:#x} was already shredded");
+        } else {
+            println!(
+                "stream {stream:#x} shredded: {} events unreadable for good, {} blobs released",
+                report.events, report.blobs_released
+            );
+        }
+    }
+    let (Some(new_key), Some((new_key_file, to))) = (new_key, finalize) else {
+        return Ok(());
+    };
+    if !storage.is_encrypted() {
+        return Err(
+            "--finalize: the store is not encrypted, so it has no shreds to finalize".into(),
         );
     }
+    let keys = storage.rotate_master_key(*new_key).map_err(|e| match e {
+        varvedb::Error::InvalidConfig { .. } => {
+            "--finalize needs the current master key (--key-file)".to_string()
+        }
+        e => e.to_string(),
+    })?;
+    storage.compact_to(&to)?;
+    println!(
+        "{keys} stream keys rewrapped under the key in {}, and a compacted copy written to {}",
+        new_key_file.display(),
+        to.display()
+    );
+    println!(
+        "to make the shreds final: stop every process that uses the store, replace it with the \
+         copy, open it with the new key only, then destroy the old key and every backup, export \
+         and replica taken before (they hold the shredded keys, wrapped under the old key)"
+    );
     Ok(())
 }
 

@@ -1276,3 +1276,88 @@ fn tags_are_appended_printed_exported_and_imported() {
     let (ok, stdout, _) = varvedb(&["--path", r, "verify"]);
     assert!(ok, "{stdout}");
 }
+
+#[test]
+fn shred_finalize_rotates_the_key_and_writes_a_compacted_copy() {
+    use varvedb::{ExpectedVersion, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let old_key = key_file(&dir);
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, "09".repeat(32)).unwrap();
+    let n = new_key.to_str().unwrap();
+    let wrapped = {
+        let storage = Storage::open(StorageConfig {
+            path: store.clone(),
+            encryption_enabled: true,
+            master_key: Some([7u8; 32]),
+            ..Default::default()
+        })
+        .unwrap();
+        let w = Writer::<Secret>::new(storage.clone());
+        for stream in [1u128, 2] {
+            w.append(
+                stream,
+                ExpectedVersion::NoStream,
+                &Secret { text: "x".into() },
+            )
+            .unwrap();
+        }
+        varvedb::__bench::keystore_entry(&storage, 1).unwrap()
+    };
+    // Without the current key, --finalize cannot rotate: refused, nothing shredded.
+    let dest = dir.path().join("final");
+    let d = dest.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        s,
+        "shred",
+        "--stream",
+        "1",
+        "--finalize",
+        "--new-key-file",
+        n,
+        "--to",
+        d,
+    ]);
+    assert!(!ok && stderr.contains("current master key"), "{stderr}");
+    let (_, stdout, _) = varvedb(&["--path", s, "read", "--stream", "1"]);
+    assert!(!stdout.contains("shredded"), "{stdout}");
+    // --finalize needs both the new key and the copy's place.
+    let (ok, _, _) = varvedb(&["--path", s, "shred", "--finalize", "--to", d]);
+    assert!(!ok);
+
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        s,
+        "--key-file",
+        &old_key,
+        "shred",
+        "--stream",
+        "1",
+        "--finalize",
+        "--new-key-file",
+        n,
+        "--to",
+        d,
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("shredded") && stdout.contains("destroy the old key"),
+        "{stdout}"
+    );
+    // The copy holds no trace of the shredded key, opens with the new key only, and reads.
+    let copy = std::fs::read(dest.join("data.mdb")).unwrap();
+    assert!(!copy.windows(wrapped.len()).any(|w| w == wrapped.as_slice()));
+    let (ok, _, stderr) = varvedb(&["--path", d, "--key-file", &old_key, "read", "--stream", "2"]);
+    assert!(
+        !ok && stderr.contains("master key does not open"),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = varvedb(&["--path", d, "--key-file", n, "read", "--stream", "2"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let (_, stdout, _) = varvedb(&["--path", d, "--key-file", n, "read", "--stream", "1"]);
+    assert!(stdout.contains("shredded"), "{stdout}");
+}
