@@ -405,23 +405,46 @@ fn import_lines(
     master_key: Option<[u8; 32]>,
     source: impl Read,
 ) -> Result<(Storage, varvedb::ImportReport), Box<dyn std::error::Error>> {
-    let mut lines = BufReader::with_capacity(1 << 20, source).lines();
-    let first = lines
-        .next()
-        .ok_or("the export is empty: no header line")??;
-    let header: HeaderLine = serde_json::from_str(&first)
-        .map_err(|e| format!("line 1: not a varvedb export header: {e}"))?;
-    let header = header_of(1, header)?;
-    let storage = Storage::open(StorageConfig {
+    let config = StorageConfig {
         path: path.into(),
         master_key,
         ..Default::default()
-    })?;
+    };
+    // The longest line an export of an event the store accepts can have: its payload in
+    // base64 (4 bytes per 3), and room for the envelope. A longer line is refused before it
+    // is held in memory whole.
+    let line_max = config.event_bytes_max.div_ceil(3) * 4 + (1 << 20);
+    let mut source = BufReader::with_capacity(1 << 20, source);
+    let mut number = 0usize;
+    let mut next_line = move || -> Result<Option<(usize, String)>, String> {
+        number += 1;
+        let mut line = Vec::new();
+        let read = (&mut source)
+            .take(line_max as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| format!("line {number}: {e}"))?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if line.len() > line_max {
+            return Err(format!(
+                "line {number} is longer than {line_max} bytes, the longest an event of at most \
+                 {} bytes exports to",
+                config_event_max()
+            ));
+        }
+        String::from_utf8(line)
+            .map(|l| Some((number, l)))
+            .map_err(|_| format!("line {number}: not UTF-8"))
+    };
+    let (_, first) = next_line()?.ok_or("the export is empty: no header line")?;
+    let header: HeaderLine = serde_json::from_str(&first)
+        .map_err(|e| format!("line 1: not a varvedb export header: {e}"))?;
+    let header = header_of(1, header)?;
+    let storage = Storage::open(config)?;
     let mut importer = storage.importer();
     importer.begin(&header)?;
-    for (i, line) in lines.enumerate() {
-        let number = i + 2;
-        let line = line?;
+    while let Some((number, line)) = next_line()? {
         if line.trim().is_empty() {
             continue;
         }
@@ -431,6 +454,11 @@ fn import_lines(
     }
     let report = importer.finish(&header)?;
     Ok((storage, report))
+}
+
+/// The default `event_bytes_max`, which the import's store is opened with.
+fn config_event_max() -> usize {
+    StorageConfig::default().event_bytes_max
 }
 
 /// Creates `path` exclusively (`O_CREAT | O_EXCL`: no existing file, no symbolic link

@@ -333,30 +333,6 @@ fn parse_key(bytes: &[u8]) -> Result<MasterKey, &'static str> {
     Ok(key)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::parse_key;
-
-    #[test]
-    fn key_files_parse_or_are_refused_without_a_panic() {
-        assert_eq!(*parse_key(&[7u8; 32]).unwrap(), [7u8; 32]);
-        let hex = format!("  {}\n", "0a".repeat(32));
-        assert_eq!(*parse_key(hex.as_bytes()).unwrap(), [10u8; 32]);
-        assert_eq!(*parse_key("AB".repeat(32).as_bytes()).unwrap(), [0xab; 32]);
-        // 64 bytes of non-ASCII (the panic of issue 26), odd lengths, bad digits.
-        for bad in [
-            vec![0xc3u8; 64],
-            "é".repeat(32).into_bytes(),
-            "0g".repeat(32).into_bytes(),
-            vec![b'a'; 63],
-            vec![],
-            vec![0u8; 33],
-        ] {
-            assert!(parse_key(&bad).is_err(), "{bad:?}");
-        }
-    }
-}
-
 /// Shreds `stream`, then with `finalize` (the new key file and the copy's directory) makes the
 /// shreds final: a rotation of the master key and a compacted copy.
 fn shred(
@@ -525,4 +501,28 @@ fn stats(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key;
+
+    #[test]
+    fn key_files_parse_or_are_refused_without_a_panic() {
+        assert_eq!(*parse_key(&[7u8; 32]).unwrap(), [7u8; 32]);
+        let hex = format!("  {}\n", "0a".repeat(32));
+        assert_eq!(*parse_key(hex.as_bytes()).unwrap(), [10u8; 32]);
+        assert_eq!(*parse_key("AB".repeat(32).as_bytes()).unwrap(), [0xab; 32]);
+        // 64 bytes of non-ASCII (the panic of issue 26), odd lengths, bad digits.
+        for bad in [
+            vec![0xc3u8; 64],
+            "é".repeat(32).into_bytes(),
+            "0g".repeat(32).into_bytes(),
+            vec![b'a'; 63],
+            vec![],
+            vec![0u8; 33],
+        ] {
+            assert!(parse_key(&bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -1361,3 +1361,39 @@ fn shred_finalize_rotates_the_key_and_writes_a_compacted_copy() {
     let (_, stdout, _) = varvedb(&["--path", d, "--key-file", n, "read", "--stream", "1"]);
     assert!(stdout.contains("shredded"), "{stdout}");
 }
+
+#[test]
+fn import_refuses_a_line_longer_than_any_event_the_store_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let s = src.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "1", "--expect", "none", "--type", "Opened", "--json",
+        "{}",
+    ]);
+    assert!(ok, "{stderr}");
+    let export = dir.path().join("e.jsonl");
+    let (ok, _, stderr) = varvedb(&["--path", s, "export", export.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let header = std::fs::read_to_string(&export).unwrap();
+    let header = header.lines().next().unwrap();
+    // A line of 100 MB with no end: more than 64 MiB of payload in base64 could be.
+    let long = dir.path().join("long.jsonl");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&long).unwrap());
+        writeln!(f, "{header}").unwrap();
+        let chunk = vec![b'A'; 1 << 20];
+        for _ in 0..100 {
+            f.write_all(&chunk).unwrap();
+        }
+    }
+    let dst = dir.path().join("dst");
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        dst.to_str().unwrap(),
+        "import",
+        long.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("line 2 is longer than"), "{stderr}");
+}

@@ -408,6 +408,20 @@ impl Importer {
                 // Shredded marks among them reach every process's key cache.
                 crypto::bump_generation(&dbs.meta, wtxn)?;
             }
+            // Wrapped keys with no key check: nothing says which master key wraps them, and a
+            // later rotation would fail on them for the whole store.
+            let has_check =
+                header.key_check.is_some() || Crypto::key_check(&dbs.meta, wtxn)?.is_some();
+            if !has_check && let Some(k) = header.keys.iter().find(|k| k.wrapped.is_some()) {
+                return Err(invalid(
+                    0,
+                    format!(
+                        "the export has a wrapped key (stream {}) but no key check: it cannot \
+                         say which master key wraps its streams",
+                        k.stream_id
+                    ),
+                ));
+            }
             for k in &header.keys {
                 let value: &[u8] = k.wrapped.as_deref().unwrap_or(crypto::TOMBSTONE);
                 if value.is_empty() {
@@ -417,10 +431,25 @@ impl Importer {
                     ));
                 }
                 match dbs.keystore.get(wtxn, &k.stream_id.to_be_bytes()).lmdb()? {
-                    None => dbs
-                        .keystore
-                        .put(wtxn, &k.stream_id.to_be_bytes(), value)
-                        .lmdb()?,
+                    None => {
+                        // With the master key at hand, a wrapped key that does not open under
+                        // it is refused now, not at the first read or the next rotation.
+                        if k.wrapped.is_some()
+                            && !storage.crypto().opens_wrapped(k.stream_id, value)
+                        {
+                            return Err(invalid(
+                                0,
+                                format!(
+                                    "the export's key of stream {} does not open under this \
+                                     store's master key",
+                                    k.stream_id
+                                ),
+                            ));
+                        }
+                        dbs.keystore
+                            .put(wtxn, &k.stream_id.to_be_bytes(), value)
+                            .lmdb()?
+                    }
                     Some(v) if v == value => {}
                     Some(_) => {
                         return Err(invalid(
@@ -517,6 +546,7 @@ impl Importer {
 
     /// Queues one event; a full batch is written (and flushed) before this returns.
     pub fn push(&mut self, event: StoredEvent) -> Result<()> {
+        self.check_size(&event)?;
         if event.seq != self.next_seq {
             return Err(invalid(
                 event.seq,
@@ -533,6 +563,17 @@ impl Importer {
         self.pending.push(event);
         if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {
             self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// An event longer than the store's `event_bytes_max` is refused, as an append of it
+    /// would be: an import is no way around the limit.
+    fn check_size(&self, event: &StoredEvent) -> Result<()> {
+        let max = self.storage.config().event_bytes_max;
+        let size = event.payload.as_ref().map_or(0, Vec::len);
+        if size > max {
+            return Err(Error::EventTooLarge { size, max });
         }
         Ok(())
     }
@@ -554,6 +595,9 @@ impl Importer {
     /// written first; a group larger than a batch gets a transaction of its own. Returns
     /// whether everything queued, this group included, has been written (and flushed).
     pub fn push_group(&mut self, events: Vec<StoredEvent>) -> Result<bool> {
+        for event in &events {
+            self.check_size(event)?;
+        }
         let bytes: usize = events
             .iter()
             .map(|e| e.payload.as_ref().map_or(0, Vec::len))

@@ -437,3 +437,63 @@ fn a_killed_import_leaves_a_clean_prefix_and_importing_again_finishes_it() {
     assert_eq!(export(&dst).1, events);
     assert!(dst.verify().unwrap().is_clean());
 }
+
+/// An import is no way around the store's limits or its keys: an event past
+/// `event_bytes_max` is refused, as its append would be; wrapped keys with no key check are
+/// refused (nothing would say which master key wraps them, and a later rotation would fail for
+/// the whole store); and a key that does not open under the store's master key is refused.
+#[test]
+fn imports_keep_the_event_limit_and_refuse_keys_they_cannot_vouch_for() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), Some(KEY))).unwrap();
+    Writer::<Doc>::new(src.clone())
+        .append(1, ExpectedVersion::NoStream, &doc(1, 3000))
+        .unwrap();
+    let (header, events) = export(&src);
+    assert!(header.key_check.is_some() && header.keys.len() == 1);
+
+    // The event is over a small limit.
+    let dir = tempfile::tempdir().unwrap();
+    let small = Storage::open(StorageConfig {
+        event_bytes_max: 1024,
+        blob_threshold_bytes: usize::MAX,
+        ..config(dir.path(), Some(KEY))
+    })
+    .unwrap();
+    let mut importer = small.importer();
+    importer.begin(&header).unwrap();
+    let err = importer.push(events[0].clone()).unwrap_err();
+    assert!(
+        matches!(err, Error::EventTooLarge { max: 1024, .. }),
+        "{err}"
+    );
+    assert!(matches!(
+        importer.push_group(events.clone()),
+        Err(Error::EventTooLarge { .. })
+    ));
+    drop((importer, small));
+
+    // No key check beside a wrapped key.
+    let dir = tempfile::tempdir().unwrap();
+    let keyless = Storage::open(config(dir.path(), None)).unwrap();
+    let mut no_check = header.clone();
+    no_check.key_check = None;
+    let err = keyless.importer().begin(&no_check).unwrap_err();
+    assert!(err.to_string().contains("no key check"), "{err}");
+    // And nothing of that header was written: the store is still plaintext and empty.
+    assert!(!keyless.is_encrypted());
+    drop(keyless);
+
+    // A wrapped key that does not open under this store's master key (a key check that does).
+    let dir = tempfile::tempdir().unwrap();
+    let other = Storage::open(config(dir.path(), Some(KEY))).unwrap();
+    let mut forged = header.clone();
+    let wrapped = forged.keys[0].wrapped.as_mut().unwrap();
+    let last = wrapped.len() - 1;
+    wrapped[last] ^= 1;
+    let err = other.importer().begin(&forged).unwrap_err();
+    assert!(err.to_string().contains("does not open"), "{err}");
+    // The genuine header goes in.
+    let report = import(&other, &header, &events);
+    assert_eq!(report.imported, 1);
+}

@@ -471,6 +471,12 @@ impl Crypto {
         Ok(StreamKey::Key(key))
     }
 
+    /// Whether `wrapped` opens under this handle's master key (true without one: nothing to
+    /// check it against).
+    pub(crate) fn opens_wrapped(&self, stream_id: u128, wrapped: &[u8]) -> bool {
+        !self.has_master_key() || self.unwrap_key(stream_id, wrapped).is_ok()
+    }
+
     fn unwrap_key(&self, stream_id: u128, stored: &[u8]) -> Result<Arc<Aes256Gcm>> {
         let master = self
             .master()
