@@ -104,6 +104,9 @@ struct EventLine {
     #[serde(default)]
     metadata: Vec<(String, String)>,
     encrypted: bool,
+    /// The seal binds the store id, the type and the envelope (absent in older exports).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    bound: bool,
     blob: bool,
     /// The stored payload, base64 (null only for a released blob of a shredded stream).
     payload: Option<String>,
@@ -243,6 +246,7 @@ fn event_line(e: &StoredEvent) -> EventLine {
         tags: e.tags.clone(),
         metadata: e.metadata.clone(),
         encrypted: e.encrypted,
+        bound: e.bound,
         blob: e.blob,
         payload: e.payload.as_deref().map(b64),
         blob_ref: e.blob_ref.as_deref().map(b64),
@@ -266,6 +270,7 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
         tags: e.tags,
         metadata: e.metadata,
         encrypted: e.encrypted,
+        bound: e.bound,
         blob: e.blob,
         payload: e.payload.map(|p| unb64(line, "payload", &p)).transpose()?,
         blob_ref: e

@@ -17,6 +17,8 @@ pub(crate) const TYPE_CONTAINER: HeaderName = HeaderName::from_static("Varve-Typ
 pub(crate) const TYPE_ID: HeaderName = HeaderName::from_static("Varve-Type-Id");
 pub(crate) const ENCRYPTED: HeaderName = HeaderName::from_static("Varve-Encrypted");
 pub(crate) const BLOB: HeaderName = HeaderName::from_static("Varve-Blob");
+/// "1" when an encrypted event's seal binds the store id, the type and the envelope.
+pub(crate) const BOUND: HeaderName = HeaderName::from_static("Varve-Bound");
 pub(crate) const BLOB_REF: HeaderName = HeaderName::from_static("Varve-Blob-Ref");
 pub(crate) const EVENT_ID: HeaderName = HeaderName::from_static("Varve-Event-Id");
 pub(crate) const CORRELATION_ID: HeaderName = HeaderName::from_static("Varve-Correlation-Id");
@@ -102,6 +104,9 @@ pub(crate) fn headers(event: &StoredEvent, type_id: u32, group_last: u64) -> Hea
         h.insert(TYPE_CONTAINER, text);
     }
     h.insert(ENCRYPTED, if event.encrypted { "1" } else { "0" });
+    if event.bound {
+        h.insert(BOUND, "1");
+    }
     if event.blob {
         h.insert(BLOB, "1");
     }
@@ -248,6 +253,7 @@ pub(crate) fn decode_event(
         tags,
         metadata,
         encrypted: flag(ENCRYPTED),
+        bound: flag(BOUND),
         blob: flag(BLOB),
         payload,
         blob_ref,
@@ -296,6 +302,7 @@ mod tests {
                 ("".into(), "ünïcode\r\n".into()),
             ],
             encrypted: false,
+            bound: false,
             blob: true,
             payload: None,
             blob_ref: Some(vec![1, 2, 254, 255]),
@@ -337,12 +344,12 @@ mod tests {
         /// `BadMessage`, never a panic.
         #[test]
         fn any_headers_decode_or_fail_cleanly(
-            values in proptest::collection::vec("[ -~]{0,40}", 18),
+            values in proptest::collection::vec("[ -~]{0,40}", 19),
             seq in 0u64..5,
         ) {
             let names = [
                 SEQ, STREAM, VERSION, TIMESTAMP, TYPE, TYPE_VERSION, TYPE_CONTAINER, TYPE_ID,
-                ENCRYPTED, BLOB, BLOB_REF, EVENT_ID, CORRELATION_ID, CAUSATION_ID, METADATA,
+                ENCRYPTED, BOUND, BLOB, BLOB_REF, EVENT_ID, CORRELATION_ID, CAUSATION_ID, METADATA,
                 TAGS, GROUP, MSG_ID,
             ];
             let mut h = HeaderMap::new();
@@ -368,6 +375,7 @@ mod tests {
                 tags: Vec::new(),
                 metadata: Vec::new(),
                 encrypted: false,
+                bound: false,
                 blob: false,
                 payload: Some(b"p".to_vec()),
                 blob_ref: None,

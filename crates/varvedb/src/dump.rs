@@ -105,6 +105,10 @@ pub struct StoredEvent {
     pub metadata: Vec<(String, String)>,
     /// Whether the payload is sealed (an encrypted stream).
     pub encrypted: bool,
+    /// Whether the seal also binds the store id (carried by the key check), the timestamp,
+    /// the type's name and version, and the ids and tags: every event encrypted since store
+    /// ids. `false` for plaintext and for events encrypted before them.
+    pub bound: bool,
     /// Whether the payload lives in the blob store.
     pub blob: bool,
     /// The stored payload: the rkyv archive, or for an encrypted event the sealed bytes
@@ -256,6 +260,7 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         )
     })?;
     let encrypted = header.flags & crypto::FLAG_ENCRYPTED != 0;
+    let bound = header.flags & crypto::FLAG_BOUND != 0;
     let is_blob = header.flags & blob::FLAG_BLOB != 0;
     let (payload, blob_ref) = if is_blob {
         let reference =
@@ -300,6 +305,7 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         tags: section.tags().map(str::to_owned).collect(),
         metadata,
         encrypted,
+        bound,
         blob: is_blob,
         payload,
         blob_ref,
@@ -404,6 +410,7 @@ impl Importer {
                     }
                 }
             }
+            let had_keys = dbs.keystore.first(wtxn).lmdb()?.is_some();
             if !header.keys.is_empty() {
                 // Shredded marks among them reach every process's key cache.
                 crypto::bump_generation(&dbs.meta, wtxn)?;
@@ -465,7 +472,28 @@ impl Importer {
             if let Some(check) = &header.key_check {
                 match Crypto::key_check(&dbs.meta, wtxn)? {
                     None => Crypto::put_key_check(&dbs.meta, wtxn, check)?,
-                    Some(stored) if stored == *check || accepts(check) => {}
+                    Some(stored) if stored == *check => {}
+                    Some(stored) if accepts(check) => {
+                        // The same master key; the export's encrypted events are bound to its
+                        // store id, which this store takes if it has no encrypted stream of
+                        // its own yet (a new store made for the import).
+                        let crypto = storage.crypto();
+                        let theirs = crypto.store_id_in(check);
+                        let ours = crypto.store_id_in(&stored);
+                        if theirs.is_some() && theirs != ours {
+                            if !had_keys {
+                                Crypto::put_key_check(&dbs.meta, wtxn, check)?;
+                            } else if !header.keys.is_empty() {
+                                return Err(invalid(
+                                    0,
+                                    "the export's encrypted events are bound to another store \
+                                     (its key check carries another store id), and this store \
+                                     has encrypted streams of its own: import it into a new \
+                                     store",
+                                ));
+                            }
+                        }
+                    }
                     Some(_) => {
                         return Err(invalid(
                             0,
@@ -931,6 +959,12 @@ fn check_event(event: &StoredEvent, head: &ImportHead) -> Result<()> {
             },
         ));
     }
+    if event.bound && !event.encrypted {
+        return Err(invalid(
+            seq,
+            "a plaintext event cannot be bound (only a seal binds)",
+        ));
+    }
     if event.encrypted && !event.metadata.is_empty() {
         return Err(invalid(
             seq,
@@ -980,6 +1014,9 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
     }
     if event.encrypted {
         flags |= crypto::FLAG_ENCRYPTED;
+        if event.bound {
+            flags |= crypto::FLAG_BOUND;
+        }
     }
     let mut record = vec![0u8; HEADER_LEN];
     record.extend_from_slice(&section);

@@ -363,8 +363,14 @@ fn raw_at<'t>(
     };
     let payload = match key {
         Some(key) => {
-            let aad = crypto::event_aad(header.stream_id, header.version, seq, header.type_id);
-            let opened = crypto::open_event(&key, &aad, stored, seq, rkyv::util::AlignedVec::new());
+            let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
+            let opened = crypto::open_event(
+                &key.cipher,
+                &aad,
+                stored,
+                seq,
+                rkyv::util::AlignedVec::new(),
+            );
             storage.metrics().record_open(&opened);
             let opened = opened?;
             RawPayload::Decrypted {

@@ -22,6 +22,7 @@ use crate::storage::envelope::{Section, Tags};
 use crate::storage::pack::LogIter;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
 use crate::storage::tags::{Query, QueryIter};
+use crate::storage::types::TypeKey;
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
@@ -457,7 +458,18 @@ fn event_at<'t, E: ValidateEvent + Event>(
     };
     let payload = match key {
         None => Payload::mapped(stored),
-        Some(key) => Payload::Decrypted(Box::new(decrypt(&key, state, seq, &header, stored)?)),
+        Some(key) => {
+            // Bound to the type this reader reads it as: a `types` entry swapped for another
+            // of the same layout fails here.
+            let t = &E::TYPES[usize::from(type_index)];
+            let event_type = TypeKey {
+                container: E::CONTAINER,
+                name: t.name,
+                version: t.version,
+            };
+            let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
+            Payload::Decrypted(Box::new(decrypt(&key.cipher, state, seq, &aad, stored)?))
+        }
     };
     EventRef::new(seq, header, payload, hash, type_index, envelope)
 }
@@ -469,7 +481,7 @@ fn stream_key(
     state: &ReaderState,
     seq: u64,
     header: &RecordHeader,
-) -> Result<Arc<aes_gcm::Aes256Gcm>> {
+) -> Result<crypto::EventKey> {
     let stream_id = header.stream_id;
     match state
         .storage
@@ -497,12 +509,10 @@ fn decrypt(
     key: &aes_gcm::Aes256Gcm,
     state: &ReaderState,
     seq: u64,
-    header: &RecordHeader,
+    aad: &[u8],
     sealed: &[u8],
 ) -> Result<Decrypted> {
-    let stream_id = header.stream_id;
-    let aad = crypto::event_aad(stream_id, header.version, seq, header.type_id);
-    let opened = crypto::open_event(key, &aad, sealed, seq, state.pool.take());
+    let opened = crypto::open_event(key, aad, sealed, seq, state.pool.take());
     state.storage.metrics().record_open(&opened);
     let opened = opened?;
     Ok(Decrypted {

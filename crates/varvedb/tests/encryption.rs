@@ -751,3 +751,183 @@ fn a_shred_is_flushed_before_it_returns() {
         after.flushes
     );
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
+struct Deposited {
+    amount: u64,
+}
+
+/// The same layout as `Deposited`: only the `types` table tells them apart.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
+struct Withdrawn {
+    amount: u64,
+}
+
+/// A type key as the `types` table stores it (`[len][container][len][name][u16 version]`).
+fn type_key(name: &str) -> Vec<u8> {
+    let mut key = vec![0u8, name.len() as u8];
+    key.extend_from_slice(name.as_bytes());
+    key.extend_from_slice(&1u16.to_le_bytes());
+    key
+}
+
+#[test]
+fn a_swapped_types_entry_makes_an_encrypted_event_fail_to_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        Writer::<Deposited>::new(storage.clone())
+            .append(1, ExpectedVersion::NoStream, &Deposited { amount: 100 })
+            .unwrap();
+        Writer::<Withdrawn>::new(storage)
+            .append(2, ExpectedVersion::NoStream, &Withdrawn { amount: 7 })
+            .unwrap();
+    }
+    // Type 1 is Deposited and type 2 Withdrawn; swap them in both tables, as an attacker with
+    // write access to the file (but not the key) would: every record's type id now names the
+    // other type, of the same layout.
+    let (d, w) = (type_key("Deposited"), type_key("Withdrawn"));
+    assert_eq!(
+        common::raw_get(dir.path(), "types", &1u32.to_be_bytes()),
+        Some(d.clone())
+    );
+    common::raw_put_path(dir.path(), "types", &1u32.to_be_bytes(), &w);
+    common::raw_put_path(dir.path(), "types", &2u32.to_be_bytes(), &d);
+    common::raw_put_path(dir.path(), "type_ids", &w, &1u32.to_le_bytes());
+    common::raw_put_path(dir.path(), "type_ids", &d, &2u32.to_le_bytes());
+
+    let storage = open(dir.path());
+    let txn = storage.read_txn().unwrap();
+    // The deposit of 100 must not read as a withdrawal of 100, nor the other way round.
+    let err = Reader::<Withdrawn>::new(storage.clone())
+        .get(&txn, 1)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AuthenticationFailed { seq: 1 }),
+        "{err:?}"
+    );
+    let err = Reader::<Deposited>::new(storage.clone())
+        .get(&txn, 2)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AuthenticationFailed { seq: 2 }),
+        "{err:?}"
+    );
+    // The untyped reader (export, the tool) is bound the same way.
+    let err = storage.raw_reader().get(&txn, 1).err().unwrap();
+    assert!(
+        matches!(err, Error::AuthenticationFailed { seq: 1 }),
+        "{err:?}"
+    );
+}
+
+/// Rewrites the record of `seq` (a pack of one record) with `change` applied to its bytes,
+/// and its checksums recomputed, as an attacker would.
+fn tamper(dir: &Path, seq: u64, change: impl FnOnce(&mut [u8])) {
+    let key = seq.to_be_bytes();
+    let mut pack = common::raw_get(dir, "events", &key).unwrap();
+    let record = varvedb::__bench::pack_records(seq, &pack).unwrap()[0].clone();
+    change(&mut pack[record.clone()]);
+    let sum = varvedb::__bench::reseal_checksum(&pack[record.clone()]);
+    pack[record.start + 56..record.start + 64].copy_from_slice(&sum.to_le_bytes());
+    varvedb::__bench::reseal_pack(seq, &mut pack);
+    common::raw_put_path(dir, "events", &key, &pack);
+}
+
+#[test]
+fn the_envelope_and_the_timestamp_are_bound_to_the_ciphertext() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(dir.path());
+        let writer = Writer::<Secret>::new(storage);
+        for stream in 1..=3u128 {
+            let options = AppendOptions::new()
+                .event_id(EventId::from_u128(0xabc0 + stream))
+                .tag("account:1")
+                .tag("region:eu");
+            writer
+                .append_with(
+                    stream,
+                    ExpectedVersion::NoStream,
+                    &Secret {
+                        n: 1,
+                        text: "bound".into(),
+                    },
+                    options,
+                )
+                .unwrap();
+        }
+    }
+    let find = |bytes: &[u8], needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    };
+    // A tag that a conditional append decides on, changed to another of the same length.
+    tamper(dir.path(), 1, |r| {
+        let at = find(r, b"region:eu");
+        r[at..at + 9].copy_from_slice(b"region:us");
+    });
+    // The event id that idempotency decides on.
+    tamper(dir.path(), 2, |r| {
+        let at = find(r, &(0xabc0u128 + 2).to_le_bytes());
+        r[at] ^= 1;
+    });
+    // The commit time.
+    tamper(dir.path(), 3, |r| r[32] ^= 1);
+
+    let storage = open(dir.path());
+    let txn = storage.read_txn().unwrap();
+    let reader = Reader::<Secret>::new(storage.clone());
+    for seq in 1..=3 {
+        let err = reader.get(&txn, seq).unwrap_err();
+        assert!(
+            matches!(err, Error::AuthenticationFailed { seq: s } if s == seq),
+            "{seq}: {err:?}"
+        );
+    }
+}
+
+#[test]
+fn records_moved_between_stores_that_share_a_master_key_fail_to_authenticate() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (dir, text) in [(&a, "store a's secret"), (&b, "store b's secret")] {
+        let storage = open(dir.path());
+        Writer::<Secret>::new(storage)
+            .append(
+                1,
+                ExpectedVersion::NoStream,
+                &Secret {
+                    n: 1,
+                    text: text.into(),
+                },
+            )
+            .unwrap();
+    }
+    // Store a's record and its stream's wrapped key, planted in store b at the same place:
+    // both are sealed under the one master key the two stores share.
+    let stream = 1u128.to_be_bytes();
+    let wrapped = common::raw_get(a.path(), "keystore", &stream).unwrap();
+    let pack = common::raw_get(a.path(), "events", &1u64.to_be_bytes()).unwrap();
+    common::raw_put(&b, "keystore", &stream, &wrapped);
+    common::raw_put(&b, "events", &1u64.to_be_bytes(), &pack);
+
+    let storage = open(b.path());
+    let txn = storage.read_txn().unwrap();
+    let err = Reader::<Secret>::new(storage.clone())
+        .get(&txn, 1)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::AuthenticationFailed { seq: 1 }),
+        "{err:?}"
+    );
+    // In its own store, the record reads.
+    let storage = open(a.path());
+    let txn = storage.read_txn().unwrap();
+    let event = Reader::<Secret>::new(storage.clone())
+        .get(&txn, 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.text.as_str(), "store a's secret");
+}

@@ -493,7 +493,33 @@ fn imports_keep_the_event_limit_and_refuse_keys_they_cannot_vouch_for() {
     wrapped[last] ^= 1;
     let err = other.importer().begin(&forged).unwrap_err();
     assert!(err.to_string().contains("does not open"), "{err}");
-    // The genuine header goes in.
+    // The genuine header goes in, and the store takes the export's store id (its key check):
+    // the imported event is bound to it, and reads.
     let report = import(&other, &header, &events);
     assert_eq!(report.imported, 1);
+    let txn = other.read_txn().unwrap();
+    let read = Reader::<Doc>::new(other.clone())
+        .get(&txn, 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.n, 1);
+    drop(txn);
+
+    // A store with encrypted streams of its own is bound to its own store id: the export's
+    // encrypted events, bound to another, are refused before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let own = Storage::open(config(dir.path(), Some(KEY))).unwrap();
+    Writer::<Doc>::new(own.clone())
+        .append(9, ExpectedVersion::NoStream, &doc(9, 10))
+        .unwrap();
+    let err = own.importer().begin(&header).unwrap_err();
+    assert!(err.to_string().contains("bound to another store"), "{err}");
+    let txn = own.read_txn().unwrap();
+    assert!(
+        Reader::<Doc>::new(own.clone())
+            .get(&txn, 1)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(own.raw_reader().read_all(&txn, 1).count(), 1);
 }

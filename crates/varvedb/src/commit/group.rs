@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aes_gcm::Aes256Gcm;
 use heed::RwTxn;
 use rkyv::util::AlignedVec;
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use crate::expected::Appended;
 use crate::metrics::CommitTally;
 use crate::storage::blob::{self, BlobRef};
 use crate::storage::chain::Spine;
-use crate::storage::crypto::{self, Crypto, StoreKeys, StreamKey, Txn};
+use crate::storage::crypto::{self, Crypto, EventKey, StoreKeys, StreamKey, Txn};
 use crate::storage::envelope;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::pack::PackWriter;
@@ -85,7 +84,7 @@ struct Head {
 enum Mode {
     Plain,
     /// Encrypted with this key.
-    Key(Arc<Aes256Gcm>),
+    Key(EventKey),
     /// A new stream of an encrypting store: its key is created with its first event.
     New,
 }
@@ -138,7 +137,7 @@ struct Heads<'c> {
     last_type: Option<(TypeKey<'static>, u32)>,
     /// Stream keys created by this group's transaction; the key cache takes them after the
     /// commit.
-    new_keys: Vec<(u128, Arc<Aes256Gcm>)>,
+    new_keys: Vec<(u128, Arc<aes_gcm::Aes256Gcm>)>,
 }
 
 fn same_type(a: &TypeKey<'static>, b: &TypeKey<'static>) -> bool {
@@ -254,11 +253,18 @@ struct Sealed {
     blob: Option<Box<Blob>>,
 }
 
+/// Where an event being sealed goes: what its seal is bound to besides the visible section.
+struct Place {
+    stream_id: u128,
+    version: u32,
+    seq: u64,
+    timestamp_ns: u64,
+}
+
 fn encrypt(
     event: &Prepared,
-    key: &Aes256Gcm,
-    version: u32,
-    aad: &[u8],
+    key: &EventKey,
+    place: &Place,
     blob_threshold: usize,
 ) -> Result<Sealed> {
     let body = &event.record[HEADER_LEN..HEADER_LEN + event.payload_len as usize];
@@ -268,7 +274,6 @@ fn encrypt(
         None => rest,
     };
     let (pairs, pair_count) = section.encoded_pairs();
-    let sealed = crypto::seal_event(key, version, aad, pairs, pair_count, payload)?;
     let visible = envelope::Fields {
         event_id: section.event_id(),
         correlation_id: section.correlation_id(),
@@ -277,7 +282,18 @@ fn encrypt(
         metadata: Vec::new(),
     }
     .encode()?;
-    let mut flags = crypto::FLAG_ENCRYPTED;
+    let aad = crypto::Binding {
+        store_id: crypto::bound_store_id(key, place.seq)?,
+        stream_id: place.stream_id,
+        version: place.version,
+        seq: place.seq,
+        timestamp_ns: place.timestamp_ns,
+        event_type: event.event_type,
+        section: &visible,
+    }
+    .aad();
+    let sealed = crypto::seal_event(&key.cipher, place.version, &aad, pairs, pair_count, payload)?;
+    let mut flags = crypto::FLAG_ENCRYPTED | crypto::FLAG_BOUND;
     if !visible.is_empty() {
         flags |= envelope::FLAG_ENVELOPE;
     }
@@ -325,6 +341,7 @@ fn stored_payload_digest(
     crypto: &Crypto,
     seq: u64,
     header: &record::RecordHeader,
+    section: envelope::Section<'_>,
     body: &[u8],
 ) -> Result<u64> {
     if header.flags & crypto::FLAG_ENCRYPTED == 0 {
@@ -350,8 +367,10 @@ fn stored_payload_digest(
     } else {
         body
     };
-    let aad = crypto::event_aad(header.stream_id, header.version, seq, header.type_id);
-    let opened = crypto::open_event(&key, &aad, sealed, seq, AlignedVec::new())?;
+    let event_type = crate::storage::types::resolve(dbs, txn, header.type_id)?
+        .ok_or_else(|| Error::corrupt(seq, "the record names an event type the store lacks"))?;
+    let aad = crypto::record_aad(&key, seq, header, event_type, section.bytes())?;
+    let opened = crypto::open_event(&key.cipher, &aad, sealed, seq, AlignedVec::new())?;
     Ok(record::payload_digest(&opened.buffer[opened.payload]))
 }
 
@@ -422,7 +441,7 @@ fn check_ids(
                         EventId::from_u128(id)
                     ),
                 })?;
-            let (header, _, body) = record::open(seq, record)?;
+            let (header, section, body) = record::open(seq, record)?;
             if header.stream_id != append.stream_id {
                 return Err(duplicate(
                     seq,
@@ -433,7 +452,8 @@ fn check_ids(
                     ),
                 ));
             }
-            let stored_digest = stored_payload_digest(dbs, wtxn, crypto, seq, &header, body)?;
+            let stored_digest =
+                stored_payload_digest(dbs, wtxn, crypto, seq, &header, section, body)?;
             if stored_digest != event.payload_digest {
                 return Err(duplicate(seq, id, "its payload differs".into()));
             }
@@ -606,8 +626,8 @@ fn apply(
             Some(Mode::Key(key)) => Some(key),
             Some(Mode::New) => {
                 let key = crypto.create_key(dbs, wtxn, stream_id)?;
-                heads.new_keys.push((stream_id, Arc::clone(&key)));
-                heads.get(dbs, wtxn, stream_id)?.mode = Some(Mode::Key(Arc::clone(&key)));
+                heads.new_keys.push((stream_id, Arc::clone(&key.cipher)));
+                heads.get(dbs, wtxn, stream_id)?.mode = Some(Mode::Key(key.clone()));
                 Some(key)
             }
             _ => None,
@@ -630,9 +650,14 @@ fn apply(
             let links = spine.push(head.version, *seq);
             let mut sealed = match &key {
                 Some(key) => {
-                    let aad = crypto::event_aad(stream_id, head.version, *seq, event.type_id);
+                    let place = Place {
+                        stream_id,
+                        version: head.version,
+                        seq: *seq,
+                        timestamp_ns,
+                    };
                     tally.encrypted += 1;
-                    Some(encrypt(event, key, head.version, &aad, blob_threshold)?)
+                    Some(encrypt(event, key, &place, blob_threshold)?)
                 }
                 None => None,
             };

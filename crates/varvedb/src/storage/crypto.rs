@@ -4,9 +4,17 @@
 //! ```text
 //! keystore   u128 stream BE → [u8 1][12 nonce][AES-256-GCM(master, stream key) + 16 tag]
 //!                              (AAD "varvedb stream key" ‖ stream BE), or [0xff]: shredded
-//! meta       "key_check"    → [12 nonce][AES-256-GCM(master, KEY_CHECK_TEXT) + 16 tag]
+//! meta       "key_check"    → [12 nonce][AES-256-GCM(master, check text) + 16 tag]
+//!            check text: "varvedb master key check v2" ‖ store id (16 random bytes), or
+//!            "varvedb master key check v1" (a check of before the store id, upgraded to v2
+//!            by the first open with the key)
 //! sealed     [12 nonce: version LE ‖ 8 random bytes][ciphertext][16 tag]
-//!            AAD: stream LE (16) ‖ version LE (4) ‖ seq LE (8) ‖ type id LE (4)
+//!            AAD of a bound record (flag FLAG_BOUND), what every new record is:
+//!              store id (16) ‖ stream LE (16) ‖ version LE (4) ‖ seq LE (8)
+//!              ‖ timestamp LE (8) ‖ type key length LE (2) ‖ type key (`types`)
+//!              ‖ the record's clear envelope section (event ids, tags; may be empty)
+//!            AAD of an older record (no FLAG_BOUND):
+//!              stream LE (16) ‖ version LE (4) ‖ seq LE (8) ‖ type id LE (4)
 //! plaintext  [u32 pairs length L][u16 pairs N][u16 0][u64 0][pairs][zero pad to 16][payload]
 //! meta       "keystore_generation" → u64 LE: bumped by every change to the keystore other
 //!            than a new stream's key (a shred, a rotation, an import), in that change's own
@@ -31,11 +39,19 @@ use rkyv::util::AlignedVec;
 use zeroize::Zeroizing;
 
 use super::lmdb::LmdbResultExt;
+use super::record::RecordHeader;
+use super::types::TypeKey;
 use super::{Dbs, lock};
 use crate::error::{Error, Result};
 
 /// Record flag: the body's payload part is sealed (see the module docs).
 pub(crate) const FLAG_ENCRYPTED: u8 = 0x02;
+/// Record flag, with [`FLAG_ENCRYPTED`]: the seal binds the store id, the timestamp, the
+/// type's name and version and the clear envelope section (see [`Binding`]), not only the
+/// stream, version, sequence and type id.
+pub(crate) const FLAG_BOUND: u8 = 0x08;
+/// A store's random id, carried by its key check: what a bound record is sealed to.
+pub(crate) type StoreId = [u8; 16];
 pub(crate) const NONCE_LEN: usize = 12;
 pub(crate) const TAG_LEN: usize = 16;
 /// The plaintext's fixed prefix before the metadata pairs.
@@ -46,7 +62,10 @@ pub(crate) const TOMBSTONE: &[u8] = &[0xff];
 const KEY_CHECK: &str = "key_check";
 /// The meta key of the keystore generation (see the module docs).
 const KEYSTORE_GENERATION: &str = "keystore_generation";
-const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v1";
+/// The key check's text before the store id (a check of it carries none).
+const KEY_CHECK_TEXT_V1: &[u8] = b"varvedb master key check v1";
+/// The key check's text, followed by the store id.
+const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v2";
 const KEY_CHECK_AAD: &[u8] = b"varvedb key check";
 const STREAM_KEY_AAD: &[u8] = b"varvedb stream key";
 /// The most unwrapped stream keys kept; past it the cache starts over (each dropped key's
@@ -59,9 +78,86 @@ pub(crate) enum StreamKey {
     /// No entry: a plaintext stream.
     Plain,
     /// Its key, unwrapped.
-    Key(Arc<Aes256Gcm>),
+    Key(EventKey),
     /// Shredded: the key is gone.
     Shredded,
+}
+
+/// A stream's key, with the store id its events are bound to.
+#[derive(Clone)]
+pub(crate) struct EventKey {
+    pub(crate) cipher: Arc<Aes256Gcm>,
+    /// The id the store's key check carries; `None` for a check older than store ids.
+    pub(crate) store_id: Option<StoreId>,
+}
+
+/// What a bound record's seal covers besides its ciphertext (see the module docs): every
+/// field a reader or a conditional append decides on. The type is bound by its name and
+/// version, not its id, so that an import that numbers types anew keeps records readable,
+/// and a swapped `types` entry makes the event fail to authenticate.
+pub(crate) struct Binding<'a> {
+    pub(crate) store_id: StoreId,
+    pub(crate) stream_id: u128,
+    pub(crate) version: u32,
+    pub(crate) seq: u64,
+    pub(crate) timestamp_ns: u64,
+    /// The event's type, bound in its stored form (`TypeKey::encode`).
+    pub(crate) event_type: TypeKey<'a>,
+    /// The record's clear envelope section, as stored (empty when it has none).
+    pub(crate) section: &'a [u8],
+}
+
+impl Binding<'_> {
+    /// The associated data.
+    pub(crate) fn aad(&self) -> Vec<u8> {
+        let type_len = self.event_type.encoded_len();
+        let mut aad = Vec::with_capacity(54 + type_len + self.section.len());
+        aad.extend_from_slice(&self.store_id);
+        aad.extend_from_slice(&self.stream_id.to_le_bytes());
+        aad.extend_from_slice(&self.version.to_le_bytes());
+        aad.extend_from_slice(&self.seq.to_le_bytes());
+        aad.extend_from_slice(&self.timestamp_ns.to_le_bytes());
+        // A type key is at most 514 bytes (two names of at most 255 bytes).
+        aad.extend_from_slice(&(type_len as u16).to_le_bytes());
+        self.event_type.encode_into(&mut aad);
+        aad.extend_from_slice(self.section);
+        aad
+    }
+}
+
+/// The associated data of a stored encrypted event, bound ([`FLAG_BOUND`]) or of an older
+/// record. `event_type` is the type the caller reads the record as: a `types` table that
+/// says otherwise than the writer did makes the event fail to authenticate.
+pub(crate) fn record_aad(
+    key: &EventKey,
+    seq: u64,
+    header: &RecordHeader,
+    event_type: TypeKey<'_>,
+    section: &[u8],
+) -> Result<Vec<u8>> {
+    if header.flags & FLAG_BOUND == 0 {
+        return Ok(event_aad(header.stream_id, header.version, seq, header.type_id).to_vec());
+    }
+    Ok(Binding {
+        store_id: bound_store_id(key, seq)?,
+        stream_id: header.stream_id,
+        version: header.version,
+        seq,
+        timestamp_ns: header.timestamp_ns,
+        event_type,
+        section,
+    }
+    .aad())
+}
+
+/// The store id of a record's seal: the key's, or an error for a key check that has none.
+pub(crate) fn bound_store_id(key: &EventKey, seq: u64) -> Result<StoreId> {
+    key.store_id.ok_or_else(|| Error::Crypto {
+        reason: format!(
+            "event {seq} is bound to a store id, and the store's key check carries none; \
+             open the store with its master key once to upgrade the check"
+        ),
+    })
 }
 
 /// The master key and the cache of unwrapped stream keys of one store.
@@ -95,6 +191,8 @@ struct KeyCache {
     checked_write: Option<usize>,
     /// The store's key-check value as of `generation` (`None`: the store is plaintext).
     key_check: Option<Vec<u8>>,
+    /// The store id `key_check` carries (`None`: no check, an older check, or not opened).
+    store_id: Option<StoreId>,
     /// The key check changed and this handle's master key does not open it: another process
     /// rotated the master key. This handle creates and unwraps no keys any more.
     retired: bool,
@@ -131,6 +229,8 @@ pub(crate) struct StoreKeys {
     /// The keystore generation of the cache when it served this transaction (`None`: it did
     /// not serve it).
     pub(crate) generation: Option<u64>,
+    /// The store id the key check carries, opened with this handle's key.
+    pub(crate) store_id: Option<StoreId>,
 }
 
 /// The keystore generation of a snapshot (0 for a store that never had one).
@@ -249,6 +349,24 @@ pub(crate) fn event_aad(stream_id: u128, version: u32, seq: u64, type_id: u32) -
     aad
 }
 
+/// Opens a key check under `master`: `None` if it is not of this master key, else the store
+/// id it carries (`None` for a check of before store ids).
+fn open_check(master: &Aes256Gcm, check: &[u8]) -> Option<Option<StoreId>> {
+    let text = open_with(master, KEY_CHECK_AAD, check)?;
+    if text.as_slice() == KEY_CHECK_TEXT_V1 {
+        return Some(None);
+    }
+    let id = text.strip_prefix(KEY_CHECK_TEXT)?;
+    Some(Some(id.try_into().ok()?))
+}
+
+/// A key check of `master` carrying `store_id`.
+fn seal_check(master: &Aes256Gcm, store_id: &StoreId) -> Result<Vec<u8>> {
+    let mut text = Zeroizing::new(KEY_CHECK_TEXT.to_vec());
+    text.extend_from_slice(store_id);
+    seal_with(master, random()?, KEY_CHECK_AAD, &text)
+}
+
 fn stream_key_aad(stream_id: u128) -> Vec<u8> {
     let mut aad = STREAM_KEY_AAD.to_vec();
     aad.extend_from_slice(&stream_id.to_be_bytes());
@@ -302,14 +420,13 @@ impl Crypto {
         let Some(master) = self.master() else {
             return Ok(());
         };
-        match stored {
-            Some(check) => match open_with(&master, KEY_CHECK_AAD, &check) {
-                Some(text) if text.as_slice() == KEY_CHECK_TEXT => Ok(()),
-                _ => Err(Error::WrongMasterKey),
-            },
-            None => {
-                // The store becomes encrypted: every process learns it at its next generation.
-                let sealed = seal_with(&master, random()?, KEY_CHECK_AAD, KEY_CHECK_TEXT)?;
+        match stored.as_deref().map(|check| open_check(&master, check)) {
+            Some(None) => Err(Error::WrongMasterKey),
+            Some(Some(Some(_))) => Ok(()),
+            // The store becomes encrypted, or its check (of before store ids) gets a store id:
+            // every process learns it at its next generation.
+            Some(Some(None)) | None => {
+                let sealed = seal_check(&master, &random()?)?;
                 meta.put(wtxn, KEY_CHECK, &sealed).lmdb()?;
                 bump_generation(meta, wtxn)
             }
@@ -337,9 +454,14 @@ impl Crypto {
     /// Whether `check` is a key-check value sealed under this store's master key (false
     /// without one).
     pub(crate) fn accepts_check(&self, check: &[u8]) -> bool {
-        self.master().is_some_and(|master| {
-            open_with(&master, KEY_CHECK_AAD, check).is_some_and(|t| t.as_slice() == KEY_CHECK_TEXT)
-        })
+        self.master()
+            .is_some_and(|master| open_check(&master, check).is_some())
+    }
+
+    /// The store id a key check carries, opened with this handle's master key (`None`: no
+    /// key, not of this key, or a check of before store ids).
+    pub(crate) fn store_id_in(&self, check: &[u8]) -> Option<StoreId> {
+        open_check(self.master()?.as_ref(), check).flatten()
     }
 
     /// Brings the cache to the keystore generation of `txn`'s snapshot, and says whether the
@@ -379,16 +501,16 @@ impl Crypto {
                     }
                 }
                 cache.keys = kept;
-                cache.retired = match (&check, self.master()) {
-                    (Some(check), Some(master)) => {
-                        let known =
-                            cache.key_check.as_deref() == Some(check.as_slice()) && !cache.retired;
-                        !known
-                            && open_with(&master, KEY_CHECK_AAD, check)
-                                .is_none_or(|t| t.as_slice() != KEY_CHECK_TEXT)
-                    }
-                    _ => false,
-                };
+                let known = cache.key_check.is_some() && cache.key_check == check && !cache.retired;
+                if !known {
+                    let opened = match (&check, self.master()) {
+                        (Some(check), Some(master)) => Some(open_check(&master, check)),
+                        _ => None,
+                    };
+                    // A check this key does not open: another process rotated the key.
+                    cache.retired = matches!(opened, Some(None));
+                    cache.store_id = opened.flatten().flatten();
+                }
                 cache.key_check = check;
                 cache.generation = Some(found);
                 cache.checked_read = None;
@@ -416,17 +538,20 @@ impl Crypto {
                 encrypted: cache.key_check.is_some(),
                 retired: cache.retired,
                 generation: cache.generation,
+                store_id: cache.store_id,
             });
         }
         drop(cache);
         let check = Self::key_check(&dbs.meta, wtxn)?;
+        let opened = match (&check, self.master()) {
+            (Some(check), Some(master)) => Some(open_check(&master, check)),
+            _ => None,
+        };
         Ok(StoreKeys {
-            retired: match (&check, self.master()) {
-                (Some(check), Some(_)) => !self.accepts_check(check),
-                _ => false,
-            },
+            retired: matches!(opened, Some(None)),
             encrypted: check.is_some(),
             generation: None,
+            store_id: opened.flatten().flatten(),
         })
     }
 
@@ -443,10 +568,19 @@ impl Crypto {
     ) -> Result<StreamKey> {
         let (cache, current) = self.sync(dbs, txn, kind)?;
         if current && let Some(key) = cache.keys.get(&stream_id) {
-            return Ok(StreamKey::Key(Arc::clone(key)));
+            return Ok(StreamKey::Key(EventKey {
+                cipher: Arc::clone(key),
+                store_id: cache.store_id,
+            }));
         }
-        let (generation, retired) = (cache.generation, cache.retired);
+        let (generation, retired, store_id) = (cache.generation, cache.retired, cache.store_id);
         drop(cache);
+        let store_id = if current {
+            store_id
+        } else {
+            // A snapshot older than the cache: its own check says.
+            self.store_id_of(dbs, txn)?
+        };
         let Some(stored) = dbs.keystore.get(txn, &stream_id.to_be_bytes()).lmdb()? else {
             return Ok(StreamKey::Plain);
         };
@@ -468,7 +602,19 @@ impl Crypto {
                 cache.keys.insert(stream_id, Arc::clone(&key));
             }
         }
-        Ok(StreamKey::Key(key))
+        Ok(StreamKey::Key(EventKey {
+            cipher: key,
+            store_id,
+        }))
+    }
+
+    /// The store id of `txn`'s key check, opened with this handle's master key (`None`
+    /// without a key, a check, or a store id).
+    fn store_id_of(&self, dbs: &Dbs, txn: &RoTxn<'_>) -> Result<Option<StoreId>> {
+        Ok(match (Self::key_check(&dbs.meta, txn)?, self.master()) {
+            (Some(check), Some(master)) => open_check(&master, &check).flatten(),
+            _ => None,
+        })
     }
 
     /// Whether `wrapped` opens under this handle's master key (true without one: nothing to
@@ -517,8 +663,9 @@ impl Crypto {
         dbs: &Dbs,
         wtxn: &mut RwTxn<'_>,
         stream_id: u128,
-    ) -> Result<Arc<Aes256Gcm>> {
-        if self.store_keys(dbs, wtxn)?.retired {
+    ) -> Result<EventKey> {
+        let store = self.store_keys(dbs, wtxn)?;
+        if store.retired {
             return Err(Error::MasterKeyRotated);
         }
         let key = Zeroizing::new(random::<32>()?);
@@ -526,7 +673,10 @@ impl Crypto {
         dbs.keystore
             .put(wtxn, &stream_id.to_be_bytes(), &wrapped)
             .lmdb()?;
-        Ok(Arc::new(cipher(&key)))
+        Ok(EventKey {
+            cipher: Arc::new(cipher(&key)),
+            store_id: store.store_id,
+        })
     }
 
     /// Takes the keys a committed transaction created into the cache, if the cache is still
@@ -616,7 +766,12 @@ impl Crypto {
                 .lmdb()?;
             count += 1;
         }
-        let check = seal_with(&new_cipher, random()?, KEY_CHECK_AAD, KEY_CHECK_TEXT)?;
+        // The store id stays what it was: the records are bound to it.
+        let store_id = match self.store_id_of(dbs, wtxn)? {
+            Some(id) => id,
+            None => random()?,
+        };
+        let check = seal_check(&new_cipher, &store_id)?;
         dbs.meta.put(wtxn, KEY_CHECK, &check).lmdb()?;
         bump_generation(&dbs.meta, wtxn)?;
         Ok(count)
@@ -758,5 +913,104 @@ mod tests {
         let again = seal_event(&key, 1, &aad, b"", 0, b"hello payload").unwrap();
         assert_eq!(sealed[..4], 1u32.to_le_bytes());
         assert_ne!(sealed, again);
+    }
+
+    #[test]
+    fn a_bound_seal_covers_every_field_it_names() {
+        let key = EventKey {
+            cipher: Arc::new(cipher(&[3u8; 32])),
+            store_id: Some([9u8; 16]),
+        };
+        let ty = TypeKey {
+            container: "",
+            name: "Deposited",
+            version: 1,
+        };
+        let base = Binding {
+            store_id: [9u8; 16],
+            stream_id: 7,
+            version: 1,
+            seq: 10,
+            timestamp_ns: 5,
+            event_type: ty,
+            section: b"section bytes",
+        };
+        let aad = base.aad();
+        let sealed = seal_event(&key.cipher, 1, &aad, b"", 0, b"payload").unwrap();
+        let header = RecordHeader {
+            flags: FLAG_ENCRYPTED | FLAG_BOUND,
+            stream_id: 7,
+            version: 1,
+            type_id: 1,
+            timestamp_ns: 5,
+            links: Default::default(),
+        };
+        // What a reader computes from the record is what the writer sealed.
+        assert_eq!(
+            record_aad(&key, 10, &header, ty, b"section bytes").unwrap(),
+            aad
+        );
+        let other_type = TypeKey {
+            name: "Withdrawn",
+            ..ty
+        };
+        let newer = TypeKey { version: 2, ..ty };
+        for other in [
+            Binding {
+                store_id: [8u8; 16],
+                ..base
+            },
+            Binding {
+                timestamp_ns: 6,
+                ..base
+            },
+            Binding {
+                event_type: other_type,
+                ..base
+            },
+            Binding {
+                event_type: newer,
+                ..base
+            },
+            Binding {
+                section: b"section bytez",
+                ..base
+            },
+        ] {
+            assert!(matches!(
+                open_event(&key.cipher, &other.aad(), &sealed, 10, AlignedVec::new()),
+                Err(Error::AuthenticationFailed { seq: 10 })
+            ));
+        }
+        // A record of before store ids keeps its own associated data.
+        let older = RecordHeader {
+            flags: FLAG_ENCRYPTED,
+            ..header
+        };
+        assert_eq!(
+            record_aad(&key, 10, &older, ty, b"ignored").unwrap(),
+            event_aad(7, 1, 10, 1).to_vec()
+        );
+        // A bound record with a key check that carries no store id: a typed error.
+        let no_id = EventKey {
+            store_id: None,
+            ..key
+        };
+        assert!(matches!(
+            record_aad(&no_id, 10, &header, ty, b""),
+            Err(Error::Crypto { .. })
+        ));
+    }
+
+    #[test]
+    fn key_checks_carry_the_store_id_and_older_ones_open_without_one() {
+        let master = cipher(&[1u8; 32]);
+        let check = seal_check(&master, &[4u8; 16]).unwrap();
+        assert_eq!(open_check(&master, &check), Some(Some([4u8; 16])));
+        let older = seal_with(&master, [0u8; NONCE_LEN], KEY_CHECK_AAD, KEY_CHECK_TEXT_V1).unwrap();
+        assert_eq!(open_check(&master, &older), Some(None));
+        assert_eq!(open_check(&cipher(&[2u8; 32]), &check), None);
+        let short = seal_with(&master, [0u8; NONCE_LEN], KEY_CHECK_AAD, KEY_CHECK_TEXT).unwrap();
+        assert_eq!(open_check(&master, &short), None);
     }
 }

@@ -143,6 +143,11 @@ impl Fields {
 pub(crate) struct Section<'t>(&'t [u8]);
 
 impl<'t> Section<'t> {
+    /// The section as stored (empty when the record has none): what a bound seal covers.
+    pub(crate) fn bytes(&self) -> &'t [u8] {
+        self.0
+    }
+
     fn fields(&self) -> u8 {
         self.0.get(4).copied().unwrap_or(0)
     }

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //! 0   u8    record format (3)
-//! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference), 0x04 ENVELOPE (the
-//!           body starts with an envelope section, see `envelope`); other bits are refused
+//! 1   u8    flags: 0x01 BLOB (the payload is a 48-byte blob reference), 0x02 ENCRYPTED (the
+//!           payload is sealed, see `crypto`), 0x04 ENVELOPE (the body starts with an envelope
+//!           section, see `envelope`), 0x08 BOUND (with ENCRYPTED: the seal binds the store
+//!           id, the type and the envelope); other bits are refused
 //! 2   u16   header length (64)
 //! 4   u32   payload length
 //! 8   u128  stream id
@@ -190,7 +192,10 @@ pub(crate) fn decode_with(seq: u64, record: &[u8], checked: bool) -> Result<(Rec
         }
     }
     let flags = record[1];
-    if flags & !(FLAG_BLOB | FLAG_ENVELOPE | super::crypto::FLAG_ENCRYPTED) != 0 {
+    use super::crypto::{FLAG_BOUND, FLAG_ENCRYPTED};
+    if flags & !(FLAG_BLOB | FLAG_ENVELOPE | FLAG_ENCRYPTED | FLAG_BOUND) != 0
+        || flags & (FLAG_BOUND | FLAG_ENCRYPTED) == FLAG_BOUND
+    {
         return Err(Error::corrupt(seq, format!("unknown flags {flags:#04x}")));
     }
     if flags & FLAG_BLOB != 0 && flags & FLAG_ENVELOPE == 0 && payload_len != REF_LEN {

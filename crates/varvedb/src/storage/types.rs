@@ -27,13 +27,23 @@ impl TypeKey<'_> {
     /// The stored form (see the module docs). Names are at most 255 bytes (checked by the
     /// writer before anything is queued).
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut key = Vec::with_capacity(4 + self.container.len() + self.name.len());
-        key.push(self.container.len() as u8);
-        key.extend_from_slice(self.container.as_bytes());
-        key.push(self.name.len() as u8);
-        key.extend_from_slice(self.name.as_bytes());
-        key.extend_from_slice(&self.version.to_le_bytes());
+        let mut key = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut key);
         key
+    }
+
+    /// The length of [`encode`](Self::encode)'s bytes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        4 + self.container.len() + self.name.len()
+    }
+
+    /// Appends the stored form to `out`.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(self.container.len() as u8);
+        out.extend_from_slice(self.container.as_bytes());
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
     }
 }
 
