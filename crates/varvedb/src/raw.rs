@@ -366,7 +366,7 @@ fn raw_at<'t>(
             let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
             let opened = crypto::open_event(
                 &key.cipher,
-                &aad,
+                aad.as_slice(),
                 stored,
                 seq,
                 rkyv::util::AlignedVec::new(),

@@ -468,7 +468,13 @@ fn event_at<'t, E: ValidateEvent + Event>(
                 version: t.version,
             };
             let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
-            Payload::Decrypted(Box::new(decrypt(&key.cipher, state, seq, &aad, stored)?))
+            Payload::Decrypted(Box::new(decrypt(
+                &key.cipher,
+                state,
+                seq,
+                aad.as_slice(),
+                stored,
+            )?))
         }
     };
     EventRef::new(seq, header, payload, hash, type_index, envelope)

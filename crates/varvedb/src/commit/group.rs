@@ -292,7 +292,14 @@ fn encrypt(
         section: &visible,
     }
     .aad();
-    let sealed = crypto::seal_event(&key.cipher, place.version, &aad, pairs, pair_count, payload)?;
+    let sealed = crypto::seal_event(
+        &key.cipher,
+        place.version,
+        aad.as_slice(),
+        pairs,
+        pair_count,
+        payload,
+    )?;
     let mut flags = crypto::FLAG_ENCRYPTED | crypto::FLAG_BOUND;
     if !visible.is_empty() {
         flags |= envelope::FLAG_ENVELOPE;
@@ -370,7 +377,7 @@ fn stored_payload_digest(
     let event_type = crate::storage::types::resolve(dbs, txn, header.type_id)?
         .ok_or_else(|| Error::corrupt(seq, "the record names an event type the store lacks"))?;
     let aad = crypto::record_aad(&key, seq, header, event_type, section.bytes())?;
-    let opened = crypto::open_event(&key.cipher, &aad, sealed, seq, AlignedVec::new())?;
+    let opened = crypto::open_event(&key.cipher, aad.as_slice(), sealed, seq, AlignedVec::new())?;
     Ok(record::payload_digest(&opened.buffer[opened.payload]))
 }
 

@@ -107,23 +107,85 @@ pub(crate) struct Binding<'a> {
     pub(crate) section: &'a [u8],
 }
 
-impl Binding<'_> {
-    /// The associated data.
-    pub(crate) fn aad(&self) -> Vec<u8> {
-        let type_len = self.event_type.encoded_len();
-        let mut aad = Vec::with_capacity(54 + type_len + self.section.len());
-        aad.extend_from_slice(&self.store_id);
-        aad.extend_from_slice(&self.stream_id.to_le_bytes());
-        aad.extend_from_slice(&self.version.to_le_bytes());
-        aad.extend_from_slice(&self.seq.to_le_bytes());
-        aad.extend_from_slice(&self.timestamp_ns.to_le_bytes());
-        // A type key is at most 514 bytes (two names of at most 255 bytes).
-        aad.extend_from_slice(&(type_len as u16).to_le_bytes());
-        self.event_type.encode_into(&mut aad);
-        aad.extend_from_slice(self.section);
-        aad
+/// The associated data of an event, on the stack when it fits (an event without a large
+/// envelope section), so that sealing or opening one allocates nothing for it.
+pub(crate) enum Aad {
+    Inline { bytes: [u8; AAD_INLINE], len: usize },
+    Heap(Vec<u8>),
+}
+
+/// The most associated data kept on the stack: the fixed part, a type key of up to 40 bytes and
+/// an envelope section with an event id and a few tags.
+const AAD_INLINE: usize = 192;
+
+impl Aad {
+    fn from_parts(parts: &[&[u8]]) -> Aad {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= AAD_INLINE {
+            let mut bytes = [0u8; AAD_INLINE];
+            let mut at = 0;
+            for part in parts {
+                bytes[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            Aad::Inline { bytes, len }
+        } else {
+            Aad::Heap(parts.concat())
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Aad::Inline { bytes, len } => &bytes[..*len],
+            Aad::Heap(v) => v,
+        }
     }
 }
+
+impl Binding<'_> {
+    /// The associated data (see the module docs for its layout).
+    pub(crate) fn aad(&self) -> Aad {
+        let t = &self.event_type;
+        let type_len = self.event_type.encoded_len();
+        let len = BOUND_FIXED + type_len + self.section.len();
+        let mut heap = Vec::new();
+        let mut inline = [0u8; AAD_INLINE];
+        let out: &mut [u8] = if len <= AAD_INLINE {
+            &mut inline[..len]
+        } else {
+            heap.resize(len, 0);
+            &mut heap
+        };
+        out[..16].copy_from_slice(&self.store_id);
+        out[16..32].copy_from_slice(&self.stream_id.to_le_bytes());
+        out[32..36].copy_from_slice(&self.version.to_le_bytes());
+        out[36..44].copy_from_slice(&self.seq.to_le_bytes());
+        out[44..52].copy_from_slice(&self.timestamp_ns.to_le_bytes());
+        // Each name is at most 255 bytes (checked before anything is written), so a type key
+        // is at most 514 bytes and its length fits in u16.
+        out[52..54].copy_from_slice(&(type_len as u16).to_le_bytes());
+        let mut at = BOUND_FIXED;
+        for part in [
+            &[t.container.len() as u8][..],
+            t.container.as_bytes(),
+            &[t.name.len() as u8],
+            t.name.as_bytes(),
+            &t.version.to_le_bytes(),
+            self.section,
+        ] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        if len <= AAD_INLINE {
+            Aad::Inline { bytes: inline, len }
+        } else {
+            Aad::Heap(heap)
+        }
+    }
+}
+
+/// The fixed part of a bound record's associated data, before the type key.
+const BOUND_FIXED: usize = 54;
 
 /// The associated data of a stored encrypted event, bound ([`FLAG_BOUND`]) or of an older
 /// record. `event_type` is the type the caller reads the record as: a `types` table that
@@ -134,9 +196,10 @@ pub(crate) fn record_aad(
     header: &RecordHeader,
     event_type: TypeKey<'_>,
     section: &[u8],
-) -> Result<Vec<u8>> {
+) -> Result<Aad> {
     if header.flags & FLAG_BOUND == 0 {
-        return Ok(event_aad(header.stream_id, header.version, seq, header.type_id).to_vec());
+        let older = event_aad(header.stream_id, header.version, seq, header.type_id);
+        return Ok(Aad::from_parts(&[&older]));
     }
     Ok(Binding {
         store_id: bound_store_id(key, seq)?,
@@ -936,7 +999,7 @@ mod tests {
             section: b"section bytes",
         };
         let aad = base.aad();
-        let sealed = seal_event(&key.cipher, 1, &aad, b"", 0, b"payload").unwrap();
+        let sealed = seal_event(&key.cipher, 1, aad.as_slice(), b"", 0, b"payload").unwrap();
         let header = RecordHeader {
             flags: FLAG_ENCRYPTED | FLAG_BOUND,
             stream_id: 7,
@@ -947,8 +1010,10 @@ mod tests {
         };
         // What a reader computes from the record is what the writer sealed.
         assert_eq!(
-            record_aad(&key, 10, &header, ty, b"section bytes").unwrap(),
-            aad
+            record_aad(&key, 10, &header, ty, b"section bytes")
+                .unwrap()
+                .as_slice(),
+            aad.as_slice()
         );
         let other_type = TypeKey {
             name: "Withdrawn",
@@ -978,18 +1043,36 @@ mod tests {
             },
         ] {
             assert!(matches!(
-                open_event(&key.cipher, &other.aad(), &sealed, 10, AlignedVec::new()),
+                open_event(
+                    &key.cipher,
+                    other.aad().as_slice(),
+                    &sealed,
+                    10,
+                    AlignedVec::new()
+                ),
                 Err(Error::AuthenticationFailed { seq: 10 })
             ));
         }
+        // A large envelope section goes to the heap, with the same layout.
+        let big = [7u8; 300];
+        let heap = Binding {
+            section: &big,
+            ..base
+        }
+        .aad();
+        assert!(matches!(heap, Aad::Heap(_)) && matches!(aad, Aad::Inline { .. }));
+        assert_eq!(heap.as_slice()[..67], aad.as_slice()[..67]);
+        assert_eq!(heap.as_slice()[67..], big[..]);
         // A record of before store ids keeps its own associated data.
         let older = RecordHeader {
             flags: FLAG_ENCRYPTED,
             ..header
         };
         assert_eq!(
-            record_aad(&key, 10, &older, ty, b"ignored").unwrap(),
-            event_aad(7, 1, 10, 1).to_vec()
+            record_aad(&key, 10, &older, ty, b"ignored")
+                .unwrap()
+                .as_slice(),
+            event_aad(7, 1, 10, 1)
         );
         // A bound record with a key check that carries no store id: a typed error.
         let no_id = EventKey {
