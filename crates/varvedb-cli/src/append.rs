@@ -5,9 +5,7 @@
 //! text, validated and made compact. `read` and `tail` print their data as JSON; a Rust
 //! program reads them with `JsonEvent::data_of`.
 
-use varvedb::{
-    AppendOptions, ExpectedVersion, JsonEvent, RawEvent, Storage, StorageConfig, Writer,
-};
+use varvedb::{AppendOptions, ExpectedVersion, JsonEvent, Storage, StorageConfig, Writer};
 
 /// What to append.
 #[derive(clap::Args)]
@@ -66,9 +64,4 @@ pub(crate) fn run(
         args.stream, appended.version, appended.seq
     );
     Ok(())
-}
-
-/// The JSON data of an event of the JSON type, if it is one and can be read.
-pub(crate) fn json_data(e: &RawEvent<'_>) -> Option<String> {
-    JsonEvent::data_of(e)
 }

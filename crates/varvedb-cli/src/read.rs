@@ -112,7 +112,7 @@ pub(crate) fn text(e: &RawEvent<'_>) -> String {
         e.payload_bytes().len(),
         if e.is_blob() { " (blob)" } else { "" }
     );
-    if let Some(data) = crate::append::json_data(e) {
+    if let Some(data) = varvedb::JsonEvent::data_of(e) {
         line.push_str(&format!(" data {data}"));
     }
     if e.is_shredded() {
@@ -187,7 +187,7 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
         e.is_blob(),
         e.is_encrypted(),
         e.is_shredded(),
-        crate::append::json_data(e).map_or(String::new(), |d| format!(",\"data\":{d}"))
+        varvedb::JsonEvent::data_of(e).map_or(String::new(), |d| format!(",\"data\":{d}"))
     )
 }
 

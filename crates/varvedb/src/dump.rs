@@ -259,9 +259,9 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
             ),
         )
     })?;
-    let encrypted = header.flags & crypto::FLAG_ENCRYPTED != 0;
-    let bound = header.flags & crypto::FLAG_BOUND != 0;
-    let is_blob = header.flags & blob::FLAG_BLOB != 0;
+    let encrypted = header.flags & record::FLAG_ENCRYPTED != 0;
+    let bound = header.flags & record::FLAG_BOUND != 0;
+    let is_blob = header.flags & record::FLAG_BLOB != 0;
     let (payload, blob_ref) = if is_blob {
         let reference =
             BlobRef::decode(rest).ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
@@ -1010,19 +1010,19 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
     .encode()?;
     let mut flags = 0u8;
     if !section.is_empty() {
-        flags |= envelope::FLAG_ENVELOPE;
+        flags |= record::FLAG_ENVELOPE;
     }
     if event.encrypted {
-        flags |= crypto::FLAG_ENCRYPTED;
+        flags |= record::FLAG_ENCRYPTED;
         if event.bound {
-            flags |= crypto::FLAG_BOUND;
+            flags |= record::FLAG_BOUND;
         }
     }
     let mut record = vec![0u8; HEADER_LEN];
     record.extend_from_slice(&section);
     let mut new_blob = None;
     if event.blob {
-        flags |= blob::FLAG_BLOB;
+        flags |= record::FLAG_BLOB;
         match (&event.payload, &event.blob_ref) {
             (Some(payload), _) => {
                 let reference = BlobRef::of(payload);

@@ -365,7 +365,7 @@ pub mod __fuzz {
                 assert_eq!(scan_body, point_body, "a scan and a point read disagree");
             }
             if let Ok((header, _, body)) = point
-                && header.flags & (crypto::FLAG_ENCRYPTED | crate::storage::blob::FLAG_BLOB) == 0
+                && header.flags & (record::FLAG_ENCRYPTED | crate::storage::record::FLAG_BLOB) == 0
                 && validates::<E>(body)
             {
                 passed += 1;
@@ -379,7 +379,7 @@ pub mod __fuzz {
     pub fn read_record<E: ValidateEvent>(bytes: &[u8]) -> bool {
         match record::open(1, bytes) {
             Ok((header, _, body)) => {
-                header.flags & crypto::FLAG_ENCRYPTED != 0 || validates::<E>(body)
+                header.flags & record::FLAG_ENCRYPTED != 0 || validates::<E>(body)
             }
             Err(_) => false,
         }

@@ -177,7 +177,7 @@ impl<'t> RawEvent<'t> {
 
     /// Whether the event was stored encrypted.
     pub fn is_encrypted(&self) -> bool {
-        self.header.flags & crypto::FLAG_ENCRYPTED != 0
+        self.header.flags & record::FLAG_ENCRYPTED != 0
     }
 
     /// Whether the event's stream was shredded: its envelope stays, its payload is gone.
@@ -338,7 +338,7 @@ fn raw_at<'t>(
         payload,
         blob,
     };
-    let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
+    let key = if header.flags & record::FLAG_ENCRYPTED == 0 {
         None
     } else {
         match storage
@@ -354,7 +354,7 @@ fn raw_at<'t>(
             Err(e) => return Err(e),
         }
     };
-    let (stored, blob) = if header.flags & blob::FLAG_BLOB == 0 {
+    let (stored, blob) = if header.flags & record::FLAG_BLOB == 0 {
         (body, None)
     } else {
         let reference = blob::BlobRef::decode(body)

@@ -20,7 +20,7 @@ use crate::storage::chain::Found;
 use crate::storage::crypto::{self, StreamKey, Txn};
 use crate::storage::envelope::{Section, Tags};
 use crate::storage::pack::LogIter;
-use crate::storage::record::{RECORD_ALIGN, RecordHeader};
+use crate::storage::record::{self, RECORD_ALIGN, RecordHeader};
 use crate::storage::tags::{Query, QueryIter};
 use crate::storage::types::TypeKey;
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
@@ -440,12 +440,12 @@ fn event_at<'t, E: ValidateEvent + Event>(
     let (header, envelope, body) = storage::record::open_with(seq, value, checked)?;
     let type_index = state.memo.check::<E>(dbs, txn, seq, header.type_id)?;
     // An encrypted event's key first: a shredded stream's blobs are gone.
-    let key = if header.flags & crypto::FLAG_ENCRYPTED == 0 {
+    let key = if header.flags & record::FLAG_ENCRYPTED == 0 {
         None
     } else {
         Some(stream_key(dbs, txn, state, seq, &header)?)
     };
-    let (stored, hash) = if header.flags & blob::FLAG_BLOB == 0 {
+    let (stored, hash) = if header.flags & record::FLAG_BLOB == 0 {
         (body, None)
     } else {
         let reference = blob::BlobRef::decode(body)

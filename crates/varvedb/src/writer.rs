@@ -14,8 +14,7 @@ use crate::envelope::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::Storage;
-use crate::storage::blob::{self, BlobRef};
-use crate::storage::envelope;
+use crate::storage::blob::BlobRef;
 use crate::storage::record::{self, HEADER_LEN};
 use crate::storage::tags::Query;
 use crate::storage::types::TypeKey;
@@ -627,7 +626,7 @@ pub(crate) fn finish(
     } = serialized;
     let section_len = offset - HEADER_LEN;
     let envelope_flag = if section_len > 0 {
-        envelope::FLAG_ENVELOPE
+        record::FLAG_ENVELOPE
     } else {
         0
     };
@@ -635,7 +634,7 @@ pub(crate) fn finish(
         #[cfg(test)]
         HASHED_ON.with(|t| t.set(Some(std::thread::current().id())));
         let reference = BlobRef::of(&buf[offset..]);
-        let body_len = section_len + blob::REF_LEN;
+        let body_len = section_len + record::REF_LEN;
         let mut record = AlignedVec::<16>::with_capacity(record::record_len(body_len));
         record.extend_from_slice(&buf[..offset]);
         record.extend_from_slice(&reference.encode());
@@ -650,7 +649,7 @@ pub(crate) fn finish(
             payload_len: body_len as u32,
             digest,
             payload_digest: reference.digest,
-            flags: blob::FLAG_BLOB | envelope_flag,
+            flags: record::FLAG_BLOB | envelope_flag,
             blob: Some(Box::new(Blob {
                 reference,
                 buffer: buf,

@@ -12,8 +12,7 @@ use heed::RwTxn;
 use rkyv::util::AlignedVec;
 use std::sync::Arc;
 
-use super::queue::{Outcome, Request};
-use super::{Blob, Condition, Prepared, StreamAppend};
+use super::{Blob, Condition, Outcome, Prepared, Request, StreamAppend};
 use crate::error::{Error, Result};
 use crate::event_id::EventId;
 use crate::expected::Appended;
@@ -24,8 +23,8 @@ use crate::storage::crypto::{self, Crypto, EventKey, StoreKeys, StreamKey, Txn};
 use crate::storage::envelope;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::pack::PackWriter;
-use crate::storage::record::HEADER_LEN;
 use crate::storage::record::{self, RecordHeader};
+use crate::storage::record::{FLAG_ENVELOPE, HEADER_LEN};
 use crate::storage::tags;
 use crate::storage::types::{self, TypeKey};
 use crate::storage::{Dbs, Storage, keys, stream_head};
@@ -268,7 +267,7 @@ fn encrypt(
     blob_threshold: usize,
 ) -> Result<Sealed> {
     let body = &event.record[HEADER_LEN..HEADER_LEN + event.payload_len as usize];
-    let (section, rest) = envelope::split(0, event.flags, body)?;
+    let (section, rest) = envelope::split(0, event.flags & FLAG_ENVELOPE != 0, body)?;
     let payload = match &event.blob {
         Some(b) => &b.buffer[b.offset..b.offset + b.reference.len as usize],
         None => rest,
@@ -300,9 +299,9 @@ fn encrypt(
         pair_count,
         payload,
     )?;
-    let mut flags = crypto::FLAG_ENCRYPTED | crypto::FLAG_BOUND;
+    let mut flags = record::FLAG_ENCRYPTED | record::FLAG_BOUND;
     if !visible.is_empty() {
-        flags |= envelope::FLAG_ENVELOPE;
+        flags |= record::FLAG_ENVELOPE;
     }
     let mut record =
         AlignedVec::<16>::with_capacity(HEADER_LEN + visible.len() + sealed.len() + 16);
@@ -314,7 +313,7 @@ fn encrypt(
         buffer.extend_from_slice(&sealed);
         buffer.resize(sealed.len().next_multiple_of(16), 0);
         record.extend_from_slice(&reference.encode());
-        flags |= blob::FLAG_BLOB;
+        flags |= record::FLAG_BLOB;
         Some(Box::new(Blob {
             reference,
             buffer,
@@ -351,8 +350,8 @@ fn stored_payload_digest(
     section: envelope::Section<'_>,
     body: &[u8],
 ) -> Result<u64> {
-    if header.flags & crypto::FLAG_ENCRYPTED == 0 {
-        return Ok(if header.flags & blob::FLAG_BLOB != 0 {
+    if header.flags & record::FLAG_ENCRYPTED == 0 {
+        return Ok(if header.flags & record::FLAG_BLOB != 0 {
             blob::BlobRef::decode(body).map_or(0, |r| r.digest)
         } else {
             record::payload_digest(body)
@@ -367,7 +366,7 @@ fn stored_payload_digest(
         }
         StreamKey::Plain => return Err(Error::corrupt(seq, "an encrypted record without a key")),
     };
-    let sealed = if header.flags & blob::FLAG_BLOB != 0 {
+    let sealed = if header.flags & record::FLAG_BLOB != 0 {
         let r = blob::BlobRef::decode(body)
             .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
         blob::get(dbs, txn, seq, &r)?
@@ -701,8 +700,8 @@ fn apply(
             };
             record::seal(record, payload_len, digest, &header);
             let body = &record[HEADER_LEN..HEADER_LEN + payload_len as usize];
-            if envelope::has_tags(flags, body) {
-                let (section, _) = envelope::split(*seq, flags, body)?;
+            if envelope::has_tags(flags & FLAG_ENVELOPE != 0, body) {
+                let (section, _) = envelope::split(*seq, true, body)?;
                 tags::put(dbs, wtxn, section.tags(), event.type_id, *seq)?;
             }
             pending.push(dbs, wtxn, *seq, record)?;

@@ -16,11 +16,36 @@ use std::thread::{self, JoinHandle};
 use rkyv::util::AlignedVec;
 
 use crate::error::{Error, Result};
-use crate::expected::ExpectedVersion;
+use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::blob::BlobRef;
 use crate::storage::types::TypeKey;
 use crate::storage::{Attached, Storage, WeakStorage};
-pub(crate) use queue::{CommitQueue, Outcome, committer_gone};
+pub(crate) use queue::{CommitQueue, committer_gone};
+
+/// What a request's waiter receives.
+pub(crate) type Outcome = Result<Vec<Appended>>;
+
+/// One atomic append (every stream's events, or none), or, with no appends, a flush request.
+pub(crate) struct Request {
+    pub(crate) appends: Vec<StreamAppend>,
+    /// A conditional append's condition, checked in the commit.
+    pub(crate) condition: Option<Condition>,
+    pub(super) reply: queue::Reply,
+    /// The appending thread holds a snapshot of the store while it waits: a growth of the map
+    /// would wait for that snapshot, and so for this append's own answer.
+    pub(super) holds_snapshot: bool,
+}
+
+impl Request {
+    pub(super) fn events(&self) -> usize {
+        self.appends.iter().map(|a| a.events.len()).sum()
+    }
+
+    /// A request to flush, answered once everything before it is durable.
+    pub(crate) fn is_flush(&self) -> bool {
+        self.appends.is_empty()
+    }
+}
 
 /// A record whose payload is serialized and digested, waiting for its stream, version and seq.
 pub(crate) struct Prepared {
@@ -36,7 +61,7 @@ pub(crate) struct Prepared {
     /// The event id of the append's options, little-endian (bytes rather than a `u128`, whose
     /// 16-byte alignment would double the size of every prepared event).
     pub(crate) event_id: Option<[u8; 16]>,
-    /// Record flags: [`blob::FLAG_BLOB`](crate::storage::blob::FLAG_BLOB) when the payload goes
+    /// Record flags: [`record::FLAG_BLOB`](crate::storage::record::FLAG_BLOB) when the payload goes
     /// to the blob store.
     pub(crate) flags: u8,
     /// The payload of a blob record, which the record only references (boxed: most events are

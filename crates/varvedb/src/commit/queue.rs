@@ -18,13 +18,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::group;
-use super::{Condition, StreamAppend, lock};
+use super::{Condition, Outcome, Request, StreamAppend, lock};
 use crate::error::{Error, Result};
-use crate::expected::Appended;
 use crate::storage::{Storage, WeakStorage, health};
-
-/// What a request's waiter receives.
-pub(crate) type Outcome = Result<Vec<Appended>>;
 
 /// The condition that the sync appenders queued between two takes wait on: the committer wakes
 /// a whole group with one `notify_all`, rather than with one wake-up call per appender.
@@ -113,28 +109,6 @@ impl Drop for Reply {
             slot.fill(Err(committer_gone()));
             slot.signal.notify();
         }
-    }
-}
-
-/// One atomic append (every stream's events, or none), or, with no appends, a flush request.
-pub(crate) struct Request {
-    pub(crate) appends: Vec<StreamAppend>,
-    /// A conditional append's condition, checked in the commit.
-    pub(crate) condition: Option<Condition>,
-    reply: Reply,
-    /// The appending thread holds a snapshot of the store while it waits: a growth of the map
-    /// would wait for that snapshot, and so for this append's own answer.
-    holds_snapshot: bool,
-}
-
-impl Request {
-    pub(super) fn events(&self) -> usize {
-        self.appends.iter().map(|a| a.events.len()).sum()
-    }
-
-    /// A request to flush, answered once everything before it is durable.
-    pub(crate) fn is_flush(&self) -> bool {
-        self.appends.is_empty()
     }
 }
 

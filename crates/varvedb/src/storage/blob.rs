@@ -23,16 +23,13 @@ use heed::RoTxn;
 use heed::RwTxn;
 
 use super::Dbs;
+use super::record::REF_LEN;
 use crate::error::{Error, Result};
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::record::RECORD_ALIGN;
 
-/// The record flag of an event whose payload lives in the blob store.
-pub(crate) const FLAG_BLOB: u8 = 0x01;
 /// Length of a BLAKE3 hash, the blob's address.
 pub(crate) const HASH_LEN: usize = 32;
-/// Length of a blob record's body: the reference.
-pub(crate) const REF_LEN: usize = 48;
 /// Length of a `blob_refs` value.
 pub(crate) const REFS_VALUE_LEN: usize = 16;
 /// Length of the key of a blob kept in its leaf page.

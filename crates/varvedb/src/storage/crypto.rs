@@ -39,17 +39,11 @@ use rkyv::util::AlignedVec;
 use zeroize::Zeroizing;
 
 use super::lmdb::LmdbResultExt;
-use super::record::RecordHeader;
+use super::record::{FLAG_BOUND, RecordHeader};
 use super::types::TypeKey;
 use super::{Dbs, lock};
 use crate::error::{Error, Result};
 
-/// Record flag: the body's payload part is sealed (see the module docs).
-pub(crate) const FLAG_ENCRYPTED: u8 = 0x02;
-/// Record flag, with [`FLAG_ENCRYPTED`]: the seal binds the store id, the timestamp, the
-/// type's name and version and the clear envelope section (see [`Binding`]), not only the
-/// stream, version, sequence and type id.
-pub(crate) const FLAG_BOUND: u8 = 0x08;
 /// A store's random id, carried by its key check: what a bound record is sealed to.
 pub(crate) type StoreId = [u8; 16];
 pub(crate) const NONCE_LEN: usize = 12;
@@ -949,6 +943,7 @@ pub(crate) fn open_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::record::FLAG_ENCRYPTED;
 
     #[test]
     fn sealed_events_authenticate_only_where_they_were_sealed() {

@@ -1,5 +1,5 @@
 //! The envelope section of a record: the event id, correlation and causation ids, and
-//! metadata pairs, stored before the payload when a record has any (flag [`FLAG_ENVELOPE`]).
+//! metadata pairs, stored before the payload when a record has any (record flag `FLAG_ENVELOPE`).
 //!
 //! ```text
 //! 0   u32   section length E (LE): a multiple of 16, this field and the padding included
@@ -19,8 +19,6 @@
 
 use crate::error::{Error, Result};
 
-/// Record flag: the body starts with an envelope section.
-pub(crate) const FLAG_ENVELOPE: u8 = 0x04;
 /// The largest envelope section, in bytes: metadata past it is refused.
 pub(crate) const ENVELOPE_BYTES_MAX: usize = 64 << 10;
 
@@ -238,16 +236,16 @@ impl<'t> Iterator for Tags<'t> {
 /// Whether a record body has an envelope section with tags (its tag count, without checking
 /// the section).
 #[inline]
-pub(crate) fn has_tags(flags: u8, body: &[u8]) -> bool {
-    flags & FLAG_ENVELOPE != 0 && body.get(5).is_some_and(|&count| count != 0)
+pub(crate) fn has_tags(has_section: bool, body: &[u8]) -> bool {
+    has_section && body.get(5).is_some_and(|&count| count != 0)
 }
 
 /// Splits a record body into its envelope section and the payload that follows. Every
 /// malformation is `Corrupt` naming `seq`; the pairs are checked here (lengths and UTF-8), so
 /// that reading them later cannot fail.
 #[inline]
-pub(crate) fn split(seq: u64, flags: u8, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
-    if flags & FLAG_ENVELOPE == 0 {
+pub(crate) fn split(seq: u64, has_section: bool, body: &[u8]) -> Result<(Section<'_>, &[u8])> {
+    if !has_section {
         return Ok((Section::default(), body));
     }
     split_section(seq, body)
@@ -352,7 +350,7 @@ mod tests {
         let mut body = fields.encode().unwrap();
         assert_eq!(body.len() % 16, 0);
         body.extend_from_slice(b"payload!");
-        let (section, payload) = split(1, FLAG_ENVELOPE, &body).unwrap();
+        let (section, payload) = split(1, true, &body).unwrap();
         assert_eq!(payload, b"payload!");
         assert_eq!(section.event_id(), Some(7));
         assert_eq!(section.correlation_id(), None);
@@ -366,7 +364,7 @@ mod tests {
             ..Default::default()
         };
         let body = tags_only.encode().unwrap();
-        let (section, _) = split(1, FLAG_ENVELOPE, &body).unwrap();
+        let (section, _) = split(1, true, &body).unwrap();
         assert_eq!(section.tags().collect::<Vec<_>>(), ["t"]);
         assert_eq!(section.encoded_pairs().1, 0);
         assert_eq!(section.event_id(), None);
@@ -387,12 +385,12 @@ mod tests {
                 let mut b = body.clone();
                 b[i] ^= 1 << bit;
                 // Either it still decodes (a flipped id bit) or it is Corrupt; never a panic.
-                if let Err(e) = split(9, FLAG_ENVELOPE, &b) {
+                if let Err(e) = split(9, true, &b) {
                     assert!(matches!(e, Error::Corrupt { seq: 9, .. }), "{e:?}");
                 }
             }
         }
-        assert!(split(9, FLAG_ENVELOPE, &body[..8]).is_err());
+        assert!(split(9, true, &body[..8]).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub(crate) mod crypto;
 mod env;
 pub(crate) mod envelope;
 mod gate;
+pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod lmdb;
 pub(crate) mod pack;
@@ -125,16 +126,6 @@ pub(crate) trait Attached: Send + Sync + 'static {
     fn stop(&self);
     /// For the layer that attached it, to find its own type again.
     fn as_any(&self) -> &dyn Any;
-}
-
-/// The health of a store (see [`Storage::is_poisoned`]).
-pub(crate) mod health {
-    /// Everything works.
-    pub(crate) const OK: u8 = 0;
-    /// Appends are refused; reads work.
-    pub(crate) const WRITES_REFUSED: u8 = 1;
-    /// The memory map is gone (a failed resize): reads are refused too.
-    pub(crate) const ALL_REFUSED: u8 = 2;
 }
 
 pub(crate) struct Inner {

@@ -24,9 +24,24 @@ fn xxh3_64(bytes: &[u8]) -> u64 {
     twox_hash::XxHash3_64::oneshot(bytes)
 }
 
-use super::blob::{FLAG_BLOB, REF_LEN};
-use super::envelope::{self, FLAG_ENVELOPE, Section};
+use super::envelope::{self, Section};
 use crate::error::{Error, Result};
+
+/// Record flag: the body ends with a [`REF_LEN`]-byte reference into the blob store (see
+/// [`blob`](super::blob)) instead of the payload.
+pub(crate) const FLAG_BLOB: u8 = 0x01;
+/// Record flag: the body's payload part is sealed (see [`crypto`](super::crypto)).
+pub(crate) const FLAG_ENCRYPTED: u8 = 0x02;
+/// Record flag: the body starts with an envelope section (see [`envelope`]).
+pub(crate) const FLAG_ENVELOPE: u8 = 0x04;
+/// Record flag, with [`FLAG_ENCRYPTED`]: the seal binds the store id, the timestamp, the
+/// type's name and version and the clear envelope section (see `crypto::Binding`), not only
+/// the stream, version, sequence and type id.
+pub(crate) const FLAG_BOUND: u8 = 0x08;
+/// Every flag bit a record may carry.
+const FLAGS_KNOWN: u8 = FLAG_BLOB | FLAG_ENCRYPTED | FLAG_ENVELOPE | FLAG_BOUND;
+/// The length of a blob reference, the end of a blob record's body.
+pub(crate) const REF_LEN: usize = 48;
 
 pub(crate) const RECORD_FORMAT: u8 = 3;
 pub(crate) const HEADER_LEN: usize = 64;
@@ -192,10 +207,7 @@ pub(crate) fn decode_with(seq: u64, record: &[u8], checked: bool) -> Result<(Rec
         }
     }
     let flags = record[1];
-    use super::crypto::{FLAG_BOUND, FLAG_ENCRYPTED};
-    if flags & !(FLAG_BLOB | FLAG_ENVELOPE | FLAG_ENCRYPTED | FLAG_BOUND) != 0
-        || flags & (FLAG_BOUND | FLAG_ENCRYPTED) == FLAG_BOUND
-    {
+    if flags & !FLAGS_KNOWN != 0 || flags & (FLAG_BOUND | FLAG_ENCRYPTED) == FLAG_BOUND {
         return Err(Error::corrupt(seq, format!("unknown flags {flags:#04x}")));
     }
     if flags & FLAG_BLOB != 0 && flags & FLAG_ENVELOPE == 0 && payload_len != REF_LEN {
@@ -238,7 +250,7 @@ pub(crate) fn open_with(
     checked: bool,
 ) -> Result<(RecordHeader, Section<'_>, &[u8])> {
     let (header, body) = decode_with(seq, record, checked)?;
-    let (section, rest) = envelope::split(seq, header.flags, body)?;
+    let (section, rest) = envelope::split(seq, header.flags & FLAG_ENVELOPE != 0, body)?;
     if header.flags & FLAG_BLOB != 0 && rest.len() != REF_LEN {
         return Err(Error::corrupt(
             seq,

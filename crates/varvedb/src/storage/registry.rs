@@ -4,7 +4,7 @@
 //! path goes through a process-wide registry of the stores open now. The registry also remembers
 //! the paths whose flush failed in this process (see [`Storage::open_after_flush_failure`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use super::crypto::Crypto;
 use super::env::{self, Create};
 use super::gate::Gate;
-use super::{Inner, Storage, health, lock};
+use super::health::{self, mark_flush_failed};
+use super::{Inner, Storage, lock};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 
@@ -21,15 +22,6 @@ use crate::error::{Error, Result};
 static REGISTRY: Mutex<BTreeMap<PathBuf, Weak<Inner>>> = Mutex::new(BTreeMap::new());
 /// Serializes `Storage::open` so that two threads opening one path share one environment.
 static OPEN_LOCK: Mutex<()> = Mutex::new(());
-/// Paths whose flush failed in this process. After a failed `fsync`, Linux may have marked the
-/// dirty pages clean: this process (and the page cache it shares) can read data that is not on
-/// disk, so a plain reopen here would hide the loss.
-static FLUSH_FAILED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
-
-pub(super) fn mark_flush_failed(path: &Path) {
-    lock(&FLUSH_FAILED).insert(path.to_path_buf());
-}
-
 impl Drop for Inner {
     #[allow(unsafe_code, reason = "closes the environment under the registry lock")]
     fn drop(&mut self) {
@@ -41,7 +33,7 @@ impl Drop for Inner {
         // make them durable now. A failure cannot be reported from `drop`; `Storage::close`
         // reports it.
         if self.unflushed.load(Ordering::Acquire)
-            && super::txn::sync_env(&self.env, self.health.load(Ordering::Acquire)).is_err()
+            && health::sync_env(&self.env, self.health.load(Ordering::Acquire)).is_err()
         {
             mark_flush_failed(&self.path);
         }
@@ -145,7 +137,7 @@ impl Storage {
     pub fn open_after_flush_failure(config: StorageConfig) -> Result<Storage> {
         config.validate()?;
         if let Ok(path) = std::fs::canonicalize(&config.path) {
-            lock(&FLUSH_FAILED).remove(&path);
+            health::forget_flush_failure(&path);
         }
         let storage = Self::open(config)?;
         if storage.is_poisoned() {
@@ -200,7 +192,7 @@ impl Storage {
                 Err(Error::ConfigMismatch { path })
             };
         }
-        if lock(&FLUSH_FAILED).contains(&path) {
+        if health::flush_failed_before(&path) {
             return Err(Error::Poisoned {
                 reason: format!(
                     "a flush of {} failed earlier in this process, so the page cache may show data that is not on disk; restart the process, or use Storage::open_after_flush_failure",

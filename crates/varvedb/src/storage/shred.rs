@@ -63,7 +63,7 @@ impl Storage {
                         reason: format!("the chain points at sequence {seq}, which does not exist"),
                     })?;
                 let (header, _, body) = record::open(seq, value)?;
-                if header.flags & blob::FLAG_BLOB != 0
+                if header.flags & record::FLAG_BLOB != 0
                     && let Some(r) = blob::BlobRef::decode(body)
                 {
                     hashes.push(r.hash);

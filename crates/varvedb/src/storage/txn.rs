@@ -12,9 +12,8 @@ use std::time::Duration;
 use heed::{MdbError, RoTxn, RwTxn, WithoutTls};
 
 use super::env::Waiter;
-use super::lmdb::LmdbResultExt;
-use super::registry::mark_flush_failed;
-use super::{Dbs, Inner, Storage, health, lock};
+use super::health::{self, sync_env};
+use super::{Dbs, Inner, Storage, lock};
 use crate::config::Durability;
 use crate::error::{Error, Result};
 
@@ -203,16 +202,6 @@ impl Storage {
         }
     }
 
-    fn flush_failed(&self, e: Error) -> Result<()> {
-        let reason = format!("the flush failed: {e}");
-        self.refuse(health::WRITES_REFUSED, reason.clone());
-        mark_flush_failed(&self.inner.path);
-        Err(Error::NotDurable {
-            appended: Vec::new(),
-            reason,
-        })
-    }
-
     /// Makes everything committed so far durable: appends still waiting for the flush that
     /// acknowledges them are flushed and answered before this returns.
     ///
@@ -249,48 +238,6 @@ impl Storage {
         }
     }
 
-    /// Whether the store refuses appends (or everything) after a failure; see
-    /// [`poison_reason`](Self::poison_reason). Drop every handle and reopen it to recover.
-    pub fn is_poisoned(&self) -> bool {
-        self.inner.health.load(Ordering::Acquire) != health::OK
-    }
-
-    /// Why the store refuses work, if it does.
-    pub fn poison_reason(&self) -> Option<String> {
-        lock(&self.inner.fault).clone()
-    }
-
-    /// Refuses appends from now on (or, with `level` [`health::ALL_REFUSED`], everything).
-    pub(crate) fn refuse(&self, level: u8, reason: String) {
-        let mut fault = lock(&self.inner.fault);
-        if self.inner.health.load(Ordering::Acquire) < level {
-            *fault = Some(reason);
-            self.inner.health.store(level, Ordering::Release);
-        }
-    }
-
-    fn poisoned_error(&self) -> Error {
-        Error::Poisoned {
-            reason: self
-                .poison_reason()
-                .unwrap_or_else(|| "an earlier failure".into()),
-        }
-    }
-
-    fn check_readable(&self) -> Result<()> {
-        if self.inner.health.load(Ordering::Acquire) == health::ALL_REFUSED {
-            return Err(self.poisoned_error());
-        }
-        Ok(())
-    }
-
-    pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.is_poisoned() {
-            return Err(self.poisoned_error());
-        }
-        Ok(())
-    }
-
     /// How long a resize waits for readers: `StorageConfig::resize_wait_ms_max`.
     pub(crate) fn resize_wait(&self) -> Duration {
         Duration::from_millis(self.inner.config.resize_wait_ms_max)
@@ -306,18 +253,5 @@ impl Storage {
     /// which runs LMDB with `MDB_NOMETASYNC`; see the committer).
     pub(crate) fn defers_meta_flush(&self) -> bool {
         self.inner.config.durability == Durability::Sync
-    }
-}
-
-/// Flushes the data file. After a failed resize LMDB's map is gone, and `mdb_env_sync` reads
-/// the meta page through it, so the file is flushed directly then (VarveDB never uses
-/// `MDB_WRITEMAP`, so the file holds everything LMDB wrote).
-pub(super) fn sync_env(env: &heed::Env<WithoutTls>, health: u8) -> Result<()> {
-    if health == health::ALL_REFUSED {
-        let file = env.try_clone_inner_file().lmdb()?;
-        file.sync_data()
-            .map_err(|e| Error::lmdb(heed::Error::Io(e)))
-    } else {
-        env.force_sync().lmdb()
     }
 }

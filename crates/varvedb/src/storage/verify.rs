@@ -12,8 +12,9 @@ use std::fmt;
 use heed::types::Bytes;
 use heed::{Database, RoTxn};
 
-use super::blob::{self, BlobRef, FLAG_BLOB, HASH_LEN};
+use super::blob::{self, BlobRef, HASH_LEN};
 use super::pack::Pack;
+use super::record::FLAG_BLOB;
 use super::record::{self, Peek};
 use super::{Dbs, chain, db_names, get_record, keys};
 use crate::error::Result;
@@ -407,7 +408,7 @@ impl<'a> Run<'a> {
                 // A shredded stream's blobs were released with its key: its records keep their
                 // references, to nothing.
                 if header.flags & FLAG_BLOB != 0
-                    && !(header.flags & super::crypto::FLAG_ENCRYPTED != 0
+                    && !(header.flags & super::record::FLAG_ENCRYPTED != 0
                         && run.shredded(header.stream_id)?)
                 {
                     run.reference(seq, body);
