@@ -10,8 +10,6 @@
 
 use std::collections::HashMap;
 
-use crate::storage::pack::PackWriter;
-
 use crate::envelope::EventId;
 use crate::error::{Error, Result};
 use crate::storage::blob::{self, BlobRef};
@@ -20,9 +18,10 @@ use crate::storage::consumers::{self, ParkedEvent};
 use crate::storage::crypto::{self, Crypto};
 use crate::storage::envelope::{self, Fields};
 use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::log::{self, LogWriter, NewRecord, Stored};
 use crate::storage::record::{self, HEADER_LEN, Links, RecordHeader};
 use crate::storage::types::{self, TypeKey};
-use crate::storage::{self, Dbs, ReadTxn, Storage, keys};
+use crate::storage::{self, Dbs, ReadTxn, Storage};
 
 /// The store-wide part of an export, read in the same snapshot as its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,39 +248,20 @@ impl Storage {
 }
 
 fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Result<StoredEvent> {
-    let (header, section, rest) = record::open(seq, value)?;
-    let event_type = types::resolve(dbs, txn, header.type_id)?.ok_or_else(|| {
-        Error::corrupt(
-            seq,
-            format!(
-                "the record names event type {}, which the store does not have",
-                header.type_id
-            ),
-        )
-    })?;
-    let encrypted = header.flags & record::FLAG_ENCRYPTED != 0;
+    let stored = Stored::open(seq, value, false)?;
+    let (header, section) = (stored.header, stored.section);
+    let event_type = stored.event_type(dbs, txn)?;
+    let encrypted = stored.is_encrypted();
     let bound = header.flags & record::FLAG_BOUND != 0;
-    let is_blob = header.flags & record::FLAG_BLOB != 0;
-    let (payload, blob_ref) = if is_blob {
-        let reference =
-            BlobRef::decode(rest).ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        match blob::get(dbs, txn, seq, &reference) {
-            Ok(bytes) => (Some(bytes.to_vec()), None),
-            Err(e) => {
-                let shredded = dbs
-                    .keystore
-                    .get(txn, &header.stream_id.to_be_bytes())
-                    .lmdb()?
-                    .is_some_and(crypto::is_tombstone);
-                if !shredded {
-                    return Err(e);
-                }
-                // Shredding released the blob; the reference is all there is.
-                (None, Some(rest.to_vec()))
-            }
+    let is_blob = stored.is_blob();
+    let (payload, blob_ref) = match stored.payload(dbs, txn) {
+        Ok((bytes, _)) => (Some(bytes.to_vec()), None),
+        // Shredding released the stream's blobs; the reference is all there is.
+        Err(e) if is_blob && crypto::is_shredded(dbs, txn, header.stream_id)? => {
+            drop(e);
+            (None, Some(stored.rest().to_vec()))
         }
-    } else {
-        (Some(rest.to_vec()), None)
+        Err(e) => return Err(e),
     };
     let metadata = if encrypted {
         Vec::new()
@@ -740,8 +720,8 @@ impl Importer {
                 let mut present = 0u64;
                 let mut last = done;
                 // The records go into packs: a pack ends where the batch or a run ends.
-                let mut packs = PackWriter::default();
-                for (i, event) in pending.iter().enumerate() {
+                let mut log = LogWriter::new(inline_max, pending.len());
+                for event in pending {
                     let type_id = import_type_id(dbs, wtxn, cached_types, &mut types, event)?;
                     if event.seq <= store_last {
                         // An earlier, interrupted import of this export: the record there must
@@ -763,6 +743,7 @@ impl Importer {
                         }
                         present += 1;
                         last = event.seq;
+                        log.skip(1);
                         continue;
                     }
                     let head = match heads.entry(event.stream_id) {
@@ -780,42 +761,35 @@ impl Importer {
                     let built = build_record(event, links, type_id)?;
                     head.version = event.version;
                     head.seq = event.seq;
-                    if let Some((reference, stored)) = &built.blob {
-                        blob::put(dbs, wtxn, reference, stored)?;
+                    let event_id = event.event_id.map(EventId::as_u128);
+                    if let Some(id) = event_id
+                        && let Some(seq) = storage::event_id_seq(dbs, wtxn, id)?
+                    {
+                        return Err(invalid(
+                            event.seq,
+                            format!(
+                                "event id {} is already event {seq}'s",
+                                EventId::from_u128(id)
+                            ),
+                        ));
                     }
-                    packs.push(
+                    log.put(
                         dbs,
                         wtxn,
-                        inline_max,
-                        event.seq,
-                        &built.record,
-                        pending.len() - i,
+                        &NewRecord {
+                            seq: event.seq,
+                            record: &built.record,
+                            blob: built
+                                .blob
+                                .as_ref()
+                                .map(|(r, stored)| (r, stored.as_slice())),
+                            type_id,
+                            event_id,
+                        },
                     )?;
-                    crate::storage::tags::put(
-                        dbs,
-                        wtxn,
-                        event.tags.iter().map(String::as_str),
-                        type_id,
-                        event.seq,
-                    )?;
-                    if let Some(id) = event.event_id {
-                        let id = id.as_u128();
-                        if let Some(seq) = storage::event_id_seq(dbs, wtxn, id)? {
-                            return Err(invalid(
-                                event.seq,
-                                format!(
-                                    "event id {} is already event {seq}'s",
-                                    EventId::from_u128(id)
-                                ),
-                            ));
-                        }
-                        dbs.event_ids
-                            .put(wtxn, &id.to_be_bytes(), &event.seq.to_le_bytes())
-                            .lmdb()?;
-                    }
                     last = event.seq;
                 }
-                packs.flush(dbs, wtxn, inline_max)?;
+                log.flush(dbs, wtxn)?;
                 let mut dirty: Vec<(u128, u32, u64)> = heads
                     .iter()
                     .filter(|(_, h)| h.seq > store_last)
@@ -823,13 +797,7 @@ impl Importer {
                     .collect();
                 dirty.sort_unstable_by_key(|(s, _, _)| *s);
                 for (stream_id, version, seq) in &dirty {
-                    dbs.heads
-                        .put(
-                            wtxn,
-                            &keys::head_key(*stream_id),
-                            &keys::head_value(*version, *seq),
-                        )
-                        .lmdb()?;
+                    log::put_head(dbs, wtxn, *stream_id, *version, *seq)?;
                 }
                 let wrote = last > store_last;
                 Ok(((heads, types, present, store_last, last), wrote))

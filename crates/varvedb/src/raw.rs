@@ -15,9 +15,10 @@ use rkyv::rancor;
 use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
-use crate::storage::crypto::{self, StreamKey, Txn};
+use crate::storage::crypto::Txn;
 use crate::storage::envelope::{Section, Tags};
 use crate::storage::lmdb::LmdbResultExt;
+use crate::storage::log::{Seal, Stored};
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::tags::{Query, QueryIter};
 use crate::storage::types::{self, TypeKey};
@@ -320,57 +321,25 @@ fn raw_at<'t>(
     value: &'t [u8],
 ) -> Result<RawEvent<'t>> {
     let dbs = storage.dbs();
-    let (header, envelope, body) = record::open(seq, value)?;
-    let event_type = types::resolve(dbs, txn, header.type_id)?.ok_or_else(|| {
-        Error::corrupt(
-            seq,
-            format!(
-                "the record names event type {}, which the store does not have",
-                header.type_id
-            ),
-        )
-    })?;
+    let stored = Stored::open(seq, value, false)?;
+    let event_type = stored.event_type(dbs, txn)?;
     let event = |payload, blob| RawEvent {
         seq,
-        header,
+        header: stored.header,
         event_type,
-        envelope,
+        envelope: stored.section,
         payload,
         blob,
     };
-    let key = if header.flags & record::FLAG_ENCRYPTED == 0 {
-        None
-    } else {
-        match storage
-            .crypto()
-            .stream_key(dbs, txn, header.stream_id, Txn::Read)
-        {
-            Ok(StreamKey::Key(key)) => Some(key),
-            Ok(StreamKey::Shredded) => return Ok(event(RawPayload::Shredded, None)),
-            Ok(StreamKey::Plain) => {
-                return Err(Error::corrupt(seq, "an encrypted record without a key"));
-            }
-            Err(Error::MasterKeyRequired { .. }) => return Ok(event(RawPayload::Locked, None)),
-            Err(e) => return Err(e),
-        }
+    let seal = match stored.seal(dbs, txn, storage.crypto(), Txn::Read) {
+        Ok(Seal::Shredded) => return Ok(event(RawPayload::Shredded, None)),
+        Err(Error::MasterKeyRequired { .. }) => return Ok(event(RawPayload::Locked, None)),
+        other => other?,
     };
-    let (stored, blob) = if header.flags & record::FLAG_BLOB == 0 {
-        (body, None)
-    } else {
-        let reference = blob::BlobRef::decode(body)
-            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        (blob::get(dbs, txn, seq, &reference)?, Some(reference.hash))
-    };
-    let payload = match key {
-        Some(key) => {
-            let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
-            let opened = crypto::open_event(
-                &key.cipher,
-                aad.as_slice(),
-                stored,
-                seq,
-                rkyv::util::AlignedVec::new(),
-            );
+    let (sealed, hash) = stored.payload(dbs, txn)?;
+    let payload = match seal {
+        Seal::Key(key) => {
+            let opened = stored.decrypt(&key, event_type, sealed, rkyv::util::AlignedVec::new());
             storage.metrics().record_open(&opened);
             let opened = opened?;
             RawPayload::Decrypted {
@@ -380,9 +349,9 @@ fn raw_at<'t>(
                 pair_count: opened.pair_count,
             }
         }
-        None => RawPayload::Mapped(stored),
+        _ => RawPayload::Mapped(sealed),
     };
-    let event = event(payload, blob);
+    let event = event(payload, hash.copied());
     // The untyped view is the operator's path (export, the tool): one count per event.
     let metrics = storage.metrics();
     metrics.read_events.inc();

@@ -17,10 +17,11 @@ use crate::envelope::{Event, EventId, Metadata};
 use crate::error::{Error, Result};
 use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
-use crate::storage::crypto::{self, StreamKey, Txn};
+use crate::storage::crypto::Txn;
 use crate::storage::envelope::{Section, Tags};
+use crate::storage::log::{Seal, Stored};
 use crate::storage::pack::LogIter;
-use crate::storage::record::{self, RECORD_ALIGN, RecordHeader};
+use crate::storage::record::{RECORD_ALIGN, RecordHeader};
 use crate::storage::tags::{Query, QueryIter};
 use crate::storage::types::TypeKey;
 use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
@@ -437,28 +438,19 @@ fn event_at<'t, E: ValidateEvent + Event>(
     value: &'t [u8],
     checked: bool,
 ) -> Result<EventRef<'t, E>> {
-    let (header, envelope, body) = storage::record::open_with(seq, value, checked)?;
-    let type_index = state.memo.check::<E>(dbs, txn, seq, header.type_id)?;
+    let stored = Stored::open(seq, value, checked)?;
+    let type_index = state
+        .memo
+        .check::<E>(dbs, txn, seq, stored.header.type_id)?;
     // An encrypted event's key first: a shredded stream's blobs are gone.
-    let key = if header.flags & record::FLAG_ENCRYPTED == 0 {
-        None
-    } else {
-        Some(stream_key(dbs, txn, state, seq, &header)?)
-    };
-    let (stored, hash) = if header.flags & record::FLAG_BLOB == 0 {
-        (body, None)
-    } else {
-        let reference = blob::BlobRef::decode(body)
-            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        // The hash, borrowed from the record (the reference starts with it).
-        let hash = body
-            .first_chunk::<{ blob::HASH_LEN }>()
-            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        (blob::get(dbs, txn, seq, &reference)?, Some(hash))
-    };
-    let payload = match key {
-        None => Payload::mapped(stored),
-        Some(key) => {
+    let stream_id = stored.header.stream_id;
+    let seal = stored.seal(dbs, txn, state.storage.crypto(), Txn::Read)?;
+    if let Seal::Shredded = seal {
+        return Err(Error::Shredded { seq, stream_id });
+    }
+    let (sealed, hash) = stored.payload(dbs, txn)?;
+    let payload = match seal {
+        Seal::Key(key) => {
             // Bound to the type this reader reads it as: a `types` entry swapped for another
             // of the same layout fails here.
             let t = &E::TYPES[usize::from(type_index)];
@@ -467,40 +459,27 @@ fn event_at<'t, E: ValidateEvent + Event>(
                 name: t.name,
                 version: t.version,
             };
-            let aad = crypto::record_aad(&key, seq, &header, event_type, envelope.bytes())?;
-            Payload::Decrypted(Box::new(decrypt(
-                &key.cipher,
-                state,
-                seq,
-                aad.as_slice(),
-                stored,
-            )?))
+            let opened = stored.decrypt(&key, event_type, sealed, state.pool.take());
+            state.storage.metrics().record_open(&opened);
+            let opened = opened?;
+            Payload::Decrypted(Box::new(Decrypted {
+                buffer: opened.buffer,
+                payload: opened.payload,
+                pairs: opened.pairs,
+                pair_count: opened.pair_count,
+                pool: Arc::clone(&state.pool),
+            }))
         }
+        _ => Payload::mapped(sealed),
     };
-    EventRef::new(seq, header, payload, hash, type_index, envelope)
-}
-
-/// The key of an encrypted event's stream; `Shredded` when it is gone.
-fn stream_key(
-    dbs: &Dbs,
-    txn: &RoTxn<'_>,
-    state: &ReaderState,
-    seq: u64,
-    header: &RecordHeader,
-) -> Result<crypto::EventKey> {
-    let stream_id = header.stream_id;
-    match state
-        .storage
-        .crypto()
-        .stream_key(dbs, txn, stream_id, Txn::Read)?
-    {
-        StreamKey::Key(key) => Ok(key),
-        StreamKey::Shredded => Err(Error::Shredded { seq, stream_id }),
-        StreamKey::Plain => Err(Error::corrupt(
-            seq,
-            "the record is encrypted but its stream has no key",
-        )),
-    }
+    EventRef::new(
+        seq,
+        stored.header,
+        payload,
+        hash,
+        type_index,
+        stored.section,
+    )
 }
 
 /// Counts one record read on its own (a point read).
@@ -508,26 +487,6 @@ fn count_one(storage: &Storage, record_bytes: usize) {
     let metrics = storage.metrics();
     metrics.read_events.inc();
     metrics.read_bytes.inc_by(record_bytes as u64);
-}
-
-/// Decrypts an encrypted event into a buffer of the reader's pool.
-fn decrypt(
-    key: &aes_gcm::Aes256Gcm,
-    state: &ReaderState,
-    seq: u64,
-    aad: &[u8],
-    sealed: &[u8],
-) -> Result<Decrypted> {
-    let opened = crypto::open_event(key, aad, sealed, seq, state.pool.take());
-    state.storage.metrics().record_open(&opened);
-    let opened = opened?;
-    Ok(Decrypted {
-        buffer: opened.buffer,
-        payload: opened.payload,
-        pairs: opened.pairs,
-        pair_count: opened.pair_count,
-        pool: Arc::clone(&state.pool),
-    })
 }
 
 impl<E: ValidateEvent + Event> Reader<E> {

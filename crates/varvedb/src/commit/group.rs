@@ -21,13 +21,11 @@ use crate::storage::blob::{self, BlobRef};
 use crate::storage::chain::Spine;
 use crate::storage::crypto::{self, Crypto, EventKey, StoreKeys, StreamKey, Txn};
 use crate::storage::envelope;
-use crate::storage::lmdb::LmdbResultExt;
-use crate::storage::pack::PackWriter;
+use crate::storage::log::{self, LogWriter, NewRecord, Seal, Stored};
 use crate::storage::record::{self, RecordHeader};
 use crate::storage::record::{FLAG_ENVELOPE, HEADER_LEN};
-use crate::storage::tags;
 use crate::storage::types::{self, TypeKey};
-use crate::storage::{Dbs, Storage, keys, stream_head};
+use crate::storage::{Dbs, Storage, stream_head};
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -217,13 +215,7 @@ impl Heads<'_> {
         // In key order the B-tree descent of each put starts where the last one ended.
         dirty.sort_unstable_by_key(|(s, _, _)| *s);
         for (stream_id, version, seq) in dirty {
-            dbs.heads
-                .put(
-                    wtxn,
-                    &keys::head_key(stream_id),
-                    &keys::head_value(version, seq),
-                )
-                .lmdb()?;
+            log::put_head(dbs, wtxn, stream_id, version, seq)?;
         }
         Ok(())
     }
@@ -345,38 +337,26 @@ fn stored_payload_digest(
     dbs: &Dbs,
     txn: &RwTxn<'_>,
     crypto: &Crypto,
-    seq: u64,
-    header: &record::RecordHeader,
-    section: envelope::Section<'_>,
-    body: &[u8],
+    stored: &Stored<'_>,
 ) -> Result<u64> {
-    if header.flags & record::FLAG_ENCRYPTED == 0 {
-        return Ok(if header.flags & record::FLAG_BLOB != 0 {
-            blob::BlobRef::decode(body).map_or(0, |r| r.digest)
-        } else {
-            record::payload_digest(body)
-        });
-    }
-    let key = match crypto.stream_key(dbs, txn, header.stream_id, Txn::Write)? {
-        StreamKey::Key(key) => key,
-        StreamKey::Shredded => {
-            return Err(Error::StreamShredded {
-                stream_id: header.stream_id,
+    let key = match stored.seal(dbs, txn, crypto, Txn::Write)? {
+        Seal::Plain => {
+            // A blob reference carries its payload's digest.
+            return Ok(match stored.blob_ref()? {
+                Some(r) => r.digest,
+                None => record::payload_digest(stored.rest()),
             });
         }
-        StreamKey::Plain => return Err(Error::corrupt(seq, "an encrypted record without a key")),
+        Seal::Key(key) => key,
+        Seal::Shredded => {
+            return Err(Error::StreamShredded {
+                stream_id: stored.header.stream_id,
+            });
+        }
     };
-    let sealed = if header.flags & record::FLAG_BLOB != 0 {
-        let r = blob::BlobRef::decode(body)
-            .ok_or_else(|| Error::corrupt(seq, "malformed blob reference"))?;
-        blob::get(dbs, txn, seq, &r)?
-    } else {
-        body
-    };
-    let event_type = crate::storage::types::resolve(dbs, txn, header.type_id)?
-        .ok_or_else(|| Error::corrupt(seq, "the record names an event type the store lacks"))?;
-    let aad = crypto::record_aad(&key, seq, header, event_type, section.bytes())?;
-    let opened = crypto::open_event(&key.cipher, aad.as_slice(), sealed, seq, AlignedVec::new())?;
+    let event_type = stored.event_type(dbs, txn)?;
+    let (sealed, _) = stored.payload(dbs, txn)?;
+    let opened = stored.decrypt(&key, event_type, sealed, AlignedVec::new())?;
     Ok(record::payload_digest(&opened.buffer[opened.payload]))
 }
 
@@ -385,7 +365,7 @@ fn stored_payload_digest(
 fn check_ids(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
-    pending: &mut Pending<'_>,
+    pending: &mut LogWriter,
     crypto: &Crypto,
     appends: &[StreamAppend],
 ) -> Result<Option<Verdict>> {
@@ -447,7 +427,8 @@ fn check_ids(
                         EventId::from_u128(id)
                     ),
                 })?;
-            let (header, section, body) = record::open(seq, record)?;
+            let stored = Stored::open(seq, record, false)?;
+            let header = stored.header;
             if header.stream_id != append.stream_id {
                 return Err(duplicate(
                     seq,
@@ -458,8 +439,7 @@ fn check_ids(
                     ),
                 ));
             }
-            let stored_digest =
-                stored_payload_digest(dbs, wtxn, crypto, seq, &header, section, body)?;
+            let stored_digest = stored_payload_digest(dbs, wtxn, crypto, &stored)?;
             if stored_digest != event.payload_digest {
                 return Err(duplicate(seq, id, "its payload differs".into()));
             }
@@ -488,7 +468,7 @@ fn check_ids(
 fn check_condition(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
-    pending: &mut Pending<'_>,
+    pending: &mut LogWriter,
     condition: &Condition,
 ) -> Result<()> {
     let from = match condition.after {
@@ -524,7 +504,7 @@ fn check_condition(
 fn check(
     dbs: &Dbs,
     wtxn: &mut RwTxn<'_>,
-    pending: &mut Pending<'_>,
+    pending: &mut LogWriter,
     heads: &mut Heads<'_>,
     crypto: &Crypto,
     store_keys: StoreKeys,
@@ -618,7 +598,7 @@ fn apply(
     timestamp_ns: u64,
     seq: &mut u64,
     appends: &mut [StreamAppend],
-    pending: &mut Pending<'_>,
+    pending: &mut LogWriter,
     tally: &mut CommitTally,
 ) -> Result<Vec<Appended>> {
     let mut out = Vec::with_capacity(appends.iter().map(|a| a.events.len()).sum());
@@ -683,13 +663,6 @@ fn apply(
                     event.blob.as_deref(),
                 ),
             };
-            if let Some(b) = stored_blob {
-                if blob::put(dbs, wtxn, &b.reference, b.stored())? {
-                    tally.blob_dedup_hits += 1;
-                } else {
-                    tally.blob_writes += 1;
-                }
-            }
             let header = RecordHeader {
                 flags,
                 stream_id,
@@ -699,19 +672,20 @@ fn apply(
                 links,
             };
             record::seal(record, payload_len, digest, &header);
-            let body = &record[HEADER_LEN..HEADER_LEN + payload_len as usize];
-            if envelope::has_tags(flags & FLAG_ENVELOPE != 0, body) {
-                let (section, _) = envelope::split(*seq, true, body)?;
-                tags::put(dbs, wtxn, section.tags(), event.type_id, *seq)?;
+            let new = NewRecord {
+                seq: *seq,
+                record,
+                blob: stored_blob.map(|b| (&b.reference, b.stored())),
+                type_id: event.type_id,
+                event_id: event.event_id.map(u128::from_le_bytes),
+            };
+            match pending.put(dbs, wtxn, &new)? {
+                Some(true) => tally.blob_dedup_hits += 1,
+                Some(false) => tally.blob_writes += 1,
+                None => {}
             }
-            pending.push(dbs, wtxn, *seq, record)?;
             tally.events += 1;
             tally.bytes += record.len() as u64;
-            if let Some(id) = event.event_id.map(u128::from_le_bytes) {
-                dbs.event_ids
-                    .put(wtxn, &id.to_be_bytes(), &seq.to_le_bytes())
-                    .lmdb()?;
-            }
             out.push(Appended {
                 seq: *seq,
                 version: head.version,
@@ -720,33 +694,6 @@ fn apply(
         head.dirty = true;
     }
     Ok(out)
-}
-
-/// The group's records on their way into the log: the pack being built, written when it is
-/// full, when the group ends, and before an idempotent retry reads the log.
-struct Pending<'p> {
-    packs: &'p mut PackWriter,
-    inline_max: usize,
-    /// Events of the group still to come (sizes a new pack's offset table).
-    left: usize,
-}
-
-impl Pending<'_> {
-    fn push(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>, seq: u64, record: &[u8]) -> Result<()> {
-        let left = self.left.max(1);
-        self.left = self.left.saturating_sub(1);
-        self.packs
-            .push(dbs, wtxn, self.inline_max, seq, record, left)
-    }
-
-    /// A request of `events` that writes nothing.
-    fn skip(&mut self, events: usize) {
-        self.left = self.left.saturating_sub(events);
-    }
-
-    fn flush(&mut self, dbs: &Dbs, wtxn: &mut RwTxn<'_>) -> Result<()> {
-        self.packs.flush(dbs, wtxn, self.inline_max)
-    }
 }
 
 /// Commits a group of requests in one write transaction and one flush.
@@ -792,12 +739,7 @@ pub(crate) fn commit_group(
         let mut outcomes = Vec::with_capacity(group.len());
         let mut wrote = false;
         // The group's records go into packs that span its requests (cut at 256 records).
-        let mut packs = PackWriter::default();
-        let mut pending = Pending {
-            packs: &mut packs,
-            inline_max,
-            left: group.iter().map(Request::events).sum(),
-        };
+        let mut pending = LogWriter::new(inline_max, group.iter().map(Request::events).sum());
         #[cfg(test)]
         if storage
             .faults()

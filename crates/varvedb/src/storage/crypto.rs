@@ -316,6 +316,15 @@ pub(crate) fn bump_generation(
         .lmdb()
 }
 
+/// Whether the stream `stream_id` was shredded, as `txn` has it.
+pub(crate) fn is_shredded(dbs: &Dbs, txn: &RoTxn<'_>, stream_id: u128) -> Result<bool> {
+    Ok(dbs
+        .keystore
+        .get(txn, &stream_id.to_be_bytes())
+        .lmdb()?
+        .is_some_and(is_tombstone))
+}
+
 /// Whether a keystore value is the shredded mark.
 pub(crate) fn is_tombstone(value: &[u8]) -> bool {
     value == TOMBSTONE

@@ -20,6 +20,7 @@ mod gate;
 pub(crate) mod health;
 pub(crate) mod keys;
 pub(crate) mod lmdb;
+pub(crate) mod log;
 pub(crate) mod pack;
 pub(crate) mod record;
 mod registry;
