@@ -1008,13 +1008,7 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
     } else if let Some(payload) = &event.payload {
         record.extend_from_slice(payload);
     }
-    let body_len = record.len() - HEADER_LEN;
-    let payload_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
-        size: body_len,
-        max: u32::MAX as usize,
-    })?;
-    let digest = record::payload_digest(&record[HEADER_LEN..]);
-    record.resize(record::record_len(body_len), 0);
+    let (payload_len, digest) = record::end_draft(&mut record)?;
     let header = RecordHeader {
         flags,
         stream_id: event.stream_id,

@@ -192,3 +192,45 @@ impl std::fmt::Debug for Metadata<'_> {
         f.debug_map().entries(self.iter()).finish()
     }
 }
+
+/// The envelope accessors of a stored event, written once for every view of one
+/// ([`EventRef`](crate::EventRef), [`RawEvent`](crate::RawEvent)). The view has a field
+/// `envelope` (its record's envelope section) and a method `opened_pairs` (the metadata pairs
+/// its payload was decrypted with, `Some` for an encrypted event read with its key, and
+/// `Some` of nothing for one that could not be).
+macro_rules! envelope_accessors {
+    ($t:lifetime) => {
+        /// The event id its append gave, if any.
+        pub fn event_id(&self) -> Option<$crate::EventId> {
+            self.envelope.event_id().map($crate::EventId::from_u128)
+        }
+
+        /// The correlation id its append gave, if any.
+        pub fn correlation_id(&self) -> Option<$crate::EventId> {
+            self.envelope
+                .correlation_id()
+                .map($crate::EventId::from_u128)
+        }
+
+        /// The causation id its append gave, if any.
+        pub fn causation_id(&self) -> Option<$crate::EventId> {
+            self.envelope.causation_id().map($crate::EventId::from_u128)
+        }
+
+        /// Its tags, in the order its append gave them (in the clear, even for an encrypted or
+        /// shredded event).
+        pub fn tags(&self) -> $crate::Tags<$t> {
+            self.envelope.tags()
+        }
+
+        /// Its metadata pairs, in the order its append gave them (for an encrypted event,
+        /// decrypted; none if it could not be).
+        pub fn metadata(&self) -> $crate::Metadata<'_> {
+            let (pairs, count) = self
+                .opened_pairs()
+                .unwrap_or_else(|| self.envelope.encoded_pairs());
+            $crate::Metadata { pairs, count }
+        }
+    };
+}
+pub(crate) use envelope_accessors;

@@ -12,11 +12,11 @@ use heed::RoTxn;
 use rkyv::Archive;
 use rkyv::rancor;
 
-use crate::envelope::{Event, EventId, Metadata};
+use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
 use crate::storage::crypto::Txn;
-use crate::storage::envelope::{Section, Tags};
+use crate::storage::envelope::Section;
 use crate::storage::lmdb::LmdbResultExt;
 use crate::storage::log::{Seal, Stored};
 use crate::storage::record::{self, RecordHeader};
@@ -121,46 +121,21 @@ impl<'t> RawEvent<'t> {
         self.event_type.container
     }
 
-    /// The event id its append gave, if any.
-    pub fn event_id(&self) -> Option<EventId> {
-        self.envelope.event_id().map(EventId::from_u128)
-    }
+    crate::envelope::envelope_accessors!('t);
 
-    /// The correlation id its append gave, if any.
-    pub fn correlation_id(&self) -> Option<EventId> {
-        self.envelope.correlation_id().map(EventId::from_u128)
-    }
-
-    /// The causation id its append gave, if any.
-    pub fn causation_id(&self) -> Option<EventId> {
-        self.envelope.causation_id().map(EventId::from_u128)
-    }
-
-    /// Its tags, in the order its append gave them (in the clear, even for an encrypted or
-    /// shredded event).
-    pub fn tags(&self) -> Tags<'t> {
-        self.envelope.tags()
-    }
-
-    /// Its metadata pairs (for an encrypted event, decrypted; none if it cannot be).
-    pub fn metadata(&self) -> Metadata<'_> {
-        if let RawPayload::Decrypted {
-            buffer,
-            pairs,
-            pair_count,
-            ..
-        } = &self.payload
-        {
-            return Metadata {
-                pairs: &buffer[pairs.clone()],
-                count: *pair_count,
-            };
+    /// The metadata pairs the payload was decrypted with; `Some` of nothing for an encrypted
+    /// event that could not be (shredded, or read without the key).
+    fn opened_pairs(&self) -> Option<(&[u8], u16)> {
+        match &self.payload {
+            RawPayload::Decrypted {
+                buffer,
+                pairs,
+                pair_count,
+                ..
+            } => Some((&buffer[pairs.clone()], *pair_count)),
+            _ if self.is_encrypted() => Some((&[], 0)),
+            _ => None,
         }
-        if self.is_encrypted() {
-            return Metadata::default();
-        }
-        let (pairs, count) = self.envelope.encoded_pairs();
-        Metadata { pairs, count }
     }
 
     /// The payload: the rkyv archive of the event (checked against its checksum, digest or

@@ -13,12 +13,12 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
-use crate::envelope::{Event, EventId, Metadata};
+use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::metrics::ReadTally;
 use crate::storage::chain::Found;
 use crate::storage::crypto::Txn;
-use crate::storage::envelope::{Section, Tags};
+use crate::storage::envelope::Section;
 use crate::storage::log::{Seal, Stored};
 use crate::storage::pack::LogIter;
 use crate::storage::record::{RECORD_ALIGN, RecordHeader};
@@ -304,37 +304,14 @@ impl<'t, E: Archive> EventRef<'t, E> {
             .map_or(0, |t| t.version)
     }
 
-    /// The event's id, if its append gave one.
-    pub fn event_id(&self) -> Option<EventId> {
-        self.envelope.event_id().map(EventId::from_u128)
-    }
+    crate::envelope::envelope_accessors!('t);
 
-    /// The correlation id its append gave, if any.
-    pub fn correlation_id(&self) -> Option<EventId> {
-        self.envelope.correlation_id().map(EventId::from_u128)
-    }
-
-    /// The causation id its append gave, if any.
-    pub fn causation_id(&self) -> Option<EventId> {
-        self.envelope.causation_id().map(EventId::from_u128)
-    }
-
-    /// Its tags, in the order its append gave them (in the clear, even for an encrypted or
-    /// shredded event).
-    pub fn tags(&self) -> Tags<'t> {
-        self.envelope.tags()
-    }
-
-    /// Its metadata pairs (empty if its append gave none).
-    pub fn metadata(&self) -> Metadata<'_> {
-        if let Payload::Decrypted(d) = &self.payload {
-            return Metadata {
-                pairs: &d.buffer[d.pairs.clone()],
-                count: d.pair_count,
-            };
+    /// The metadata pairs an encrypted event's payload was decrypted with.
+    fn opened_pairs(&self) -> Option<(&[u8], u16)> {
+        match &self.payload {
+            Payload::Decrypted(d) => Some((&d.buffer[d.pairs.clone()], d.pair_count)),
+            _ => None,
         }
-        let (pairs, count) = self.envelope.encoded_pairs();
-        Metadata { pairs, count }
     }
 
     /// Whether the event was stored encrypted (and so was decrypted into a buffer to be read:

@@ -502,7 +502,7 @@ impl<E: SerializeEvent + Event> Writer<E> {
         let finish = move |serialized: Vec<Serialized>| {
             serialized
                 .into_iter()
-                .map(|s| finish(s, max, threshold))
+                .map(|s| finish(s, threshold))
                 .collect::<Result<Vec<_>>>()
         };
         let events = match tokio::runtime::Handle::try_current() {
@@ -612,11 +612,7 @@ pub(crate) fn serialize<E: SerializeEvent + Event>(
 /// Digests a serialized payload and pads the record to 16 bytes. A payload longer than
 /// `blob_threshold` is also hashed (BLAKE3) and becomes a blob; the record then carries only
 /// its envelope section and the blob's reference.
-pub(crate) fn finish(
-    serialized: Serialized,
-    max: usize,
-    blob_threshold: usize,
-) -> Result<Prepared> {
+pub(crate) fn finish(serialized: Serialized, blob_threshold: usize) -> Result<Prepared> {
     let Serialized {
         buffer: mut buf,
         offset,
@@ -638,15 +634,14 @@ pub(crate) fn finish(
         let mut record = AlignedVec::<16>::with_capacity(record::record_len(body_len));
         record.extend_from_slice(&buf[..offset]);
         record.extend_from_slice(&reference.encode());
-        let digest = record::payload_digest(&record[HEADER_LEN..]);
-        record.resize(record::record_len(body_len), 0);
+        let (body_len, digest) = record::end_draft(&mut record)?;
         buf.resize(
             offset + payload_len.next_multiple_of(record::RECORD_ALIGN),
             0,
         );
         return Ok(Prepared {
             record,
-            payload_len: body_len as u32,
+            payload_len: body_len,
             digest,
             payload_digest: reference.digest,
             flags: record::FLAG_BLOB | envelope_flag,
@@ -660,23 +655,13 @@ pub(crate) fn finish(
             event_id,
         });
     }
-    let digest = record::payload_digest(&buf[HEADER_LEN..]);
-    let payload_digest = if section_len > 0 {
-        record::payload_digest(&buf[offset..])
-    } else {
-        digest
-    };
-    let body_len = section_len + payload_len;
-    buf.resize(record::record_len(body_len), 0);
-    let body_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
-        size: payload_len,
-        max,
-    })?;
+    let payload_digest = (section_len > 0).then(|| record::payload_digest(&buf[offset..]));
+    let (body_len, digest) = record::end_draft(&mut buf)?;
     Ok(Prepared {
         record: buf,
         payload_len: body_len,
         digest,
-        payload_digest,
+        payload_digest: payload_digest.unwrap_or(digest),
         flags: envelope_flag,
         blob: None,
         event_type,
@@ -693,7 +678,7 @@ pub(crate) fn prepare<E: SerializeEvent + Event>(
     max: usize,
     blob_threshold: usize,
 ) -> Result<Prepared> {
-    finish(serialize(event, options, max)?, max, blob_threshold)
+    finish(serialize(event, options, max)?, blob_threshold)
 }
 
 fn first(outcome: Outcome) -> Result<Appended> {

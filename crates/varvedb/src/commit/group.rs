@@ -315,13 +315,7 @@ fn encrypt(
         record.extend_from_slice(&sealed);
         None
     };
-    let body_len = record.len() - HEADER_LEN;
-    let digest = record::payload_digest(&record[HEADER_LEN..]);
-    record.resize(record::record_len(body_len), 0);
-    let payload_len = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
-        size: body_len,
-        max: u32::MAX as usize,
-    })?;
+    let (payload_len, digest) = record::end_draft(&mut record)?;
     Ok(Sealed {
         record,
         payload_len,

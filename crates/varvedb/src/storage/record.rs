@@ -106,6 +106,47 @@ pub(crate) fn payload_digest(payload: &[u8]) -> u64 {
     xxh3_64(payload)
 }
 
+/// A record being drafted: the header placeholder, then the body.
+pub(crate) trait Draft {
+    fn bytes(&self) -> &[u8];
+    /// Zero-pads the draft to `len` bytes.
+    fn pad_to(&mut self, len: usize);
+}
+
+impl Draft for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn pad_to(&mut self, len: usize) {
+        self.resize(len, 0);
+    }
+}
+
+impl Draft for rkyv::util::AlignedVec<RECORD_ALIGN> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn pad_to(&mut self, len: usize) {
+        self.resize(len, 0);
+    }
+}
+
+/// Ends a draft whose body is complete: pads it to its stored length, and returns the body's
+/// length (as the header announces it) and the digest the checksum folds in, for [`seal`].
+/// Every record is drafted here: by the writer, by the sealing of an encrypted event, and by
+/// the importer.
+pub(crate) fn end_draft(draft: &mut impl Draft) -> Result<(u32, u64)> {
+    let body = draft.bytes().get(HEADER_LEN..).unwrap_or(&[]);
+    let body_len = body.len();
+    let announced = u32::try_from(body_len).map_err(|_| Error::EventTooLarge {
+        size: body_len,
+        max: u32::MAX as usize,
+    })?;
+    let digest = payload_digest(body);
+    draft.pad_to(record_len(body_len));
+    Ok((announced, digest))
+}
+
 /// Fills the header of `record` (whose payload is already in place) and its checksum.
 pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &RecordHeader) {
     debug_assert_eq!(record.len(), record_len(payload_len as usize));
