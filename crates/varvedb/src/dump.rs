@@ -12,16 +12,14 @@ use std::collections::HashMap;
 
 use crate::envelope::EventId;
 use crate::error::{Error, Result};
-use crate::storage::blob::{self, BlobRef};
-use crate::storage::chain::Spine;
-use crate::storage::consumers::{self, ParkedEvent};
-use crate::storage::crypto::{self, Crypto};
-use crate::storage::envelope::{self, Fields};
-use crate::storage::lmdb::LmdbResultExt;
-use crate::storage::log::{self, LogWriter, NewRecord, Stored};
-use crate::storage::record::{self, HEADER_LEN, Links, RecordHeader};
-use crate::storage::types::{self, TypeKey};
-use crate::storage::{self, Dbs, ReadTxn, Storage};
+use crate::storage::{
+    self, BlobRef, Crypto, Dbs, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
+    HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent, RECORD_FORMAT,
+    ReadTxn, RecordHeader, Spine, Storage, Stored, TOMBSTONE, TypeKey, blob_padded_len,
+    bump_generation, check_consumer_name, decode_type_key, end_draft, intern_type, is_shredded,
+    is_tombstone, pairs, park, parked_of, peek_record, put_head, seal_record,
+    set_consumer_position,
+};
 
 /// The store-wide part of an export, read in the same snapshot as its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +158,7 @@ impl Storage {
             let id = <[u8; 4]>::try_from(k)
                 .map(u32::from_be_bytes)
                 .map_err(|_| invalid(0, "a malformed type id in the store"))?;
-            let key = types::decode(v).ok_or_else(|| Error::CorruptType {
+            let key = decode_type_key(v).ok_or_else(|| Error::CorruptType {
                 id,
                 reason: "malformed type key".into(),
             })?;
@@ -181,7 +179,7 @@ impl Storage {
                 })?;
             keys_out.push(ExportKey {
                 stream_id,
-                wrapped: (!crypto::is_tombstone(v)).then(|| v.to_vec()),
+                wrapped: (!is_tombstone(v)).then(|| v.to_vec()),
             });
         }
         let mut consumers_out = Vec::new();
@@ -190,7 +188,7 @@ impl Storage {
             if is_projection {
                 continue;
             }
-            let parked = consumers::parked_of(dbs, raw, &c.name)?;
+            let parked = parked_of(dbs, raw, &c.name)?;
             consumers_out.push(ExportConsumer {
                 name: c.name,
                 position: c.position,
@@ -198,7 +196,7 @@ impl Storage {
             });
         }
         Ok(ExportHeader {
-            format: u32::from(record::RECORD_FORMAT),
+            format: u32::from(RECORD_FORMAT),
             last_seq: storage::last_seq(dbs, raw)?,
             types: types_out,
             keys: keys_out,
@@ -218,7 +216,7 @@ impl Storage {
         let raw = txn.raw();
         let mut done = false;
         let check = self.check_txn(txn);
-        storage::pack::LogIter::open(check, &dbs, raw, from_seq, false).map_while(move |entry| {
+        LogIter::open(check, &dbs, raw, from_seq, false).map_while(move |entry| {
             if done {
                 return None;
             }
@@ -252,12 +250,12 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
     let (header, section) = (stored.header, stored.section);
     let event_type = stored.event_type(dbs, txn)?;
     let encrypted = stored.is_encrypted();
-    let bound = header.flags & record::FLAG_BOUND != 0;
+    let bound = header.flags & FLAG_BOUND != 0;
     let is_blob = stored.is_blob();
     let (payload, blob_ref) = match stored.payload(dbs, txn) {
         Ok((bytes, _)) => (Some(bytes.to_vec()), None),
         // Shredding released the stream's blobs; the reference is all there is.
-        Err(e) if is_blob && crypto::is_shredded(dbs, txn, header.stream_id)? => {
+        Err(e) if is_blob && is_shredded(dbs, txn, header.stream_id)? => {
             drop(e);
             (None, Some(stored.rest().to_vec()))
         }
@@ -266,8 +264,8 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
     let metadata = if encrypted {
         Vec::new()
     } else {
-        let (pairs, count) = section.encoded_pairs();
-        envelope::pairs(pairs, count)
+        let (encoded, count) = section.encoded_pairs();
+        pairs(encoded, count)
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect()
     };
@@ -346,13 +344,12 @@ impl Importer {
     /// Applies the export's header: its event types (with their ids) and its stream keys and
     /// key check, which must agree with what the store already has.
     pub fn begin(&mut self, header: &ExportHeader) -> Result<()> {
-        if header.format != u32::from(record::RECORD_FORMAT) {
+        if header.format != u32::from(RECORD_FORMAT) {
             return Err(invalid(
                 0,
                 format!(
                     "the export is of record format {}, this store writes format {}",
-                    header.format,
-                    record::RECORD_FORMAT
+                    header.format, RECORD_FORMAT
                 ),
             ));
         }
@@ -393,7 +390,7 @@ impl Importer {
             let had_keys = dbs.keystore.first(wtxn).lmdb()?.is_some();
             if !header.keys.is_empty() {
                 // Shredded marks among them reach every process's key cache.
-                crypto::bump_generation(&dbs.meta, wtxn)?;
+                bump_generation(&dbs.meta, wtxn)?;
             }
             // Wrapped keys with no key check: nothing says which master key wraps them, and a
             // later rotation would fail on them for the whole store.
@@ -410,7 +407,7 @@ impl Importer {
                 ));
             }
             for k in &header.keys {
-                let value: &[u8] = k.wrapped.as_deref().unwrap_or(crypto::TOMBSTONE);
+                let value: &[u8] = k.wrapped.as_deref().unwrap_or(TOMBSTONE);
                 if value.is_empty() {
                     return Err(invalid(
                         0,
@@ -514,11 +511,11 @@ impl Importer {
                 let stored = dbs.keystore.get(wtxn, &k.stream_id.to_be_bytes()).lmdb()?;
                 match (stored, &k.wrapped) {
                     (None, _) => {}
-                    (Some(v), _) if crypto::is_tombstone(v) => {}
+                    (Some(v), _) if is_tombstone(v) => {}
                     (Some(_), None) => shred.push(k.stream_id),
                     (Some(v), Some(w)) if v == w.as_slice() => {}
                     (Some(_), Some(w)) => {
-                        if w.is_empty() || crypto::is_tombstone(w) {
+                        if w.is_empty() || is_tombstone(w) {
                             return Err(invalid(
                                 0,
                                 format!("the source gives stream {} an empty key", k.stream_id),
@@ -539,7 +536,7 @@ impl Importer {
                 wrote = true;
             }
             if wrote {
-                crypto::bump_generation(&dbs.meta, wtxn)?;
+                bump_generation(&dbs.meta, wtxn)?;
             }
             Ok(((), wrote))
         })?;
@@ -664,7 +661,7 @@ impl Importer {
             ));
         }
         for c in &header.consumers {
-            consumers::check_name(&c.name)?;
+            check_consumer_name(&c.name)?;
             if c.position > last {
                 return Err(invalid(
                     0,
@@ -678,9 +675,9 @@ impl Importer {
         let wait = self.storage.resize_wait();
         self.storage.write(wait, |wtxn, dbs| {
             for c in &header.consumers {
-                consumers::set_position(dbs, wtxn, &c.name, c.position)?;
+                set_consumer_position(dbs, wtxn, &c.name, c.position)?;
                 for p in &c.parked {
-                    consumers::park(dbs, wtxn, &c.name, p.seq, &p.reason)?;
+                    park(dbs, wtxn, &c.name, p.seq, &p.reason)?;
                 }
             }
             Ok(((), !header.consumers.is_empty()))
@@ -727,7 +724,7 @@ impl Importer {
                         // An earlier, interrupted import of this export: the record there must
                         // be this one. Its links are taken as stored (verify checks chains).
                         let stored = storage::get_record(dbs, wtxn, event.seq)?;
-                        let links = stored.and_then(record::peek).map(|p| p.links);
+                        let links = stored.and_then(peek_record).map(|p| p.links);
                         let same = match (stored, links) {
                             (Some(stored), Some(links)) => {
                                 build_record(event, links, type_id)?.record == stored
@@ -797,7 +794,7 @@ impl Importer {
                     .collect();
                 dirty.sort_unstable_by_key(|(s, _, _)| *s);
                 for (stream_id, version, seq) in &dirty {
-                    log::put_head(dbs, wtxn, *stream_id, *version, *seq)?;
+                    put_head(dbs, wtxn, *stream_id, *version, *seq)?;
                 }
                 let wrote = last > store_last;
                 Ok(((heads, types, present, store_last, last), wrote))
@@ -876,7 +873,7 @@ fn import_type_id(
         return Ok(id);
     }
     check_type_name(event.seq, &key)?;
-    let (id, _) = types::intern(dbs, wtxn, &key)?;
+    let (id, _) = intern_type(dbs, wtxn, &key)?;
     batch.insert(&key, id);
     Ok(id)
 }
@@ -890,7 +887,7 @@ fn load_head(dbs: &Dbs, txn: &heed::RoTxn<'_>, stream_id: u128) -> Result<Import
         seq,
         spine,
         keyed: key.is_some(),
-        shredded: key.is_some_and(crypto::is_tombstone),
+        shredded: key.is_some_and(is_tombstone),
     })
 }
 
@@ -978,23 +975,23 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
     .encode()?;
     let mut flags = 0u8;
     if !section.is_empty() {
-        flags |= record::FLAG_ENVELOPE;
+        flags |= FLAG_ENVELOPE;
     }
     if event.encrypted {
-        flags |= record::FLAG_ENCRYPTED;
+        flags |= FLAG_ENCRYPTED;
         if event.bound {
-            flags |= record::FLAG_BOUND;
+            flags |= FLAG_BOUND;
         }
     }
     let mut record = vec![0u8; HEADER_LEN];
     record.extend_from_slice(&section);
     let mut new_blob = None;
     if event.blob {
-        flags |= record::FLAG_BLOB;
+        flags |= FLAG_BLOB;
         match (&event.payload, &event.blob_ref) {
             (Some(payload), _) => {
                 let reference = BlobRef::of(payload);
-                let padded_len = blob::padded_len(reference.len)
+                let padded_len = blob_padded_len(reference.len)
                     .ok_or_else(|| invalid(seq, "the blob is too large for this platform"))?;
                 let mut stored = Vec::with_capacity(padded_len);
                 stored.extend_from_slice(payload);
@@ -1008,7 +1005,7 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
     } else if let Some(payload) = &event.payload {
         record.extend_from_slice(payload);
     }
-    let (payload_len, digest) = record::end_draft(&mut record)?;
+    let (payload_len, digest) = end_draft(&mut record)?;
     let header = RecordHeader {
         flags,
         stream_id: event.stream_id,
@@ -1017,7 +1014,7 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
         timestamp_ns: event.timestamp_ns,
         links,
     };
-    record::seal(&mut record, payload_len, digest, &header);
+    seal_record(&mut record, payload_len, digest, &header);
     Ok(Built {
         record,
         blob: new_blob,

@@ -78,7 +78,7 @@ pub const EVENT_NAME_BYTES_MAX: usize = 255;
 
 /// The most bytes an event's ids and metadata take in its record (64 KiB); past it an append is
 /// [`Error::MetadataTooLarge`](crate::Error::MetadataTooLarge).
-pub const ENVELOPE_BYTES_MAX: usize = crate::storage::envelope::ENVELOPE_BYTES_MAX;
+pub const ENVELOPE_BYTES_MAX: usize = crate::storage::ENVELOPE_BYTES_MAX;
 
 /// What an append stores beside an event: an event id (for idempotency), a correlation and a
 /// causation id, and metadata as string pairs. All optional; an event without any stores
@@ -92,7 +92,7 @@ pub const ENVELOPE_BYTES_MAX: usize = crate::storage::envelope::ENVELOPE_BYTES_M
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendOptions {
-    pub(crate) fields: crate::storage::envelope::Fields,
+    pub(crate) fields: crate::storage::Fields,
 }
 
 impl AppendOptions {
@@ -173,7 +173,7 @@ impl<'t> Metadata<'t> {
 
     /// Every pair, in the order they were given.
     pub fn iter(&self) -> impl Iterator<Item = (&'t str, &'t str)> + 't {
-        crate::storage::envelope::pairs(self.pairs, self.count)
+        crate::storage::pairs(self.pairs, self.count)
     }
 
     /// The number of pairs.

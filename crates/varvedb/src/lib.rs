@@ -233,11 +233,10 @@ pub use processor::{
 pub use projection::{Model, Projection, ProjectionHandler};
 pub use raw::{RawEvent, RawReader, StreamSummary};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
-pub use storage::envelope::Tags;
-pub use storage::tags::{Query, QueryItem};
 pub use storage::{
-    Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, ReadTxn, ShredReport, Stats,
-    Storage, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport,
+    Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, Query, QueryItem, ReadTxn,
+    ShredReport, Stats, Storage, Tags, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress,
+    VerifyReport,
 };
 pub use subscription::{OwnedEvent, SUBSCRIPTION_BATCH_EVENTS, Subscription, SubscriptionItem};
 /// `#[derive(Event)]`: see [`Event`].
@@ -251,7 +250,7 @@ pub use rkyv;
 /// tests that forge or inspect records. Not part of the API: it may change in any release.
 #[doc(hidden)]
 pub mod __bench {
-    use crate::storage::record::{self, Links, RecordHeader};
+    use crate::storage::{Links, RecordHeader, probes, seal_record};
     use crate::writer::SerializeEvent;
 
     /// What an append does outside the commit: serialize `event` behind a header placeholder,
@@ -272,7 +271,7 @@ pub mod __bench {
                 jump: 1,
             },
         };
-        record::seal(
+        seal_record(
             &mut prepared.record,
             prepared.payload_len,
             prepared.digest,
@@ -283,52 +282,42 @@ pub mod __bench {
 
     /// The payload digest the record checksum folds in.
     pub fn payload_digest(payload: &[u8]) -> u64 {
-        record::payload_digest(payload)
+        crate::storage::payload_digest(payload)
     }
 
     /// Verifies a record (lengths, format, checksum) as every read does; returns its payload.
     pub fn verify(record: &[u8]) -> crate::Result<&[u8]> {
-        record::decode(1, record).map(|(_, payload)| payload)
+        probes::verify_record(record)
     }
 
     /// The length of a record's header: its payload starts here.
-    pub const HEADER_LEN: usize = record::HEADER_LEN;
+    pub const HEADER_LEN: usize = crate::storage::HEADER_LEN;
 
     /// The checksum a record's header must carry (for tests that forge a record).
     pub fn reseal_checksum(record_bytes: &[u8]) -> u64 {
-        record::checksum_of(record_bytes)
+        probes::record_checksum(record_bytes)
     }
 
     /// Every record of the log, as stored, with its sequence (for tests that compare two
     /// stores byte for byte, whatever their packs).
     pub fn records(storage: &crate::Storage) -> crate::Result<Vec<(u64, Vec<u8>)>> {
-        let txn = storage.read_txn()?;
-        crate::storage::pack::LogIter::open(Ok(()), storage.dbs(), txn.raw(), 1, false)
-            .map(|e| e.map(|e| (e.seq, e.record.to_vec())))
-            .collect()
+        probes::records(storage)
     }
 
     /// The byte ranges of the records in the pack stored under the key `last` (for tests that
     /// forge or damage a record in place); `None` if it is not a pack.
     pub fn pack_records(last: u64, pack: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
-        crate::storage::pack::record_ranges(last, pack)
+        probes::pack_records(last, pack)
     }
 
     /// Rewrites the checksum of the pack stored under the key `last` to match its bytes.
     pub fn reseal_pack(last: u64, pack: &mut [u8]) {
-        crate::storage::pack::reseal(last, pack);
+        probes::reseal_pack(last, pack);
     }
 
     /// A stream's raw keystore entry (for tests that look for it in a file).
     pub fn keystore_entry(storage: &crate::Storage, stream_id: u128) -> Option<Vec<u8>> {
-        let txn = storage.read_txn().ok()?;
-        storage
-            .dbs()
-            .keystore
-            .get(txn.raw(), &stream_id.to_be_bytes())
-            .ok()
-            .flatten()
-            .map(<[u8]>::to_vec)
+        probes::keystore_entry(storage, stream_id)
     }
 }
 
@@ -336,7 +325,7 @@ pub mod __bench {
 #[doc(hidden)]
 pub mod __fuzz {
     use crate::reader::ValidateEvent;
-    use crate::storage::{crypto, envelope, pack::Pack, record};
+    use crate::storage::probes;
 
     /// Validates `payload` as `E`'s archive, from a 16-aligned copy (as a reader does when a
     /// payload is not aligned in the map).
@@ -352,37 +341,13 @@ pub mod __fuzz {
     /// does (checking the record's own), then splits its envelope and validates its payload as
     /// `E`. Returns how many records passed; never panics.
     pub fn read_pack<E: ValidateEvent>(last: u64, bytes: &[u8]) -> usize {
-        let Ok(pack) = Pack::parse(last, bytes) else {
-            return 0;
-        };
-        let trusted = pack.check_checksum().is_ok();
-        let mut passed = 0;
-        for seq in pack.first()..=pack.last() {
-            let Ok(r) = pack.record(seq) else { continue };
-            let scan = record::open_with(seq, r, trusted);
-            let point = record::open(seq, r);
-            if let (Ok((_, _, scan_body)), Ok((_, _, point_body))) = (&scan, &point) {
-                assert_eq!(scan_body, point_body, "a scan and a point read disagree");
-            }
-            if let Ok((header, _, body)) = point
-                && header.flags & (record::FLAG_ENCRYPTED | crate::storage::record::FLAG_BLOB) == 0
-                && validates::<E>(body)
-            {
-                passed += 1;
-            }
-        }
-        passed
+        probes::read_pack(last, bytes, validates::<E>)
     }
 
     /// Decodes `bytes` as one record (as a point read does), then its envelope section and
     /// payload as `E`. Returns whether it passed; never panics.
     pub fn read_record<E: ValidateEvent>(bytes: &[u8]) -> bool {
-        match record::open(1, bytes) {
-            Ok((header, _, body)) => {
-                header.flags & record::FLAG_ENCRYPTED != 0 || validates::<E>(body)
-            }
-            Err(_) => false,
-        }
+        probes::read_record(bytes, validates::<E>)
     }
 
     /// Seals `plain` under a fixed key as the AES-GCM plaintext of an encrypted event, opens it
@@ -391,19 +356,7 @@ pub mod __fuzz {
     /// plaintext's layout; this shows it. Also opens `plain` as a forged sealed event, which
     /// must not authenticate. Never panics.
     pub fn open_sealed<E: ValidateEvent>(plain: &[u8]) -> bool {
-        let key = crypto::cipher(&[0x42; 32]);
-        let aad = crypto::event_aad(7, 1, 1, 1);
-        let forged = crypto::open_event(&key, &aad, plain, 1, Default::default());
-        assert!(forged.is_err(), "forged bytes authenticated");
-        let sealed = crypto::seal_raw(&key, &aad, plain);
-        match crypto::open_event(&key, &aad, &sealed, 1, Default::default()) {
-            Ok(opened) => {
-                let pairs = &opened.buffer[opened.pairs.clone()];
-                let _ = envelope::check_pairs(1, pairs, opened.pair_count);
-                validates::<E>(&opened.buffer[opened.payload.clone()])
-            }
-            Err(_) => false,
-        }
+        probes::open_sealed(plain, validates::<E>)
     }
 }
 

@@ -24,7 +24,10 @@ use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
-use crate::storage::{self, Storage};
+use crate::storage::{
+    Storage, check_consumer_name, clear_replay, park, replay_requested, set_consumer_position,
+    unpark,
+};
 
 /// What a handler's `Err` carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -190,7 +193,7 @@ where
         let mut failure = None;
         {
             let txn = storage.read_txn()?;
-            if storage::consumers::replay_requested(storage.dbs(), txn.raw(), &self.name)? {
+            if replay_requested(storage.dbs(), txn.raw(), &self.name)? {
                 drop(txn);
                 self.replay_parked()?;
                 return Ok(Batch::More);
@@ -303,9 +306,9 @@ where
         let name = self.name.clone();
         storage.write(storage.resize_wait(), |wtxn, dbs| {
             for seq in &taken {
-                storage::consumers::unpark(dbs, wtxn, &name, *seq)?;
+                unpark(dbs, wtxn, &name, *seq)?;
             }
-            storage::consumers::clear_replay(dbs, wtxn, &name)?;
+            clear_replay(dbs, wtxn, &name)?;
             Ok(((), true))
         })?;
         Ok(taken.len() as u64)
@@ -317,9 +320,9 @@ where
         let storage = self.storage().clone();
         storage.write(storage.resize_wait(), |wtxn, dbs| {
             for (seq, reason) in parked {
-                storage::consumers::park(dbs, wtxn, &name, *seq, reason)?;
+                park(dbs, wtxn, &name, *seq, reason)?;
             }
-            storage::consumers::set_position(dbs, wtxn, &name, position)?;
+            set_consumer_position(dbs, wtxn, &name, position)?;
             Ok(((), true))
         })?;
         self.checkpointed = position;
@@ -355,7 +358,7 @@ where
             let reader = for_read;
             let storage = reader.storage().clone();
             let txn = storage.read_txn()?;
-            if !storage::consumers::replay_requested(storage.dbs(), txn.raw(), &owned_name)? {
+            if !replay_requested(storage.dbs(), txn.raw(), &owned_name)? {
                 return Ok(None);
             }
             let mut events = Vec::new();
@@ -387,9 +390,9 @@ where
     tokio::task::spawn_blocking(move || {
         storage.write(storage.resize_wait(), |wtxn, dbs| {
             for seq in &taken {
-                storage::consumers::unpark(dbs, wtxn, &name, *seq)?;
+                unpark(dbs, wtxn, &name, *seq)?;
             }
-            storage::consumers::clear_replay(dbs, wtxn, &name)?;
+            clear_replay(dbs, wtxn, &name)?;
             Ok(((), true))
         })
     })
@@ -455,7 +458,7 @@ where
     /// (so that a stop right after an append sees it handled), checkpoints, and hands the
     /// handler back.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
-        storage::consumers::check_name(&self.name)?;
+        check_consumer_name(&self.name)?;
         let Processor {
             reader,
             handler,
@@ -685,7 +688,7 @@ where
     /// checkpoints and hands the handler back), or until the handler fails and its policy says
     /// stop.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
-        storage::consumers::check_name(&self.name)?;
+        check_consumer_name(&self.name)?;
         let AsyncProcessor {
             reader,
             mut handler,
@@ -725,9 +728,9 @@ where
             run(Box::new(move |storage: &Storage| {
                 storage.write(storage.resize_wait(), |wtxn, dbs| {
                     for (seq, reason) in &parked {
-                        storage::consumers::park(dbs, wtxn, &name, *seq, reason)?;
+                        park(dbs, wtxn, &name, *seq, reason)?;
                     }
-                    storage::consumers::set_position(dbs, wtxn, &name, position)?;
+                    set_consumer_position(dbs, wtxn, &name, position)?;
                     Ok(((), true))
                 })
             }))

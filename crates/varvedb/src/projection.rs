@@ -21,8 +21,7 @@ use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::processor::HandlerError;
 use crate::reader::{Reader, ValidateEvent};
-use crate::storage::lmdb::LmdbResultExt;
-use crate::storage::{self, Storage};
+use crate::storage::{LmdbResultExt, Storage, check_consumer_name, set_consumer_position};
 use crate::subscription::{OwnedEvent, Subscription, SubscriptionItem};
 
 /// A projection's read model, inside the batch's write transaction.
@@ -105,7 +104,7 @@ where
 
     /// Runs until `signal` completes (then hands the handler back) or an `apply` fails.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<H> {
-        storage::consumers::check_name(&self.name)?;
+        check_consumer_name(&self.name)?;
         let Projection {
             reader,
             handler,
@@ -192,7 +191,7 @@ where
                     reason: e.to_string(),
                 })?;
         }
-        storage::consumers::set_position(dbs, wtxn, name, last)?;
+        set_consumer_position(dbs, wtxn, name, last)?;
         Ok(((), true))
     })
 }

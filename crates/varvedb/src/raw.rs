@@ -15,14 +15,11 @@ use rkyv::rancor;
 use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
-use crate::storage::crypto::Txn;
-use crate::storage::envelope::Section;
-use crate::storage::lmdb::LmdbResultExt;
-use crate::storage::log::{Seal, Stored};
-use crate::storage::record::{self, RecordHeader};
-use crate::storage::tags::{Query, QueryIter};
-use crate::storage::types::{self, TypeKey};
-use crate::storage::{self, ReadTxn, Storage, blob, chain, keys};
+use crate::storage::{
+    self, BLOB_HASH_LEN, BackWalk, FLAG_ENCRYPTED, Found, LmdbResultExt, Query, QueryIter, ReadTxn,
+    RecordHeader, Seal, Section, Storage, Stored, Txn, TypeKey, decode_head_value, find_version,
+    locate_versions, open_record, resolve_type,
+};
 
 impl Storage {
     /// The untyped reader of this store: every event with its envelope and payload bytes,
@@ -47,7 +44,7 @@ pub struct RawEvent<'t> {
     event_type: TypeKey<'t>,
     envelope: Section<'t>,
     payload: RawPayload<'t>,
-    blob: Option<[u8; blob::HASH_LEN]>,
+    blob: Option<[u8; BLOB_HASH_LEN]>,
 }
 
 /// A raw event's payload.
@@ -153,7 +150,7 @@ impl<'t> RawEvent<'t> {
 
     /// Whether the event was stored encrypted.
     pub fn is_encrypted(&self) -> bool {
-        self.header.flags & record::FLAG_ENCRYPTED != 0
+        self.header.flags & FLAG_ENCRYPTED != 0
     }
 
     /// Whether the event's stream was shredded: its envelope stays, its payload is gone.
@@ -265,19 +262,18 @@ fn stream_summary(
             version: 0,
             reason: format!("a stream head under a key of {} bytes", key.len()),
         })?;
-    let (version, last_seq) =
-        keys::decode_head_value(value).ok_or_else(|| Error::CorruptIndex {
-            stream_id,
-            version: 0,
-            reason: format!("stream head of {} bytes", value.len()),
-        })?;
+    let (version, last_seq) = decode_head_value(value).ok_or_else(|| Error::CorruptIndex {
+        stream_id,
+        version: 0,
+        reason: format!("stream head of {} bytes", value.len()),
+    })?;
     let record = storage::get_record(dbs, txn, last_seq)?.ok_or_else(|| Error::CorruptIndex {
         stream_id,
         version,
         reason: format!("the head points at sequence {last_seq}, which does not exist"),
     })?;
-    let (header, _, _) = record::open(last_seq, record)?;
-    let event_type = types::resolve(dbs, txn, header.type_id)?
+    let (header, _, _) = open_record(last_seq, record)?;
+    let event_type = resolve_type(dbs, txn, header.type_id)?
         .map_or_else(|| format!("#{}", header.type_id), |t| t.name.to_owned());
     Ok(StreamSummary {
         stream_id,
@@ -371,8 +367,8 @@ impl RawReader {
         if version == 0 || version > head_version {
             return Ok(None);
         }
-        let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
-        let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
+        let head = find_version(dbs, txn.raw(), stream_id, head_version, head_seq)?;
+        let found = locate_versions(dbs, txn.raw(), stream_id, (head_version, head), version)?;
         raw_at(&self.storage, txn.raw(), found.seq, found.record).map(Some)
     }
 
@@ -444,9 +440,9 @@ impl RawReader {
         };
         let mut next = from_version.max(1);
         let mut chunk: Vec<(u64, &'t [u8])> = Vec::new();
-        let mut walk = chain::BackWalk::new(&dbs, raw);
+        let mut walk = BackWalk::new(&dbs, raw);
         // The head record, read once for every chunk that starts from it.
-        let mut head: Option<chain::Found<'t>> = None;
+        let mut head: Option<Found<'t>> = None;
         std::iter::from_fn(move || {
             if let Some(e) = failed.take() {
                 next = 0;
@@ -463,11 +459,11 @@ impl RawReader {
             next = end.checked_add(1).unwrap_or(0);
             let head_found = match head {
                 Some(found) => Ok(found),
-                None => chain::find(&dbs, raw, stream_id, head_version, head_seq)
+                None => find_version(&dbs, raw, stream_id, head_version, head_seq)
                     .inspect(|found| head = Some(*found)),
             };
             let located = head_found
-                .and_then(|head| chain::locate(&dbs, raw, stream_id, (head_version, head), end))
+                .and_then(|head| locate_versions(&dbs, raw, stream_id, (head_version, head), end))
                 .and_then(|mut found| {
                     let mut version = end;
                     loop {

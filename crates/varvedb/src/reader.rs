@@ -16,15 +16,11 @@ use rkyv::{Archive, Deserialize};
 use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::metrics::ReadTally;
-use crate::storage::chain::Found;
-use crate::storage::crypto::Txn;
-use crate::storage::envelope::Section;
-use crate::storage::log::{Seal, Stored};
-use crate::storage::pack::LogIter;
-use crate::storage::record::{RECORD_ALIGN, RecordHeader};
-use crate::storage::tags::{Query, QueryIter};
-use crate::storage::types::TypeKey;
-use crate::storage::{self, Dbs, ReadTxn, Storage, blob, chain, types};
+use crate::storage::{
+    self, BLOB_HASH_LEN, BackWalk, Dbs, Found, LogIter, Query, QueryIter, RECORD_ALIGN, ReadTxn,
+    RecordHeader, Seal, Section, Storage, Stored, Txn, TypeKey, find_version, locate_versions,
+    resolve_type,
+};
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
 pub const MAX_EVENT_ALIGN: usize = RECORD_ALIGN;
@@ -88,7 +84,7 @@ impl TypeMemo {
         if known != 0 && (known >> 32) as u32 == type_id && known as u32 as u64 != REJECTED {
             return Ok((known as u32 - 1) as u16);
         }
-        let found = types::resolve(dbs, txn, type_id)?.ok_or_else(|| {
+        let found = resolve_type(dbs, txn, type_id)?.ok_or_else(|| {
             Error::corrupt(
                 seq,
                 format!("the record names event type {type_id}, which the store does not have"),
@@ -228,7 +224,7 @@ pub struct EventRef<'t, E: Archive> {
     version: u32,
     payload: Payload<'t>,
     /// The BLAKE3 hash of a payload served from the blob store.
-    blob: Option<&'t [u8; blob::HASH_LEN]>,
+    blob: Option<&'t [u8; BLOB_HASH_LEN]>,
     /// The event's type: its index in `E::TYPES`.
     type_index: u16,
     /// Its ids and metadata (empty when the record has none).
@@ -242,7 +238,7 @@ impl<'t, E: ValidateEvent> EventRef<'t, E> {
         seq: u64,
         header: RecordHeader,
         payload: Payload<'t>,
-        blob: Option<&'t [u8; blob::HASH_LEN]>,
+        blob: Option<&'t [u8; BLOB_HASH_LEN]>,
         type_index: u16,
         envelope: Section<'t>,
     ) -> Result<Self> {
@@ -523,8 +519,8 @@ impl<E: ValidateEvent + Event> Reader<E> {
         if version == 0 || version > head_version {
             return Ok(None);
         }
-        let head = chain::find(dbs, txn.raw(), stream_id, head_version, head_seq)?;
-        let found = chain::locate(dbs, txn.raw(), stream_id, (head_version, head), version)?;
+        let head = find_version(dbs, txn.raw(), stream_id, head_version, head_seq)?;
+        let found = locate_versions(dbs, txn.raw(), stream_id, (head_version, head), version)?;
         count_one(&self.storage, found.record.len());
         event_at(dbs, txn.raw(), &self.state, found.seq, found.record, false).map(Some)
     }
@@ -634,7 +630,7 @@ pub struct StreamIter<'t, E> {
     /// Forwards: the located events of the current chunk, the next one last.
     chunk: Vec<(u64, &'t [u8])>,
     /// Steps over `prev` links, by cursor where the stream's events are neighbours in the log.
-    walk: chain::BackWalk<'t>,
+    walk: BackWalk<'t>,
     error: Option<Error>,
     state: Arc<ReaderState>,
     tally: ReadTally,
@@ -678,7 +674,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             next_seq: 0,
             backwards,
             chunk: Vec::new(),
-            walk: chain::BackWalk::new(storage.dbs(), txn.raw()),
+            walk: BackWalk::new(storage.dbs(), txn.raw()),
             error: None,
             state: Arc::clone(&reader.state),
             tally: ReadTally::default(),
@@ -711,7 +707,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
         let (head_version, head_seq) = self.head;
         let head = match self.head_record {
             Some(head) => head,
-            None => *self.head_record.insert(chain::find(
+            None => *self.head_record.insert(find_version(
                 &self.dbs,
                 self.txn,
                 self.stream_id,
@@ -719,7 +715,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
                 head_seq,
             )?),
         };
-        chain::locate(
+        locate_versions(
             &self.dbs,
             self.txn,
             self.stream_id,

@@ -14,10 +14,10 @@ use crate::envelope::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::Storage;
-use crate::storage::blob::BlobRef;
-use crate::storage::record::{self, HEADER_LEN};
-use crate::storage::tags::Query;
-use crate::storage::types::TypeKey;
+use crate::storage::{
+    BlobRef, FLAG_BLOB, FLAG_ENVELOPE, HEADER_LEN, Query, RECORD_ALIGN, REF_LEN, TypeKey,
+    end_draft, payload_digest, record_len,
+};
 
 /// The stream id reserved for VarveDB's own use.
 pub const RESERVED_STREAM_ID: u128 = u128::MAX;
@@ -621,30 +621,23 @@ pub(crate) fn finish(serialized: Serialized, blob_threshold: usize) -> Result<Pr
         event_id,
     } = serialized;
     let section_len = offset - HEADER_LEN;
-    let envelope_flag = if section_len > 0 {
-        record::FLAG_ENVELOPE
-    } else {
-        0
-    };
+    let envelope_flag = if section_len > 0 { FLAG_ENVELOPE } else { 0 };
     if payload_len > blob_threshold {
         #[cfg(test)]
         HASHED_ON.with(|t| t.set(Some(std::thread::current().id())));
         let reference = BlobRef::of(&buf[offset..]);
-        let body_len = section_len + record::REF_LEN;
-        let mut record = AlignedVec::<16>::with_capacity(record::record_len(body_len));
+        let body_len = section_len + REF_LEN;
+        let mut record = AlignedVec::<16>::with_capacity(record_len(body_len));
         record.extend_from_slice(&buf[..offset]);
         record.extend_from_slice(&reference.encode());
-        let (body_len, digest) = record::end_draft(&mut record)?;
-        buf.resize(
-            offset + payload_len.next_multiple_of(record::RECORD_ALIGN),
-            0,
-        );
+        let (body_len, digest) = end_draft(&mut record)?;
+        buf.resize(offset + payload_len.next_multiple_of(RECORD_ALIGN), 0);
         return Ok(Prepared {
             record,
             payload_len: body_len,
             digest,
             payload_digest: reference.digest,
-            flags: record::FLAG_BLOB | envelope_flag,
+            flags: FLAG_BLOB | envelope_flag,
             blob: Some(Box::new(Blob {
                 reference,
                 buffer: buf,
@@ -655,8 +648,8 @@ pub(crate) fn finish(serialized: Serialized, blob_threshold: usize) -> Result<Pr
             event_id,
         });
     }
-    let payload_digest = (section_len > 0).then(|| record::payload_digest(&buf[offset..]));
-    let (body_len, digest) = record::end_draft(&mut buf)?;
+    let payload_digest = (section_len > 0).then(|| payload_digest(&buf[offset..]));
+    let (body_len, digest) = end_draft(&mut buf)?;
     Ok(Prepared {
         record: buf,
         payload_len: body_len,

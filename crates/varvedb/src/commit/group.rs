@@ -17,15 +17,12 @@ use crate::error::{Error, Result};
 use crate::event_id::EventId;
 use crate::expected::Appended;
 use crate::metrics::CommitTally;
-use crate::storage::blob::{self, BlobRef};
-use crate::storage::chain::Spine;
-use crate::storage::crypto::{self, Crypto, EventKey, StoreKeys, StreamKey, Txn};
-use crate::storage::envelope;
-use crate::storage::log::{self, LogWriter, NewRecord, Seal, Stored};
-use crate::storage::record::{self, RecordHeader};
-use crate::storage::record::{FLAG_ENVELOPE, HEADER_LEN};
-use crate::storage::types::{self, TypeKey};
-use crate::storage::{Dbs, Storage, stream_head};
+use crate::storage::{
+    Binding, BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE,
+    Fields, HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, Spine, Storage, StoreKeys,
+    Stored, StreamKey, Txn, TypeKey, bound_store_id, check_blob_refs, end_draft, intern_type,
+    payload_digest, put_head, seal_event, seal_record, split_envelope, stream_head,
+};
 
 fn now_ns() -> u64 {
     SystemTime::now()
@@ -169,7 +166,7 @@ impl Heads<'_> {
         if let Some((_, id)) = self.new_types.iter().find(|(k, _)| *k == key) {
             return Ok(*id);
         }
-        let (id, _) = types::intern(dbs, wtxn, &key)?;
+        let (id, _) = intern_type(dbs, wtxn, &key)?;
         self.new_types.push((key, id));
         Ok(id)
     }
@@ -215,7 +212,7 @@ impl Heads<'_> {
         // In key order the B-tree descent of each put starts where the last one ended.
         dirty.sort_unstable_by_key(|(s, _, _)| *s);
         for (stream_id, version, seq) in dirty {
-            log::put_head(dbs, wtxn, stream_id, version, seq)?;
+            put_head(dbs, wtxn, stream_id, version, seq)?;
         }
         Ok(())
     }
@@ -259,13 +256,13 @@ fn encrypt(
     blob_threshold: usize,
 ) -> Result<Sealed> {
     let body = &event.record[HEADER_LEN..HEADER_LEN + event.payload_len as usize];
-    let (section, rest) = envelope::split(0, event.flags & FLAG_ENVELOPE != 0, body)?;
+    let (section, rest) = split_envelope(0, event.flags & FLAG_ENVELOPE != 0, body)?;
     let payload = match &event.blob {
         Some(b) => &b.buffer[b.offset..b.offset + b.reference.len as usize],
         None => rest,
     };
     let (pairs, pair_count) = section.encoded_pairs();
-    let visible = envelope::Fields {
+    let visible = Fields {
         event_id: section.event_id(),
         correlation_id: section.correlation_id(),
         causation_id: section.causation_id(),
@@ -273,8 +270,8 @@ fn encrypt(
         metadata: Vec::new(),
     }
     .encode()?;
-    let aad = crypto::Binding {
-        store_id: crypto::bound_store_id(key, place.seq)?,
+    let aad = Binding {
+        store_id: bound_store_id(key, place.seq)?,
         stream_id: place.stream_id,
         version: place.version,
         seq: place.seq,
@@ -283,7 +280,7 @@ fn encrypt(
         section: &visible,
     }
     .aad();
-    let sealed = crypto::seal_event(
+    let sealed = seal_event(
         &key.cipher,
         place.version,
         aad.as_slice(),
@@ -291,9 +288,9 @@ fn encrypt(
         pair_count,
         payload,
     )?;
-    let mut flags = record::FLAG_ENCRYPTED | record::FLAG_BOUND;
+    let mut flags = FLAG_ENCRYPTED | FLAG_BOUND;
     if !visible.is_empty() {
-        flags |= record::FLAG_ENVELOPE;
+        flags |= FLAG_ENVELOPE;
     }
     let mut record =
         AlignedVec::<16>::with_capacity(HEADER_LEN + visible.len() + sealed.len() + 16);
@@ -305,7 +302,7 @@ fn encrypt(
         buffer.extend_from_slice(&sealed);
         buffer.resize(sealed.len().next_multiple_of(16), 0);
         record.extend_from_slice(&reference.encode());
-        flags |= record::FLAG_BLOB;
+        flags |= FLAG_BLOB;
         Some(Box::new(Blob {
             reference,
             buffer,
@@ -315,7 +312,7 @@ fn encrypt(
         record.extend_from_slice(&sealed);
         None
     };
-    let (payload_len, digest) = record::end_draft(&mut record)?;
+    let (payload_len, digest) = end_draft(&mut record)?;
     Ok(Sealed {
         record,
         payload_len,
@@ -338,7 +335,7 @@ fn stored_payload_digest(
             // A blob reference carries its payload's digest.
             return Ok(match stored.blob_ref()? {
                 Some(r) => r.digest,
-                None => record::payload_digest(stored.rest()),
+                None => payload_digest(stored.rest()),
             });
         }
         Seal::Key(key) => key,
@@ -351,7 +348,7 @@ fn stored_payload_digest(
     let event_type = stored.event_type(dbs, txn)?;
     let (sealed, _) = stored.payload(dbs, txn)?;
     let opened = stored.decrypt(&key, event_type, sealed, AlignedVec::new())?;
-    Ok(record::payload_digest(&opened.buffer[opened.payload]))
+    Ok(payload_digest(&opened.buffer[opened.payload]))
 }
 
 /// Checks a request's event ids against the `event_ids` index (in this transaction, so that a
@@ -547,7 +544,7 @@ fn check(
         for event in append.events.iter().filter(|_| !encrypted) {
             if let Some(b) = &event.blob {
                 // A damaged reference count fails this append before it writes anything.
-                blob::check_refs(dbs, wtxn, &b.reference)?;
+                check_blob_refs(dbs, wtxn, &b.reference)?;
             }
         }
         if !append.expected.accepts(current) {
@@ -665,7 +662,7 @@ fn apply(
                 timestamp_ns,
                 links,
             };
-            record::seal(record, payload_len, digest, &header);
+            seal_record(record, payload_len, digest, &header);
             let new = NewRecord {
                 seq: *seq,
                 record,

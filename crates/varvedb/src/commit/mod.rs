@@ -17,9 +17,7 @@ use rkyv::util::AlignedVec;
 
 use crate::error::{Error, Result};
 use crate::expected::{Appended, ExpectedVersion};
-use crate::storage::blob::BlobRef;
-use crate::storage::types::TypeKey;
-use crate::storage::{Attached, Storage, WeakStorage};
+use crate::storage::{Attached, BlobRef, Storage, TypeKey, WeakStorage};
 pub(crate) use queue::{CommitQueue, committer_gone};
 
 /// What a request's waiter receives.
@@ -61,7 +59,7 @@ pub(crate) struct Prepared {
     /// The event id of the append's options, little-endian (bytes rather than a `u128`, whose
     /// 16-byte alignment would double the size of every prepared event).
     pub(crate) event_id: Option<[u8; 16]>,
-    /// Record flags: [`record::FLAG_BLOB`](crate::storage::record::FLAG_BLOB) when the payload goes
+    /// Record flags: [`FLAG_BLOB`](crate::storage::FLAG_BLOB) when the payload goes
     /// to the blob store.
     pub(crate) flags: u8,
     /// The payload of a blob record, which the record only references (boxed: most events are
@@ -91,7 +89,7 @@ impl Blob {
 
 /// The condition of a conditional append: no event after `after` matches `query`.
 pub(crate) struct Condition {
-    pub(crate) query: crate::storage::tags::Query,
+    pub(crate) query: crate::storage::Query,
     pub(crate) after: Option<u64>,
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use super::group;
 use super::{Condition, Outcome, Request, StreamAppend, lock};
 use crate::error::{Error, Result};
-use crate::storage::{Storage, WeakStorage, health};
+use crate::storage::{Storage, WRITES_REFUSED, WeakStorage};
 
 /// The condition that the sync appenders queued between two takes wait on: the committer wakes
 /// a whole group with one `notify_all`, rather than with one wake-up call per appender.
@@ -436,7 +436,7 @@ pub(crate) fn run(queue: &CommitQueue, store: &WeakStorage, events_max: usize) {
                         "the committer panicked while committing ({}); the store refuses appends until it is reopened",
                         panic_message(panic.as_ref())
                     );
-                    storage.refuse(health::WRITES_REFUSED, reason.clone());
+                    storage.refuse(WRITES_REFUSED, reason.clone());
                     heads = group::HeadCache::default();
                     let unknown = group
                         .iter()

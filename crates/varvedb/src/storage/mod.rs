@@ -10,25 +10,26 @@
 //! the formats: `keys`, `record`, `chain` (stream chains), `blob` (the blob store), `gate` (the
 //! resize gate).
 
-pub(crate) mod blob;
-pub(crate) mod chain;
-pub(crate) mod consumers;
-pub(crate) mod crypto;
+mod blob;
+mod chain;
+mod consumers;
+mod crypto;
 mod env;
-pub(crate) mod envelope;
+mod envelope;
 mod gate;
-pub(crate) mod health;
-pub(crate) mod keys;
-pub(crate) mod lmdb;
-pub(crate) mod log;
-pub(crate) mod pack;
-pub(crate) mod record;
+mod health;
+mod keys;
+mod lmdb;
+mod log;
+mod pack;
+mod probe;
+mod record;
 mod registry;
 mod shred;
 mod stats;
-pub(crate) mod tags;
+mod tags;
 mod txn;
-pub(crate) mod types;
+mod types;
 mod verify;
 
 use std::any::Any;
@@ -44,7 +45,6 @@ use heed::{Database, Env, RoTxn, WithoutTls};
 use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use gate::Gate;
-use lmdb::LmdbResultExt;
 
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
@@ -52,6 +52,44 @@ pub use shred::ShredReport;
 pub use stats::Stats;
 pub use txn::ReadTxn;
 pub use verify::{Problem, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress, VerifyReport};
+
+// The storage face: what the layers above use, and nothing else of the submodules (which are
+// private). Records go in through `LogWriter` and out through `Stored`; the formats' names
+// that the writer, the importer and the tool need are here by name.
+pub(crate) use blob::{
+    BlobRef, HASH_LEN as BLOB_HASH_LEN, check_refs as check_blob_refs,
+    padded_len as blob_padded_len,
+};
+pub(crate) use chain::{BackWalk, Found, Spine, find as find_version, locate as locate_versions};
+pub(crate) use consumers::{
+    check_name as check_consumer_name, clear_replay, park, parked_of, replay_requested,
+    set_position as set_consumer_position, unpark,
+};
+pub(crate) use crypto::{
+    Binding, Crypto, EventKey, StoreKeys, StreamKey, TOMBSTONE, Txn, bound_store_id,
+    bump_generation, is_shredded, is_tombstone, seal_event,
+};
+pub use envelope::Tags;
+pub(crate) use envelope::{ENVELOPE_BYTES_MAX, Fields, Section, pairs, split as split_envelope};
+pub(crate) use health::WRITES_REFUSED;
+pub(crate) use keys::decode_head_value;
+pub(crate) use lmdb::LmdbResultExt;
+pub(crate) use log::{LogWriter, NewRecord, Seal, Stored, put_head};
+pub(crate) use pack::LogIter;
+/// Probes of the formats, for the benchmarks, the fuzz targets and the tests.
+pub(crate) mod probes {
+    pub(crate) use super::probe::*;
+}
+pub(crate) use record::{
+    FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, HEADER_LEN, Links, RECORD_ALIGN,
+    RECORD_FORMAT, REF_LEN, RecordHeader, end_draft, open as open_record, payload_digest,
+    peek as peek_record, record_len, seal as seal_record,
+};
+pub(crate) use tags::QueryIter;
+pub use tags::{Query, QueryItem};
+pub(crate) use types::{
+    TypeKey, decode as decode_type_key, intern as intern_type, resolve as resolve_type,
+};
 
 /// The on-disk format this build reads and writes (the `format_version` meta record).
 pub const FORMAT_VERSION: u32 = 4;
