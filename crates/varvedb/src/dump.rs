@@ -146,102 +146,99 @@ fn invalid(seq: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-impl Storage {
-    /// The header of an export of this store as `txn` sees it.
-    pub fn export_header(&self, txn: &ReadTxn) -> Result<ExportHeader> {
-        self.check_txn(txn)?;
-        let dbs = self.dbs();
-        let raw = txn.raw();
-        let mut types_out = Vec::new();
-        for entry in dbs.types.iter(raw).lmdb()? {
-            let (k, v) = entry.lmdb()?;
-            let id = <[u8; 4]>::try_from(k)
-                .map(u32::from_be_bytes)
-                .map_err(|_| invalid(0, "a malformed type id in the store"))?;
-            let key = decode_type_key(v).ok_or_else(|| Error::CorruptType {
-                id,
-                reason: "malformed type key".into(),
+/// See [`Storage::export_header`](crate::Storage::export_header).
+pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHeader> {
+    storage.check_txn(txn)?;
+    let dbs = storage.dbs();
+    let raw = txn.raw();
+    let mut types_out = Vec::new();
+    for entry in dbs.types.iter(raw).lmdb()? {
+        let (k, v) = entry.lmdb()?;
+        let id = <[u8; 4]>::try_from(k)
+            .map(u32::from_be_bytes)
+            .map_err(|_| invalid(0, "a malformed type id in the store"))?;
+        let key = decode_type_key(v).ok_or_else(|| Error::CorruptType {
+            id,
+            reason: "malformed type key".into(),
+        })?;
+        types_out.push(ExportType {
+            id,
+            container: key.container.to_owned(),
+            name: key.name.to_owned(),
+            version: key.version,
+        });
+    }
+    let mut keys_out = Vec::new();
+    for entry in dbs.keystore.iter(raw).lmdb()? {
+        let (k, v) = entry.lmdb()?;
+        let stream_id = <[u8; 16]>::try_from(k)
+            .map(u128::from_be_bytes)
+            .map_err(|_| Error::Crypto {
+                reason: format!("a keystore key of {} bytes", k.len()),
             })?;
-            types_out.push(ExportType {
-                id,
-                container: key.container.to_owned(),
-                name: key.name.to_owned(),
-                version: key.version,
-            });
-        }
-        let mut keys_out = Vec::new();
-        for entry in dbs.keystore.iter(raw).lmdb()? {
-            let (k, v) = entry.lmdb()?;
-            let stream_id = <[u8; 16]>::try_from(k)
-                .map(u128::from_be_bytes)
-                .map_err(|_| Error::Crypto {
-                    reason: format!("a keystore key of {} bytes", k.len()),
-                })?;
-            keys_out.push(ExportKey {
-                stream_id,
-                wrapped: (!is_tombstone(v)).then(|| v.to_vec()),
-            });
-        }
-        let mut consumers_out = Vec::new();
-        for c in self.consumers_in(txn)? {
-            let is_projection = self.has_projection(&c.name);
-            if is_projection {
-                continue;
-            }
-            let parked = parked_of(dbs, raw, &c.name)?;
-            consumers_out.push(ExportConsumer {
-                name: c.name,
-                position: c.position,
-                parked,
-            });
-        }
-        Ok(ExportHeader {
-            format: u32::from(RECORD_FORMAT),
-            last_seq: storage::last_seq(dbs, raw)?,
-            types: types_out,
-            keys: keys_out,
-            key_check: Crypto::key_check(&dbs.meta, raw)?,
-            consumers: consumers_out,
-        })
+        keys_out.push(ExportKey {
+            stream_id,
+            wrapped: (!is_tombstone(v)).then(|| v.to_vec()),
+        });
     }
-
-    /// Every event from `from_seq` on, in its stored form, in order. A damaged record ends
-    /// the export with its error: an export is a faithful copy or none.
-    pub fn export_events<'t>(
-        &self,
-        txn: &'t ReadTxn,
-        from_seq: u64,
-    ) -> impl Iterator<Item = Result<StoredEvent>> + 't {
-        let dbs = *self.dbs();
-        let raw = txn.raw();
-        let mut done = false;
-        let check = self.check_txn(txn);
-        LogIter::open(check, &dbs, raw, from_seq, false).map_while(move |entry| {
-            if done {
-                return None;
-            }
-            let event = entry.and_then(|e| {
-                let mut event = stored_event(&dbs, raw, e.seq, e.record)?;
-                event.ends_group = e.ends_group;
-                Ok(event)
-            });
-            done = event.is_err();
-            Some(event)
-        })
-    }
-
-    /// An importer into this store. See [`Importer`].
-    pub fn importer(&self) -> Importer {
-        Importer {
-            storage: self.clone(),
-            pending: Vec::new(),
-            pending_bytes: 0,
-            next_seq: 1,
-            started: None,
-            heads: HashMap::new(),
-            type_ids: TypeIds::default(),
-            report: ImportReport::default(),
+    let mut consumers_out = Vec::new();
+    for c in storage.consumers_in(txn)? {
+        let is_projection = storage.has_projection(&c.name);
+        if is_projection {
+            continue;
         }
+        let parked = parked_of(dbs, raw, &c.name)?;
+        consumers_out.push(ExportConsumer {
+            name: c.name,
+            position: c.position,
+            parked,
+        });
+    }
+    Ok(ExportHeader {
+        format: u32::from(RECORD_FORMAT),
+        last_seq: storage::last_seq(dbs, raw)?,
+        types: types_out,
+        keys: keys_out,
+        key_check: Crypto::key_check(&dbs.meta, raw)?,
+        consumers: consumers_out,
+    })
+}
+
+/// See [`Storage::export_events`](crate::Storage::export_events).
+pub(crate) fn export_events<'t>(
+    storage: &Storage,
+    txn: &'t ReadTxn,
+    from_seq: u64,
+) -> impl Iterator<Item = Result<StoredEvent>> + 't {
+    let dbs = *storage.dbs();
+    let raw = txn.raw();
+    let mut done = false;
+    let check = storage.check_txn(txn);
+    LogIter::open(check, &dbs, raw, from_seq, false).map_while(move |entry| {
+        if done {
+            return None;
+        }
+        let event = entry.and_then(|e| {
+            let mut event = stored_event(&dbs, raw, e.seq, e.record)?;
+            event.ends_group = e.ends_group;
+            Ok(event)
+        });
+        done = event.is_err();
+        Some(event)
+    })
+}
+
+/// See [`Storage::importer`](crate::Storage::importer).
+pub(crate) fn importer(storage: &Storage) -> Importer {
+    Importer {
+        storage: storage.clone(),
+        pending: Vec::new(),
+        pending_bytes: 0,
+        next_seq: 1,
+        started: None,
+        heads: HashMap::new(),
+        type_ids: TypeIds::default(),
+        report: ImportReport::default(),
     }
 }
 

@@ -208,6 +208,7 @@ mod projection;
 mod raw;
 mod reader;
 mod storage;
+mod store;
 mod subscription;
 mod writer;
 

@@ -73,47 +73,38 @@ impl Drop for MetricsServer {
     }
 }
 
-impl Storage {
-    /// Serves this store's metrics at `http://ADDR/metrics` on a thread of its own, until the
-    /// returned [`MetricsServer`] is dropped. `None` listens on [`DEFAULT_METRICS_ADDR`]
-    /// (127.0.0.1:9477): other machines cannot scrape it unless you pass an address that they
-    /// can reach, such as `0.0.0.0:9477`.
-    ///
-    /// `GET /metrics` answers the exposition of [`metrics_text`](Self::metrics_text); other
-    /// paths are `404`, other methods `405`. An address that cannot be bound is
-    /// [`Error::Bind`].
-    pub fn serve_metrics(&self, addr: Option<SocketAddr>) -> Result<MetricsServer> {
-        let asked = addr.unwrap_or(DEFAULT_METRICS_ADDR);
-        let bind = |reason: String| Error::Bind {
-            addr: asked.to_string(),
-            reason,
-        };
-        let listener = std::net::TcpListener::bind(asked).map_err(|e| bind(e.to_string()))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| bind(e.to_string()))?;
-        let addr = listener.local_addr().unwrap_or(asked);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .max_blocking_threads(2)
-            .build()
-            .map_err(|e| bind(format!("cannot start its runtime: {e}")))?;
-        let stop = Arc::new(tokio::sync::Notify::new());
-        let store = self.downgrade();
-        let thread = std::thread::Builder::new()
-            .name("varvedb-metrics".into())
-            .spawn({
-                let stop = Arc::clone(&stop);
-                move || runtime.block_on(serve(listener, store, stop))
-            })
-            .map_err(|e| bind(format!("cannot start its thread: {e}")))?;
-        Ok(MetricsServer {
-            stop,
-            addr,
-            thread: Some(thread),
+/// See [`Storage::serve_metrics`](crate::Storage::serve_metrics).
+pub(crate) fn serve_metrics(storage: &Storage, addr: Option<SocketAddr>) -> Result<MetricsServer> {
+    let asked = addr.unwrap_or(DEFAULT_METRICS_ADDR);
+    let bind = |reason: String| Error::Bind {
+        addr: asked.to_string(),
+        reason,
+    };
+    let listener = std::net::TcpListener::bind(asked).map_err(|e| bind(e.to_string()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| bind(e.to_string()))?;
+    let addr = listener.local_addr().unwrap_or(asked);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .max_blocking_threads(2)
+        .build()
+        .map_err(|e| bind(format!("cannot start its runtime: {e}")))?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let store = storage.downgrade();
+    let thread = std::thread::Builder::new()
+        .name("varvedb-metrics".into())
+        .spawn({
+            let stop = Arc::clone(&stop);
+            move || runtime.block_on(serve(listener, store, stop))
         })
-    }
+        .map_err(|e| bind(format!("cannot start its thread: {e}")))?;
+    Ok(MetricsServer {
+        stop,
+        addr,
+        thread: Some(thread),
+    })
 }
 
 /// Accepts connections until `stop` is notified, each served on a task of its own within the

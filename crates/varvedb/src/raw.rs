@@ -21,13 +21,10 @@ use crate::storage::{
     locate_versions, open_record, resolve_type,
 };
 
-impl Storage {
-    /// The untyped reader of this store: every event with its envelope and payload bytes,
-    /// whatever its type.
-    pub fn raw_reader(&self) -> RawReader {
-        RawReader {
-            storage: self.clone(),
-        }
+/// See [`Storage::raw_reader`](crate::Storage::raw_reader).
+pub(crate) fn raw_reader(storage: &Storage) -> RawReader {
+    RawReader {
+        storage: storage.clone(),
     }
 }
 

@@ -148,17 +148,6 @@ pub(crate) fn clear_replay(dbs: &Dbs, wtxn: &mut RwTxn<'_>, name: &str) -> Resul
 }
 
 impl Storage {
-    /// The seq of the last event the consumer `name` handled; `None` if it never checkpointed.
-    pub fn consumer_position(&self, name: &str) -> Result<Option<u64>> {
-        let txn = self.read_txn()?;
-        position(self.dbs(), txn.raw(), name)
-    }
-
-    /// Every consumer with its position, the head, and its lag in events and in seconds.
-    pub fn consumers(&self) -> Result<Vec<Consumer>> {
-        self.consumers_in(&self.read_txn()?)
-    }
-
     /// [`consumers`](Self::consumers) as of the snapshot `txn` (the metrics read them in the
     /// snapshot of their other gauges).
     pub(crate) fn consumers_in(&self, txn: &super::ReadTxn) -> Result<Vec<Consumer>> {
@@ -195,50 +184,56 @@ impl Storage {
         }
         Ok(out)
     }
+}
 
-    /// The events the consumer `name` parked, in seq order.
-    pub fn parked_events(&self, name: &str) -> Result<Vec<ParkedEvent>> {
-        let txn = self.read_txn()?;
-        parked_of(self.dbs(), txn.raw(), name)
-    }
+/// See [`Storage::consumer_position`](crate::Storage::consumer_position).
+pub(crate) fn consumer_position(storage: &Storage, name: &str) -> Result<Option<u64>> {
+    let txn = storage.read_txn()?;
+    position(storage.dbs(), txn.raw(), name)
+}
 
-    /// Moves the consumer `name` to `position` (the seq of the last event it is to count as
-    /// handled; 0: from the start). Takes effect when its processor next starts.
-    pub fn reset_consumer(&self, name: &str, position: u64) -> Result<()> {
-        check_name(name)?;
-        self.write_durable(|wtxn, dbs| {
-            set_position(dbs, wtxn, name, position)?;
-            Ok(((), true))
-        })
-    }
+/// See [`Storage::consumers`](crate::Storage::consumers).
+pub(crate) fn consumers(storage: &Storage) -> Result<Vec<Consumer>> {
+    storage.consumers_in(&storage.read_txn()?)
+}
 
-    /// Deletes the consumer `name`: its cursor and its parked events. Returns whether it existed.
-    pub fn delete_consumer(&self, name: &str) -> Result<bool> {
-        self.write_durable(|wtxn, dbs| {
-            let existed = dbs.cursors.delete(wtxn, name.as_bytes()).lmdb()?;
-            let parked: Vec<u64> = parked_of(dbs, wtxn, name)?.iter().map(|p| p.seq).collect();
-            for seq in &parked {
-                unpark(dbs, wtxn, name, *seq)?;
-            }
-            clear_replay(dbs, wtxn, name)?;
-            Ok((existed || !parked.is_empty(), true))
-        })
-    }
+/// See [`Storage::parked_events`](crate::Storage::parked_events).
+pub(crate) fn parked_events(storage: &Storage, name: &str) -> Result<Vec<ParkedEvent>> {
+    let txn = storage.read_txn()?;
+    parked_of(storage.dbs(), txn.raw(), name)
+}
 
-    /// Asks the processor `name` to hand its parked events to its handler again, in seq order
-    /// (`varvedb consumers replay`): a running processor does it within its poll interval, a
-    /// stopped one when it next starts. Each event its handler then takes leaves the parked
-    /// list; one that fails again stays. The cursor does not move. Returns the events parked
-    /// now; with none, nothing is asked.
-    pub fn request_parked_replay(&self, name: &str) -> Result<u64> {
-        check_name(name)?;
-        self.write_durable(|wtxn, dbs| {
-            let parked = parked_of(dbs, wtxn, name)?.len() as u64;
-            if parked == 0 {
-                return Ok((0, false));
-            }
-            dbs.meta.put(wtxn, &replay_key(name), &[1]).lmdb()?;
-            Ok((parked, true))
-        })
-    }
+/// See [`Storage::reset_consumer`](crate::Storage::reset_consumer).
+pub(crate) fn reset_consumer(storage: &Storage, name: &str, position: u64) -> Result<()> {
+    check_name(name)?;
+    storage.write_durable(|wtxn, dbs| {
+        set_position(dbs, wtxn, name, position)?;
+        Ok(((), true))
+    })
+}
+
+/// See [`Storage::delete_consumer`](crate::Storage::delete_consumer).
+pub(crate) fn delete_consumer(storage: &Storage, name: &str) -> Result<bool> {
+    storage.write_durable(|wtxn, dbs| {
+        let existed = dbs.cursors.delete(wtxn, name.as_bytes()).lmdb()?;
+        let parked: Vec<u64> = parked_of(dbs, wtxn, name)?.iter().map(|p| p.seq).collect();
+        for seq in &parked {
+            unpark(dbs, wtxn, name, *seq)?;
+        }
+        clear_replay(dbs, wtxn, name)?;
+        Ok((existed || !parked.is_empty(), true))
+    })
+}
+
+/// See [`Storage::request_parked_replay`](crate::Storage::request_parked_replay).
+pub(crate) fn request_parked_replay(storage: &Storage, name: &str) -> Result<u64> {
+    check_name(name)?;
+    storage.write_durable(|wtxn, dbs| {
+        let parked = parked_of(dbs, wtxn, name)?.len() as u64;
+        if parked == 0 {
+            return Ok((0, false));
+        }
+        dbs.meta.put(wtxn, &replay_key(name), &[1]).lmdb()?;
+        Ok((parked, true))
+    })
 }

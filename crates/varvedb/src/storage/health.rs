@@ -52,17 +52,6 @@ impl Storage {
         })
     }
 
-    /// Whether the store refuses appends (or everything) after a failure; see
-    /// [`poison_reason`](Self::poison_reason). Drop every handle and reopen it to recover.
-    pub fn is_poisoned(&self) -> bool {
-        self.inner.health.load(Ordering::Acquire) != OK
-    }
-
-    /// Why the store refuses work, if it does.
-    pub fn poison_reason(&self) -> Option<String> {
-        lock(&self.inner.fault).clone()
-    }
-
     /// Refuses appends from now on (or, with `level` [`ALL_REFUSED`], everything).
     pub(crate) fn refuse(&self, level: u8, reason: String) {
         let mut fault = lock(&self.inner.fault);
@@ -93,6 +82,16 @@ impl Storage {
         }
         Ok(())
     }
+}
+
+/// See [`Storage::is_poisoned`](crate::Storage::is_poisoned).
+pub(crate) fn is_poisoned(storage: &Storage) -> bool {
+    storage.inner.health.load(Ordering::Acquire) != OK
+}
+
+/// See [`Storage::poison_reason`](crate::Storage::poison_reason).
+pub(crate) fn poison_reason(storage: &Storage) -> Option<String> {
+    lock(&storage.inner.fault).clone()
 }
 
 /// Flushes the data file. After a failed resize LMDB's map is gone, and `mdb_env_sync` reads

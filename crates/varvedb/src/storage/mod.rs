@@ -76,6 +76,23 @@ pub(crate) use keys::decode_head_value;
 pub(crate) use lmdb::LmdbResultExt;
 pub(crate) use log::{LogWriter, NewRecord, Seal, Stored, put_head};
 pub(crate) use pack::LogIter;
+/// The operations behind the public methods of [`Storage`] (`crate::store`), one function each.
+pub(crate) mod ops {
+    pub(crate) use super::consumers::{
+        consumer_position, consumers, delete_consumer, parked_events, request_parked_replay,
+        reset_consumer,
+    };
+    pub(crate) use super::health::{is_poisoned, poison_reason};
+    pub(crate) use super::registry::{close, open, open_after_flush_failure, open_existing};
+    pub(crate) use super::shred::{compact_to, is_shredded, rotate_master_key, shred_stream};
+    pub(crate) use super::stats::{metrics_text, stats};
+    pub(crate) use super::txn::{flush, read_txn};
+    pub(crate) use super::{
+        config, is_encrypted, last_seq_of, open_read_txns, path, projection_get, seq_of_event_id,
+        stream_version, subscribe, verify, verify_with_progress, warnings,
+    };
+}
+
 /// Probes of the formats, for the benchmarks, the fuzz targets and the tests.
 pub(crate) mod probes {
     pub(crate) use super::probe::*;
@@ -248,32 +265,6 @@ impl fmt::Debug for Storage {
 }
 
 impl Storage {
-    /// The configuration the store was opened with, its path made canonical.
-    pub fn config(&self) -> &StorageConfig {
-        &self.inner.config
-    }
-
-    /// The store's directory (canonical).
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// What opening the store found worth a warning, such as a directory or data file other
-    /// local users can read. The `varvedb` tool prints them.
-    pub fn warnings(&self) -> &[String] {
-        &self.inner.warnings
-    }
-
-    /// A receiver of the last committed global sequence: it starts at the current head (not at
-    /// 0) and changes after each group commit, once the commit's appends are acknowledged. A
-    /// subscriber that falls behind misses nothing: the value is the newest head, and the
-    /// events up to it are read from the store. Appends of other processes sharing the store
-    /// are noticed by polling, every `StorageConfig::bus_poll_ms` (100 ms by default).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.start_bus_poller();
-        self.inner.bus.subscribe()
-    }
-
     /// Starts, once, the thread that publishes appends of other processes.
     fn start_bus_poller(&self) {
         let every = self.inner.config.bus_poll_ms;
@@ -315,16 +306,6 @@ impl Storage {
         });
     }
 
-    /// Whether the store is encrypted: it has a master-key check (written by the first open
-    /// with a master key), so every new stream is encrypted, and a handle without the master
-    /// key cannot create one ([`Error::MasterKeyRequired`]). Encryption is the store's, not
-    /// the handle's. A store whose snapshot cannot be read answers as its handle was opened.
-    pub fn is_encrypted(&self) -> bool {
-        self.read_txn()
-            .and_then(|txn| crypto::Crypto::key_check(&self.inner.dbs.meta, txn.raw()))
-            .map_or(self.inner.crypto.has_master_key(), |check| check.is_some())
-    }
-
     pub(crate) fn crypto(&self) -> &crypto::Crypto {
         &self.inner.crypto
     }
@@ -363,97 +344,6 @@ impl Storage {
         Ok(db)
     }
 
-    /// The value under `key` in the read model of the projection `name`, in `txn`'s snapshot;
-    /// `None` also when the projection has no model yet. A model created after `txn` began
-    /// (its projection's first run in this process) is read from the next snapshot on.
-    pub fn projection_get<'t>(
-        &self,
-        txn: &'t ReadTxn,
-        name: &str,
-        key: &[u8],
-    ) -> Result<Option<&'t [u8]>> {
-        self.check_txn(txn)?;
-        let Some(db) = lock(&self.inner.projections).get(name).copied() else {
-            return Ok(None);
-        };
-        match db.get(txn.raw(), key) {
-            // EINVAL: the handle is newer than this snapshot, which cannot see the model.
-            Err(heed::Error::Io(e)) if e.raw_os_error() == Some(22) => Ok(None),
-            other => other.lmdb(),
-        }
-    }
-
-    /// The sequence of the event appended with `id`, if there is one (from a snapshot of its
-    /// own).
-    pub fn seq_of_event_id(&self, id: crate::EventId) -> Result<Option<u64>> {
-        let txn = self.read_txn()?;
-        event_id_seq(&self.inner.dbs, txn.raw(), id.as_u128())
-    }
-
-    /// The last committed global sequence number (0 for an empty store).
-    pub fn last_seq(&self, txn: &ReadTxn) -> Result<u64> {
-        self.check_txn(txn)?;
-        last_seq(&self.inner.dbs, txn.raw())
-    }
-
-    /// The current version of a stream: the version of its last event, 0 if it has none.
-    pub fn stream_version(&self, txn: &ReadTxn, stream_id: u128) -> Result<u32> {
-        self.check_txn(txn)?;
-        Ok(stream_head(&self.inner.dbs, txn.raw(), stream_id)?.map_or(0, |(v, _)| v))
-    }
-
-    /// Checks the whole store in one snapshot and reports every inconsistency it finds: each
-    /// record's checksum and key, that the log is gap-free, that every stream's chain links
-    /// each version to the previous one and to its jump target, that the stream heads match
-    /// the log, that every referenced blob exists and hashes (BLAKE3) to its address, that the
-    /// reference counts are right, and that no blob is orphaned. It also checks what it can of
-    /// LMDB's own structure: that the data file holds every page the last commit uses, and that
-    /// each database's page and entry counts agree with what the walk found.
-    ///
-    /// Damage is reported in the [`VerifyReport`], never as an error; `Err` means the check
-    /// itself could not run (an LMDB failure). The snapshot stays open for the whole check, so
-    /// on a large store, concurrent appends that need to grow the map wait for it
-    /// (`resize_wait_ms_max`).
-    pub fn verify(&self) -> Result<VerifyReport> {
-        self.verify_with_progress(|_| {})
-    }
-
-    /// [`verify`](Self::verify), calling `progress` at the start and end of each pass and
-    /// every 16,384 entries in between.
-    pub fn verify_with_progress(
-        &self,
-        mut progress: impl FnMut(&VerifyProgress),
-    ) -> Result<VerifyReport> {
-        let span = tracing::info_span!(
-            "varvedb.verify",
-            path = %self.inner.path.display(),
-            problems = tracing::field::Empty
-        );
-        let _entered = span.enter();
-        let txn = self.read_txn()?;
-        let info = self.inner.env.info();
-        let file_bytes = self.inner.env.real_disk_size().lmdb()?;
-        verify::run(
-            &self.inner.dbs,
-            txn.raw(),
-            verify::Layout {
-                inline_max: self.inline_record_max(),
-                page_size: self.inner.dbs.page_size,
-                last_page: info.last_page_number as u64,
-                file_bytes,
-            },
-            &mut progress,
-        )
-        .inspect(|report| {
-            span.record("problems", report.problems.len());
-        })
-    }
-
-    /// The number of read transactions open in this process.
-    pub fn open_read_txns(&self) -> usize {
-        self.inner.gate.readers()
-    }
-
     pub(crate) fn dbs(&self) -> &Dbs {
         &self.inner.dbs
     }
@@ -486,6 +376,113 @@ impl Storage {
     pub(crate) fn attached(&self, init: impl FnOnce() -> Arc<dyn Attached>) -> &dyn Attached {
         self.inner.attached.get_or_init(init).as_ref()
     }
+}
+
+/// See [`Storage::config`](crate::Storage::config).
+pub(crate) fn config(storage: &Storage) -> &StorageConfig {
+    &storage.inner.config
+}
+
+/// See [`Storage::path`](crate::Storage::path).
+pub(crate) fn path(storage: &Storage) -> &Path {
+    &storage.inner.path
+}
+
+/// See [`Storage::warnings`](crate::Storage::warnings).
+pub(crate) fn warnings(storage: &Storage) -> &[String] {
+    &storage.inner.warnings
+}
+
+/// See [`Storage::subscribe`](crate::Storage::subscribe).
+pub(crate) fn subscribe(storage: &Storage) -> tokio::sync::watch::Receiver<u64> {
+    storage.start_bus_poller();
+    storage.inner.bus.subscribe()
+}
+
+/// See [`Storage::is_encrypted`](crate::Storage::is_encrypted).
+pub(crate) fn is_encrypted(storage: &Storage) -> bool {
+    storage
+        .read_txn()
+        .and_then(|txn| crypto::Crypto::key_check(&storage.inner.dbs.meta, txn.raw()))
+        .map_or(storage.inner.crypto.has_master_key(), |check| {
+            check.is_some()
+        })
+}
+
+/// See [`Storage::projection_get`](crate::Storage::projection_get).
+pub(crate) fn projection_get<'t>(
+    storage: &Storage,
+    txn: &'t ReadTxn,
+    name: &str,
+    key: &[u8],
+) -> Result<Option<&'t [u8]>> {
+    storage.check_txn(txn)?;
+    let Some(db) = lock(&storage.inner.projections).get(name).copied() else {
+        return Ok(None);
+    };
+    match db.get(txn.raw(), key) {
+        // EINVAL: the handle is newer than this snapshot, which cannot see the model.
+        Err(heed::Error::Io(e)) if e.raw_os_error() == Some(22) => Ok(None),
+        other => other.lmdb(),
+    }
+}
+
+/// See [`Storage::seq_of_event_id`](crate::Storage::seq_of_event_id).
+pub(crate) fn seq_of_event_id(storage: &Storage, id: crate::EventId) -> Result<Option<u64>> {
+    let txn = storage.read_txn()?;
+    event_id_seq(&storage.inner.dbs, txn.raw(), id.as_u128())
+}
+
+/// See [`Storage::last_seq`](crate::Storage::last_seq).
+pub(crate) fn last_seq_of(storage: &Storage, txn: &ReadTxn) -> Result<u64> {
+    storage.check_txn(txn)?;
+    last_seq(&storage.inner.dbs, txn.raw())
+}
+
+/// See [`Storage::stream_version`](crate::Storage::stream_version).
+pub(crate) fn stream_version(storage: &Storage, txn: &ReadTxn, stream_id: u128) -> Result<u32> {
+    storage.check_txn(txn)?;
+    Ok(stream_head(&storage.inner.dbs, txn.raw(), stream_id)?.map_or(0, |(v, _)| v))
+}
+
+/// See [`Storage::verify`](crate::Storage::verify).
+pub(crate) fn verify(storage: &Storage) -> Result<VerifyReport> {
+    storage.verify_with_progress(|_| {})
+}
+
+/// See [`Storage::verify_with_progress`](crate::Storage::verify_with_progress).
+pub(crate) fn verify_with_progress(
+    storage: &Storage,
+    mut progress: impl FnMut(&VerifyProgress),
+) -> Result<VerifyReport> {
+    let span = tracing::info_span!(
+        "varvedb.verify",
+        path = %storage.inner.path.display(),
+        problems = tracing::field::Empty
+    );
+    let _entered = span.enter();
+    let txn = storage.read_txn()?;
+    let info = storage.inner.env.info();
+    let file_bytes = storage.inner.env.real_disk_size().lmdb()?;
+    verify::run(
+        &storage.inner.dbs,
+        txn.raw(),
+        verify::Layout {
+            inline_max: storage.inline_record_max(),
+            page_size: storage.inner.dbs.page_size,
+            last_page: info.last_page_number as u64,
+            file_bytes,
+        },
+        &mut progress,
+    )
+    .inspect(|report| {
+        span.record("problems", report.problems.len());
+    })
+}
+
+/// See [`Storage::open_read_txns`](crate::Storage::open_read_txns).
+pub(crate) fn open_read_txns(storage: &Storage) -> usize {
+    storage.inner.gate.readers()
 }
 
 /// The entries of an LMDB cursor, or the error opening it gave. An LMDB error is yielded once

@@ -93,77 +93,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 impl Storage {
-    /// Opens the store at `config.path`, creating the directory and the store if missing.
-    ///
-    /// A store written in an unknown format is refused with [`Error::UnsupportedFormat`] and left
-    /// untouched. Opening a path that is already open in this process returns the same
-    /// environment if the configuration is equal, and [`Error::ConfigMismatch`] otherwise. A path
-    /// whose flush failed earlier in this process is refused with [`Error::Poisoned`] (see
-    /// [`open_after_flush_failure`](Self::open_after_flush_failure)).
-    pub fn open(config: StorageConfig) -> Result<Storage> {
-        config.validate()?;
-        create_private_dir(&config.path)?;
-        Self::open_canonical(config, Create::Yes)
-    }
-
-    /// Opens an existing store; never creates or changes anything when there is none.
-    ///
-    /// A missing directory, or a directory without an LMDB data file, is [`Error::NotFound`];
-    /// an LMDB environment that is not a VarveDB store is [`Error::InvalidStore`]. What the
-    /// `varvedb` tool uses for every command that reads.
-    pub fn open_existing(config: StorageConfig) -> Result<Storage> {
-        config.validate()?;
-        let missing = |reason: &str| Error::NotFound {
-            path: config.path.clone(),
-            reason: reason.into(),
-        };
-        if !config.path.is_dir() {
-            return Err(missing("no such directory"));
-        }
-        if !config.path.join("data.mdb").is_file() {
-            return Err(missing("the directory holds no data.mdb"));
-        }
-        Self::open_canonical(config, Create::No)
-    }
-
-    /// Opens a store whose flush failed earlier in this process, after every handle of it was
-    /// dropped: it clears the mark that makes [`open`](Self::open) refuse the path, then checks
-    /// the whole store with [`verify`](Self::verify) and hands it out only if it is clean.
-    ///
-    /// After a failed `fsync`, Linux may mark the unwritten pages clean, so the page cache can
-    /// show data that never reached the disk; this check cannot see that. Appends answered with
-    /// [`Error::NotDurable`] may be lost at the next machine crash. The safe recovery is to
-    /// restart the process (or the machine) and reopen.
-    pub fn open_after_flush_failure(config: StorageConfig) -> Result<Storage> {
-        config.validate()?;
-        if let Ok(path) = std::fs::canonicalize(&config.path) {
-            health::forget_flush_failure(&path);
-        }
-        let storage = Self::open(config)?;
-        if storage.is_poisoned() {
-            // Handles of the failed store are still open: this is that store, not a fresh one.
-            let reason = format!(
-                "handles of this store are still open after its failure ({}); drop every one of them first",
-                storage.poison_reason().unwrap_or_default()
-            );
-            mark_flush_failed(storage.path());
-            return Err(Error::Poisoned { reason });
-        }
-        let report = storage.verify()?;
-        if let Some(problem) = report.problems.first() {
-            let path = storage.path().to_path_buf();
-            mark_flush_failed(&path);
-            return Err(Error::InvalidStore {
-                path,
-                reason: format!(
-                    "verify found {} problem(s) after a failed flush, the first: {problem}",
-                    report.problem_count()
-                ),
-            });
-        }
-        Ok(storage)
-    }
-
     fn open_canonical(mut config: StorageConfig, create: Create) -> Result<Storage> {
         // The store keeps the master key only in zeroizing memory: the configuration's copy
         // is wiped here, first thing (the caller's own copies are the caller's to wipe).
@@ -232,12 +161,63 @@ impl Storage {
         lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
         Ok(Storage { inner })
     }
+}
 
-    /// Drops this handle after making everything committed so far durable, and reports a
-    /// failed flush (which `drop` cannot). Appends still waiting for the flush that
-    /// acknowledges them are answered first. The store closes when its last handle is gone;
-    /// other handles keep working.
-    pub fn close(self) -> Result<()> {
-        self.flush()
+/// See [`Storage::open`](crate::Storage::open).
+pub(crate) fn open(config: StorageConfig) -> Result<Storage> {
+    config.validate()?;
+    create_private_dir(&config.path)?;
+    Storage::open_canonical(config, Create::Yes)
+}
+
+/// See [`Storage::open_existing`](crate::Storage::open_existing).
+pub(crate) fn open_existing(config: StorageConfig) -> Result<Storage> {
+    config.validate()?;
+    let missing = |reason: &str| Error::NotFound {
+        path: config.path.clone(),
+        reason: reason.into(),
+    };
+    if !config.path.is_dir() {
+        return Err(missing("no such directory"));
     }
+    if !config.path.join("data.mdb").is_file() {
+        return Err(missing("the directory holds no data.mdb"));
+    }
+    Storage::open_canonical(config, Create::No)
+}
+
+/// See [`Storage::open_after_flush_failure`](crate::Storage::open_after_flush_failure).
+pub(crate) fn open_after_flush_failure(config: StorageConfig) -> Result<Storage> {
+    config.validate()?;
+    if let Ok(path) = std::fs::canonicalize(&config.path) {
+        health::forget_flush_failure(&path);
+    }
+    let storage = Storage::open(config)?;
+    if storage.is_poisoned() {
+        // Handles of the failed store are still open: this is that store, not a fresh one.
+        let reason = format!(
+            "handles of this store are still open after its failure ({}); drop every one of them first",
+            storage.poison_reason().unwrap_or_default()
+        );
+        mark_flush_failed(storage.path());
+        return Err(Error::Poisoned { reason });
+    }
+    let report = storage.verify()?;
+    if let Some(problem) = report.problems.first() {
+        let path = storage.path().to_path_buf();
+        mark_flush_failed(&path);
+        return Err(Error::InvalidStore {
+            path,
+            reason: format!(
+                "verify found {} problem(s) after a failed flush, the first: {problem}",
+                report.problem_count()
+            ),
+        });
+    }
+    Ok(storage)
+}
+
+/// See [`Storage::close`](crate::Storage::close).
+pub(crate) fn close(storage: Storage) -> Result<()> {
+    storage.flush()
 }

@@ -22,202 +22,184 @@ pub struct ShredReport {
     pub already: bool,
 }
 
-impl Storage {
-    /// Crypto-shreds an encrypted stream: deletes its key and marks it shredded, in one
-    /// transaction, and releases the blobs its events held. Its events then read as
-    /// [`Error::Shredded`] (iterators move on past them), and appends to it are
-    /// [`Error::StreamShredded`]. Works without the master key.
-    ///
-    /// The key's old bytes may stay on LMDB's free pages until they are reused; a compacting
-    /// copy ([`compact_to`](Self::compact_to)) carries no trace of them. A plaintext stream
-    /// cannot be shredded ([`Error::StreamNotEncrypted`]).
-    pub fn shred_stream(&self, stream_id: u128) -> Result<ShredReport> {
-        // First: from now on no cached key of the stream, and none put back by a reader of an
-        // older snapshot (if the shred fails, the stream is only read without the cache).
-        self.crypto().forget(stream_id);
-        // Durable before it returns: a power cut must not bring the key back (found by the
-        // power-cut simulation, `docs/reliability.md`).
-        let report = self.write_durable(|wtxn, dbs| {
-            let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
-            match entry {
-                None => return Err(Error::StreamNotEncrypted { stream_id }),
-                Some(v) if crypto::is_tombstone(v) => {
-                    let shredded = ShredReport {
-                        events: 0,
-                        blobs_released: 0,
-                        already: true,
-                    };
-                    return Ok((shredded, false));
-                }
-                Some(_) => {}
+/// See [`Storage::shred_stream`](crate::Storage::shred_stream).
+pub(crate) fn shred_stream(storage: &Storage, stream_id: u128) -> Result<ShredReport> {
+    // First: from now on no cached key of the stream, and none put back by a reader of an
+    // older snapshot (if the shred fails, the stream is only read without the cache).
+    storage.crypto().forget(stream_id);
+    // Durable before it returns: a power cut must not bring the key back (found by the
+    // power-cut simulation, `docs/reliability.md`).
+    let report = storage.write_durable(|wtxn, dbs| {
+        let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
+        match entry {
+            None => return Err(Error::StreamNotEncrypted { stream_id }),
+            Some(v) if crypto::is_tombstone(v) => {
+                let shredded = ShredReport {
+                    events: 0,
+                    blobs_released: 0,
+                    already: true,
+                };
+                return Ok((shredded, false));
             }
-            // The blobs of the stream's events: each is its own (ciphertexts differ).
-            let mut hashes = Vec::new();
-            let (mut version, mut seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
-            let events = version;
-            while version > 0 {
-                let value =
-                    super::get_record(dbs, wtxn, seq)?.ok_or_else(|| Error::CorruptIndex {
-                        stream_id,
-                        version,
-                        reason: format!("the chain points at sequence {seq}, which does not exist"),
-                    })?;
-                let (header, _, body) = record::open(seq, value)?;
-                if header.flags & record::FLAG_BLOB != 0
-                    && let Some(r) = blob::BlobRef::decode(body)
-                {
-                    hashes.push(r.hash);
-                }
-                (version, seq) = (version - 1, header.links.prev);
-            }
-            let mut released = 0;
-            for hash in hashes {
-                if blob::release(dbs, wtxn, &hash)? == 0 {
-                    released += 1;
-                }
-            }
-            self.crypto().shred(dbs, wtxn, stream_id)?;
-            let shredded = ShredReport {
-                events,
-                blobs_released: released,
-                already: false,
-            };
-            Ok((shredded, true))
-        })?;
-        if !report.already {
-            self.metrics().shredded_streams.inc();
+            Some(_) => {}
         }
-        Ok(report)
-    }
-
-    /// Whether a stream was shredded.
-    pub fn is_shredded(&self, txn: &super::ReadTxn, stream_id: u128) -> Result<bool> {
-        self.check_txn(txn)?;
-        Ok(matches!(
-            self.dbs()
-                .keystore
-                .get(txn.raw(), &keys::head_key(stream_id))
-                .lmdb()?,
-            Some(v) if crypto::is_tombstone(v)
-        ))
-    }
-
-    /// Rewraps every stream key under `new_master_key`, atomically (one transaction; the
-    /// events are not rewritten), and from then on opens the store with it only. Needs the
-    /// current master key.
-    pub fn rotate_master_key(&self, new_master_key: [u8; 32]) -> Result<u64> {
-        let new = zeroize::Zeroizing::new(new_master_key);
-        if !self.crypto().has_master_key() {
-            return Err(Error::InvalidConfig {
-                field: "master_key",
-                reason: "rotating the master key needs the current one".into(),
-            });
+        // The blobs of the stream's events: each is its own (ciphertexts differ).
+        let mut hashes = Vec::new();
+        let (mut version, mut seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
+        let events = version;
+        while version > 0 {
+            let value = super::get_record(dbs, wtxn, seq)?.ok_or_else(|| Error::CorruptIndex {
+                stream_id,
+                version,
+                reason: format!("the chain points at sequence {seq}, which does not exist"),
+            })?;
+            let (header, _, body) = record::open(seq, value)?;
+            if header.flags & record::FLAG_BLOB != 0
+                && let Some(r) = blob::BlobRef::decode(body)
+            {
+                hashes.push(r.hash);
+            }
+            (version, seq) = (version - 1, header.links.prev);
         }
-        // The new key is installed under the write lock, right after the commit: no commit
-        // group of this process can wrap a new stream key under the old one after the
-        // rotation. Other processes see the rotation at their next write transaction (the
-        // keystore generation) and refuse to create keys with their retired master key
-        // (`Error::MasterKeyRotated`). The stream keys themselves do not change, so the
-        // cached ones stay.
-        let rewrapped = self.write_then(
-            self.resize_wait(),
-            |wtxn, dbs| Ok((self.crypto().rewrap_all(dbs, wtxn, &new)?, true)),
-            |_| self.crypto().set_master(&new),
-        )?;
-        // Durable before the caller retires the old master key.
-        self.flush_if_durable()?;
-        Ok(rewrapped)
-    }
-
-    /// Writes a compacted copy of the store into the directory `dest`: only the pages in use,
-    /// so that no freed page (a shredded stream's old key, a deleted blob) is carried over. The
-    /// copy opens as a store like any other.
-    ///
-    /// `dest` is created with mode 0700 (its parents as needed). An existing `dest` is taken
-    /// only if it is an empty directory (not a symbolic link) that only its owner can enter,
-    /// owned by the owner of this store's directory; anything else is refused
-    /// ([`Error::InvalidStore`]), so that a directory another user prepared, or a planted link,
-    /// never receives the copy. The data file is created exclusively (never through a link,
-    /// never over a file) with mode 0600 from its first byte.
-    pub fn compact_to(&self, dest: impl AsRef<Path>) -> Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-        let dest = dest.as_ref();
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
+        let mut released = 0;
+        for hash in hashes {
+            if blob::release(dbs, wtxn, &hash)? == 0 {
+                released += 1;
+            }
+        }
+        storage.crypto().shred(dbs, wtxn, stream_id)?;
+        let shredded = ShredReport {
+            events,
+            blobs_released: released,
+            already: false,
         };
-        let refuse = |reason: String| Error::InvalidStore {
-            path: dest.to_path_buf(),
-            reason,
-        };
-        match std::fs::symlink_metadata(dest) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dest)
-                    .map_err(io(dest))?;
-            }
-            Err(e) => return Err(io(dest)(e)),
-            Ok(meta) => {
-                if !meta.file_type().is_dir() {
-                    return Err(refuse(
-                        "it exists and is not a directory (a backup goes to a new directory)"
-                            .into(),
-                    ));
-                }
-                let owner = std::fs::metadata(self.path())
-                    .map_err(io(self.path()))?
-                    .uid();
-                if meta.uid() != owner {
-                    return Err(refuse(format!(
-                        "it belongs to user {}, not to the store's owner {owner}",
-                        meta.uid()
-                    )));
-                }
-                if meta.permissions().mode() & 0o077 != 0 {
-                    return Err(refuse(format!(
-                        "other users may use it (mode {:o}); a backup's directory must be 0700",
-                        meta.permissions().mode() & 0o777
-                    )));
-                }
-                if std::fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
-                    return Err(refuse(
-                        "it is not empty; a backup goes to a new or empty directory".into(),
-                    ));
-                }
-            }
-        }
-        let file = dest.join("data.mdb");
-        // O_CREAT | O_EXCL: no symbolic link is followed, no existing file is reused, and
-        // the mode is 0600 from the start.
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file)
-            .map_err(io(&file))?;
-        // The umask may only have narrowed the mode; made exact.
-        out.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(io(&file))?;
-        // A snapshot for the copy: the same reader slot rules as any read.
-        let txn = self.read_txn()?;
-        let copied = self
-            .env()
-            .copy_to_file(&mut out, CompactionOption::Enabled)
-            .lmdb();
-        drop(txn);
-        if let Err(e) = copied {
-            drop(out);
-            // No half copy is left behind to be mistaken for a backup.
-            let _ = std::fs::remove_file(&file);
-            return Err(e);
-        }
-        out.sync_all().map_err(io(&file))?;
-        // The new entry itself is durable too.
-        std::fs::File::open(dest)
-            .and_then(|d| d.sync_all())
-            .map_err(io(dest))?;
-        Ok(())
+        Ok((shredded, true))
+    })?;
+    if !report.already {
+        storage.metrics().shredded_streams.inc();
     }
+    Ok(report)
+}
+
+/// See [`Storage::is_shredded`](crate::Storage::is_shredded).
+pub(crate) fn is_shredded(
+    storage: &Storage,
+    txn: &super::ReadTxn,
+    stream_id: u128,
+) -> Result<bool> {
+    storage.check_txn(txn)?;
+    Ok(matches!(
+        storage.dbs()
+            .keystore
+            .get(txn.raw(), &keys::head_key(stream_id))
+            .lmdb()?,
+        Some(v) if crypto::is_tombstone(v)
+    ))
+}
+
+/// See [`Storage::rotate_master_key`](crate::Storage::rotate_master_key).
+pub(crate) fn rotate_master_key(storage: &Storage, new_master_key: [u8; 32]) -> Result<u64> {
+    let new = zeroize::Zeroizing::new(new_master_key);
+    if !storage.crypto().has_master_key() {
+        return Err(Error::InvalidConfig {
+            field: "master_key",
+            reason: "rotating the master key needs the current one".into(),
+        });
+    }
+    // The new key is installed under the write lock, right after the commit: no commit
+    // group of this process can wrap a new stream key under the old one after the
+    // rotation. Other processes see the rotation at their next write transaction (the
+    // keystore generation) and refuse to create keys with their retired master key
+    // (`Error::MasterKeyRotated`). The stream keys themselves do not change, so the
+    // cached ones stay.
+    let rewrapped = storage.write_then(
+        storage.resize_wait(),
+        |wtxn, dbs| Ok((storage.crypto().rewrap_all(dbs, wtxn, &new)?, true)),
+        |_| storage.crypto().set_master(&new),
+    )?;
+    // Durable before the caller retires the old master key.
+    storage.flush_if_durable()?;
+    Ok(rewrapped)
+}
+
+/// See [`Storage::compact_to`](crate::Storage::compact_to).
+pub(crate) fn compact_to(storage: &Storage, dest: impl AsRef<Path>) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let dest = dest.as_ref();
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    let refuse = |reason: String| Error::InvalidStore {
+        path: dest.to_path_buf(),
+        reason,
+    };
+    match std::fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dest)
+                .map_err(io(dest))?;
+        }
+        Err(e) => return Err(io(dest)(e)),
+        Ok(meta) => {
+            if !meta.file_type().is_dir() {
+                return Err(refuse(
+                    "it exists and is not a directory (a backup goes to a new directory)".into(),
+                ));
+            }
+            let owner = std::fs::metadata(storage.path())
+                .map_err(io(storage.path()))?
+                .uid();
+            if meta.uid() != owner {
+                return Err(refuse(format!(
+                    "it belongs to user {}, not to the store's owner {owner}",
+                    meta.uid()
+                )));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(refuse(format!(
+                    "other users may use it (mode {:o}); a backup's directory must be 0700",
+                    meta.permissions().mode() & 0o777
+                )));
+            }
+            if std::fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
+                return Err(refuse(
+                    "it is not empty; a backup goes to a new or empty directory".into(),
+                ));
+            }
+        }
+    }
+    let file = dest.join("data.mdb");
+    // O_CREAT | O_EXCL: no symbolic link is followed, no existing file is reused, and
+    // the mode is 0600 from the start.
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(io(&file))?;
+    // The umask may only have narrowed the mode; made exact.
+    out.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&file))?;
+    // A snapshot for the copy: the same reader slot rules as any read.
+    let txn = storage.read_txn()?;
+    let copied = storage
+        .env()
+        .copy_to_file(&mut out, CompactionOption::Enabled)
+        .lmdb();
+    drop(txn);
+    if let Err(e) = copied {
+        drop(out);
+        // No half copy is left behind to be mistaken for a backup.
+        let _ = std::fs::remove_file(&file);
+        return Err(e);
+    }
+    out.sync_all().map_err(io(&file))?;
+    // The new entry itself is durable too.
+    std::fs::File::open(dest)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dest))?;
+    Ok(())
 }

@@ -50,56 +50,6 @@ pub struct Stats {
 }
 
 impl Storage {
-    /// Event, stream and byte counts.
-    ///
-    /// Counts read from disk are summed with overflow checks: a damaged reference count that
-    /// would overflow is [`Error::CorruptBlob`], not a wrong figure.
-    pub fn stats(&self) -> Result<Stats> {
-        let txn = self.read_txn()?;
-        let dbs = self.dbs();
-        let pages = |s: heed::DatabaseStat| -> Result<u64> {
-            let pages = (s.branch_pages as u64)
-                .checked_add(s.leaf_pages as u64)
-                .and_then(|n| n.checked_add(s.overflow_pages as u64))
-                .and_then(|n| n.checked_mul(u64::from(s.page_size)));
-            pages.ok_or_else(|| Error::InvalidStore {
-                path: self.path().into(),
-                reason: "LMDB's page counts overflow".into(),
-            })
-        };
-        let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
-        let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
-            .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
-        let last = last_seq(dbs, txn.raw())?;
-        Ok(Stats {
-            // The log is gap-free from 1: its last sequence counts its events.
-            events: last,
-            packs: dbs.events.len(txn.raw()).lmdb()?,
-            streams: dbs.heads.len(txn.raw()).lmdb()?,
-            last_seq: last,
-            log_bytes: pages(dbs.events.stat(txn.raw()).lmdb()?)?,
-            index_bytes: pages(dbs.heads.stat(txn.raw()).lmdb()?)?,
-            blobs,
-            blob_references,
-            blob_bytes,
-            file_bytes: self.inner.env.real_disk_size().lmdb()?,
-            map_bytes: self.inner.env.info().map_size,
-            commits: self.inner.commits.load(Ordering::Relaxed),
-            flushes: self.inner.flushes.load(Ordering::Relaxed),
-        })
-    }
-
-    /// The store's Prometheus metrics in the text exposition format (OpenMetrics 1.0, which
-    /// Prometheus scrapes), every name in the `varvedb_` namespace. The counters count what
-    /// this process did since it opened the store; the gauges of the file (map size and use,
-    /// events, last sequence, blobs) are read from one snapshot now. When no snapshot can be
-    /// taken (a poisoned store), those gauges keep their last values.
-    ///
-    /// The README's operator section lists every name.
-    pub fn metrics_text(&self) -> String {
-        self.inner.metrics.encode(self.file_gauges().ok())
-    }
-
     fn file_gauges(&self) -> Result<FileGauges> {
         let txn = self.read_txn()?;
         let dbs = self.dbs();
@@ -144,6 +94,47 @@ impl Storage {
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
+}
+
+/// See [`Storage::stats`](crate::Storage::stats).
+pub(crate) fn stats(storage: &Storage) -> Result<Stats> {
+    let txn = storage.read_txn()?;
+    let dbs = storage.dbs();
+    let pages = |s: heed::DatabaseStat| -> Result<u64> {
+        let pages = (s.branch_pages as u64)
+            .checked_add(s.leaf_pages as u64)
+            .and_then(|n| n.checked_add(s.overflow_pages as u64))
+            .and_then(|n| n.checked_mul(u64::from(s.page_size)));
+        pages.ok_or_else(|| Error::InvalidStore {
+            path: storage.path().into(),
+            reason: "LMDB's page counts overflow".into(),
+        })
+    };
+    let (blobs, blob_references) = blob_counts(dbs, txn.raw())?;
+    let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
+        .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
+    let last = last_seq(dbs, txn.raw())?;
+    Ok(Stats {
+        // The log is gap-free from 1: its last sequence counts its events.
+        events: last,
+        packs: dbs.events.len(txn.raw()).lmdb()?,
+        streams: dbs.heads.len(txn.raw()).lmdb()?,
+        last_seq: last,
+        log_bytes: pages(dbs.events.stat(txn.raw()).lmdb()?)?,
+        index_bytes: pages(dbs.heads.stat(txn.raw()).lmdb()?)?,
+        blobs,
+        blob_references,
+        blob_bytes,
+        file_bytes: storage.inner.env.real_disk_size().lmdb()?,
+        map_bytes: storage.inner.env.info().map_size,
+        commits: storage.inner.commits.load(Ordering::Relaxed),
+        flushes: storage.inner.flushes.load(Ordering::Relaxed),
+    })
+}
+
+/// See [`Storage::metrics_text`](crate::Storage::metrics_text).
+pub(crate) fn metrics_text(storage: &Storage) -> String {
+    storage.inner.metrics.encode(storage.file_gauges().ok())
 }
 
 /// `(distinct blobs, references to them)`, summed over the reference counts.

@@ -60,43 +60,6 @@ impl ReadTxn {
 }
 
 impl Storage {
-    /// Begins a read-only snapshot.
-    ///
-    /// Fails with [`Error::Poisoned`] after a failed map resize, and with
-    /// [`Error::ReadBlocked`] when another process grew the store and this process's snapshots
-    /// stay open too long for this one to adopt the larger map.
-    pub fn read_txn(&self) -> Result<ReadTxn> {
-        self.check_readable()?;
-        // A moment with no reader of this thread: the best time to grow the map early.
-        if let Ok(w) = self.inner.write_lock.try_lock() {
-            self.grow_early(&w);
-            self.check_readable()?;
-        }
-        for _ in 0..2 {
-            let owner = self.inner.gate.enter();
-            let guard = ReaderGuard {
-                inner: Arc::clone(&self.inner),
-                owner,
-            };
-            // Checked inside the gate: a resize cannot fail between this check and the begin.
-            self.check_readable()?;
-            match (*self.inner.env).clone().static_read_txn() {
-                Ok(txn) => return Ok(ReadTxn { txn, guard }),
-                Err(heed::Error::Mdb(MdbError::MapResized)) => {
-                    drop(guard);
-                    // Another process grew the map: adopt its size, then try again.
-                    let w = lock(&self.inner.write_lock);
-                    self.resize_locked(&w, 0, Waiter::Read, self.resize_wait())?;
-                }
-                Err(e) => return Err(Error::lmdb(e)),
-            }
-        }
-        Err(Error::ReadBlocked {
-            read_txns: self.inner.gate.readers(),
-            waited_ms: 0,
-        })
-    }
-
     /// Runs `f` in a write transaction and commits it when `f` says it wrote something (the
     /// flag it returns); otherwise the transaction is aborted. The commit is durable after the
     /// next flush: with `Durability::Sync` LMDB flushes the data pages at commit and leaves the
@@ -202,20 +165,6 @@ impl Storage {
         }
     }
 
-    /// Makes everything committed so far durable: appends still waiting for the flush that
-    /// acknowledges them are flushed and answered before this returns.
-    ///
-    /// With the default [`Durability::Sync`] every acknowledged append is already durable, so
-    /// this only matters for appends whose answer was dropped (a dropped future) and for
-    /// [`Durability::NoSync`] stores, which it flushes. A failed flush is
-    /// [`Error::NotDurable`] and poisons the store for appends.
-    pub fn flush(&self) -> Result<()> {
-        match self.inner.attached.get() {
-            Some(attached) => attached.flush(),
-            None => self.sync(),
-        }
-    }
-
     /// [`write`](Self::write) for an operation whose answer tells the caller it is done (a
     /// shred, a key rotation, a consumer's reset): with [`Durability::Sync`] the commit is
     /// flushed before the answer, so that a power cut cannot undo it. Appends go through the
@@ -253,5 +202,46 @@ impl Storage {
     /// which runs LMDB with `MDB_NOMETASYNC`; see the committer).
     pub(crate) fn defers_meta_flush(&self) -> bool {
         self.inner.config.durability == Durability::Sync
+    }
+}
+
+/// See [`Storage::read_txn`](crate::Storage::read_txn).
+pub(crate) fn read_txn(storage: &Storage) -> Result<ReadTxn> {
+    storage.check_readable()?;
+    // A moment with no reader of this thread: the best time to grow the map early.
+    if let Ok(w) = storage.inner.write_lock.try_lock() {
+        storage.grow_early(&w);
+        storage.check_readable()?;
+    }
+    for _ in 0..2 {
+        let owner = storage.inner.gate.enter();
+        let guard = ReaderGuard {
+            inner: Arc::clone(&storage.inner),
+            owner,
+        };
+        // Checked inside the gate: a resize cannot fail between this check and the begin.
+        storage.check_readable()?;
+        match (*storage.inner.env).clone().static_read_txn() {
+            Ok(txn) => return Ok(ReadTxn { txn, guard }),
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                drop(guard);
+                // Another process grew the map: adopt its size, then try again.
+                let w = lock(&storage.inner.write_lock);
+                storage.resize_locked(&w, 0, Waiter::Read, storage.resize_wait())?;
+            }
+            Err(e) => return Err(Error::lmdb(e)),
+        }
+    }
+    Err(Error::ReadBlocked {
+        read_txns: storage.inner.gate.readers(),
+        waited_ms: 0,
+    })
+}
+
+/// See [`Storage::flush`](crate::Storage::flush).
+pub(crate) fn flush(storage: &Storage) -> Result<()> {
+    match storage.inner.attached.get() {
+        Some(attached) => attached.flush(),
+        None => storage.sync(),
     }
 }
