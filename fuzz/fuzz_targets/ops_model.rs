@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use varvedb::{
-    AppendOptions, Appended, Durability, Error, EventId, ExpectedVersion, Reader, Storage,
+    Append, AppendOptions, Appended, Durability, Error, EventId, ExpectedVersion, Reader, Storage,
     StorageConfig, Writer,
 };
 
@@ -154,11 +154,10 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
                         ]
                     }
                 };
-                let request: Vec<(u128, ExpectedVersion, &[Op])> = entries
-                    .iter()
-                    .map(|(s, e, ops)| (*s, *e, ops.as_slice()))
-                    .collect();
-                let result = writer.append_multi(&request);
+                let request = entries.iter().fold(Append::new(), |r, (s, e, ops)| {
+                    r.and(*s, *e, ops.as_slice())
+                });
+                let result = writer.commit(request);
                 let shredded = entries.iter().any(|e| model.shredded.contains_key(&e.0));
                 let accepted = entries.iter().all(|(s, e, _)| model.accepts(*s, *e));
                 match result {
@@ -184,14 +183,15 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
             // An append with an id from a pool of 4: a retry or a clash.
             3 => {
                 let id = u128::from(b % 4) + 1;
-                let sent = writer.append_with(
-                    s,
-                    ExpectedVersion::Auto,
-                    &Op {
-                        amount: u64::from(a),
-                    },
-                    AppendOptions::new().event_id(EventId::from_u128(id)),
-                );
+                let op = Op {
+                    amount: u64::from(a),
+                };
+                let sent = writer
+                    .commit(
+                        Append::event(s, ExpectedVersion::Auto, &op)
+                            .options(AppendOptions::new().event_id(EventId::from_u128(id))),
+                    )
+                    .map(|v| v[0]);
                 match (model.ids.get(&id).copied(), sent) {
                     (Some((answer, st, am)), Ok(got)) => {
                         assert_eq!(

@@ -5,7 +5,7 @@
 //! text, validated and made compact. `read` and `tail` print their data as JSON; a Rust
 //! program reads them with `JsonEvent::data_of`.
 
-use varvedb::{AppendOptions, ExpectedVersion, JsonEvent, Storage, StorageConfig, Writer};
+use varvedb::{Append, AppendOptions, ExpectedVersion, JsonEvent, Storage, StorageConfig, Writer};
 
 /// What to append.
 #[derive(clap::Args)]
@@ -57,8 +57,9 @@ pub(crate) fn run(
     let event = JsonEvent::new(&args.event_type, value.to_string());
     let name = event.name();
     let options = AppendOptions::new().tags(args.tags);
-    let appended =
-        Writer::<JsonEvent>::new(storage).append_with(args.stream, args.expect, &event, options)?;
+    let appended = Writer::<JsonEvent>::new(storage)
+        .commit(Append::event(args.stream, args.expect, &event).options(options))
+        .map(|v| v[0])?;
     println!(
         "appended {name} to stream {:#x}: version {}, seq {}",
         args.stream, appended.version, appended.seq

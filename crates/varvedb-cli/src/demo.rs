@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{
-    AppendOptions, Error, EventHandler, EventId, EventRef, ExpectedVersion, HandlerError,
+    Append, AppendOptions, Error, EventHandler, EventId, EventRef, ExpectedVersion, HandlerError,
     Processor, ProcessorOptions, Reader, Result, Storage, StorageConfig, Writer,
 };
 
@@ -184,9 +184,13 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     let payroll = AppendOptions::new()
         .event_id(EventId::from_u128(account ^ 1))
         .metadata("clerk", "payroll");
-    let a = writer.append_with(account, ExpectedVersion::Exact(1), &salary, payroll.clone())?;
+    let a = writer
+        .commit(Append::event(account, ExpectedVersion::Exact(1), &salary).options(payroll.clone()))
+        .map(|v| v[0])?;
     println!("  v{} (seq {}): deposited 100.00", a.version, a.seq);
-    let again = writer.append_with(account, ExpectedVersion::Exact(1), &salary, payroll)?;
+    let again = writer
+        .commit(Append::event(account, ExpectedVersion::Exact(1), &salary).options(payroll))
+        .map(|v| v[0])?;
     println!(
         "  payroll retried after a timeout: same event id, same answer (v{}, seq {}), nothing written",
         again.version, again.seq

@@ -781,7 +781,9 @@ fn append_stores_json_events_that_read_prints_as_json() {
 
 #[test]
 fn export_then_import_rebuilds_the_store_byte_for_byte() {
-    use varvedb::{AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
+    use varvedb::{
+        Append, AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer,
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     {
@@ -800,14 +802,14 @@ fn export_then_import_rebuilds_the_store_byte_for_byte() {
                 format!("card {i}")
             };
             writer
-                .append_with(
-                    stream,
-                    ExpectedVersion::Auto,
-                    &Secret { text },
-                    AppendOptions::new()
-                        .event_id(EventId::from_u128(i as u128 + 1))
-                        .metadata("by", "ops"),
+                .commit(
+                    Append::event(stream, ExpectedVersion::Auto, &Secret { text }).options(
+                        AppendOptions::new()
+                            .event_id(EventId::from_u128(i as u128 + 1))
+                            .metadata("by", "ops"),
+                    ),
                 )
+                .map(|v| v[0])
                 .unwrap();
         }
         storage.shred_stream(67).unwrap();

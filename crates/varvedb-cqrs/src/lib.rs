@@ -50,7 +50,9 @@ use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use serde_json::Value;
-use varvedb::{AppendOptions, Error, ExpectedVersion, JsonEvent, RawEvent, Storage, Writer};
+use varvedb::{
+    Append, AppendOptions, Error, ExpectedVersion, JsonEvent, RawEvent, Storage, Writer,
+};
 
 /// Metadata key: the aggregate type an event belongs to.
 pub const META_AGGREGATE_TYPE: &str = "cqrs.aggregate_type";
@@ -390,16 +392,13 @@ impl PersistedEventRepository for VarveEventRepository {
         }
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
-            let mut appends = vec![(stream_id, expected, &json[..], &opts[..])];
+            let mut append = Append::stream(stream_id, expected, &json[..]).options(&opts[..]);
             if !snapshot.is_empty() {
-                appends.push((
-                    snapshot_stream,
-                    snapshot_expected,
-                    &snapshot[..],
-                    &snapshot_opts[..],
-                ));
+                append = append
+                    .and(snapshot_stream, snapshot_expected, &snapshot[..])
+                    .options(&snapshot_opts[..]);
             }
-            writer.append_multi_with(&appends).map(drop)
+            writer.commit(append).map(drop)
         })
         .await
         .map_err(unknown)?

@@ -13,7 +13,7 @@ use cqrs_es::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use varvedb::{AppendOptions, ExpectedVersion, JsonEvent, Storage, StorageConfig, Writer};
+use varvedb::{Append, AppendOptions, ExpectedVersion, JsonEvent, Storage, StorageConfig, Writer};
 use varvedb_cqrs::{CqrsError, VarveEventRepository, stream_of};
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -270,14 +270,19 @@ fn a_stream_that_names_another_aggregate_is_an_error_not_a_mix() {
     // ("account", "alice").
     let stream = stream_of(BankAccount::TYPE, "alice", 0);
     Writer::<JsonEvent>::new(storage)
-        .append_with(
-            stream,
-            ExpectedVersion::NoStream,
-            &JsonEvent::new("MoneyDeposited", "{}"),
-            AppendOptions::new()
-                .metadata(varvedb_cqrs::META_AGGREGATE_TYPE, "account")
-                .metadata(varvedb_cqrs::META_AGGREGATE_ID, "mallory"),
+        .commit(
+            Append::event(
+                stream,
+                ExpectedVersion::NoStream,
+                &JsonEvent::new("MoneyDeposited", "{}"),
+            )
+            .options(
+                AppendOptions::new()
+                    .metadata(varvedb_cqrs::META_AGGREGATE_TYPE, "account")
+                    .metadata(varvedb_cqrs::META_AGGREGATE_ID, "mallory"),
+            ),
         )
+        .map(|v| v[0])
         .unwrap();
     let rt = runtime();
     rt.block_on(async {

@@ -23,8 +23,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use varvedb::{
-    AppendOptions, Error, EventId, ExpectedVersion, HandlerError, Model, OwnedEvent, Projection,
-    ProjectionHandler, Reader, Storage, StorageConfig, Writer,
+    Append, AppendOptions, Error, EventId, ExpectedVersion, HandlerError, Model, OwnedEvent,
+    Projection, ProjectionHandler, Reader, Storage, StorageConfig, Writer,
 };
 
 /// The harness's event.
@@ -328,15 +328,15 @@ fn perform(
                         .collect()
                 })
                 .collect();
-            let request: Vec<(u128, ExpectedVersion, &[Entry], &[AppendOptions])> = parts
+            let request = parts
                 .iter()
                 .zip(&options)
-                .map(|((s, entries), o)| {
-                    (*s, ExpectedVersion::Auto, entries.as_slice(), o.as_slice())
-                })
-                .collect();
+                .fold(Append::new(), |a, ((s, entries), o)| {
+                    a.and(*s, ExpectedVersion::Auto, entries.as_slice())
+                        .options(o.as_slice())
+                });
             let answers = writer
-                .append_multi_with(&request)
+                .commit(request)
                 .map_err(|e| format!("append {run}/{op_no}: {e}"))?;
             let entries = parts
                 .iter()

@@ -5,7 +5,7 @@
 //!   global sequence numbers (`u64`). Each domain id of an event becomes a tag
 //!   (`ident=value`), and each event name the stored type name, so that a disintegrate query is
 //!   a VarveDB [`Query`] answered by the tag index. `append` is a conditional append
-//!   ([`varvedb::Writer::append_if`]): the check that no event matching the decision's query
+//!   ([`varvedb::Append::when`]): the check that no event matching the decision's query
 //!   came after its `last_event_id` runs inside the commit.
 //! - [`VarveEventListener`] runs [`disintegrate::EventListener`]s from durable cursors (the
 //!   store's consumers), with retries, like `PgEventListener`.
@@ -22,7 +22,9 @@ use disintegrate::serde::Serde;
 use disintegrate::{Event, EventStore, PersistedEvent, StreamItem, StreamQuery};
 use futures::stream::BoxStream;
 use rkyv::{Archive, Serialize};
-use varvedb::{AppendOptions, EventType, ExpectedVersion, Query, QueryItem, Storage, Writer};
+use varvedb::{
+    Append, AppendOptions, EventType, ExpectedVersion, Query, QueryItem, Storage, Writer,
+};
 
 pub use listener::{ListenerConfig, RetryAction, VarveEventListener, cursor_name};
 pub use snapshot::{SNAPSHOT_EVENT, VarveSnapshotter};
@@ -238,21 +240,14 @@ where
             return Ok(Vec::new());
         }
         let runs = self.prepare(&events);
-        let appends: Vec<(u128, ExpectedVersion, &[Stored], &[AppendOptions])> = runs
-            .iter()
-            .map(|(s, stored, opts)| {
-                (
-                    *s,
-                    ExpectedVersion::Auto,
-                    stored.as_slice(),
-                    opts.as_slice(),
-                )
-            })
-            .collect();
+        let append = runs.iter().fold(Append::new(), |a, (s, stored, opts)| {
+            a.and(*s, ExpectedVersion::Auto, stored.as_slice())
+                .options(opts.as_slice())
+        });
         let written = match condition {
             Some((query, after)) => self
                 .writer
-                .append_if_async(&query, Some(after), &appends)
+                .commit_async(append.when(&query, Some(after)))
                 .await
                 .map_err(|e| match e {
                     varvedb::Error::ConditionFailed { seq, .. } => {
@@ -260,7 +255,7 @@ where
                     }
                     other => Error::Store(other),
                 })?,
-            None => self.writer.append_multi_with_async(&appends).await?,
+            None => self.writer.commit_async(append).await?,
         };
         Ok(written
             .into_iter()

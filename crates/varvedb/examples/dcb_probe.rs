@@ -13,7 +13,8 @@
 use std::time::Instant;
 
 use varvedb::{
-    AppendOptions, Durability, ExpectedVersion, Query, Reader, Storage, StorageConfig, Writer,
+    Append, AppendOptions, Durability, ExpectedVersion, Query, Reader, Storage, StorageConfig,
+    Writer,
 };
 
 #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
@@ -57,20 +58,17 @@ fn appends(durability: Durability, events: u64, threads: u64, conditional: bool)
                         note: [7; 64],
                     }];
                     let options = [AppendOptions::new().tag(&tag)];
-                    let entry = [(
-                        u128::from(account) + 1,
-                        ExpectedVersion::Auto,
-                        &event[..],
-                        &options[..],
-                    )];
+                    let entry =
+                        Append::stream(u128::from(account) + 1, ExpectedVersion::Auto, &event[..])
+                            .options(&options[..]);
                     let done = if conditional {
                         let query = Query::new().types(["Deposited"]).tags([&tag]);
                         // Nothing of this thread's accounts came after its own last append.
                         writer
-                            .append_if(&query, position, &entry)
-                            .expect("append_if")
+                            .commit(entry.when(&query, position))
+                            .expect("conditional append")
                     } else {
-                        writer.append_multi_with(&entry).expect("append")
+                        writer.commit(entry).expect("append")
                     };
                     position = done.last().map(|a| a.seq);
                 }
@@ -104,19 +102,19 @@ fn reads(events: u64) -> (f64, f64) {
                 (e.account, options)
             })
             .collect();
-        let appends: Vec<_> = entries
-            .iter()
-            .zip(&batch)
-            .map(|((account, options), event)| {
-                (
-                    u128::from(*account) + 1,
-                    ExpectedVersion::Auto,
-                    std::slice::from_ref(event),
-                    &options[..],
-                )
-            })
-            .collect();
-        writer.append_multi_with(&appends).expect("append");
+        let append =
+            entries
+                .iter()
+                .zip(&batch)
+                .fold(Append::new(), |a, ((account, options), event)| {
+                    a.and(
+                        u128::from(*account) + 1,
+                        ExpectedVersion::Auto,
+                        std::slice::from_ref(event),
+                    )
+                    .options(&options[..])
+                });
+        writer.commit(append).expect("append");
         let _ = chunk;
     }
     let reader = Reader::<Deposited>::new(storage.clone());

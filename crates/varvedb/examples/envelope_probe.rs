@@ -14,7 +14,8 @@
 use std::time::Instant;
 
 use varvedb::{
-    AppendOptions, Durability, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer,
+    Append, AppendOptions, Durability, EventId, ExpectedVersion, Reader, Storage, StorageConfig,
+    Writer,
 };
 
 #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event, Clone)]
@@ -97,7 +98,7 @@ fn main() {
                 .collect(),
         };
         writer
-            .append_batch_with(stream, ExpectedVersion::Auto, &batch, &options)
+            .commit(Append::stream(stream, ExpectedVersion::Auto, &batch).options(&options))
             .unwrap();
     }
     let append = events as f64 / start.elapsed().as_secs_f64();

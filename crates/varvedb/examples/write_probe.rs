@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
-use varvedb::{Durability, ExpectedVersion, Storage, StorageConfig, Writer};
+use varvedb::{Append, Durability, ExpectedVersion, Storage, StorageConfig, Writer};
 
 /// The probe's event: a string.
 #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event, Clone)]
@@ -107,11 +107,10 @@ fn main() {
                         (stream, *v - 1)
                     })
                     .collect();
-                let appends: Vec<(u128, ExpectedVersion, &[Note])> = items
-                    .iter()
-                    .map(|(s, v)| (*s, ExpectedVersion::Exact(*v), &one[..]))
-                    .collect();
-                writer.append_multi(&appends).unwrap();
+                let append = items.iter().fold(Append::new(), |a, (s, v)| {
+                    a.and(*s, ExpectedVersion::Exact(*v), &one[..])
+                });
+                writer.commit(append).unwrap();
             }
             (batches as u64 * 1_000, start.elapsed().as_secs_f64())
         }

@@ -1021,7 +1021,7 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AppendOptions, ExpectedVersion, StorageConfig, Writer};
+    use crate::{Append, AppendOptions, ExpectedVersion, StorageConfig, Writer};
 
     #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
     struct Ev {
@@ -1083,12 +1083,11 @@ mod tests {
                 let options = AppendOptions::new()
                     .metadata("plain", i.to_string())
                     .tag(format!("n:{}", i % 4));
-                w.append_with(
-                    10 + u128::from(i % 3),
-                    ExpectedVersion::Auto,
-                    &event,
-                    options,
+                w.commit(
+                    Append::event(10 + u128::from(i % 3), ExpectedVersion::Auto, &event)
+                        .options(options),
                 )
+                .map(|v| v[0])
                 .unwrap();
             }
             w.close().unwrap();
@@ -1105,12 +1104,11 @@ mod tests {
                 n: i,
                 body: vec![(i % 7) as u8; len],
             };
-            w.append_with(
-                1 + u128::from(i % 5),
-                ExpectedVersion::Auto,
-                &event,
-                options,
+            w.commit(
+                Append::event(1 + u128::from(i % 5), ExpectedVersion::Auto, &event)
+                    .options(options),
             )
+            .map(|v| v[0])
             .unwrap();
         }
         src.shred_stream(2).unwrap();

@@ -103,7 +103,7 @@ impl AppendOptions {
 
     /// The event's id. An append whose ids the store already has, for the same events at the
     /// same place, returns the original answer and writes nothing (see
-    /// [`Writer::append_with`](crate::Writer::append_with)).
+    /// [`Append::options`](crate::Append::options)).
     pub fn event_id(mut self, id: impl Into<EventId>) -> Self {
         self.fields.event_id = Some(id.into().as_u128());
         self
@@ -125,7 +125,7 @@ impl AppendOptions {
     /// 255 per event; a tag given twice is kept once). Tags are indexed in the append's
     /// transaction, so that a [`Query`](crate::Query) finds the events that carry them in a few
     /// B-tree descents, and a conditional append
-    /// ([`Writer::append_if`](crate::Writer::append_if)) checks them. Like the ids they stay in
+    /// ([`Append::when`](crate::Append::when)) checks them. Like the ids they stay in
     /// the clear in an encrypted store, and a shred leaves them: do not put secrets in tags.
     pub fn tag(mut self, tag: impl Into<String>) -> Self {
         let tag = tag.into();

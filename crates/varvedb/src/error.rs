@@ -109,7 +109,7 @@ pub enum Error {
         reason: String,
     },
 
-    /// A conditional append ([`Writer::append_if`](crate::Writer::append_if)) found an event
+    /// A conditional append ([`Append::when`](crate::Append::when)) found an event
     /// matching its query after the position it was given: the decision it carries was made
     /// on facts that changed. Nothing was written; read again and decide again.
     #[error(

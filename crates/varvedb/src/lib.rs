@@ -57,7 +57,7 @@
 //! event id is idempotent, durably: a retry returns the original answer and writes nothing.
 //!
 //! ```
-//! use varvedb::{AppendOptions, Error, Event, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+//! use varvedb::{Append, AppendOptions, Error, Event, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 //!
 //! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, varvedb::Event)]
 //! #[event(name = "OrderPlaced", version = 2)]        // optional; the default name is the type's ident, version 1
@@ -72,9 +72,11 @@
 //! # let writer = Writer::<OrderPlaced>::new(storage.clone());
 //! let id = EventId::from_u128(0x0190_f00d_0000_7000_8000_0000_0000_0001);
 //! let opts = AppendOptions::new().event_id(id).metadata("tenant", "acme").correlation_id(id);
-//! let a = writer.append_with(7, ExpectedVersion::NoStream, &OrderPlaced { order: 1, total_cents: 990 }, opts.clone())?;
+//! let placed = OrderPlaced { order: 1, total_cents: 990 };
+//! // Anything past one plain event is an `Append`, given to `commit`.
+//! let a = writer.commit(Append::event(7, ExpectedVersion::NoStream, &placed).options(opts.clone()))?[0];
 //! // A retry with the same event id, after a timeout or a crash: the original answer, nothing written.
-//! let again = writer.append_with(7, ExpectedVersion::NoStream, &OrderPlaced { order: 1, total_cents: 990 }, opts)?;
+//! let again = writer.commit(Append::event(7, ExpectedVersion::NoStream, &placed).options(opts))?[0];
 //! assert_eq!(again, a);
 //!
 //! let txn = storage.read_txn()?;
@@ -105,7 +107,7 @@
 //!
 //! An event may carry tags ([`AppendOptions::tag`]), indexed in the append's transaction. A
 //! [`Query`] selects events by type and tag; [`Reader::read_query`] reads the matches in
-//! global order, zero-copy; [`Writer::append_if`] appends only if no event matching a query
+//! global order, zero-copy; [`Append::when`] makes an append commit only if no event matching a query
 //! came after a position, checked inside the commit ([`Error::ConditionFailed`] otherwise):
 //! the conditional append of Dynamic Consistency Boundaries.
 //!
@@ -242,7 +244,9 @@ pub use storage::{
 pub use subscription::{OwnedEvent, SUBSCRIPTION_BATCH_EVENTS, Subscription, SubscriptionItem};
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
-pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID, SerializeEvent, Writer};
+pub use writer::{
+    ASYNC_HASH_OFFLOAD_BYTES, Append, IntoOptions, RESERVED_STREAM_ID, SerializeEvent, Writer,
+};
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;

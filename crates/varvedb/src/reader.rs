@@ -573,7 +573,7 @@ impl<E: ValidateEvent + Event> Reader<E> {
 
     /// The events matching `query` from global sequence `from_seq` on, in global order,
     /// zero-copy: the read half of a DCB decision (see
-    /// [`Writer::append_if`](crate::Writer::append_if)).
+    /// [`Append::when`](crate::Append::when)).
     ///
     /// A query whose items all name tags is answered by the tag index (a descent per match and
     /// per tag); an item without tags filters the log from `from_seq` on. An event of a type

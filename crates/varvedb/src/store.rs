@@ -6,8 +6,6 @@
 use std::path::Path;
 
 use crate::config::StorageConfig;
-#[cfg(doc)]
-use crate::{Durability, Error};
 use crate::dump::{self, ExportHeader, Importer, StoredEvent};
 use crate::error::Result;
 #[cfg(feature = "metrics-http")]
@@ -16,6 +14,8 @@ use crate::raw::{self, RawReader};
 use crate::storage::{
     self, Consumer, ParkedEvent, ReadTxn, ShredReport, Stats, Storage, VerifyProgress, VerifyReport,
 };
+#[cfg(doc)]
+use crate::{Durability, Error};
 
 impl Storage {
     /// Opens the store at `config.path`, creating the directory and the store if missing.

@@ -32,6 +32,147 @@ impl<E> SerializeEvent for E where
 {
 }
 
+/// One atomic append, submitted with [`Writer::commit`] (or [`Writer::commit_async`]): events
+/// to one or more streams, each stream with its expectation and, if wanted, one
+/// [`AppendOptions`] per event, and optionally a condition. Every part commits, or none.
+///
+/// ```
+/// # use varvedb::*;
+/// # #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+/// # struct Moved { cents: u64 }
+/// # let dir = tempfile::tempdir().unwrap();
+/// # let storage = Storage::open(StorageConfig { path: dir.path().into(), ..Default::default() }).unwrap();
+/// let writer = Writer::<Moved>::new(storage);
+/// let out = [Moved { cents: 5 }];
+/// let ins = [Moved { cents: 5 }];
+/// // A transfer: both streams, or neither; the first event carries an id and metadata.
+/// let appended = writer
+///     .commit(
+///         Append::stream(1, ExpectedVersion::NoStream, &out)
+///             .options([AppendOptions::new().event_id(EventId::from_u128(9)).metadata("by", "ada")])
+///             .and(2, ExpectedVersion::NoStream, &ins),
+///     )
+///     .unwrap();
+/// assert_eq!(appended.len(), 2);
+/// ```
+#[must_use = "an Append does nothing until it is given to Writer::commit"]
+pub struct Append<'a, E> {
+    streams: Vec<Part<'a, E>>,
+    condition: Option<Condition>,
+}
+
+/// What [`Append::options`] takes: one [`AppendOptions`] (for a part of one event), or a slice,
+/// array or `Vec` of them, one per event.
+pub trait IntoOptions<'a> {
+    /// The options, borrowed or owned.
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]>;
+}
+
+impl<'a> IntoOptions<'a> for AppendOptions {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Owned(vec![self])
+    }
+}
+
+impl<'a> IntoOptions<'a> for Vec<AppendOptions> {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Owned(self)
+    }
+}
+
+impl<'a, const N: usize> IntoOptions<'a> for [AppendOptions; N] {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Owned(self.into())
+    }
+}
+
+impl<'a> IntoOptions<'a> for &'a [AppendOptions] {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl<'a, const N: usize> IntoOptions<'a> for &'a [AppendOptions; N] {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl<'a> IntoOptions<'a> for &'a Vec<AppendOptions> {
+    fn into_options(self) -> std::borrow::Cow<'a, [AppendOptions]> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+/// One stream's part of an [`Append`].
+struct Part<'a, E> {
+    stream_id: u128,
+    expected: ExpectedVersion,
+    events: &'a [E],
+    /// Empty, or one per event.
+    options: std::borrow::Cow<'a, [AppendOptions]>,
+}
+
+impl<E> Default for Append<'_, E> {
+    fn default() -> Self {
+        Append {
+            streams: Vec::new(),
+            condition: None,
+        }
+    }
+}
+
+impl<'a, E> Append<'a, E> {
+    /// An append with no parts yet: add them with [`and`](Self::and) (an append of nothing is
+    /// [`Error::EmptyBatch`] at commit). For appends built in a loop.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `events` to `stream_id`, if the stream satisfies `expected`.
+    pub fn stream(stream_id: u128, expected: ExpectedVersion, events: &'a [E]) -> Self {
+        Self::new().and(stream_id, expected, events)
+    }
+
+    /// One event to `stream_id`, if the stream satisfies `expected`.
+    pub fn event(stream_id: u128, expected: ExpectedVersion, event: &'a E) -> Self {
+        Self::stream(stream_id, expected, std::slice::from_ref(event))
+    }
+
+    /// Adds `events` to `stream_id`, in the same atomic append. Parts apply in order, so a
+    /// stream may appear twice (the second expectation sees the first part's events).
+    pub fn and(mut self, stream_id: u128, expected: ExpectedVersion, events: &'a [E]) -> Self {
+        self.streams.push(Part {
+            stream_id,
+            expected,
+            events,
+            options: std::borrow::Cow::Borrowed(&[]),
+        });
+        self
+    }
+
+    /// One [`AppendOptions`] per event of the part added last (event ids, correlation and
+    /// causation ids, metadata, tags): one `AppendOptions`, or a slice, array or `Vec` of them.
+    /// A count that differs from its events is [`Error::OptionsMismatch`] at commit.
+    pub fn options(mut self, options: impl IntoOptions<'a>) -> Self {
+        if let Some(last) = self.streams.last_mut() {
+            last.options = options.into_options();
+        }
+        self
+    }
+
+    /// Commits only if no event after `after` (`None`: anywhere in the log) matches `query`;
+    /// otherwise [`Error::ConditionFailed`], naming the first such event (see
+    /// [`Writer::commit`]).
+    pub fn when(mut self, query: &Query, after: Option<u64>) -> Self {
+        self.condition = Some(Condition {
+            query: query.clone(),
+            after,
+        });
+        self
+    }
+}
+
 /// Appends events of type `E` to a store.
 ///
 /// `Writer` is cheap to clone, `Send` and `Sync`; any number of threads (or tasks, through the
@@ -90,221 +231,28 @@ impl<E: SerializeEvent + Event> Writer<E> {
     ///
     /// Fails with [`Error::ConcurrencyConflict`] (nothing written) when it does not. Every
     /// error says whether anything was written ([`Error::written`]): only
-    /// [`Error::NotDurable`] and [`Error::OutcomeUnknown`] may have.
+    /// [`Error::NotDurable`] and [`Error::OutcomeUnknown`] may have. Everything else (several
+    /// events, several streams, ids and metadata, a condition) is an [`Append`] given to
+    /// [`commit`](Self::commit).
     pub fn append(
         &self,
         stream_id: u128,
         expected: ExpectedVersion,
         event: &E,
     ) -> Result<Appended> {
-        let appends =
-            vec![self.prepare_stream(stream_id, expected, std::slice::from_ref(event), &[])?];
-        first(self.submit(appends))
+        first(self.commit(Append::event(stream_id, expected, event)))
     }
 
     /// Appends several events to one stream atomically: all of them, with consecutive versions,
-    /// or none. Returns where each landed, in order.
+    /// or none. Returns where each landed, in order. The same as
+    /// `commit(Append::stream(stream_id, expected, events))`.
     pub fn append_batch(
         &self,
         stream_id: u128,
         expected: ExpectedVersion,
         events: &[E],
     ) -> Result<Vec<Appended>> {
-        self.check_batch(events.len())?;
-        let appends = vec![self.prepare_stream(stream_id, expected, events, &[])?];
-        self.submit(appends)
-    }
-
-    /// Appends to several streams in one atomic transaction, each with its own expectation.
-    ///
-    /// Entries are applied in order, so a stream may appear twice (the second expectation sees
-    /// the first entry's events). Any conflict fails the whole append and writes nothing.
-    /// Returns where each event landed, in the order given.
-    pub fn append_multi(&self, appends: &[(u128, ExpectedVersion, &[E])]) -> Result<Vec<Appended>> {
-        self.check_multi(appends)?;
-        let prepared = appends
-            .iter()
-            .map(|(stream_id, expected, events)| {
-                self.prepare_stream(*stream_id, *expected, events, &[])
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.submit(prepared)
-    }
-
-    /// [`append`](Self::append) with an event id, correlation and causation ids and metadata.
-    ///
-    /// **Idempotent with an event id.** If the store already has this id for the same event
-    /// (same stream, same payload), this returns the original [`Appended`] and writes nothing,
-    /// whatever `expected` says: a retry after a timeout, a crash or a lost answer is safe. The
-    /// id index is in the store, so this holds across restarts. The same id with another stream
-    /// or payload is [`Error::DuplicateEventId`]. Payloads are compared by their xxh3 digest;
-    /// metadata is not compared.
-    pub fn append_with(
-        &self,
-        stream_id: u128,
-        expected: ExpectedVersion,
-        event: &E,
-        options: AppendOptions,
-    ) -> Result<Appended> {
-        let appends = vec![self.prepare_stream(
-            stream_id,
-            expected,
-            std::slice::from_ref(event),
-            std::slice::from_ref(&options),
-        )?];
-        first(self.submit(appends))
-    }
-
-    /// [`append_batch`](Self::append_batch) with one [`AppendOptions`] per event. A retry of a
-    /// batch whose ids the store has, all of them, as that same batch, returns the original
-    /// answers; a batch of which only some ids are known is [`Error::DuplicateEventId`].
-    pub fn append_batch_with(
-        &self,
-        stream_id: u128,
-        expected: ExpectedVersion,
-        events: &[E],
-        options: &[AppendOptions],
-    ) -> Result<Vec<Appended>> {
-        self.check_batch(events.len())?;
-        let appends = vec![self.prepare_stream(stream_id, expected, events, options)?];
-        self.submit(appends)
-    }
-
-    /// [`append_multi`](Self::append_multi) with one [`AppendOptions`] per event of each
-    /// stream; idempotent like [`append_batch_with`](Self::append_batch_with), over the whole
-    /// append.
-    pub fn append_multi_with(
-        &self,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<Appended>> {
-        let prepared = self.prepare_multi_with(appends)?;
-        self.submit(prepared)
-    }
-
-    /// Appends atomically if no event after `after` matches `query`: the conditional append of
-    /// Dynamic Consistency Boundaries (DCB).
-    ///
-    /// A decision reads the events that matter to it (with
-    /// [`Reader::read_query`](crate::Reader::read_query) and the same query), notes the
-    /// position it read up to, decides, and appends on the condition that nothing it read has
-    /// changed since: if an event matching `query` was appended after `after` (`None`: anywhere
-    /// in the log), this fails with [`Error::ConditionFailed`], naming the first such event, and
-    /// writes nothing. The condition is checked inside the commit, in the same transaction as
-    /// the write, so that no append can come between, and group commit batches conditional
-    /// appends like any other. A query whose items all name tags is answered by the tag index,
-    /// in a few B-tree descents per item, tag and type; an item without tags reads the log past
-    /// `after`.
-    ///
-    /// Each entry is a stream's events with its expectation and options, as in
-    /// [`append_multi_with`](Self::append_multi_with) (empty options: none); give
-    /// [`ExpectedVersion::Auto`] where only the condition matters. Tags are set with
-    /// [`AppendOptions::tag`]. An append whose event ids the store has is a retry and gets its
-    /// original answer, whatever the condition says.
-    ///
-    /// ```
-    /// # use varvedb::*;
-    /// # #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
-    /// # struct Deposited { cents: u64 }
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # let storage = Storage::open(StorageConfig { path: dir.path().into(), ..Default::default() }).unwrap();
-    /// let writer = Writer::<Deposited>::new(storage.clone());
-    /// let query = Query::new().types(["Deposited"]).tags(["account:42"]);
-    /// let tagged = [AppendOptions::new().tag("account:42")];
-    /// let first = writer
-    ///     .append_if(&query, None, &[(7, ExpectedVersion::Auto, &[Deposited { cents: 5 }], &tagged)])
-    ///     .unwrap();
-    /// // A decision that read nothing of account 42 is now stale.
-    /// let stale = writer.append_if(&query, None, &[(7, ExpectedVersion::Auto, &[Deposited { cents: 1 }], &tagged)]);
-    /// assert!(matches!(stale, Err(Error::ConditionFailed { seq, .. }) if seq == first[0].seq));
-    /// // One that read up to the last event appends.
-    /// writer
-    ///     .append_if(&query, Some(first[0].seq), &[(7, ExpectedVersion::Auto, &[Deposited { cents: 1 }], &tagged)])
-    ///     .unwrap();
-    /// ```
-    pub fn append_if(
-        &self,
-        query: &Query,
-        after: Option<u64>,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<Appended>> {
-        let prepared = self.prepare_multi_with(appends)?;
-        self.submit_if(
-            prepared,
-            Some(Condition {
-                query: query.clone(),
-                after,
-            }),
-        )
-    }
-
-    /// [`append_if`](Self::append_if) for async callers (see
-    /// [`append_async`](Self::append_async)).
-    pub async fn append_if_async(
-        &self,
-        query: &Query,
-        after: Option<u64>,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<Appended>> {
-        let prepared = self.prepare_multi_with_async(appends).await?;
-        let condition = Condition {
-            query: query.clone(),
-            after,
-        };
-        self.submit_async_if(prepared, Some(condition)).await
-    }
-
-    /// The prepared streams of an `append_multi_with` (or `append_if`).
-    fn prepare_multi_with(
-        &self,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<StreamAppend>> {
-        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
-        self.check_batch(total)?;
-        appends
-            .iter()
-            .map(|(stream_id, expected, events, options)| {
-                self.prepare_stream(*stream_id, *expected, events, options)
-            })
-            .collect()
-    }
-
-    /// [`prepare_multi_with`](Self::prepare_multi_with), hashing large payloads on tokio's
-    /// blocking pool.
-    async fn prepare_multi_with_async(
-        &self,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<StreamAppend>> {
-        let total = appends.iter().map(|(_, _, events, _)| events.len()).sum();
-        self.check_batch(total)?;
-        let mut prepared = Vec::with_capacity(appends.len());
-        for (stream_id, expected, events, options) in appends {
-            prepared.push(
-                self.prepare_stream_async(*stream_id, *expected, events, options)
-                    .await?,
-            );
-        }
-        Ok(prepared)
-    }
-
-    /// [`append_with`](Self::append_with) for async callers (see
-    /// [`append_async`](Self::append_async)).
-    pub async fn append_with_async(
-        &self,
-        stream_id: u128,
-        expected: ExpectedVersion,
-        event: &E,
-        options: AppendOptions,
-    ) -> Result<Appended> {
-        let appends = vec![
-            self.prepare_stream_async(
-                stream_id,
-                expected,
-                std::slice::from_ref(event),
-                std::slice::from_ref(&options),
-            )
-            .await?,
-        ];
-        first(self.submit_async(appends).await)
+        self.commit(Append::stream(stream_id, expected, events))
     }
 
     /// [`append`](Self::append) for async callers: the commit runs on the store's committer
@@ -321,54 +269,87 @@ impl<E: SerializeEvent + Event> Writer<E> {
         expected: ExpectedVersion,
         event: &E,
     ) -> Result<Appended> {
-        let appends = vec![
-            self.prepare_stream_async(stream_id, expected, std::slice::from_ref(event), &[])
-                .await?,
-        ];
-        first(self.submit_async(appends).await)
+        first(
+            self.commit_async(Append::event(stream_id, expected, event))
+                .await,
+        )
     }
 
-    /// [`append_batch`](Self::append_batch) for async callers (see
-    /// [`append_async`](Self::append_async)).
-    pub async fn append_batch_async(
-        &self,
-        stream_id: u128,
-        expected: ExpectedVersion,
-        events: &[E],
-    ) -> Result<Vec<Appended>> {
-        self.check_batch(events.len())?;
-        let appends = vec![
-            self.prepare_stream_async(stream_id, expected, events, &[])
-                .await?,
-        ];
-        self.submit_async(appends).await
+    /// Commits one atomic [`Append`]: every stream's events, or none. Returns where each event
+    /// landed, in the order given.
+    ///
+    /// **Idempotent with event ids.** If the store already has the ids of an append's events,
+    /// all of them, for the same events (same streams, same payloads), this returns the
+    /// original answers and writes nothing, whatever the expectations or the condition say: a
+    /// retry after a timeout, a crash or a lost answer is safe. The id index is in the store,
+    /// so this holds across restarts. An id the store has for another stream or payload, or an
+    /// append of which only some ids are known, is [`Error::DuplicateEventId`]. Payloads are
+    /// compared by their xxh3 digest; metadata is not compared.
+    ///
+    /// **Conditional** ([`Append::when`]): the Dynamic Consistency Boundaries append. A
+    /// decision reads the events that matter to it (with
+    /// [`Reader::read_query`](crate::Reader::read_query) and the same query), notes the
+    /// position it read up to, decides, and appends on the condition that nothing it read has
+    /// changed since: if an event matching the query was appended after that position (`None`:
+    /// anywhere in the log), this fails with [`Error::ConditionFailed`], naming the first such
+    /// event, and writes nothing. The condition is checked inside the commit, in the same
+    /// transaction as the write, so that no append can come between. A query whose items all
+    /// name tags is answered by the tag index; an item without tags reads the log past the
+    /// position.
+    ///
+    /// ```
+    /// # use varvedb::*;
+    /// # #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
+    /// # struct Deposited { cents: u64 }
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let storage = Storage::open(StorageConfig { path: dir.path().into(), ..Default::default() }).unwrap();
+    /// let writer = Writer::<Deposited>::new(storage.clone());
+    /// let query = Query::new().types(["Deposited"]).tags(["account:42"]);
+    /// let tagged = [AppendOptions::new().tag("account:42")];
+    /// let deposit = |cents| Deposited { cents };
+    /// let first = writer
+    ///     .commit(Append::event(7, ExpectedVersion::Auto, &deposit(5)).options(&tagged).when(&query, None))
+    ///     .unwrap();
+    /// // A decision that read nothing of account 42 is now stale.
+    /// let stale = writer.commit(Append::event(7, ExpectedVersion::Auto, &deposit(1)).options(&tagged).when(&query, None));
+    /// assert!(matches!(stale, Err(Error::ConditionFailed { seq, .. }) if seq == first[0].seq));
+    /// // One that read up to the last event appends.
+    /// writer
+    ///     .commit(Append::event(7, ExpectedVersion::Auto, &deposit(1)).options(&tagged).when(&query, Some(first[0].seq)))
+    ///     .unwrap();
+    /// ```
+    pub fn commit(&self, append: Append<'_, E>) -> Result<Vec<Appended>> {
+        let (prepared, condition) = self.prepare(append)?;
+        self.submit_if(prepared, condition)
     }
 
-    /// [`append_multi`](Self::append_multi) for async callers (see
-    /// [`append_async`](Self::append_async)).
-    pub async fn append_multi_async(
-        &self,
-        appends: &[(u128, ExpectedVersion, &[E])],
-    ) -> Result<Vec<Appended>> {
-        self.check_multi(appends)?;
-        let mut prepared = Vec::with_capacity(appends.len());
-        for (stream_id, expected, events) in appends {
+    /// [`commit`](Self::commit) for async callers (see [`append_async`](Self::append_async)).
+    pub async fn commit_async(&self, append: Append<'_, E>) -> Result<Vec<Appended>> {
+        self.check_append(&append)?;
+        let mut prepared = Vec::with_capacity(append.streams.len());
+        for part in &append.streams {
             prepared.push(
-                self.prepare_stream_async(*stream_id, *expected, events, &[])
-                    .await?,
+                self.prepare_stream_async(
+                    part.stream_id,
+                    part.expected,
+                    part.events,
+                    &part.options,
+                )
+                .await?,
             );
         }
-        self.submit_async(prepared).await
+        self.submit_async_if(prepared, append.condition).await
     }
 
-    /// [`append_multi_with`](Self::append_multi_with) for async callers (see
-    /// [`append_async`](Self::append_async)).
-    pub async fn append_multi_with_async(
-        &self,
-        appends: &[(u128, ExpectedVersion, &[E], &[AppendOptions])],
-    ) -> Result<Vec<Appended>> {
-        let prepared = self.prepare_multi_with_async(appends).await?;
-        self.submit_async(prepared).await
+    /// The prepared streams of an append, and its condition.
+    fn prepare(&self, append: Append<'_, E>) -> Result<(Vec<StreamAppend>, Option<Condition>)> {
+        self.check_append(&append)?;
+        let prepared = append
+            .streams
+            .iter()
+            .map(|p| self.prepare_stream(p.stream_id, p.expected, p.events, &p.options))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((prepared, append.condition))
     }
 
     /// Waits until every append made so far (through any handle of this store) is answered
@@ -384,10 +365,6 @@ impl<E: SerializeEvent + Event> Writer<E> {
     }
 
     /// Hands one atomic append to the committer and waits for its answer.
-    fn submit(&self, appends: Vec<StreamAppend>) -> Outcome {
-        self.submit_if(appends, None)
-    }
-
     fn submit_if(&self, appends: Vec<StreamAppend>, condition: Option<Condition>) -> Outcome {
         // A poisoned store refuses at once, without a trip through the queue.
         self.storage.check_writable()?;
@@ -395,10 +372,6 @@ impl<E: SerializeEvent + Event> Writer<E> {
         Committer::of(&self.storage)?
             .queue()
             .submit(appends, condition, holds_snapshot)
-    }
-
-    async fn submit_async(&self, appends: Vec<StreamAppend>) -> Outcome {
-        self.submit_async_if(appends, None).await
     }
 
     async fn submit_async_if(
@@ -423,13 +396,10 @@ impl<E: SerializeEvent + Event> Writer<E> {
         }
     }
 
-    fn check_multi(&self, appends: &[(u128, ExpectedVersion, &[E])]) -> Result<()> {
-        let total = appends.iter().map(|(_, _, events)| events.len()).sum();
-        self.check_batch(total)?;
-        if appends.iter().any(|(_, _, events)| events.is_empty()) {
-            return Err(Error::EmptyBatch);
-        }
-        Ok(())
+    /// An append's size: at least one event, at most `batch_events_max` over its streams.
+    fn check_append(&self, append: &Append<'_, E>) -> Result<()> {
+        let total = append.streams.iter().map(|p| p.events.len()).sum();
+        self.check_batch(total)
     }
 
     fn check_stream(stream_id: u128, events: &[E], options: &[AppendOptions]) -> Result<()> {

@@ -5,7 +5,7 @@ mod common;
 
 use common::{pattern, raw_put};
 use rkyv::{Archive, Deserialize, Serialize};
-use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
 /// An event whose archived form is exactly `N` bytes (a byte array has alignment 1).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
@@ -314,10 +314,11 @@ fn a_refused_append_stores_no_blob() {
     let big = [doc_of_total(5000, 3)];
     let conflicting = [doc_of_total(2048, 4)];
     let err = writer
-        .append_multi(&[
-            (2, ExpectedVersion::NoStream, &big[..]),
-            (1, ExpectedVersion::Exact(7), &conflicting[..]),
-        ])
+        .commit(Append::stream(2, ExpectedVersion::NoStream, &big[..]).and(
+            1,
+            ExpectedVersion::Exact(7),
+            &conflicting[..],
+        ))
         .unwrap_err();
     assert!(matches!(
         err,

@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 
 use rkyv::{Archive, Deserialize, Serialize};
 use varvedb::{
-    AppendOptions, Error, ExpectedVersion, Query, QueryItem, Reader, Storage, StorageConfig, Writer,
+    Append, AppendOptions, Error, ExpectedVersion, Query, QueryItem, Reader, Storage,
+    StorageConfig, Writer,
 };
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
@@ -24,7 +25,8 @@ fn tagged(tags: &[&str]) -> AppendOptions {
 
 /// Appends one event with tags to `stream`; returns its sequence.
 fn put(w: &Writer<Bank>, stream: u128, event: Bank, tags: &[&str]) -> u64 {
-    w.append_with(stream, ExpectedVersion::Auto, &event, tagged(tags))
+    w.commit(Append::event(stream, ExpectedVersion::Auto, &event).options(tagged(tags)))
+        .map(|v| v[0])
         .unwrap()
         .seq
 }
@@ -145,15 +147,10 @@ fn a_conditional_append_fails_when_a_matching_event_follows_its_position() {
         .tags(["account:1"]);
     let opts = [tagged(&["account:1"])];
     let append = |after: Option<u64>, cents: u64| {
-        w.append_if(
-            &query,
-            after,
-            &[(
-                1,
-                ExpectedVersion::Auto,
-                &[Bank::Deposited { cents }],
-                &opts,
-            )],
+        w.commit(
+            Append::stream(1, ExpectedVersion::Auto, &[Bank::Deposited { cents }])
+                .options(&opts)
+                .when(&query, after),
         )
     };
     // Nothing matches yet: appends.
@@ -192,37 +189,27 @@ fn a_conditional_append_fails_when_a_matching_event_follows_its_position() {
     let any_withdrawal = Query::new().types(["Withdrawn"]);
     let last = storage.last_seq(&storage.read_txn().unwrap()).unwrap();
     let w1 = w
-        .append_if(
-            &any_withdrawal,
-            Some(last),
-            &[(
-                5,
-                ExpectedVersion::Auto,
-                &[Bank::Withdrawn { cents: 1 }],
-                &[],
-            )],
+        .commit(
+            Append::stream(5, ExpectedVersion::Auto, &[Bank::Withdrawn { cents: 1 }])
+                .options(&[])
+                .when(&any_withdrawal, Some(last)),
         )
         .unwrap()[0]
         .seq;
     assert!(matches!(
-        w.append_if(
-            &any_withdrawal,
-            Some(last),
-            &[(5, ExpectedVersion::Auto, &[Bank::Withdrawn { cents: 1 }], &[])],
-        ),
+        w.commit(Append::stream(5, ExpectedVersion::Auto, &[Bank::Withdrawn { cents: 1 }]).options(&[]).when(&any_withdrawal, Some(last))),
         Err(Error::ConditionFailed { seq, .. }) if seq == w1
     ));
     // The stream's expectation still applies beside the condition.
     assert!(matches!(
-        w.append_if(
-            &query,
-            Some(u64::MAX),
-            &[(
+        w.commit(
+            Append::stream(
                 1,
                 ExpectedVersion::Exact(0),
-                &[Bank::Deposited { cents: 1 }],
-                &opts
-            )],
+                &[Bank::Deposited { cents: 1 }]
+            )
+            .options(&opts)
+            .when(&query, Some(u64::MAX))
         ),
         Err(Error::ConcurrencyConflict { .. })
     ));
@@ -238,11 +225,19 @@ fn a_retried_conditional_append_gets_its_original_answer() {
     let opts = [tagged(&["order:1"]).event_id(varvedb::EventId::from_u128(77))];
     let events = [Bank::Opened { owner: 1 }];
     let first = w
-        .append_if(&query, None, &[(9, ExpectedVersion::Auto, &events, &opts)])
+        .commit(
+            Append::stream(9, ExpectedVersion::Auto, &events)
+                .options(&opts)
+                .when(&query, None),
+        )
         .unwrap();
     // Its own event matches the query now; a retry with the same ids is still the same append.
     let again = w
-        .append_if(&query, None, &[(9, ExpectedVersion::Auto, &events, &opts)])
+        .commit(
+            Append::stream(9, ExpectedVersion::Auto, &events)
+                .options(&opts)
+                .when(&query, None),
+        )
         .unwrap();
     assert_eq!(first, again);
     assert_eq!(storage.last_seq(&storage.read_txn().unwrap()).unwrap(), 1);
@@ -281,15 +276,14 @@ fn racing_decisions_never_overfill_a_boundary() {
                         }
                         let student = format!("student:{t}-{attempt}");
                         let opts = [tagged(&["course:1", &student])];
-                        match w.append_if(
-                            &query,
-                            Some(position),
-                            &[(
+                        match w.commit(
+                            Append::stream(
                                 u128::from(t as u64 + 100),
                                 ExpectedVersion::Auto,
                                 &[Bank::Opened { owner: attempt }],
-                                &opts,
-                            )],
+                            )
+                            .options(&opts)
+                            .when(&query, Some(position)),
                         ) {
                             Ok(_) => {}
                             Err(Error::ConditionFailed { .. }) => conflicts += 1,
@@ -319,7 +313,10 @@ fn bad_tags_are_refused_and_nothing_is_written() {
         AppendOptions::new().tags((0..256).map(|i| i.to_string())),
     ] {
         let err = w
-            .append_with(1, ExpectedVersion::Auto, &Bank::Opened { owner: 1 }, opts)
+            .commit(
+                Append::event(1, ExpectedVersion::Auto, &Bank::Opened { owner: 1 }).options(opts),
+            )
+            .map(|v| v[0])
             .unwrap_err();
         assert!(matches!(err, Error::InvalidTag { .. }), "{err:?}");
     }
@@ -328,12 +325,11 @@ fn bad_tags_are_refused_and_nothing_is_written() {
     assert_eq!(opts.get_tags(), ["a"]);
     let many: Vec<String> = (0..255).map(|i| format!("{i:0>255}")).collect();
     let seq = w
-        .append_with(
-            1,
-            ExpectedVersion::Auto,
-            &Bank::Opened { owner: 1 },
-            AppendOptions::new().tags(many.clone()),
+        .commit(
+            Append::event(1, ExpectedVersion::Auto, &Bank::Opened { owner: 1 })
+                .options(AppendOptions::new().tags(many.clone())),
         )
+        .map(|v| v[0])
         .unwrap()
         .seq;
     assert_eq!(seq, 1);
@@ -342,10 +338,10 @@ fn bad_tags_are_refused_and_nothing_is_written() {
     // A query tag longer than any stored one matches nothing, not the stored tag it begins with.
     let longer = format!("{}x", many[0]);
     assert!(seqs(&storage, &Query::new().tags([&longer]), 0).is_empty());
-    let cond = w.append_if(
-        &Query::new().tags([&longer]),
-        None,
-        &[(1, ExpectedVersion::Auto, &[Bank::Opened { owner: 2 }], &[])],
+    let cond = w.commit(
+        Append::stream(1, ExpectedVersion::Auto, &[Bank::Opened { owner: 2 }])
+            .options(&[])
+            .when(&Query::new().tags([&longer]), None),
     );
     assert_eq!(cond.unwrap()[0].seq, 2);
 }
@@ -433,7 +429,9 @@ fn queries_agree_with_a_filter_over_the_whole_log() {
             meta.push((name, mine));
         }
         let done = w
-            .append_batch_with(next(4) as u128 + 1, ExpectedVersion::Auto, &events, &opts)
+            .commit(
+                Append::stream(next(4) as u128 + 1, ExpectedVersion::Auto, &events).options(&opts),
+            )
             .unwrap();
         for (a, (name, mine)) in done.iter().zip(meta) {
             log.push((a.seq, name, mine));
@@ -469,15 +467,10 @@ fn queries_agree_with_a_filter_over_the_whole_log() {
         );
         // The condition: fails naming the first match after the position, else appends.
         let after = from.checked_sub(1);
-        let got = w.append_if(
-            &query,
-            after,
-            &[(
-                99,
-                ExpectedVersion::Auto,
-                &[Bank::Opened { owner: 0 }],
-                &[tagged(&["z"])],
-            )],
+        let got = w.commit(
+            Append::stream(99, ExpectedVersion::Auto, &[Bank::Opened { owner: 0 }])
+                .options(&[tagged(&["z"])])
+                .when(&query, after),
         );
         match (got, expected.first()) {
             (Err(Error::ConditionFailed { seq, .. }), Some(first)) => assert_eq!(seq, *first),

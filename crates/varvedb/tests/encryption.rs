@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::pattern;
 use varvedb::{
-    AppendOptions, Error, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer,
+    Append, AppendOptions, Error, EventId, ExpectedVersion, Reader, Storage, StorageConfig, Writer,
 };
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
@@ -109,7 +109,8 @@ fn events_round_trip_and_nothing_reaches_the_disk_in_plaintext() {
         .event_id(EventId::from_u128(5))
         .metadata("tenant", "METADATA-MARKER-77");
     writer
-        .append_with(1, ExpectedVersion::NoStream, &small, opts)
+        .commit(Append::event(1, ExpectedVersion::NoStream, &small).options(opts))
+        .map(|v| v[0])
         .unwrap();
     writer.append(1, ExpectedVersion::Exact(1), &large).unwrap();
     storage.flush().unwrap();
@@ -525,11 +526,13 @@ fn idempotent_retries_work_on_encrypted_streams() {
     };
     let opts = AppendOptions::new().event_id(EventId::from_u128(42));
     let a = writer
-        .append_with(1, ExpectedVersion::NoStream, &event, opts.clone())
+        .commit(Append::event(1, ExpectedVersion::NoStream, &event).options(opts.clone()))
+        .map(|v| v[0])
         .unwrap();
     assert_eq!(
         writer
-            .append_with(1, ExpectedVersion::NoStream, &event, opts.clone())
+            .commit(Append::event(1, ExpectedVersion::NoStream, &event).options(opts.clone()))
+            .map(|v| v[0])
             .unwrap(),
         a
     );
@@ -538,7 +541,9 @@ fn idempotent_retries_work_on_encrypted_streams() {
         text: "once".into(),
     };
     assert!(matches!(
-        writer.append_with(1, ExpectedVersion::Auto, &other, opts),
+        writer
+            .commit(Append::event(1, ExpectedVersion::Auto, &other).options(opts))
+            .map(|v| v[0]),
         Err(Error::DuplicateEventId { .. })
     ));
     assert_eq!(storage.stats().unwrap().events, 1);
@@ -846,15 +851,18 @@ fn the_envelope_and_the_timestamp_are_bound_to_the_ciphertext() {
                 .tag("account:1")
                 .tag("region:eu");
             writer
-                .append_with(
-                    stream,
-                    ExpectedVersion::NoStream,
-                    &Secret {
-                        n: 1,
-                        text: "bound".into(),
-                    },
-                    options,
+                .commit(
+                    Append::event(
+                        stream,
+                        ExpectedVersion::NoStream,
+                        &Secret {
+                            n: 1,
+                            text: "bound".into(),
+                        },
+                    )
+                    .options(options),
                 )
+                .map(|v| v[0])
                 .unwrap();
         }
     }

@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use varvedb::{
-    AppendOptions, ENVELOPE_BYTES_MAX, Error, Event, EventId, ExpectedVersion, Reader, Writer,
+    Append, AppendOptions, ENVELOPE_BYTES_MAX, Error, Event, EventId, ExpectedVersion, Reader,
+    Writer,
 };
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, varvedb::Event)]
@@ -176,18 +177,18 @@ fn metadata_and_ids_round_trip() {
         opts = opts.metadata(k.as_str(), v.as_str());
     }
     let a = writer
-        .append_with(1, ExpectedVersion::NoStream, &deposit(1), opts)
+        .commit(Append::event(1, ExpectedVersion::NoStream, &deposit(1)).options(opts))
+        .map(|v| v[0])
         .unwrap();
     let plain = writer
         .append(1, ExpectedVersion::Exact(1), &deposit(2))
         .unwrap();
     let only_meta = writer
-        .append_with(
-            1,
-            ExpectedVersion::Exact(2),
-            &deposit(3),
-            AppendOptions::new().metadata("k", "v"),
+        .commit(
+            Append::event(1, ExpectedVersion::Exact(2), &deposit(3))
+                .options(AppendOptions::new().metadata("k", "v")),
         )
+        .map(|v| v[0])
         .unwrap();
 
     let reader = Reader::<Deposited>::new(storage.clone());
@@ -230,12 +231,11 @@ fn metadata_past_the_limit_is_a_typed_error_and_writes_nothing() {
     let storage = open(&dir);
     let writer = Writer::<Deposited>::new(storage.clone());
     let err = writer
-        .append_with(
-            1,
-            ExpectedVersion::NoStream,
-            &deposit(1),
-            AppendOptions::new().metadata("big", "x".repeat(ENVELOPE_BYTES_MAX)),
+        .commit(
+            Append::event(1, ExpectedVersion::NoStream, &deposit(1))
+                .options(AppendOptions::new().metadata("big", "x".repeat(ENVELOPE_BYTES_MAX))),
         )
+        .map(|v| v[0])
         .unwrap_err();
     assert!(matches!(err, Error::MetadataTooLarge { .. }), "{err:?}");
     assert_eq!(storage.stats().unwrap().events, 0);
@@ -255,11 +255,13 @@ fn blob_events_carry_their_envelope_too() {
         .event_id(EventId::from_u128(77))
         .metadata("kind", "large");
     let a = writer
-        .append_with(1, ExpectedVersion::NoStream, &big, opts.clone())
+        .commit(Append::event(1, ExpectedVersion::NoStream, &big).options(opts.clone()))
+        .map(|v| v[0])
         .unwrap();
     assert_eq!(
         writer
-            .append_with(1, ExpectedVersion::NoStream, &big, opts)
+            .commit(Append::event(1, ExpectedVersion::NoStream, &big).options(opts))
+            .map(|v| v[0])
             .unwrap(),
         a
     );
@@ -284,12 +286,11 @@ fn the_raw_view_reads_every_record_without_its_type() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
     Writer::<Deposited>::new(storage.clone())
-        .append_with(
-            5,
-            ExpectedVersion::NoStream,
-            &deposit(1),
-            AppendOptions::new().metadata("tenant", "acme"),
+        .commit(
+            Append::event(5, ExpectedVersion::NoStream, &deposit(1))
+                .options(AppendOptions::new().metadata("tenant", "acme")),
         )
+        .map(|v| v[0])
         .unwrap();
     Writer::<Bank>::new(storage.clone())
         .append(6, ExpectedVersion::NoStream, &Bank::Closed)

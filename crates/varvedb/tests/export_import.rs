@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::pattern;
 use varvedb::{
-    AppendOptions, Error, EventHandler, EventId, EventRef, ExpectedVersion, ExportHeader,
+    Append, AppendOptions, Error, EventHandler, EventId, EventRef, ExpectedVersion, ExportHeader,
     HandlerError, OnError, Processor, ProcessorOptions, Reader, Storage, StorageConfig,
     StoredEvent, Writer,
 };
@@ -52,12 +52,11 @@ fn source(dir: &Path) -> Storage {
                 .correlation_id(EventId::from_u128(7))
                 .metadata("user", format!("u{i}"))
                 .metadata("attempt", "1");
-            w.append_with(
-                1 + u128::from(i % 3),
-                ExpectedVersion::Auto,
-                &doc(i, 40),
-                options,
+            w.commit(
+                Append::event(1 + u128::from(i % 3), ExpectedVersion::Auto, &doc(i, 40))
+                    .options(options),
             )
+            .map(|v| v[0])
             .unwrap();
         }
         // Two identical large payloads: one blob, two references.
@@ -77,12 +76,11 @@ fn source(dir: &Path) -> Storage {
         let options = AppendOptions::new()
             .event_id(EventId::from_u128(5000 + u128::from(i)))
             .metadata("secret-meta", "m");
-        w.append_with(
-            100 + u128::from(i % 2),
-            ExpectedVersion::Auto,
-            &doc(i, 30),
-            options,
+        w.commit(
+            Append::event(100 + u128::from(i % 2), ExpectedVersion::Auto, &doc(i, 30))
+                .options(options),
         )
+        .map(|v| v[0])
         .unwrap();
     }
     w.append(100, ExpectedVersion::Auto, &doc(50, 8000))
@@ -219,12 +217,11 @@ fn an_export_imported_gives_the_same_events_and_a_store_that_verifies() {
     drop(txn);
     let w = Writer::<Doc>::new(dst.clone());
     let retry = w
-        .append_with(
-            1,
-            ExpectedVersion::Auto,
-            &doc(0, 40),
-            AppendOptions::new().event_id(EventId::from_u128(1000)),
+        .commit(
+            Append::event(1, ExpectedVersion::Auto, &doc(0, 40))
+                .options(AppendOptions::new().event_id(EventId::from_u128(1000))),
         )
+        .map(|v| v[0])
         .unwrap();
     assert_eq!(retry.seq, 1);
     assert_eq!(

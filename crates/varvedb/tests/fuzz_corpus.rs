@@ -16,7 +16,7 @@ mod ops_model;
 use std::path::{Path, PathBuf};
 
 use event::Fz;
-use varvedb::{AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
+use varvedb::{Append, AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
 
 fn corpus(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -59,10 +59,12 @@ fn log_values(encrypted: bool) -> Vec<(u64, Vec<u8>)> {
             })
             .collect();
         let a = [fz(20), fz(21)];
-        w.append_multi_with(&[
-            (3, ExpectedVersion::Auto, &a[..1], &opts[..1]),
-            (4, ExpectedVersion::Auto, &a[1..], &opts[1..]),
-        ])
+        w.commit(
+            Append::stream(3, ExpectedVersion::Auto, &a[..1])
+                .options(&opts[..1])
+                .and(4, ExpectedVersion::Auto, &a[1..])
+                .options(&opts[1..]),
+        )
         .unwrap();
     }
     // Packs are keyed by their last sequence: 1, 2, 3 (single appends), 9 (the batch), 11 (the

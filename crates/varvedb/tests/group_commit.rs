@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Reader, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Reader, Writer};
 
 const THREADS: usize = 64;
 const PER_THREAD: u32 = 20;
@@ -130,14 +130,18 @@ fn a_batch_in_a_group_is_all_or_nothing() {
                 barrier.wait();
                 // Every thread tries a multi-stream append that needs stream 1 at version 1:
                 // one wins; the losers must leave no trace on their own stream either.
-                writer.append_multi(&[
-                    (
+                writer.commit(
+                    Append::stream(
                         100 + u128::from(t),
                         ExpectedVersion::NoStream,
                         &[deposit(t)][..],
+                    )
+                    .and(
+                        1,
+                        ExpectedVersion::Exact(1),
+                        &[deposit(t), deposit(t)][..],
                     ),
-                    (1, ExpectedVersion::Exact(1), &[deposit(t), deposit(t)][..]),
-                ])
+                )
             })
         })
         .collect();
@@ -200,11 +204,11 @@ fn async_appends_do_not_block_the_runtime_and_share_commits() {
         .unwrap_err();
     assert!(matches!(err, Error::ConcurrencyConflict { actual: 1, .. }));
     let batch = rt
-        .block_on(writer.append_batch_async(
+        .block_on(writer.commit_async(Append::stream(
             5,
             ExpectedVersion::Exact(1),
             &[deposit(1), deposit(2)],
-        ))
+        )))
         .unwrap();
     assert_eq!(batch.iter().map(|a| a.version).collect::<Vec<_>>(), [2, 3]);
 }
@@ -293,10 +297,13 @@ fn append_multi_async_is_atomic_like_append_multi() {
     let a = [deposit(1), deposit(2)];
     let b = [deposit(3)];
     let landed = rt
-        .block_on(writer.append_multi_async(&[
-            (1, ExpectedVersion::NoStream, &a[..]),
-            (2, ExpectedVersion::NoStream, &b[..]),
-        ]))
+        .block_on(
+            writer.commit_async(Append::stream(1, ExpectedVersion::NoStream, &a[..]).and(
+                2,
+                ExpectedVersion::NoStream,
+                &b[..],
+            )),
+        )
         .unwrap();
     assert_eq!(
         landed
@@ -307,10 +314,13 @@ fn append_multi_async_is_atomic_like_append_multi() {
     );
     // One conflict fails the whole append.
     let err = rt
-        .block_on(writer.append_multi_async(&[
-            (3, ExpectedVersion::NoStream, &a[..]),
-            (2, ExpectedVersion::NoStream, &b[..]),
-        ]))
+        .block_on(
+            writer.commit_async(Append::stream(3, ExpectedVersion::NoStream, &a[..]).and(
+                2,
+                ExpectedVersion::NoStream,
+                &b[..],
+            )),
+        )
         .unwrap_err();
     assert!(matches!(
         err,

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
 use common::*;
-use varvedb::{AppendOptions, Error, EventId, ExpectedVersion, Reader, Writer};
+use varvedb::{Append, AppendOptions, Error, EventId, ExpectedVersion, Reader, Writer};
 
 fn id(n: u128) -> EventId {
     // A UUIDv7-like id: time-ordered high bits.
@@ -30,7 +30,8 @@ fn a_retried_single_append_returns_the_original_answer_and_writes_nothing() {
     let storage = open(&dir);
     let writer = Writer::<Deposited>::new(storage.clone());
     let a = writer
-        .append_with(1, ExpectedVersion::NoStream, &deposit(5), with_id(1))
+        .commit(Append::event(1, ExpectedVersion::NoStream, &deposit(5)).options(with_id(1)))
+        .map(|v| v[0])
         .unwrap();
     writer
         .append(1, ExpectedVersion::Exact(1), &deposit(6))
@@ -43,7 +44,8 @@ fn a_retried_single_append_returns_the_original_answer_and_writes_nothing() {
         ExpectedVersion::Auto,
     ] {
         let again = writer
-            .append_with(1, expected, &deposit(5), with_id(1))
+            .commit(Append::event(1, expected, &deposit(5)).options(with_id(1)))
+            .map(|v| v[0])
             .unwrap();
         assert_eq!(again, a, "{expected:?}");
     }
@@ -58,17 +60,20 @@ fn a_known_id_with_another_stream_or_payload_is_a_duplicate() {
     let storage = open(&dir);
     let writer = Writer::<Deposited>::new(storage.clone());
     let a = writer
-        .append_with(1, ExpectedVersion::NoStream, &deposit(5), with_id(1))
+        .commit(Append::event(1, ExpectedVersion::NoStream, &deposit(5)).options(with_id(1)))
+        .map(|v| v[0])
         .unwrap();
     let other_stream = writer
-        .append_with(2, ExpectedVersion::Auto, &deposit(5), with_id(1))
+        .commit(Append::event(2, ExpectedVersion::Auto, &deposit(5)).options(with_id(1)))
+        .map(|v| v[0])
         .unwrap_err();
     assert!(
         matches!(&other_stream, Error::DuplicateEventId { seq, event_id, .. } if *seq == a.seq && *event_id == id(1)),
         "{other_stream:?}"
     );
     let other_payload = writer
-        .append_with(1, ExpectedVersion::Auto, &deposit(6), with_id(1))
+        .commit(Append::event(1, ExpectedVersion::Auto, &deposit(6)).options(with_id(1)))
+        .map(|v| v[0])
         .unwrap_err();
     assert!(
         matches!(&other_payload, Error::DuplicateEventId { reason, .. } if reason.contains("payload")),
@@ -76,12 +81,11 @@ fn a_known_id_with_another_stream_or_payload_is_a_duplicate() {
     );
     // Metadata is not part of the comparison: a retry may carry other metadata.
     let again = writer
-        .append_with(
-            1,
-            ExpectedVersion::Auto,
-            &deposit(5),
-            with_id(1).metadata("attempt", "2"),
+        .commit(
+            Append::event(1, ExpectedVersion::Auto, &deposit(5))
+                .options(with_id(1).metadata("attempt", "2")),
         )
+        .map(|v| v[0])
         .unwrap();
     assert_eq!(again, a);
     assert_eq!(events_in(&storage), 1);
@@ -95,17 +99,17 @@ fn batches_are_idempotent_as_a_whole() {
     let events: Vec<_> = (0..3).map(deposit).collect();
     let opts: Vec<_> = (10..13).map(with_id).collect();
     let first = writer
-        .append_batch_with(1, ExpectedVersion::NoStream, &events, &opts)
+        .commit(Append::stream(1, ExpectedVersion::NoStream, &events).options(&opts))
         .unwrap();
     let again = writer
-        .append_batch_with(1, ExpectedVersion::NoStream, &events, &opts)
+        .commit(Append::stream(1, ExpectedVersion::NoStream, &events).options(&opts))
         .unwrap();
     assert_eq!(again, first);
 
     // Partly known: refused, nothing written.
     let mixed = [with_id(12), with_id(13)];
     let err = writer
-        .append_batch_with(1, ExpectedVersion::Auto, &events[..2], &mixed)
+        .commit(Append::stream(1, ExpectedVersion::Auto, &events[..2]).options(&mixed))
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
     assert_eq!(storage.seq_of_event_id(id(13)).unwrap(), None);
@@ -113,18 +117,18 @@ fn batches_are_idempotent_as_a_whole() {
     let swapped = [with_id(11), with_id(10)];
     let swapped_events = [deposit(1), deposit(0)];
     let err = writer
-        .append_batch_with(1, ExpectedVersion::Auto, &swapped_events, &swapped)
+        .commit(Append::stream(1, ExpectedVersion::Auto, &swapped_events).options(&swapped))
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
     // An id twice in one append.
     let twice = [with_id(20), with_id(20)];
     let err = writer
-        .append_batch_with(1, ExpectedVersion::Auto, &events[..2], &twice)
+        .commit(Append::stream(1, ExpectedVersion::Auto, &events[..2]).options(&twice))
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
     // Options must match the events.
     let err = writer
-        .append_batch_with(1, ExpectedVersion::Auto, &events, &opts[..1])
+        .commit(Append::stream(1, ExpectedVersion::Auto, &events).options(&opts[..1]))
         .unwrap_err();
     assert!(matches!(
         err,
@@ -146,24 +150,30 @@ fn multi_stream_appends_are_idempotent_as_a_whole() {
     let oa = [with_id(1), with_id(2)];
     let ob = [with_id(3)];
     let first = writer
-        .append_multi_with(&[
-            (1, ExpectedVersion::NoStream, &a[..], &oa[..]),
-            (2, ExpectedVersion::NoStream, &b[..], &ob[..]),
-        ])
+        .commit(
+            Append::stream(1, ExpectedVersion::NoStream, &a[..])
+                .options(&oa[..])
+                .and(2, ExpectedVersion::NoStream, &b[..])
+                .options(&ob[..]),
+        )
         .unwrap();
     let again = writer
-        .append_multi_with(&[
-            (1, ExpectedVersion::NoStream, &a[..], &oa[..]),
-            (2, ExpectedVersion::NoStream, &b[..], &ob[..]),
-        ])
+        .commit(
+            Append::stream(1, ExpectedVersion::NoStream, &a[..])
+                .options(&oa[..])
+                .and(2, ExpectedVersion::NoStream, &b[..])
+                .options(&ob[..]),
+        )
         .unwrap();
     assert_eq!(again, first);
     // The same ids with the streams swapped: refused.
     let err = writer
-        .append_multi_with(&[
-            (2, ExpectedVersion::Auto, &a[..], &oa[..]),
-            (1, ExpectedVersion::Auto, &b[..], &ob[..]),
-        ])
+        .commit(
+            Append::stream(2, ExpectedVersion::Auto, &a[..])
+                .options(&oa[..])
+                .and(1, ExpectedVersion::Auto, &b[..])
+                .options(&ob[..]),
+        )
         .unwrap_err();
     assert!(matches!(err, Error::DuplicateEventId { .. }), "{err:?}");
     assert_eq!(events_in(&storage), 3);
@@ -175,13 +185,15 @@ fn ids_hold_across_a_reopen() {
     let first = {
         let writer = Writer::<Deposited>::new(open(&dir));
         writer
-            .append_with(1, ExpectedVersion::NoStream, &deposit(1), with_id(1))
+            .commit(Append::event(1, ExpectedVersion::NoStream, &deposit(1)).options(with_id(1)))
+            .map(|v| v[0])
             .unwrap()
     };
     let storage = open(&dir);
     let writer = Writer::<Deposited>::new(storage.clone());
     let again = writer
-        .append_with(1, ExpectedVersion::NoStream, &deposit(1), with_id(1))
+        .commit(Append::event(1, ExpectedVersion::NoStream, &deposit(1)).options(with_id(1)))
+        .map(|v| v[0])
         .unwrap();
     assert_eq!(again, first);
     assert_eq!(events_in(&storage), 1);
@@ -205,12 +217,11 @@ fn eight_threads_retrying_the_same_ids_write_each_once() {
                 for r in 0..rounds {
                     barrier.wait();
                     let a = writer
-                        .append_with(
-                            (r % 3) + 1,
-                            ExpectedVersion::Auto,
-                            &deposit(r as u64),
-                            with_id(100 + r),
+                        .commit(
+                            Append::event((r % 3) + 1, ExpectedVersion::Auto, &deposit(r as u64))
+                                .options(with_id(100 + r)),
                         )
+                        .map(|v| v[0])
                         .unwrap();
                     answers.push(a);
                 }
@@ -251,7 +262,10 @@ fn child_appends_with_ids() {
         .unwrap_or(0);
     for n in start.. {
         let a = writer
-            .append_with(n % 5, ExpectedVersion::Auto, &deposit(n as u64), with_id(n))
+            .commit(
+                Append::event(n % 5, ExpectedVersion::Auto, &deposit(n as u64)).options(with_id(n)),
+            )
+            .map(|v| v[0])
             .unwrap();
         writeln!(out, "{n} {}", a.seq).unwrap();
         out.flush().unwrap();

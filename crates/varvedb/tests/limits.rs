@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Storage, StorageConfig, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Storage, StorageConfig, Writer};
 
 fn limited(dir: &tempfile::TempDir) -> Storage {
     Storage::open(StorageConfig {
@@ -52,13 +52,17 @@ fn empty_and_oversized_batches_are_refused() {
         writer.append_batch(1, ExpectedVersion::Auto, &[]),
         Err(Error::EmptyBatch)
     ));
-    assert!(matches!(writer.append_multi(&[]), Err(Error::EmptyBatch)));
+    assert!(matches!(
+        writer.commit(Append::new()),
+        Err(Error::EmptyBatch)
+    ));
     let one = [deposit(1)];
     assert!(matches!(
-        writer.append_multi(&[
-            (1, ExpectedVersion::Auto, &one[..]),
-            (2, ExpectedVersion::Auto, &[][..])
-        ]),
+        writer.commit(Append::stream(1, ExpectedVersion::Auto, &one[..]).and(
+            2,
+            ExpectedVersion::Auto,
+            &[][..]
+        )),
         Err(Error::EmptyBatch)
     ));
     let four: Vec<_> = (0..4).map(deposit).collect();
@@ -67,10 +71,11 @@ fn empty_and_oversized_batches_are_refused() {
         Err(Error::BatchTooLarge { events: 4, max: 3 })
     ));
     assert!(matches!(
-        writer.append_multi(&[
-            (1, ExpectedVersion::Auto, &four[..2]),
-            (2, ExpectedVersion::Auto, &four[2..])
-        ]),
+        writer.commit(Append::stream(1, ExpectedVersion::Auto, &four[..2]).and(
+            2,
+            ExpectedVersion::Auto,
+            &four[2..]
+        )),
         Err(Error::BatchTooLarge { events: 4, max: 3 })
     ));
     assert_eq!(last_seq(&storage), 0);

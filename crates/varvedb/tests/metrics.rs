@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use varvedb::{
-    AppendOptions, Error, EventHandler, EventRef, ExpectedVersion, HandlerError, OnError,
+    Append, AppendOptions, Error, EventHandler, EventRef, ExpectedVersion, HandlerError, OnError,
     Processor, ProcessorOptions, Reader, Storage, StorageConfig, Writer,
 };
 
@@ -64,10 +64,12 @@ fn counters_move_with_appends_conflicts_replays_and_reads() {
     // An idempotent retry.
     let options = || AppendOptions::default().event_id(42u128);
     writer
-        .append_with(8, ExpectedVersion::Auto, &deposit(5), options())
+        .commit(Append::event(8, ExpectedVersion::Auto, &deposit(5)).options(options()))
+        .map(|v| v[0])
         .unwrap();
     writer
-        .append_with(8, ExpectedVersion::Auto, &deposit(5), options())
+        .commit(Append::event(8, ExpectedVersion::Auto, &deposit(5)).options(options()))
+        .map(|v| v[0])
         .unwrap();
     // Two identical large payloads: one blob, one dedup hit.
     let big = Deposited {

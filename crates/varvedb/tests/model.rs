@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
-use varvedb::{AppendOptions, Appended, Error, EventId, ExpectedVersion, Reader, Storage, Writer};
+use varvedb::{
+    Append, AppendOptions, Appended, Error, EventId, ExpectedVersion, Reader, Storage, Writer,
+};
 
 /// Another event type in the same log: a `Reader<Deposited>` must refuse it.
 #[derive(rkyv::Archive, rkyv::Serialize, varvedb::Event)]
@@ -245,12 +247,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             } => {
                 let want = model.apply_with_id(stream, expected, amount, id);
                 let got = writer
-                    .append_with(
-                        stream,
-                        expected,
-                        &deposit(amount),
-                        AppendOptions::new().event_id(EventId::from_u128(id)),
+                    .commit(
+                        Append::event(stream, expected, &deposit(amount))
+                            .options(AppendOptions::new().event_id(EventId::from_u128(id))),
                     )
+                    .map(|v| v[0])
                     .map(|a| vec![a]);
                 check_want(got, want)?;
             }
@@ -267,11 +268,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .iter()
                     .map(|(s, e, a)| (*s, *e, events(a)))
                     .collect();
-                let borrowed: Vec<(u128, ExpectedVersion, &[Deposited])> = owned
+                let append = owned
                     .iter()
-                    .map(|(s, e, v)| (*s, *e, v.as_slice()))
-                    .collect();
-                check_result(writer.append_multi(&borrowed), want)?;
+                    .fold(Append::new(), |a, (s, e, v)| a.and(*s, *e, v.as_slice()));
+                check_result(writer.commit(append), want)?;
             }
             Op::CheckStream { stream, from } => {
                 let txn = storage.read_txn().unwrap();

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use varvedb::{Appended, Error, ExpectedVersion, Reader, Writer};
+use varvedb::{Append, Appended, Error, ExpectedVersion, Reader, Writer};
 
 #[test]
 fn versions_start_at_one_and_have_no_gaps() {
@@ -151,10 +151,11 @@ fn multi_stream_append_is_all_or_nothing() {
     let one = [deposit(1)];
     let two = [deposit(2), deposit(3)];
     let out = writer
-        .append_multi(&[
-            (10, ExpectedVersion::NoStream, &one[..]),
-            (20, ExpectedVersion::Auto, &two[..]),
-        ])
+        .commit(Append::stream(10, ExpectedVersion::NoStream, &one[..]).and(
+            20,
+            ExpectedVersion::Auto,
+            &two[..],
+        ))
         .unwrap();
     assert_eq!(
         out,
@@ -166,10 +167,11 @@ fn multi_stream_append_is_all_or_nothing() {
     );
     // The second expectation fails, so the first stream's events must not land either.
     let err = writer
-        .append_multi(&[
-            (10, ExpectedVersion::Exact(1), &one[..]),
-            (20, ExpectedVersion::Exact(7), &two[..]),
-        ])
+        .commit(Append::stream(10, ExpectedVersion::Exact(1), &one[..]).and(
+            20,
+            ExpectedVersion::Exact(7),
+            &two[..],
+        ))
         .unwrap_err();
     assert!(matches!(
         err,
@@ -185,19 +187,23 @@ fn multi_stream_append_is_all_or_nothing() {
     drop(txn);
     // One stream twice: the second entry sees the first entry's events.
     let out = writer
-        .append_multi(&[
-            (10, ExpectedVersion::Exact(1), &one[..]),
-            (10, ExpectedVersion::Exact(2), &one[..]),
-        ])
+        .commit(Append::stream(10, ExpectedVersion::Exact(1), &one[..]).and(
+            10,
+            ExpectedVersion::Exact(2),
+            &one[..],
+        ))
         .unwrap();
     assert_eq!(out.iter().map(|a| a.version).collect::<Vec<_>>(), [2, 3]);
     // Owned vectors pass as slices.
     let (a, b) = (vec![deposit(1), deposit(2)], vec![deposit(3)]);
     let out = writer
-        .append_multi(&[
-            (30, ExpectedVersion::NoStream, a.as_slice()),
-            (31, ExpectedVersion::Auto, b.as_slice()),
-        ])
+        .commit(
+            Append::stream(30, ExpectedVersion::NoStream, a.as_slice()).and(
+                31,
+                ExpectedVersion::Auto,
+                b.as_slice(),
+            ),
+        )
         .unwrap();
     assert_eq!(out.len(), 3);
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Deposited, deposit};
 use heed::types::Bytes;
-use varvedb::{Error, ExpectedVersion, Reader, Storage, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Reader, Storage, Writer};
 
 /// Edits the `events` database of a closed store with raw heed, as damage on disk would.
 fn edit_events(
@@ -57,12 +57,13 @@ fn a_large_batch_is_cut_into_packs_that_read_back_in_every_way() {
     let per_stream: Vec<Vec<Deposited>> = (0..3u64)
         .map(|s| (1..=100).map(|i| deposit(1000 * (s + 2) + i)).collect())
         .collect();
-    let multi: Vec<_> = per_stream
+    let multi = per_stream
         .iter()
         .enumerate()
-        .map(|(s, events)| (s as u128 + 2, ExpectedVersion::NoStream, events.as_slice()))
-        .collect();
-    writer.append_multi(&multi).unwrap();
+        .fold(Append::new(), |a, (s, events)| {
+            a.and(s as u128 + 2, ExpectedVersion::NoStream, events.as_slice())
+        });
+    writer.commit(multi).unwrap();
     for i in 601..=610 {
         writer
             .append(1, ExpectedVersion::Auto, &deposit(i))

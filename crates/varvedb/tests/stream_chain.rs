@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Reader, Storage, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Reader, Storage, Writer};
 
 const LONG: u128 = 0xA11CE;
 const VERSIONS: u32 = 3_000;
@@ -21,10 +21,13 @@ fn fill(storage: &Storage) {
         let batch: Vec<Deposited> = (1..=n).map(|k| deposit(u64::from(version + k))).collect();
         let other = [deposit(round)];
         writer
-            .append_multi(&[
-                (u128::from(round % 13), ExpectedVersion::Auto, &other[..]),
-                (LONG, ExpectedVersion::Exact(version), &batch[..]),
-            ])
+            .commit(
+                Append::stream(u128::from(round % 13), ExpectedVersion::Auto, &other[..]).and(
+                    LONG,
+                    ExpectedVersion::Exact(version),
+                    &batch[..],
+                ),
+            )
             .unwrap();
         version += n;
         writer

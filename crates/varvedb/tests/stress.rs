@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use varvedb::{
-    AppendOptions, Error, EventId, ExpectedVersion, HandlerError, Model, OwnedEvent, Projection,
-    ProjectionHandler, Reader, Storage, StorageConfig, Subscription, SubscriptionItem, Writer,
+    Append, AppendOptions, Error, EventId, ExpectedVersion, HandlerError, Model, OwnedEvent,
+    Projection, ProjectionHandler, Reader, Storage, StorageConfig, Subscription, SubscriptionItem,
+    Writer,
 };
 
 fn seconds() -> Duration {
@@ -150,22 +151,24 @@ fn run(encrypted: bool) {
                         0 => writer
                             .append_batch(own, ExpectedVersion::Auto, &[deposit(i), deposit(i + 1)])
                             .map(|a| a.into_iter().zip([i, i + 1]).collect::<Vec<_>>()),
-                        1 => writer
-                            .append_multi(&[
-                                (own, ExpectedVersion::Auto, &[deposit(i)][..]),
-                                (7, ExpectedVersion::Auto, &[deposit(i + 2)][..]),
-                            ])
-                            .map(|a| vec![(a[0], i), (a[1], i + 2)]),
+                        1 => {
+                            writer
+                                .commit(
+                                    Append::stream(own, ExpectedVersion::Auto, &[deposit(i)][..])
+                                        .and(7, ExpectedVersion::Auto, &[deposit(i + 2)][..]),
+                                )
+                                .map(|a| vec![(a[0], i), (a[1], i + 2)])
+                        }
                         2 => {
                             // An append with an id, sent twice: one event, the same answer.
                             let id = EventId::from_u128((w << 64 | u128::from(i)) + 1);
                             let send = || {
-                                writer.append_with(
-                                    own,
-                                    ExpectedVersion::Auto,
-                                    &deposit(i),
-                                    AppendOptions::new().event_id(id),
-                                )
+                                writer
+                                    .commit(
+                                        Append::event(own, ExpectedVersion::Auto, &deposit(i))
+                                            .options(AppendOptions::new().event_id(id)),
+                                    )
+                                    .map(|v| v[0])
                             };
                             let first = send().unwrap();
                             assert_eq!(send().unwrap(), first, "the retry's answer");

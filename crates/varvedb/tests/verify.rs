@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use heed::types::Bytes;
 use rkyv::{Archive, Deserialize, Serialize};
-use varvedb::{Error, ExpectedVersion, Reader, Storage, VerifyPhase, VerifyReport, Writer};
+use varvedb::{Append, Error, ExpectedVersion, Reader, Storage, VerifyPhase, VerifyReport, Writer};
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, varvedb::Event)]
 #[rkyv(derive(Debug))]
@@ -346,12 +346,11 @@ fn verify_checks_the_event_id_index_against_the_log() {
         let writer = varvedb::Writer::<Doc>::new(common::open(&dir));
         for n in 1..=3u128 {
             writer
-                .append_with(
-                    1,
-                    varvedb::ExpectedVersion::Auto,
-                    &doc(n as u64, 10),
-                    AppendOptions::new().event_id(EventId::from_u128(n)),
+                .commit(
+                    Append::event(1, varvedb::ExpectedVersion::Auto, &doc(n as u64, 10))
+                        .options(AppendOptions::new().event_id(EventId::from_u128(n))),
                 )
+                .map(|v| v[0])
                 .unwrap();
         }
         let report = writer.storage().verify().unwrap();

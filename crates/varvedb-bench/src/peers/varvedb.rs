@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use varvedb::{AppendOptions, ExpectedVersion, Query, Reader, Storage, StorageConfig, Writer};
+use varvedb::{
+    Append, AppendOptions, ExpectedVersion, Query, Reader, Storage, StorageConfig, Writer,
+};
 
 use crate::event::BenchEvent;
 use crate::store::{BenchError, BenchResult, BenchStore, Concurrency, failed};
@@ -67,11 +69,10 @@ impl BenchStore for VarveDb {
     }
 
     fn append_multi(&self, batch: &[(u128, u32, BenchEvent)]) -> BenchResult<()> {
-        let appends: Vec<(u128, ExpectedVersion, &[BenchEvent])> = batch
-            .iter()
-            .map(|(s, v, e)| (*s, ExpectedVersion::Exact(*v), std::slice::from_ref(e)))
-            .collect();
-        self.writer.append_multi(&appends).map(drop).map_err(failed)
+        let append = batch.iter().fold(Append::new(), |a, (s, v, e)| {
+            a.and(*s, ExpectedVersion::Exact(*v), std::slice::from_ref(e))
+        });
+        self.writer.commit(append).map(drop).map_err(failed)
     }
 
     fn concurrency(&self) -> Concurrency {
@@ -119,10 +120,10 @@ impl BenchStore for VarveDb {
         let options = vec![AppendOptions::new().tag(tag); events.len()];
         let appended = self
             .writer
-            .append_if(
-                &query,
-                after,
-                &[(tag_stream(tag), ExpectedVersion::Auto, events, &options)],
+            .commit(
+                Append::stream(tag_stream(tag), ExpectedVersion::Auto, events)
+                    .options(&options)
+                    .when(&query, after),
             )
             .map_err(failed)?;
         appended

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use varvedb::{AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
+use varvedb::{Append, AppendOptions, EventId, ExpectedVersion, Storage, StorageConfig, Writer};
 
 pub const KEY: [u8; 32] = [42; 32];
 
@@ -224,10 +224,11 @@ pub fn fill(storage: &Storage, n: u64) {
             1 if left >= 30 => {
                 let a: Vec<_> = (0..10).map(|i| doc(i, 16)).collect();
                 let b: Vec<_> = (0..20).map(|i| doc(i, 16)).collect();
-                w.append_multi(&[
-                    (stream, ExpectedVersion::Auto, &a[..]),
-                    (stream + 1000, ExpectedVersion::Auto, &b[..]),
-                ])
+                w.commit(Append::stream(stream, ExpectedVersion::Auto, &a[..]).and(
+                    stream + 1000,
+                    ExpectedVersion::Auto,
+                    &b[..],
+                ))
                 .unwrap()
                 .len()
             }
@@ -237,8 +238,11 @@ pub fn fill(storage: &Storage, n: u64) {
                     .correlation_id(EventId::from_u128(7))
                     .metadata("tenant", format!("t{}", round % 7))
                     .metadata("note", "a&b=c ü");
-                w.append_with(stream, ExpectedVersion::Auto, &doc(round, 40), options)
-                    .unwrap();
+                w.commit(
+                    Append::event(stream, ExpectedVersion::Auto, &doc(round, 40)).options(options),
+                )
+                .map(|v| v[0])
+                .unwrap();
                 1
             }
             3 if round % 50 == 3 => {
