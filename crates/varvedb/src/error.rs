@@ -364,8 +364,12 @@ pub enum Error {
     /// Nothing of this append was written; it may be retried.
     #[error("the commit carrying this append was aborted, nothing was written: {reason}")]
     CommitFailed {
-        /// The failure of the shared commit.
+        /// The failure of the shared commit, in words.
         reason: String,
+        /// The failure of the shared commit itself (one error, shared by every append of the
+        /// group): [`std::error::Error::source`] walks on into it.
+        #[source]
+        source: SharedError,
     },
 
     /// The store is closing: the append was refused before anything was written.
@@ -505,7 +509,59 @@ impl std::fmt::Display for LmdbError {
     }
 }
 
-impl std::error::Error for LmdbError {}
+impl std::error::Error for LmdbError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+/// One error that failed several operations at once (the commit of a group of appends), shared
+/// by the error each of them gets. Its [`source`](std::error::Error::source) is that error, so a
+/// walk down the source chain reaches it, and [`error`](Self::error) hands it out.
+#[derive(Debug, Clone)]
+pub struct SharedError(std::sync::Arc<Error>);
+
+impl SharedError {
+    /// The error itself.
+    pub fn error(&self) -> &Error {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
+/// What kind of failure an [`Error`] is: the small match a caller acts on
+/// ([`Error::kind`]), next to whether an append was written ([`Error::written`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Another writer got there first, or a decision is stale: read again, decide again, retry
+    /// (a concurrency conflict, a failed condition, a duplicate event id).
+    Conflict,
+    /// The call itself is wrong and will fail the same way again: a bad argument, an event or
+    /// batch past a limit, the wrong event type, a missing or wrong key, a shredded stream.
+    InvalidInput,
+    /// The store holds damaged data (a record, a blob, an index, a type, a ciphertext that does
+    /// not authenticate): run `verify`, restore from a backup.
+    Corruption,
+    /// The store cannot take this now, and may later: closing, poisoned after a failure, full,
+    /// a resize blocked by readers, a commit aborted for another append's reason, an outcome
+    /// unknown or not durable. See [`Error::written`] before retrying an append.
+    Unavailable,
+    /// The environment failed: LMDB, the file system, the network, a task, the configuration
+    /// or the store's files themselves.
+    Environment,
+}
 
 impl Error {
     /// Whether the append that failed with this error was written. Only
@@ -519,6 +575,61 @@ impl Error {
         }
     }
 
+    /// What kind of failure this is (see [`ErrorKind`]): the few cases a caller acts on
+    /// differently, whatever the variant.
+    pub fn kind(&self) -> ErrorKind {
+        use ErrorKind::*;
+        match self {
+            Error::ConcurrencyConflict { .. }
+            | Error::ConditionFailed { .. }
+            | Error::DuplicateEventId { .. } => Conflict,
+            Error::TypeMismatch { .. }
+            | Error::InvalidEventType { .. }
+            | Error::MetadataTooLarge { .. }
+            | Error::InvalidTag { .. }
+            | Error::OptionsMismatch { .. }
+            | Error::Shredded { .. }
+            | Error::StreamShredded { .. }
+            | Error::StreamNotEncrypted { .. }
+            | Error::WrongMasterKey
+            | Error::MasterKeyRequired { .. }
+            | Error::MasterKeyRotated
+            | Error::InvalidEvent { .. }
+            | Error::EventTooLarge { .. }
+            | Error::BatchTooLarge { .. }
+            | Error::EmptyBatch
+            | Error::InvalidStreamId { .. }
+            | Error::StreamFull { .. }
+            | Error::ForeignTransaction
+            | Error::Serialize { .. }
+            | Error::InvalidImport { .. }
+            | Error::HandlerFailed { .. } => InvalidInput,
+            Error::Corrupt { .. }
+            | Error::CorruptBlob { .. }
+            | Error::CorruptIndex { .. }
+            | Error::CorruptType { .. }
+            | Error::AuthenticationFailed { .. } => Corruption,
+            Error::StoreFull { .. }
+            | Error::ResizeBlocked { .. }
+            | Error::ReadBlocked { .. }
+            | Error::CommitFailed { .. }
+            | Error::Closed
+            | Error::Poisoned { .. }
+            | Error::OutcomeUnknown { .. }
+            | Error::NotDurable { .. } => Unavailable,
+            Error::Crypto { .. }
+            | Error::TaskFailed { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::InvalidStore { .. }
+            | Error::InvalidConfig { .. }
+            | Error::ConfigMismatch { .. }
+            | Error::NotFound { .. }
+            | Error::Io { .. }
+            | Error::Bind { .. }
+            | Error::Lmdb(_) => Environment,
+        }
+    }
+
     pub(crate) fn lmdb(e: heed::Error) -> Self {
         Error::Lmdb(LmdbError::new(e))
     }
@@ -527,9 +638,11 @@ impl Error {
         matches!(self, Error::Lmdb(_))
     }
 
-    /// The error to give the other appends of a group whose transaction failed with `self`.
-    pub(crate) fn for_group(&self) -> Error {
-        match self {
+    /// The error to give the other appends of a group whose transaction failed with `shared`.
+    /// The failures that say something of the store itself are given as they are; any other
+    /// is a [`CommitFailed`](Error::CommitFailed) whose source is the one shared error.
+    pub(crate) fn for_group(shared: &std::sync::Arc<Error>) -> Error {
+        match shared.as_ref() {
             Error::StoreFull { map_bytes_max } => Error::StoreFull {
                 map_bytes_max: *map_bytes_max,
             },
@@ -549,6 +662,7 @@ impl Error {
             },
             other => Error::CommitFailed {
                 reason: other.to_string(),
+                source: SharedError(std::sync::Arc::clone(shared)),
             },
         }
     }

@@ -221,7 +221,7 @@ pub use dump::{
 pub use envelope::{
     AppendOptions, ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX, Event, EventId, EventType, Metadata,
 };
-pub use error::{Error, LmdbError, Result, Written};
+pub use error::{Error, ErrorKind, LmdbError, Result, SharedError, Written};
 pub use expected::{Appended, ExpectedVersion};
 pub use json::{ArchivedJsonEvent, JSON_CONTAINER, JsonEvent};
 #[cfg(feature = "metrics-http")]

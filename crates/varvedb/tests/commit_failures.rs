@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::*;
-use varvedb::{Error, ExpectedVersion, Writer, Written};
+use varvedb::{Append, Error, ErrorKind, ExpectedVersion, Writer, Written};
 
 #[test]
 fn a_log_ending_at_u64_max_fails_every_append_at_once() {
@@ -111,4 +111,93 @@ fn a_damaged_stream_fails_only_its_own_appends() {
     for s in 0..32u128 {
         assert_eq!(storage.stream_version(&txn, s).unwrap(), rounds + 1);
     }
+}
+
+/// Whether `e`, or an error in its source chain, is the damaged log end.
+fn caused_by_the_log_end(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if matches!(
+            e.downcast_ref::<Error>(),
+            Some(Error::Corrupt { seq: u64::MAX, .. })
+        ) {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
+#[test]
+fn a_group_failure_keeps_its_cause_in_every_appends_source_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let writer = Writer::<Deposited>::new(open(&dir));
+        writer
+            .append(1, ExpectedVersion::NoStream, &deposit(1))
+            .unwrap();
+    }
+    raw_put(&dir, "events", &u64::MAX.to_be_bytes(), &[0u8; 64]);
+    let writer = Arc::new(Writer::<Deposited>::new(open(&dir)));
+    // Rounds of eight appenders released at once, until the committer has taken several of
+    // them into one group (its failure is then the group's, not any one append's).
+    let mut shared = 0;
+    for _ in 0..200 {
+        let barrier = Arc::new(Barrier::new(8));
+        let errors: Vec<Error> = (0..8u128)
+            .map(|i| {
+                let (writer, barrier) = (Arc::clone(&writer), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    writer
+                        .append(10 + i, ExpectedVersion::Auto, &deposit(1))
+                        .unwrap_err()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        for e in &errors {
+            // Whatever the grouping, the cause is there to find, and nothing was written.
+            assert!(caused_by_the_log_end(e), "{e:?}");
+            assert_eq!(e.written(), Written::No);
+            match e {
+                Error::CommitFailed { .. } => {
+                    assert_eq!(e.kind(), ErrorKind::Unavailable);
+                    shared += 1;
+                }
+                _ => assert_eq!(e.kind(), ErrorKind::Corruption),
+            }
+        }
+        if shared > 0 {
+            break;
+        }
+    }
+    assert!(shared > 0, "no two appends ever shared a commit");
+}
+
+#[test]
+fn every_error_says_what_kind_of_failure_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = Writer::<Deposited>::new(open(&dir));
+    writer
+        .append(1, ExpectedVersion::NoStream, &deposit(1))
+        .unwrap();
+    let conflict = writer
+        .append(1, ExpectedVersion::NoStream, &deposit(2))
+        .unwrap_err();
+    assert_eq!(conflict.kind(), ErrorKind::Conflict);
+    let empty = writer.commit(Append::new()).unwrap_err();
+    assert!(matches!(empty, Error::EmptyBatch));
+    assert_eq!(empty.kind(), ErrorKind::InvalidInput);
+    let storage = writer.storage().clone();
+    drop(writer);
+    drop(storage);
+    raw_put(&dir, "events", &u64::MAX.to_be_bytes(), &[0u8; 64]);
+    let writer = Writer::<Deposited>::new(open(&dir));
+    let corrupt = writer
+        .append(2, ExpectedVersion::Auto, &deposit(3))
+        .unwrap_err();
+    assert_eq!(corrupt.kind(), ErrorKind::Corruption);
 }

@@ -829,8 +829,18 @@ pub(crate) fn commit_group(
         }
         Err(e) => {
             cache.map.clear();
-            let mut outcomes: Vec<Outcome> = (1..group.len()).map(|_| Err(e.for_group())).collect();
-            outcomes.insert(0, Err(e));
+            // One request gets the failure itself; in a larger group the failure is the
+            // transaction's, not any one request's, and every request gets it alike, with the
+            // one shared error as its source.
+            let outcomes: Vec<Outcome> = if group.len() == 1 {
+                vec![Err(e)]
+            } else {
+                let shared = Arc::new(e);
+                group
+                    .iter()
+                    .map(|_| Err(Error::for_group(&shared)))
+                    .collect()
+            };
             (outcomes, false)
         }
     }
