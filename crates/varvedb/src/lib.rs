@@ -194,6 +194,7 @@ extern crate self as varvedb;
 
 mod commit;
 mod config;
+mod consumer;
 mod dump;
 mod envelope;
 mod error;
@@ -205,16 +206,18 @@ mod json;
 mod metrics;
 #[cfg(feature = "metrics-http")]
 mod metrics_http;
-mod processor;
-mod projection;
 mod raw;
 mod reader;
 mod storage;
 mod store;
-mod subscription;
 mod writer;
 
 pub use config::{DEFAULT_PATH, Durability, StorageConfig};
+pub use consumer::{
+    AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, Model, OnError, OwnedEvent,
+    Processor, ProcessorOptions, Projection, ProjectionHandler, SUBSCRIPTION_BATCH_EVENTS,
+    Subscription, SubscriptionItem,
+};
 pub use dump::{
     ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer, StoredEvent,
 };
@@ -229,11 +232,6 @@ pub use metrics_http::{
     CONNECTIONS_MAX, DEFAULT_METRICS_ADDR, EXCHANGE_TIMEOUT, HEAD_BYTES_MAX, HEAD_TIMEOUT,
     MetricsServer,
 };
-pub use processor::{
-    AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, OnError, Processor,
-    ProcessorOptions,
-};
-pub use projection::{Model, Projection, ProjectionHandler};
 pub use raw::{RawEvent, RawReader, StreamSummary};
 pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
 pub use storage::{
@@ -241,7 +239,6 @@ pub use storage::{
     ShredReport, Stats, Storage, Tags, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress,
     VerifyReport,
 };
-pub use subscription::{OwnedEvent, SUBSCRIPTION_BATCH_EVENTS, Subscription, SubscriptionItem};
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
 pub use writer::{

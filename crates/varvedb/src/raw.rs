@@ -18,7 +18,7 @@ use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
 use crate::storage::{
     self, BLOB_HASH_LEN, BackWalk, FLAG_ENCRYPTED, Found, LmdbResultExt, Query, QueryIter, ReadTxn,
     RecordHeader, Seal, Section, Storage, Stored, Txn, TypeKey, decode_head_value, find_version,
-    locate_versions, open_record, resolve_type,
+    locate_versions, open_record, resolve_type, version_at,
 };
 
 /// See [`Storage::raw_reader`](crate::Storage::raw_reader).
@@ -357,15 +357,9 @@ impl RawReader {
     ) -> Result<Option<RawEvent<'t>>> {
         self.storage.check_txn(txn)?;
         let dbs = self.storage.dbs();
-        let Some((head_version, head_seq)) = storage::stream_head(dbs, txn.raw(), stream_id)?
-        else {
+        let Some(found) = version_at(dbs, txn.raw(), stream_id, version)? else {
             return Ok(None);
         };
-        if version == 0 || version > head_version {
-            return Ok(None);
-        }
-        let head = find_version(dbs, txn.raw(), stream_id, head_version, head_seq)?;
-        let found = locate_versions(dbs, txn.raw(), stream_id, (head_version, head), version)?;
         raw_at(&self.storage, txn.raw(), found.seq, found.record).map(Some)
     }
 

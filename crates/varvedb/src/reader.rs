@@ -19,7 +19,7 @@ use crate::metrics::ReadTally;
 use crate::storage::{
     self, BLOB_HASH_LEN, BackWalk, Dbs, Found, LogIter, Query, QueryIter, RECORD_ALIGN, ReadTxn,
     RecordHeader, Seal, Section, Storage, Stored, Txn, TypeKey, find_version, locate_versions,
-    resolve_type,
+    resolve_type, version_at,
 };
 
 /// The largest archived alignment VarveDB can serve zero-copy: payloads start 16-byte aligned.
@@ -512,15 +512,9 @@ impl<E: ValidateEvent + Event> Reader<E> {
     ) -> Result<Option<EventRef<'t, E>>> {
         self.storage.check_txn(txn)?;
         let dbs = self.storage.dbs();
-        let Some((head_version, head_seq)) = storage::stream_head(dbs, txn.raw(), stream_id)?
-        else {
+        let Some(found) = version_at(dbs, txn.raw(), stream_id, version)? else {
             return Ok(None);
         };
-        if version == 0 || version > head_version {
-            return Ok(None);
-        }
-        let head = find_version(dbs, txn.raw(), stream_id, head_version, head_seq)?;
-        let found = locate_versions(dbs, txn.raw(), stream_id, (head_version, head), version)?;
         count_one(&self.storage, found.record.len());
         event_at(dbs, txn.raw(), &self.state, found.seq, found.record, false).map(Some)
     }

@@ -207,6 +207,24 @@ fn checked(stream_id: u128, version: u32, seq: u64, record: &[u8]) -> Result<Fou
     })
 }
 
+/// The record of `version` of `stream_id` in `txn`'s snapshot: from the stream's head, over
+/// the chain's jumps. `None` when the stream has no such version.
+pub(crate) fn version_at<'t>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    stream_id: u128,
+    version: u32,
+) -> Result<Option<Found<'t>>> {
+    let Some((head_version, head_seq)) = super::stream_head(dbs, txn, stream_id)? else {
+        return Ok(None);
+    };
+    if version == 0 || version > head_version {
+        return Ok(None);
+    }
+    let head = find(dbs, txn, stream_id, head_version, head_seq)?;
+    locate(dbs, txn, stream_id, (head_version, head), version).map(Some)
+}
+
 /// Walks from `start`, version `from` of `stream_id`, back to version `target <= from`.
 pub(crate) fn locate<'t>(
     dbs: &Dbs,

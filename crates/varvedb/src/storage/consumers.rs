@@ -237,3 +237,39 @@ pub(crate) fn request_parked_replay(storage: &Storage, name: &str) -> Result<u64
         Ok((parked, true))
     })
 }
+
+impl Storage {
+    /// Whether a replay of the consumer `name`'s parked events was requested, in `txn`.
+    pub(crate) fn replay_requested_in(&self, txn: &super::ReadTxn, name: &str) -> Result<bool> {
+        replay_requested(self.dbs(), txn.raw(), name)
+    }
+
+    /// A consumer's checkpoint: parks `parked` and moves its cursor to `position`, in one
+    /// transaction.
+    pub(crate) fn checkpoint_consumer(
+        &self,
+        name: &str,
+        position: u64,
+        parked: &[(u64, String)],
+    ) -> Result<()> {
+        self.write(self.resize_wait(), |wtxn, dbs| {
+            for (seq, reason) in parked {
+                park(dbs, wtxn, name, *seq, reason)?;
+            }
+            set_position(dbs, wtxn, name, position)?;
+            Ok(((), true))
+        })
+    }
+
+    /// Ends a replay of the consumer `name`'s parked events: the events its handler took leave
+    /// the parked list, and the request is withdrawn, in one transaction.
+    pub(crate) fn finish_replay(&self, name: &str, taken: &[u64]) -> Result<()> {
+        self.write(self.resize_wait(), |wtxn, dbs| {
+            for seq in taken {
+                unpark(dbs, wtxn, name, *seq)?;
+            }
+            clear_replay(dbs, wtxn, name)?;
+            Ok(((), true))
+        })
+    }
+}

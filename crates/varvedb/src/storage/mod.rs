@@ -60,10 +60,11 @@ pub(crate) use blob::{
     BlobRef, HASH_LEN as BLOB_HASH_LEN, check_refs as check_blob_refs,
     padded_len as blob_padded_len,
 };
-pub(crate) use chain::{BackWalk, Found, Spine, find as find_version, locate as locate_versions};
+pub(crate) use chain::{
+    BackWalk, Found, Spine, find as find_version, locate as locate_versions, version_at,
+};
 pub(crate) use consumers::{
-    check_name as check_consumer_name, clear_replay, park, parked_of, replay_requested,
-    set_position as set_consumer_position, unpark,
+    check_name as check_consumer_name, park, parked_of, set_position as set_consumer_position,
 };
 pub(crate) use crypto::{
     Binding, Crypto, EventKey, StoreKeys, StreamKey, TOMBSTONE, Txn, bound_store_id,

@@ -17,12 +17,12 @@ use std::time::Duration;
 
 use heed::RwTxn;
 
+use super::processor::HandlerError;
+use super::subscription::{OwnedEvent, Subscription, SubscriptionItem};
 use crate::envelope::Event;
 use crate::error::{Error, Result};
-use crate::processor::HandlerError;
 use crate::reader::{Reader, ValidateEvent};
 use crate::storage::{LmdbResultExt, Storage, check_consumer_name, set_consumer_position};
-use crate::subscription::{OwnedEvent, Subscription, SubscriptionItem};
 
 /// A projection's read model, inside the batch's write transaction.
 pub struct Model<'a, 't> {

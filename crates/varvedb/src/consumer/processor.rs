@@ -20,14 +20,12 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::policy::{Decision, OnError};
 use crate::envelope::Event;
 use crate::error::{Error, Result};
 use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
-use crate::storage::{
-    Storage, check_consumer_name, clear_replay, park, replay_requested, set_consumer_position,
-    unpark,
-};
+use crate::storage::{Storage, check_consumer_name};
 
 /// What a handler's `Err` carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,32 +35,6 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub trait EventHandler<E: rkyv::Archive>: Send + 'static {
     /// Handles one event. An `Err` follows the processor's [`OnError`] policy.
     fn handle(&mut self, event: &EventRef<'_, E>) -> std::result::Result<(), HandlerError>;
-}
-
-/// What a processor does when its handler fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnError {
-    /// Checkpoint before the failed event and stop with [`Error::HandlerFailed`].
-    Stop,
-    /// Call the handler again, up to `attempts` times in all, `backoff_ms` apart (doubling each
-    /// time), then stop. The cursor never moves past the event meanwhile.
-    Retry {
-        /// Calls in all, the first included.
-        attempts: u32,
-        /// The first pause between two calls, in milliseconds.
-        backoff_ms: u64,
-    },
-    /// Park the event (it is listed by [`Storage::parked_events`] with the reason, and can be
-    /// replayed with [`Processor::replay_parked`]) and go on with the next.
-    Park,
-    /// [`Retry`](Self::Retry), then park instead of stopping.
-    RetryThenPark {
-        /// Calls in all, the first included.
-        attempts: u32,
-        /// The first pause between two calls, in milliseconds.
-        backoff_ms: u64,
-    },
 }
 
 /// A processor's settings (build them with `..Default::default()`).
@@ -193,7 +165,7 @@ where
         let mut failure = None;
         {
             let txn = storage.read_txn()?;
-            if replay_requested(storage.dbs(), txn.raw(), &self.name)? {
+            if storage.replay_requested_in(&txn, &self.name)? {
                 drop(txn);
                 self.replay_parked()?;
                 return Ok(Batch::More);
@@ -229,36 +201,20 @@ where
                             Some((s, n)) if s == seq => n + 1,
                             _ => 1,
                         };
-                        match self.options.on_error {
-                            OnError::Stop => {
+                        match self.options.on_error.decide(calls) {
+                            Decision::Stop => {
                                 failure = Some(handler_failed(&self.name, seq, &*e));
                                 break;
                             }
-                            OnError::Park => {
-                                parked.push((seq, e.to_string()));
-                                self.position = seq;
-                            }
-                            OnError::Retry {
-                                attempts,
-                                backoff_ms,
-                            }
-                            | OnError::RetryThenPark {
-                                attempts,
-                                backoff_ms,
-                            } if calls < attempts => {
-                                self.counters.retries.inc();
-                                self.retrying = Some((seq, calls));
-                                let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
-                                outcome = Batch::Retry(Duration::from_millis(wait));
-                                break;
-                            }
-                            OnError::RetryThenPark { .. } => {
+                            Decision::Park => {
                                 self.retrying = None;
                                 parked.push((seq, e.to_string()));
                                 self.position = seq;
                             }
-                            OnError::Retry { .. } => {
-                                failure = Some(handler_failed(&self.name, seq, &*e));
+                            Decision::Retry(wait) => {
+                                self.counters.retries.inc();
+                                self.retrying = Some((seq, calls));
+                                outcome = Batch::Retry(wait);
                                 break;
                             }
                         }
@@ -303,28 +259,15 @@ where
                 }
             }
         }
-        let name = self.name.clone();
-        storage.write(storage.resize_wait(), |wtxn, dbs| {
-            for seq in &taken {
-                unpark(dbs, wtxn, &name, *seq)?;
-            }
-            clear_replay(dbs, wtxn, &name)?;
-            Ok(((), true))
-        })?;
+        storage.finish_replay(&self.name, &taken)?;
         Ok(taken.len() as u64)
     }
 
     /// Writes the position (and parks `parked`) in one transaction.
     fn checkpoint(&mut self, parked: &[(u64, String)]) -> Result<()> {
-        let (name, position) = (self.name.clone(), self.position);
-        let storage = self.storage().clone();
-        storage.write(storage.resize_wait(), |wtxn, dbs| {
-            for (seq, reason) in parked {
-                park(dbs, wtxn, &name, *seq, reason)?;
-            }
-            set_consumer_position(dbs, wtxn, &name, position)?;
-            Ok(((), true))
-        })?;
+        let position = self.position;
+        self.storage()
+            .checkpoint_consumer(&self.name, position, parked)?;
         self.checkpointed = position;
         self.last_checkpoint = Instant::now();
         Ok(())
@@ -358,14 +301,14 @@ where
             let reader = for_read;
             let storage = reader.storage().clone();
             let txn = storage.read_txn()?;
-            if !replay_requested(storage.dbs(), txn.raw(), &owned_name)? {
+            if !storage.replay_requested_in(&txn, &owned_name)? {
                 return Ok(None);
             }
             let mut events = Vec::new();
             for p in storage.parked_events(&owned_name)? {
                 // As in `State::replay_parked`: an event that cannot be read stays parked.
                 if let Ok(Some(event)) = reader.get(&txn, p.seq) {
-                    events.push(crate::subscription::owned(&event));
+                    events.push(super::subscription::owned(&event));
                 }
             }
             Ok(Some(events))
@@ -387,19 +330,11 @@ where
         }
     }
     let (storage, name) = (reader.storage().clone(), name.to_owned());
-    tokio::task::spawn_blocking(move || {
-        storage.write(storage.resize_wait(), |wtxn, dbs| {
-            for seq in &taken {
-                unpark(dbs, wtxn, &name, *seq)?;
-            }
-            clear_replay(dbs, wtxn, &name)?;
-            Ok(((), true))
-        })
-    })
-    .await
-    .map_err(|e| Error::TaskFailed {
-        reason: format!("the processor's blocking task: {e}"),
-    })?
+    tokio::task::spawn_blocking(move || storage.finish_replay(&name, &taken))
+        .await
+        .map_err(|e| Error::TaskFailed {
+            reason: format!("the processor's blocking task: {e}"),
+        })?
 }
 
 /// Runs `f` on tokio's blocking pool, handing the state over and back.
@@ -597,18 +532,6 @@ async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
     on_error: OnError,
     counters: &ConsumerCounters,
 ) -> Delivery {
-    let (attempts, backoff_ms, park) = match on_error {
-        OnError::Stop => (1, 0, false),
-        OnError::Park => (1, 0, true),
-        OnError::Retry {
-            attempts,
-            backoff_ms,
-        } => (attempts, backoff_ms, false),
-        OnError::RetryThenPark {
-            attempts,
-            backoff_ms,
-        } => (attempts, backoff_ms, true),
-    };
     let mut calls = 0u32;
     loop {
         calls += 1;
@@ -616,17 +539,14 @@ async fn deliver<E: rkyv::Archive, H: AsyncEventHandler<E>>(
             return Delivery::Handled;
         };
         counters.handler_errors.inc();
-        if calls < attempts {
-            counters.retries.inc();
-            let wait = backoff_ms.saturating_mul(1 << (calls - 1).min(16));
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            continue;
+        match on_error.decide(calls) {
+            Decision::Retry(wait) => {
+                counters.retries.inc();
+                tokio::time::sleep(wait).await;
+            }
+            Decision::Park => return Delivery::Park(e.to_string()),
+            Decision::Stop => return Delivery::Stop(e),
         }
-        return if park {
-            Delivery::Park(e.to_string())
-        } else {
-            Delivery::Stop(e)
-        };
     }
 }
 
@@ -726,13 +646,7 @@ where
         let (mut position, mut checkpointed, mut last) = (position, position, Instant::now());
         let checkpoint = |name: String, position: u64, parked: Vec<(u64, String)>| {
             run(Box::new(move |storage: &Storage| {
-                storage.write(storage.resize_wait(), |wtxn, dbs| {
-                    for (seq, reason) in &parked {
-                        park(dbs, wtxn, &name, *seq, reason)?;
-                    }
-                    set_consumer_position(dbs, wtxn, &name, position)?;
-                    Ok(((), true))
-                })
+                storage.checkpoint_consumer(&name, position, &parked)
             }))
         };
         tokio::pin!(signal);
