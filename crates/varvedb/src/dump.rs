@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 
-use crate::envelope::EventId;
 use crate::error::{Error, Result};
+use crate::event::EventId;
 use crate::storage::{
     self, BlobRef, Crypto, Dbs, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
     HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent, RECORD_FORMAT,

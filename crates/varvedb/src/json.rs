@@ -7,8 +7,8 @@ use std::sync::{LazyLock, Mutex};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::envelope::EventType;
-use crate::raw::RawEvent;
+use crate::event::EventType;
+use crate::untyped::RawEvent;
 
 /// The container name of JSON events.
 pub const JSON_CONTAINER: &str = "varvedb.json";

@@ -196,60 +196,94 @@ mod commit;
 mod config;
 mod consumer;
 mod dump;
-mod envelope;
 mod error;
+mod event;
 mod event_id;
 mod expected;
 #[cfg(test)]
 mod fault_tests;
 mod json;
 mod metrics;
+/// Serving the store's metrics over HTTP ([`Storage::serve_metrics`]).
 #[cfg(feature = "metrics-http")]
-mod metrics_http;
-mod raw;
+pub mod metrics_http;
 mod reader;
 mod storage;
 mod store;
+mod untyped;
 mod writer;
 
-pub use config::{DEFAULT_PATH, Durability, StorageConfig};
+// The application's names: open a store, append, read, react.
+pub use config::{Durability, StorageConfig};
 pub use consumer::{
     AsyncEventHandler, AsyncProcessor, EventHandler, HandlerError, Model, OnError, OwnedEvent,
-    Processor, ProcessorOptions, Projection, ProjectionHandler, SUBSCRIPTION_BATCH_EVENTS,
-    Subscription, SubscriptionItem,
-};
-pub use dump::{
-    ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer, StoredEvent,
-};
-pub use envelope::{
-    AppendOptions, ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX, Event, EventId, EventType, Metadata,
+    Processor, ProcessorOptions, Projection, ProjectionHandler, Subscription, SubscriptionItem,
 };
 pub use error::{Error, ErrorKind, LmdbError, Result, SharedError, Written};
+pub use event::{AppendOptions, Event, EventId, EventType, Metadata};
 pub use expected::{Appended, ExpectedVersion};
-pub use json::{ArchivedJsonEvent, JSON_CONTAINER, JsonEvent};
+pub use json::{ArchivedJsonEvent, JsonEvent};
+pub use reader::{AllIter, EventRef, Reader, StreamIter, ValidateEvent};
+pub use storage::{
+    Consumer, ParkedEvent, Query, QueryItem, ReadTxn, ShredReport, Stats, Storage, Tags,
+};
+/// `#[derive(Event)]`: see [`Event`].
+pub use varvedb_derive::Event;
+pub use writer::{Append, IntoOptions, SerializeEvent, Writer};
+
+/// Export and import: a store's events in their stored form (ciphertext stays ciphertext), and
+/// their way back into a store (`Storage::export_header`, `Storage::export_events`,
+/// `Storage::importer`). What `varvedb export` and `varvedb import` and replication use.
+pub mod export {
+    pub use crate::dump::{
+        ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer, StoredEvent,
+    };
+}
+
+/// What [`Storage::verify`](crate::Storage::verify) reports.
+pub mod verify {
+    pub use crate::storage::{Problem, VerifyPhase, VerifyProgress, VerifyReport};
+}
+
+/// The untyped view of events, for tools: [`Storage::raw_reader`](crate::Storage::raw_reader).
+pub mod raw {
+    pub use crate::untyped::{RawEvent, RawReader, StreamSummary};
+}
+
+/// Limits, formats and tuning of the store, by name.
+pub mod limits {
+    pub use crate::config::DEFAULT_PATH;
+    pub use crate::consumer::SUBSCRIPTION_BATCH_EVENTS;
+    pub use crate::event::{ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX};
+    pub use crate::json::JSON_CONTAINER;
+    pub use crate::reader::MAX_EVENT_ALIGN;
+    pub use crate::storage::{FORMAT_VERSION, META_FORMAT_KEY, VERIFY_PROBLEMS_MAX};
+    pub use crate::writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID};
+}
+
+// The names of earlier releases, at the root: they still compile, and are documented in their
+// modules above.
+#[doc(hidden)]
+pub use export::*;
+#[doc(hidden)]
+pub use limits::*;
 #[cfg(feature = "metrics-http")]
+#[doc(hidden)]
 pub use metrics_http::{
     CONNECTIONS_MAX, DEFAULT_METRICS_ADDR, EXCHANGE_TIMEOUT, HEAD_BYTES_MAX, HEAD_TIMEOUT,
     MetricsServer,
 };
-pub use raw::{RawEvent, RawReader, StreamSummary};
-pub use reader::{AllIter, EventRef, MAX_EVENT_ALIGN, Reader, StreamIter, ValidateEvent};
-pub use storage::{
-    Consumer, FORMAT_VERSION, META_FORMAT_KEY, ParkedEvent, Problem, Query, QueryItem, ReadTxn,
-    ShredReport, Stats, Storage, Tags, VERIFY_PROBLEMS_MAX, VerifyPhase, VerifyProgress,
-    VerifyReport,
-};
-/// `#[derive(Event)]`: see [`Event`].
-pub use varvedb_derive::Event;
-pub use writer::{
-    ASYNC_HASH_OFFLOAD_BYTES, Append, IntoOptions, RESERVED_STREAM_ID, SerializeEvent, Writer,
-};
+#[doc(hidden)]
+pub use raw::*;
+#[doc(hidden)]
+pub use verify::*;
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;
 
 /// The record codec, exposed for the criterion micro-benchmarks (`benches/record.rs`) and for
 /// tests that forge or inspect records. Not part of the API: it may change in any release.
+#[cfg(feature = "__internals")]
 #[doc(hidden)]
 pub mod __bench {
     use crate::storage::{Links, RecordHeader, probes, seal_record};
@@ -324,6 +358,7 @@ pub mod __bench {
 }
 
 /// What the fuzz targets drive (`fuzz/`, `docs/reliability.md`); not a stable API.
+#[cfg(feature = "__internals")]
 #[doc(hidden)]
 pub mod __fuzz {
     use crate::reader::ValidateEvent;

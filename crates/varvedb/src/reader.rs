@@ -13,8 +13,8 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize};
 
-use crate::envelope::Event;
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::metrics::ReadTally;
 use crate::storage::{
     self, BLOB_HASH_LEN, BackWalk, Dbs, Found, LogIter, Query, QueryIter, RECORD_ALIGN, ReadTxn,
@@ -300,7 +300,7 @@ impl<'t, E: Archive> EventRef<'t, E> {
             .map_or(0, |t| t.version)
     }
 
-    crate::envelope::envelope_accessors!('t);
+    crate::event::envelope_accessors!('t);
 
     /// The metadata pairs an encrypted event's payload was decrypted with.
     fn opened_pairs(&self) -> Option<(&[u8], u16)> {

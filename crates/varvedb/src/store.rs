@@ -10,10 +10,10 @@ use crate::dump::{self, ExportHeader, Importer, StoredEvent};
 use crate::error::Result;
 #[cfg(feature = "metrics-http")]
 use crate::metrics_http::{self, MetricsServer};
-use crate::raw::{self, RawReader};
 use crate::storage::{
     self, Consumer, ParkedEvent, ReadTxn, ShredReport, Stats, Storage, VerifyProgress, VerifyReport,
 };
+use crate::untyped::{self, RawReader};
 #[cfg(doc)]
 use crate::{Durability, Error};
 
@@ -275,7 +275,7 @@ impl Storage {
     /// The untyped reader of this store: every event with its envelope and payload bytes,
     /// whatever its type.
     pub fn raw_reader(&self) -> RawReader {
-        raw::raw_reader(self)
+        untyped::raw_reader(self)
     }
 
     /// The header of an export of this store as `txn` sees it.
@@ -300,7 +300,7 @@ impl Storage {
 
     #[cfg(feature = "metrics-http")]
     /// Serves this store's metrics at `http://ADDR/metrics` on a thread of its own, until the
-    /// returned [`MetricsServer`] is dropped. `None` listens on [`DEFAULT_METRICS_ADDR`]
+    /// returned [`MetricsServer`] is dropped. `None` listens on [`DEFAULT_METRICS_ADDR`](crate::metrics_http::DEFAULT_METRICS_ADDR)
     /// (127.0.0.1:9477): other machines cannot scrape it unless you pass an address that they
     /// can reach, such as `0.0.0.0:9477`.
     ///

@@ -10,8 +10,8 @@ use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 
 use crate::commit::{Blob, Committer, Condition, Outcome, Prepared, StreamAppend};
-use crate::envelope::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::error::{Error, Result};
+use crate::event::{AppendOptions, EVENT_NAME_BYTES_MAX, Event};
 use crate::expected::{Appended, ExpectedVersion};
 use crate::storage::Storage;
 use crate::storage::{

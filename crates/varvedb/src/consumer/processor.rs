@@ -21,8 +21,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::policy::{Decision, OnError};
-use crate::envelope::Event;
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
 use crate::storage::{Storage, check_consumer_name};

@@ -19,8 +19,8 @@ use heed::RwTxn;
 
 use super::processor::HandlerError;
 use super::subscription::{OwnedEvent, Subscription, SubscriptionItem};
-use crate::envelope::Event;
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::reader::{Reader, ValidateEvent};
 use crate::storage::{LmdbResultExt, Storage, check_consumer_name, set_consumer_position};
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use rkyv::util::AlignedVec;
 
-use crate::envelope::{Event, EventId};
 use crate::error::{Error, Result};
+use crate::event::{Event, EventId};
 use crate::reader::{Reader, ValidateEvent};
 use crate::storage::Storage;
 

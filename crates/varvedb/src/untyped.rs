@@ -12,8 +12,8 @@ use heed::RoTxn;
 use rkyv::Archive;
 use rkyv::rancor;
 
-use crate::envelope::Event;
 use crate::error::{Error, Result};
+use crate::event::Event;
 use crate::reader::{MAX_EVENT_ALIGN, ValidateEvent};
 use crate::storage::{
     self, BLOB_HASH_LEN, BackWalk, FLAG_ENCRYPTED, Found, LmdbResultExt, Query, QueryIter, ReadTxn,
@@ -115,7 +115,7 @@ impl<'t> RawEvent<'t> {
         self.event_type.container
     }
 
-    crate::envelope::envelope_accessors!('t);
+    crate::event::envelope_accessors!('t);
 
     /// The metadata pairs the payload was decrypted with; `Some` of nothing for an encrypted
     /// event that could not be (shredded, or read without the key).
