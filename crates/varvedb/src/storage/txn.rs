@@ -1,4 +1,4 @@
-//! Transactions: read snapshots, the write-transaction API, flushes, and the store's health.
+//! Transactions: read snapshots, the write-transaction API and flushes (health is in `health`).
 //!
 //! A store refuses work after a failure it cannot undo: appends after a failed commit or flush
 //! (the outcome on disk is unknown), everything after a failed map resize (LMDB's map is gone).
