@@ -150,6 +150,7 @@ enum Payload<'t> {
 
 impl<'t> Payload<'t> {
     /// The payload as it lies in the map: borrowed if aligned, else copied.
+    #[inline]
     fn mapped(bytes: &'t [u8]) -> Self {
         if (bytes.as_ptr() as usize).is_multiple_of(RECORD_ALIGN) {
             Payload::Mapped(bytes)

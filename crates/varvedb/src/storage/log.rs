@@ -55,15 +55,18 @@ impl<'t> Stored<'t> {
         })
     }
 
+    #[inline]
     pub(crate) fn is_encrypted(&self) -> bool {
         self.header.flags & FLAG_ENCRYPTED != 0
     }
 
+    #[inline]
     pub(crate) fn is_blob(&self) -> bool {
         self.header.flags & FLAG_BLOB != 0
     }
 
     /// The event's type, as the `types` table names it.
+    #[inline]
     pub(crate) fn event_type(&self, dbs: &Dbs, txn: &'t RoTxn<'_>) -> Result<TypeKey<'t>> {
         types::resolve(dbs, txn, self.header.type_id)?.ok_or_else(|| {
             Error::corrupt(
@@ -77,6 +80,7 @@ impl<'t> Stored<'t> {
     }
 
     /// The blob reference of a blob record (`None` for an inline payload).
+    #[inline]
     pub(crate) fn blob_ref(&self) -> Result<Option<BlobRef>> {
         if !self.is_blob() {
             return Ok(None);
@@ -88,29 +92,32 @@ impl<'t> Stored<'t> {
 
     /// The body after the envelope section, as the record holds it: the payload, or the
     /// blob reference of a blob record.
+    #[inline]
     pub(crate) fn rest(&self) -> &'t [u8] {
         self.rest
     }
 
     /// The stored payload (sealed for an encrypted record), from the record or from the blob
     /// store, with the blob's hash (borrowed from the record's reference) for a blob record.
+    #[inline]
     pub(crate) fn payload(
         &self,
         dbs: &Dbs,
         txn: &'t RoTxn<'_>,
     ) -> Result<(&'t [u8], Option<&'t [u8; HASH_LEN]>)> {
-        match self.blob_ref()? {
-            None => Ok((self.rest, None)),
-            Some(reference) => {
-                // The reference starts with the hash.
-                let hash = self.rest.first_chunk::<HASH_LEN>();
-                Ok((blob::get(dbs, txn, self.seq, &reference)?, hash))
-            }
+        if !self.is_blob() {
+            return Ok((self.rest, None));
         }
+        let reference = BlobRef::decode(self.rest)
+            .ok_or_else(|| Error::corrupt(self.seq, "malformed blob reference"))?;
+        // The reference starts with the hash.
+        let hash = self.rest.first_chunk::<HASH_LEN>();
+        Ok((blob::get(dbs, txn, self.seq, &reference)?, hash))
     }
 
     /// The key state of the record's stream in `txn` (a read snapshot or a write
     /// transaction). An encrypted record whose stream has no key entry is corrupt.
+    #[inline]
     pub(crate) fn seal(
         &self,
         dbs: &Dbs,
@@ -134,6 +141,7 @@ impl<'t> Stored<'t> {
     /// Decrypts the sealed payload `sealed` (see [`payload`](Self::payload)) into `buffer`,
     /// reading the record as `event_type`: a seal made for another type, store, envelope or
     /// place does not authenticate.
+    #[inline]
     pub(crate) fn decrypt(
         &self,
         key: &EventKey,
@@ -186,6 +194,7 @@ impl LogWriter {
 
     /// Puts `new` and its indexes. Returns whether its blob was already stored (`Some(true)`:
     /// deduplicated), or `None` for a record without a blob.
+    #[inline]
     pub(crate) fn put(
         &mut self,
         dbs: &Dbs,
