@@ -122,6 +122,9 @@ pub(crate) const MAP_BYTES_MIN: usize = 1 << 20;
 pub(crate) const EVENT_BYTES_LIMIT: usize = (u32::MAX as usize) - 128;
 
 impl StorageConfig {
+    /// Where a store lives when no path is given (the `varvedb` tool's default).
+    pub const DEFAULT_PATH: &'static str = DEFAULT_PATH;
+
     /// Checks every field; returns the first invalid one as [`Error::InvalidConfig`].
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });

@@ -17,6 +17,9 @@ pub struct EventType {
 }
 
 impl EventType {
+    /// The longest type name (and enum name), in bytes.
+    pub const NAME_BYTES_MAX: usize = EVENT_NAME_BYTES_MAX;
+
     /// An event type; `#[derive(Event)]` writes these.
     pub const fn new(name: &'static str, version: u16) -> Self {
         EventType { name, version }
@@ -96,6 +99,9 @@ pub struct AppendOptions {
 }
 
 impl AppendOptions {
+    /// The largest envelope (ids, tags and metadata) an event may carry, in bytes.
+    pub const ENVELOPE_BYTES_MAX: usize = ENVELOPE_BYTES_MAX;
+
     /// No id, no metadata.
     pub fn new() -> Self {
         Self::default()

@@ -41,6 +41,9 @@ fn intern(name: &str) -> &'static str {
 }
 
 impl JsonEvent {
+    /// The container name the JSON event type is stored under.
+    pub const CONTAINER: &'static str = JSON_CONTAINER;
+
     /// An event of type `name` with the JSON text `json`.
     pub fn new(name: &str, json: impl Into<String>) -> Self {
         JsonEvent {

@@ -250,23 +250,19 @@ pub mod raw {
     pub use crate::untyped::{RawEvent, RawReader, StreamSummary};
 }
 
-/// Limits, formats and tuning of the store, by name.
-pub mod limits {
-    pub use crate::config::DEFAULT_PATH;
-    pub use crate::consumer::SUBSCRIPTION_BATCH_EVENTS;
-    pub use crate::event::{ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX};
-    pub use crate::json::JSON_CONTAINER;
-    pub use crate::reader::MAX_EVENT_ALIGN;
-    pub use crate::storage::{FORMAT_VERSION, META_FORMAT_KEY, VERIFY_PROBLEMS_MAX};
-    pub use crate::writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID};
-}
-
-// The names of earlier releases, at the root: they still compile, and are documented in their
-// modules above.
+// The names of earlier releases, at the root: they still compile. Their documented homes are the
+// modules above, and the tuning constants are associated constants of the types they tune
+// (`Storage::FORMAT_VERSION`, `AppendOptions::ENVELOPE_BYTES_MAX`, `MetricsServer::HEAD_TIMEOUT`..).
+#[doc(hidden)]
+pub use config::DEFAULT_PATH;
+#[doc(hidden)]
+pub use consumer::SUBSCRIPTION_BATCH_EVENTS;
+#[doc(hidden)]
+pub use event::{ENVELOPE_BYTES_MAX, EVENT_NAME_BYTES_MAX};
 #[doc(hidden)]
 pub use export::*;
 #[doc(hidden)]
-pub use limits::*;
+pub use json::JSON_CONTAINER;
 #[cfg(feature = "metrics-http")]
 #[doc(hidden)]
 pub use metrics_http::{
@@ -276,7 +272,13 @@ pub use metrics_http::{
 #[doc(hidden)]
 pub use raw::*;
 #[doc(hidden)]
+pub use reader::MAX_EVENT_ALIGN;
+#[doc(hidden)]
+pub use storage::{FORMAT_VERSION, META_FORMAT_KEY, VERIFY_PROBLEMS_MAX};
+#[doc(hidden)]
 pub use verify::*;
+#[doc(hidden)]
+pub use writer::{ASYNC_HASH_OFFLOAD_BYTES, RESERVED_STREAM_ID};
 
 /// Re-export of the rkyv version VarveDB is built with, for deriving event types.
 pub use rkyv;

@@ -58,6 +58,17 @@ impl std::fmt::Debug for MetricsServer {
 }
 
 impl MetricsServer {
+    /// Connections served at once; more wait.
+    pub const CONNECTIONS_MAX: usize = CONNECTIONS_MAX;
+    /// The largest request head, in bytes.
+    pub const HEAD_BYTES_MAX: usize = HEAD_BYTES_MAX;
+    /// How long a client may take to send its head.
+    pub const HEAD_TIMEOUT: Duration = HEAD_TIMEOUT;
+    /// How long one request and its answer may take.
+    pub const EXCHANGE_TIMEOUT: Duration = EXCHANGE_TIMEOUT;
+    /// Where `/metrics` is served when no address is given.
+    pub const DEFAULT_ADDR: SocketAddr = DEFAULT_METRICS_ADDR;
+
     /// The address it listens on (with the port the system chose, if asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

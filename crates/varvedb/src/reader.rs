@@ -464,6 +464,9 @@ fn count_one(storage: &Storage, record_bytes: usize) {
 }
 
 impl<E: ValidateEvent + Event> Reader<E> {
+    /// The largest archived alignment served zero-copy: payloads start 16-byte aligned.
+    pub const MAX_EVENT_ALIGN: usize = MAX_EVENT_ALIGN;
+
     /// A reader of `E` events from `storage`.
     ///
     /// `E`'s archived form must not need more than 16-byte alignment ([`MAX_EVENT_ALIGN`]); this

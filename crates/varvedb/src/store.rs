@@ -18,6 +18,11 @@ use crate::untyped::{self, RawReader};
 use crate::{Durability, Error};
 
 impl Storage {
+    /// The on-disk format this build reads and writes (the `format_version` meta record).
+    pub const FORMAT_VERSION: u32 = storage::FORMAT_VERSION;
+    /// The meta key of the format version; its value is a little-endian `u32`.
+    pub const META_FORMAT_KEY: &'static str = storage::META_FORMAT_KEY;
+
     /// Opens the store at `config.path`, creating the directory and the store if missing.
     ///
     /// A store written in an unknown format is refused with [`Error::UnsupportedFormat`] and left

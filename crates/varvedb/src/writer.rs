@@ -209,6 +209,12 @@ impl<E> fmt::Debug for Writer<E> {
 pub const ASYNC_HASH_OFFLOAD_BYTES: usize = 64 << 10;
 
 impl<E: SerializeEvent + Event> Writer<E> {
+    /// Payloads of this many bytes or more are hashed on tokio's blocking pool by the async
+    /// appends.
+    pub const ASYNC_HASH_OFFLOAD_BYTES: usize = ASYNC_HASH_OFFLOAD_BYTES;
+    /// The stream id reserved for VarveDB's own use (`u128::MAX`).
+    pub const RESERVED_STREAM_ID: u128 = RESERVED_STREAM_ID;
+
     /// A writer of `E` events into `storage`.
     pub fn new(storage: Storage) -> Self {
         Writer {

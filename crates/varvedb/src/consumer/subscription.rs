@@ -122,6 +122,9 @@ impl<E> Subscription<E>
 where
     E: ValidateEvent + Event + Send + 'static,
 {
+    /// The most events a subscription reads from the store in one snapshot.
+    pub const BATCH_EVENTS: usize = SUBSCRIPTION_BATCH_EVENTS;
+
     fn new(reader: Reader<E>, source: Source) -> Self {
         let rx = reader.storage().subscribe();
         Subscription {

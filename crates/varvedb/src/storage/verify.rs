@@ -72,6 +72,9 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// The most problems a report lists (it counts them all).
+    pub const PROBLEMS_MAX: usize = VERIFY_PROBLEMS_MAX;
+
     /// Whether the store is consistent: no problem found.
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty() && self.problems_omitted == 0
