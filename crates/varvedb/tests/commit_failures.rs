@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use varvedb::{Append, Error, ErrorKind, ExpectedVersion, Writer, Written};
 
-#[test]
-fn a_log_ending_at_u64_max_fails_every_append_at_once() {
+/// A store of one event whose log's last key is `u64::MAX` (a damaged end: nothing can follow).
+fn log_ending_at_u64_max() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     {
         let writer = Writer::<Deposited>::new(open(&dir));
@@ -20,6 +20,12 @@ fn a_log_ending_at_u64_max_fails_every_append_at_once() {
             .unwrap();
     }
     raw_put(&dir, "events", &u64::MAX.to_be_bytes(), &[0u8; 64]);
+    dir
+}
+
+#[test]
+fn a_log_ending_at_u64_max_fails_every_append_at_once() {
+    let dir = log_ending_at_u64_max();
 
     let writer = Writer::<Deposited>::new(open(&dir));
     for round in 0..2 {
@@ -130,14 +136,7 @@ fn caused_by_the_log_end(e: &(dyn std::error::Error + 'static)) -> bool {
 
 #[test]
 fn a_group_failure_keeps_its_cause_in_every_appends_source_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let writer = Writer::<Deposited>::new(open(&dir));
-        writer
-            .append(1, ExpectedVersion::NoStream, &deposit(1))
-            .unwrap();
-    }
-    raw_put(&dir, "events", &u64::MAX.to_be_bytes(), &[0u8; 64]);
+    let dir = log_ending_at_u64_max();
     let writer = Arc::new(Writer::<Deposited>::new(open(&dir)));
     // Rounds of eight appenders released at once, until the committer has taken several of
     // them into one group (its failure is then the group's, not any one append's).
