@@ -168,6 +168,48 @@ impl VarveEventRepository {
         Ok(out)
     }
 
+    /// The version of a stream now (0: it has no events).
+    fn stream_version(&self, stream_id: u128) -> Result<u32, PersistenceError> {
+        let txn = self.storage.read_txn().map_err(unknown)?;
+        self.storage
+            .stream_version(&txn, stream_id)
+            .map_err(unknown)
+    }
+
+    /// A snapshot update with no events (the upstream backends take one): the snapshot event
+    /// alone, expecting the version before its own, and recording the aggregate's sequence as
+    /// it stands.
+    async fn persist_snapshot<A: Aggregate>(
+        &self,
+        (aggregate_id, aggregate, version): (String, Value, usize),
+    ) -> Result<(), PersistenceError> {
+        if version == 0 {
+            return Err(unknown(CqrsError::BadCommit(format!(
+                "a snapshot of {aggregate_id} at version 0"
+            ))));
+        }
+        let snapshot_stream = stream_of(A::TYPE, &aggregate_id, 1);
+        self.check_owner(snapshot_stream, A::TYPE, &aggregate_id)?;
+        let current = self.stream_version(stream_of(A::TYPE, &aggregate_id, 0))?;
+        let expected = u32::try_from(version - 1)
+            .map(ExpectedVersion::Exact)
+            .map_err(|_| unknown(CqrsError::BadCommit("a snapshot version past u32".into())))?;
+        let body = serde_json::json!({ "aggregate": aggregate, "current_sequence": current });
+        let event = JsonEvent::new(SNAPSHOT_EVENT, body.to_string());
+        let options = AppendOptions::new()
+            .metadata(META_AGGREGATE_TYPE, A::TYPE)
+            .metadata(META_AGGREGATE_ID, aggregate_id);
+        let writer = self.writer.clone();
+        tokio::task::spawn_blocking(move || {
+            writer
+                .commit(Append::event(snapshot_stream, expected, &event).options(options))
+                .map(drop)
+        })
+        .await
+        .map_err(unknown)?
+        .map_err(store_error)
+    }
+
     /// Checks that the stream, if it has events, is this aggregate's (its first event's
     /// names).
     fn check_owner(
@@ -330,22 +372,35 @@ impl PersistedEventRepository for VarveEventRepository {
 
     /// Writes the events, and the snapshot update if any, in one atomic append. The events
     /// expect their stream at the sequence before the first; the snapshot expects the
-    /// snapshot version before its own. Either taken: `OptimisticLockError`, nothing written.
-    /// The snapshot records the last event's sequence as its own, as postgres-es does.
+    /// snapshot version before its own. Either taken: `OptimisticLockError`, nothing written;
+    /// a sequence already written is that conflict whatever the shape of the rest of the
+    /// commit, as the upstream backends answer. The snapshot records the last event's
+    /// sequence as its own, as postgres-es does; a snapshot update without events records
+    /// the aggregate's sequence as it stands.
     async fn persist<A: Aggregate>(
         &self,
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
         let Some(first) = events.first() else {
-            if snapshot_update.is_some() {
-                return Err(unknown(CqrsError::BadCommit(
-                    "a snapshot update without events".into(),
-                )));
-            }
-            return Ok(());
+            return match snapshot_update {
+                Some(update) => self.persist_snapshot::<A>(update).await,
+                None => Ok(()),
+            };
         };
         let aggregate_id = first.aggregate_id.clone();
+        // A conflict first, as the upstream backends answer it (their unique key on the
+        // sequence refuses the first taken one): any sequence of the aggregate's that is already
+        // written, whatever the shape of the rest of the commit.
+        let stream_id = stream_of(A::TYPE, &aggregate_id, 0);
+        let taken = self.stream_version(stream_id)?;
+        if events.iter().any(|e| {
+            e.aggregate_id == aggregate_id
+                && e.aggregate_type == A::TYPE
+                && e.sequence <= taken as usize
+        }) {
+            return Err(PersistenceError::OptimisticLockError);
+        }
         for (i, e) in events.iter().enumerate() {
             if e.aggregate_id != aggregate_id
                 || e.aggregate_type != A::TYPE
@@ -357,7 +412,6 @@ impl PersistedEventRepository for VarveEventRepository {
                 ))));
             }
         }
-        let stream_id = stream_of(A::TYPE, &aggregate_id, 0);
         self.check_owner(stream_id, A::TYPE, &aggregate_id)?;
         let expected = u32::try_from(first.sequence.saturating_sub(1))
             .map(ExpectedVersion::Exact)

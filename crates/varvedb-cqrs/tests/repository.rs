@@ -481,3 +481,44 @@ fn a_query_runner_feeds_views_from_a_durable_cursor() {
         assert_eq!(live.0.lock().unwrap()["acc-2"], (207, 101));
     });
 }
+
+/// Two findings of the upstream suites (postgres-es, mysql-es, sqlite-es, dynamo-es): a commit
+/// that holds a sequence already written is an optimistic-lock error whatever else is wrong
+/// with it, and a snapshot update without events is taken, with its own version check.
+#[test]
+fn a_taken_sequence_conflicts_before_shape_and_a_snapshot_alone_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = VarveEventRepository::new(open(&dir));
+    let rt = runtime();
+    rt.block_on(async {
+        let a = [
+            event("a", 1, json!({"Opened": {"owner": "ada"}})),
+            event("a", 2, json!({"Deposited": {"amount": 10}})),
+        ];
+        repo.persist::<BankAccount>(&a, None).await.unwrap();
+        // [3, 2] after 1 and 2: sequence 2 is taken.
+        let out_of_order = [event("a", 3, json!({})), event("a", 2, json!({}))];
+        assert!(matches!(
+            repo.persist::<BankAccount>(&out_of_order, None).await,
+            Err(PersistenceError::OptimisticLockError)
+        ));
+        assert_eq!(repo.get_events::<BankAccount>("a").await.unwrap(), a);
+
+        // A snapshot alone, then the next version, then that version again.
+        let state = json!({"opened": true, "balance": 10});
+        repo.persist::<BankAccount>(&[], Some(("a".into(), state.clone(), 1)))
+            .await
+            .unwrap();
+        assert_eq!(snapshot_of(&repo, "a").await, (state, 2, 1));
+        let later = json!({"opened": true, "balance": 11});
+        repo.persist::<BankAccount>(&[], Some(("a".into(), later.clone(), 2)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            repo.persist::<BankAccount>(&[], Some(("a".into(), json!({}), 2)))
+                .await,
+            Err(PersistenceError::OptimisticLockError)
+        ));
+        assert_eq!(snapshot_of(&repo, "a").await, (later, 2, 2));
+    });
+}
