@@ -22,6 +22,7 @@ mod keys;
 mod lmdb;
 mod log;
 mod pack;
+#[cfg(feature = "__internals")]
 mod probe;
 mod record;
 mod registry;
@@ -95,6 +96,7 @@ pub(crate) mod ops {
 }
 
 /// Probes of the formats, for the benchmarks, the fuzz targets and the tests.
+#[cfg(feature = "__internals")]
 pub(crate) mod probes {
     pub(crate) use super::probe::*;
 }

@@ -206,6 +206,7 @@ fn table_entry(table: &[u8], i: usize) -> usize {
     u32::from_le_bytes(b) as usize
 }
 
+#[cfg(feature = "__internals")]
 /// The byte ranges of a pack's records, for tests that forge or damage one; `None` if the pack
 /// is malformed.
 pub(crate) fn record_ranges(last: u64, bytes: &[u8]) -> Option<Vec<std::ops::Range<usize>>> {
@@ -219,6 +220,7 @@ pub(crate) fn record_ranges(last: u64, bytes: &[u8]) -> Option<Vec<std::ops::Ran
         .collect()
 }
 
+#[cfg(feature = "__internals")]
 /// Writes the checksum a pack stored under `last` must carry (for tests that forge a pack).
 pub(crate) fn reseal(last: u64, bytes: &mut [u8]) {
     let checksum = checksum_of(last, bytes);

@@ -165,6 +165,7 @@ pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &Re
     h[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
 }
 
+#[cfg(any(test, feature = "__internals"))]
 /// The checksum of a whole record (header bytes and body), as `seal` writes it.
 pub(crate) fn checksum_of(record: &[u8]) -> u64 {
     let body_len = le_u32(record, 4) as usize;
