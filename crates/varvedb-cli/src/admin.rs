@@ -109,6 +109,10 @@ pub(crate) enum ConsumersCommand {
         /// The global sequence of the last event it is to count as handled.
         #[arg(long)]
         to: u64,
+        /// Move it past the log's last event (it then skips events appended up to that
+        /// sequence); refused without this flag.
+        #[arg(long)]
+        force: bool,
     },
     /// Deletes a consumer's cursor and its parked events.
     Delete {
@@ -129,11 +133,20 @@ pub(crate) enum ConsumersCommand {
     },
 }
 
-/// Runs a `consumers` command. Returns false when the consumer named does not exist.
+/// How a `consumers` command ended, short of an error.
+pub(crate) enum Outcome {
+    Done,
+    /// The consumer named does not exist (exit 1).
+    Missing,
+    /// The command was refused as given, and nothing changed (exit 2).
+    Refused,
+}
+
+/// Runs a `consumers` command.
 pub(crate) fn consumers(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
     command: Option<&ConsumersCommand>,
-) -> Result<bool, varvedb::Error> {
+) -> Result<Outcome, varvedb::Error> {
     let storage = open()?;
     let known = |storage: &Storage, name: &str| -> Result<bool, varvedb::Error> {
         Ok(storage.consumer_position(name)?.is_some())
@@ -151,10 +164,20 @@ pub(crate) fn consumers(
                 );
             }
         }
-        ConsumersCommand::Reset { name, to } => {
+        ConsumersCommand::Reset { name, to, force } => {
             if !known(&storage, name)? {
                 eprintln!("varvedb: no consumer named {name:?}");
-                return Ok(false);
+                return Ok(Outcome::Missing);
+            }
+            let head = storage.last_seq(&storage.read_txn()?)?;
+            if *to > head && !force {
+                eprintln!(
+                    "varvedb: the log ends at sequence {head}, so consumer {name} cannot be put \
+                     at {to}: it would skip the next {} events appended; nothing changed (give \
+                     --force to do it anyway)",
+                    to - head
+                );
+                return Ok(Outcome::Refused);
             }
             storage.reset_consumer(name, *to)?;
             println!("consumer {name} now at {to}");
@@ -162,14 +185,14 @@ pub(crate) fn consumers(
         ConsumersCommand::Delete { name } => {
             if !storage.delete_consumer(name)? {
                 eprintln!("varvedb: no consumer named {name:?}");
-                return Ok(false);
+                return Ok(Outcome::Missing);
             }
             println!("consumer {name} deleted");
         }
         ConsumersCommand::Parked { name } => {
             if !known(&storage, name)? {
                 eprintln!("varvedb: no consumer named {name:?}");
-                return Ok(false);
+                return Ok(Outcome::Missing);
             }
             for p in storage.parked_events(name)? {
                 println!("{:>12}  {}", p.seq, p.reason);
@@ -178,7 +201,7 @@ pub(crate) fn consumers(
         ConsumersCommand::Replay { name } => {
             if !known(&storage, name)? {
                 eprintln!("varvedb: no consumer named {name:?}");
-                return Ok(false);
+                return Ok(Outcome::Missing);
             }
             match storage.request_parked_replay(name)? {
                 0 => println!("consumer {name} has no parked events"),
@@ -189,7 +212,7 @@ pub(crate) fn consumers(
             }
         }
     }
-    Ok(true)
+    Ok(Outcome::Done)
 }
 
 #[cfg(test)]

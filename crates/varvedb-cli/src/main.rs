@@ -144,7 +144,8 @@ enum Command {
     Streams(admin::StreamsArgs),
     /// Lists consumers (processors' cursors) with their lag; resets or deletes one; lists the
     /// events one parked, or asks its processor to replay them. Exits 1 when the consumer
-    /// named does not exist.
+    /// named does not exist. A reset past the log's last event is refused (exit 2) unless
+    /// given --force.
     ///
     /// Example: varvedb consumers reset billing --to 0
     Consumers {
@@ -219,8 +220,9 @@ fn main() -> ExitCode {
         Command::Restore(args) => replication::restore(raw_key(), &args),
         Command::Consumers { command } => {
             return match admin::consumers(open, command.as_ref()) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
+                Ok(admin::Outcome::Done) => ExitCode::SUCCESS,
+                Ok(admin::Outcome::Missing) => ExitCode::from(1),
+                Ok(admin::Outcome::Refused) => ExitCode::from(2),
                 Err(e) => {
                     eprintln!("varvedb: {e}");
                     ExitCode::from(2)

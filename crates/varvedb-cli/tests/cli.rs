@@ -624,6 +624,36 @@ fn consumers_list_reset_park_and_delete() {
         .collect();
     assert_eq!(row[1], "0", "{stdout}");
     assert_eq!(row[3], "8", "the lag after the reset: {stdout}");
+    // Past the log's end: refused (exit 2, nothing changed), unless forced.
+    let head: u64 = row[2].parse().unwrap();
+    let past = (head + 5).to_string();
+    let out = output(["--path", store, "consumers", "reset", &name, "--to", &past]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--force") && stderr.contains(&format!("ends at sequence {head}")),
+        "{stderr}"
+    );
+    let (_, stdout, _) = varvedb(&["--path", store, "consumers", "list"]);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with(&name) && l.split_whitespace().nth(1) == Some("0")),
+        "a refused reset moved the cursor: {stdout}"
+    );
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        store,
+        "consumers",
+        "reset",
+        &name,
+        "--to",
+        &past,
+        "--force",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = varvedb(&["--path", store, "consumers", "reset", &name, "--to", "0"]);
+    assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = varvedb(&["--path", store, "consumers", "parked", &name]);
     assert!(ok, "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
