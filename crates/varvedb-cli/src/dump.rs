@@ -113,6 +113,10 @@ struct EventLine {
     /// The 48-byte blob reference of an event whose blob was released, base64.
     #[serde(default)]
     blob_ref: Option<String>,
+    /// The record's checksum (16 hex digits): the import refuses an event that does not
+    /// rebuild to it. Absent in exports of before checksums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    checksum: Option<String>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -250,6 +254,7 @@ fn event_line(e: &StoredEvent) -> EventLine {
         blob: e.blob,
         payload: e.payload.as_deref().map(b64),
         blob_ref: e.blob_ref.as_deref().map(b64),
+        checksum: e.checksum.map(|c| format!("{c:016x}")),
     }
 }
 
@@ -276,6 +281,13 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
         blob_ref: e
             .blob_ref
             .map(|r| unb64(line, "blob_ref", &r))
+            .transpose()?,
+        checksum: e
+            .checksum
+            .map(|c| {
+                u64::from_str_radix(&c, 16)
+                    .map_err(|_| format!("line {line}: checksum {c:?} is not 16 hex digits"))
+            })
             .transpose()?,
         // A property of the store's transactions, not of the event: an import makes its own.
         ends_group: false,
@@ -449,17 +461,41 @@ fn import_lines(
     let storage = Storage::open(config)?;
     let mut importer = storage.importer();
     importer.begin(&header)?;
+    // The lines of the events not yet known to be written: an event refused when its batch
+    // is written is named by its line as well as its sequence.
+    let mut lines: std::collections::VecDeque<(u64, usize)> = std::collections::VecDeque::new();
+    let at_line = |lines: &std::collections::VecDeque<(u64, usize)>, e: varvedb::Error| {
+        let line = match &e {
+            varvedb::Error::InvalidImport { seq, .. } => {
+                lines.iter().find(|(s, _)| s == seq).map(|(_, l)| *l)
+            }
+            _ => None,
+        };
+        match line {
+            Some(line) => format!("line {line}: {e}"),
+            None => e.to_string(),
+        }
+    };
     while let Some((number, line)) = next_line()? {
         if line.trim().is_empty() {
             continue;
         }
         let event: EventLine =
             serde_json::from_str(&line).map_err(|e| format!("line {number}: not an event: {e}"))?;
-        importer.push(event_of(number, event)?)?;
+        let event = event_of(number, event)?;
+        if lines.len() >= IMPORT_LINES_KEPT {
+            lines.pop_front();
+        }
+        lines.push_back((event.seq, number));
+        importer.push(event).map_err(|e| at_line(&lines, e))?;
     }
-    let report = importer.finish(&header)?;
+    let report = importer.finish(&header).map_err(|e| at_line(&lines, e))?;
     Ok((storage, report))
 }
+
+/// How many events' lines an import remembers for its error messages: more than an importer
+/// holds before it writes a batch.
+const IMPORT_LINES_KEPT: usize = 1 << 14;
 
 /// The default `event_bytes_max`, which the import's store is opened with.
 fn config_event_max() -> usize {

@@ -1429,3 +1429,61 @@ fn import_refuses_a_line_longer_than_any_event_the_store_accepts() {
     ]);
     assert!(!ok && stderr.contains("line 2 is longer than"), "{stderr}");
 }
+
+/// An export line whose payload has one flipped byte (still valid base64) is refused, naming
+/// its line and its sequence, and exits 2.
+#[test]
+fn an_export_with_a_flipped_payload_byte_is_refused_naming_line_and_sequence() {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    for i in 0..5 {
+        let (ok, _, stderr) = varvedb(&[
+            "--path",
+            s,
+            "append",
+            "--stream",
+            "9",
+            "--expect",
+            "any",
+            "--type",
+            "Noted",
+            "--json",
+            &format!(r#"{{"n":{i}}}"#),
+        ]);
+        assert!(ok, "{stderr}");
+    }
+    let export = dir.path().join("store.jsonl");
+    let (ok, _, stderr) = varvedb(&["--path", s, "export", export.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let text = std::fs::read_to_string(&export).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    // Line 4 is the third event (the header is line 1).
+    let mut event: serde_json::Value = serde_json::from_str(&lines[3]).unwrap();
+    assert!(event["checksum"].is_string(), "{event}");
+    let seq = event["seq"].as_u64().unwrap();
+    let mut payload = B64.decode(event["payload"].as_str().unwrap()).unwrap();
+    let middle = payload.len() / 2;
+    payload[middle] ^= 1;
+    event["payload"] = serde_json::Value::String(B64.encode(&payload));
+    lines[3] = event.to_string();
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(&damaged, lines.join("\n") + "\n").unwrap();
+    let restored = dir.path().join("restored");
+    let out = output([
+        "--path",
+        restored.to_str().unwrap(),
+        "import",
+        damaged.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 4")
+            && stderr.contains(&format!("event {seq}"))
+            && stderr.contains("checksum"),
+        "{stderr}"
+    );
+}

@@ -405,6 +405,8 @@ impl Replicator {
                 })?;
             let mut mine = event.clone();
             mine.ends_group = theirs.event.ends_group;
+            // The wire carries no checksum: the events are compared field by field.
+            mine.checksum = theirs.event.checksum;
             if theirs.event != mine {
                 return Err(Error::Diverged {
                     seq,

@@ -429,6 +429,8 @@ impl Restore<'_> {
             })?;
         let mut theirs = theirs.event;
         theirs.ends_group = mine.ends_group;
+        // The wire carries no checksum: the replica's own record is compared field by field.
+        theirs.checksum = mine.checksum;
         if theirs != mine {
             return Err(Error::Diverged {
                 seq,

@@ -18,7 +18,7 @@ use crate::storage::{
     ReadTxn, RecordHeader, Spine, Storage, Stored, TOMBSTONE, TypeKey, blob_padded_len,
     bump_generation, check_consumer_name, decode_type_key, end_draft, intern_type, is_shredded,
     is_tombstone, pairs, park, parked_of, peek_record, put_head, seal_record,
-    set_consumer_position,
+    set_consumer_position, stored_checksum,
 };
 
 /// The store-wide part of an export, read in the same snapshot as its events.
@@ -114,6 +114,12 @@ pub struct StoredEvent {
     pub payload: Option<Vec<u8>>,
     /// The 48-byte blob reference of a blob event whose payload is gone (shredded).
     pub blob_ref: Option<Vec<u8>>,
+    /// The record's checksum as stored (xxh3 over its header and body; a blob event's body is
+    /// its blob's reference, BLAKE3 hash and digest, so the checksum covers the blob too). An
+    /// importer rebuilds the record and refuses the event if the checksum differs: a payload,
+    /// envelope or header changed on the way. `None`: not checked (an export of before
+    /// checksums, or a replication message).
+    pub checksum: Option<u64>,
     /// The event is the last of its commit group: the events since the previous one that
     /// ends a group were written by one transaction, and hold whole appends (an atomic
     /// append of several events never spans two groups). An importer does not need it;
@@ -284,6 +290,7 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         blob: is_blob,
         payload,
         blob_ref,
+        checksum: Some(stored_checksum(value)),
         ends_group: false,
     })
 }
@@ -751,10 +758,7 @@ impl Importer {
                         }
                     };
                     check_event(event, head)?;
-                    let links = head.spine.push(event.version, event.seq);
-                    let built = build_record(event, links, type_id)?;
-                    head.version = event.version;
-                    head.seq = event.seq;
+                    // The more precise refusal first: an id the store has, then the checksum.
                     let event_id = event.event_id.map(EventId::as_u128);
                     if let Some(id) = event_id
                         && let Some(seq) = storage::event_id_seq(dbs, wtxn, id)?
@@ -767,6 +771,10 @@ impl Importer {
                             ),
                         ));
                     }
+                    let links = head.spine.push(event.version, event.seq);
+                    let built = build_record(event, links, type_id)?;
+                    head.version = event.version;
+                    head.seq = event.seq;
                     log.put(
                         dbs,
                         wtxn,
@@ -1012,6 +1020,19 @@ fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built
         links,
     };
     seal_record(&mut record, payload_len, digest, &header);
+    if let Some(expected) = event.checksum {
+        let rebuilt = stored_checksum(&record);
+        if rebuilt != expected {
+            return Err(invalid(
+                seq,
+                format!(
+                    "the event does not match the checksum its export gave (export \
+                     {expected:#018x}, rebuilt {rebuilt:#018x}): its payload, envelope or \
+                     header was changed on the way"
+                ),
+            ));
+        }
+    }
     Ok(Built {
         record,
         blob: new_blob,

@@ -520,3 +520,59 @@ fn imports_keep_the_event_limit_and_refuse_keys_they_cannot_vouch_for() {
     );
     assert_eq!(own.raw_reader().read_all(&txn, 1).count(), 1);
 }
+
+/// An export carries each record's checksum, which covers its payload, its envelope and (for a
+/// blob event, through the blob's reference) its blob: one flipped byte anywhere is refused,
+/// naming the event, and nothing of its batch is written.
+#[test]
+fn a_flipped_byte_in_an_exported_event_is_refused_naming_its_sequence() {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = source(src_dir.path());
+    let (header, events) = export(&src);
+    assert!(events.iter().all(|e| e.checksum.is_some()));
+    let inline = events
+        .iter()
+        .position(|e| !e.blob && !e.encrypted && e.payload.is_some())
+        .unwrap();
+    let blob = events
+        .iter()
+        .position(|e| e.blob && e.payload.is_some())
+        .unwrap();
+    for (which, at) in [("inline", inline), ("blob", blob)] {
+        let mut damaged = events.clone();
+        let payload = damaged[at].payload.as_mut().unwrap();
+        let middle = payload.len() / 2;
+        payload[middle] ^= 1;
+        let dir = tempfile::tempdir().unwrap();
+        let dst = Storage::open(config(dir.path(), Some(KEY))).unwrap();
+        let mut importer = dst.importer();
+        importer.begin(&header).unwrap();
+        let seq = damaged[at].seq;
+        let result = damaged
+            .into_iter()
+            .try_for_each(|e| importer.push(e))
+            .and_then(|()| importer.finish(&header).map(drop));
+        let err = result.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidImport { seq: s, reason } if *s == seq && reason.contains("checksum")),
+            "{which}: {err}"
+        );
+        // Nothing at or after the damaged event was written.
+        let txn = dst.read_txn().unwrap();
+        assert!(dst.last_seq(&txn).unwrap() < seq, "{which}");
+    }
+    // A metadata change is caught the same way.
+    let with_meta = events.iter().position(|e| !e.metadata.is_empty()).unwrap();
+    let mut damaged = events.clone();
+    damaged[with_meta].metadata[0].1.push('!');
+    let dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dir.path(), Some(KEY))).unwrap();
+    let mut importer = dst.importer();
+    importer.begin(&header).unwrap();
+    let err = damaged
+        .into_iter()
+        .try_for_each(|e| importer.push(e))
+        .and_then(|()| importer.finish(&header).map(drop))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidImport { .. }), "{err}");
+}

@@ -103,7 +103,7 @@ pub(crate) mod probes {
 pub(crate) use record::{
     FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, HEADER_LEN, Links, RECORD_ALIGN,
     RECORD_FORMAT, REF_LEN, RecordHeader, end_draft, open as open_record, payload_digest,
-    peek as peek_record, record_len, seal as seal_record,
+    peek as peek_record, record_len, seal as seal_record, stored_checksum,
 };
 pub(crate) use tags::QueryIter;
 pub use tags::{Query, QueryItem};

@@ -165,6 +165,14 @@ pub(crate) fn seal(record: &mut [u8], payload_len: u32, digest: u64, header: &Re
     h[CHECKSUM_AT..HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
 }
 
+/// The checksum a sealed record carries in its header (0 for a record too short to have one).
+pub(crate) fn stored_checksum(record: &[u8]) -> u64 {
+    record
+        .get(CHECKSUM_AT..HEADER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 #[cfg(any(test, feature = "__internals"))]
 /// The checksum of a whole record (header bytes and body), as `seal` writes it.
 pub(crate) fn checksum_of(record: &[u8]) -> u64 {
