@@ -89,6 +89,22 @@ pub(crate) fn run(
         eprintln!("varvedb: no event at that sequence");
         return Ok(false);
     }
+    if let (None, Some(stream)) = (args.seq, args.stream)
+        && printed == 0
+        && limit > 0
+        && clean
+    {
+        let version = storage.stream_version(&txn, stream)?;
+        if version == 0 {
+            eprintln!("varvedb: stream {stream:#x} has no events");
+        } else {
+            eprintln!(
+                "varvedb: stream {stream:#x} ends at version {version}, before version {}",
+                args.from_version
+            );
+        }
+        return Ok(false);
+    }
     Ok(clean)
 }
 

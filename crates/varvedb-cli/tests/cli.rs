@@ -1487,3 +1487,28 @@ fn an_export_with_a_flipped_payload_byte_is_refused_naming_line_and_sequence() {
         "{stderr}"
     );
 }
+
+/// `read --stream` of a stream with nothing to print says so on stderr and exits 1.
+#[test]
+fn reading_a_missing_stream_says_so_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "7", "--expect", "none", "--type", "Noted", "--json",
+        "{}",
+    ]);
+    assert!(ok, "{stderr}");
+    let out = output(["--path", s, "read", "--stream", "8"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no events"), "{stderr}");
+    let out = output(["--path", s, "read", "--stream", "7", "--from-version", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("ends at version 1"), "{stderr}");
+    // A stream with events still reads, with exit 0.
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "read", "--stream", "7"]);
+    assert!(ok && !stdout.is_empty(), "{stderr}");
+}
