@@ -110,6 +110,14 @@ pub enum CqrsError {
     BadCommit(String),
 }
 
+/// A snapshot update's part of an atomic append.
+struct SnapshotPart {
+    stream_id: u128,
+    expected: ExpectedVersion,
+    event: [JsonEvent; 1],
+    options: AppendOptions,
+}
+
 fn unknown(e: impl std::error::Error + Send + Sync + 'static) -> PersistenceError {
     PersistenceError::UnknownError(Box::new(e))
 }
@@ -176,33 +184,55 @@ impl VarveEventRepository {
             .map_err(unknown)
     }
 
-    /// A snapshot update with no events (the upstream backends take one): the snapshot event
-    /// alone, expecting the version before its own, and recording the aggregate's sequence as
-    /// it stands.
-    async fn persist_snapshot<A: Aggregate>(
+    /// The snapshot event of an update to `version` of the aggregate's snapshot, recording
+    /// `current_sequence`: its stream, its expectation (the version before), the event and its
+    /// options. Shared by a commit with events and a snapshot update alone.
+    fn snapshot_part(
         &self,
-        (aggregate_id, aggregate, version): (String, Value, usize),
-    ) -> Result<(), PersistenceError> {
+        aggregate_type: &str,
+        aggregate_id: &str,
+        aggregate: Value,
+        version: usize,
+        current_sequence: u64,
+    ) -> Result<SnapshotPart, PersistenceError> {
         if version == 0 {
             return Err(unknown(CqrsError::BadCommit(format!(
                 "a snapshot of {aggregate_id} at version 0"
             ))));
         }
-        let snapshot_stream = stream_of(A::TYPE, &aggregate_id, 1);
-        self.check_owner(snapshot_stream, A::TYPE, &aggregate_id)?;
-        let current = self.stream_version(stream_of(A::TYPE, &aggregate_id, 0))?;
+        let stream_id = stream_of(aggregate_type, aggregate_id, 1);
+        self.check_owner(stream_id, aggregate_type, aggregate_id)?;
         let expected = u32::try_from(version - 1)
             .map(ExpectedVersion::Exact)
             .map_err(|_| unknown(CqrsError::BadCommit("a snapshot version past u32".into())))?;
-        let body = serde_json::json!({ "aggregate": aggregate, "current_sequence": current });
-        let event = JsonEvent::new(SNAPSHOT_EVENT, body.to_string());
-        let options = AppendOptions::new()
-            .metadata(META_AGGREGATE_TYPE, A::TYPE)
-            .metadata(META_AGGREGATE_ID, aggregate_id);
+        let body =
+            serde_json::json!({ "aggregate": aggregate, "current_sequence": current_sequence });
+        Ok(SnapshotPart {
+            stream_id,
+            expected,
+            event: [JsonEvent::new(SNAPSHOT_EVENT, body.to_string())],
+            options: AppendOptions::new()
+                .metadata(META_AGGREGATE_TYPE, aggregate_type.to_owned())
+                .metadata(META_AGGREGATE_ID, aggregate_id.to_owned()),
+        })
+    }
+
+    /// A snapshot update with no events (the upstream backends take one): the snapshot event
+    /// alone, recording the aggregate's sequence as it stands.
+    async fn persist_snapshot<A: Aggregate>(
+        &self,
+        (aggregate_id, aggregate, version): (String, Value, usize),
+    ) -> Result<(), PersistenceError> {
+        let current = self.stream_version(stream_of(A::TYPE, &aggregate_id, 0))?;
+        let part =
+            self.snapshot_part(A::TYPE, &aggregate_id, aggregate, version, current.into())?;
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             writer
-                .commit(Append::event(snapshot_stream, expected, &event).options(options))
+                .commit(
+                    Append::stream(part.stream_id, part.expected, &part.event)
+                        .options(part.options),
+                )
                 .map(drop)
         })
         .await
@@ -421,36 +451,25 @@ impl PersistedEventRepository for VarveEventRepository {
             .map(|e| JsonEvent::new(&e.event_type, e.payload.to_string()))
             .collect();
         let opts: Vec<AppendOptions> = events.iter().map(options).collect();
-        let mut snapshot = Vec::new();
-        let mut snapshot_opts = Vec::new();
-        let mut snapshot_expected = ExpectedVersion::Auto;
-        let snapshot_stream = stream_of(A::TYPE, &aggregate_id, 1);
-        if let Some((snapshot_id, aggregate, version)) = snapshot_update {
-            if snapshot_id != aggregate_id || version == 0 {
+        let snapshot = match snapshot_update {
+            Some((snapshot_id, _, version)) if snapshot_id != aggregate_id => {
                 return Err(unknown(CqrsError::BadCommit(format!(
                     "a snapshot of {snapshot_id} version {version} with events of {aggregate_id}"
                 ))));
             }
-            self.check_owner(snapshot_stream, A::TYPE, &aggregate_id)?;
-            let last = events.last().map_or(0, |e| e.sequence);
-            let body = serde_json::json!({ "aggregate": aggregate, "current_sequence": last });
-            snapshot.push(JsonEvent::new(SNAPSHOT_EVENT, body.to_string()));
-            snapshot_opts.push(
-                AppendOptions::new()
-                    .metadata(META_AGGREGATE_TYPE, A::TYPE)
-                    .metadata(META_AGGREGATE_ID, aggregate_id.clone()),
-            );
-            snapshot_expected = u32::try_from(version - 1)
-                .map(ExpectedVersion::Exact)
-                .map_err(|_| unknown(CqrsError::BadCommit("a snapshot version past u32".into())))?;
-        }
+            Some((_, aggregate, version)) => {
+                let last = events.last().map_or(0, |e| e.sequence) as u64;
+                Some(self.snapshot_part(A::TYPE, &aggregate_id, aggregate, version, last)?)
+            }
+            None => None,
+        };
         let writer = self.writer.clone();
         tokio::task::spawn_blocking(move || {
             let mut append = Append::stream(stream_id, expected, &json[..]).options(&opts[..]);
-            if !snapshot.is_empty() {
+            if let Some(part) = &snapshot {
                 append = append
-                    .and(snapshot_stream, snapshot_expected, &snapshot[..])
-                    .options(&snapshot_opts[..]);
+                    .and(part.stream_id, part.expected, &part.event)
+                    .options(std::slice::from_ref(&part.options));
             }
             writer.commit(append).map(drop)
         })

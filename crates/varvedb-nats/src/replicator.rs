@@ -403,11 +403,7 @@ impl Replicator {
                     seq,
                     reason: e.to_string(),
                 })?;
-            let mut mine = event.clone();
-            mine.ends_group = theirs.event.ends_group;
-            // The wire carries no checksum: the events are compared field by field.
-            mine.checksum = theirs.event.checksum;
-            if theirs.event != mine {
+            if !event.is_same_event_as(&theirs.event) {
                 return Err(Error::Diverged {
                     seq,
                     reason: "the message there is not this store's event".into(),

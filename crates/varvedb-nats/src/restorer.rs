@@ -427,11 +427,7 @@ impl Restore<'_> {
                 seq,
                 reason: "the store lost its last event".into(),
             })?;
-        let mut theirs = theirs.event;
-        theirs.ends_group = mine.ends_group;
-        // The wire carries no checksum: the replica's own record is compared field by field.
-        theirs.checksum = mine.checksum;
-        if theirs != mine {
+        if !theirs.event.is_same_event_as(&mine) {
             return Err(Error::Diverged {
                 seq,
                 reason: "the store's last event is not the stream's message at its sequence".into(),

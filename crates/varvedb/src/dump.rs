@@ -128,6 +128,24 @@ pub struct StoredEvent {
     pub ends_group: bool,
 }
 
+impl StoredEvent {
+    /// Whether `other` is the same event: every field but what a copy of it may lack or set
+    /// otherwise (where its commit group ends, and the checksum, which replication messages
+    /// do not carry; two checksums that are both there must agree).
+    pub fn is_same_event_as(&self, other: &StoredEvent) -> bool {
+        let checksums_agree = match (self.checksum, other.checksum) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        checksums_agree
+            && StoredEvent {
+                ends_group: other.ends_group,
+                checksum: other.checksum,
+                ..self.clone()
+            } == *other
+    }
+}
+
 /// What an [`Importer`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

@@ -168,25 +168,17 @@ fn a_tampered_or_moved_ciphertext_does_not_authenticate() {
         }
     }
     // Swap the two records' sealed bodies (same length): each is now in the wrong stream and
-    // sequence. The checksums are recomputed, as an attacker would.
-    let key = |seq: u64| seq.to_be_bytes();
-    // Each append is a pack of one record.
-    let mut one = common::raw_get(dir.path(), "events", &key(1)).unwrap();
-    let mut two = common::raw_get(dir.path(), "events", &key(2)).unwrap();
+    // sequence. The checksums are recomputed, as an attacker would (`tamper`).
+    let body = |seq: u64| {
+        // Each append is a pack of one record.
+        let pack = common::raw_get(dir.path(), "events", &seq.to_be_bytes()).unwrap();
+        let record = varvedb::__bench::pack_records(seq, &pack).unwrap()[0].clone();
+        pack[record.start + 64..record.end].to_vec()
+    };
+    let (one, two) = (body(1), body(2));
     assert_eq!(one.len(), two.len());
-    let record = varvedb::__bench::pack_records(1, &one).unwrap()[0].clone();
-    let body = record.start + 64..record.end;
-    let saved = one[body.clone()].to_vec();
-    one[body.clone()].copy_from_slice(&two[body.clone()]);
-    two[body].copy_from_slice(&saved);
-    for (last, pack) in [(1, &mut one), (2, &mut two)] {
-        let sum = varvedb::__bench::reseal_checksum(&pack[record.clone()]);
-        pack[record.start + 56..record.start + 64].copy_from_slice(&sum.to_le_bytes());
-        varvedb::__bench::reseal_pack(last, pack);
-    }
-    common::raw_put_path(dir.path(), "events", &key(1), &one);
-    common::raw_put_path(dir.path(), "events", &key(2), &two);
-
+    tamper(dir.path(), 1, |r| r[64..].copy_from_slice(&two));
+    tamper(dir.path(), 2, |r| r[64..].copy_from_slice(&one));
     let storage = open(dir.path());
     let reader = Reader::<Secret>::new(storage.clone());
     let txn = storage.read_txn().unwrap();

@@ -10,26 +10,20 @@ use std::net::{SocketAddr, TcpStream};
 use common::*;
 use varvedb::{Error, ExpectedVersion, Writer};
 
-/// `GET path` with HTTP/1.0: `(status, body)`.
+/// `METHOD path` with HTTP/1.0: `(status, head, body)`.
 fn get(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_owned(), body.to_owned())
+    try_request(addr, method, path).expect("an answer from the metrics server")
 }
 
-/// `GET path`, or `None` when the server closed the connection without an answer.
-fn try_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+/// `METHOD path`, or `None` when the server closed the connection without an answer.
+fn try_request(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
 fn counter(body: &str, name: &str) -> f64 {
@@ -166,8 +160,8 @@ fn slow_and_oversized_clients_cannot_exhaust_the_database_process() {
     // (documented): the scrape is tried again until a slot is free, within seconds.
     let deadline = Instant::now() + Duration::from_secs(20);
     let (status, body) = loop {
-        if let Some(answer) = try_get(addr, "/metrics") {
-            break answer;
+        if let Some((status, _, body)) = try_request(addr, "GET", "/metrics") {
+            break (status, body);
         }
         assert!(Instant::now() < deadline, "no scrape was answered in 20 s");
         std::thread::sleep(Duration::from_millis(50));
