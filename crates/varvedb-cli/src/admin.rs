@@ -62,7 +62,7 @@ pub(crate) fn streams(
         printed += 1;
         println!(
             "{:<34} {:>10} {:>12}  {:<30}  {}",
-            format!("{:#x}", stream.stream_id),
+            crate::stream_id::show(stream.stream_id),
             stream.version,
             stream.last_seq,
             utc(stream.last_timestamp_ns),

@@ -10,8 +10,8 @@ use varvedb::{Append, AppendOptions, ExpectedVersion, JsonEvent, Storage, Storag
 /// What to append.
 #[derive(clap::Args)]
 pub(crate) struct AppendArgs {
-    /// The stream (decimal, or hex with 0x).
-    #[arg(long, value_parser = crate::read::parse_stream)]
+    /// The stream (decimal, 0x hex, 32 hex digits or a UUID).
+    #[arg(long, value_parser = crate::stream_id::parse)]
     stream: u128,
     /// The version the stream must be at: a number, `none` (the stream must not exist),
     /// `exists`, or `any`.
@@ -61,8 +61,10 @@ pub(crate) fn run(
         .commit(Append::event(args.stream, args.expect, &event).options(options))
         .map(|v| v[0])?;
     println!(
-        "appended {name} to stream {:#x}: version {}, seq {}",
-        args.stream, appended.version, appended.seq
+        "appended {name} to stream {}: version {}, seq {}",
+        crate::stream_id::show(args.stream),
+        appended.version,
+        appended.seq
     );
     Ok(())
 }

@@ -72,43 +72,70 @@ const DEMO_MASTER_KEY: [u8; 32] = *b"varvedb demo key, never use it!!";
 /// Opens the demo's store: a new one, or one the demo made before (an encrypted store that its
 /// published key opens). Any other store is refused and left as it was: the demo would make a
 /// plaintext store encrypted under a key the whole world knows.
+/// The file that marks a directory as the demo's own store. The demo runs only on a store it
+/// created: it encrypts its store under a built-in key, and must not tie anyone's data to it.
+pub(crate) const DEMO_MARKER: &str = "varvedb-demo.txt";
+
+/// Opens the demo's store at `path`: a new or empty directory becomes one (and gets the
+/// marker); a store the demo made is opened again; anything else is refused, untouched.
 fn open_demo_store(path: &Path) -> Result<Storage> {
-    if path.join("data.mdb").exists() {
-        let existing = Storage::open_existing(StorageConfig {
-            path: path.into(),
-            ..Default::default()
-        })?;
-        let events = {
-            let txn = existing.read_txn()?;
-            existing.last_seq(&txn)?
-        };
-        let encrypted = existing.is_encrypted();
-        drop(existing);
-        if !encrypted && events > 0 {
-            return Err(Error::InvalidStore {
-                path: path.into(),
-                reason: format!(
-                    "the demo runs only on a store it created, and this one holds {events} events of \
-                     another application; give the demo a new --path"
-                ),
-            });
+    let marker = path.join(DEMO_MARKER);
+    let refuse = |reason: String| Error::InvalidStore {
+        path: path.into(),
+        reason,
+    };
+    let io = |source: std::io::Error| Error::Io {
+        path: path.into(),
+        source,
+    };
+    let is_new = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(refuse(
+                "this is a file, not a directory; give the demo a new --path".into(),
+            ));
         }
+        Err(e) => return Err(io(e)),
+    };
+    if !is_new && !marker.is_file() {
+        return Err(refuse(format!(
+            "the demo runs only on a store it created (marked by {DEMO_MARKER}), because it \
+             encrypts its store under a built-in key; this directory is not one, and nothing in \
+             it was changed. Run the demo without --path (its own store, ./{DEFAULT_DEMO_PATH}) \
+             or give it a new directory"
+        )));
     }
-    match Storage::open(StorageConfig {
+    let storage = match Storage::open(StorageConfig {
         path: path.into(),
         encryption_enabled: true,
         master_key: Some(DEMO_MASTER_KEY),
         ..Default::default()
     }) {
-        Err(Error::WrongMasterKey) => Err(Error::InvalidStore {
-            path: path.into(),
-            reason: "the demo runs only on a store it created, and this one is encrypted under \
-                     another key; give the demo a new --path"
+        Err(Error::WrongMasterKey) => Err(refuse(
+            "the demo runs only on a store it created, and this one is encrypted under another \
+             key; give the demo a new --path"
                 .into(),
-        }),
+        )),
         other => other,
+    }?;
+    if is_new {
+        std::fs::write(
+            &marker,
+            "This store was made by `varvedb demo`. It is encrypted under the demo's built-in \
+             master key, which is public: keep no real data in it. Delete the directory when \
+             done.\n",
+        )
+        .map_err(|source| Error::Io {
+            path: marker.clone(),
+            source,
+        })?;
     }
+    Ok(storage)
 }
+
+/// Where the demo keeps its store when not given `--path`.
+pub(crate) const DEFAULT_DEMO_PATH: &str = "varvedb-demo";
 
 /// Writes a customer profile to a new (so encrypted) stream, reads it back, shreds the stream
 /// and shows that it is gone for good.
@@ -121,8 +148,10 @@ fn forget_a_customer(storage: &Storage, path: &Path, stream: u128) -> Result<()>
     };
     let a = writer.append(stream, ExpectedVersion::NoStream, &profile)?;
     println!(
-        "customer stream {stream:032x}: encrypted under a key of its own (AES-256-GCM), v{} seq {}",
-        a.version, a.seq
+        "customer stream {}: encrypted under a key of its own (AES-256-GCM), v{} seq {}",
+        crate::stream_id::show(stream),
+        a.version,
+        a.seq
     );
     {
         let txn = storage.read_txn()?;
@@ -158,15 +187,19 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let account = (nanos ^ (u128::from(std::process::id()) << 64)) % (u128::MAX - 2) + 1;
-    println!("store: {}", path.display());
     // The store is encrypted under the demo's key: every stream it creates has a key of its
     // own, which is what lets one customer be forgotten while the rest stays.
     let storage = open_demo_store(path)?;
+    println!(
+        "store: {} (the demo's own, encrypted under its built-in key: not for real data)",
+        path.display()
+    );
+    let before = storage.stats()?.events;
     forget_a_customer(&storage, path, account + 1)?;
 
     let writer = Writer::<Account>::new(storage.clone());
     let reader = Reader::<Account>::new(storage.clone());
-    println!("account stream {account:032x}");
+    println!("account stream {}", crate::stream_id::show(account));
 
     let a = writer.append(
         account,
@@ -294,12 +327,23 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     );
 
     let stats = storage.stats()?;
+    let appended = stats.events - before;
     println!(
-        "store now holds {} events in {} streams ({} bytes of log)",
-        stats.events, stats.streams, stats.log_bytes
+        "store now holds {} events in {} streams ({} bytes of log): this run appended {appended}{}",
+        stats.events,
+        stats.streams,
+        stats.log_bytes,
+        match before {
+            0 => String::new(),
+            n => format!(", earlier runs {n}"),
+        }
     );
     // A few of the Prometheus metrics this run produced (`varvedb metrics` prints them all).
-    println!("metrics of this run:");
+    // They are this process's counters: they count this run's appends, not the store's.
+    println!(
+        "metrics of this run (this process's counters: its {appended} events, not the store's {}):",
+        stats.events
+    );
     for line in storage.metrics_text().lines() {
         let shown = [
             "varvedb_append_events_total ",

@@ -18,7 +18,7 @@ use varvedb::{
     StorageConfig, StoredEvent,
 };
 
-use crate::read::parse_stream;
+use crate::stream_id::parse as parse_stream;
 
 /// What the header line says the file is.
 const EXPORT_KIND: &str = "varvedb-export";
@@ -159,7 +159,7 @@ fn header_line(h: &ExportHeader) -> HeaderLine {
             .keys
             .iter()
             .map(|k| KeyLine {
-                stream: format!("{:#x}", k.stream_id),
+                stream: crate::stream_id::show(k.stream_id),
                 wrapped: k.wrapped.as_deref().map(b64),
             })
             .collect(),
@@ -238,7 +238,7 @@ fn event_line(e: &StoredEvent) -> EventLine {
     let id = |id: Option<EventId>| id.map(|i| i.to_string());
     EventLine {
         seq: e.seq,
-        stream: format!("{:#x}", e.stream_id),
+        stream: crate::stream_id::show(e.stream_id),
         version: e.version,
         timestamp_ns: e.timestamp_ns,
         type_name: e.type_name.clone(),

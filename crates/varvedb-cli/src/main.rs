@@ -6,6 +6,7 @@ mod demo;
 mod dump;
 mod read;
 mod replication;
+mod stream_id;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,9 +23,9 @@ use varvedb::{Storage, StorageConfig};
 #[derive(Parser)]
 #[command(name = "varvedb", version, about, long_about = None, after_help = "Exit codes: 0 success, 1 a problem found, 2 could not run.")]
 struct Cli {
-    /// The store's directory.
-    #[arg(long, global = true, default_value = varvedb::DEFAULT_PATH)]
-    path: PathBuf,
+    /// The store's directory [default: ./varvedb-data; the demo's: ./varvedb-demo].
+    #[arg(long, global = true)]
+    path: Option<PathBuf>,
     /// A file holding the store's master key: 32 bytes, or 64 hex digits. Without it, an
     /// encrypted store's envelopes read and its payloads do not. A key file that other users
     /// may read is warned about.
@@ -41,7 +42,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// A short walk-through: open an account stream, append with a conflict and a retry, read
-    /// it back, project it with a processor, and print the run's metrics.
+    /// it back, project it with a processor, and print the run's metrics. It runs on a store of
+    /// its own (./varvedb-demo, or a new --path), encrypted under a built-in key, and refuses
+    /// any store it did not create.
     Demo,
     /// Event, stream and byte counts of a store.
     Stats,
@@ -68,8 +71,8 @@ enum Command {
     /// Example: varvedb shred --stream 66
     /// Example: varvedb --key-file old.key shred --finalize --new-key-file new.key --to ./store.final
     Shred {
-        /// The stream (decimal, or hex with 0x). Optional with --finalize.
-        #[arg(long, value_parser = read::parse_stream, required_unless_present = "finalize")]
+        /// The stream (decimal, 0x hex, 32 hex digits or a UUID). Optional with --finalize.
+        #[arg(long, value_parser = stream_id::parse, required_unless_present = "finalize")]
         stream: Option<u128>,
         /// Rotate the master key and write a compacted copy, so that the shreds are final.
         #[arg(long, requires_all = ["new_key_file", "to"])]
@@ -189,13 +192,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let path = cli.path.clone();
+    let path = cli
+        .path
+        .clone()
+        .unwrap_or_else(|| varvedb::DEFAULT_PATH.into());
     // The key's bytes live in `key` (wiped on drop); each open gets a copy that the store
     // wipes once it has taken the key.
     let raw_key = || key.as_deref().copied();
     let open = || open_existing(&path, raw_key());
     let result = match cli.command {
-        Command::Demo => demo::run(&cli.path).map_err(Into::into),
+        Command::Demo => demo::run(
+            cli.path
+                .as_deref()
+                .unwrap_or(Path::new(demo::DEFAULT_DEMO_PATH)),
+        )
+        .map_err(Into::into),
         Command::Stats => stats(open),
         Command::Shred {
             stream,
@@ -212,9 +223,9 @@ fn main() -> ExitCode {
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
         Command::Tail(args) => read::tail(open, &args).map_err(Into::into),
-        Command::Append(args) => append::run(&cli.path, raw_key(), args),
+        Command::Append(args) => append::run(&path, raw_key(), args),
         Command::Export(args) => dump::export(open, &args),
-        Command::Import(args) => dump::import(&cli.path, raw_key(), &args),
+        Command::Import(args) => dump::import(&path, raw_key(), &args),
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Replicate(args) => replication::replicate(open, &args),
         Command::Restore(args) => replication::restore(raw_key(), &args),
@@ -355,11 +366,13 @@ fn shred(
     if let Some(stream) = stream {
         let report = storage.shred_stream(stream)?;
         if report.already {
-            println!("stream {stream:#x} was already shredded");
+            println!("stream {} was already shredded", stream_id::show(stream));
         } else {
             println!(
-                "stream {stream:#x} shredded: {} events unreadable for good, {} blobs released",
-                report.events, report.blobs_released
+                "stream {} shredded: {} events unreadable for good, {} blobs released",
+                stream_id::show(stream),
+                report.events,
+                report.blobs_released
             );
         }
     }

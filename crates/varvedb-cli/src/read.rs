@@ -9,8 +9,8 @@ pub(crate) struct ReadArgs {
     /// One event, by global sequence.
     #[arg(long, conflicts_with_all = ["stream", "from_seq"])]
     seq: Option<u64>,
-    /// A stream (decimal, or hex with 0x), from `--from-version`.
-    #[arg(long, value_parser = parse_stream)]
+    /// A stream (decimal, 0x hex, 32 hex digits or a UUID), from `--from-version`.
+    #[arg(long, value_parser = crate::stream_id::parse)]
     stream: Option<u128>,
     /// With `--stream`: the first version to print.
     #[arg(long, default_value_t = 1, requires = "stream")]
@@ -32,14 +32,6 @@ pub(crate) struct ReadArgs {
     /// One JSON object a line instead of text.
     #[arg(long)]
     json: bool,
-}
-
-pub(crate) fn parse_stream(s: &str) -> Result<u128, String> {
-    match s.strip_prefix("0x") {
-        Some(hex) => u128::from_str_radix(hex, 16),
-        None => s.parse(),
-    }
-    .map_err(|e| format!("not a stream id: {e}"))
 }
 
 /// Prints the events asked for; damaged ones are reported on stderr and skipped. Returns
@@ -96,10 +88,14 @@ pub(crate) fn run(
     {
         let version = storage.stream_version(&txn, stream)?;
         if version == 0 {
-            eprintln!("varvedb: stream {stream:#x} has no events");
+            eprintln!(
+                "varvedb: stream {} has no events",
+                crate::stream_id::show(stream)
+            );
         } else {
             eprintln!(
-                "varvedb: stream {stream:#x} ends at version {version}, before version {}",
+                "varvedb: stream {} ends at version {version}, before version {}",
+                crate::stream_id::show(stream),
                 args.from_version
             );
         }
@@ -118,9 +114,9 @@ pub(crate) fn type_name(e: &RawEvent<'_>) -> String {
 
 pub(crate) fn text(e: &RawEvent<'_>) -> String {
     let mut line = format!(
-        "seq {} stream {:#x} v{} {} v{} at {} ns, {} payload bytes{}",
+        "seq {} stream {} v{} {} v{} at {} ns, {} payload bytes{}",
         e.seq(),
-        e.stream_id(),
+        crate::stream_id::show(e.stream_id()),
         e.version(),
         type_name(e),
         e.event_version(),
@@ -186,9 +182,9 @@ pub(crate) fn json(e: &RawEvent<'_>) -> String {
     let tags: Vec<String> = e.tags().map(quote).collect();
     // Stream ids are u128: a hex string, as JSON numbers lose precision past 2^53.
     format!(
-        "{{\"seq\":{},\"stream\":\"{:#x}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"tags\":[{}],\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}{}}}",
+        "{{\"seq\":{},\"stream\":\"{}\",\"version\":{},\"type\":{},\"container\":{},\"type_version\":{},\"timestamp_ns\":{},\"event_id\":{},\"correlation_id\":{},\"causation_id\":{},\"tags\":[{}],\"metadata\":[{}],\"payload_bytes\":{},\"blob\":{},\"encrypted\":{},\"shredded\":{}{}}}",
         e.seq(),
-        e.stream_id(),
+        crate::stream_id::show(e.stream_id()),
         e.version(),
         quote(e.event_type()),
         quote(e.event_container()),
@@ -225,8 +221,8 @@ pub(crate) struct TailArgs {
     /// (Ctrl-C). Without it, print the last events and exit.
     #[arg(short = 'f', long)]
     follow: bool,
-    /// Only this stream (decimal, or hex with 0x).
-    #[arg(long, value_parser = parse_stream)]
+    /// Only this stream (decimal, 0x hex, 32 hex digits or a UUID).
+    #[arg(long, value_parser = crate::stream_id::parse)]
     stream: Option<u128>,
     /// Only events of this type (the name `read` prints, with or without the enum's name).
     #[arg(long = "type")]

@@ -69,7 +69,26 @@ fn demo_runs_twice_and_stats_counts_it() {
             )),
             "{stdout}"
         );
+        // The metrics count this run's appends; the output says so when the store holds more.
+        assert!(stdout.contains("this run appended 8"), "{stdout}");
+        if run == 2 {
+            assert!(stdout.contains("earlier runs 8"), "{stdout}");
+            assert!(
+                stdout.contains("its 8 events, not the store's 16"),
+                "{stdout}"
+            );
+        }
+        // The account's id, as printed, is what `read --stream` takes.
+        let account = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("account stream "))
+            .unwrap();
+        let (ok, read, stderr) = varvedb(&["--path", store, "read", "--stream", account]);
+        assert!(ok, "{stderr}");
+        assert_eq!(read.lines().count(), 7, "{read}");
+        assert!(read.contains(&format!(" stream {account} ")), "{read}");
     }
+    assert!(dir.path().join("store/varvedb-demo.txt").is_file());
     let (ok, stdout, stderr) = varvedb(&["--path", store, "stats"]);
     assert!(ok, "{stderr}");
     let field = |name: &str| -> u64 {
@@ -88,6 +107,89 @@ fn demo_runs_twice_and_stats_counts_it() {
     assert_eq!(field("streams"), 4);
     assert_eq!(field("last seq"), 16);
     assert!(field("log bytes") > 0 && field("file bytes") > 0);
+}
+
+#[test]
+fn the_demo_refuses_a_store_it_did_not_create_and_leaves_it_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    // An application's store: plaintext, and empty of events (the case that slipped through:
+    // the demo used to encrypt it under its published key).
+    let (ok, _, stderr) = varvedb(&["--path", s, "consumers"]);
+    assert!(!ok, "no store yet: {stderr}");
+    varvedb::Storage::open(varvedb::StorageConfig {
+        path: store.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let before = std::fs::read(store.join("data.mdb")).unwrap();
+    let out = output(["--path", s, "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the demo runs only on a store it created"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing in it was changed"), "{stderr}");
+    assert_eq!(std::fs::read(store.join("data.mdb")).unwrap(), before);
+    // Still plaintext: a keyless append creates a stream.
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "1", "--expect", "none", "--type", "X", "--json", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    // A directory holding something else, and a regular file, are refused too.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let out = output(["--path", other.to_str().unwrap(), "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!other.join("data.mdb").exists());
+    let file = dir.path().join("file");
+    std::fs::write(&file, "mine").unwrap();
+    let out = output(["--path", file.to_str().unwrap(), "demo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}
+
+#[test]
+fn stream_ids_read_in_every_form_and_print_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("store");
+    let s = s.to_str().unwrap();
+    let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", id, "--expect", "none", "--type", "X", "--json", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let canonical = "0x67e5504410b1426f9247bb680e5fe0c8";
+    assert!(stdout.contains(&format!("stream {canonical}:")), "{stdout}");
+    for form in [
+        canonical,
+        "67e5504410b1426f9247bb680e5fe0c8",
+        id,
+        "67E55044-10B1-426F-9247-BB680E5FE0C8",
+        "138101147531900207301164854559698313416",
+    ] {
+        let (ok, stdout, stderr) = varvedb(&["--path", s, "read", "--stream", form]);
+        assert!(ok, "{form}: {stderr}");
+        assert!(
+            stdout.contains(&format!(" stream {canonical} ")),
+            "{stdout}"
+        );
+        let (ok, stdout, stderr) = varvedb(&["--path", s, "tail", "--stream", form, "--json"]);
+        assert!(ok, "{form}: {stderr}");
+        assert!(
+            stdout.contains(&format!("\"stream\":\"{canonical}\"")),
+            "{stdout}"
+        );
+    }
+    let (ok, stdout, _) = varvedb(&["--path", s, "streams"]);
+    assert!(ok);
+    assert!(stdout.contains(canonical), "{stdout}");
+    let out = output(["--path", s, "read", "--stream", "67e55044-10b1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("UUID with dashes"));
 }
 
 #[test]

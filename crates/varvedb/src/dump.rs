@@ -422,7 +422,7 @@ impl Importer {
                 return Err(invalid(
                     0,
                     format!(
-                        "the export has a wrapped key (stream {}) but no key check: it cannot \
+                        "the export has a wrapped key (stream {:#x}) but no key check: it cannot \
                          say which master key wraps its streams",
                         k.stream_id
                     ),
@@ -433,7 +433,7 @@ impl Importer {
                 if value.is_empty() {
                     return Err(invalid(
                         0,
-                        format!("the export gives stream {} an empty key", k.stream_id),
+                        format!("the export gives stream {:#x} an empty key", k.stream_id),
                     ));
                 }
                 match dbs.keystore.get(wtxn, &k.stream_id.to_be_bytes()).lmdb()? {
@@ -446,7 +446,7 @@ impl Importer {
                             return Err(invalid(
                                 0,
                                 format!(
-                                    "the export's key of stream {} does not open under this \
+                                    "the export's key of stream {:#x} does not open under this \
                                      store's master key",
                                     k.stream_id
                                 ),
@@ -461,7 +461,7 @@ impl Importer {
                         return Err(invalid(
                             0,
                             format!(
-                                "stream {} has another key in the store than in the export",
+                                "stream {:#x} has another key in the store than in the export",
                                 k.stream_id
                             ),
                         ));
@@ -540,7 +540,7 @@ impl Importer {
                         if w.is_empty() || is_tombstone(w) {
                             return Err(invalid(
                                 0,
-                                format!("the source gives stream {} an empty key", k.stream_id),
+                                format!("the source gives stream {:#x} an empty key", k.stream_id),
                             ));
                         }
                         dbs.keystore
@@ -920,7 +920,7 @@ fn check_event(event: &StoredEvent, head: &ImportHead) -> Result<()> {
         return Err(invalid(
             seq,
             format!(
-                "stream {} is at version {}, so the next event is version {}, not {}",
+                "stream {:#x} is at version {}, so the next event is version {}, not {}",
                 event.stream_id,
                 head.version,
                 u64::from(head.version) + 1,
@@ -936,12 +936,12 @@ fn check_event(event: &StoredEvent, head: &ImportHead) -> Result<()> {
             seq,
             if event.encrypted {
                 format!(
-                    "an encrypted event of stream {}, which has no key",
+                    "an encrypted event of stream {:#x}, which has no key",
                     event.stream_id
                 )
             } else {
                 format!(
-                    "a plaintext event of stream {}, which is encrypted",
+                    "a plaintext event of stream {:#x}, which is encrypted",
                     event.stream_id
                 )
             },

@@ -17,7 +17,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The stream was not at the version the append expected. Nothing was written.
     #[error(
-        "concurrency conflict on stream {stream_id}: expected {expected}, but the stream is at version {actual}"
+        "concurrency conflict on stream {stream_id:#x}: expected {expected}, but the stream is at version {actual}"
     )]
     ConcurrencyConflict {
         /// The stream the append targeted.
@@ -48,7 +48,7 @@ pub enum Error {
     },
 
     /// A stream's head, or a link of its stream chain, disagrees with the log.
-    #[error("corrupt stream index for stream {stream_id} at version {version}: {reason}")]
+    #[error("corrupt stream index for stream {stream_id:#x} at version {version}: {reason}")]
     CorruptIndex {
         /// The stream whose head or chain is damaged.
         stream_id: u128,
@@ -149,7 +149,7 @@ pub enum Error {
 
     /// The stream was shredded: its key is gone and its events are unreadable for good.
     /// Iterators report it and move on.
-    #[error("event at sequence {seq} belongs to stream {stream_id}, which was shredded")]
+    #[error("event at sequence {seq} belongs to stream {stream_id:#x}, which was shredded")]
     Shredded {
         /// The event's sequence.
         seq: u64,
@@ -158,14 +158,14 @@ pub enum Error {
     },
 
     /// An append to a shredded stream. Nothing was written; a shredded stream takes no events.
-    #[error("stream {stream_id} was shredded and takes no more events")]
+    #[error("stream {stream_id:#x} was shredded and takes no more events")]
     StreamShredded {
         /// The stream.
         stream_id: u128,
     },
 
     /// Only an encrypted stream can be shredded; this one is plaintext. Nothing changed.
-    #[error("stream {stream_id} is not encrypted, so it cannot be crypto-shredded")]
+    #[error("stream {stream_id:#x} is not encrypted, so it cannot be crypto-shredded")]
     StreamNotEncrypted {
         /// The stream.
         stream_id: u128,
@@ -185,7 +185,7 @@ pub enum Error {
     WrongMasterKey,
 
     /// The stream is encrypted and the store was opened without its master key.
-    #[error("stream {stream_id} is encrypted; open the store with its master key to use it")]
+    #[error("stream {stream_id:#x} is encrypted; open the store with its master key to use it")]
     MasterKeyRequired {
         /// The stream.
         stream_id: u128,
@@ -302,7 +302,7 @@ pub enum Error {
     EmptyBatch,
 
     /// The stream id is reserved.
-    #[error("stream id {stream_id} is reserved for VarveDB's own use (u128::MAX)")]
+    #[error("stream id {stream_id:#x} is reserved for VarveDB's own use (u128::MAX)")]
     InvalidStreamId {
         /// The rejected stream id.
         stream_id: u128,
@@ -310,7 +310,7 @@ pub enum Error {
 
     /// The stream cannot grow past version `u32::MAX`.
     #[error(
-        "stream {stream_id} is full: appending {events} events to version {version} would pass u32::MAX"
+        "stream {stream_id:#x} is full: appending {events} events to version {version} would pass u32::MAX"
     )]
     StreamFull {
         /// The stream.

@@ -425,7 +425,7 @@ fn check_ids(
                     seq,
                     id,
                     format!(
-                        "it is in stream {}, not {}",
+                        "it is in stream {:#x}, not {:#x}",
                         header.stream_id, append.stream_id
                     ),
                 ));

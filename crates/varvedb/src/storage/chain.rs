@@ -195,7 +195,7 @@ fn checked(stream_id: u128, version: u32, seq: u64, record: &[u8]) -> Result<Fou
             stream_id,
             version,
             format!(
-                "the chain points at sequence {seq}, which holds version {} of stream {}",
+                "the chain points at sequence {seq}, which holds version {} of stream {:#x}",
                 peek.version, peek.stream_id
             ),
         ));
