@@ -139,6 +139,39 @@ pub(super) fn open(
                 }
                 None => None,
             };
+            if found.is_none() {
+                // No format record: a new store, or another application's LMDB environment
+                // (varvedb 0.4's among them), which must not get our databases beside its own.
+                if let Some(main) =
+                    opener.open_database::<Bytes, heed::types::DecodeIgnore>(rtxn, None)?
+                {
+                    let foreign: Vec<String> = main
+                        .iter(rtxn)?
+                        .filter_map(|entry| {
+                            entry
+                                .ok()
+                                .map(|(name, ())| String::from_utf8_lossy(name).into_owned())
+                        })
+                        .filter(|name| !db_names::ALL.contains(&name.as_str()))
+                        .take(4)
+                        .collect();
+                    if !foreign.is_empty() {
+                        return Err(OpenFail(Error::InvalidStore {
+                            path: path.into(),
+                            reason: format!(
+                                "the LMDB environment holds another application's databases \
+                                 ({}{}), not a VarveDB store; it was left untouched",
+                                foreign.join(", "),
+                                if foreign.iter().any(|n| n == "global_events") {
+                                    ": it looks like a varvedb 0.4 store"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        }));
+                    }
+                }
+            }
             Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit(found))
         })
         .map_err(OpenFail::into_error)?;

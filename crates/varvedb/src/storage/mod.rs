@@ -130,6 +130,22 @@ pub(crate) mod db_names {
     pub(crate) const EVENT_IDS: &str = "event_ids";
     pub(crate) const PARKED: &str = "parked_events";
     pub(crate) const TAGS: &str = "tags";
+    /// Every name above: an environment holding any other (but projections' read models) is
+    /// not a VarveDB store.
+    pub(crate) const ALL: [&str; 12] = [
+        EVENTS,
+        STREAM_HEADS,
+        BLOBS,
+        BLOB_REFS,
+        CONSUMER_CURSORS,
+        KEYSTORE,
+        META,
+        TYPES,
+        TYPE_IDS,
+        EVENT_IDS,
+        PARKED,
+        TAGS,
+    ];
 }
 
 pub(crate) type Raw = Database<'static, Bytes, Bytes>;
