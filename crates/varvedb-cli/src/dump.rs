@@ -35,6 +35,12 @@ pub(crate) struct ExportArgs {
 pub(crate) struct ImportArgs {
     /// The export to read; `-`: standard input.
     pub(crate) file: PathBuf,
+    /// Set every consumer of the export to its exported position, even one the store has at
+    /// a later position (it then handles events again) or has deleted. Without it, a consumer
+    /// only moves forward, and one the store lacks is created only when the import brings
+    /// events.
+    #[arg(long)]
+    pub(crate) overwrite_consumers: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,6 +50,9 @@ struct HeaderLine {
     export_version: u32,
     record_format: u32,
     last_seq: u64,
+    /// The stored checksum of the store's first event (16 hex digits); absent in older exports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
     types: Vec<TypeLine>,
     keys: Vec<KeyLine>,
     key_check: Option<String>,
@@ -145,6 +154,7 @@ fn header_line(h: &ExportHeader) -> HeaderLine {
         export_version: EXPORT_VERSION,
         record_format: h.format,
         last_seq: h.last_seq,
+        origin: h.origin.map(|c| format!("{c:016x}")),
         types: h
             .types
             .iter()
@@ -203,6 +213,13 @@ fn header_of(line: usize, h: HeaderLine) -> Result<ExportHeader, String> {
     Ok(ExportHeader {
         format: h.record_format,
         last_seq: h.last_seq,
+        origin: h
+            .origin
+            .map(|c| {
+                u64::from_str_radix(&c, 16)
+                    .map_err(|_| format!("line {line}: origin {c:?} is not 16 hex digits"))
+            })
+            .transpose()?,
         types: h
             .types
             .into_iter()
@@ -402,18 +419,86 @@ pub(crate) fn import(
         len,
         "import [{bar:30}] {bytes}/{total_bytes} ({percent}%) {elapsed}",
     );
+    // An import into a new path is all or nothing: it builds the store beside it and renames
+    // it in at the end. A failed one removes what it built; a killed one leaves it, and the
+    // same import run again continues it.
+    let staging = new_store_path(path)?.map(|name| path.with_file_name(name));
+    let target = staging.as_deref().unwrap_or(path);
+    if staging.as_deref().is_some_and(Path::exists) {
+        eprintln!(
+            "varvedb: continuing the interrupted import in {}",
+            target.display()
+        );
+    }
     // The bar is cleared whatever happens, so that an error prints on a clean line.
-    let imported = import_lines(path, master_key, progress.wrap_read(source));
+    let imported = import_lines(
+        target,
+        master_key,
+        progress.wrap_read(source),
+        args.overwrite_consumers,
+    );
     progress.finish_and_clear();
-    let (storage, report) = imported?;
+    let report = match (imported, &staging) {
+        (Ok((storage, report)), _) => {
+            drop(storage);
+            report
+        }
+        (Err(e), Some(staging)) => {
+            drop(std::fs::remove_dir_all(staging));
+            return Err(format!("{e} (nothing was created at {})", path.display()).into());
+        }
+        (Err(e), None) => return Err(e),
+    };
+    if let Some(staging) = &staging {
+        std::fs::rename(staging, path).map_err(|e| {
+            format!(
+                "the import is complete in {}, but it could not be moved to {}: {e}",
+                staging.display(),
+                path.display()
+            )
+        })?;
+        // The rename is durable once the parent directory is on disk.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+    }
     println!(
         "imported {} events ({} already there) and {} consumers into {}",
         report.imported,
         report.already_present,
         report.consumers,
-        storage.path().display()
+        path.display()
     );
+    if report.consumers_kept > 0 {
+        println!(
+            "{} consumers of the export left as the store has them (later there, or deleted \
+             since): a consumer only moves forward; --overwrite-consumers sets them all",
+            report.consumers_kept
+        );
+    }
     Ok(())
+}
+
+/// For an import into a path that holds no store yet (it does not exist, or is an empty
+/// directory): the name of the directory beside it where the store is built. `None` for an
+/// existing store, which the import continues or refuses.
+fn new_store_path(path: &Path) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let fresh = match std::fs::read_dir(path) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(format!(
+                "{}: --path is a file, not a store's directory; give a new directory",
+                path.display()
+            )
+            .into());
+        }
+        Err(e) => return Err(format!("{}: {e}", path.display()).into()),
+    };
+    let Some(name) = path.file_name().filter(|_| fresh) else {
+        return Ok(None);
+    };
+    Ok(Some(format!(".{}.importing", name.to_string_lossy())))
 }
 
 /// Reads the export's lines from `source` and imports them into the store at `path`.
@@ -421,6 +506,7 @@ fn import_lines(
     path: &Path,
     master_key: Option<[u8; 32]>,
     source: impl Read,
+    overwrite_consumers: bool,
 ) -> Result<(Storage, varvedb::ImportReport), Box<dyn std::error::Error>> {
     let config = StorageConfig {
         path: path.into(),
@@ -460,6 +546,7 @@ fn import_lines(
     let header = header_of(1, header)?;
     let storage = Storage::open(config)?;
     let mut importer = storage.importer();
+    importer.overwrite_consumers(overwrite_consumers);
     importer.begin(&header)?;
     // The lines of the events not yet known to be written: an event refused when its batch
     // is written is named by its line as well as its sequence.

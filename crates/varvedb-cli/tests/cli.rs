@@ -1028,7 +1028,8 @@ fn export_then_import_rebuilds_the_store_byte_for_byte() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cannot import the export's header"),
+        stderr.contains("cannot import the export's header")
+            && stderr.contains("the export is of another store"),
         "{stderr}"
     );
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -1613,4 +1614,205 @@ fn reading_a_missing_stream_says_so_and_exits_1() {
     // A stream with events still reads, with exit 0.
     let (ok, stdout, stderr) = varvedb(&["--path", s, "read", "--stream", "7"]);
     assert!(ok && !stdout.is_empty(), "{stderr}");
+}
+
+/// A store of `n` JSON events in streams 1 and 2, exported; returns the export's text.
+fn exported_store(dir: &std::path::Path, name: &str, n: u32) -> (String, String) {
+    let store = dir.join(name);
+    let s = store.to_str().unwrap().to_string();
+    for i in 1..=n {
+        let stream = (1 + i % 2).to_string();
+        let body = format!("{{\"n\":{i}}}");
+        let (ok, _, stderr) = varvedb(&[
+            "--path", &s, "append", "--stream", &stream, "--expect", "any", "--type", "N",
+            "--json", &body,
+        ]);
+        assert!(ok, "{stderr}");
+    }
+    let export = dir.join(format!("{name}.jsonl"));
+    let (ok, _, stderr) = varvedb(&["--path", &s, "export", export.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    (s, std::fs::read_to_string(export).unwrap())
+}
+
+#[test]
+fn a_failed_import_into_a_new_path_leaves_nothing_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, text) = exported_store(dir.path(), "source", 6);
+    let lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let truncated = {
+        let mut l = lines.clone();
+        let last = l.len() - 1;
+        let half = l[last].len() / 2;
+        l[last].truncate(half);
+        l
+    };
+    let bad_base64 = {
+        let mut l = lines.clone();
+        let at = l[4].find("\"payload\":\"").unwrap() + 11;
+        l[4].replace_range(at..at + 1, "*");
+        l
+    };
+    let gap = {
+        let mut l = lines.clone();
+        l.remove(3);
+        l
+    };
+    let past_the_end = {
+        let mut l = lines.clone();
+        let next = l[6]
+            .replace("\"seq\":6", "\"seq\":7")
+            .replace("\"version\":3", "\"version\":4");
+        l.push(next);
+        l
+    };
+    for (case, l) in [
+        ("a truncated line", truncated),
+        ("bad base64", bad_base64),
+        ("a sequence gap", gap),
+        ("an event past the header's last_seq", past_the_end),
+    ] {
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, l.join("\n") + "\n").unwrap();
+        // A path that does not exist, and an empty directory.
+        for fresh_dir in [false, true] {
+            let target = dir.path().join("target");
+            drop(std::fs::remove_dir_all(&target));
+            if fresh_dir {
+                std::fs::create_dir(&target).unwrap();
+            }
+            let out = output([
+                "--path",
+                target.to_str().unwrap(),
+                "import",
+                bad.to_str().unwrap(),
+            ]);
+            assert_eq!(out.status.code(), Some(2), "{case}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("nothing was created"), "{case}: {stderr}");
+            if fresh_dir {
+                assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{case}");
+            } else {
+                assert!(!target.exists(), "{case}: a store was left at --path");
+            }
+            let debris: Vec<_> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("importing"))
+                .collect();
+            assert!(debris.is_empty(), "{case}: {debris:?}");
+        }
+    }
+    // The good export goes in whole, into an empty directory too.
+    let good = dir.path().join("source.jsonl");
+    let target = dir.path().join("target");
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        target.to_str().unwrap(),
+        "import",
+        good.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("imported 6 events"), "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", target.to_str().unwrap(), "verify"]);
+    assert!(ok && stdout.starts_with("clean: 6 events"), "{stdout}");
+}
+
+#[test]
+fn an_event_past_the_headers_end_is_not_committed_into_an_existing_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, text) = exported_store(dir.path(), "source", 4);
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // The store holds the export's first two events (an interrupted import, say).
+    let target = dir.path().join("target");
+    let t = target.to_str().unwrap();
+    let head = dir.path().join("head.jsonl");
+    let header = lines[0].replace("\"last_seq\":4", "\"last_seq\":2");
+    std::fs::write(&head, format!("{header}\n{}\n{}\n", lines[1], lines[2])).unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", t, "import", head.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    // Now the whole export and a fifth event that is not the export's.
+    let extra = lines[4]
+        .replace("\"seq\":4", "\"seq\":5")
+        .replace("\"version\":2", "\"version\":3");
+    lines.push(extra);
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let out = output(["--path", t, "import", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 6") && stderr.contains("event 5"),
+        "{stderr}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", t, "stats"]);
+    assert!(ok);
+    let last = stdout.lines().find(|l| l.starts_with("last seq")).unwrap();
+    assert!(
+        !last.ends_with(" 5"),
+        "the event past the end was committed: {stdout}"
+    );
+}
+
+#[test]
+fn an_older_export_never_moves_a_live_stores_consumers_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = exported_store(dir.path(), "live", 6);
+    let reset = |name: &str, to: &str| {
+        let (ok, _, stderr) = varvedb(&[
+            "--path",
+            &s,
+            "consumers",
+            "reset",
+            name,
+            "--to",
+            to,
+            "--force",
+        ]);
+        assert!(ok, "{stderr}");
+    };
+    // Consumers exist only once a processor made them: make them through the library.
+    {
+        let storage = varvedb::Storage::open_existing(varvedb::StorageConfig {
+            path: s.clone().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        for name in ["billing", "audit", "mailer"] {
+            storage.reset_consumer(name, 2).unwrap();
+        }
+    }
+    let old = dir.path().join("old.jsonl");
+    let (ok, _, stderr) = varvedb(&["--path", &s, "export", old.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    // The live store goes on: billing moves ahead, audit is deleted, mailer stays.
+    reset("billing", "5");
+    let (ok, _, _) = varvedb(&["--path", &s, "consumers", "delete", "audit"]);
+    assert!(ok);
+    let (ok, stdout, stderr) = varvedb(&["--path", &s, "import", old.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("imported 0 events"), "{stdout}");
+    assert!(
+        stdout.contains("2 consumers of the export left as the store has them"),
+        "{stdout}"
+    );
+    let positions = || {
+        let storage = varvedb::Storage::open_existing(varvedb::StorageConfig {
+            path: s.clone().into(),
+            ..Default::default()
+        })
+        .unwrap();
+        ["billing", "audit", "mailer"].map(|n| storage.consumer_position(n).unwrap())
+    };
+    assert_eq!(positions(), [Some(5), None, Some(2)]);
+    // Asked for, the export's positions are set, and the deleted consumer comes back.
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        &s,
+        "import",
+        "--overwrite-consumers",
+        old.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(positions(), [Some(2), Some(2), Some(2)]);
 }

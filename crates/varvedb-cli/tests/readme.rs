@@ -94,7 +94,7 @@ fn every_shell_command_of_the_readme_runs_here_or_is_exercised_elsewhere() {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
-            assert!(dir.path().join("varvedb-data").exists());
+            assert!(dir.path().join("varvedb-demo/varvedb-demo.txt").exists());
             ran += 1;
             continue;
         }

@@ -304,7 +304,9 @@ impl Restore<'_> {
         self.commit()?;
         let mut header = ExportHeader {
             format: self.format,
-            last_seq: 0,
+            // A replica follows its source: no last event.
+            last_seq: u64::MAX,
+            origin: None,
             types: Vec::new(),
             keys: Vec::new(),
             key_check,

@@ -16,9 +16,9 @@ use crate::storage::{
     self, BlobRef, Crypto, Dbs, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
     HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent, RECORD_FORMAT,
     ReadTxn, RecordHeader, Spine, Storage, Stored, TOMBSTONE, TypeKey, blob_padded_len,
-    bump_generation, check_consumer_name, decode_type_key, end_draft, intern_type, is_shredded,
-    is_tombstone, pairs, park, parked_of, peek_record, put_head, seal_record,
-    set_consumer_position, stored_checksum,
+    bump_generation, check_consumer_name, consumer_position, decode_type_key, end_draft,
+    intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record, put_head,
+    seal_record, set_consumer_position, stored_checksum,
 };
 
 /// The store-wide part of an export, read in the same snapshot as its events.
@@ -26,8 +26,14 @@ use crate::storage::{
 pub struct ExportHeader {
     /// The record format of the exported store.
     pub format: u32,
-    /// The last global sequence of the snapshot: the export holds events 1 to this.
+    /// The last global sequence of the snapshot: the export holds events 1 to this. An
+    /// importer given this header refuses an event past it before it writes anything of that
+    /// event's batch; `u64::MAX` says the source has no end (a replica following its source).
     pub last_seq: u64,
+    /// The stored checksum of the store's first event, which names its history: an import
+    /// into a store whose first event differs is refused as an export of another store.
+    /// `None`: the store was empty, or the export is older than this field.
+    pub origin: Option<u64>,
     /// Every event type of the store, with its id (the id is in each record's header).
     pub types: Vec<ExportType>,
     /// Every encrypted stream's key, wrapped by the master key (never in the clear).
@@ -154,8 +160,12 @@ pub struct ImportReport {
     pub imported: u64,
     /// Events the store already held, identical (an interrupted import, continued).
     pub already_present: u64,
-    /// Consumers written.
+    /// Consumers written: created, or moved forward to the export's position.
     pub consumers: u64,
+    /// Consumers of the export left as the store has them: at a later position than the
+    /// export's, or absent from a store the import added no event to (where they may have been
+    /// deleted). [`Importer::overwrite_consumers`] writes them instead.
+    pub consumers_kept: u64,
 }
 
 /// Events an importer writes in one transaction (and one flush), at most.
@@ -221,11 +231,20 @@ pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHe
     Ok(ExportHeader {
         format: u32::from(RECORD_FORMAT),
         last_seq: storage::last_seq(dbs, raw)?,
+        origin: first_checksum(dbs, raw)?,
         types: types_out,
         keys: keys_out,
         key_check: Crypto::key_check(&dbs.meta, raw)?,
         consumers: consumers_out,
     })
+}
+
+/// The stored checksum of the log's first event, if it has one.
+fn first_checksum(dbs: &Dbs, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<Option<u64>> {
+    LogIter::open(Ok(()), dbs, txn, 1, false)
+        .next()
+        .transpose()
+        .map(|first| first.map(|e| stored_checksum(e.record)))
 }
 
 /// See [`Storage::export_events`](crate::Storage::export_events).
@@ -259,6 +278,8 @@ pub(crate) fn importer(storage: &Storage) -> Importer {
         pending: Vec::new(),
         pending_bytes: 0,
         next_seq: 1,
+        last_seq: u64::MAX,
+        overwrite_consumers: false,
         started: None,
         heads: HashMap::new(),
         type_ids: TypeIds::default(),
@@ -342,6 +363,12 @@ pub struct Importer {
     pending_bytes: usize,
     /// The sequence the next pushed event must have.
     next_seq: u64,
+    /// The last sequence the header announced: an event past it is refused before it is
+    /// queued, so that an import that fails at `finish` has not written it.
+    last_seq: u64,
+    /// Whether `finish` sets every consumer to the export's position (see
+    /// [`overwrite_consumers`](Self::overwrite_consumers)).
+    overwrite_consumers: bool,
     /// The store's last sequence when the import began, and the sequence the importer has
     /// committed (or checked) up to.
     started: Option<(u64, u64)>,
@@ -375,10 +402,24 @@ impl Importer {
                 ),
             ));
         }
+        self.last_seq = header.last_seq;
         let storage = self.storage.clone();
         let accepts = |check: &[u8]| storage.crypto().accepts_check(check);
         let wait = storage.resize_wait();
         storage.write(wait, |wtxn, dbs| {
+            // Another store's export is named as such, before anything of it is compared.
+            if let (Some(theirs), Some(ours)) = (header.origin, first_checksum(dbs, wtxn)?)
+                && theirs != ours
+            {
+                return Err(invalid(
+                    0,
+                    format!(
+                        "the export is of another store: its first event (checksum \
+                         {theirs:016x}) is not this store's (checksum {ours:016x}); an import \
+                         never merges two stores' logs, so import it into a new path"
+                    ),
+                ));
+            }
             for t in &header.types {
                 let key = TypeKey {
                     container: &t.container,
@@ -583,6 +624,7 @@ impl Importer {
                 ),
             ));
         }
+        self.check_announced(event.seq)?;
         self.next_seq = self.next_seq.saturating_add(1);
         self.pending_bytes = self
             .pending_bytes
@@ -590,6 +632,23 @@ impl Importer {
         self.pending.push(event);
         if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {
             self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    /// An event past the header's `last_seq` is refused: the export does not hold it, so it is
+    /// not the export's (two exports run together, or lines appended to one).
+    fn check_announced(&self, seq: u64) -> Result<()> {
+        if seq > self.last_seq {
+            return Err(invalid(
+                seq,
+                format!(
+                    "the export's header announces events up to sequence {}, and this one is \
+                     past it: the events after the header's last do not belong to the export; \
+                     nothing of them was written",
+                    self.last_seq
+                ),
+            ));
         }
         Ok(())
     }
@@ -637,6 +696,7 @@ impl Importer {
         }
         // Checked whole before anything of the group is queued.
         for (i, event) in events.iter().enumerate() {
+            self.check_announced(event.seq)?;
             let expected = self.next_seq.saturating_add(i as u64);
             if event.seq != expected {
                 return Err(invalid(
@@ -694,19 +754,50 @@ impl Importer {
                 ));
             }
         }
+        let overwrite = self.overwrite_consumers;
+        // A consumer the store lacks is created when the import brought events (the export is
+        // ahead of the store, or the store was empty); into a store the import added nothing
+        // to, it may be one the store deleted since the export, and is not brought back.
+        let brought_events = self.report.imported > 0;
         let wait = self.storage.resize_wait();
-        self.storage.write(wait, |wtxn, dbs| {
+        let (written, kept) = self.storage.write(wait, |wtxn, dbs| {
+            let (mut written, mut kept) = (0u64, 0u64);
             for c in &header.consumers {
+                let ours = consumer_position(dbs, wtxn, &c.name)?;
+                if !overwrite && ours == Some(c.position) {
+                    // Where the export has it already: nothing to do.
+                    continue;
+                }
+                let write = overwrite
+                    || match ours {
+                        Some(ours) => c.position > ours,
+                        None => brought_events,
+                    };
+                if !write {
+                    kept += 1;
+                    continue;
+                }
+                written += 1;
                 set_consumer_position(dbs, wtxn, &c.name, c.position)?;
                 for p in &c.parked {
                     park(dbs, wtxn, &c.name, p.seq, &p.reason)?;
                 }
             }
-            Ok(((), !header.consumers.is_empty()))
+            Ok(((written, kept), written > 0))
         })?;
         self.storage.sync()?;
-        self.report.consumers = header.consumers.len() as u64;
+        self.report.consumers = written;
+        self.report.consumers_kept = kept;
         Ok(self.report)
+    }
+
+    /// Makes [`finish`](Self::finish) set every consumer of the export to the export's
+    /// position, creating the missing ones, even where that moves a consumer of the store
+    /// back (it then handles events again) or brings back one the store deleted. By default a
+    /// consumer only moves forward.
+    pub fn overwrite_consumers(&mut self, overwrite: bool) -> &mut Self {
+        self.overwrite_consumers = overwrite;
+        self
     }
 
     fn write_pending(&mut self) -> Result<()> {

@@ -267,12 +267,23 @@ fn an_interrupted_import_continues_and_a_foreign_store_is_refused() {
     Writer::<Doc>::new(other.clone())
         .append(1, ExpectedVersion::Auto, &doc(1, 1))
         .unwrap();
+    // Named as another store's export at once, from the header's origin (its first event).
+    let refused = other.importer().begin(&header);
+    assert!(
+        matches!(&refused, Err(Error::InvalidImport { seq: 0, reason }) if reason.contains("the export is of another store")),
+        "{refused:?}"
+    );
+    // An export without an origin (older than it) is refused at its first event.
+    let no_origin = ExportHeader {
+        origin: None,
+        ..header.clone()
+    };
     let mut importer = other.importer();
-    importer.begin(&header).unwrap();
+    importer.begin(&no_origin).unwrap();
     let refused = events
         .iter()
         .try_for_each(|e| importer.push(e.clone()))
-        .and_then(|()| importer.finish(&header).map(drop));
+        .and_then(|()| importer.finish(&no_origin).map(drop));
     assert!(
         matches!(refused, Err(Error::InvalidImport { seq: 1, .. })),
         "{refused:?}"
@@ -510,6 +521,15 @@ fn imports_keep_the_event_limit_and_refuse_keys_they_cannot_vouch_for() {
         .append(9, ExpectedVersion::NoStream, &doc(9, 10))
         .unwrap();
     let err = own.importer().begin(&header).unwrap_err();
+    assert!(
+        err.to_string().contains("the export is of another store"),
+        "{err}"
+    );
+    let no_origin = ExportHeader {
+        origin: None,
+        ..header.clone()
+    };
+    let err = own.importer().begin(&no_origin).unwrap_err();
     assert!(err.to_string().contains("bound to another store"), "{err}");
     let txn = own.read_txn().unwrap();
     assert!(

@@ -65,7 +65,8 @@ pub(crate) use chain::{
     BackWalk, Found, Spine, find as find_version, locate as locate_versions, version_at,
 };
 pub(crate) use consumers::{
-    check_name as check_consumer_name, park, parked_of, set_position as set_consumer_position,
+    check_name as check_consumer_name, park, parked_of, position as consumer_position,
+    set_position as set_consumer_position,
 };
 pub(crate) use crypto::{
     Binding, Crypto, EventKey, StoreKeys, StreamKey, TOMBSTONE, Txn, bound_store_id,
