@@ -21,6 +21,10 @@ pub struct ReplicateArgs {
     /// Events go to the subject PREFIX.<stream id>.
     #[arg(long, default_value = "varve")]
     subject_prefix: String,
+    /// Seconds to try the first connection before giving up (exit 2). Once connected, a lost
+    /// server is waited for.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    connect_timeout: u64,
 }
 
 #[derive(Args)]
@@ -36,6 +40,10 @@ pub struct RestoreArgs {
     /// Keep following the stream (Ctrl-C stops), printing the replica's lag.
     #[arg(long)]
     follow: bool,
+    /// Seconds to try the first connection before giving up (exit 2). Once connected, a
+    /// follower waits for a lost server.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    connect_timeout: u64,
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -56,7 +64,9 @@ pub fn replicate(
     args: &ReplicateArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
-    let config = ReplicatorConfig::new(&args.to, &args.stream).subject_prefix(&args.subject_prefix);
+    let config = ReplicatorConfig::new(&args.to, &args.stream)
+        .subject_prefix(&args.subject_prefix)
+        .connect_timeout(Duration::from_secs(args.connect_timeout));
     let replicator = Replicator::new(storage, config)?;
     let started = Instant::now();
     let rt = runtime()?;
@@ -114,8 +124,15 @@ pub fn restore(
     key: Option<[u8; 32]>,
     args: &RestoreArgs,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let config = RestoreConfig::new(&args.from, &args.stream)
+        .follow(args.follow)
+        .connect_timeout(Duration::from_secs(args.connect_timeout));
+    // A new replica is created only once the source is known to be there: a wrong server or
+    // stream name leaves nothing at DEST.
+    if !args.dest.join("data.mdb").exists() {
+        runtime()?.block_on(varvedb_nats::check_source(&config))?;
+    }
     let storage = open_or_create(&args.dest, key)?;
-    let config = RestoreConfig::new(&args.from, &args.stream).follow(args.follow);
     let started = Instant::now();
     let mut last_print = Instant::now();
     let follow = args.follow;

@@ -127,3 +127,74 @@ fn replicate_once_then_restore_gives_the_same_events() {
     ]);
     assert!(!ok && err.contains("stream"), "{err}");
 }
+
+#[test]
+fn a_missing_stream_or_an_unreachable_server_fails_fast_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port) = start_server(&dir.path().join("nats"));
+    let url = format!("nats://127.0.0.1:{port}");
+    // A stream nobody replicated to: a message naming it, and no store at DEST.
+    let dest = dir.path().join("replica");
+    let (ok, _, stderr) = varvedb(&[
+        "restore",
+        "--from",
+        &url,
+        "--stream",
+        "NOPE",
+        dest.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no JetStream stream \"NOPE\""), "{stderr}");
+    assert!(!dest.exists(), "restore left a store at DEST");
+
+    // A port where nothing listens: both commands give up after their connect timeout, with
+    // a message, instead of waiting silently.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = format!("nats://127.0.0.1:{closed}");
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "1", "--expect", "none", "--type", "X", "--json", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    for args in [
+        vec![
+            "--path",
+            s,
+            "replicate",
+            "--to",
+            &nobody,
+            "--stream",
+            "S",
+            "--once",
+            "--connect-timeout",
+            "2",
+        ],
+        vec![
+            "restore",
+            "--from",
+            &nobody,
+            "--stream",
+            "S",
+            "--connect-timeout",
+            "2",
+            dest.to_str().unwrap(),
+        ],
+    ] {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot reach the NATS server"), "{stderr}");
+        assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+        assert!(!dest.exists());
+    }
+}

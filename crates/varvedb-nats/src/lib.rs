@@ -39,7 +39,7 @@ mod wire;
 use std::time::Duration;
 
 pub use replicator::{ReplicationReport, Replicator};
-pub use restorer::{RestoreConfig, RestoreReport, restore, restore_with_progress};
+pub use restorer::{RestoreConfig, RestoreReport, check_source, restore, restore_with_progress};
 pub use wire::message_id;
 
 /// What went wrong in replication or restore.
@@ -90,6 +90,26 @@ pub enum Error {
         /// The server's limit.
         max: usize,
     },
+    /// The first connection to the server did not succeed within the connect timeout
+    /// (`connect_timeout` of [`ReplicatorConfig`] and [`RestoreConfig`]). Once connected, a
+    /// lost server is waited for instead.
+    #[error("cannot reach the NATS server at {url} (tried for {waited:?}): {reason}")]
+    Unreachable {
+        /// The server's address as given.
+        url: String,
+        /// How long it was tried.
+        waited: Duration,
+        /// The last attempt's error.
+        reason: String,
+    },
+    /// The server has no JetStream stream of that name: nothing was replicated there.
+    #[error(
+        "the server has no JetStream stream {stream:?}: nothing was replicated there (is the name right?)"
+    )]
+    NoSuchStream {
+        /// The stream's name.
+        stream: String,
+    },
     /// A message of the stream is not an event in this crate's form.
     #[error("message {seq} of the JetStream stream: {reason}")]
     BadMessage {
@@ -121,6 +141,9 @@ pub struct ReplicatorConfig {
     /// How often a following replicator looks for shredded or new stream keys when no event
     /// asks for it. Default 2 s.
     pub key_sync_interval: Duration,
+    /// How long the first connection to the server is tried before the replicator gives up
+    /// with [`Error::Unreachable`]. Default 10 s.
+    pub connect_timeout: Duration,
     /// Replicas of the JetStream stream when the replicator creates it. Default 1.
     pub replicas: usize,
     /// The JetStream stream's deduplication window when the replicator creates it. Default
@@ -139,6 +162,7 @@ impl ReplicatorConfig {
             subject_prefix: "varve".into(),
             max_in_flight: 512,
             ack_timeout: Duration::from_secs(5),
+            connect_timeout: CONNECT_TIMEOUT,
             key_sync_interval: Duration::from_secs(2),
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
@@ -154,6 +178,12 @@ impl ReplicatorConfig {
     /// Sets the publishes in flight.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Sets how long the first connection is tried.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
         self
     }
 
@@ -203,17 +233,45 @@ pub(crate) fn nats(e: impl std::fmt::Display) -> Error {
     Error::Nats(e.to_string())
 }
 
-pub(crate) async fn connect(url: &str, ack_timeout: Duration) -> Result<async_nats::Client, Error> {
-    async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .request_timeout(Some(ack_timeout))
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempt| {
-            Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6) as u64))
-                .min(Duration::from_secs(2))
-        })
-        .connect(url)
-        .await
-        .map_err(nats)
+/// How long the first connection to a server is tried, by default.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the server at `url`, trying again for up to `connect_timeout` (a server that is
+/// starting); then a lost connection is reconnected for as long as the client lives.
+pub(crate) async fn connect(
+    url: &str,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+) -> Result<async_nats::Client, Error> {
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let attempt = async_nats::ConnectOptions::new()
+            .max_reconnects(None)
+            .request_timeout(Some(request_timeout))
+            .connection_timeout(
+                Duration::from_secs(2).min(connect_timeout.max(Duration::from_millis(100))),
+            )
+            .reconnect_delay_callback(|attempt| {
+                Duration::from_millis(50u64.saturating_mul(1 << attempt.min(6) as u64))
+                    .min(Duration::from_secs(2))
+            })
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(e) if started.elapsed() + pause >= connect_timeout => {
+                return Err(Error::Unreachable {
+                    url: url.to_string(),
+                    waited: started.elapsed(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(%e, "connecting to {url}; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
 }

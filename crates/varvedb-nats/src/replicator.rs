@@ -148,7 +148,7 @@ impl Replicator {
             ..Default::default()
         };
         let client = tokio::select! {
-            c = connect(&self.config.url, self.config.ack_timeout) => c?,
+            c = connect(&self.config.url, self.config.ack_timeout, self.config.connect_timeout) => c?,
             () = &mut signal => return Ok(report),
         };
         let context = js::context::ContextBuilder::new()

@@ -29,6 +29,9 @@ pub struct RestoreConfig {
     pub follow: bool,
     /// How long a request to the server may take. Default 5 s.
     pub timeout: Duration,
+    /// How long the first connection to the server is tried before the restore gives up with
+    /// [`Error::Unreachable`]. Default 10 s.
+    pub connect_timeout: Duration,
 }
 
 impl RestoreConfig {
@@ -39,7 +42,14 @@ impl RestoreConfig {
             stream: stream.into(),
             follow: false,
             timeout: Duration::from_secs(5),
+            connect_timeout: crate::CONNECT_TIMEOUT,
         }
+    }
+
+    /// Sets how long the first connection is tried.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
     }
 
     /// Follows the stream after catching up.
@@ -107,14 +117,27 @@ pub async fn restore_with_progress(
     let mut signal = std::pin::pin!(signal);
     let mut report = RestoreReport::default();
     let mut backoff = Duration::from_millis(50);
+    let mut connected = false;
     loop {
-        let session = session(storage, config, signal.as_mut(), &mut report, &mut progress);
+        let session = session(
+            storage,
+            config,
+            signal.as_mut(),
+            &mut report,
+            &mut progress,
+            &mut connected,
+        );
         match session.await {
             Ok(()) => return Ok(report),
             // A follower rides out a server restart or a lost network: it starts over from
-            // what it committed.
-            Err(Error::Nats(reason)) if config.follow => {
-                tracing::warn!(%reason, "restore interrupted; retrying");
+            // what it committed. A server never reached at all is an error at once.
+            Err(e)
+                if config.follow
+                    // (A stream not made yet is waited for: its replicator may start later.)
+                    && (matches!(e, Error::Nats(_) | Error::NoSuchStream { .. })
+                        || connected && matches!(e, Error::Unreachable { .. })) =>
+            {
+                tracing::warn!(reason = %e, "restore interrupted; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = signal.as_mut() => return Ok(report),
@@ -126,6 +149,49 @@ pub async fn restore_with_progress(
     }
 }
 
+/// The JetStream stream a restore reads: [`Error::NoSuchStream`] when the server has none.
+async fn source_stream(context: &js::Context, name: &str) -> Result<js::stream::Stream, Error> {
+    context.get_stream(name).await.map_err(|e| {
+        let missing = matches!(
+            e.kind(),
+            js::context::GetStreamErrorKind::JetStream(ref j)
+                if j.error_code() == js::ErrorCode::STREAM_NOT_FOUND
+        );
+        if missing {
+            Error::NoSuchStream {
+                stream: name.to_string(),
+            }
+        } else {
+            nats(format!("stream {name}: {e}"))
+        }
+    })
+}
+
+/// Checks, before a restore creates anything, that the server at `config.url` can be reached
+/// and holds the stream `config.stream` that a replicator wrote: [`Error::Unreachable`],
+/// [`Error::NoSuchStream`], or [`Error::Nats`] naming what is missing. Returns the stream's
+/// last sequence.
+pub async fn check_source(config: &RestoreConfig) -> Result<u64, Error> {
+    check_stream_name(&config.stream)?;
+    let client = connect(&config.url, config.timeout, config.connect_timeout).await?;
+    let context = js::context::ContextBuilder::new()
+        .timeout(config.timeout)
+        .build(client);
+    let mut stream = source_stream(&context, &config.stream).await?;
+    let bucket_name = keys_bucket(&config.stream);
+    let bucket = context
+        .get_key_value(&bucket_name)
+        .await
+        .map_err(|e| nats(format!("key-value bucket {bucket_name}: {e}")))?;
+    if bucket.get("format").await.map_err(nats)?.is_none() {
+        return Err(nats(format!(
+            "{bucket_name} has no format entry: nothing was replicated to {}",
+            config.stream
+        )));
+    }
+    Ok(stream.info().await.map_err(nats)?.state.last_sequence)
+}
+
 /// One connected stretch of a restore.
 async fn session(
     storage: &Storage,
@@ -133,15 +199,14 @@ async fn session(
     mut signal: std::pin::Pin<&mut impl Future<Output = ()>>,
     total: &mut RestoreReport,
     progress: &mut impl FnMut(&RestoreReport),
+    connected: &mut bool,
 ) -> Result<(), Error> {
-    let client = connect(&config.url, config.timeout).await?;
+    let client = connect(&config.url, config.timeout, config.connect_timeout).await?;
+    *connected = true;
     let context = js::context::ContextBuilder::new()
         .timeout(config.timeout)
         .build(client);
-    let mut stream = context
-        .get_stream(&config.stream)
-        .await
-        .map_err(|e| nats(format!("stream {}: {e}", config.stream)))?;
+    let mut stream = source_stream(&context, &config.stream).await?;
     let bucket_name = keys_bucket(&config.stream);
     let bucket = context
         .get_key_value(&bucket_name)
