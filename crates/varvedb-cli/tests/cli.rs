@@ -1816,3 +1816,63 @@ fn an_older_export_never_moves_a_live_stores_consumers_back() {
     assert!(ok, "{stderr}");
     assert_eq!(positions(), [Some(2), Some(2), Some(2)]);
 }
+
+#[test]
+fn destinations_get_accurate_messages_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "1", "--expect", "none", "--type", "X", "--json", "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let refused = |args: &[&str], says: &str| {
+        let out = output(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    };
+    // A backup into a directory that holds something: refused, naming what it holds.
+    let full = dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::write(full.join("notes.txt"), "mine").unwrap();
+    refused(
+        &["--path", s, "backup", full.to_str().unwrap()],
+        "is not empty (it holds notes.txt)",
+    );
+    assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1);
+    // Onto the store itself, however spelled.
+    refused(
+        &["--path", s, "backup", s],
+        "it is the store's own directory",
+    );
+    let spelled = store.join("..").join("store");
+    refused(
+        &["--path", s, "backup", spelled.to_str().unwrap()],
+        "it is the store's own directory",
+    );
+    // --path naming a regular file, for a command that reads and one that creates.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "mine").unwrap();
+    let f = file.to_str().unwrap();
+    refused(&["--path", f, "stats"], "it is a file, not a directory");
+    refused(
+        &[
+            "--path", f, "append", "--stream", "1", "--expect", "any", "--type", "X", "--json", "1",
+        ],
+        "it is a file, not a directory",
+    );
+    refused(&["--path", f, "demo"], "this is a file, not a directory");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    // A shred of a stream that does not exist says so; of a plaintext one, that.
+    refused(
+        &["--path", s, "shred", "--stream", "77"],
+        "stream 0x4d does not exist",
+    );
+    refused(&["--path", s, "shred", "--stream", "1"], "is not encrypted");
+}

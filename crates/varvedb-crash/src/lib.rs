@@ -308,7 +308,7 @@ fn perform(
             match storage.shred_stream(*stream_id) {
                 Ok(_) => say(out, format_args!("H {stream_id}\n")),
                 // The stream never got an event (its run was killed early): nothing to shred.
-                Err(Error::StreamNotEncrypted { .. }) => {}
+                Err(Error::StreamNotFound { .. } | Error::StreamNotEncrypted { .. }) => {}
                 Err(e) => return Err(format!("shred of stream {stream_id}: {e}")),
             }
             say(out, format_args!("D {run} {op_no}\n"));

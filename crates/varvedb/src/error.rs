@@ -164,6 +164,23 @@ pub enum Error {
         stream_id: u128,
     },
 
+    /// The stream has no events (nor a key): there is nothing to shred. Nothing changed.
+    #[error("stream {stream_id:#x} does not exist: it has no events")]
+    StreamNotFound {
+        /// The stream.
+        stream_id: u128,
+    },
+
+    /// A copy (a backup, a compaction) cannot go where it was asked to: the store's own
+    /// directory, a directory that holds something, a file. Nothing was written.
+    #[error("cannot write a copy of the store to {path}: {reason}")]
+    InvalidDestination {
+        /// The destination given.
+        path: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
+
     /// Only an encrypted stream can be shredded; this one is plaintext. Nothing changed.
     #[error("stream {stream_id:#x} is not encrypted, so it cannot be crypto-shredded")]
     StreamNotEncrypted {
@@ -591,6 +608,8 @@ impl Error {
             | Error::Shredded { .. }
             | Error::StreamShredded { .. }
             | Error::StreamNotEncrypted { .. }
+            | Error::StreamNotFound { .. }
+            | Error::InvalidDestination { .. }
             | Error::WrongMasterKey
             | Error::MasterKeyRequired { .. }
             | Error::MasterKeyRotated

@@ -192,7 +192,8 @@ impl Storage {
     ///
     /// The key's old bytes may stay on LMDB's free pages until they are reused; a compacting
     /// copy ([`compact_to`](Self::compact_to)) carries no trace of them. A plaintext stream
-    /// cannot be shredded ([`Error::StreamNotEncrypted`]).
+    /// cannot be shredded ([`Error::StreamNotEncrypted`]), and a stream with no events has
+    /// nothing to shred ([`Error::StreamNotFound`]).
     pub fn shred_stream(&self, stream_id: u128) -> Result<ShredReport> {
         storage::ops::shred_stream(self, stream_id)
     }
@@ -216,8 +217,8 @@ impl Storage {
     /// `dest` is created with mode 0700 (its parents as needed). An existing `dest` is taken
     /// only if it is an empty directory (not a symbolic link) that only its owner can enter,
     /// owned by the owner of this store's directory; anything else is refused
-    /// ([`Error::InvalidStore`]), so that a directory another user prepared, or a planted link,
-    /// never receives the copy. The data file is created exclusively (never through a link,
+    /// ([`Error::InvalidDestination`]), so that a directory another user prepared, or a planted
+    /// link, never receives the copy; so is the store's own directory. The data file is created exclusively (never through a link,
     /// never over a file) with mode 0600 from its first byte.
     pub fn compact_to(&self, dest: impl AsRef<Path>) -> Result<()> {
         storage::ops::compact_to(self, dest)

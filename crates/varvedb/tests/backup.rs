@@ -107,7 +107,7 @@ fn a_backup_refuses_planted_links_and_prepared_directories() {
     let target = place.path().join("attacker-owned.mdb");
     std::os::unix::fs::symlink(&target, planted.join("data.mdb")).unwrap();
     let err = storage.compact_to(&planted).unwrap_err();
-    assert!(matches!(err, Error::InvalidStore { .. }), "{err}");
+    assert!(matches!(err, Error::InvalidDestination { .. }), "{err}");
     assert!(!target.exists(), "the copy followed the planted link");
 
     // A link as the destination directory itself.
@@ -117,7 +117,7 @@ fn a_backup_refuses_planted_links_and_prepared_directories() {
     let link = place.path().join("link");
     std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
     let err = storage.compact_to(&link).unwrap_err();
-    assert!(matches!(err, Error::InvalidStore { .. }), "{err}");
+    assert!(matches!(err, Error::InvalidDestination { .. }), "{err}");
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
 
     // A directory others may enter, or one that holds anything.

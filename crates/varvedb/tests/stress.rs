@@ -228,7 +228,9 @@ fn run(encrypted: bool) {
                                 Ok(_) => {
                                     shredded.lock().unwrap().insert(candidate);
                                 }
-                                Err(Error::StreamNotEncrypted { .. }) => {}
+                                Err(
+                                    Error::StreamNotFound { .. } | Error::StreamNotEncrypted { .. },
+                                ) => {}
                                 Err(e) => panic!("shred {candidate}: {e}"),
                             }
                             *next += 1;

@@ -166,6 +166,13 @@ impl Storage {
 /// See [`Storage::open`](crate::Storage::open).
 pub(crate) fn open(config: StorageConfig) -> Result<Storage> {
     config.validate()?;
+    if config.path.exists() && !config.path.is_dir() {
+        return Err(Error::InvalidStore {
+            path: config.path.clone(),
+            reason: "it is a file, not a directory (a store is a directory); it was left untouched"
+                .into(),
+        });
+    }
     create_private_dir(&config.path)?;
     Storage::open_canonical(config, Create::Yes)
 }
@@ -177,6 +184,11 @@ pub(crate) fn open_existing(config: StorageConfig) -> Result<Storage> {
         path: config.path.clone(),
         reason: reason.into(),
     };
+    if config.path.exists() && !config.path.is_dir() {
+        return Err(missing(
+            "it is a file, not a directory (a store is a directory)",
+        ));
+    }
     if !config.path.is_dir() {
         return Err(missing("no such directory"));
     }

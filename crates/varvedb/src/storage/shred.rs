@@ -32,6 +32,9 @@ pub(crate) fn shred_stream(storage: &Storage, stream_id: u128) -> Result<ShredRe
     let report = storage.write_durable(|wtxn, dbs| {
         let entry = dbs.keystore.get(wtxn, &stream_id.to_be_bytes()).lmdb()?;
         match entry {
+            None if stream_head(dbs, wtxn, stream_id)?.is_none() => {
+                return Err(Error::StreamNotFound { stream_id });
+            }
             None => return Err(Error::StreamNotEncrypted { stream_id }),
             Some(v) if crypto::is_tombstone(v) => {
                 let shredded = ShredReport {
@@ -122,6 +125,26 @@ pub(crate) fn rotate_master_key(storage: &Storage, new_master_key: [u8; 32]) -> 
     Ok(rewrapped)
 }
 
+/// Where `path` is, through every symbolic link and `..`, whether or not it exists yet: its
+/// nearest existing ancestor, resolved, and the rest of it.
+fn resolved(path: &Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = absolute.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
 /// See [`Storage::compact_to`](crate::Storage::compact_to).
 pub(crate) fn compact_to(storage: &Storage, dest: impl AsRef<Path>) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -130,10 +153,17 @@ pub(crate) fn compact_to(storage: &Storage, dest: impl AsRef<Path>) -> Result<()
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
-    let refuse = |reason: String| Error::InvalidStore {
+    let refuse = |reason: String| Error::InvalidDestination {
         path: dest.to_path_buf(),
         reason,
     };
+    // The store's own directory is no place for its copy.
+    if resolved(dest) == storage.path() {
+        return Err(refuse(format!(
+            "it is the store's own directory ({}); a backup goes to a new directory",
+            storage.path().display()
+        )));
+    }
     match std::fs::symlink_metadata(dest) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
@@ -164,10 +194,18 @@ pub(crate) fn compact_to(storage: &Storage, dest: impl AsRef<Path>) -> Result<()
                     meta.permissions().mode() & 0o777
                 )));
             }
-            if std::fs::read_dir(dest).map_err(io(dest))?.next().is_some() {
-                return Err(refuse(
-                    "it is not empty; a backup goes to a new or empty directory".into(),
-                ));
+            let held: Vec<String> = std::fs::read_dir(dest)
+                .map_err(io(dest))?
+                .take(4)
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect();
+            if !held.is_empty() {
+                return Err(refuse(format!(
+                    "it is not empty (it holds {}{}); a backup goes to a new or empty \
+                     directory, and nothing was written",
+                    held[..held.len().min(3)].join(", "),
+                    if held.len() > 3 { ", …" } else { "" }
+                )));
             }
         }
     }
