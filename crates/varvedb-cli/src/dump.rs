@@ -29,6 +29,11 @@ const EXPORT_VERSION: u32 = 1;
 pub(crate) struct ExportArgs {
     /// The file to write; `-` or nothing: standard output.
     pub(crate) file: Option<PathBuf>,
+    /// Pass over damaged events instead of stopping at the first, and say how many were
+    /// skipped (exit 1). The export then has gaps where they were, which `import` refuses: it
+    /// salvages what can be read.
+    #[arg(long)]
+    pub(crate) skip_damaged: bool,
 }
 
 #[derive(Args)]
@@ -343,18 +348,19 @@ pub(crate) fn export(
     };
     // A bar on stderr, unless the export itself is going to this terminal.
     let show_progress = file.is_some() || !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let written = write_export(&storage, sink, show_progress);
+    let written = write_export(&storage, sink, show_progress, args.skip_damaged);
     match (written, file) {
-        (Ok((events, consumers)), Some(path)) => {
-            // The file is complete only once it is on disk.
-            File::open(path)?.sync_all()?;
-            eprintln!(
-                "varvedb: exported {events} events and {consumers} consumers to {}",
-                path.display()
-            );
-            Ok(())
+        (Ok((events, consumers, skipped)), path) => {
+            if let Some(path) = path {
+                // The file is complete only once it is on disk.
+                File::open(path)?.sync_all()?;
+                eprintln!(
+                    "varvedb: exported {events} events and {consumers} consumers to {}",
+                    path.display()
+                );
+            }
+            skipped.into_result()
         }
-        (Ok(_), None) => Ok(()),
         (Err(e), path) => {
             // An incomplete export is removed rather than left to be mistaken for one.
             if let Some(path) = path {
@@ -371,7 +377,8 @@ fn write_export(
     storage: &Storage,
     sink: Box<dyn Write>,
     show_progress: bool,
-) -> Result<(u64, usize), Box<dyn std::error::Error>> {
+    skip_damaged: bool,
+) -> Result<(u64, usize, crate::Skipped), Box<dyn std::error::Error>> {
     let mut out = BufWriter::with_capacity(1 << 20, sink);
     let txn = storage.read_txn()?;
     let header = storage.export_header(&txn)?;
@@ -384,22 +391,48 @@ fn write_export(
     if !show_progress {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    let mut skipped = crate::Skipped::default();
     let written = (|| -> Result<u64, Box<dyn std::error::Error>> {
         let mut n = 0u64;
-        for event in storage.export_events(&txn, 1) {
-            let event = event?;
-            serde_json::to_writer(&mut out, &event_line(&event))?;
-            out.write_all(b"\n")?;
-            n += 1;
-            if n.is_multiple_of(4096) {
-                progress.set_position(n);
+        let mut next = 1;
+        // Each pass reads from `next` in a snapshot of its own: after LMDB finds its pages
+        // damaged it refuses the rest of that snapshot, so a skip starts a new one.
+        let mut snapshot = Some(txn);
+        while next <= header.last_seq {
+            let txn = match snapshot.take() {
+                Some(txn) => txn,
+                None => storage.read_txn()?,
+            };
+            let mut damaged = None;
+            for event in storage.export_events(&txn, next) {
+                match event {
+                    Ok(event) => {
+                        if event.seq > header.last_seq {
+                            break;
+                        }
+                        next = event.seq + 1;
+                        serde_json::to_writer(&mut out, &event_line(&event))?;
+                        out.write_all(b"\n")?;
+                        n += 1;
+                        if n.is_multiple_of(4096) {
+                            progress.set_position(n);
+                        }
+                    }
+                    Err(e) if skip_damaged && e.kind() == varvedb::ErrorKind::Corruption => {
+                        damaged = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
+            let Some(e) = damaged else { break };
+            next = skipped.pass(next, &e);
         }
         out.flush()?;
         Ok(n)
     })();
     progress.finish_and_clear();
-    Ok((written?, header.consumers.len()))
+    Ok((written?, header.consumers.len(), skipped))
 }
 
 /// Reads an export and writes it into the store at `path` (created if missing).

@@ -85,7 +85,9 @@ enum Command {
         to: Option<PathBuf>,
     },
     /// Writes a consistent copy of the store to a new directory. With --compact, only the
-    /// pages in use: no freed page (a shredded key, a deleted blob) is carried over.
+    /// pages in use: no freed page (a shredded key, a deleted blob) is carried over. The copy
+    /// is then verified: a copy of a damaged store is removed, with the problems found (exit
+    /// 1), unless given --force, which keeps it (and still exits 1).
     ///
     /// Example: varvedb backup --compact /backups/store-2026-11-26
     Backup {
@@ -94,6 +96,9 @@ enum Command {
         /// Copy only the pages in use (the only kind of copy offered: LMDB's compacting copy).
         #[arg(long, default_value_t = true)]
         compact: bool,
+        /// Keep a copy of a damaged store (its damage is in the copy too).
+        #[arg(long)]
+        force: bool,
     },
     /// Appends one event given as JSON, for scripts and non-Rust tooling: stored as the tool's
     /// JSON event type (container `varvedb.json`), which `read` and `tail` print as JSON.
@@ -219,10 +224,10 @@ fn main() -> ExitCode {
             key.is_some(),
             finalize.then(|| new_key_file.zip(to)).flatten(),
         ),
-        Command::Backup { dest, .. } => backup(open, &dest),
+        Command::Backup { dest, force, .. } => backup(open, &dest, force),
         Command::Metrics { listen } => metrics(open, listen),
         Command::Streams(args) => admin::streams(open, &args).map_err(Into::into),
-        Command::Tail(args) => read::tail(open, &args).map_err(Into::into),
+        Command::Tail(args) => read::tail(open, &args),
         Command::Append(args) => append::run(&path, raw_key(), args),
         Command::Export(args) => dump::export(open, &args),
         Command::Import(args) => dump::import(&path, raw_key(), &args),
@@ -234,40 +239,108 @@ fn main() -> ExitCode {
                 Ok(admin::Outcome::Done) => ExitCode::SUCCESS,
                 Ok(admin::Outcome::Missing) => ExitCode::from(1),
                 Ok(admin::Outcome::Refused) => ExitCode::from(2),
-                Err(e) => {
-                    eprintln!("varvedb: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed(&e),
             };
         }
         Command::Read(args) => {
             return match read::run(open, &args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("varvedb: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed(&e),
             };
         }
         Command::Verify => {
             return match verify(open) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("varvedb: {e}");
-                    ExitCode::from(2)
-                }
+                Err(e) => failed(&e),
             };
         }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("varvedb: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => failed(e.as_ref()),
     }
+}
+
+/// What a command found damaged and did not stop at: exit 1, with one line saying so.
+#[derive(Debug)]
+pub(crate) struct FoundDamage(pub(crate) String);
+
+impl std::fmt::Display for FoundDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FoundDamage {}
+
+/// The damaged events a command passed over (`--skip-damaged`): their count and the first
+/// sequences, for its closing line.
+#[derive(Default)]
+pub(crate) struct Skipped {
+    count: u64,
+    first: Vec<u64>,
+    last_error: Option<String>,
+}
+
+impl Skipped {
+    /// Counts the event at `next` (or the later one `e` names) as skipped; returns the
+    /// sequence to read from next, always past `next`.
+    pub(crate) fn pass(&mut self, next: u64, e: &varvedb::Error) -> u64 {
+        let seq = match e {
+            varvedb::Error::Corrupt { seq, .. } if *seq >= next => *seq,
+            _ => next,
+        };
+        self.count += 1;
+        if self.first.len() < 10 {
+            self.first.push(seq);
+        }
+        self.last_error = Some(e.to_string());
+        seq + 1
+    }
+
+    /// `Ok` when nothing was skipped; else [`FoundDamage`] saying how many were.
+    pub(crate) fn into_result(self) -> Result<(), Box<dyn std::error::Error>> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        let seqs: Vec<String> = self.first.iter().map(u64::to_string).collect();
+        Err(Box::new(FoundDamage(format!(
+            "skipped {} damaged events (sequences {}{}); the last: {}",
+            self.count,
+            seqs.join(", "),
+            if self.count > self.first.len() as u64 {
+                ", …"
+            } else {
+                ""
+            },
+            self.last_error.unwrap_or_default()
+        ))))
+    }
+}
+
+/// Prints a failed command's error, and gives its exit code: 1 when the command found damage
+/// (a corrupt record, blob or index, or LMDB's own pages), 2 when it could not run.
+fn failed(e: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let store_error = e.downcast_ref::<varvedb::Error>().or_else(|| {
+        match e.downcast_ref::<varvedb_nats::Error>() {
+            Some(varvedb_nats::Error::Store(inner)) => Some(inner),
+            _ => None,
+        }
+    });
+    if let Some(found) = e.downcast_ref::<FoundDamage>() {
+        eprintln!("varvedb: damage found: {found}");
+        return ExitCode::from(1);
+    }
+    if let Some(e) = store_error
+        && e.kind() == varvedb::ErrorKind::Corruption
+    {
+        eprintln!("varvedb: damage found: {e} (`varvedb verify` checks the whole store)");
+        return ExitCode::from(1);
+    }
+    eprintln!("varvedb: {e}");
+    ExitCode::from(2)
 }
 
 /// Opens an existing store: a missing directory, or one that holds no store, is an error and
@@ -421,8 +494,10 @@ fn rotate_key(
 fn backup(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
     dest: &Path,
+    force: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
+    let existed = dest.exists();
     // One LMDB call with no progress to report: a spinner, on a terminal only.
     let spinner = indicatif::ProgressBar::new_spinner()
         .with_message(format!("backup: writing {}", dest.display()));
@@ -430,8 +505,46 @@ fn backup(
     let copied = storage.compact_to(dest);
     spinner.finish_and_clear();
     copied?;
-    println!("compacted copy written to {}", dest.display());
-    Ok(())
+    // The copy holds the same records: verifying it finds the store's damage, and proves the
+    // copy itself sound.
+    let checked = Storage::open_existing(StorageConfig {
+        path: dest.into(),
+        ..Default::default()
+    })
+    .and_then(|copy| copy.verify());
+    let problems = match checked {
+        Ok(report) if report.is_clean() => {
+            println!("compacted copy written to {} and verified", dest.display());
+            return Ok(());
+        }
+        Ok(report) => {
+            let first = report.problems.first().map(ToString::to_string);
+            format!(
+                "{} problems, the first: {}",
+                report.problem_count(),
+                first.unwrap_or_default()
+            )
+        }
+        Err(e) => e.to_string(),
+    };
+    if force {
+        return Err(Box::new(FoundDamage(format!(
+            "the store is damaged ({problems}); the copy at {} was kept (--force), with that \
+             damage",
+            dest.display()
+        ))));
+    }
+    // No copy of a damaged store is left to be taken for a sound backup.
+    for file in ["data.mdb", "lock.mdb"] {
+        drop(std::fs::remove_file(dest.join(file)));
+    }
+    if !existed {
+        drop(std::fs::remove_dir(dest));
+    }
+    Err(Box::new(FoundDamage(format!(
+        "the store is damaged ({problems}); the copy was removed (give --force to keep a copy \
+         of a damaged store; `varvedb verify` lists the problems)"
+    ))))
 }
 
 /// Runs `Storage::verify` with progress on stderr; prints every problem and a summary. Returns

@@ -233,6 +233,10 @@ pub(crate) struct TailArgs {
     /// One JSON object a line instead of text.
     #[arg(long)]
     json: bool,
+    /// Pass over damaged events instead of stopping at the first: each is named on stderr,
+    /// and the count is given at the end (exit 1).
+    #[arg(long)]
+    skip_damaged: bool,
     /// How often to look for new events, in milliseconds.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     poll_ms: u64,
@@ -243,7 +247,7 @@ pub(crate) struct TailArgs {
 pub(crate) fn tail(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
     args: &TailArgs,
-) -> Result<(), varvedb::Error> {
+) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
     let raw = storage.raw_reader();
     let matches = |e: &RawEvent<'_>| {
@@ -254,48 +258,70 @@ pub(crate) fn tail(
                 .is_none_or(|t| t == e.event_type() || t == type_name(e))
     };
     let mut out = std::io::stdout().lock();
-    // The last `lines` matching events: walk back from the head.
+    let mut skipped = crate::Skipped::default();
+    // A damaged event: an error, or with --skip-damaged named on stderr and passed over.
+    let mut pass_over = |at: u64, e: varvedb::Error| -> Result<u64, varvedb::Error> {
+        if !args.skip_damaged || e.kind() != varvedb::ErrorKind::Corruption {
+            return Err(e);
+        }
+        eprintln!("varvedb: skipped a damaged event at sequence {at}: {e}");
+        Ok(skipped.pass(at, &e))
+    };
+    // The last `lines` matching events: walk back from the head. The lines are printed once
+    // found; every event is read in a snapshot of its own only after damage (LMDB refuses the
+    // rest of a snapshot in which it found its pages damaged).
     let mut next = {
-        let txn = storage.read_txn()?;
-        let head = storage.last_seq(&txn)?;
+        let head = storage.last_seq(&storage.read_txn()?)?;
         let mut found = Vec::new();
         let mut seq = head;
+        let mut txn = storage.read_txn()?;
         while seq > 0 && (found.len() as u64) < args.lines {
-            if let Some(e) = raw.get(&txn, seq)?
-                && matches(&e)
-            {
-                found.push(e);
+            match raw.get(&txn, seq) {
+                Ok(Some(e)) if matches(&e) => found.push(text_or_json(&e, args.json)),
+                Ok(_) => {}
+                Err(e) => {
+                    pass_over(seq, e)?;
+                    txn = storage.read_txn()?;
+                }
             }
             seq -= 1;
         }
-        for e in found.iter().rev() {
-            let line = if args.json { json(e) } else { text(e) };
+        for line in found.iter().rev() {
             if writeln!(out, "{line}").is_err() {
                 return Ok(());
             }
         }
         head + 1
     };
-    if !args.follow {
-        return Ok(());
-    }
-    let _ = out.flush();
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(args.poll_ms));
-        let txn = storage.read_txn()?;
-        for e in raw.read_all(&txn, next) {
-            let e = e?;
-            next = e.seq() + 1;
-            if !matches(&e) {
-                continue;
+    if args.follow {
+        let _ = out.flush();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(args.poll_ms));
+            let txn = storage.read_txn()?;
+            for e in raw.read_all(&txn, next) {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(e) => {
+                        next = pass_over(next, e)?;
+                        break;
+                    }
+                };
+                next = e.seq() + 1;
+                if !matches(&e) {
+                    continue;
+                }
+                if writeln!(out, "{}", text_or_json(&e, args.json)).is_err() {
+                    return Ok(());
+                }
             }
-            let line = if args.json { json(&e) } else { text(&e) };
-            if writeln!(out, "{line}").is_err() {
+            if out.flush().is_err() {
                 return Ok(());
             }
         }
-        if out.flush().is_err() {
-            return Ok(());
-        }
     }
+    skipped.into_result()
+}
+
+fn text_or_json(e: &RawEvent<'_>, json_lines: bool) -> String {
+    if json_lines { json(e) } else { text(e) }
 }

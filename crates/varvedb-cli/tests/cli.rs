@@ -1267,18 +1267,125 @@ fn a_damaged_record_is_named_by_verify_read_and_export() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("sequence 2"));
-    // An export is a faithful copy or none: it stops at the damage, exit 2.
-    let stderr = fails_cleanly(&[
-        "--path",
-        s,
-        "export",
-        dir.path().join("e").to_str().unwrap(),
-    ]);
-    assert!(stderr.contains("sequence 2"), "{stderr}");
+    // An export is a faithful copy or none: it stops at the damage, exit 1 (damage found).
+    let e = dir.path().join("e");
+    let out = output(["--path", s, "export", e.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !dir.path().join("e").exists(),
-        "an incomplete export is removed"
+        stderr.contains("damage found") && stderr.contains("sequence 2"),
+        "{stderr}"
     );
+    assert!(!e.exists(), "an incomplete export is removed");
+    // --skip-damaged salvages the rest and says what it passed over; exit 1 still.
+    let out = output(["--path", s, "export", "--skip-damaged", e.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped 1 damaged events (sequences 2)"),
+        "{stderr}"
+    );
+    let salvaged = std::fs::read_to_string(&e).unwrap();
+    let seqs: Vec<&str> = salvaged
+        .lines()
+        .skip(1)
+        .map(|l| &l[..l.find(',').unwrap()])
+        .collect();
+    assert_eq!(seqs, ["{\"seq\":1", "{\"seq\":3"]);
+    // tail stops at it too, or passes over it when asked.
+    let out = output(["--path", s, "tail", "-n", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = output(["--path", s, "tail", "-n", "5", "--skip-damaged"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped a damaged event at sequence 2")
+            && stderr.contains("skipped 1 damaged events"),
+        "{stderr}"
+    );
+    // A backup of the damaged store is refused and leaves no copy, unless forced.
+    let copy = dir.path().join("copy");
+    let out = output(["--path", s, "backup", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the store is damaged") && stderr.contains("the copy was removed"),
+        "{stderr}"
+    );
+    assert!(!copy.exists());
+    let out = output(["--path", s, "backup", "--force", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("was kept (--force)"));
+    assert!(copy.join("data.mdb").exists());
+}
+
+#[test]
+fn damage_in_lmdb_pages_is_reported_as_damage_never_as_could_not_run() {
+    use varvedb::{Append, AppendOptions, ExpectedVersion, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    {
+        let storage = Storage::open(StorageConfig {
+            path: store.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let writer = Writer::<Secret>::new(storage);
+        for i in 0..400u32 {
+            let event = Secret {
+                text: format!("event {i} {}", "x".repeat(200)),
+            };
+            writer
+                .commit(
+                    Append::event(u128::from(i % 7 + 1), ExpectedVersion::Auto, &event)
+                        .options(AppendOptions::new().tag(format!("n:{i}"))),
+                )
+                .unwrap();
+        }
+    }
+    let clean = std::fs::read(store.join("data.mdb")).unwrap();
+    let page = 4096;
+    // Every leaf page in turn gets a page type LMDB does not expect.
+    let leaves: Vec<usize> = (2..clean.len() / page)
+        .filter(|p| clean[p * page + 10] == 0x02)
+        .collect();
+    assert!(leaves.len() > 20, "{}", leaves.len());
+    let damaged = dir.path().join("damaged");
+    let mut reported = 0;
+    for p in leaves {
+        let mut bytes = clean.clone();
+        bytes[p * page + 10] = 0x10;
+        drop(std::fs::remove_dir_all(&damaged));
+        std::fs::create_dir(&damaged).unwrap();
+        std::fs::write(damaged.join("data.mdb"), &bytes).unwrap();
+        let d = damaged.to_str().unwrap();
+        for args in [
+            vec!["--path", d, "verify"],
+            vec!["--path", d, "stats"],
+            vec!["--path", d, "read"],
+            vec!["--path", d, "tail", "-n", "1000"],
+            vec!["--path", d, "export"],
+        ] {
+            let out = output(&args);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            // 0 (the page is not on the command's path), 1 (damage found), or a signal: LMDB
+            // follows some damaged pages into an assertion or a fault (a known limit,
+            // docs/reliability.md). Never 2 ("could not run") with LMDB's raw error.
+            assert_ne!(out.status.code(), Some(2), "page {p}, {args:?}: {stderr}");
+            if out.status.code() == Some(1) {
+                assert!(
+                    stderr.contains("damaged")
+                        || String::from_utf8_lossy(&out.stdout).contains("damaged"),
+                    "page {p}, {args:?}: {stderr}"
+                );
+                if args[2] == "verify" {
+                    reported += 1;
+                }
+            }
+        }
+    }
+    assert!(reported > 0, "no damaged page was reported by verify");
 }
 
 #[test]

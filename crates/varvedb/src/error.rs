@@ -511,6 +511,23 @@ impl LmdbError {
         }
     }
 
+    /// Whether LMDB found its own pages damaged: a page of the wrong type
+    /// (`MDB_CORRUPTED`), a page that is not there (`MDB_PAGE_NOTFOUND`), or a file that is not
+    /// an LMDB file (`MDB_INVALID`). [`Error::kind`] calls these corruption.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            &self.0,
+            heed::Error::Mdb(
+                heed::MdbError::Corrupted | heed::MdbError::PageNotFound | heed::MdbError::Invalid
+            )
+        )
+    }
+
+    /// `MDB_BAD_TXN`: the transaction can no longer be used (after an error inside it).
+    pub(crate) fn is_bad_txn(&self) -> bool {
+        matches!(&self.0, heed::Error::Mdb(heed::MdbError::BadTxn))
+    }
+
     pub(crate) fn new(e: heed::Error) -> Self {
         LmdbError(e)
     }
@@ -522,7 +539,15 @@ impl LmdbError {
 
 impl std::fmt::Display for LmdbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
+        if self.is_damage() {
+            write!(
+                f,
+                "the store's data file is damaged: LMDB found a page it cannot use ({})",
+                self.0
+            )
+        } else {
+            std::fmt::Display::fmt(&self.0, f)
+        }
     }
 }
 
@@ -628,6 +653,7 @@ impl Error {
             | Error::CorruptIndex { .. }
             | Error::CorruptType { .. }
             | Error::AuthenticationFailed { .. } => Corruption,
+            Error::Lmdb(e) if e.is_damage() => Corruption,
             Error::StoreFull { .. }
             | Error::ResizeBlocked { .. }
             | Error::ReadBlocked { .. }

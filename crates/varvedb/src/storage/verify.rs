@@ -209,12 +209,49 @@ pub(crate) fn run(
         // Reading a page past the end of the file would raise SIGBUS: stop here.
         return Ok(run.report);
     }
-    run.events()?;
-    run.heads()?;
-    run.blob_store()?;
-    run.reference_counts()?;
-    run.event_id_index()?;
-    run.tag_index()?;
+    let passes = [
+        db_names::EVENTS,
+        db_names::STREAM_HEADS,
+        db_names::BLOBS,
+        db_names::BLOB_REFS,
+        db_names::EVENT_IDS,
+        db_names::TAGS,
+    ];
+    for database in passes {
+        let passed = match database {
+            db_names::EVENTS => run.events(),
+            db_names::STREAM_HEADS => run.heads(),
+            db_names::BLOBS => run.blob_store(),
+            db_names::BLOB_REFS => run.reference_counts(),
+            db_names::EVENT_IDS => run.event_id_index(),
+            _ => run.tag_index(),
+        };
+        match passed {
+            Ok(()) => {}
+            // LMDB's own pages are damaged: a problem found, not a failure to check. LMDB
+            // refuses every later read of this snapshot, so the check stops here.
+            // (`MDB_BAD_TXN` after a problem: LMDB's damage, reported, spoiled the snapshot.)
+            Err(crate::Error::Lmdb(e))
+                if e.is_damage() || (e.is_bad_txn() && !run.report.is_clean()) =>
+            {
+                run.report.report(
+                    LMDB,
+                    database.into(),
+                    if e.is_damage() {
+                        format!(
+                            "{e}; the check stopped here, as LMDB refuses the rest of this read"
+                        )
+                    } else {
+                        "LMDB refuses the rest of this read after the damage above; the check \
+                         stopped here"
+                            .into()
+                    },
+                );
+                return Ok(run.report);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     Ok(run.report)
 }
 
