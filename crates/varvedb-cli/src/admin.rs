@@ -14,6 +14,9 @@ pub(crate) struct StreamsArgs {
     /// with or without `@version`). Reads the whole log.
     #[arg(long = "type")]
     event_type: Option<String>,
+    /// One JSON object a line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Prints one line per stream: id, version, last sequence, last timestamp, last type.
@@ -44,10 +47,12 @@ pub(crate) fn streams(
     };
     let limit = args.limit.unwrap_or(u64::MAX);
     let mut printed = 0;
-    println!(
-        "{:<34} {:>10} {:>12}  {:<30}  last type",
-        "stream", "version", "last seq", "last event (UTC)"
-    );
+    if !args.json {
+        println!(
+            "{:<34} {:>10} {:>12}  {:<30}  last type",
+            "stream", "version", "last seq", "last event (UTC)"
+        );
+    }
     for stream in raw.streams(&txn) {
         if printed >= limit {
             break;
@@ -60,6 +65,20 @@ pub(crate) fn streams(
             continue;
         }
         printed += 1;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "stream": crate::stream_id::show(stream.stream_id),
+                    "version": stream.version,
+                    "last_seq": stream.last_seq,
+                    "last_timestamp_ns": stream.last_timestamp_ns,
+                    "last_event_utc": utc(stream.last_timestamp_ns),
+                    "last_type": stream.last_event_type,
+                })
+            );
+            continue;
+        }
         println!(
             "{:<34} {:>10} {:>12}  {:<30}  {}",
             crate::stream_id::show(stream.stream_id),
@@ -100,7 +119,11 @@ pub(crate) fn utc(ns: u64) -> String {
 #[derive(clap::Subcommand)]
 pub(crate) enum ConsumersCommand {
     /// Lists the consumers with their position, lag and parked events (the default).
-    List,
+    List {
+        /// One JSON object a line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Moves a consumer's cursor: its processor handles the events after POSITION next
     /// (0: from the start). Stop the processor first.
     Reset {
@@ -133,6 +156,18 @@ pub(crate) enum ConsumersCommand {
     },
 }
 
+/// A consumer as JSON: name, position, head, lag in events and seconds, parked events.
+pub(crate) fn consumer_json(c: &varvedb::Consumer) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.name,
+        "position": c.position,
+        "head": c.head,
+        "lag_events": c.lag_events,
+        "lag_seconds": c.lag_seconds,
+        "parked": c.parked,
+    })
+}
+
 /// How a `consumers` command ended, short of an error.
 pub(crate) enum Outcome {
     Done,
@@ -145,14 +180,19 @@ pub(crate) enum Outcome {
 /// Runs a `consumers` command.
 pub(crate) fn consumers(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
-    command: Option<&ConsumersCommand>,
+    command: &ConsumersCommand,
 ) -> Result<Outcome, varvedb::Error> {
     let storage = open()?;
     let known = |storage: &Storage, name: &str| -> Result<bool, varvedb::Error> {
         Ok(storage.consumer_position(name)?.is_some())
     };
-    match command.unwrap_or(&ConsumersCommand::List) {
-        ConsumersCommand::List => {
+    match command {
+        ConsumersCommand::List { json: true } => {
+            for c in storage.consumers()? {
+                println!("{}", consumer_json(&c));
+            }
+        }
+        ConsumersCommand::List { json: false } => {
             println!(
                 "{:<32} {:>12} {:>12} {:>10} {:>10} {:>8}",
                 "consumer", "position", "head", "lag", "lag (s)", "parked"

@@ -46,12 +46,20 @@ enum Command {
     /// its own (./varvedb-demo, or a new --path), encrypted under a built-in key, and refuses
     /// any store it did not create.
     Demo,
-    /// Event, stream and byte counts of a store.
-    Stats,
+    /// Event, stream and byte counts of a store, and its consumers. --json for one JSON object.
+    Stats {
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Checks the whole store: record checksums, the stream chains and heads, every blob's
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
-    /// check.
-    Verify,
+    /// check. --json for one JSON object with every problem.
+    Verify {
+        /// One JSON object instead of text (the progress bar still goes to a terminal's stderr).
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints events with their envelope (type, version, ids, metadata, payload length): one by
     /// --seq, a stream by --stream [--from-version], or the log from --from-seq. --json for one
     /// JSON object a line. Exits 1 if an event could not be read, 2 if the store cannot be
@@ -157,6 +165,9 @@ enum Command {
     ///
     /// Example: varvedb consumers reset billing --to 0
     Consumers {
+        /// With no subcommand (the list): one JSON object a line instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         command: Option<admin::ConsumersCommand>,
     },
@@ -212,7 +223,7 @@ fn main() -> ExitCode {
                 .unwrap_or(Path::new(demo::DEFAULT_DEMO_PATH)),
         )
         .map_err(Into::into),
-        Command::Stats => stats(open),
+        Command::Stats { json } => stats(open, json),
         Command::Shred {
             stream,
             finalize,
@@ -234,8 +245,9 @@ fn main() -> ExitCode {
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Replicate(args) => replication::replicate(open, &args),
         Command::Restore(args) => replication::restore(raw_key(), &args),
-        Command::Consumers { command } => {
-            return match admin::consumers(open, command.as_ref()) {
+        Command::Consumers { json, command } => {
+            let list = admin::ConsumersCommand::List { json };
+            return match admin::consumers(open, command.as_ref().unwrap_or(&list)) {
                 Ok(admin::Outcome::Done) => ExitCode::SUCCESS,
                 Ok(admin::Outcome::Missing) => ExitCode::from(1),
                 Ok(admin::Outcome::Refused) => ExitCode::from(2),
@@ -249,8 +261,8 @@ fn main() -> ExitCode {
                 Err(e) => failed(&e),
             };
         }
-        Command::Verify => {
-            return match verify(open) {
+        Command::Verify { json } => {
+            return match verify(open, json) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => failed(&e),
@@ -549,7 +561,10 @@ fn backup(
 
 /// Runs `Storage::verify` with progress on stderr; prints every problem and a summary. Returns
 /// whether the store is clean.
-fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool, varvedb::Error> {
+fn verify(
+    open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    json: bool,
+) -> Result<bool, varvedb::Error> {
     let storage = open()?;
     let started = Instant::now();
     let bar = dump::bar(
@@ -562,6 +577,31 @@ fn verify(open: impl FnOnce() -> Result<Storage, varvedb::Error>) -> Result<bool
         bar.set_position(p.done);
     })?;
     bar.finish_and_clear();
+    if json {
+        let problems: Vec<serde_json::Value> = report
+            .problems
+            .iter()
+            .map(|p| serde_json::json!({"database": p.database, "key": p.key, "what": p.what}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "clean": report.is_clean(),
+                "problem_count": report.problem_count(),
+                "problems": problems,
+                "problems_omitted": report.problems_omitted,
+                "events": report.events,
+                "streams": report.streams,
+                "blobs": report.blobs,
+                "blob_references": report.blob_references,
+                "event_ids": report.event_ids,
+                "tags": report.tags,
+                "bytes_checked": report.bytes_checked,
+                "seconds": started.elapsed().as_secs_f64(),
+            })
+        );
+        return Ok(report.is_clean());
+    }
     for problem in &report.problems {
         println!("{problem}");
     }
@@ -607,9 +647,37 @@ fn metrics(
 
 fn stats(
     open: impl FnOnce() -> Result<Storage, varvedb::Error>,
+    json: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let storage = open()?;
     let s = storage.stats()?;
+    if json {
+        let consumers: Vec<serde_json::Value> = storage
+            .consumers()?
+            .iter()
+            .map(admin::consumer_json)
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "store": storage.path().display().to_string(),
+                "events": s.events,
+                "packs": s.packs,
+                "streams": s.streams,
+                "last_seq": s.last_seq,
+                "log_bytes": s.log_bytes,
+                "index_bytes": s.index_bytes,
+                "blobs": s.blobs,
+                "blob_references": s.blob_references,
+                "blob_bytes": s.blob_bytes,
+                "file_bytes": s.file_bytes,
+                "map_bytes": s.map_bytes,
+                "encrypted": storage.is_encrypted(),
+                "consumers": consumers,
+            })
+        );
+        return Ok(());
+    }
     println!("store       {}", storage.path().display());
     println!("events      {}", s.events);
     println!("packs       {}", s.packs);

@@ -32,6 +32,11 @@ pub(crate) struct ReadArgs {
     /// One JSON object a line instead of text.
     #[arg(long)]
     json: bool,
+    /// Show each event's payload bytes as hex digits (`payload` in text, `payload_hex` in
+    /// JSON), as `mdb_dump` does: the stored rkyv archive of a typed event, decrypted when the
+    /// key is given.
+    #[arg(long)]
+    hex: bool,
 }
 
 /// Prints the events asked for; damaged ones are reported on stderr and skipped. Returns
@@ -64,7 +69,10 @@ pub(crate) fn run(
         }
         match event {
             Ok(e) => {
-                let line = if args.json { json(&e) } else { text(&e) };
+                let mut line = if args.json { json(&e) } else { text(&e) };
+                if args.hex {
+                    with_hex(&mut line, e.payload_bytes(), args.json);
+                }
                 if writeln!(out, "{line}").is_err() {
                     // A closed pipe (`| head`): stop quietly.
                     return Ok(clean);
@@ -102,6 +110,22 @@ pub(crate) fn run(
         return Ok(false);
     }
     Ok(clean)
+}
+
+/// Adds `payload`'s bytes as hex digits to a printed event: ` payload 0a1b…` to text, a
+/// `"payload_hex"` field to a JSON object.
+fn with_hex(line: &mut String, payload: &[u8], json_line: bool) {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(payload.len() * 2);
+    for b in payload {
+        let _ = write!(hex, "{b:02x}");
+    }
+    if json_line {
+        line.pop();
+        line.push_str(&format!(",\"payload_hex\":\"{hex}\"}}"));
+    } else {
+        line.push_str(&format!(" payload {hex}"));
+    }
 }
 
 pub(crate) fn type_name(e: &RawEvent<'_>) -> String {
