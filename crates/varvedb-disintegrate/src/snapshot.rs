@@ -12,10 +12,10 @@ pub const SNAPSHOT_EVENT: &str = "disintegrate.snapshot";
 /// Keeps the states of decisions so that loading one reads only the events after it: a
 /// [`StateSnapshotter`] for `EventSourcedStateStore::new(store, WithSnapshot::new(..))`.
 ///
-/// A state is kept once it has applied `every` events since its last snapshot, as an event of
-/// its own stream (one per state query, named by its `NAME` and its query), JSON-encoded. A
-/// snapshot that cannot be read (another layout after a code change) is ignored, and the state
-/// is rebuilt from the events.
+/// A state is kept once it has applied `every` events since it was loaded (from its last
+/// snapshot, or from the start), as an event of its own stream (one per state query, named by
+/// its `NAME` and its query), JSON-encoded. A snapshot that cannot be read (another layout
+/// after a code change) is ignored, and the state is rebuilt from the events.
 #[derive(Debug, Clone)]
 pub struct VarveSnapshotter {
     storage: Storage,
@@ -58,7 +58,10 @@ impl VarveSnapshotter {
             .get_by_version(&txn, stream, version)
             .ok()??;
         let json = JsonEvent::data_of(&event)?;
-        serde_json::from_str(&json).ok()
+        let stored: StatePart<u64, S> = serde_json::from_str(&json).ok()?;
+        // A loaded state counts the events applied since itself, not since the start: its
+        // next snapshot is due `every` events later (disintegrate-postgres does the same).
+        Some(StatePart::new(stored.version(), (*stored).clone()))
     }
 }
 

@@ -411,6 +411,50 @@ async fn snapshots_give_the_same_states_as_the_events() {
     assert!(storage.verify().unwrap().is_clean());
 }
 
+/// A state loaded from its snapshot counts the events applied since that snapshot: with a
+/// snapshot every 3 events, 30 decisions on one course write about 10 snapshots of it, not
+/// one per decision after the third (each an fsynced append).
+#[tokio::test]
+async fn a_loaded_snapshot_counts_events_from_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (storage, store) = open(&dir);
+    let mut setup = vec![created("c1", 100)];
+    setup.extend((0..30).map(|i| registered(&format!("s{i}"))));
+    store.append_without_validation(setup).await.unwrap();
+    let maker = decision_maker_with_snapshot(store.clone(), 3);
+    for i in 0..30 {
+        maker
+            .make(Subscribe::new("c1", &format!("s{i}")))
+            .await
+            .unwrap();
+    }
+    let txn = storage.read_txn().unwrap();
+    let snapshots = storage
+        .raw_reader()
+        .read_all(&txn, 1)
+        .filter(|e| e.as_ref().unwrap().event_type() == varvedb_disintegrate::SNAPSHOT_EVENT)
+        .count();
+    assert!(
+        (8..=12).contains(&snapshots),
+        "{snapshots} snapshots for 30 decisions, one due every 3 events"
+    );
+    drop(txn);
+    // And the snapshotted state is still the state of every event.
+    let plain = EventSourcedStateStore::new(store.clone(), NoSnapshot);
+    let course = Course {
+        course_id: "c1".into(),
+        ..Default::default()
+    };
+    let snapped = EventSourcedStateStore::new(
+        store.clone(),
+        WithSnapshot::new(VarveSnapshotter::new(storage.clone(), 3)),
+    );
+    let a = plain.load(course.clone()).await.unwrap();
+    let b = snapped.load(course).await.unwrap();
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.state().subscribed, 30);
+}
+
 /// disintegrate-postgres's scenarios for conflicts, rewritten: two appends on an empty store at
 /// version 0 (the second is stale), and a narrower query read before a wider one appended.
 #[tokio::test]
