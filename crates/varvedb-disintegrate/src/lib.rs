@@ -152,10 +152,26 @@ fn stream_of(first_tag: Option<&str>) -> u128 {
     u128::from_le_bytes(id) & !(1 << 127)
 }
 
-/// The VarveDB query of a disintegrate query: one item per filter, with its events (less the
-/// excluded ones) as types and its domain ids as tags, and the lowest origin of its filters.
-/// `None` when it matches nothing.
+/// The VarveDB query of a disintegrate query, as disintegrate-postgres reads it: for each
+/// filter, its events (less the excluded ones) as types, and a filter's domain id applies only
+/// to the event types that declare it (an event type without `course_id` is read whatever the
+/// filter's `course_id`). One item per filter and set of declared ids; the lowest origin of
+/// the filters. `None` when it matches nothing.
+///
+/// Decisions are the same either way: disintegrate applies each state's events through
+/// `StreamQuery::matches`, which requires every domain id of the filter; the extra events this
+/// reads are passed over there. Listeners, hand-written queries and the append's conflict
+/// check see what they would see on Postgres.
 pub(crate) fn to_query<QE: Event + Clone>(query: &StreamQuery<u64, QE>) -> (Option<Query>, u64) {
+    build_query(query, true)
+}
+
+/// [`to_query`] with `per_type` (disintegrate-postgres's reading, above), or with every domain id
+/// of a filter required on every event, as `StreamQuery::matches` does.
+fn build_query<QE: Event + Clone>(
+    query: &StreamQuery<u64, QE>,
+    per_type: bool,
+) -> (Option<Query>, u64) {
     let mut items = Vec::new();
     let mut origin = u64::MAX;
     for filter in query.filters() {
@@ -170,18 +186,57 @@ pub(crate) fn to_query<QE: Event + Clone>(query: &StreamQuery<u64, QE>) -> (Opti
             continue;
         }
         origin = origin.min(filter.origin());
-        let tags: Vec<String> = filter
-            .identifiers()
-            .iter()
-            .map(|(ident, value)| domain_id_tag(ident, value))
-            .collect();
-        items.push(QueryItem::new().types(types).tags(tags));
+        // The filter's ids each type declares (all of them for a type the schema does not
+        // describe), and one item per distinct set, in the order first met.
+        let mut groups: Vec<(Vec<String>, Vec<&str>)> = Vec::new();
+        for name in types {
+            let info = QE::SCHEMA.event_info(name).filter(|_| per_type);
+            let tags: Vec<String> = filter
+                .identifiers()
+                .iter()
+                .filter(|(ident, _)| info.is_none_or(|info| info.has_domain_id(ident)))
+                .map(|(ident, value)| domain_id_tag(ident, value))
+                .collect();
+            match groups.iter_mut().find(|(t, _)| *t == tags) {
+                Some((_, names)) => names.push(name),
+                None => groups.push((tags, vec![name])),
+            }
+        }
+        items.extend(
+            groups
+                .into_iter()
+                .map(|(tags, names)| QueryItem::new().types(names).tags(tags)),
+        );
     }
     if items.is_empty() {
         (None, 0)
     } else {
         (Some(Query::from_items(items)), origin)
     }
+}
+
+/// Whether `query` reads `event` as disintegrate-postgres does: `StreamQuery::matches`, except
+/// that a filter's domain id is required only of an event whose type declares it.
+fn reads<QE: Event + Clone>(query: &StreamQuery<u64, QE>, event: &PersistedEvent<u64, QE>) -> bool {
+    let name = event.name();
+    let info = QE::SCHEMA.event_info(name);
+    let ids = event.domain_ids();
+    query.filters().iter().any(|filter| {
+        filter
+            .excluded_events()
+            .is_none_or(|excluded| !excluded.contains(&name))
+            && filter.events().contains(&name)
+            && filter.identifiers().iter().all(|(ident, value)| {
+                info.is_some_and(|info| !info.has_domain_id(ident)) || ids.get(ident) == Some(value)
+            })
+            && event.id() > filter.origin()
+    })
+}
+
+/// The query that names a state's snapshot stream: every domain id on every type, as before
+/// the per-type reading, so that snapshots written earlier are found again.
+pub(crate) fn snapshot_query<QE: Event + Clone>(query: &StreamQuery<u64, QE>) -> Option<Query> {
+    build_query(query, false).0
 }
 
 impl<E, S> VarveEventStore<E, S>
@@ -311,8 +366,9 @@ where
                 .map_err(|e| bad(e.to_string()))?;
             let qe = QE::try_from(e).map_err(|e| bad(e.to_string()))?;
             let persisted = PersistedEvent::new(seq, qe);
-            // The filters' own origins and exclusions, exactly as disintegrate reads them.
-            if query.matches(&persisted) {
+            // The filters' own origins and exclusions, with each domain id applied to the types
+            // that declare it, as disintegrate-postgres reads them.
+            if reads(query, &persisted) {
                 out.push(persisted);
             }
         }

@@ -35,7 +35,7 @@ impl VarveSnapshotter {
 
     /// The stream of a state query's snapshots.
     fn stream<S: StateQuery>(state: &S) -> u128 {
-        let (query, _) = crate::to_query(&state.query::<u64>());
+        let query = crate::snapshot_query(&state.query::<u64>());
         let mut hasher = blake3::Hasher::new();
         hasher.update(b"varvedb-disintegrate-snapshot\0");
         hasher.update(S::NAME.as_bytes());
