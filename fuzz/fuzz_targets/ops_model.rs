@@ -224,7 +224,7 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
                     assert!(model.version(s) > 0);
                     model.shredded.insert(s, ());
                 }
-                Err(Error::StreamNotEncrypted { .. }) => assert_eq!(model.version(s), 0),
+                Err(Error::StreamNotFound { .. }) => assert_eq!(model.version(s), 0),
                 Err(e) => panic!("shred: {e}"),
             },
             // A reopen.
