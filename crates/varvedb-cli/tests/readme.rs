@@ -197,3 +197,168 @@ fn every_example_the_readme_names_exists() {
     }
     assert!(checked >= 3, "the README names {checked} examples");
 }
+
+/// One Rust block of the README: the `[dependencies]` of the TOML block before it, its code,
+/// whether it is to be run (`no_run` blocks are built only), and its line.
+struct RustBlock {
+    dependencies: String,
+    code: String,
+    run: bool,
+    line: usize,
+}
+
+/// The README's Rust blocks, each with the dependencies of the last `[dependencies]` block
+/// above it, as a reader copying them would take them.
+fn rust_blocks(text: &str) -> Vec<RustBlock> {
+    let mut blocks = Vec::new();
+    let mut dependencies = String::new();
+    let mut open: Option<(String, usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (&mut open, fence) {
+            (None, Some(lang)) => open = Some((lang.trim().to_string(), n + 1, String::new())),
+            (Some(_), Some(_)) => {
+                let (lang, start, body) = open.take().unwrap();
+                if lang == "toml" && body.contains("[dependencies]") {
+                    dependencies = body;
+                } else if lang.split(',').next() == Some("rust") {
+                    blocks.push(RustBlock {
+                        dependencies: dependencies.clone(),
+                        code: body,
+                        run: !lang.contains("no_run"),
+                        line: start,
+                    });
+                }
+            }
+            (Some((_, _, body)), None) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            (None, None) => {}
+        }
+    }
+    blocks
+}
+
+/// The manifest of a scratch crate with the README's `dependencies`, each of this repository's
+/// crates (given by git, as a newcomer would) taken from this checkout instead: the only change.
+fn scratch_manifest(name: &str, dependencies: &str) -> String {
+    let git = "{ git = \"https://github.com/varvesys/varvedb\" }";
+    let mut manifest = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+         # Its own workspace, not this repository's.\n[workspace]\n\n[profile.dev]\ndebug = false\n\n"
+    );
+    for line in dependencies.lines() {
+        match line
+            .split_once(" = ")
+            .filter(|(_, spec)| spec.starts_with(git))
+        {
+            Some((krate, _)) => {
+                let path = root().join("crates").join(krate.trim());
+                assert!(
+                    path.exists(),
+                    "the README depends on {krate}, not in crates/"
+                );
+                manifest.push_str(&format!("{krate} = {{ path = {:?} }}\n", path));
+            }
+            None => {
+                manifest.push_str(line);
+                manifest.push('\n');
+            }
+        }
+    }
+    manifest
+}
+
+/// Every Rust block of the README is a whole program: it builds in a scratch crate with the
+/// README's own `[dependencies]` (no hidden lines, no other crate), and runs to success
+/// without leaving anything in the directory it runs in.
+#[test]
+fn every_rust_block_of_the_readme_builds_and_runs_as_copied() {
+    let blocks = rust_blocks(&readme());
+    assert!(blocks.len() >= 8, "found {} Rust blocks", blocks.len());
+    for block in &blocks {
+        assert!(
+            block.dependencies.contains("[dependencies]"),
+            "README line {}: no [dependencies] block above it",
+            block.line
+        );
+        for line in block.code.lines() {
+            assert!(
+                !(line == "#" || line.starts_with("# ")),
+                "README line {}: a hidden line, which GitHub shows and a reader copies: {line}",
+                block.line
+            );
+        }
+        assert!(
+            block.code.contains("fn main("),
+            "README line {}: not a whole program (no main)",
+            block.line
+        );
+    }
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("readme-blocks");
+    let target = scratch.join("target");
+    let mut manifests: Vec<String> = Vec::new();
+    for block in &blocks {
+        if !manifests.contains(&block.dependencies) {
+            manifests.push(block.dependencies.clone());
+        }
+    }
+    for (k, dependencies) in manifests.iter().enumerate() {
+        let name = format!("readme-blocks-{k}");
+        let krate = scratch.join(&name);
+        drop(std::fs::remove_dir_all(krate.join("src")));
+        std::fs::create_dir_all(krate.join("src/bin")).unwrap();
+        std::fs::write(
+            krate.join("Cargo.toml"),
+            scratch_manifest(&name, dependencies),
+        )
+        .unwrap();
+        // The versions this repository is tested with.
+        std::fs::copy(root().join("Cargo.lock"), krate.join("Cargo.lock")).unwrap();
+        let ours: Vec<&RustBlock> = blocks
+            .iter()
+            .filter(|b| &b.dependencies == dependencies)
+            .collect();
+        for block in &ours {
+            std::fs::write(
+                krate.join(format!("src/bin/line_{}.rs", block.line)),
+                &block.code,
+            )
+            .unwrap();
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(&cargo)
+            .args(["build", "--bins", "--offline", "--quiet"])
+            .current_dir(&krate)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("RUSTFLAGS")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "the README's Rust blocks at lines {:?} do not build as copied:\n{}",
+            ours.iter().map(|b| b.line).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for block in ours.iter().filter(|b| b.run) {
+            let cwd = tempfile::tempdir().unwrap();
+            let out = Command::new(target.join(format!("debug/line_{}", block.line)))
+                .current_dir(cwd.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "the README's Rust block at line {} fails when run:\n{}",
+                block.line,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let left: Vec<_> = std::fs::read_dir(cwd.path()).unwrap().collect();
+            assert!(
+                left.is_empty(),
+                "the README's Rust block at line {} leaves files where it runs: {left:?}",
+                block.line
+            );
+        }
+    }
+}

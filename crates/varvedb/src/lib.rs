@@ -399,7 +399,5 @@ pub mod __fuzz {
     }
 }
 
-// The README's quickstart is compiled and run as a doc-test too.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
+// The README's Rust blocks are built and run as copied, each with the README's own
+// `[dependencies]`, by `crates/varvedb-cli/tests/readme.rs`.
