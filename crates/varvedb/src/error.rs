@@ -164,6 +164,14 @@ pub enum Error {
         stream_id: u128,
     },
 
+    /// An append to a stream that was hard-deleted ([`Storage::tombstone_stream`](crate::Storage::tombstone_stream)).
+    /// Nothing was written; a tombstoned stream takes no events, ever.
+    #[error("stream {stream_id:#x} was deleted for good (tombstoned) and takes no more events")]
+    StreamDeleted {
+        /// The stream.
+        stream_id: u128,
+    },
+
     /// The stream has no events (nor a key): there is nothing to shred. Nothing changed.
     #[error("stream {stream_id:#x} does not exist: it has no events")]
     StreamNotFound {
@@ -634,6 +642,7 @@ impl Error {
             | Error::StreamShredded { .. }
             | Error::StreamNotEncrypted { .. }
             | Error::StreamNotFound { .. }
+            | Error::StreamDeleted { .. }
             | Error::InvalidDestination { .. }
             | Error::WrongMasterKey
             | Error::MasterKeyRequired { .. }

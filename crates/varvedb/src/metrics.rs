@@ -55,6 +55,10 @@ pub(crate) struct Metrics {
     pub(crate) decrypt_auth_failures: Counter,
     /// Streams crypto-shredded through this handle.
     pub(crate) shredded_streams: Counter,
+    /// Events removed (truncated, deleted, tombstoned or past retention) through this handle.
+    pub(crate) deleted_events: Counter,
+    /// Bytes of records and blobs given back by those removals.
+    pub(crate) reclaimed_bytes: Counter,
     /// Times this process grew the memory map.
     pub(crate) map_growths: Counter,
     map_size_bytes: Gauge,
@@ -233,6 +237,17 @@ impl Metrics {
                 r,
                 "shredded_streams",
                 "Streams crypto-shredded (their key deleted)",
+            ),
+            deleted_events: counter(
+                r,
+                "deleted_events",
+                "Events removed: truncated, deleted, tombstoned or past retention",
+            ),
+            reclaimed_bytes: counter_unit(
+                r,
+                "reclaimed",
+                "Bytes of records and blobs given back by removals",
+                Unit::Bytes,
             ),
             map_growths: counter(r, "map_growths", "Times the memory map grew"),
             map_size_bytes: gauge(r, "map_size", "Size of the memory map", Some(Unit::Bytes)),

@@ -618,6 +618,8 @@ pub struct StreamIter<'t, E> {
     stream_id: u128,
     /// The stream's last version and its sequence in this snapshot.
     head: (u32, u64),
+    /// Its first kept version: the versions below were removed.
+    first: u32,
     /// The head record, read once for all the chunks that start from it.
     head_record: Option<Found<'t>>,
     /// The next version to yield (0: none left).
@@ -667,6 +669,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             txn: txn.raw(),
             stream_id,
             head: (0, 0),
+            first: 1,
             head_record: None,
             next: 0,
             next_seq: 0,
@@ -678,17 +681,21 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
             tally: ReadTally::default(),
             _event: PhantomData,
         };
-        let head = storage
-            .check_txn(txn)
-            .and_then(|()| storage::stream_head(&iter.dbs, txn.raw(), stream_id));
+        let head = storage.check_txn(txn).and_then(|()| {
+            let head = storage::stream_head(&iter.dbs, txn.raw(), stream_id)?;
+            let first = storage::stream_bounds(&iter.dbs, txn.raw(), stream_id)?.first_kept;
+            Ok(head.map(|h| (h, first)))
+        });
         match head {
             Err(e) => iter.error = Some(e),
             Ok(None) => {}
-            Ok(Some(head)) => {
+            Ok(Some((head, first))) => {
                 iter.head = head;
+                iter.first = first;
                 if !backwards {
-                    iter.next = from_version.max(1);
-                } else if from_version > 0 {
+                    // Removed versions are not there: the read starts at the first kept one.
+                    iter.next = from_version.max(first);
+                } else if from_version >= first {
                     let from = from_version.min(head.0);
                     match iter.locate(from) {
                         Ok(found) => (iter.next, iter.next_seq) = (from, found.seq),
@@ -776,7 +783,7 @@ impl<'t, E: ValidateEvent + Event> StreamIter<'t, E> {
     }
 
     fn next_backward(&mut self) -> Option<Result<EventRef<'t, E>>> {
-        if self.next == 0 {
+        if self.next == 0 || self.next < self.first {
             return None;
         }
         let (version, seq) = (self.next, self.next_seq);

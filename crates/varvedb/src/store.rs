@@ -11,7 +11,8 @@ use crate::error::Result;
 #[cfg(feature = "metrics-http")]
 use crate::metrics_http::{self, MetricsServer};
 use crate::storage::{
-    self, Consumer, ParkedEvent, ReadTxn, ShredReport, Stats, Storage, VerifyProgress, VerifyReport,
+    self, Consumer, ParkedEvent, ReadTxn, RemovalReport, ShredReport, Stats, Storage,
+    VerifyProgress, VerifyReport,
 };
 use crate::untyped::{self, RawReader};
 #[cfg(doc)]
@@ -183,6 +184,33 @@ impl Storage {
     /// Why the store refuses work, if it does.
     pub fn poison_reason(&self) -> Option<String> {
         storage::ops::poison_reason(self)
+    }
+
+    /// Removes the events of `stream_id` with a version below `before` (KurrentDB's `$tb`):
+    /// they leave the log and every index, their blobs are released (one shared with a kept
+    /// event stays), and LMDB reuses the pages. The stream keeps its version: appends go on
+    /// after it, and reads by version start at the first kept one. A `before` past the stream's
+    /// end removes every event, as [`delete_stream`](Self::delete_stream) does. It runs in
+    /// transactions of at most 2,048 events, each flushed, so appends wait a few milliseconds
+    /// at most; after a crash, the same call finishes the work. A stream with no events is
+    /// [`Error::StreamNotFound`].
+    pub fn truncate_stream(&self, stream_id: u128, before: u32) -> Result<RemovalReport> {
+        storage::ops::remove_stream(self, stream_id, storage::ops::Removal::Before(before))
+    }
+
+    /// Soft-deletes `stream_id`: removes every event, as
+    /// [`truncate_stream`](Self::truncate_stream) past its end. The stream keeps its version,
+    /// so an append with `ExpectedVersion::Exact(last)` or `Auto` continues at the next one.
+    pub fn delete_stream(&self, stream_id: u128) -> Result<RemovalReport> {
+        storage::ops::remove_stream(self, stream_id, storage::ops::Removal::All)
+    }
+
+    /// Hard-deletes `stream_id`: removes every event, and from the first transaction on every
+    /// append to it is [`Error::StreamDeleted`], in every process, for good (a reopen, an export
+    /// and import, and replication keep the tombstone). A stream with no events can be
+    /// tombstoned too, so that it is never created.
+    pub fn tombstone_stream(&self, stream_id: u128) -> Result<RemovalReport> {
+        storage::ops::remove_stream(self, stream_id, storage::ops::Removal::Tombstone)
     }
 
     /// Crypto-shreds an encrypted stream: deletes its key and marks it shredded, in one

@@ -422,14 +422,17 @@ impl RawReader {
         let storage = self.storage.clone();
         let dbs = *storage.dbs();
         let raw = txn.raw();
-        let head = storage
-            .check_txn(txn)
-            .and_then(|()| storage::stream_head(&dbs, raw, stream_id));
-        let (mut failed, (head_version, head_seq)) = match head {
-            Ok(head) => (None, head.unwrap_or((0, 0))),
-            Err(e) => (Some(e), (0, 0)),
+        let head = storage.check_txn(txn).and_then(|()| {
+            let head = storage::stream_head(&dbs, raw, stream_id)?;
+            let first = storage::stream_bounds(&dbs, raw, stream_id)?.first_kept;
+            Ok((head, first))
+        });
+        let (mut failed, (head_version, head_seq), first) = match head {
+            Ok((head, first)) => (None, head.unwrap_or((0, 0)), first),
+            Err(e) => (Some(e), (0, 0), 1),
         };
-        let mut next = from_version.max(1);
+        // Removed versions are not there: the read starts at the first kept one.
+        let mut next = from_version.max(first);
         let mut chunk: Vec<(u64, &'t [u8])> = Vec::new();
         let mut walk = BackWalk::new(&dbs, raw);
         // The head record, read once for every chunk that starts from it.

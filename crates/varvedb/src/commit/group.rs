@@ -523,6 +523,10 @@ fn check(
         // key, and a new stream of an encrypted store gets one. Encryption is the store's: a
         // handle without the master key cannot create a stream in an encrypted store (it would
         // be plaintext, and could never be shredded).
+        // A tombstoned stream takes nothing (a lookup of a table that is usually empty).
+        if crate::storage::stream_bounds(dbs, wtxn, stream_id)?.tombstoned {
+            return Err(Error::StreamDeleted { stream_id });
+        }
         let head = heads.get(dbs, wtxn, stream_id)?;
         if head.mode.is_none() {
             head.mode = Some(match crypto.stream_key(dbs, wtxn, stream_id, Txn::Write)? {

@@ -221,6 +221,10 @@ pub(crate) fn version_at<'t>(
     if version == 0 || version > head_version {
         return Ok(None);
     }
+    // A removed version (truncated or deleted) is not there.
+    if version < super::removal::bounds(dbs, txn, stream_id)?.first_kept {
+        return Ok(None);
+    }
     let head = find(dbs, txn, stream_id, head_version, head_seq)?;
     locate(dbs, txn, stream_id, (head_version, head), version).map(Some)
 }
@@ -266,13 +270,21 @@ impl Spine {
     ) -> Result<Spine> {
         let mut entries = Vec::new();
         let (mut version, mut seq) = (version, seq);
+        // Versions below the first kept one were removed: their records cannot be read, and
+        // no walk ever follows a link to them (it never goes below the first kept version), so
+        // their entries keep the sequence the link named, or 0 past the first removed one.
+        let first_kept = super::removal::bounds(dbs, txn, stream_id)?.first_kept;
         while version > 0 {
             entries.push((version, seq));
             if version == 1 {
                 break;
             }
-            let (_, links) = hop(dbs, txn, stream_id, version, seq)?;
-            (version, seq) = (jump_version(version), links.jump);
+            let jump = if version >= first_kept {
+                hop(dbs, txn, stream_id, version, seq)?.1.jump
+            } else {
+                0
+            };
+            (version, seq) = (jump_version(version), jump);
         }
         entries.reverse();
         Ok(Spine(entries))

@@ -209,6 +209,8 @@ pub(super) fn open(
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::EVENT_IDS))?;
             let parked = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::PARKED))?;
             let tags = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TAGS))?;
+            let bounds =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_BOUNDS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -228,7 +230,7 @@ pub(super) fn open(
                 cursors,
                 keystore,
                 (types, type_ids, event_ids, parked, tags),
-                meta,
+                (meta, bounds),
             )))
         })
         .map_err(OpenFail::into_error)?;
@@ -240,7 +242,7 @@ pub(super) fn open(
         cursors,
         keystore,
         (types, type_ids, event_ids, parked, tags),
-        meta,
+        (meta, bounds),
     )) = created;
     let page_size = {
         let rtxn = at_open(&env, || env.read_txn())?;
@@ -259,6 +261,7 @@ pub(super) fn open(
         parked,
         tags,
         meta,
+        bounds,
         page_size,
     };
     // The read models of projections: their handles are opened now, before any snapshot, so

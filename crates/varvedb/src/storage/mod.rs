@@ -26,6 +26,7 @@ mod pack;
 mod probe;
 mod record;
 mod registry;
+mod removal;
 mod shred;
 mod stats;
 mod tags;
@@ -49,6 +50,8 @@ use gate::Gate;
 
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
+pub use removal::RemovalReport;
+pub(crate) use removal::bounds as stream_bounds;
 pub use shred::ShredReport;
 pub use stats::Stats;
 pub use txn::ReadTxn;
@@ -87,6 +90,7 @@ pub(crate) mod ops {
     };
     pub(crate) use super::health::{is_poisoned, poison_reason};
     pub(crate) use super::registry::{close, open, open_after_flush_failure, open_existing};
+    pub(crate) use super::removal::{Removal, remove_stream};
     pub(crate) use super::shred::{compact_to, is_shredded, rotate_master_key, shred_stream};
     pub(crate) use super::stats::{metrics_text, stats};
     pub(crate) use super::txn::{flush, read_txn};
@@ -131,9 +135,10 @@ pub(crate) mod db_names {
     pub(crate) const EVENT_IDS: &str = "event_ids";
     pub(crate) const PARKED: &str = "parked_events";
     pub(crate) const TAGS: &str = "tags";
+    pub(crate) const STREAM_BOUNDS: &str = "stream_bounds";
     /// Every name above: an environment holding any other (but projections' read models) is
     /// not a VarveDB store.
-    pub(crate) const ALL: [&str; 12] = [
+    pub(crate) const ALL: [&str; 13] = [
         EVENTS,
         STREAM_HEADS,
         BLOBS,
@@ -146,6 +151,7 @@ pub(crate) mod db_names {
         EVENT_IDS,
         PARKED,
         TAGS,
+        STREAM_BOUNDS,
     ];
 }
 
@@ -182,6 +188,10 @@ pub(crate) struct Dbs {
     pub(crate) tags: Raw,
     /// `format_version` and other store-wide records.
     pub(crate) meta: Database<'static, Str, Bytes>,
+    /// `u128 BE stream` → `[u32 first kept version][u32 flags]` LE: the streams whose first
+    /// events were removed (truncated, deleted or tombstoned; see [`removal`]). No entry: none
+    /// was.
+    pub(crate) bounds: Raw,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
     pub(crate) page_size: usize,
 }
@@ -542,11 +552,14 @@ pub(crate) fn log_from<'t>(
 }
 
 pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
-    match dbs.events.last(txn).lmdb()? {
-        None => Ok(0),
+    let last_key = match dbs.events.last(txn).lmdb()? {
+        None => 0,
         Some((key, _)) => keys::decode_seq_key(key)
-            .ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed")),
-    }
+            .ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed"))?,
+    };
+    // A removal that took the log's last records keeps its end here: sequences are never
+    // given twice.
+    Ok(last_key.max(removal::meta_u64(dbs, txn, removal::META_LOG_END)?))
 }
 
 /// The sequence the `event_ids` index gives for `id`.

@@ -342,21 +342,29 @@ impl PackWriter {
         inline_max: usize,
         flags: u8,
     ) -> Result<()> {
+        // Last sequences only grow, so APPEND skips the search and fills pages completely.
+        self.write_with(dbs, wtxn, inline_max, flags, PutFlags::APPEND)
+    }
+
+    fn write_with(
+        &mut self,
+        dbs: &Dbs,
+        wtxn: &mut RwTxn<'_>,
+        inline_max: usize,
+        flags: u8,
+        put: PutFlags,
+    ) -> Result<()> {
         if self.count == 0 {
             return Ok(());
         }
         let last = self.last;
         let pack = self.finish(flags);
-        // Last sequences only grow, so APPEND skips the search and fills pages completely.
         let key = if pack.len() <= inline_max {
             &keys::seq_key(last)[..]
         } else {
             &keys::seq_key_long(last)[..]
         };
-        let written = dbs
-            .events
-            .put_with_flags(wtxn, PutFlags::APPEND, key, pack)
-            .lmdb();
+        let written = dbs.events.put_with_flags(wtxn, put, key, pack).lmdb();
         self.count = 0;
         written
     }
@@ -386,6 +394,23 @@ impl PackWriter {
         self.buf[..FORMAT_AT].copy_from_slice(&checksum.to_le_bytes());
         &self.buf
     }
+}
+
+/// Writes `run` (records of consecutive sequences, at most a pack's worth, taken from one pack)
+/// as a pack of its own with `flags`, where the log may already hold later packs: a removal's
+/// rewrite of the runs a pack keeps (see [`removal`](super::removal)).
+pub(crate) fn write_run(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    inline_max: usize,
+    run: &[(u64, &[u8])],
+    flags: u8,
+) -> Result<()> {
+    let mut writer = PackWriter::default();
+    for (i, (seq, record)) in run.iter().enumerate() {
+        writer.add(*seq, record, run.len() - i);
+    }
+    writer.write_with(dbs, wtxn, inline_max, flags, PutFlags::empty())
 }
 
 /// The records of the log from a sequence on, pack by pack, as [`LogEntry`]s.

@@ -49,8 +49,10 @@ pub(crate) fn shred_stream(storage: &Storage, stream_id: u128) -> Result<ShredRe
         // The blobs of the stream's events: each is its own (ciphertexts differ).
         let mut hashes = Vec::new();
         let (mut version, mut seq) = stream_head(dbs, wtxn, stream_id)?.unwrap_or((0, 0));
-        let events = version;
-        while version > 0 {
+        // Removed versions have no records (and their blobs went with them).
+        let first_kept = super::removal::bounds(dbs, wtxn, stream_id)?.first_kept;
+        let events = (version + 1).saturating_sub(first_kept);
+        while version >= first_kept.max(1) {
             let value = super::get_record(dbs, wtxn, seq)?.ok_or_else(|| Error::CorruptIndex {
                 stream_id,
                 version,

@@ -13,8 +13,12 @@ use crate::metrics::{ConsumerGauges, FileGauges, Metrics};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Events in the log (the log is gap-free from sequence 1, so this is `last_seq`).
+    /// Events in the log: `last_seq` less the events removed (truncated, deleted,
+    /// tombstoned or past retention).
     pub events: u64,
+    /// Events removed from the log since the store was made (their sequences are never given
+    /// again).
+    pub deleted_events: u64,
     /// Packs in the log: LMDB entries, each holding the events of one append, up to 256.
     pub packs: u64,
     /// Streams with at least one event.
@@ -71,8 +75,12 @@ impl Storage {
             map_used_bytes: (info.last_page_number as u64)
                 .saturating_add(1)
                 .saturating_mul(page_size),
-            // The log is gap-free from 1: its last sequence counts its events.
-            events: last,
+            // Every sequence up to the last was given once; the removed ones are counted.
+            events: last.saturating_sub(super::removal::meta_u64(
+                dbs,
+                txn.raw(),
+                super::removal::META_REMOVED,
+            )?),
             last_seq: last,
             blobs: dbs.blob_refs.len(txn.raw()).lmdb()?,
             blob_store_bytes: blob_pages.saturating_mul(page_size),
@@ -114,9 +122,11 @@ pub(crate) fn stats(storage: &Storage) -> Result<Stats> {
     let blob_bytes = pages(dbs.blobs.stat(txn.raw()).lmdb()?)?
         .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
     let last = last_seq(dbs, txn.raw())?;
+    let deleted = super::removal::meta_u64(dbs, txn.raw(), super::removal::META_REMOVED)?;
     Ok(Stats {
-        // The log is gap-free from 1: its last sequence counts its events.
-        events: last,
+        // Every sequence up to the last was given once; the removed ones are counted.
+        events: last.saturating_sub(deleted),
+        deleted_events: deleted,
         packs: dbs.events.len(txn.raw()).lmdb()?,
         streams: dbs.heads.len(txn.raw()).lmdb()?,
         last_seq: last,

@@ -175,6 +175,8 @@ struct Run<'a> {
     types: std::collections::HashSet<u32>,
     /// Streams known shredded (true) or not.
     shredded: HashMap<u128, bool>,
+    /// Each stream's first kept version (see `removal`), read once.
+    first_kept: HashMap<u128, u32>,
 }
 
 /// What `verify` knows of the environment around the snapshot.
@@ -204,6 +206,7 @@ pub(crate) fn run(
         blobs: HashMap::new(),
         types: std::collections::HashSet::new(),
         shredded: HashMap::new(),
+        first_kept: HashMap::new(),
     };
     if !run.structure(&layout)? {
         // Reading a page past the end of the file would raise SIGBUS: stop here.
@@ -382,6 +385,11 @@ impl<'a> Run<'a> {
     fn events(&mut self) -> Result<()> {
         let dbs = self.dbs;
         let mut next_seq = 1u64;
+        // Sequences of packs too damaged to count (reported as such): up to their key.
+        let mut unreadable = 0u64;
+        // With no removal ever, the log is gap-free and a gap is named where it is; after
+        // removals, the sequences missing are checked against the count removed.
+        let removed = super::removal::meta_u64(dbs, self.txn, super::removal::META_REMOVED)?;
         self.pass(VerifyPhase::Events, &dbs.events, |run, key, value| {
             run.report.bytes_checked += value.len() as u64;
             let Some(last) = keys::decode_seq_key(key) else {
@@ -393,22 +401,28 @@ impl<'a> Run<'a> {
                 Err(e) => {
                     run.report
                         .report(db_names::EVENTS, seq_key_name(last), reason(e));
+                    unreadable += last.saturating_add(1).saturating_sub(next_seq);
                     next_seq = last.saturating_add(1);
                     return Ok(());
                 }
             };
             let first = pack.first();
-            if first != next_seq {
-                let what = if first > next_seq {
+            if first < next_seq {
+                run.report.report(
+                    db_names::EVENTS,
+                    seq_key_name(first),
+                    format!("out of order: expected sequence {next_seq} or later"),
+                );
+            } else if first > next_seq && removed == 0 {
+                run.report.report(
+                    db_names::EVENTS,
+                    seq_key_name(first),
                     format!(
-                        "the log skips sequences {next_seq}..={}: it must be gap-free",
+                        "the log skips sequences {next_seq}..={}: nothing was ever removed, so \
+                         it must be gap-free",
                         first - 1
-                    )
-                } else {
-                    format!("out of order: expected sequence {next_seq} or later")
-                };
-                run.report
-                    .report(db_names::EVENTS, seq_key_name(first), what);
+                    ),
+                );
             }
             next_seq = last.saturating_add(1);
             let long_key = key.len() == keys::SEQ_KEY_LONG_LEN;
@@ -462,6 +476,22 @@ impl<'a> Run<'a> {
             }
             Ok(())
         })?;
+        // Every sequence up to the log's end was given once: kept, or counted as removed
+        // (sequences skipped are the removed events: truncations, deletions, retention).
+        let end = super::last_seq(dbs, self.txn)?;
+        let counted = self.report.events.saturating_add(removed);
+        if removed > 0 && (counted.saturating_add(unreadable) < end || counted > end) {
+            self.report.report(
+                db_names::EVENTS,
+                "log".into(),
+                format!(
+                    "the log ends at sequence {end} and holds {} events, and {removed} were \
+                     removed: {} sequences are unaccounted for",
+                    self.report.events,
+                    i128::from(end) - i128::from(self.report.events) - i128::from(removed)
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -474,11 +504,23 @@ impl<'a> Run<'a> {
         version: u32,
         links: record::Links,
     ) -> Result<()> {
-        let (last_version, last_seq) = self
-            .streams
-            .insert(stream_id, (version, seq))
-            .unwrap_or((0, 0));
-        if version != last_version.wrapping_add(1) || links.prev != last_seq {
+        let seen = self.streams.insert(stream_id, (version, seq));
+        // A stream's first record in the log is its first kept version: the ones before were
+        // removed, and its prev link to the last of them names nothing.
+        let first_kept = match self.first_kept.get(&stream_id) {
+            Some(&first) => first,
+            None => {
+                let first = super::removal::bounds(self.dbs, self.txn, stream_id)?.first_kept;
+                self.first_kept.insert(stream_id, first);
+                first
+            }
+        };
+        let (last_version, last_seq, links_prev) = match seen {
+            Some((v, s)) => (v, s, links.prev),
+            None if first_kept > 1 => (first_kept - 1, 0, 0),
+            None => (0, 0, links.prev),
+        };
+        if version != last_version.wrapping_add(1) || links_prev != last_seq {
             self.report.report(
                 db_names::EVENTS,
                 seq_key_name(seq),
@@ -491,7 +533,11 @@ impl<'a> Run<'a> {
             );
         }
         let jump_version = chain::jump_version(version);
-        let what = if jump_version == 0 {
+        let removed_target = jump_version > 0 && jump_version < first_kept;
+        let what = if removed_target {
+            // A link to a removed version: no walk follows it.
+            None
+        } else if jump_version == 0 {
             (links.jump != 0).then(|| format!("version 1 with a jump link to seq {}", links.jump))
         } else if links.jump >= seq {
             Some(format!(
@@ -718,8 +764,11 @@ impl<'a> Run<'a> {
                 );
                 return Ok(());
             };
+            let first_kept = super::removal::bounds(run.dbs, run.txn, stream_id)?.first_kept;
             match in_log {
                 Some(last) if last == (version, seq) => {}
+                // Every event of the stream was removed: the head keeps its version.
+                None if first_kept == version.saturating_add(1) => {}
                 Some((log_version, log_seq)) => run.report.report(
                     db_names::STREAM_HEADS,
                     stream_name(stream_id),

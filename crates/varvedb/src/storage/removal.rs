@@ -1,0 +1,345 @@
+//! Removing events: a stream's first events (truncation), all of them (deletion), all of them
+//! for good (a tombstone). The records leave the log and every index, their blobs are released,
+//! and LMDB reuses the pages.
+//!
+//! - **Bounds.** A stream whose first events were removed has an entry in `stream_bounds`: its
+//!   first kept version, and a tombstone flag. Its head keeps its last version and that
+//!   version's sequence, so versions never restart: the next append continues the chain. Reads
+//!   by version start at the first kept one; no walk of the chain goes below it.
+//! - **Packs.** A pack that loses records is rewritten as the runs of consecutive sequences it
+//!   keeps, each a pack of format 4 keyed by its last sequence, the records byte for byte. All
+//!   runs but the last carry `CONTINUED`, the last the flag the pack had: a commit group stays
+//!   one group. No bitmap, so a store with no removals reads exactly as before.
+//! - **The log's end.** Sequences are never given twice: when a removal takes the log's last
+//!   record, `meta["log_end"]` keeps the end, and [`last_seq`](super::last_seq) reads the
+//!   larger of it and the last key.
+//! - **Counts.** `meta["removed_events"]` counts every record removed, so that the kept events
+//!   are `last_seq - removed`.
+
+use heed::{RoTxn, RwTxn};
+
+use super::lmdb::LmdbResultExt;
+use super::pack::{FLAG_CONTINUED, Pack};
+use super::{Dbs, Stored, blob, crypto, keys, tags};
+use crate::error::{Error, Result};
+
+/// The `meta` key of the log's end, kept once a removal took its last record.
+pub(crate) const META_LOG_END: &str = "log_end";
+/// The `meta` key of the number of records removed so far.
+pub(crate) const META_REMOVED: &str = "removed_events";
+
+/// A stream's bounds flag: tombstoned, so it takes no more events.
+const FLAG_TOMBSTONE: u32 = 1;
+
+/// Where a stream's kept events begin, and whether it is tombstoned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Bounds {
+    /// The first version still in the log (1 when nothing was removed); the head's version plus
+    /// one when every event is gone.
+    pub(crate) first_kept: u32,
+    /// Whether the stream was hard-deleted: an append to it is `Error::StreamDeleted`.
+    pub(crate) tombstoned: bool,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            first_kept: 1,
+            tombstoned: false,
+        }
+    }
+}
+
+/// The bounds of `stream_id` (the default when nothing of it was removed).
+pub(crate) fn bounds(dbs: &Dbs, txn: &RoTxn<'_>, stream_id: u128) -> Result<Bounds> {
+    let Some(value) = dbs.bounds.get(txn, &keys::head_key(stream_id)).lmdb()? else {
+        return Ok(Bounds::default());
+    };
+    let bad = || Error::CorruptIndex {
+        stream_id,
+        version: 0,
+        reason: format!("its bounds entry is {} bytes, expected 8", value.len()),
+    };
+    let word = |at: usize| -> Result<u32> {
+        value
+            .get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            .ok_or_else(bad)
+    };
+    if value.len() != 8 {
+        return Err(bad());
+    }
+    Ok(Bounds {
+        first_kept: word(0)?.max(1),
+        tombstoned: word(4)? & FLAG_TOMBSTONE != 0,
+    })
+}
+
+/// Writes the bounds of `stream_id`.
+pub(crate) fn put_bounds(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    stream_id: u128,
+    bounds: Bounds,
+) -> Result<()> {
+    let mut value = [0u8; 8];
+    value[..4].copy_from_slice(&bounds.first_kept.to_le_bytes());
+    let flags = if bounds.tombstoned { FLAG_TOMBSTONE } else { 0 };
+    value[4..].copy_from_slice(&flags.to_le_bytes());
+    dbs.bounds
+        .put(wtxn, &keys::head_key(stream_id), &value)
+        .lmdb()
+}
+
+/// A `u64` record of `meta` (0 when absent).
+pub(crate) fn meta_u64(dbs: &Dbs, txn: &RoTxn<'_>, key: &str) -> Result<u64> {
+    match dbs.meta.get(txn, key).lmdb()? {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v)
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::corrupt(0, format!("meta record {key:?} is {} bytes", v.len()))),
+    }
+}
+
+fn put_meta_u64(dbs: &Dbs, wtxn: &mut RwTxn<'_>, key: &str, value: u64) -> Result<()> {
+    dbs.meta.put(wtxn, key, &value.to_le_bytes()).lmdb()
+}
+
+/// What a removal did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Removed {
+    /// Records removed from the log.
+    pub(crate) events: u64,
+    /// Bytes of records, and of blobs whose last reference went, given back.
+    pub(crate) bytes: u64,
+}
+
+/// Removes the records at `seqs` (ascending, without repeats; each in the log) from the log,
+/// the event-id index and the tag index, and releases their blobs (a blob shared with a kept
+/// record stays). Packs that keep records are rewritten as their runs (see the module).
+pub(crate) fn remove_records(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    inline_max: usize,
+    seqs: &[u64],
+) -> Result<Removed> {
+    let mut removed = Removed::default();
+    if seqs.is_empty() {
+        return Ok(removed);
+    }
+    let end_before = super::last_seq(dbs, wtxn)?;
+    let mut i = 0;
+    while i < seqs.len() {
+        let seq = seqs[i];
+        // The pack holding `seq`, copied out: the transaction rewrites it.
+        let (key, last, bytes) = {
+            let found = dbs
+                .events
+                .get_greater_than_or_equal_to(wtxn, &keys::seq_key(seq))
+                .lmdb()?;
+            let Some((key, value)) = found else {
+                return Err(Error::corrupt(seq, "removed, but the log does not have it"));
+            };
+            let last = keys::decode_seq_key(key).ok_or_else(|| {
+                Error::corrupt(seq, format!("malformed events-log key {key:02x?}"))
+            })?;
+            (key.to_vec(), last, value.to_vec())
+        };
+        let pack = Pack::parse(last, &bytes)?;
+        if !pack.contains(seq) {
+            return Err(Error::corrupt(seq, "removed, but the log does not have it"));
+        }
+        let mut gone = Vec::new();
+        while i < seqs.len() && seqs[i] <= last {
+            gone.push(seqs[i]);
+            i += 1;
+        }
+        // Each removed record leaves the indexes; its blob loses a reference.
+        for &seq in &gone {
+            let record = pack.record(seq)?;
+            let stored = Stored::open(seq, record, false)?;
+            unindex(dbs, wtxn, &stored, &mut removed)?;
+            removed.events += 1;
+            removed.bytes += record.len() as u64;
+        }
+        // The pack goes; the runs it keeps come back.
+        dbs.events.delete(wtxn, &key).lmdb()?;
+        let continued = pack.continued();
+        let mut runs: Vec<Vec<(u64, &[u8])>> = Vec::new();
+        for s in pack.first()..=last {
+            if gone.binary_search(&s).is_ok() {
+                continue;
+            }
+            let record = pack.record(s)?;
+            match runs.last_mut() {
+                Some(run) if run.last().is_some_and(|(p, _)| p + 1 == s) => run.push((s, record)),
+                _ => runs.push(vec![(s, record)]),
+            }
+        }
+        let count = runs.len();
+        for (n, run) in runs.into_iter().enumerate() {
+            let flags = if n + 1 < count || continued {
+                FLAG_CONTINUED
+            } else {
+                0
+            };
+            super::pack::write_run(dbs, wtxn, inline_max, &run, flags)?;
+        }
+    }
+    // Sequences are never given twice: the end stays where it was.
+    if super::last_seq(dbs, wtxn)? < end_before {
+        put_meta_u64(dbs, wtxn, META_LOG_END, end_before)?;
+    }
+    let total = meta_u64(dbs, wtxn, META_REMOVED)?.saturating_add(removed.events);
+    put_meta_u64(dbs, wtxn, META_REMOVED, total)?;
+    Ok(removed)
+}
+
+/// Takes a removed record out of the event-id and tag indexes, and releases its blob.
+fn unindex(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    stored: &Stored<'_>,
+    removed: &mut Removed,
+) -> Result<()> {
+    if let Some(id) = stored.section.event_id() {
+        // Only the entry that names this record: an id is unique, but a damaged index must
+        // not lose another record's entry.
+        let names_it = matches!(
+            super::event_id_seq(dbs, wtxn, id)?,
+            Some(seq) if seq == stored.seq
+        );
+        if names_it {
+            dbs.event_ids.delete(wtxn, &id.to_be_bytes()).lmdb()?;
+        }
+    }
+    for tag in stored.section.tags() {
+        let key = tags::index_key(tag.as_bytes(), stored.header.type_id, stored.seq);
+        dbs.tags.delete(wtxn, &key).lmdb()?;
+    }
+    // A shredded stream's blobs were released by the shred.
+    if let Some(reference) = stored.blob_ref()?
+        && !crypto::is_shredded(dbs, wtxn, stored.header.stream_id)?
+    {
+        let len = reference.len;
+        if blob::release(dbs, wtxn, &reference.hash)? == 0 {
+            removed.bytes = removed.bytes.saturating_add(len);
+        }
+    }
+    Ok(())
+}
+
+/// The sequences of versions `from..to` of `stream_id` (`from` at least its first kept
+/// version, `to` at most its head's version plus one), walked down the chain from version
+/// `to - 1`. Ascending.
+pub(crate) fn stream_seqs(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    stream_id: u128,
+    from: u32,
+    to: u32,
+) -> Result<Vec<u64>> {
+    let mut seqs = Vec::with_capacity(to.saturating_sub(from) as usize);
+    if to <= from {
+        return Ok(seqs);
+    }
+    let Some(found) = super::chain::version_at(dbs, txn, stream_id, to - 1)? else {
+        return Ok(seqs);
+    };
+    let (mut version, mut seq, mut links) = (to - 1, found.seq, found.links);
+    loop {
+        seqs.push(seq);
+        if version == from {
+            break;
+        }
+        let (_, next) = super::chain::hop(dbs, txn, stream_id, version - 1, links.prev)?;
+        (version, seq, links) = (version - 1, links.prev, next);
+    }
+    seqs.reverse();
+    Ok(seqs)
+}
+
+/// What removing events of a stream did: [`Storage::truncate_stream`](crate::Storage::truncate_stream),
+/// [`delete_stream`](crate::Storage::delete_stream) and
+/// [`tombstone_stream`](crate::Storage::tombstone_stream).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RemovalReport {
+    /// Events removed by this call.
+    pub events_removed: u64,
+    /// Bytes given back: the removed records, and the blobs whose last reference went.
+    pub bytes_reclaimed: u64,
+    /// The stream's first kept version afterwards (its last version plus one when none is
+    /// kept).
+    pub first_kept: u32,
+}
+
+/// Records a removal transaction takes at most, so that appends wait for a few milliseconds at
+/// most behind it.
+pub(crate) const REMOVAL_BATCH: u32 = 2048;
+
+/// How a stream's events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// Versions below the given one.
+    Before(u32),
+    /// Every version; the stream goes on at its next version.
+    All,
+    /// Every version, and the stream takes no more events.
+    Tombstone,
+}
+
+/// Removes events of `stream_id` as `how` says, in transactions of at most [`REMOVAL_BATCH`]
+/// records, each flushed: a crash between two leaves the stream's first versions removed and
+/// the rest kept, consistent, and the same call finishes the work.
+pub(crate) fn remove_stream(
+    storage: &super::Storage,
+    stream_id: u128,
+    how: Removal,
+) -> Result<RemovalReport> {
+    let inline_max = storage.inline_record_max();
+    let mut report = RemovalReport::default();
+    loop {
+        let (done, batch) = storage.write_durable(|wtxn, dbs| {
+            let head = super::stream_head(dbs, wtxn, stream_id)?;
+            let mut bounds = bounds(dbs, wtxn, stream_id)?;
+            let version = head.map_or(0, |(v, _)| v);
+            if head.is_none() && how != Removal::Tombstone {
+                return Err(Error::StreamNotFound { stream_id });
+            }
+            let before = match how {
+                Removal::Before(v) => v.min(version.saturating_add(1)),
+                Removal::All | Removal::Tombstone => version.saturating_add(1),
+            };
+            // The tombstone first: from this transaction on, appends are refused.
+            let tombstone = how == Removal::Tombstone && !bounds.tombstoned;
+            bounds.tombstoned |= how == Removal::Tombstone;
+            let end = before.min(bounds.first_kept.saturating_add(REMOVAL_BATCH));
+            let seqs = if end > bounds.first_kept {
+                stream_seqs(dbs, wtxn, stream_id, bounds.first_kept, end)?
+            } else {
+                Vec::new()
+            };
+            let removed = remove_records(dbs, wtxn, inline_max, &seqs)?;
+            let moved = end > bounds.first_kept;
+            if moved {
+                bounds.first_kept = end;
+            }
+            if moved || tombstone {
+                put_bounds(dbs, wtxn, stream_id, bounds)?;
+            }
+            let done = bounds.first_kept >= before;
+            Ok(((done, (removed, bounds.first_kept)), moved || tombstone))
+        })?;
+        let (removed, first_kept) = batch;
+        report.events_removed += removed.events;
+        report.bytes_reclaimed += removed.bytes;
+        report.first_kept = first_kept;
+        storage.metrics().deleted_events.inc_by(removed.events);
+        storage.metrics().reclaimed_bytes.inc_by(removed.bytes);
+        if done {
+            return Ok(report);
+        }
+    }
+}
