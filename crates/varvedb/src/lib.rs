@@ -225,8 +225,8 @@ pub use expected::{Appended, ExpectedVersion};
 pub use json::{ArchivedJsonEvent, JsonEvent};
 pub use reader::{AllIter, EventRef, Reader, StreamIter, ValidateEvent};
 pub use storage::{
-    Consumer, ParkedEvent, Query, QueryItem, ReadTxn, RemovalReport, ShredReport, Stats, Storage,
-    Tags,
+    Consumer, ParkedEvent, Query, QueryItem, ReadTxn, RemovalReport, RetentionPolicy,
+    RetentionReport, ShredReport, Stats, Storage, Tags,
 };
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;

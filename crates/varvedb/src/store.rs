@@ -11,8 +11,8 @@ use crate::error::Result;
 #[cfg(feature = "metrics-http")]
 use crate::metrics_http::{self, MetricsServer};
 use crate::storage::{
-    self, Consumer, ParkedEvent, ReadTxn, RemovalReport, ShredReport, Stats, Storage,
-    VerifyProgress, VerifyReport,
+    self, Consumer, ParkedEvent, ReadTxn, RemovalReport, RetentionPolicy, RetentionReport,
+    ShredReport, Stats, Storage, VerifyProgress, VerifyReport,
 };
 use crate::untyped::{self, RawReader};
 #[cfg(doc)]
@@ -198,6 +198,14 @@ impl Storage {
         storage::ops::remove_stream(self, stream_id, storage::ops::Removal::Before(before))
     }
 
+    /// The sequence of the first event committed at `time` or later, in `txn`'s snapshot;
+    /// `None` when every event is older. Commit timestamps never decrease along the log (the
+    /// committer clamps each to the last one, whatever the clock does), so this is a binary
+    /// search over the log: a few lookups, whatever its size.
+    pub fn seq_at_time(&self, txn: &ReadTxn, time: std::time::SystemTime) -> Result<Option<u64>> {
+        storage::ops::seq_at_time(self, txn, time)
+    }
+
     /// Soft-deletes `stream_id`: removes every event, as
     /// [`truncate_stream`](Self::truncate_stream) past its end. The stream keeps its version,
     /// so an append with `ExpectedVersion::Exact(last)` or `Auto` continues at the next one.
@@ -211,6 +219,42 @@ impl Storage {
     /// tombstoned too, so that it is never created.
     pub fn tombstone_stream(&self, stream_id: u128) -> Result<RemovalReport> {
         storage::ops::remove_stream(self, stream_id, storage::ops::Removal::Tombstone)
+    }
+
+    /// Sets how long `stream_id` keeps its events (see [`RetentionPolicy`]); a policy that
+    /// keeps everything removes the stream's own, so the store's default applies again. Kept
+    /// in the store: it survives a reopen and holds for every process. Events go when
+    /// [`enforce_retention`](Self::enforce_retention) runs, by hand or on the store's
+    /// background schedule (`StorageConfig::retention_interval_ms`).
+    pub fn set_stream_retention(&self, stream_id: u128, policy: RetentionPolicy) -> Result<()> {
+        storage::ops::set_stream_retention(self, stream_id, policy)
+    }
+
+    /// Sets the policy of every stream that has none of its own.
+    pub fn set_default_retention(&self, policy: RetentionPolicy) -> Result<()> {
+        storage::ops::set_default_retention(self, policy)
+    }
+
+    /// The policy set for `stream_id`, if any (not counting the default).
+    pub fn stream_retention(&self, stream_id: u128) -> Result<Option<RetentionPolicy>> {
+        storage::ops::stream_retention(self, stream_id)
+    }
+
+    /// The store-wide default policy, if any.
+    pub fn default_retention(&self) -> Result<Option<RetentionPolicy>> {
+        storage::ops::default_retention(self)
+    }
+
+    /// Every policy: the default (`None`) first, then each stream's.
+    pub fn retention_policies(&self) -> Result<Vec<(Option<u128>, RetentionPolicy)>> {
+        storage::ops::retention_policies(self)
+    }
+
+    /// Applies every retention policy now: each stream loses the events its policy (or the
+    /// default) no longer keeps, as [`truncate_stream`](Self::truncate_stream) would remove
+    /// them, in transactions of at most 2,048 events.
+    pub fn enforce_retention(&self) -> Result<RetentionReport> {
+        storage::ops::enforce_retention(self)
     }
 
     /// Crypto-shreds an encrypted stream: deletes its key and marks it shredded, in one

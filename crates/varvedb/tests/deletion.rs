@@ -339,3 +339,91 @@ fn a_subscriber_whose_position_falls_in_a_removed_range_continues_at_the_next_ke
         .collect();
     assert_eq!(next, [6, 8, 9, 10]);
 }
+
+#[test]
+fn retention_policies_are_kept_in_the_store_and_enforced() {
+    use std::time::Duration;
+    use varvedb::RetentionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let storage = open(&dir);
+        interleaved(&storage, 20);
+        storage
+            .set_stream_retention(
+                1,
+                RetentionPolicy {
+                    max_count: Some(5),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    // Kept across a reopen; enforced on demand.
+    let storage = open(&dir);
+    assert_eq!(
+        storage.stream_retention(1).unwrap(),
+        Some(RetentionPolicy {
+            max_count: Some(5),
+            max_age: None
+        })
+    );
+    let report = storage.enforce_retention().unwrap();
+    assert_eq!((report.streams, report.events_removed), (1, 15));
+    assert_eq!(amounts(&storage, 1, 1), [16, 17, 18, 19, 20]);
+    assert_eq!(amounts(&storage, 2, 1).len(), 20, "stream 2 has no policy");
+    // Enforcing again removes nothing more.
+    assert_eq!(storage.enforce_retention().unwrap().events_removed, 0);
+    // A store-wide default by age: every event older than the cutoff goes, in every stream
+    // without a policy of its own.
+    std::thread::sleep(Duration::from_millis(50));
+    let writer = Writer::<Deposited>::new(storage.clone());
+    writer.append(2, ExpectedVersion::Auto, &deposit(99)).unwrap();
+    writer.append(3, ExpectedVersion::Auto, &deposit(98)).unwrap();
+    storage
+        .set_default_retention(RetentionPolicy {
+            max_age: Some(Duration::from_millis(40)),
+            ..Default::default()
+        })
+        .unwrap();
+    let report = storage.enforce_retention().unwrap();
+    assert_eq!(report.events_removed, 20);
+    assert_eq!(amounts(&storage, 2, 1), [99]);
+    assert_eq!(amounts(&storage, 3, 1), [98]);
+    assert_eq!(amounts(&storage, 1, 1).len(), 5, "its own policy wins over the default");
+    let policies = storage.retention_policies().unwrap();
+    assert_eq!(policies.len(), 2);
+    assert_eq!(policies[0].0, None);
+    // A policy that keeps everything clears the stream's own.
+    storage
+        .set_stream_retention(1, RetentionPolicy::default())
+        .unwrap();
+    assert_eq!(storage.stream_retention(1).unwrap(), None);
+    assert_clean(&storage);
+}
+
+#[test]
+fn seq_at_time_finds_the_first_event_at_or_after_a_time() {
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    let start = SystemTime::now() - Duration::from_secs(1);
+    let mut marks = Vec::new();
+    for i in 1..=6 {
+        marks.push(SystemTime::now());
+        writer.append(1, ExpectedVersion::Auto, &deposit(i)).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let txn = storage.read_txn().unwrap();
+    assert_eq!(storage.seq_at_time(&txn, start).unwrap(), Some(1));
+    for (i, mark) in marks.iter().enumerate() {
+        assert_eq!(storage.seq_at_time(&txn, *mark).unwrap(), Some(i as u64 + 1));
+    }
+    assert_eq!(storage.seq_at_time(&txn, SystemTime::now()).unwrap(), None);
+    drop(txn);
+    // Removed events are not found: the first kept one is.
+    storage.truncate_stream(1, 4).unwrap();
+    let txn = storage.read_txn().unwrap();
+    assert_eq!(storage.seq_at_time(&txn, start).unwrap(), Some(4));
+    assert_eq!(storage.seq_at_time(&txn, marks[4]).unwrap(), Some(5));
+}

@@ -90,6 +90,8 @@ enum Mode {
 #[derive(Default)]
 pub(crate) struct HeadCache {
     last_seq: u64,
+    /// The commit timestamp of the log's last record: commits never go back in time.
+    last_timestamp: u64,
     map: StreamMap<(u32, u64, Spine)>,
     /// The ids of the event types committed so far. A type's id never changes once committed,
     /// so this is never dropped.
@@ -105,7 +107,7 @@ impl HeadCache {
         &mut self,
         heads: StreamMap<Head>,
         types: Vec<(TypeKey<'static>, u32)>,
-        last_seq: u64,
+        (last_seq, last_timestamp): (u64, u64),
     ) {
         self.types.extend(types);
         if self.map.len() + heads.len() > HEAD_CACHE_MAX {
@@ -117,6 +119,7 @@ impl HeadCache {
             }
         }
         self.last_seq = last_seq;
+        self.last_timestamp = self.last_timestamp.max(last_timestamp);
     }
 }
 
@@ -719,8 +722,11 @@ pub(crate) fn commit_group(
             // Someone else appended (or this is the first group): the cache may be stale.
             cache.map.clear();
             cache.last_seq = seq;
+            cache.last_timestamp = crate::storage::last_timestamp(dbs, wtxn)?;
         }
-        let timestamp_ns = now_ns();
+        // Commit timestamps never decrease along the log, whatever the clock does (a step
+        // back, another process's clock): reads by time search the log by them.
+        let timestamp_ns = now_ns().max(cache.last_timestamp);
         let mut heads = Heads {
             map: StreamMap::with_capacity_and_hasher(
                 group.iter().map(|r| r.appends.len()).sum(),
@@ -800,7 +806,7 @@ pub(crate) fn commit_group(
                 heads.map,
                 heads.new_types,
                 (heads.new_keys, store_keys.generation),
-                seq,
+                (seq, if wrote { timestamp_ns } else { 0 }),
                 wrote,
                 tally,
             ),
@@ -808,8 +814,8 @@ pub(crate) fn commit_group(
         ))
     });
     match written {
-        Ok((outcomes, heads, types, (keys, generation), last_seq, wrote, tally)) => {
-            cache.adopt(heads, types, last_seq);
+        Ok((outcomes, heads, types, (keys, generation), last, wrote, tally)) => {
+            cache.adopt(heads, types, last);
             storage.crypto().adopt(keys, generation);
             // Recorded on the committer's thread alone: the histograms' locks are never
             // contended, and no event takes a lock.

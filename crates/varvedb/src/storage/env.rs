@@ -211,6 +211,8 @@ pub(super) fn open(
             let tags = opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::TAGS))?;
             let bounds =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_BOUNDS))?;
+            let retention =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::RETENTION))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -230,7 +232,7 @@ pub(super) fn open(
                 cursors,
                 keystore,
                 (types, type_ids, event_ids, parked, tags),
-                (meta, bounds),
+                (meta, bounds, retention),
             )))
         })
         .map_err(OpenFail::into_error)?;
@@ -242,7 +244,7 @@ pub(super) fn open(
         cursors,
         keystore,
         (types, type_ids, event_ids, parked, tags),
-        (meta, bounds),
+        (meta, bounds, retention),
     )) = created;
     let page_size = {
         let rtxn = at_open(&env, || env.read_txn())?;
@@ -262,6 +264,7 @@ pub(super) fn open(
         tags,
         meta,
         bounds,
+        retention,
         page_size,
     };
     // The read models of projections: their handles are opened now, before any snapshot, so

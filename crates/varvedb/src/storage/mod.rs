@@ -50,8 +50,8 @@ use gate::Gate;
 
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
-pub use removal::RemovalReport;
 pub(crate) use removal::bounds as stream_bounds;
+pub use removal::{RemovalReport, RetentionPolicy, RetentionReport};
 pub use shred::ShredReport;
 pub use stats::Stats;
 pub use txn::ReadTxn;
@@ -90,7 +90,11 @@ pub(crate) mod ops {
     };
     pub(crate) use super::health::{is_poisoned, poison_reason};
     pub(crate) use super::registry::{close, open, open_after_flush_failure, open_existing};
-    pub(crate) use super::removal::{Removal, remove_stream};
+    pub(crate) use super::removal::{
+        Removal, default_retention, enforce_retention, remove_stream, retention_policies,
+        set_default_retention, set_stream_retention, stream_retention,
+    };
+    pub(crate) use super::seq_at_time;
     pub(crate) use super::shred::{compact_to, is_shredded, rotate_master_key, shred_stream};
     pub(crate) use super::stats::{metrics_text, stats};
     pub(crate) use super::txn::{flush, read_txn};
@@ -136,9 +140,10 @@ pub(crate) mod db_names {
     pub(crate) const PARKED: &str = "parked_events";
     pub(crate) const TAGS: &str = "tags";
     pub(crate) const STREAM_BOUNDS: &str = "stream_bounds";
+    pub(crate) const RETENTION: &str = "retention";
     /// Every name above: an environment holding any other (but projections' read models) is
     /// not a VarveDB store.
-    pub(crate) const ALL: [&str; 13] = [
+    pub(crate) const ALL: [&str; 14] = [
         EVENTS,
         STREAM_HEADS,
         BLOBS,
@@ -152,6 +157,7 @@ pub(crate) mod db_names {
         PARKED,
         TAGS,
         STREAM_BOUNDS,
+        RETENTION,
     ];
 }
 
@@ -192,6 +198,8 @@ pub(crate) struct Dbs {
     /// events were removed (truncated, deleted or tombstoned; see [`removal`]). No entry: none
     /// was.
     pub(crate) bounds: Raw,
+    /// `u128 BE stream` (or `default`, the store's) → a retention policy (see [`removal`]).
+    pub(crate) retention: Raw,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
     pub(crate) page_size: usize,
 }
@@ -560,6 +568,30 @@ pub(crate) fn last_seq(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
     // A removal that took the log's last records keeps its end here: sequences are never
     // given twice.
     Ok(last_key.max(removal::meta_u64(dbs, txn, removal::META_LOG_END)?))
+}
+
+/// See [`Storage::seq_at_time`](crate::Storage::seq_at_time).
+pub(crate) fn seq_at_time(
+    storage: &Storage,
+    txn: &ReadTxn,
+    time: std::time::SystemTime,
+) -> Result<Option<u64>> {
+    storage.check_txn(txn)?;
+    let ns = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    removal::seq_at_time(&storage.inner.dbs, txn.raw(), ns)
+}
+
+/// The commit timestamp of the log's last record (0 for an empty log).
+pub(crate) fn last_timestamp(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
+    let Some((key, value)) = dbs.events.last(txn).lmdb()? else {
+        return Ok(0);
+    };
+    let last = keys::decode_seq_key(key)
+        .ok_or_else(|| Error::corrupt(0, "the last key of the events log is malformed"))?;
+    let record = pack::Pack::parse(last, value)?.record(last)?;
+    Ok(record::open(last, record)?.0.timestamp_ns)
 }
 
 /// The sequence the `event_ids` index gives for `id`.

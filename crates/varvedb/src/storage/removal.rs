@@ -343,3 +343,282 @@ pub(crate) fn remove_stream(
         }
     }
 }
+
+/// The first record at or after `seq`: its sequence and commit timestamp.
+fn record_at_or_after(dbs: &Dbs, txn: &RoTxn<'_>, seq: u64) -> Result<Option<(u64, u64)>> {
+    let Some((key, value)) = dbs
+        .events
+        .get_greater_than_or_equal_to(txn, &keys::seq_key(seq.max(1)))
+        .lmdb()?
+    else {
+        return Ok(None);
+    };
+    let last = keys::decode_seq_key(key)
+        .ok_or_else(|| Error::corrupt(seq, format!("malformed events-log key {key:02x?}")))?;
+    let pack = Pack::parse(last, value)?;
+    let at = seq.max(pack.first());
+    let record = pack.record(at)?;
+    Ok(Some((at, super::record::open(at, record)?.0.timestamp_ns)))
+}
+
+/// See [`Storage::seq_at_time`](crate::Storage::seq_at_time): a binary search over the log,
+/// whose commit timestamps never decrease along the sequence (the committer clamps them).
+pub(crate) fn seq_at_time(dbs: &Dbs, txn: &RoTxn<'_>, time_ns: u64) -> Result<Option<u64>> {
+    let end = super::last_seq(dbs, txn)?;
+    // The smallest `s` whose first record at or after it was committed at `time_ns` or later.
+    let (mut lo, mut hi) = (1u64, end.saturating_add(1));
+    let mut found = None;
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match record_at_or_after(dbs, txn, mid)? {
+            Some((seq, ts)) if ts >= time_ns => {
+                found = Some(seq);
+                hi = mid;
+            }
+            Some((seq, _)) => lo = seq + 1,
+            None => hi = mid,
+        }
+    }
+    Ok(found)
+}
+
+/// How long a stream keeps its events: the newest `max_count`, and those younger than
+/// `max_age` (KurrentDB's `$maxCount` and `$maxAge`, JetStream's `max_msgs_per_subject` and
+/// `max_age`). An event goes when either says so. Both `None`: keep everything.
+///
+/// Set for a stream ([`Storage::set_stream_retention`](crate::Storage::set_stream_retention)),
+/// or for every stream without a policy of its own
+/// ([`Storage::set_default_retention`](crate::Storage::set_default_retention)). Policies are
+/// kept in the store: they survive a reopen, and every process enforces them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Keep at most this many of the stream's newest events.
+    pub max_count: Option<u64>,
+    /// Keep only the events committed less than this long ago.
+    pub max_age: Option<std::time::Duration>,
+}
+
+impl RetentionPolicy {
+    /// Whether it keeps everything (no limit set).
+    pub fn keeps_all(&self) -> bool {
+        self.max_count.is_none() && self.max_age.is_none()
+    }
+
+    fn encode(&self) -> [u8; 17] {
+        let mut value = [0u8; 17];
+        let flags = u8::from(self.max_count.is_some()) | (u8::from(self.max_age.is_some()) << 1);
+        value[0] = flags;
+        value[1..9].copy_from_slice(&self.max_count.unwrap_or(0).to_le_bytes());
+        let age = self
+            .max_age
+            .map_or(0, |a| u64::try_from(a.as_nanos()).unwrap_or(u64::MAX));
+        value[9..].copy_from_slice(&age.to_le_bytes());
+        value
+    }
+
+    fn decode(value: &[u8]) -> Option<RetentionPolicy> {
+        if value.len() != 17 {
+            return None;
+        }
+        let count = u64::from_le_bytes(value[1..9].try_into().ok()?);
+        let age = u64::from_le_bytes(value[9..].try_into().ok()?);
+        Some(RetentionPolicy {
+            max_count: (value[0] & 1 != 0).then_some(count),
+            max_age: (value[0] & 2 != 0).then(|| std::time::Duration::from_nanos(age)),
+        })
+    }
+}
+
+/// What an enforcement of the retention policies did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetentionReport {
+    /// Streams that lost events.
+    pub streams: u64,
+    /// Events removed.
+    pub events_removed: u64,
+    /// Bytes given back.
+    pub bytes_reclaimed: u64,
+}
+
+/// The key of the store-wide default policy in `retention` (a stream's key is 16 bytes).
+const DEFAULT_POLICY_KEY: &[u8] = b"default";
+
+fn policy_at(dbs: &Dbs, txn: &RoTxn<'_>, key: &[u8]) -> Result<Option<RetentionPolicy>> {
+    match dbs.retention.get(txn, key).lmdb()? {
+        None => Ok(None),
+        Some(v) => RetentionPolicy::decode(v)
+            .map(Some)
+            .ok_or_else(|| Error::CorruptIndex {
+                stream_id: 0,
+                version: 0,
+                reason: format!("a retention policy of {} bytes, expected 17", v.len()),
+            }),
+    }
+}
+
+fn put_policy(storage: &super::Storage, key: &[u8], policy: RetentionPolicy) -> Result<()> {
+    let key = key.to_vec();
+    storage.write_durable(|wtxn, dbs| {
+        if policy.keeps_all() {
+            dbs.retention.delete(wtxn, &key).lmdb()?;
+        } else {
+            dbs.retention.put(wtxn, &key, &policy.encode()).lmdb()?;
+        }
+        Ok(((), true))
+    })
+}
+
+/// See [`Storage::set_stream_retention`](crate::Storage::set_stream_retention).
+pub(crate) fn set_stream_retention(
+    storage: &super::Storage,
+    stream_id: u128,
+    policy: RetentionPolicy,
+) -> Result<()> {
+    put_policy(storage, &keys::head_key(stream_id), policy)
+}
+
+/// See [`Storage::set_default_retention`](crate::Storage::set_default_retention).
+pub(crate) fn set_default_retention(
+    storage: &super::Storage,
+    policy: RetentionPolicy,
+) -> Result<()> {
+    put_policy(storage, DEFAULT_POLICY_KEY, policy)
+}
+
+/// See [`Storage::stream_retention`](crate::Storage::stream_retention).
+pub(crate) fn stream_retention(
+    storage: &super::Storage,
+    stream_id: u128,
+) -> Result<Option<RetentionPolicy>> {
+    let txn = storage.read_txn()?;
+    policy_at(storage.dbs(), txn.raw(), &keys::head_key(stream_id))
+}
+
+/// See [`Storage::default_retention`](crate::Storage::default_retention).
+pub(crate) fn default_retention(storage: &super::Storage) -> Result<Option<RetentionPolicy>> {
+    let txn = storage.read_txn()?;
+    policy_at(storage.dbs(), txn.raw(), DEFAULT_POLICY_KEY)
+}
+
+/// See [`Storage::retention_policies`](crate::Storage::retention_policies).
+pub(crate) fn retention_policies(
+    storage: &super::Storage,
+) -> Result<Vec<(Option<u128>, RetentionPolicy)>> {
+    let txn = storage.read_txn()?;
+    let mut out = Vec::new();
+    for entry in storage.dbs().retention.iter(txn.raw()).lmdb()? {
+        let (key, value) = entry.lmdb()?;
+        let policy = RetentionPolicy::decode(value).ok_or_else(|| Error::CorruptIndex {
+            stream_id: 0,
+            version: 0,
+            reason: format!("a retention policy of {} bytes, expected 17", value.len()),
+        })?;
+        let stream = match <[u8; 16]>::try_from(key) {
+            Ok(k) => Some(u128::from_be_bytes(k)),
+            Err(_) if key == DEFAULT_POLICY_KEY => None,
+            Err(_) => continue,
+        };
+        out.push((stream, policy));
+    }
+    // The default first, then the streams in order.
+    out.sort_by_key(|(s, _)| s.map_or(0, |s| s.saturating_add(1)));
+    Ok(out)
+}
+
+/// The first version of `stream_id` that `policy` keeps at `now_ns` (its version plus one
+/// when it keeps none), given its bounds and head.
+fn kept_from(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    stream_id: u128,
+    (first_kept, version): (u32, u32),
+    policy: RetentionPolicy,
+    now_ns: u64,
+) -> Result<u32> {
+    let mut from = first_kept;
+    if let Some(max) = policy.max_count {
+        let keep = u32::try_from(max).unwrap_or(u32::MAX);
+        from = from.max(version.saturating_sub(keep).saturating_add(1));
+    }
+    if let Some(age) = policy.max_age {
+        let cutoff = now_ns.saturating_sub(u64::try_from(age.as_nanos()).unwrap_or(u64::MAX));
+        // Timestamps never decrease along the log, so along a stream: the first version
+        // committed at the cutoff or later, by a binary search over versions.
+        let (mut lo, mut hi) = (from, version.saturating_add(1));
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let ts = match super::chain::version_at(dbs, txn, stream_id, mid)? {
+                Some(found) => super::record::open(found.seq, found.record)?.0.timestamp_ns,
+                None => 0,
+            };
+            if ts >= cutoff {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        from = from.max(lo);
+    }
+    Ok(from)
+}
+
+/// See [`Storage::enforce_retention`](crate::Storage::enforce_retention): every policy now,
+/// each stream's removal in its own bounded transactions.
+pub(crate) fn enforce_retention(storage: &super::Storage) -> Result<RetentionReport> {
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    // What to remove, decided in one snapshot; each removal runs in its own transactions.
+    let work: Vec<(u128, u32)> = {
+        let txn = storage.read_txn()?;
+        let dbs = storage.dbs();
+        let raw = txn.raw();
+        let policies = retention_policies(storage)?;
+        let default = policies.iter().find(|(s, _)| s.is_none()).map(|(_, p)| *p);
+        let own: std::collections::HashMap<u128, RetentionPolicy> = policies
+            .iter()
+            .filter_map(|(s, p)| s.map(|s| (s, *p)))
+            .collect();
+        let mut work = Vec::new();
+        let mut consider = |stream_id: u128, policy: RetentionPolicy| -> Result<()> {
+            let Some((version, _)) = super::stream_head(dbs, raw, stream_id)? else {
+                return Ok(());
+            };
+            let first_kept = bounds(dbs, raw, stream_id)?.first_kept;
+            let from = kept_from(dbs, raw, stream_id, (first_kept, version), policy, now_ns)?;
+            if from > first_kept {
+                work.push((stream_id, from));
+            }
+            Ok(())
+        };
+        match default {
+            Some(default) => {
+                for entry in dbs.heads.iter(raw).lmdb()? {
+                    let (key, _) = entry.lmdb()?;
+                    let Ok(key) = <[u8; 16]>::try_from(key) else {
+                        continue;
+                    };
+                    let stream_id = u128::from_be_bytes(key);
+                    consider(stream_id, own.get(&stream_id).copied().unwrap_or(default))?;
+                }
+            }
+            None => {
+                for (&stream_id, &policy) in &own {
+                    consider(stream_id, policy)?;
+                }
+            }
+        }
+        work
+    };
+    let mut report = RetentionReport::default();
+    for (stream_id, before) in work {
+        let removed = remove_stream(storage, stream_id, Removal::Before(before))?;
+        if removed.events_removed > 0 {
+            report.streams += 1;
+            report.events_removed += removed.events_removed;
+            report.bytes_reclaimed += removed.bytes_reclaimed;
+        }
+    }
+    Ok(report)
+}
