@@ -61,6 +61,11 @@ pub struct StorageConfig {
     /// a key, an encrypted store still opens: envelopes and plaintext streams read, encrypted
     /// payloads are [`Error::MasterKeyRequired`].
     pub master_key: Option<[u8; 32]>,
+    /// How often a store that holds retention policies enforces them in the background, in
+    /// milliseconds (a thread that starts at the first open that finds a policy, or the first
+    /// policy set, and ends when the store closes); 0 turns it off, leaving
+    /// `Storage::enforce_retention` to the application. 60 s by default.
+    pub retention_interval_ms: u64,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -77,6 +82,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("resize_wait_ms_max", &self.resize_wait_ms_max)
             .field("bus_poll_ms", &self.bus_poll_ms)
             .field("encryption_enabled", &self.encryption_enabled)
+            .field("retention_interval_ms", &self.retention_interval_ms)
             .field(
                 "master_key",
                 &self.master_key.as_ref().map(|_| "<redacted>"),
@@ -108,6 +114,7 @@ impl Default for StorageConfig {
             bus_poll_ms: 100,
             encryption_enabled: false,
             master_key: None,
+            retention_interval_ms: 60_000,
         }
     }
 }

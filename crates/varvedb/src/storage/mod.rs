@@ -238,6 +238,8 @@ pub(crate) struct Inner {
     bus: tokio::sync::watch::Sender<u64>,
     /// Set once the bus poller runs.
     bus_poller: OnceLock<()>,
+    /// Set once the thread that enforces retention policies has started.
+    retention_task: OnceLock<()>,
     /// The read-model databases of projections, by projection name, once opened.
     projections: Mutex<std::collections::HashMap<String, Raw>>,
     gate: Gate,
@@ -330,6 +332,40 @@ impl Storage {
                     }
                 }),
         );
+    }
+
+    /// Starts, once, the thread that enforces the retention policies every
+    /// `retention_interval_ms` (see [`removal`]). It holds the store weakly: it ends once the
+    /// store is closed.
+    pub(crate) fn start_retention_task(&self) {
+        let every = self.inner.config.retention_interval_ms;
+        if every == 0 || self.inner.retention_task.set(()).is_err() {
+            return;
+        }
+        let store = self.downgrade();
+        let spawned = std::thread::Builder::new()
+            .name("varvedb-retention".into())
+            .spawn(move || {
+                let step = std::time::Duration::from_millis(every.min(200));
+                let mut waited = 0u64;
+                loop {
+                    std::thread::sleep(step);
+                    waited += step.as_millis() as u64;
+                    let Some(storage) = store.upgrade() else {
+                        return;
+                    };
+                    if waited < every {
+                        continue;
+                    }
+                    waited = 0;
+                    if let Err(e) = removal::enforce_retention(&storage) {
+                        tracing::warn!(error = %e, "retention enforcement failed; it runs again next time");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "the retention thread could not start; call enforce_retention");
+        }
     }
 
     /// Publishes a new head to subscribers (only ever forward).

@@ -146,6 +146,7 @@ impl Storage {
             warnings,
             bus: tokio::sync::watch::Sender::new(head),
             bus_poller: OnceLock::new(),
+            retention_task: OnceLock::new(),
             projections: Mutex::new(projections),
             gate: Gate::default(),
             write_lock: Mutex::new(()),
@@ -159,7 +160,12 @@ impl Storage {
             faults: Default::default(),
         });
         lock(&REGISTRY).insert(path, Arc::downgrade(&inner));
-        Ok(Storage { inner })
+        let storage = Storage { inner };
+        // A store that holds retention policies enforces them in the background.
+        if super::removal::has_policies(&storage)? {
+            storage.start_retention_task();
+        }
+        Ok(storage)
     }
 }
 

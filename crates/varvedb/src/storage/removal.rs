@@ -466,7 +466,17 @@ fn put_policy(storage: &super::Storage, key: &[u8], policy: RetentionPolicy) -> 
             dbs.retention.put(wtxn, &key, &policy.encode()).lmdb()?;
         }
         Ok(((), true))
-    })
+    })?;
+    if !policy.keeps_all() {
+        storage.start_retention_task();
+    }
+    Ok(())
+}
+
+/// Whether the store holds any retention policy.
+pub(crate) fn has_policies(storage: &super::Storage) -> Result<bool> {
+    let txn = storage.read_txn()?;
+    Ok(storage.dbs().retention.first(txn.raw()).lmdb()?.is_some())
 }
 
 /// See [`Storage::set_stream_retention`](crate::Storage::set_stream_retention).
