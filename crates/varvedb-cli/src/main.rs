@@ -4,6 +4,7 @@ mod admin;
 mod append;
 mod demo;
 mod dump;
+mod lifecycle;
 mod read;
 mod replication;
 mod stream_id;
@@ -171,6 +172,43 @@ enum Command {
         #[command(subcommand)]
         command: Option<admin::ConsumersCommand>,
     },
+    /// Removes a stream's events (a soft delete: the stream goes on at its next version), or
+    /// with --hard for good (a tombstone: every later append is refused). The space is given
+    /// back. Exits 2 for a stream with no events (a hard delete of one is allowed: it is never
+    /// created).
+    ///
+    /// Example: varvedb delete --stream 7 --hard
+    Delete {
+        /// The stream (decimal, 0x hex, 32 hex digits or a UUID).
+        #[arg(long, value_parser = stream_id::parse)]
+        stream: u128,
+        /// Tombstone it: no append is taken after, ever.
+        #[arg(long)]
+        hard: bool,
+    },
+    /// Removes a stream's events before a version (KurrentDB's $tb): reads start at that
+    /// version, the stream keeps its version and goes on after it.
+    ///
+    /// Example: varvedb truncate --stream 7 --before 100
+    Truncate {
+        /// The stream (decimal, 0x hex, 32 hex digits or a UUID).
+        #[arg(long, value_parser = stream_id::parse)]
+        stream: u128,
+        /// The first version to keep.
+        #[arg(long)]
+        before: u32,
+    },
+    /// Shows, sets or enforces the retention policies kept in the store: per stream, or a
+    /// default for every stream without one (max count, max age). A store that holds a policy
+    /// enforces it in the background too.
+    ///
+    /// Example: varvedb retention set --default --max-age 7d
+    /// Example: varvedb retention set --stream 7 --max-count 1000
+    /// Example: varvedb retention show --json
+    Retention {
+        #[command(subcommand)]
+        command: lifecycle::RetentionCommand,
+    },
     /// Prints the store's Prometheus metrics once, or with --listen serves them at
     /// http://ADDR/metrics until stopped (Ctrl-C). The file's gauges (events, map use, blobs)
     /// and every consumer's position and lag are read at each scrape; the counters are this
@@ -244,6 +282,11 @@ fn main() -> ExitCode {
         Command::Import(args) => dump::import(&path, raw_key(), &args),
         Command::RotateKey { new_key_file } => rotate_key(open, &new_key_file),
         Command::Replicate(args) => replication::replicate(open, &args),
+        Command::Delete { stream, hard } => lifecycle::remove(open, stream, None, hard),
+        Command::Truncate { stream, before } => {
+            lifecycle::remove(open, stream, Some(before), false)
+        }
+        Command::Retention { command } => lifecycle::retention(open, &command),
         Command::Restore(args) => replication::restore(raw_key(), &args),
         Command::Consumers { json, command } => {
             let list = admin::ConsumersCommand::List { json };
@@ -662,6 +705,7 @@ fn stats(
             serde_json::json!({
                 "store": storage.path().display().to_string(),
                 "events": s.events,
+                "deleted_events": s.deleted_events,
                 "packs": s.packs,
                 "streams": s.streams,
                 "last_seq": s.last_seq,
@@ -680,6 +724,7 @@ fn stats(
     }
     println!("store       {}", storage.path().display());
     println!("events      {}", s.events);
+    println!("deleted     {}", s.deleted_events);
     println!("packs       {}", s.packs);
     println!("streams     {}", s.streams);
     println!("last seq    {}", s.last_seq);

@@ -29,6 +29,13 @@ pub(crate) struct ReadArgs {
     /// Print at most this many events.
     #[arg(long)]
     limit: Option<u64>,
+    /// Only events committed at this time or later: a duration before now (1h, 15m) or a UTC
+    /// time (2026-12-07T10:00:00Z). Found by a binary search over the log.
+    #[arg(long, value_parser = crate::lifecycle::parse_time, conflicts_with_all = ["seq", "from_seq"])]
+    since: Option<std::time::SystemTime>,
+    /// Only events committed before this time (same forms as --since).
+    #[arg(long, value_parser = crate::lifecycle::parse_time)]
+    until: Option<std::time::SystemTime>,
     /// One JSON object a line instead of text.
     #[arg(long)]
     json: bool,
@@ -48,6 +55,20 @@ pub(crate) fn run(
     let storage = open()?;
     let txn = storage.read_txn()?;
     let raw = storage.raw_reader();
+    // --since: where the log reaches the time (a binary search); nothing at all past the end.
+    let since_seq = match args.since {
+        Some(time) => Some(storage.seq_at_time(&txn, time)?.unwrap_or(u64::MAX)),
+        None => None,
+    };
+    let until_ns = args.until.map(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    });
+    let since_ns = args.since.map(|t| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    });
+    let from_seq = args.from_seq.or(since_seq);
     let query = (!args.tags.is_empty() || !args.types.is_empty())
         .then(|| varvedb::Query::new().types(&args.types).tags(&args.tags));
     let events: Box<dyn Iterator<Item = varvedb::Result<RawEvent<'_>>>> =
@@ -55,9 +76,9 @@ pub(crate) fn run(
             (Some(seq), _, _) => Box::new(raw.get(&txn, seq).transpose().into_iter()),
             (None, Some(stream), _) => Box::new(raw.read_stream(&txn, stream, args.from_version)),
             (None, None, Some(query)) => {
-                Box::new(raw.read_query(&txn, query, args.from_seq.unwrap_or(1)))
+                Box::new(raw.read_query(&txn, query, from_seq.unwrap_or(1)))
             }
-            (None, None, None) => Box::new(raw.read_all(&txn, args.from_seq.unwrap_or(1))),
+            (None, None, None) => Box::new(raw.read_all(&txn, from_seq.unwrap_or(1))),
         };
     let mut out = std::io::stdout().lock();
     let mut clean = true;
@@ -68,6 +89,14 @@ pub(crate) fn run(
             break;
         }
         match event {
+            // Commit times never decrease along the log: past --until, nothing more is in.
+            Ok(e) if until_ns.is_some_and(|until| e.timestamp_ns() >= until) => {
+                if args.stream.is_none() {
+                    break;
+                }
+            }
+            // A stream read is by version: --since filters it.
+            Ok(e) if since_ns.is_some_and(|since| e.timestamp_ns() < since) => {}
             Ok(e) => {
                 let mut line = if args.json { json(&e) } else { text(&e) };
                 if args.hex {
@@ -254,6 +283,10 @@ pub(crate) struct TailArgs {
     /// How many of the last events to print first.
     #[arg(short = 'n', long, default_value_t = 10)]
     lines: u64,
+    /// Print the events committed since this time first (a duration before now, 1h, or a UTC
+    /// time), instead of the last -n.
+    #[arg(long, value_parser = crate::lifecycle::parse_time)]
+    since: Option<std::time::SystemTime>,
     /// One JSON object a line instead of text.
     #[arg(long)]
     json: bool,
@@ -297,9 +330,17 @@ pub(crate) fn tail(
     let mut next = {
         let head = storage.last_seq(&storage.read_txn()?)?;
         let mut found = Vec::new();
-        let mut seq = head;
         let mut txn = storage.read_txn()?;
-        while seq > 0 && (found.len() as u64) < args.lines {
+        // --since: every event from where the log reaches the time, not the last -n.
+        let (stop, lines) = match args.since {
+            Some(time) => match storage.seq_at_time(&txn, time)? {
+                Some(from) => (from.saturating_sub(1), u64::MAX),
+                None => (head, 0),
+            },
+            None => (0, args.lines),
+        };
+        let mut seq = head;
+        while seq > stop && (found.len() as u64) < lines {
             match raw.get(&txn, seq) {
                 Ok(Some(e)) if matches(&e) => found.push(text_or_json(&e, args.json)),
                 Ok(_) => {}

@@ -2081,3 +2081,100 @@ fn stats_streams_consumers_and_verify_speak_json_and_read_shows_hex() {
     let lines = json(&["--path", s, "read", "--seq", "1", "--hex", "--json"]);
     assert_eq!(lines[0]["payload_hex"], hex.as_str());
 }
+
+#[test]
+fn delete_truncate_retention_and_reads_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    for (stream, n) in [("7", 6), ("8", 3)] {
+        for i in 1..=n {
+            let body = i.to_string();
+            let (ok, _, stderr) = varvedb(&[
+                "--path", s, "append", "--stream", stream, "--expect", "any", "--type", "T",
+                "--json", &body,
+            ]);
+            assert!(ok, "{stderr}");
+        }
+    }
+    let (ok, stdout, stderr) =
+        varvedb(&["--path", s, "truncate", "--stream", "7", "--before", "4"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("3 events removed"), "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "read", "--stream", "7", "--json"]);
+    assert!(ok);
+    let versions: Vec<&str> = stdout
+        .lines()
+        .map(|l| {
+            l.split("\"version\":")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(versions, ["4", "5", "6"]);
+    let (ok, stdout, _) = varvedb(&["--path", s, "stats", "--json"]);
+    assert!(ok);
+    let stats: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        (stats["events"].as_u64(), stats["deleted_events"].as_u64()),
+        (Some(6), Some(3))
+    );
+    // A policy, shown and enforced.
+    let (ok, _, stderr) = varvedb(&[
+        "--path",
+        s,
+        "retention",
+        "set",
+        "--stream",
+        "8",
+        "--max-count",
+        "1",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "retention", "show"]);
+    assert!(
+        ok && stdout.contains("0x8") && stdout.contains("max count 1"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = varvedb(&["--path", s, "retention", "enforce"]);
+    assert!(
+        ok && stdout.contains("removed 2 events from 1 streams"),
+        "{stdout}"
+    );
+    // A hard delete: appends are refused, exit 2, with the reason.
+    let (ok, _, stderr) = varvedb(&["--path", s, "delete", "--stream", "8", "--hard"]);
+    assert!(ok, "{stderr}");
+    let out = output([
+        "--path", s, "append", "--stream", "8", "--expect", "any", "--type", "T", "--json", "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tombstoned"));
+    // A soft delete, and the stream goes on.
+    let (ok, _, stderr) = varvedb(&["--path", s, "delete", "--stream", "7"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path", s, "append", "--stream", "7", "--expect", "6", "--type", "T", "--json", "7",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("version 7"), "{stdout}");
+    // By time: everything since an hour ago, nothing before 2020, and the tail since then.
+    let (ok, stdout, _) = varvedb(&["--path", s, "read", "--since", "1h"]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let (_, stdout, _) = varvedb(&["--path", s, "read", "--until", "2020-01-01T00:00:00Z"]);
+    assert_eq!(stdout.lines().count(), 0, "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "tail", "--since", "1h"]);
+    assert!(ok);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "verify"]);
+    assert!(ok && stdout.starts_with("clean"), "{stdout}");
+    // A stream with no events: exit 2, said so.
+    let out = output(["--path", s, "delete", "--stream", "99"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    let out = output(["--path", s, "read", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2));
+}
