@@ -338,6 +338,19 @@ fn a_subscriber_whose_position_falls_in_a_removed_range_continues_at_the_next_ke
         .map(|e| e.unwrap().seq())
         .collect();
     assert_eq!(next, [6, 8, 9, 10]);
+    drop(txn);
+    // Its lag counts only the kept events after it.
+    let billing = storage
+        .consumers()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name == "billing")
+        .unwrap();
+    assert_eq!(
+        (billing.position, billing.head, billing.lag_events),
+        (3, 10, 4)
+    );
+    assert!(billing.lag_seconds >= 0.0);
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use heed::{RoTxn, RwTxn};
 
 use super::lmdb::LmdbResultExt;
-use super::{Dbs, Storage, get_record, last_seq, record};
+use super::{Dbs, Storage, last_seq};
 use crate::error::{Error, Result};
 
 /// The longest consumer name, in bytes.
@@ -164,14 +164,15 @@ impl Storage {
         let mut out = Vec::with_capacity(names.len());
         for name in names {
             let position = position(dbs, txn.raw(), &name)?.unwrap_or(0);
-            let lag_events = head.saturating_sub(position);
-            let lag_seconds = match get_record(dbs, txn.raw(), position + 1)? {
-                Some(value) if lag_events > 0 => {
-                    let (header, _) = record::decode(position + 1, value)?;
-                    now_ns.saturating_sub(header.timestamp_ns) as f64 / 1e9
-                }
-                _ => 0.0,
-            };
+            // Only kept events count: removed ones will never be handled.
+            let lag_events = super::removal::kept_after(dbs, txn.raw(), position, head)?;
+            let lag_seconds =
+                match super::removal::record_at_or_after(dbs, txn.raw(), position + 1)? {
+                    Some((_, timestamp_ns)) if lag_events > 0 => {
+                        now_ns.saturating_sub(timestamp_ns) as f64 / 1e9
+                    }
+                    _ => 0.0,
+                };
             let parked = parked_of(dbs, txn.raw(), &name)?.len() as u64;
             out.push(Consumer {
                 name,

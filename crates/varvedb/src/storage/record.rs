@@ -204,11 +204,12 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// Verifies a stored record and splits it into header and payload. Every failure is
 /// [`Error::Corrupt`] naming `seq`.
+#[cfg(any(test, feature = "__internals"))]
 pub(crate) fn decode(seq: u64, record: &[u8]) -> Result<(RecordHeader, &[u8])> {
     decode_with(seq, record, false)
 }
 
-/// [`decode`]; with `checked`, the record's own checksum is not computed, because a pack
+/// Decodes a record; with `checked`, the record's own checksum is not computed, because a pack
 /// checksum that covers its bytes has matched (see [`pack`](super::pack)). Every other check
 /// still runs.
 #[inline]

@@ -344,8 +344,35 @@ pub(crate) fn remove_stream(
     }
 }
 
+/// The events kept after `position` up to the log's end `head`: `head - position` when nothing
+/// was ever removed, else counted pack by pack (what a consumer's lag counts).
+pub(crate) fn kept_after(dbs: &Dbs, txn: &RoTxn<'_>, position: u64, head: u64) -> Result<u64> {
+    if meta_u64(dbs, txn, META_REMOVED)? == 0 {
+        return Ok(head.saturating_sub(position));
+    }
+    let from = position.saturating_add(1);
+    let mut kept = 0u64;
+    let start = keys::seq_key(from);
+    let range = (
+        std::ops::Bound::Included(&start[..]),
+        std::ops::Bound::Unbounded,
+    );
+    for entry in dbs.events.range(txn, &range).lmdb()? {
+        let (key, value) = entry.lmdb()?;
+        let last = keys::decode_seq_key(key)
+            .ok_or_else(|| Error::corrupt(from, format!("malformed events-log key {key:02x?}")))?;
+        let first = Pack::parse(last, value)?.first().max(from);
+        kept += last.saturating_add(1).saturating_sub(first);
+    }
+    Ok(kept)
+}
+
 /// The first record at or after `seq`: its sequence and commit timestamp.
-fn record_at_or_after(dbs: &Dbs, txn: &RoTxn<'_>, seq: u64) -> Result<Option<(u64, u64)>> {
+pub(crate) fn record_at_or_after(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    seq: u64,
+) -> Result<Option<(u64, u64)>> {
     let Some((key, value)) = dbs
         .events
         .get_greater_than_or_equal_to(txn, &keys::seq_key(seq.max(1)))
