@@ -115,7 +115,13 @@ pub enum Op {
     /// An export of the store imported into `imports/RUN-OP` (encrypted store only). A kill
     /// interrupts it; the next child runs it again, and it continues.
     Import,
+    /// Gives a stream a retention policy (its newest [`RETAIN_COUNT`] events) and enforces
+    /// every policy (the shared store only, with two writers): a kill lands mid-removal.
+    Retain(u128),
 }
+
+/// The events a [`Op::Retain`] policy keeps of its stream.
+pub const RETAIN_COUNT: u64 = 4;
 
 /// The streams a run appends to: the plaintext store keeps 8 streams across runs; the encrypted
 /// store gives each run 8 of its own, so that a shred never races the run's own appends.
@@ -142,6 +148,9 @@ pub fn op(mode: Mode, run: u64, op: u64) -> Op {
     }
     if mode == Mode::Encrypted && op % 31 == 30 {
         return Op::Import;
+    }
+    if mode == Mode::Shared && op % 17 == 16 {
+        return Op::Retain(stream(mode, run, rng.below(8)));
     }
     let streams = match rng.below(10) {
         0..=5 => 1,
@@ -303,6 +312,23 @@ fn perform(
             say(out, format_args!("D {run} {op_no}\n"));
             Ok(Vec::new())
         }
+        Op::Retain(stream_id) => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            // Said before anything changes: from here on the stream may lose old events.
+            say(out, format_args!("R {stream_id}\n"));
+            let policy = varvedb::RetentionPolicy {
+                max_count: Some(RETAIN_COUNT),
+                ..Default::default()
+            };
+            storage
+                .set_stream_retention(*stream_id, policy)
+                .map_err(|e| format!("retention of stream {stream_id}: {e}"))?;
+            storage
+                .enforce_retention()
+                .map_err(|e| format!("enforce_retention: {e}"))?;
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
         Op::Shred(stream_id) => {
             say(out, format_args!("S {run} {op_no}\n"));
             match storage.shred_stream(*stream_id) {
@@ -403,6 +429,8 @@ struct Heard {
     backups: Vec<(u64, u64)>,
     /// `(run, op, last seq)` of every acknowledged import.
     imports: Vec<(u64, u64, u64)>,
+    /// Streams given a retention policy (perhaps: the child may have died before it was set).
+    retained: Vec<u128>,
 }
 
 impl Heard {
@@ -417,6 +445,7 @@ impl Heard {
             Some("S") => self.open = Some((n(1)? as u64, n(2)? as u64)),
             Some("D") => self.open = None,
             Some("H") => self.shredded.push(n(1)?),
+            Some("R") => self.retained.push(n(1)?),
             Some("B") => self.backups.push((n(1)? as u64, n(2)? as u64)),
             Some("I") => self
                 .imports
@@ -451,6 +480,8 @@ pub struct Report {
     pub imports_checked: u64,
     /// Kill points at which two child processes were writing to one store.
     pub two_writer_kills: u64,
+    /// Events the shared store's retention policies removed, as of the last check.
+    pub removed_events: u64,
     pub projection_checks: u64,
     pub elapsed: Duration,
 }
@@ -459,6 +490,9 @@ pub struct Report {
 #[derive(Debug, Default)]
 struct Store {
     acked: HashMap<u64, (u128, u32, u64, u64, u32)>,
+    /// Streams that may have a retention policy: their events older than the newest
+    /// [`RETAIN_COUNT`] may be gone.
+    retained: HashSet<u128>,
     shredded: HashSet<u128>,
     maybe_shredded: HashSet<u128>,
     retry: Vec<(u64, u64)>,
@@ -592,6 +626,7 @@ pub fn run(
             report.acknowledgements += heard.acked.len() as u64;
             report.shreds += heard.shredded.len() as u64;
             store.shredded.extend(heard.shredded.iter().copied());
+            store.retained.extend(heard.retained.iter().copied());
             if let Some((r, o)) = heard.open {
                 match op(mode, r, o) {
                     Op::Shred(s) => {
@@ -599,6 +634,8 @@ pub fn run(
                     }
                     Op::Append { ids: true, .. } | Op::Import => store.retry.push((r, o)),
                     Op::Append { .. } | Op::Backup => {}
+                    // Enforcement finishes at the next one (the policy is kept in the store).
+                    Op::Retain(_) => {}
                 }
             }
         }
@@ -617,6 +654,9 @@ pub fn run(
         report.two_writer_kills += u64::from(writers == 2);
         report.acknowledged_events += store.acked.len() as u64 - acked_before;
         report.events_in_stores = report.events_in_stores.max(checked.events);
+        if mode == Mode::Shared {
+            report.removed_events = checked.removed;
+        }
         report.projection_checks += u64::from(checked.projection);
         report.kill_points += 1;
         report.elapsed = started.elapsed();
@@ -706,6 +746,7 @@ fn check_backup(
 struct Checked {
     events: u64,
     projection: bool,
+    removed: u64,
 }
 
 /// Reopens the store and checks it against what was acknowledged.
@@ -719,17 +760,26 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
     let reader = Reader::<Entry>::new(storage.clone());
     let raw = storage.raw_reader();
     let last = storage.last_seq(&txn).map_err(|e| e.to_string())?;
-    // The log: gap-free, each stream's versions in order, each workload event once.
+    // The log: gap-free but for removed events (counted), each stream's versions in order from
+    // its first kept one (1 but for a stream with a retention policy), each workload event
+    // once.
     let mut versions: HashMap<u128, u32> = HashMap::new();
     let mut seen: HashSet<(u64, u64, u32)> = HashSet::new();
     let mut expect = 1u64;
+    let mut kept = 0u64;
     for e in raw.read_all(&txn, 1) {
         let e = e.map_err(|e| format!("raw read: {e}"))?;
-        if e.seq() != expect {
+        if e.seq() < expect || (e.seq() > expect && store.retained.is_empty()) {
             return Err(format!("the log skips from {} to {}", expect - 1, e.seq()));
         }
-        expect += 1;
+        expect = e.seq() + 1;
+        kept += 1;
+        let first =
+            store.retained.contains(&e.stream_id()) && !versions.contains_key(&e.stream_id());
         let v = versions.entry(e.stream_id()).or_insert(0);
+        if first && e.version() > 1 {
+            *v = e.version() - 1;
+        }
         if e.version() != *v + 1 {
             return Err(format!(
                 "seq {}: stream {} version {} follows version {v}",
@@ -740,10 +790,10 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
         }
         *v = e.version();
     }
-    if expect != last + 1 {
+    let deleted = storage.stats().map_err(|e| e.to_string())?.deleted_events;
+    if kept + deleted != last || expect > last + 1 {
         return Err(format!(
-            "the log ends at {}, last_seq says {last}",
-            expect - 1
+            "the log holds {kept} events and {deleted} were removed, but last_seq says {last}"
         ));
     }
     for (s, v) in &versions {
@@ -779,7 +829,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
                     Op::Append { parts, .. } => {
                         parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
                     }
-                    Op::Shred(_) | Op::Backup | Op::Import => None,
+                    Op::Shred(_) | Op::Backup | Op::Import | Op::Retain(_) => None,
                 }
                 .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
                 let got = Entry {
@@ -800,6 +850,11 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
                     ));
                 }
             }
+            // Retention may have taken an old event of a stream with a policy.
+            Ok(None)
+                if store.retained.contains(&s)
+                    && u64::from(v) + RETAIN_COUNT
+                        <= u64::from(versions.get(&s).copied().unwrap_or(0)) => {}
             Ok(None) => return Err(format!("acknowledged seq {seq} is lost")),
             other => {
                 return Err(format!(
@@ -845,6 +900,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
     Ok(Checked {
         events: last,
         projection,
+        removed: deleted,
     })
 }
 
