@@ -59,7 +59,9 @@ fn main() {
     let writer = Writer::<Reading>::new(storage.clone());
     let events: Vec<Reading> = (0..n).map(reading).collect();
     for chunk in events.chunks(1000) {
-        writer.append_batch(1, ExpectedVersion::Auto, chunk).unwrap();
+        writer
+            .append_batch(1, ExpectedVersion::Auto, chunk)
+            .unwrap();
     }
     let started = Instant::now();
     let report = storage.delete_stream(1).unwrap();
@@ -72,7 +74,9 @@ fn main() {
     );
     let before = file_bytes(&storage);
     for chunk in events.chunks(1000) {
-        writer.append_batch(2, ExpectedVersion::Auto, chunk).unwrap();
+        writer
+            .append_batch(2, ExpectedVersion::Auto, chunk)
+            .unwrap();
     }
     println!(
         "  file {before} bytes after the delete, {} after writing {n} again",

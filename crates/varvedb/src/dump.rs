@@ -185,6 +185,7 @@ pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHe
     storage.check_txn(txn)?;
     let dbs = storage.dbs();
     let raw = txn.raw();
+    refuse_removals(dbs, raw, "an export")?;
     let mut types_out = Vec::new();
     for entry in dbs.types.iter(raw).lmdb()? {
         let (k, v) = entry.lmdb()?;
@@ -245,6 +246,27 @@ fn first_checksum(dbs: &Dbs, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<
         .next()
         .transpose()
         .map(|first| first.map(|e| stored_checksum(e.record)))
+}
+
+/// Exports and replication do not carry removals yet (the gaps, the streams' bounds, the
+/// tombstones): a store that has any is refused, so that no copy of it silently lacks them.
+pub(crate) fn refuse_removals(
+    dbs: &Dbs,
+    txn: &heed::RoTxn<'_, heed::WithoutTls>,
+    what: &str,
+) -> Result<()> {
+    let removed = storage::meta_removed(dbs, txn)?;
+    let bounded = dbs.bounds.first(txn).lmdb()?.is_some();
+    if removed > 0 || bounded {
+        return Err(Error::NotSupported {
+            reason: format!(
+                "{what} of a store with removed events ({removed} removed, or a tombstone): \
+                 exports and replication do not carry removals yet; a compacting backup \
+                 (`varvedb backup`) copies the store whole"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// See [`Storage::export_events`](crate::Storage::export_events).

@@ -172,6 +172,14 @@ pub enum Error {
         stream_id: u128,
     },
 
+    /// What was asked is not supported yet for this store; the reason says what and why.
+    /// Nothing changed.
+    #[error("not supported yet: {reason}")]
+    NotSupported {
+        /// What is not supported.
+        reason: String,
+    },
+
     /// The stream has no events (nor a key): there is nothing to shred. Nothing changed.
     #[error("stream {stream_id:#x} does not exist: it has no events")]
     StreamNotFound {
@@ -643,6 +651,7 @@ impl Error {
             | Error::StreamNotEncrypted { .. }
             | Error::StreamNotFound { .. }
             | Error::StreamDeleted { .. }
+            | Error::NotSupported { .. }
             | Error::InvalidDestination { .. }
             | Error::WrongMasterKey
             | Error::MasterKeyRequired { .. }

@@ -562,3 +562,20 @@ fn removals_race_appends_and_readers_without_an_error_or_an_inconsistent_read() 
     assert!(stats.deleted_events > 0);
     assert_eq!(stats.events + stats.deleted_events, stats.last_seq);
 }
+
+#[test]
+fn an_export_of_a_store_with_removals_is_refused_until_exports_carry_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    interleaved(&storage, 3);
+    let txn = storage.read_txn().unwrap();
+    assert!(storage.export_header(&txn).is_ok());
+    drop(txn);
+    storage.tombstone_stream(9).unwrap();
+    let txn = storage.read_txn().unwrap();
+    let err = storage.export_header(&txn).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotSupported { reason } if reason.contains("removed events")),
+        "{err}"
+    );
+}

@@ -619,6 +619,11 @@ pub(crate) fn seq_at_time(
     removal::seq_at_time(&storage.inner.dbs, txn.raw(), ns)
 }
 
+/// The events removed from the log so far.
+pub(crate) fn meta_removed(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
+    removal::meta_u64(dbs, txn, removal::META_REMOVED)
+}
+
 /// The commit timestamp of the log's last record (0 for an empty log).
 pub(crate) fn last_timestamp(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<u64> {
     let Some((key, value)) = dbs.events.last(txn).lmdb()? else {
