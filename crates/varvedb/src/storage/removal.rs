@@ -648,14 +648,88 @@ pub(crate) fn enforce_retention(storage: &super::Storage) -> Result<RetentionRep
         }
         work
     };
+    remove_in_log_order(storage, &work)
+}
+
+/// The most removals one enforcement plans at a time (32 bytes each); past it, it plans again.
+const PLAN_MAX: usize = 1 << 20;
+
+/// Removes, for each `(stream, before)`, the stream's versions below `before`, in log order:
+/// a pack that holds events of many streams (one commit of many streams) is rewritten once,
+/// not once per stream. Transactions of at most [`REMOVAL_BATCH`] events, each flushed; each
+/// moves the first kept version of the streams it touched, so a crash leaves every stream a
+/// removed prefix and the next run finishes.
+fn remove_in_log_order(storage: &super::Storage, work: &[(u128, u32)]) -> Result<RetentionReport> {
+    let inline_max = storage.inline_record_max();
     let mut report = RetentionReport::default();
-    for (stream_id, before) in work {
-        let removed = remove_stream(storage, stream_id, Removal::Before(before))?;
-        if removed.events_removed > 0 {
-            report.streams += 1;
-            report.events_removed += removed.events_removed;
-            report.bytes_reclaimed += removed.bytes_reclaimed;
+    let mut touched = std::collections::HashSet::new();
+    let mut pending: &[(u128, u32)] = work;
+    while !pending.is_empty() {
+        // Plan: (seq, stream, version) of what goes, from one snapshot.
+        let mut plan: Vec<(u64, u128, u32)> = Vec::new();
+        let mut planned = 0;
+        {
+            let txn = storage.read_txn()?;
+            let dbs = storage.dbs();
+            for &(stream_id, before) in pending {
+                if plan.len() >= PLAN_MAX {
+                    break;
+                }
+                planned += 1;
+                let first_kept = bounds(dbs, txn.raw(), stream_id)?.first_kept;
+                let version = super::stream_head(dbs, txn.raw(), stream_id)?.map_or(0, |(v, _)| v);
+                let before = before.min(version.saturating_add(1));
+                let seqs = stream_seqs(dbs, txn.raw(), stream_id, first_kept, before)?;
+                plan.extend(
+                    seqs.into_iter()
+                        .zip(first_kept..)
+                        .map(|(seq, version)| (seq, stream_id, version)),
+                );
+            }
+        }
+        pending = &pending[planned..];
+        plan.sort_unstable_by_key(|(seq, _, _)| *seq);
+        for batch in plan.chunks(REMOVAL_BATCH as usize) {
+            let removed = storage.write_durable(|wtxn, dbs| {
+                // What another process removed since the plan is a prefix of its stream too:
+                // skip it.
+                let mut firsts: std::collections::HashMap<u128, Bounds> =
+                    std::collections::HashMap::new();
+                let mut seqs = Vec::with_capacity(batch.len());
+                let mut moved: std::collections::HashMap<u128, u32> =
+                    std::collections::HashMap::new();
+                for &(seq, stream_id, version) in batch {
+                    let b = match firsts.get(&stream_id) {
+                        Some(b) => *b,
+                        None => {
+                            let b = bounds(dbs, wtxn, stream_id)?;
+                            firsts.insert(stream_id, b);
+                            b
+                        }
+                    };
+                    if version >= b.first_kept {
+                        seqs.push(seq);
+                        let next = moved.entry(stream_id).or_insert(0);
+                        *next = (*next).max(version + 1);
+                    }
+                }
+                let removed = remove_records(dbs, wtxn, inline_max, &seqs)?;
+                for (stream_id, first_kept) in &moved {
+                    let mut b = firsts.get(stream_id).copied().unwrap_or_default();
+                    b.first_kept = *first_kept;
+                    put_bounds(dbs, wtxn, *stream_id, b)?;
+                }
+                let streams: Vec<u128> = moved.keys().copied().collect();
+                Ok(((removed, streams), !seqs.is_empty()))
+            })?;
+            let (removed, streams) = removed;
+            touched.extend(streams);
+            report.events_removed += removed.events;
+            report.bytes_reclaimed += removed.bytes;
+            storage.metrics().deleted_events.inc_by(removed.events);
+            storage.metrics().reclaimed_bytes.inc_by(removed.bytes);
         }
     }
+    report.streams = touched.len() as u64;
     Ok(report)
 }
