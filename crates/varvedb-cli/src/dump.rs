@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use varvedb::{
-    EventId, ExportConsumer, ExportHeader, ExportKey, ExportType, ParkedEvent, Storage,
-    StorageConfig, StoredEvent,
+    EventId, ExportBounds, ExportConsumer, ExportHeader, ExportKey, ExportType, ParkedEvent,
+    Storage, StorageConfig, StoredEvent,
 };
 
 use crate::stream_id::parse as parse_stream;
@@ -62,6 +62,26 @@ struct HeaderLine {
     keys: Vec<KeyLine>,
     key_check: Option<String>,
     consumers: Vec<ConsumerLine>,
+    /// Events removed from the log: the event lines have gaps where they were.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    removed_events: u64,
+    /// The streams that lost events: first kept version, tombstone, head.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    bounds: Vec<BoundsLine>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BoundsLine {
+    stream: String,
+    first_kept: u32,
+    tombstoned: bool,
+    version: u32,
+    last_seq: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -131,6 +151,10 @@ struct EventLine {
     /// rebuild to it. Absent in exports of before checksums.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     checksum: Option<String>,
+    /// `[prev, jump]`: the chain links of an event whose links point into its stream's
+    /// removed versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    links: Option<[u64; 2]>,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -195,6 +219,18 @@ fn header_line(h: &ExportHeader) -> HeaderLine {
                     .collect(),
             })
             .collect(),
+        removed_events: h.removed_events,
+        bounds: h
+            .bounds
+            .iter()
+            .map(|b| BoundsLine {
+                stream: crate::stream_id::show(b.stream_id),
+                first_kept: b.first_kept,
+                tombstoned: b.tombstoned,
+                version: b.head.0,
+                last_seq: b.head.1,
+            })
+            .collect(),
     }
 }
 
@@ -253,6 +289,19 @@ fn header_of(line: usize, h: HeaderLine) -> Result<ExportHeader, String> {
                     .collect(),
             })
             .collect(),
+        removed_events: h.removed_events,
+        bounds: h
+            .bounds
+            .into_iter()
+            .map(|b| {
+                Ok(ExportBounds {
+                    stream_id: parse_stream(&b.stream).map_err(|e| format!("line {line}: {e}"))?,
+                    first_kept: b.first_kept,
+                    tombstoned: b.tombstoned,
+                    head: (b.version, b.last_seq),
+                })
+            })
+            .collect::<Result<_, String>>()?,
     })
 }
 
@@ -277,6 +326,7 @@ fn event_line(e: &StoredEvent) -> EventLine {
         payload: e.payload.as_deref().map(b64),
         blob_ref: e.blob_ref.as_deref().map(b64),
         checksum: e.checksum.map(|c| format!("{c:016x}")),
+        links: e.links.map(|(prev, jump)| [prev, jump]),
     }
 }
 
@@ -311,6 +361,7 @@ fn event_of(line: usize, e: EventLine) -> Result<StoredEvent, String> {
                     .map_err(|_| format!("line {line}: checksum {c:?} is not 16 hex digits"))
             })
             .transpose()?,
+        links: e.links.map(|[prev, jump]| (prev, jump)),
         // A property of the store's transactions, not of the event: an import makes its own.
         ends_group: false,
     })

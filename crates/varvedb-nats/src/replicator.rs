@@ -317,6 +317,19 @@ impl Replicator {
             let txn = self.storage.read_txn()?;
             self.storage.export_header(&txn)?
         };
+        // Messages do not carry removals yet (the gaps, the bounds, the tombstones): a store
+        // that has any is refused, rather than copied without them.
+        if header.removed_events > 0 || !header.bounds.is_empty() {
+            return Err(Error::Store(varvedb::Error::NotSupported {
+                reason: format!(
+                    "replication of a store with removed events ({} removed, {} streams with \
+                     bounds): messages do not carry removals yet; export and import, or a \
+                     backup, copy such a store",
+                    header.removed_events,
+                    header.bounds.len()
+                ),
+            }));
+        }
         if !known.format_and_check {
             put(bucket, "format", header.format.to_string().into_bytes()).await?;
             known.format_and_check = true;

@@ -376,6 +376,8 @@ impl Restore<'_> {
             keys: Vec::new(),
             key_check,
             consumers: Vec::new(),
+            removed_events: 0,
+            bounds: Vec::new(),
         };
         header.types = types;
         header.keys = keys;

@@ -260,6 +260,8 @@ pub(crate) fn decode_event(
         // The stream's own sequence and the message ids keep the order; the record is
         // rebuilt and checked by the replica's `verify`.
         checksum: None,
+        // A store with removals is not replicated (yet): every link is rebuilt.
+        links: None,
         ends_group: false,
     };
     event.ends_group = group_last == seq;
@@ -310,6 +312,7 @@ mod tests {
             payload: None,
             blob_ref: Some(vec![1, 2, 254, 255]),
             checksum: None,
+            links: None,
             ends_group: false,
         };
         let h = headers(&event, 5, 44);
@@ -384,6 +387,7 @@ mod tests {
                 payload: Some(b"p".to_vec()),
                 blob_ref: None,
                 checksum: None,
+                links: None,
                 ends_group: true,
             };
             for (i, name) in names.into_iter().enumerate() {

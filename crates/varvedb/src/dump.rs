@@ -43,6 +43,26 @@ pub struct ExportHeader {
     /// The durable consumers, with their positions and parked events. Projections (whose
     /// read model lives beside their cursor) are left out: they rebuild from the events.
     pub consumers: Vec<ExportConsumer>,
+    /// Events removed from the log (truncations, deletions, retention): the export's
+    /// sequences have gaps where they were, and an importer takes them.
+    pub removed_events: u64,
+    /// The streams that lost events, with their first kept version, tombstone and head.
+    pub bounds: Vec<ExportBounds>,
+}
+
+/// A stream that lost its first events ([`Storage::truncate_stream`](crate::Storage::truncate_stream),
+/// deletions, retention), as exported: an importer gives it the same bounds and, when none of
+/// its events is left, its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportBounds {
+    /// The stream.
+    pub stream_id: u128,
+    /// Its first kept version (its version plus one when none is kept).
+    pub first_kept: u32,
+    /// Whether it is tombstoned (takes no appends).
+    pub tombstoned: bool,
+    /// Its version, and the sequence of that version (perhaps removed), at the export.
+    pub head: (u32, u64),
 }
 
 /// An event type and its id in the exported store.
@@ -126,6 +146,10 @@ pub struct StoredEvent {
     /// envelope or header changed on the way. `None`: not checked (an export of before
     /// checksums, or a replication message).
     pub checksum: Option<u64>,
+    /// The record's chain links `(prev, jump)`, when one of them points into its stream's
+    /// removed versions: an importer cannot rebuild those, and takes them as given. `None`
+    /// for every other event (the importer rebuilds its links).
+    pub links: Option<(u64, u64)>,
     /// The event is the last of its commit group: the events since the previous one that
     /// ends a group were written by one transaction, and hold whole appends (an atomic
     /// append of several events never spans two groups). An importer does not need it;
@@ -185,7 +209,21 @@ pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHe
     storage.check_txn(txn)?;
     let dbs = storage.dbs();
     let raw = txn.raw();
-    refuse_removals(dbs, raw, "an export")?;
+    let mut bounds_out = Vec::new();
+    for entry in dbs.bounds.iter(raw).lmdb()? {
+        let (key, _) = entry.lmdb()?;
+        let Ok(key) = <[u8; 16]>::try_from(key) else {
+            continue;
+        };
+        let stream_id = u128::from_be_bytes(key);
+        let b = storage::stream_bounds(dbs, raw, stream_id)?;
+        bounds_out.push(ExportBounds {
+            stream_id,
+            first_kept: b.first_kept,
+            tombstoned: b.tombstoned,
+            head: storage::stream_head(dbs, raw, stream_id)?.unwrap_or((0, 0)),
+        });
+    }
     let mut types_out = Vec::new();
     for entry in dbs.types.iter(raw).lmdb()? {
         let (k, v) = entry.lmdb()?;
@@ -237,6 +275,8 @@ pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHe
         keys: keys_out,
         key_check: Crypto::key_check(&dbs.meta, raw)?,
         consumers: consumers_out,
+        removed_events: storage::meta_removed(dbs, raw)?,
+        bounds: bounds_out,
     })
 }
 
@@ -246,27 +286,6 @@ fn first_checksum(dbs: &Dbs, txn: &heed::RoTxn<'_, heed::WithoutTls>) -> Result<
         .next()
         .transpose()
         .map(|first| first.map(|e| stored_checksum(e.record)))
-}
-
-/// Exports and replication do not carry removals yet (the gaps, the streams' bounds, the
-/// tombstones): a store that has any is refused, so that no copy of it silently lacks them.
-pub(crate) fn refuse_removals(
-    dbs: &Dbs,
-    txn: &heed::RoTxn<'_, heed::WithoutTls>,
-    what: &str,
-) -> Result<()> {
-    let removed = storage::meta_removed(dbs, txn)?;
-    let bounded = dbs.bounds.first(txn).lmdb()?.is_some();
-    if removed > 0 || bounded {
-        return Err(Error::NotSupported {
-            reason: format!(
-                "{what} of a store with removed events ({removed} removed, or a tombstone): \
-                 exports and replication do not carry removals yet; a compacting backup \
-                 (`varvedb backup`) copies the store whole"
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// See [`Storage::export_events`](crate::Storage::export_events).
@@ -306,6 +325,7 @@ pub(crate) fn importer(storage: &Storage) -> Importer {
         heads: HashMap::new(),
         type_ids: TypeIds::default(),
         report: ImportReport::default(),
+        removals: None,
     }
 }
 
@@ -352,8 +372,29 @@ fn stored_event(dbs: &Dbs, txn: &heed::RoTxn<'_>, seq: u64, value: &[u8]) -> Res
         payload,
         blob_ref,
         checksum: Some(stored_checksum(value)),
+        links: removed_links(dbs, txn, &header)?,
         ends_group: false,
     })
+}
+
+/// A record's links, when one points into its stream's removed versions (see
+/// [`StoredEvent::links`]).
+fn removed_links(
+    dbs: &Dbs,
+    txn: &heed::RoTxn<'_>,
+    header: &RecordHeader,
+) -> Result<Option<(u64, u64)>> {
+    let jump = storage::jump_version(header.version);
+    let lowest = if jump > 0 {
+        jump.min(header.version - 1)
+    } else {
+        header.version.saturating_sub(1)
+    };
+    if lowest == 0 {
+        return Ok(None);
+    }
+    let first_kept = storage::stream_bounds(dbs, txn, header.stream_id)?.first_kept;
+    Ok((lowest < first_kept).then_some((header.links.prev, header.links.jump)))
 }
 
 /// A stream's head as the importer last committed it.
@@ -397,6 +438,16 @@ pub struct Importer {
     heads: HashMap<u128, ImportHead>,
     type_ids: TypeIds,
     report: ImportReport,
+    /// The export's removals: its sequences have gaps, and these streams start past version 1.
+    removals: Option<Removals>,
+}
+
+/// What an export says of its removed events (see [`ExportHeader::removed_events`]).
+#[derive(Debug, Clone, Default)]
+struct Removals {
+    removed_events: u64,
+    /// Each stream's first kept version.
+    first_kept: HashMap<u128, u32>,
 }
 
 impl std::fmt::Debug for Importer {
@@ -425,6 +476,16 @@ impl Importer {
             ));
         }
         self.last_seq = header.last_seq;
+        if header.removed_events > 0 || !header.bounds.is_empty() {
+            self.removals = Some(Removals {
+                removed_events: header.removed_events,
+                first_kept: header
+                    .bounds
+                    .iter()
+                    .map(|b| (b.stream_id, b.first_kept))
+                    .collect(),
+            });
+        }
         let storage = self.storage.clone();
         let accepts = |check: &[u8]| storage.crypto().accepts_check(check);
         let wait = storage.resize_wait();
@@ -490,6 +551,33 @@ impl Importer {
                         k.stream_id
                     ),
                 ));
+            }
+            // The streams' bounds, and the heads of those that kept no event (no event will
+            // bring them): before any event, so that a tombstone holds from the start.
+            for b in &header.bounds {
+                if b.first_kept == 0 || b.first_kept > b.head.0.saturating_add(1) {
+                    return Err(invalid(
+                        0,
+                        format!(
+                            "stream {:#x} keeps versions from {} but is at version {}",
+                            b.stream_id, b.first_kept, b.head.0
+                        ),
+                    ));
+                }
+                storage::put_stream_bounds(
+                    dbs,
+                    wtxn,
+                    b.stream_id,
+                    storage::StreamBounds {
+                        first_kept: b.first_kept,
+                        tombstoned: b.tombstoned,
+                    },
+                )?;
+                if b.first_kept > b.head.0
+                    && storage::stream_head(dbs, wtxn, b.stream_id)?.is_none()
+                {
+                    put_head(dbs, wtxn, b.stream_id, b.head.0, b.head.1)?;
+                }
             }
             for k in &header.keys {
                 let value: &[u8] = k.wrapped.as_deref().unwrap_or(TOMBSTONE);
@@ -637,7 +725,9 @@ impl Importer {
     /// Queues one event; a full batch is written (and flushed) before this returns.
     pub fn push(&mut self, event: StoredEvent) -> Result<()> {
         self.check_size(&event)?;
-        if event.seq != self.next_seq {
+        // An export with removed events has gaps where they were.
+        let gap_ok = self.removals.is_some() && event.seq > self.next_seq;
+        if event.seq != self.next_seq && !gap_ok {
             return Err(invalid(
                 event.seq,
                 format!(
@@ -647,7 +737,7 @@ impl Importer {
             ));
         }
         self.check_announced(event.seq)?;
-        self.next_seq = self.next_seq.saturating_add(1);
+        self.next_seq = event.seq.saturating_add(1);
         self.pending_bytes = self
             .pending_bytes
             .saturating_add(event.payload.as_ref().map_or(0, Vec::len));
@@ -753,7 +843,13 @@ impl Importer {
     pub fn finish(mut self, header: &ExportHeader) -> Result<ImportReport> {
         self.write_pending()?;
         let last = self.next_seq - 1;
-        if last != header.last_seq {
+        // With removals, every sequence up to the header's last is an event or a removed one.
+        let counted = self.report.imported + self.report.already_present + header.removed_events;
+        let whole = match &self.removals {
+            Some(_) => counted == header.last_seq && last <= header.last_seq,
+            None => last == header.last_seq,
+        };
+        if !whole {
             return Err(invalid(
                 last.saturating_add(1),
                 format!(
@@ -782,7 +878,11 @@ impl Importer {
         // to, it may be one the store deleted since the export, and is not brought back.
         let brought_events = self.report.imported > 0;
         let wait = self.storage.resize_wait();
+        let removals = self.removals.clone();
         let (written, kept) = self.storage.write(wait, |wtxn, dbs| {
+            if let Some(r) = &removals {
+                storage::set_removal_meta(dbs, wtxn, header.last_seq, r.removed_events)?;
+            }
             let (mut written, mut kept) = (0u64, 0u64);
             for c in &header.consumers {
                 let ours = consumer_position(dbs, wtxn, &c.name)?;
@@ -805,7 +905,7 @@ impl Importer {
                     park(dbs, wtxn, &c.name, p.seq, &p.reason)?;
                 }
             }
-            Ok(((written, kept), written > 0))
+            Ok(((written, kept), written > 0 || removals.is_some()))
         })?;
         self.storage.sync()?;
         self.report.consumers = written;
@@ -832,6 +932,7 @@ impl Importer {
         let pending = &self.pending;
         let cached_heads = &self.heads;
         let cached_types = &self.type_ids;
+        let removals = self.removals.as_ref();
         let (heads, types, present, store_last, last) =
             storage.write(storage.resize_wait(), |wtxn, dbs| {
                 let store_last = storage::last_seq(dbs, wtxn)?;
@@ -883,7 +984,7 @@ impl Importer {
                         std::collections::hash_map::Entry::Vacant(e) => {
                             let head = match cached_heads.get(&event.stream_id) {
                                 Some(h) => h.clone(),
-                                None => load_head(dbs, wtxn, event.stream_id)?,
+                                None => load_head(dbs, wtxn, event.stream_id, removals)?,
                             };
                             e.insert(head)
                         }
@@ -902,7 +1003,12 @@ impl Importer {
                             ),
                         ));
                     }
-                    let links = head.spine.push(event.version, event.seq);
+                    let mut links = head.spine.push(event.version, event.seq);
+                    // Links into the stream's removed versions come with the event: nothing
+                    // here could rebuild them (and no walk follows them).
+                    if let Some((prev, jump)) = event.links {
+                        links = Links { prev, jump };
+                    }
                     let built = build_record(event, links, type_id)?;
                     head.version = event.version;
                     head.seq = event.seq;
@@ -1014,9 +1120,27 @@ fn import_type_id(
     Ok(id)
 }
 
-fn load_head(dbs: &Dbs, txn: &heed::RoTxn<'_>, stream_id: u128) -> Result<ImportHead> {
-    let (version, seq) = storage::stream_head(dbs, txn, stream_id)?.unwrap_or((0, 0));
-    let spine = Spine::load(dbs, txn, stream_id, version, seq)?;
+fn load_head(
+    dbs: &Dbs,
+    txn: &heed::RoTxn<'_>,
+    stream_id: u128,
+    removals: Option<&Removals>,
+) -> Result<ImportHead> {
+    let head = storage::stream_head(dbs, txn, stream_id)?;
+    // A stream whose first versions were removed in the source starts past them.
+    let first_kept = removals
+        .and_then(|r| r.first_kept.get(&stream_id))
+        .copied()
+        .unwrap_or(1);
+    let (version, seq, spine) = match head {
+        Some((version, seq)) => (
+            version,
+            seq,
+            Spine::load(dbs, txn, stream_id, version, seq)?,
+        ),
+        None if first_kept > 1 => (first_kept - 1, 0, Spine::placeholder(first_kept - 1)),
+        None => (0, 0, Spine::default()),
+    };
     let key = dbs.keystore.get(txn, &stream_id.to_be_bytes()).lmdb()?;
     Ok(ImportHead {
         version,

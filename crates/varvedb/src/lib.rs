@@ -237,7 +237,8 @@ pub use writer::{Append, IntoOptions, SerializeEvent, Writer};
 /// `Storage::importer`). What `varvedb export` and `varvedb import` and replication use.
 pub mod export {
     pub use crate::dump::{
-        ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer, StoredEvent,
+        ExportBounds, ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer,
+        StoredEvent,
     };
 }
 

@@ -563,19 +563,83 @@ fn removals_race_appends_and_readers_without_an_error_or_an_inconsistent_read() 
     assert_eq!(stats.events + stats.deleted_events, stats.last_seq);
 }
 
+/// The header and every event of a store, as an export sees them.
+fn exported(storage: &Storage) -> (varvedb::ExportHeader, Vec<varvedb::StoredEvent>) {
+    let txn = storage.read_txn().unwrap();
+    let header = storage.export_header(&txn).unwrap();
+    // Where commit groups end is the store's own (an import makes its own transactions).
+    let events = storage
+        .export_events(&txn, 1)
+        .map(|e| varvedb::StoredEvent {
+            ends_group: false,
+            ..e.unwrap()
+        })
+        .collect();
+    (header, events)
+}
+
 #[test]
-fn an_export_of_a_store_with_removals_is_refused_until_exports_carry_them() {
+fn an_export_carries_removals_and_tombstones_and_imports_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
     let storage = open(&dir);
-    interleaved(&storage, 3);
-    let txn = storage.read_txn().unwrap();
-    assert!(storage.export_header(&txn).is_ok());
-    drop(txn);
+    interleaved(&storage, 12);
+    let writer = Writer::<Deposited>::new(storage.clone());
+    writer
+        .append(3, ExpectedVersion::Auto, &deposit(30))
+        .unwrap();
+    storage.truncate_stream(1, 9).unwrap();
+    storage.delete_stream(2).unwrap();
+    writer
+        .append(2, ExpectedVersion::Exact(12), &deposit(13))
+        .unwrap();
+    writer
+        .append(2, ExpectedVersion::Auto, &deposit(14))
+        .unwrap();
     storage.tombstone_stream(9).unwrap();
-    let txn = storage.read_txn().unwrap();
-    let err = storage.export_header(&txn).unwrap_err();
-    assert!(
-        matches!(&err, Error::NotSupported { reason } if reason.contains("removed events")),
-        "{err}"
+    writer
+        .append(4, ExpectedVersion::Auto, &deposit(40))
+        .unwrap();
+    // The log's last event goes: its sequence stays given.
+    storage.tombstone_stream(4).unwrap();
+    let (header, events) = exported(&storage);
+    assert!(header.removed_events > 0);
+    assert_eq!(header.bounds.len(), 4);
+    // Stream 2's first kept event and stream 1's carry links into removed versions.
+    assert!(events.iter().any(|e| e.links.is_some()));
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = open(&copy_dir);
+    let mut importer = copy.importer();
+    importer.begin(&header).unwrap();
+    for e in &events {
+        importer.push(e.clone()).unwrap();
+    }
+    let report = importer.finish(&header).unwrap();
+    assert_eq!(report.imported, events.len() as u64);
+    assert_clean(&copy);
+    // The copy exports the same: every record byte for byte (checksums), bounds and heads.
+    assert_eq!(exported(&copy), (header.clone(), events.clone()));
+    let (a, b) = (storage.stats().unwrap(), copy.stats().unwrap());
+    assert_eq!(
+        (a.events, a.deleted_events, a.last_seq),
+        (b.events, b.deleted_events, b.last_seq)
     );
+    // It behaves as the source: streams go on, tombstones refuse, sequences are not reused.
+    let copy_writer = Writer::<Deposited>::new(copy.clone());
+    for stream in [4u128, 9] {
+        let err = copy_writer
+            .append(stream, ExpectedVersion::Auto, &deposit(1))
+            .unwrap_err();
+        assert!(matches!(err, Error::StreamDeleted { .. }), "{err}");
+    }
+    let next = copy_writer
+        .append(1, ExpectedVersion::Exact(12), &deposit(100))
+        .unwrap();
+    let source_next = writer
+        .append(1, ExpectedVersion::Exact(12), &deposit(100))
+        .unwrap();
+    assert_eq!(next, source_next);
+    assert_eq!(amounts(&copy, 1, 1), amounts(&storage, 1, 1));
+    assert_eq!(amounts(&copy, 2, 1), [13, 14]);
+    assert_clean(&copy);
 }

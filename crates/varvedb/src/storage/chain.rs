@@ -290,6 +290,22 @@ impl Spine {
         Ok(Spine(entries))
     }
 
+    /// The spine of a stream at `version` whose records were all removed: the versions of its
+    /// jump spine, each at sequence 0 (no walk follows a link into removed versions).
+    pub(crate) fn placeholder(version: u32) -> Spine {
+        let mut entries = Vec::new();
+        let mut v = version;
+        while v > 0 {
+            entries.push((v, 0));
+            if v == 1 {
+                break;
+            }
+            v = jump_version(v);
+        }
+        entries.reverse();
+        Spine(entries)
+    }
+
     /// Appends version `version` at `seq` (the next version of the stream) and returns its links.
     pub(crate) fn push(&mut self, version: u32, seq: u64) -> Links {
         let s = &mut self.0;

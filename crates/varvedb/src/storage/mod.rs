@@ -48,9 +48,13 @@ use crate::config::StorageConfig;
 use crate::error::{Error, Result};
 use gate::Gate;
 
+pub(crate) use chain::jump_version;
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
-pub(crate) use removal::bounds as stream_bounds;
+pub(crate) use removal::{
+    Bounds as StreamBounds, bounds as stream_bounds, put_bounds as put_stream_bounds,
+    set_removal_meta,
+};
 pub use removal::{RemovalReport, RetentionPolicy, RetentionReport};
 pub use shred::ShredReport;
 pub use stats::Stats;

@@ -106,6 +106,23 @@ fn put_meta_u64(dbs: &Dbs, wtxn: &mut RwTxn<'_>, key: &str, value: u64) -> Resul
     dbs.meta.put(wtxn, key, &value.to_le_bytes()).lmdb()
 }
 
+/// An import's removals: the source's removed count, and its log's end when the log's last
+/// events were removed (so that their sequences are not given again).
+pub(crate) fn set_removal_meta(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    log_end: u64,
+    removed: u64,
+) -> Result<()> {
+    if super::last_seq(dbs, wtxn)? < log_end {
+        put_meta_u64(dbs, wtxn, META_LOG_END, log_end)?;
+    }
+    if removed > 0 {
+        put_meta_u64(dbs, wtxn, META_REMOVED, removed)?;
+    }
+    Ok(())
+}
+
 /// What a removal did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Removed {
