@@ -860,3 +860,56 @@ fn a_stopped_processor_replays_on_its_next_start_and_an_async_one_while_idle() {
     let h = rt.block_on(task).unwrap().unwrap();
     assert_eq!(h.seqs, [1, 2, 3, 4, 6, 5]);
 }
+
+/// A processor whose cursor falls inside a removed range goes on at the next kept event, with
+/// no error and no gap in what is kept; its lag counts only kept events.
+#[test]
+fn a_processor_whose_position_was_removed_continues_at_the_next_kept_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let writer = Writer::<Deposited>::new(storage.clone());
+    for i in 1..=30u64 {
+        writer
+            .append(u128::from(i % 3), ExpectedVersion::Auto, &deposit(i))
+            .unwrap();
+    }
+    // The processor had handled up to seq 4; then streams 0 and 1 lose their first 6 events
+    // (seqs 1..=17 of theirs), and stream 2 its first 3.
+    storage.reset_consumer("billing", 4).unwrap();
+    storage.truncate_stream(0, 7).unwrap();
+    storage.truncate_stream(1, 7).unwrap();
+    storage.truncate_stream(2, 4).unwrap();
+    let kept: Vec<u64> = {
+        let txn = storage.read_txn().unwrap();
+        Reader::<Deposited>::new(storage.clone())
+            .read_all(&txn, 5)
+            .map(|e| e.unwrap().seq())
+            .collect()
+    };
+    assert_eq!(kept.len(), 30 - 6 - 6 - 3 - 0, "{kept:?}");
+    let lag = storage.consumers().unwrap()[0].lag_events;
+    assert_eq!(lag, kept.len() as u64);
+    let processor = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        Balance::default(),
+        "billing",
+        storage.subscribe(),
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stop_rx.await;
+    }));
+    rt.block_on(async {
+        for _ in 0..400 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if storage.consumer_position("billing").unwrap() == Some(30) {
+                break;
+            }
+        }
+    });
+    stop_tx.send(()).unwrap();
+    let handler: Balance = rt.block_on(task).unwrap().unwrap();
+    assert_eq!(handler.seqs, kept);
+    assert_eq!(storage.consumers().unwrap()[0].lag_events, 0);
+}
