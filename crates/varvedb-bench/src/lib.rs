@@ -10,6 +10,7 @@ pub mod event;
 pub mod peers;
 pub mod report;
 pub mod scale;
+pub mod steady;
 pub mod store;
 mod workloads;
 

@@ -671,6 +671,71 @@ pub(crate) fn enforce_retention(storage: &super::Storage) -> Result<RetentionRep
 /// The most removals one enforcement plans at a time (32 bytes each); past it, it plans again.
 const PLAN_MAX: usize = 1 << 20;
 
+/// The `(seq, stream, version)` of the versions below each `(stream, before)` still in the
+/// log, ascending by sequence, at most [`PLAN_MAX`]. When they are a good part of the stretch of
+/// the log they lie in (an age limit takes the log's oldest events, of every stream), the
+/// stretch is scanned in order, a few tens of nanoseconds a record; otherwise each stream's
+/// chain is walked from its last version to go, a lookup per version.
+fn plan_removals(
+    dbs: &Dbs,
+    txn: &RoTxn<'_, heed::WithoutTls>,
+    work: &[(u128, u32)],
+) -> Result<Vec<(u64, u128, u32)>> {
+    // Each stream's range of versions to remove, and of sequences they lie in.
+    let mut ranges: std::collections::HashMap<u128, (u32, u32)> = std::collections::HashMap::new();
+    let (mut lo, mut hi, mut total) = (u64::MAX, 0u64, 0u64);
+    for &(stream_id, before) in work {
+        let first_kept = bounds(dbs, txn, stream_id)?.first_kept;
+        let version = super::stream_head(dbs, txn, stream_id)?.map_or(0, |(v, _)| v);
+        let before = before.min(version.saturating_add(1));
+        if before <= first_kept {
+            continue;
+        }
+        let first = super::chain::version_at(dbs, txn, stream_id, first_kept)?;
+        let last = super::chain::version_at(dbs, txn, stream_id, before - 1)?;
+        if let (Some(first), Some(last)) = (first, last) {
+            lo = lo.min(first.seq);
+            hi = hi.max(last.seq);
+        }
+        total += u64::from(before - first_kept);
+        ranges.insert(stream_id, (first_kept, before));
+    }
+    let mut plan = Vec::new();
+    if ranges.is_empty() {
+        return Ok(plan);
+    }
+    if total.saturating_mul(8) >= hi.saturating_sub(lo).saturating_add(1) {
+        for entry in super::LogIter::open(Ok(()), dbs, txn, lo, true) {
+            let entry = entry?;
+            if entry.seq > hi || plan.len() >= PLAN_MAX {
+                break;
+            }
+            let Some(peek) = super::record::peek(entry.record) else {
+                return Err(Error::corrupt(entry.seq, "unreadable record header"));
+            };
+            if let Some(&(first_kept, before)) = ranges.get(&peek.stream_id)
+                && (first_kept..before).contains(&peek.version)
+            {
+                plan.push((entry.seq, peek.stream_id, peek.version));
+            }
+        }
+        return Ok(plan);
+    }
+    for (&stream_id, &(first_kept, before)) in &ranges {
+        if plan.len() >= PLAN_MAX {
+            break;
+        }
+        let seqs = stream_seqs(dbs, txn, stream_id, first_kept, before)?;
+        plan.extend(
+            seqs.into_iter()
+                .zip(first_kept..)
+                .map(|(seq, version)| (seq, stream_id, version)),
+        );
+    }
+    plan.sort_unstable_by_key(|(seq, _, _)| *seq);
+    Ok(plan)
+}
+
 /// Removes, for each `(stream, before)`, the stream's versions below `before`, in log order:
 /// a pack that holds events of many streams (one commit of many streams) is rewritten once,
 /// not once per stream. Transactions of at most [`REMOVAL_BATCH`] events, each flushed; each
@@ -680,31 +745,16 @@ fn remove_in_log_order(storage: &super::Storage, work: &[(u128, u32)]) -> Result
     let inline_max = storage.inline_record_max();
     let mut report = RetentionReport::default();
     let mut touched = std::collections::HashSet::new();
-    let mut pending: &[(u128, u32)] = work;
-    while !pending.is_empty() {
-        // Plan: (seq, stream, version) of what goes, from one snapshot.
-        let mut plan: Vec<(u64, u128, u32)> = Vec::new();
-        let mut planned = 0;
-        {
+    loop {
+        // Plan: (seq, stream, version) of what goes, from one snapshot, at most PLAN_MAX;
+        // a plan cut short is made again after it ran (the streams' bounds have moved).
+        let mut plan = {
             let txn = storage.read_txn()?;
-            let dbs = storage.dbs();
-            for &(stream_id, before) in pending {
-                if plan.len() >= PLAN_MAX {
-                    break;
-                }
-                planned += 1;
-                let first_kept = bounds(dbs, txn.raw(), stream_id)?.first_kept;
-                let version = super::stream_head(dbs, txn.raw(), stream_id)?.map_or(0, |(v, _)| v);
-                let before = before.min(version.saturating_add(1));
-                let seqs = stream_seqs(dbs, txn.raw(), stream_id, first_kept, before)?;
-                plan.extend(
-                    seqs.into_iter()
-                        .zip(first_kept..)
-                        .map(|(seq, version)| (seq, stream_id, version)),
-                );
-            }
+            plan_removals(storage.dbs(), txn.raw(), work)?
+        };
+        if plan.is_empty() {
+            break;
         }
-        pending = &pending[planned..];
         plan.sort_unstable_by_key(|(seq, _, _)| *seq);
         for batch in plan.chunks(REMOVAL_BATCH as usize) {
             let removed = storage.write_durable(|wtxn, dbs| {
