@@ -173,16 +173,7 @@ async fn source_stream(context: &js::Context, name: &str) -> Result<js::stream::
 /// last sequence.
 pub async fn check_source(config: &RestoreConfig) -> Result<u64, Error> {
     check_stream_name(&config.stream)?;
-    let client = connect(&config.url, config.timeout, config.connect_timeout).await?;
-    let context = js::context::ContextBuilder::new()
-        .timeout(config.timeout)
-        .build(client);
-    let mut stream = source_stream(&context, &config.stream).await?;
-    let bucket_name = keys_bucket(&config.stream);
-    let bucket = context
-        .get_key_value(&bucket_name)
-        .await
-        .map_err(|e| nats(format!("key-value bucket {bucket_name}: {e}")))?;
+    let (mut stream, bucket, bucket_name) = open_source(config, &mut false).await?;
     if bucket.get("format").await.map_err(nats)?.is_none() {
         return Err(nats(format!(
             "{bucket_name} has no format entry: nothing was replicated to {}",
@@ -190,6 +181,26 @@ pub async fn check_source(config: &RestoreConfig) -> Result<u64, Error> {
         )));
     }
     Ok(stream.info().await.map_err(nats)?.state.last_sequence)
+}
+
+/// Connects to the source (setting `connected` once it has), and opens its JetStream stream and
+/// key-value bucket (with the bucket's name).
+async fn open_source(
+    config: &RestoreConfig,
+    connected: &mut bool,
+) -> Result<(js::stream::Stream, kv::Store, String), Error> {
+    let client = connect(&config.url, config.timeout, config.connect_timeout).await?;
+    *connected = true;
+    let context = js::context::ContextBuilder::new()
+        .timeout(config.timeout)
+        .build(client);
+    let stream = source_stream(&context, &config.stream).await?;
+    let bucket_name = keys_bucket(&config.stream);
+    let bucket = context
+        .get_key_value(&bucket_name)
+        .await
+        .map_err(|e| nats(format!("key-value bucket {bucket_name}: {e}")))?;
+    Ok((stream, bucket, bucket_name))
 }
 
 /// One connected stretch of a restore.
@@ -201,17 +212,7 @@ async fn session(
     progress: &mut impl FnMut(&RestoreReport),
     connected: &mut bool,
 ) -> Result<(), Error> {
-    let client = connect(&config.url, config.timeout, config.connect_timeout).await?;
-    *connected = true;
-    let context = js::context::ContextBuilder::new()
-        .timeout(config.timeout)
-        .build(client);
-    let mut stream = source_stream(&context, &config.stream).await?;
-    let bucket_name = keys_bucket(&config.stream);
-    let bucket = context
-        .get_key_value(&bucket_name)
-        .await
-        .map_err(|e| nats(format!("key-value bucket {bucket_name}: {e}")))?;
+    let (mut stream, bucket, bucket_name) = open_source(config, connected).await?;
     let format = match bucket.get("format").await.map_err(nats)? {
         Some(v) => std::str::from_utf8(&v)
             .ok()

@@ -233,6 +233,16 @@ pub(crate) fn get_pack<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Op
     if seq == 0 {
         return Ok(None);
     }
+    Ok(pack_at_or_after(dbs, txn, seq)?.filter(|pack| pack.contains(seq)))
+}
+
+/// The first pack whose last sequence is `seq` or later: the one holding `seq`, or, where
+/// `seq` was removed, the next one.
+pub(crate) fn pack_at_or_after<'t>(
+    dbs: &Dbs,
+    txn: &'t RoTxn<'_>,
+    seq: u64,
+) -> Result<Option<Pack<'t>>> {
     let Some((key, value)) = dbs
         .events
         .get_greater_than_or_equal_to(txn, &keys::seq_key(seq))
@@ -242,8 +252,7 @@ pub(crate) fn get_pack<'t>(dbs: &Dbs, txn: &'t RoTxn<'_>, seq: u64) -> Result<Op
     };
     let last = keys::decode_seq_key(key)
         .ok_or_else(|| Error::corrupt(seq, format!("malformed events-log key {key:02x?}")))?;
-    let pack = Pack::parse(last, value)?;
-    Ok(pack.contains(seq).then_some(pack))
+    Pack::parse(last, value).map(Some)
 }
 
 /// The pack whose last record is `seq`, found by an exact lookup of its inline key (LMDB's

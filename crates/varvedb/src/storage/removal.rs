@@ -390,16 +390,9 @@ pub(crate) fn record_at_or_after(
     txn: &RoTxn<'_>,
     seq: u64,
 ) -> Result<Option<(u64, u64)>> {
-    let Some((key, value)) = dbs
-        .events
-        .get_greater_than_or_equal_to(txn, &keys::seq_key(seq.max(1)))
-        .lmdb()?
-    else {
+    let Some(pack) = super::pack::pack_at_or_after(dbs, txn, seq.max(1))? else {
         return Ok(None);
     };
-    let last = keys::decode_seq_key(key)
-        .ok_or_else(|| Error::corrupt(seq, format!("malformed events-log key {key:02x?}")))?;
-    let pack = Pack::parse(last, value)?;
     let at = seq.max(pack.first());
     let record = pack.record(at)?;
     Ok(Some((at, super::record::open(at, record)?.0.timestamp_ns)))
