@@ -643,3 +643,19 @@ fn an_export_carries_removals_and_tombstones_and_imports_byte_for_byte() {
     assert_eq!(amounts(&copy, 2, 1), [13, 14]);
     assert_clean(&copy);
 }
+
+#[test]
+fn removals_are_counted_in_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    interleaved(&storage, 4);
+    storage.delete_stream(1).unwrap();
+    let text = storage.metrics_text();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert_eq!(value("varvedb_deleted_events_total "), 4.0);
+    assert!(value("varvedb_reclaimed_bytes_total ") > 0.0);
+}
