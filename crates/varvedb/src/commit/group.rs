@@ -526,12 +526,13 @@ fn check(
         // key, and a new stream of an encrypted store gets one. Encryption is the store's: a
         // handle without the master key cannot create a stream in an encrypted store (it would
         // be plaintext, and could never be shredded).
-        // A tombstoned stream takes nothing (a lookup of a table that is usually empty).
-        if crate::storage::stream_bounds(dbs, wtxn, stream_id)?.tombstoned {
-            return Err(Error::StreamDeleted { stream_id });
-        }
         let head = heads.get(dbs, wtxn, stream_id)?;
         if head.mode.is_none() {
+            // Once per stream and group, with its key: a tombstoned stream takes nothing (a
+            // lookup of a table that is usually empty). No removal runs inside a group.
+            if crate::storage::stream_bounds(dbs, wtxn, stream_id)?.tombstoned {
+                return Err(Error::StreamDeleted { stream_id });
+            }
             head.mode = Some(match crypto.stream_key(dbs, wtxn, stream_id, Txn::Write)? {
                 StreamKey::Shredded => return Err(Error::StreamShredded { stream_id }),
                 StreamKey::Key(key) => Mode::Key(key),

@@ -271,20 +271,22 @@ impl Spine {
         let mut entries = Vec::new();
         let (mut version, mut seq) = (version, seq);
         // Versions below the first kept one were removed: their records cannot be read, and
-        // no walk ever follows a link to them (it never goes below the first kept version), so
-        // their entries keep the sequence the link named, or 0 past the first removed one.
+        // no walk ever follows a link to them (it never goes below the first kept version).
+        // The first removed entry keeps the sequence its link named; the rest are
+        // placeholders.
         let first_kept = super::removal::bounds(dbs, txn, stream_id)?.first_kept;
-        while version > 0 {
+        while version >= first_kept.max(1) {
             entries.push((version, seq));
             if version == 1 {
                 break;
             }
-            let jump = if version >= first_kept {
-                hop(dbs, txn, stream_id, version, seq)?.1.jump
-            } else {
-                0
-            };
-            (version, seq) = (jump_version(version), jump);
+            let (_, links) = hop(dbs, txn, stream_id, version, seq)?;
+            (version, seq) = (jump_version(version), links.jump);
+        }
+        if version > 0 && version < first_kept {
+            let below = Spine::placeholder(version);
+            entries.push((version, seq));
+            entries.extend(below.0.into_iter().rev().skip(1));
         }
         entries.reverse();
         Ok(Spine(entries))

@@ -315,50 +315,34 @@ pub(crate) fn remove_stream(
     stream_id: u128,
     how: Removal,
 ) -> Result<RemovalReport> {
-    let inline_max = storage.inline_record_max();
-    let mut report = RemovalReport::default();
-    loop {
-        let (done, batch) = storage.write_durable(|wtxn, dbs| {
-            let head = super::stream_head(dbs, wtxn, stream_id)?;
-            let mut bounds = bounds(dbs, wtxn, stream_id)?;
-            let version = head.map_or(0, |(v, _)| v);
-            if head.is_none() && how != Removal::Tombstone {
-                return Err(Error::StreamNotFound { stream_id });
-            }
-            let before = match how {
-                Removal::Before(v) => v.min(version.saturating_add(1)),
-                Removal::All | Removal::Tombstone => version.saturating_add(1),
-            };
-            // The tombstone first: from this transaction on, appends are refused.
-            let tombstone = how == Removal::Tombstone && !bounds.tombstoned;
-            bounds.tombstoned |= how == Removal::Tombstone;
-            let end = before.min(bounds.first_kept.saturating_add(REMOVAL_BATCH));
-            let seqs = if end > bounds.first_kept {
-                stream_seqs(dbs, wtxn, stream_id, bounds.first_kept, end)?
-            } else {
-                Vec::new()
-            };
-            let removed = remove_records(dbs, wtxn, inline_max, &seqs)?;
-            let moved = end > bounds.first_kept;
-            if moved {
-                bounds.first_kept = end;
-            }
-            if moved || tombstone {
-                put_bounds(dbs, wtxn, stream_id, bounds)?;
-            }
-            let done = bounds.first_kept >= before;
-            Ok(((done, (removed, bounds.first_kept)), moved || tombstone))
-        })?;
-        let (removed, first_kept) = batch;
-        report.events_removed += removed.events;
-        report.bytes_reclaimed += removed.bytes;
-        report.first_kept = first_kept;
-        storage.metrics().deleted_events.inc_by(removed.events);
-        storage.metrics().reclaimed_bytes.inc_by(removed.bytes);
-        if done {
-            return Ok(report);
+    // First, on its own: the stream must have events (a tombstone may also keep one that has
+    // none from being made), and a tombstone holds from this transaction on.
+    let before = storage.write_durable(|wtxn, dbs| {
+        let head = super::stream_head(dbs, wtxn, stream_id)?;
+        if head.is_none() && how != Removal::Tombstone {
+            return Err(Error::StreamNotFound { stream_id });
         }
-    }
+        let end = head.map_or(0, |(v, _)| v).saturating_add(1);
+        let mut b = bounds(dbs, wtxn, stream_id)?;
+        let tombstone = how == Removal::Tombstone && !b.tombstoned;
+        if tombstone {
+            b.tombstoned = true;
+            put_bounds(dbs, wtxn, stream_id, b)?;
+        }
+        let before = match how {
+            Removal::Before(v) => v.min(end),
+            Removal::All | Removal::Tombstone => end,
+        };
+        Ok((before, tombstone))
+    })?;
+    // Then the events, as retention removes them.
+    let removed = remove_in_log_order(storage, &[(stream_id, before)])?;
+    let txn = storage.read_txn()?;
+    Ok(RemovalReport {
+        events_removed: removed.events_removed,
+        bytes_reclaimed: removed.bytes_reclaimed,
+        first_kept: bounds(storage.dbs(), txn.raw(), stream_id)?.first_kept,
+    })
 }
 
 /// The events kept after `position` up to the log's end `head`: `head - position` when nothing
