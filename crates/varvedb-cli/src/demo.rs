@@ -340,10 +340,15 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     );
     // A few of the Prometheus metrics this run produced (`varvedb metrics` prints them all).
     // They are this process's counters: they count this run's appends, not the store's.
-    println!(
-        "metrics of this run (this process's counters: its {appended} events, not the store's {}):",
-        stats.events
-    );
+    if before == 0 {
+        println!("metrics of this run (this process's counters: its {appended} events):");
+    } else {
+        println!(
+            "metrics of this run (this process's counters: its {appended} events, not the \
+             store's {}):",
+            stats.events
+        );
+    }
     for line in storage.metrics_text().lines() {
         let shown = [
             "varvedb_append_events_total ",
