@@ -162,6 +162,10 @@ pub fn restore(
             format!(", {} streams shredded", report.shredded)
         } else {
             String::new()
+        } + &if report.removed > 0 {
+            format!(", {} events removed at the source", report.removed)
+        } else {
+            String::new()
         }
     );
     Ok(())

@@ -138,8 +138,9 @@ pub struct ReplicatorConfig {
     /// How long a publish waits for its acknowledgement before it counts as lost (it is then
     /// sent again, and deduplicated if it had landed). Default 5 s.
     pub ack_timeout: Duration,
-    /// How often a following replicator looks for shredded or new stream keys when no event
-    /// asks for it. Default 2 s.
+    /// How often a following replicator looks for shredded or new stream keys, removals
+    /// (truncations, deletions, tombstones) and retention policies when no event asks for it.
+    /// Default 2 s.
     pub key_sync_interval: Duration,
     /// How long the first connection to the server is tried before the replicator gives up
     /// with [`Error::Unreachable`]. Default 10 s.
@@ -196,6 +197,12 @@ impl ReplicatorConfig {
     /// Sets the JetStream stream's deduplication window (used when the replicator creates it).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
+        self
+    }
+
+    /// Sets how often keys, removals and policies are looked for when no event asks for it.
+    pub fn key_sync_interval(mut self, interval: Duration) -> Self {
+        self.key_sync_interval = interval;
         self
     }
 

@@ -10,7 +10,7 @@ use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
 use async_nats::jetstream::{self as js};
-use varvedb::{Storage, StoredEvent};
+use varvedb::{RetentionPolicy, Storage, StoredEvent, StreamRemoval};
 
 use crate::{Error, ReplicatorConfig, check_stream_name, connect, keys_bucket, nats, wire};
 
@@ -63,6 +63,25 @@ struct Known {
     /// The master-key check published last.
     check: Option<Vec<u8>>,
     last_key_sync: Option<Instant>,
+    /// The removals published (bounds entries written, the stream's messages purged), by
+    /// stream.
+    removals: HashMap<u128, StreamRemoval>,
+    /// The store's removed count when its removals were last published.
+    removed_seen: Option<u64>,
+    /// The retention policies published: the default (`None`) and each stream's.
+    policies: HashMap<Option<u128>, RetentionPolicy>,
+    /// Whether the bucket's policy entries were compared with the store's this run (a
+    /// policy dropped while the replicator was stopped is dropped in the bucket too).
+    policies_listed: bool,
+}
+
+/// A chunk of the log: its events with their record links, and the last sequence it covers
+/// (every sequence from the chunk's first to it is an event here or a removed one).
+struct Chunk {
+    events: Vec<(StoredEvent, (u64, u64))>,
+    end: u64,
+    /// The store's removals in the chunk's snapshot, when they changed since the last sync.
+    removals: Option<(u64, Vec<StreamRemoval>)>,
 }
 
 impl Replicator {
@@ -224,9 +243,24 @@ impl Replicator {
                 .is_none_or(|t| t.elapsed() >= self.config.key_sync_interval);
             if due {
                 self.sync_meta(&bucket, known).await?;
+                let (removed, removals) = {
+                    let txn = self.storage.read_txn()?;
+                    (
+                        self.storage.removed_events(&txn)?,
+                        self.storage.stream_removals(&txn)?,
+                    )
+                };
+                self.sync_removals(&stream, &bucket, known, removed, removals)
+                    .await?;
             }
-            let chunk = self.read_chunk(position + 1)?;
-            if chunk.is_empty() {
+            let mut chunk = self.read_chunk(position + 1, known)?;
+            // The removals the chunk's gaps come from are in the bucket before any of it is
+            // published: a restorer that meets a gap finds what explains it.
+            if let Some((removed, removals)) = chunk.removals.take() {
+                self.sync_removals(&stream, &bucket, known, removed, removals)
+                    .await?;
+            }
+            if chunk.end <= position {
                 if position > committed {
                     self.storage
                         .reset_consumer(&self.config.consumer, position)?;
@@ -243,7 +277,7 @@ impl Replicator {
                     tokio::time::timeout(self.config.key_sync_interval, changes.changed()).await;
                 continue;
             }
-            let needs_sync = chunk.iter().any(|e| {
+            let needs_sync = chunk.events.iter().any(|(e, _)| {
                 known.type_id(e).is_none()
                     || (e.encrypted && !known.keys.contains_key(&e.stream_id))
             });
@@ -251,7 +285,7 @@ impl Replicator {
                 self.sync_meta(&bucket, known).await?;
             }
             position = self
-                .publish_chunk(client, context, chunk, known, report)
+                .publish_chunk(client, context, position + 1, chunk, known, report)
                 .await?;
             report.position = position;
             if position - committed >= CHUNK_EVENTS as u64 || committed_at.elapsed() >= CURSOR_EVERY
@@ -317,19 +351,6 @@ impl Replicator {
             let txn = self.storage.read_txn()?;
             self.storage.export_header(&txn)?
         };
-        // Messages do not carry removals yet (the gaps, the bounds, the tombstones): a store
-        // that has any is refused, rather than copied without them.
-        if header.removed_events > 0 || !header.bounds.is_empty() {
-            return Err(Error::Store(varvedb::Error::NotSupported {
-                reason: format!(
-                    "replication of a store with removed events ({} removed, {} streams with \
-                     bounds): messages do not carry removals yet; export and import, or a \
-                     backup, copy such a store",
-                    header.removed_events,
-                    header.bounds.len()
-                ),
-            }));
-        }
         if !known.format_and_check {
             put(bucket, "format", header.format.to_string().into_bytes()).await?;
             known.format_and_check = true;
@@ -353,7 +374,94 @@ impl Replicator {
                 known.keys.insert(k.stream_id, k.wrapped);
             }
         }
+        self.sync_policies(bucket, known).await?;
         known.last_key_sync = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Publishes the retention policies that changed, and drops from the bucket those the
+    /// store no longer has.
+    async fn sync_policies(&self, bucket: &kv::Store, known: &mut Known) -> Result<(), Error> {
+        let now: HashMap<Option<u128>, RetentionPolicy> =
+            self.storage.retention_policies()?.into_iter().collect();
+        if !known.policies_listed {
+            let mut keys = bucket
+                .keys()
+                .await
+                .map_err(|e| nats(format!("key-value keys: {e}")))?;
+            while let Some(key) = futures_util::StreamExt::next(&mut keys).await {
+                let key = key.map_err(|e| nats(format!("key-value keys: {e}")))?;
+                if let Some(stream) = wire::parse_policy_entry(&key) {
+                    // What the bucket holds is compared below as if published.
+                    known.policies.insert(stream, RetentionPolicy::default());
+                }
+            }
+            known.policies_listed = true;
+        }
+        for (stream, policy) in &now {
+            if known.policies.get(stream) != Some(policy) {
+                put(
+                    bucket,
+                    &wire::policy_entry(*stream),
+                    wire::encode_policy(policy),
+                )
+                .await?;
+                known.policies.insert(*stream, *policy);
+            }
+        }
+        let dropped: Vec<Option<u128>> = known
+            .policies
+            .keys()
+            .filter(|s| !now.contains_key(s))
+            .copied()
+            .collect();
+        for stream in dropped {
+            put(bucket, &wire::policy_entry(stream), Vec::new()).await?;
+            known.policies.remove(&stream);
+        }
+        Ok(())
+    }
+
+    /// Publishes the removals that changed since the last sync: each stream's bounds entry
+    /// goes to the bucket first, then its removed messages leave the JetStream stream (a purge
+    /// of its subject below its first kept event).
+    async fn sync_removals(
+        &self,
+        stream: &stream::Stream,
+        bucket: &kv::Store,
+        known: &mut Known,
+        removed: u64,
+        removals: Vec<StreamRemoval>,
+    ) -> Result<(), Error> {
+        for r in removals {
+            let before = known.removals.get(&r.stream_id).copied();
+            if before == Some(r) {
+                continue;
+            }
+            put(
+                bucket,
+                &wire::bounds_entry(r.stream_id),
+                wire::encode_removal(&r),
+            )
+            .await?;
+            let (_, last_removed_seq) = r.last_removed;
+            if last_removed_seq > 0 {
+                let subject = format!("{}.{}", self.config.subject_prefix, r.stream_id);
+                stream
+                    .purge()
+                    .filter(subject)
+                    .sequence(last_removed_seq + 1)
+                    .await
+                    .map_err(|e| {
+                        nats(format!(
+                            "purge of stream {}'s removed events: {e}",
+                            r.stream_id
+                        ))
+                    })?;
+            }
+            known.removals.insert(r.stream_id, r);
+        }
+        known.removed_seen = Some(removed);
         Ok(())
     }
 
@@ -395,32 +503,48 @@ impl Replicator {
             return Ok(server_last);
         }
         // Published before a crash or a lost acknowledgement, not yet committed: each must
-        // be the store's event, or the stream holds another log.
-        let ours: Vec<StoredEvent> = {
+        // be the store's event (or the place of one it removed), or the stream holds another
+        // log.
+        let ours: HashMap<u64, StoredEvent> = {
             let txn = self.storage.read_txn()?;
             self.storage
                 .export_events(&txn, position + 1)
-                .take((server_last - position) as usize)
+                .take_while(|e| e.as_ref().map_or(true, |e| e.seq <= server_last))
+                .map(|e| e.map(|e| (e.seq, e)))
                 .collect::<Result<_, _>>()?
         };
-        for event in &ours {
-            let seq = event.seq;
+        for seq in position + 1..=server_last {
             let message = match stream.get_raw_message(seq).await {
                 Ok(m) => m,
-                // Removed by the stream's own limits (age, count): nothing to compare.
+                // Purged (a removal) or removed by the stream's own limits: nothing to compare.
                 Err(e) if matches!(e.kind(), LastRawMessageErrorKind::NoMessageFound) => continue,
                 Err(e) => return Err(nats(e)),
             };
-            let theirs = wire::decode_event(seq, Some(&message.headers), &message.payload)
+            let theirs = wire::decode_message(seq, Some(&message.headers), &message.payload)
                 .map_err(|e| Error::Diverged {
                     seq,
                     reason: e.to_string(),
                 })?;
-            if !event.is_same_event_as(&theirs.event) {
-                return Err(Error::Diverged {
-                    seq,
-                    reason: "the message there is not this store's event".into(),
-                });
+            match (theirs, ours.get(&seq)) {
+                // The event removed since it was published: its purge follows.
+                (wire::Message::Event(_), None) => {}
+                (wire::Message::Event(theirs), Some(event)) => {
+                    if !event.is_same_event_as(&theirs.event) {
+                        return Err(Error::Diverged {
+                            seq,
+                            reason: "the message there is not this store's event".into(),
+                        });
+                    }
+                }
+                (wire::Message::Removed, None) => {}
+                (wire::Message::Removed, Some(_)) => {
+                    return Err(Error::Diverged {
+                        seq,
+                        reason: "the message there stands for a removed event, and the store \
+                                 has this event"
+                            .into(),
+                    });
+                }
             }
         }
         report.adopted += server_last - position;
@@ -429,37 +553,71 @@ impl Replicator {
         Ok(server_last)
     }
 
-    /// The events from `from` on, up to a chunk's size, ending at the end of a commit group.
-    fn read_chunk(&self, from: u64) -> Result<Vec<StoredEvent>, Error> {
+    /// The log from `from` on, up to a chunk's size, ending at the end of a commit group, or
+    /// inside a run of removed events between groups.
+    fn read_chunk(&self, from: u64, known: &Known) -> Result<Chunk, Error> {
         let txn = self.storage.read_txn()?;
-        let mut out = Vec::new();
+        let last = self.storage.last_seq(&txn)?;
+        let removed = self.storage.removed_events(&txn)?;
+        let removals = if known.removed_seen != Some(removed) {
+            Some((removed, self.storage.stream_removals(&txn)?))
+        } else {
+            None
+        };
+        // A run of removed sequences becomes as many messages: at most a chunk's worth.
+        let gap_end = |covered: u64| covered.max(from - 1 + CHUNK_EVENTS as u64);
+        let mut events = Vec::new();
         let mut bytes = 0usize;
+        // The last sequence covered, and whether it ends a commit group.
+        let (mut covered, mut between_groups) = (from - 1, true);
+        let mut end = None;
         for event in self.storage.export_events(&txn, from) {
             let event = event?;
+            if between_groups && event.seq - 1 > gap_end(covered) {
+                end = Some(gap_end(covered));
+                break;
+            }
+            let links = self
+                .storage
+                .record_links(&txn, event.seq)?
+                .unwrap_or((0, 0));
             bytes += event.payload.as_ref().map_or(0, Vec::len);
-            let ends = event.ends_group;
-            out.push(event);
-            if ends && (out.len() >= CHUNK_EVENTS || bytes >= CHUNK_BYTES) {
+            (covered, between_groups) = (event.seq, event.ends_group);
+            events.push((event, links));
+            if between_groups && (events.len() >= CHUNK_EVENTS || bytes >= CHUNK_BYTES) {
+                end = Some(covered);
                 break;
             }
         }
-        Ok(out)
+        // Past the last event, the log's last sequences may be removed ones.
+        let end = end.unwrap_or(if between_groups {
+            last.min(gap_end(covered))
+        } else {
+            last
+        });
+        Ok(Chunk {
+            events,
+            end,
+            removals,
+        })
     }
 
-    /// Publishes a chunk with up to `max_in_flight` acknowledgements outstanding; returns the
-    /// last sequence acknowledged (the chunk's last).
+    /// Publishes a chunk that starts at `from`, with up to `max_in_flight` acknowledgements
+    /// outstanding: each event, and for each removed sequence a message that stands for it.
+    /// Returns the last sequence acknowledged (the chunk's end).
     async fn publish_chunk(
         &self,
         client: &async_nats::Client,
         context: &js::Context,
-        chunk: Vec<StoredEvent>,
+        from: u64,
+        chunk: Chunk,
         known: &Known,
         report: &mut ReplicationReport,
     ) -> Result<u64, Error> {
         // Each event's group ends at the next event that ends one (the chunk ends a group).
-        let mut group_last = vec![0u64; chunk.len()];
-        let mut end = chunk.last().map_or(0, |e| e.seq);
-        for (i, e) in chunk.iter().enumerate().rev() {
+        let mut group_last = vec![0u64; chunk.events.len()];
+        let mut end = chunk.events.last().map_or(0, |(e, _)| e.seq);
+        for (i, (e, _)) in chunk.events.iter().enumerate().rev() {
             if e.ends_group {
                 end = e.seq;
             }
@@ -468,14 +626,41 @@ impl Replicator {
         let max_payload = client.server_info().max_payload;
         let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
         let mut last = 0;
-        for (mut event, group_last) in chunk.into_iter().zip(group_last) {
+        let mut next = from;
+        let removed_subject = wire::removed_subject(&self.config.subject_prefix);
+        let chunk_end = chunk.end;
+        let mut events = chunk.events.into_iter().zip(group_last).peekable();
+        while next <= chunk_end {
+            let is_event = events.peek().is_some_and(|((e, _), _)| e.seq == next);
+            if !is_event {
+                // Removed before it was published: a message keeps its place.
+                let message = PublishMessage::build()
+                    .headers(wire::removed_headers(next))
+                    .expected_last_sequence(next - 1);
+                let ack = context
+                    .send_publish(removed_subject.clone(), message)
+                    .await
+                    .map_err(|e| nats(format!("publish of removed event {next}: {e}")))?;
+                in_flight.push_back((next, ack));
+                while in_flight.len() >= self.config.max_in_flight {
+                    if let Some((seq, ack)) = in_flight.pop_front() {
+                        last = acknowledged(seq, ack, report).await?;
+                    }
+                }
+                next += 1;
+                continue;
+            }
+            let Some(((mut event, links), group_last)) = events.next() else {
+                break;
+            };
+            next = event.seq + 1;
             let type_id = known.type_id(&event).ok_or_else(|| {
                 Error::Store(varvedb::Error::CorruptType {
                     id: 0,
                     reason: format!("event {} names a type the store does not list", event.seq),
                 })
             })?;
-            let headers = wire::headers(&event, type_id, group_last);
+            let headers = wire::headers(&event, type_id, links, group_last);
             let payload = event.payload.take().unwrap_or_default();
             let size = payload.len() + header_len(&headers);
             if max_payload > 0 && size > max_payload {

@@ -1,14 +1,14 @@
 //! The restorer: a store rebuilt from a JetStream stream the replicator wrote, whole commit
 //! groups at a time, optionally following it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self as js, kv};
 use futures_util::StreamExt;
-use varvedb::{ExportHeader, ExportKey, ExportType, Importer, Storage, StoredEvent};
+use varvedb::{ExportHeader, ExportKey, ExportType, Importer, Storage, StoredEvent, StreamRemoval};
 
 use crate::{Error, check_stream_name, connect, keys_bucket, nats, wire};
 
@@ -67,6 +67,9 @@ pub struct RestoreReport {
     pub applied: u64,
     /// Streams shredded in the store because they were shredded at the source.
     pub shredded: u64,
+    /// Events of the source removed (truncations, deletions, tombstones, retention) that
+    /// this restore removed from the store or never wrote.
+    pub removed: u64,
     /// The store's last sequence when the restore returned.
     pub last_seq: u64,
     /// The JetStream stream's last sequence when the restore last looked.
@@ -81,6 +84,17 @@ struct Restore<'a> {
     types: HashSet<u32>,
     keyed: HashSet<u128>,
     group: Vec<StoredEvent>,
+    /// The last sequence of the commit group being queued in `group`.
+    group_last: u64,
+    /// Events pushed to the importer and not yet counted as applied.
+    pushed: u64,
+    /// The last sequence accounted for: written, queued, or removed at the source.
+    accounted: u64,
+    /// The source's removals taken, by stream.
+    removals: HashMap<u128, StreamRemoval>,
+    /// Each stream's version as the store will have it once what is queued is written; read
+    /// from the store the first time a stream comes after a commit.
+    versions: HashMap<u128, u32>,
     report: RestoreReport,
     uncommitted: bool,
     /// When the oldest whole group not yet committed was queued.
@@ -227,6 +241,8 @@ async fn session(
     };
     let mut importer = storage.importer();
     let last = importer.resume()?;
+    // The source's removals leave gaps in its sequences; the restore explains each one.
+    importer.take_gaps();
     let header = {
         let txn = storage.read_txn()?;
         storage.export_header(&txn)?
@@ -239,6 +255,11 @@ async fn session(
         types: header.types.iter().map(|t| t.id).collect(),
         keyed: header.keys.iter().map(|k| k.stream_id).collect(),
         group: Vec::new(),
+        group_last: 0,
+        pushed: 0,
+        accounted: last,
+        removals: HashMap::new(),
+        versions: HashMap::new(),
         report: RestoreReport {
             last_seq: last,
             ..*total
@@ -255,6 +276,8 @@ async fn session(
     };
     restore.reconcile_keys().await?;
     restore.begin(Vec::new(), Vec::new(), true).await?;
+    // Removals and policies made at the source since the last run (or ever, on a new replica).
+    restore.reconcile_removals().await?;
     let source_last = stream.info().await.map_err(nats)?.state.last_sequence;
     restore.report.source_last_seq = source_last;
     if last > source_last {
@@ -273,6 +296,14 @@ async fn session(
     if last == source_last && !config.follow {
         return Ok(());
     }
+    // Without `follow` the restore ends at the stream's last sequence, whose message may have
+    // been purged (the source removed its last events): once nothing is pending, the rest of
+    // the sequences up to it are removed ones.
+    let finish_removed = |restore: &mut Restore<'_>| -> Result<(), Error> {
+        restore.removed_through(source_last)?;
+        restore.commit()?;
+        Ok(())
+    };
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -282,7 +313,13 @@ async fn session(
         })
         .await
         .map_err(nats)?;
+    let nothing_pending = consumer.cached_info().num_pending == 0;
     let mut messages = consumer.messages().await.map_err(nats)?;
+    if !config.follow && nothing_pending {
+        finish_removed(&mut restore)?;
+        *total = restore.report;
+        return Ok(());
+    }
     loop {
         let waited = async {
             match &mut watch {
@@ -314,13 +351,13 @@ async fn session(
                         let at = info.stream_sequence;
                         restore.report.source_last_seq =
                             restore.report.source_last_seq.max(at + info.pending);
-                        let decoded = wire::decode_event(
+                        let decoded = wire::decode_message(
                             at,
                             message.headers.as_ref(),
                             &message.payload,
                         )?;
                         let pending = info.pending;
-                        if restore.apply(decoded).await? {
+                        if restore.apply(at, decoded).await? {
                             progress(&restore.report);
                         }
                         // Caught up with the stream, or holding groups for long enough: they
@@ -332,8 +369,8 @@ async fn session(
                         if (caught_up || held) && restore.commit()? {
                             progress(&restore.report);
                         }
-                        if !config.follow && at >= source_last {
-                            restore.commit()?;
+                        if !config.follow && (at >= source_last || pending == 0) {
+                            finish_removed(&mut restore)?;
                             break;
                         }
                     }
@@ -386,23 +423,57 @@ impl Restore<'_> {
         Ok(())
     }
 
-    /// Queues an event, writing its group when it is whole; returns whether that committed
-    /// (a full batch).
-    async fn apply(&mut self, decoded: wire::Decoded) -> Result<bool, Error> {
-        let wire::Decoded {
-            event,
-            type_id,
-            group_last,
-        } = decoded;
-        if event.seq != self.importer.next_seq() + self.group.len() as u64 {
+    /// Takes the message at stream sequence `at`: the sequences before it that did not come
+    /// were removed at the source (purged from the stream); a removed event's place, or an
+    /// event of a stream below its first kept version, is a removed one too; any other event
+    /// is queued, and its group written when it is whole. Returns whether that committed (a
+    /// full batch).
+    async fn apply(&mut self, at: u64, message: wire::Message) -> Result<bool, Error> {
+        if at <= self.accounted {
             return Err(Error::BadMessage {
-                seq: event.seq,
+                seq: at,
+                reason: format!("it comes after event {}", self.accounted),
+            });
+        }
+        let committed = self.removed_through(at - 1)?;
+        let decoded = match message {
+            wire::Message::Removed => return Ok(self.removed_through(at)? || committed),
+            wire::Message::Event(decoded) => decoded,
+        };
+        let wire::Decoded {
+            mut event,
+            type_id,
+            links,
+            group_last,
+        } = *decoded;
+        let stream_id = event.stream_id;
+        let version = self.version_of(stream_id)?;
+        if event.version > version.saturating_add(1) {
+            // Versions the store never had: the source removed them, and says so in the
+            // bucket before their messages left the stream.
+            self.refresh_removal(stream_id).await?;
+        }
+        let first_kept = self.removals.get(&stream_id).map_or(1, |r| r.first_kept);
+        if event.version < first_kept {
+            // Removed since it was published; its purge has not reached the stream yet.
+            return Ok(self.removed_through(at)? || committed);
+        }
+        let version = self.version_of(stream_id)?;
+        if event.version != version.saturating_add(1) {
+            return Err(Error::BadMessage {
+                seq: at,
                 reason: format!(
-                    "expected event {} next (a message of the stream was removed?)",
-                    self.importer.next_seq() + self.group.len() as u64
+                    "it is version {} of stream {stream_id}, which is at version {version}, and \
+                     the source removed none of the versions between (a message of the \
+                     stream was removed?)",
+                    event.version
                 ),
             });
         }
+        // The source's links, as its record has them: in a stream whose first events were
+        // removed (here or there) they name records this store never had, which only the
+        // source can place.
+        event.links = links;
         let mut types = Vec::new();
         if self.types.insert(type_id) {
             types.push(ExportType {
@@ -436,17 +507,152 @@ impl Restore<'_> {
         if !types.is_empty() || !keys.is_empty() {
             self.begin(types, keys, false).await?;
         }
-        let ends = event.seq == group_last;
+        if self.group.is_empty() {
+            self.group_last = group_last;
+        }
+        self.accounted = event.seq;
+        self.versions.insert(stream_id, event.version);
         self.group.push(event);
-        if ends {
-            let group = std::mem::take(&mut self.group);
+        if self.accounted >= self.group_last {
+            return Ok(self.close_group()? || committed);
+        }
+        Ok(committed)
+    }
+
+    /// Queues the commit group in hand, whole; returns whether that committed (a full batch).
+    fn close_group(&mut self) -> Result<bool, Error> {
+        let group = std::mem::take(&mut self.group);
+        let last_event = group.last().map_or(0, |e| e.seq);
+        self.pushed += group.len() as u64;
+        self.uncommitted = true;
+        self.held_since.get_or_insert_with(std::time::Instant::now);
+        // A full batch: everything queued was written with it.
+        let full = self.importer.push_group(group)?;
+        if full {
+            self.mark_committed();
+        }
+        // Removed events at the group's end (after its last kept one) count after it.
+        if self.accounted > last_event {
+            self.importer.skip_to(self.accounted)?;
             self.uncommitted = true;
             self.held_since.get_or_insert_with(std::time::Instant::now);
-            if self.importer.push_group(group)? {
-                // A full batch: everything queued was written with it.
-                self.mark_committed();
-                return Ok(true);
+        }
+        Ok(full)
+    }
+
+    /// The sequences up to `seq` not yet accounted for were removed at the source. Returns
+    /// whether a group written on the way committed.
+    fn removed_through(&mut self, seq: u64) -> Result<bool, Error> {
+        if seq <= self.accounted {
+            return Ok(false);
+        }
+        self.report.removed += seq - self.accounted;
+        self.accounted = seq;
+        if !self.group.is_empty() {
+            // Inside the group in hand, or past its end.
+            if self.accounted >= self.group_last {
+                return self.close_group();
             }
+            return Ok(false);
+        }
+        self.importer.skip_to(seq)?;
+        self.uncommitted = true;
+        self.held_since.get_or_insert_with(std::time::Instant::now);
+        Ok(false)
+    }
+
+    /// A stream's version as the store will have it once what is queued is written.
+    fn version_of(&mut self, stream_id: u128) -> Result<u32, Error> {
+        if let Some(&v) = self.versions.get(&stream_id) {
+            return Ok(v);
+        }
+        let v = self
+            .storage
+            .stream_version(&self.storage.read_txn()?, stream_id)?;
+        self.versions.insert(stream_id, v);
+        Ok(v)
+    }
+
+    /// Reads a stream's removal from the bucket and takes it.
+    async fn refresh_removal(&mut self, stream_id: u128) -> Result<(), Error> {
+        let entry = wire::bounds_entry(stream_id);
+        if let Some(value) = self.bucket.get(&entry).await.map_err(nats)? {
+            let removal = wire::decode_removal(stream_id, &value)
+                .ok_or_else(|| nats(format!("a malformed bucket entry {entry}")))?;
+            self.take_removal(removal)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a source's removal: what is queued is written first, then the store's own
+    /// events of the stream below its first kept version go, and it takes the bounds and the
+    /// tombstone. A removal already taken does nothing.
+    fn take_removal(&mut self, removal: StreamRemoval) -> Result<(), Error> {
+        if self.removals.get(&removal.stream_id) == Some(&removal) {
+            return Ok(());
+        }
+        // The group in hand stays queued here (a removal never splits it), without the
+        // stream's events that the removal takes: their sequences are removed ones.
+        self.commit()?;
+        let removed = self.importer.adopt_removal(&removal)?;
+        self.report.removed += removed;
+        let before = self.group.len();
+        self.group
+            .retain(|e| e.stream_id != removal.stream_id || e.version >= removal.first_kept);
+        self.report.removed += (before - self.group.len()) as u64;
+        match self
+            .group
+            .iter()
+            .rev()
+            .find(|e| e.stream_id == removal.stream_id)
+        {
+            Some(e) => {
+                self.versions.insert(removal.stream_id, e.version);
+            }
+            None => {
+                self.versions.remove(&removal.stream_id);
+            }
+        }
+        self.removals.insert(removal.stream_id, removal);
+        Ok(())
+    }
+
+    /// Takes every removal and retention policy the bucket holds (at each connection: what
+    /// changed while this replica was not watching).
+    async fn reconcile_removals(&mut self) -> Result<(), Error> {
+        let mut keys = self.bucket.keys().await.map_err(nats)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(nats)?;
+            if wire::parse_bounds_entry(&key).is_some() || wire::parse_policy_entry(&key).is_some()
+            {
+                names.push(key);
+            }
+        }
+        for key in names {
+            if let Some(value) = self.bucket.get(&key).await.map_err(nats)? {
+                self.entry_changed(&key, &value)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A removal or a policy entry of the bucket: taken. Other entries: `false`.
+    fn entry_changed(&mut self, key: &str, value: &[u8]) -> Result<bool, Error> {
+        if let Some(stream_id) = wire::parse_bounds_entry(key) {
+            let removal = wire::decode_removal(stream_id, value)
+                .ok_or_else(|| nats(format!("a malformed bucket entry {key}")))?;
+            self.take_removal(removal)?;
+            return Ok(true);
+        }
+        if let Some(stream) = wire::parse_policy_entry(key) {
+            let policy = wire::decode_policy(value)
+                .ok_or_else(|| nats(format!("a malformed bucket entry {key}")))?;
+            match stream {
+                None => self.storage.set_default_retention(policy)?,
+                Some(id) => self.storage.set_stream_retention(id, policy)?,
+            }
+            return Ok(true);
         }
         Ok(false)
     }
@@ -467,9 +673,14 @@ impl Restore<'_> {
     fn mark_committed(&mut self) {
         self.uncommitted = false;
         self.held_since = None;
-        let last = self.importer.next_seq() - 1;
-        self.report.applied += last - self.report.last_seq;
-        self.report.last_seq = last;
+        // Versions are read again from the store (which keeps this map bounded), but for the
+        // group in hand, not written yet.
+        self.versions.clear();
+        for e in &self.group {
+            self.versions.insert(e.stream_id, e.version);
+        }
+        self.report.applied += std::mem::take(&mut self.pushed);
+        self.report.last_seq = self.importer.next_seq() - 1;
     }
 
     /// The store's event `seq` is the stream's message `seq`.
@@ -486,17 +697,27 @@ impl Restore<'_> {
             }
             Err(e) => return Err(nats(e)),
         };
-        let theirs = wire::decode_event(seq, Some(&message.headers), &message.payload)?;
+        let theirs = wire::decode_message(seq, Some(&message.headers), &message.payload)?;
         let txn = self.storage.read_txn()?;
         let mine = self
             .storage
             .export_events(&txn, seq)
             .next()
             .transpose()?
-            .ok_or_else(|| Error::Diverged {
-                seq,
-                reason: "the store lost its last event".into(),
-            })?;
+            .filter(|e| e.seq == seq);
+        let (theirs, mine) = match (theirs, mine) {
+            (wire::Message::Event(theirs), Some(mine)) => (theirs, mine),
+            // Removed here (and perhaps not yet purged there), or a removed event's place.
+            (_, None) => return Ok(()),
+            (wire::Message::Removed, Some(_)) => {
+                return Err(Error::Diverged {
+                    seq,
+                    reason: "the stream's message there stands for a removed event, and the \
+                             store has an event there"
+                        .into(),
+                });
+            }
+        };
         if !theirs.event.is_same_event_as(&mine) {
             return Err(Error::Diverged {
                 seq,
@@ -540,6 +761,9 @@ impl Restore<'_> {
     /// key: a rotation) or the master-key check (a rotation).
     async fn key_changed(&mut self, entry: &kv::Entry) -> Result<(), Error> {
         if !matches!(entry.operation, kv::Operation::Put) {
+            return Ok(());
+        }
+        if self.entry_changed(&entry.key, &entry.value)? {
             return Ok(());
         }
         if entry.key == "check" {

@@ -3,7 +3,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::header::HeaderName;
-use varvedb::{EventId, StoredEvent};
+use varvedb::{EventId, RetentionPolicy, StoredEvent, StreamRemoval};
 
 use crate::Error;
 
@@ -26,6 +26,12 @@ pub(crate) const CAUSATION_ID: HeaderName = HeaderName::from_static("Varve-Causa
 pub(crate) const METADATA: HeaderName = HeaderName::from_static("Varve-Metadata");
 pub(crate) const TAGS: HeaderName = HeaderName::from_static("Varve-Tags");
 pub(crate) const GROUP: HeaderName = HeaderName::from_static("Varve-Group");
+/// The record's chain links, `prev.jump` (sequences): a replica needs them for a stream whose
+/// first events were removed, where they point at records it never had.
+pub(crate) const LINKS: HeaderName = HeaderName::from_static("Varve-Links");
+/// "1" on the message that stands for an event removed before it was published: the
+/// stream's sequence must still be the global sequence.
+pub(crate) const REMOVED: HeaderName = HeaderName::from_static("Varve-Removed");
 /// The most events a commit group on the wire may span (a group is at most
 /// `batch_events_max` events past a request, 100,000 by default; this leaves room for any
 /// configuration while keeping what a restorer queues bounded).
@@ -85,8 +91,29 @@ fn id_text(id: EventId) -> String {
     format!("{:032x}", id.as_u128())
 }
 
-/// The headers of `event`, whose commit group ends at `group_last`.
-pub(crate) fn headers(event: &StoredEvent, type_id: u32, group_last: u64) -> HeaderMap {
+/// The subject of the messages that stand for removed events (a stream id is a number, so it
+/// never names this token).
+pub(crate) fn removed_subject(prefix: &str) -> String {
+    format!("{prefix}.removed")
+}
+
+/// The headers of the message that stands for event `seq`, removed before it was published.
+pub(crate) fn removed_headers(seq: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(MSG_ID, message_id(seq));
+    h.insert(SEQ, seq.to_string());
+    h.insert(REMOVED, "1");
+    h
+}
+
+/// The headers of `event`, whose record links are `links` and whose commit group ends at
+/// `group_last`.
+pub(crate) fn headers(
+    event: &StoredEvent,
+    type_id: u32,
+    links: (u64, u64),
+    group_last: u64,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(MSG_ID, message_id(event.seq));
     h.insert(SEQ, event.seq.to_string());
@@ -145,16 +172,49 @@ pub(crate) fn headers(event: &StoredEvent, type_id: u32, group_last: u64) -> Hea
         h.insert(TAGS, text);
     }
     h.insert(GROUP, group_last.to_string());
+    h.insert(LINKS, format!("{}.{}", links.0, links.1));
     h
 }
 
-/// An event read back from a message: the stored event, its type id in the source store, and
-/// the last sequence of its commit group.
+/// An event read back from a message: the stored event, its type id in the source store, its
+/// record's links (absent in messages of before removals), and the last sequence of its
+/// commit group.
 #[derive(Debug)]
 pub(crate) struct Decoded {
     pub(crate) event: StoredEvent,
     pub(crate) type_id: u32,
+    pub(crate) links: Option<(u64, u64)>,
     pub(crate) group_last: u64,
+}
+
+/// A message of the stream: an event, or the place of one removed before it was published.
+#[derive(Debug)]
+pub(crate) enum Message {
+    Event(Box<Decoded>),
+    Removed,
+}
+
+/// Reads a message: an event, or a removed one's place. `at` is its stream sequence.
+pub(crate) fn decode_message(
+    at: u64,
+    headers: Option<&HeaderMap>,
+    payload: &[u8],
+) -> Result<Message, Error> {
+    if let Some(h) = headers
+        && h.get(REMOVED).map(|v| v.as_str()) == Some("1")
+    {
+        let seq = h.get(SEQ).map(|v| v.as_str());
+        if seq != Some(at.to_string().as_str()) {
+            return Err(Error::BadMessage {
+                seq: at,
+                reason: format!(
+                    "a removed event's place carries {SEQ} {seq:?} at stream sequence {at}"
+                ),
+            });
+        }
+        return Ok(Message::Removed);
+    }
+    decode_event(at, headers, payload).map(|d| Message::Event(Box::new(d)))
 }
 
 /// Reads an event back from a message's headers and payload. `at` is the message's stream
@@ -225,6 +285,15 @@ pub(crate) fn decode_event(
         Some(payload.to_vec())
     };
     let group_last: u64 = num(GROUP, need(GROUP)?, &bad)?;
+    let links = match text(LINKS) {
+        None => None,
+        Some(v) => Some(
+            v.split_once('.')
+                .and_then(|(p, j)| Some((p.parse().ok()?, j.parse().ok()?)))
+                .filter(|&(p, j): &(u64, u64)| p < seq && j <= p)
+                .ok_or_else(|| bad(format!("a malformed {LINKS} {v:?}")))?,
+        ),
+    };
     if group_last < seq {
         return Err(bad(format!(
             "its commit group ends at {group_last}, before the event"
@@ -260,7 +329,8 @@ pub(crate) fn decode_event(
         // The stream's own sequence and the message ids keep the order; the record is
         // rebuilt and checked by the replica's `verify`.
         checksum: None,
-        // A store with removals is not replicated (yet): every link is rebuilt.
+        // The restorer gives the links to the importer for streams with removals only;
+        // elsewhere it rebuilds them.
         links: None,
         ends_group: false,
     };
@@ -268,6 +338,7 @@ pub(crate) fn decode_event(
     Ok(Decoded {
         type_id: num(TYPE_ID, need(TYPE_ID)?, &bad)?,
         event,
+        links,
         group_last,
     })
 }
@@ -279,6 +350,94 @@ pub(crate) fn key_entry(stream_id: u128) -> String {
 
 pub(crate) fn parse_key_entry(key: &str) -> Option<u128> {
     u128::from_str_radix(key.strip_prefix("key.")?, 16).ok()
+}
+
+/// The key-value entry of a stream's removal (its bounds).
+pub(crate) fn bounds_entry(stream_id: u128) -> String {
+    format!("bounds.{stream_id:032x}")
+}
+
+pub(crate) fn parse_bounds_entry(key: &str) -> Option<u128> {
+    u128::from_str_radix(key.strip_prefix("bounds.")?, 16).ok()
+}
+
+/// A removal as a bounds entry's value: `first_kept tombstoned last_removed_version
+/// last_removed_seq`, in decimal.
+pub(crate) fn encode_removal(r: &StreamRemoval) -> Vec<u8> {
+    format!(
+        "{} {} {} {}",
+        r.first_kept,
+        u8::from(r.tombstoned),
+        r.last_removed.0,
+        r.last_removed.1
+    )
+    .into_bytes()
+}
+
+pub(crate) fn decode_removal(stream_id: u128, value: &[u8]) -> Option<StreamRemoval> {
+    let text = std::str::from_utf8(value).ok()?;
+    let mut parts = text.split(' ');
+    let first_kept: u32 = parts.next()?.parse().ok()?;
+    let tombstoned = match parts.next()? {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    let version: u32 = parts.next()?.parse().ok()?;
+    let seq: u64 = parts.next()?.parse().ok()?;
+    if parts.next().is_some() || first_kept == 0 {
+        return None;
+    }
+    Some(StreamRemoval {
+        stream_id,
+        first_kept,
+        tombstoned,
+        last_removed: (version, seq),
+    })
+}
+
+/// The key-value entry of a retention policy: the store's default, or a stream's.
+pub(crate) fn policy_entry(stream: Option<u128>) -> String {
+    match stream {
+        None => "retention.default".into(),
+        Some(id) => format!("retention.{id:032x}"),
+    }
+}
+
+/// `Some(None)`: the default's entry; `Some(Some(id))`: a stream's.
+pub(crate) fn parse_policy_entry(key: &str) -> Option<Option<u128>> {
+    match key.strip_prefix("retention.")? {
+        "default" => Some(None),
+        id => u128::from_str_radix(id, 16).ok().map(Some),
+    }
+}
+
+/// A policy as its entry's value: `max_count max_age_ms`, each a number or `-`; empty when
+/// it keeps everything (a policy dropped).
+pub(crate) fn encode_policy(p: &RetentionPolicy) -> Vec<u8> {
+    if p.keeps_all() {
+        return Vec::new();
+    }
+    let count = p.max_count.map_or("-".into(), |c| c.to_string());
+    let age = p.max_age.map_or("-".into(), |a| a.as_millis().to_string());
+    format!("{count} {age}").into_bytes()
+}
+
+pub(crate) fn decode_policy(value: &[u8]) -> Option<RetentionPolicy> {
+    if value.is_empty() {
+        return Some(RetentionPolicy::default());
+    }
+    let text = std::str::from_utf8(value).ok()?;
+    let (count, age) = text.split_once(' ')?;
+    let max_count = match count {
+        "-" => None,
+        c => Some(c.parse().ok()?),
+    };
+    let max_age = match age {
+        "-" => None,
+        a => Some(std::time::Duration::from_millis(a.parse().ok()?)),
+    };
+    Some(RetentionPolicy { max_count, max_age })
 }
 
 #[cfg(test)]
@@ -315,7 +474,7 @@ mod tests {
             links: None,
             ends_group: false,
         };
-        let h = headers(&event, 5, 44);
+        let h = headers(&event, 5, (40, 30), 44);
         for (_, values) in h.iter() {
             for v in values {
                 assert!(v.as_str().bytes().all(|b| b.is_ascii_graphic()));
@@ -323,7 +482,32 @@ mod tests {
         }
         let back = decode_event(42, Some(&h), b"ignored").unwrap();
         assert_eq!(back.event, event);
-        assert_eq!((back.type_id, back.group_last), (5, 44));
+        assert_eq!(
+            (back.type_id, back.links, back.group_last),
+            (5, Some((40, 30)), 44)
+        );
+        // Links that do not point back are refused.
+        for links in ["42.1", "40.41", "x.1", "40"] {
+            let mut bad = h.clone();
+            bad.insert(LINKS, links);
+            assert!(matches!(
+                decode_event(42, Some(&bad), b""),
+                Err(Error::BadMessage { seq: 42, .. })
+            ));
+        }
+        // A removed event's place.
+        assert!(matches!(
+            decode_message(7, Some(&removed_headers(7)), b""),
+            Ok(Message::Removed)
+        ));
+        assert!(matches!(
+            decode_message(8, Some(&removed_headers(7)), b""),
+            Err(Error::BadMessage { seq: 8, .. })
+        ));
+        assert!(matches!(
+            decode_message(42, Some(&h), b""),
+            Ok(Message::Event(_))
+        ));
         assert!(matches!(
             decode_event(43, Some(&h), b""),
             Err(Error::BadMessage { seq: 43, .. })
@@ -334,16 +518,43 @@ mod tests {
         ));
         // A group that claims to end at the last sequence there is: refused, not queued.
         for last in [u64::MAX, 42 + GROUP_EVENTS_MAX] {
-            let h = headers(&event, 5, last);
+            let h = headers(&event, 5, (0, 0), last);
             let err = decode_event(42, Some(&h), b"").unwrap_err();
             assert!(
                 matches!(&err, Error::BadMessage { seq: 42, reason } if reason.contains("commit group")),
                 "{err}"
             );
         }
-        let h = headers(&event, 5, 42 + GROUP_EVENTS_MAX - 1);
+        let h = headers(&event, 5, (0, 0), 42 + GROUP_EVENTS_MAX - 1);
         assert!(decode_event(42, Some(&h), b"").is_ok());
         assert_eq!(parse_key_entry(&key_entry(u128::MAX)), Some(u128::MAX));
+        let r = StreamRemoval {
+            stream_id: 7,
+            first_kept: 6,
+            tombstoned: true,
+            last_removed: (5, 123),
+        };
+        assert_eq!(parse_bounds_entry(&bounds_entry(7)), Some(7));
+        assert_eq!(decode_removal(7, &encode_removal(&r)), Some(r));
+        for bad in ["", "6 2 5 1", "0 0 0 0", "6 0 5", "6 0 5 1 1", "x 0 5 1"] {
+            assert_eq!(decode_removal(7, bad.as_bytes()), None, "{bad}");
+        }
+        for p in [
+            RetentionPolicy::default(),
+            RetentionPolicy {
+                max_count: Some(10),
+                max_age: None,
+            },
+            RetentionPolicy {
+                max_count: None,
+                max_age: Some(std::time::Duration::from_secs(86_400)),
+            },
+        ] {
+            assert_eq!(decode_policy(&encode_policy(&p)), Some(p));
+        }
+        assert_eq!(parse_policy_entry(&policy_entry(None)), Some(None));
+        assert_eq!(parse_policy_entry(&policy_entry(Some(9))), Some(Some(9)));
+        assert_eq!(parse_policy_entry("key.09"), None);
     }
 
     proptest::proptest! {
@@ -351,19 +562,19 @@ mod tests {
         /// `BadMessage`, never a panic.
         #[test]
         fn any_headers_decode_or_fail_cleanly(
-            values in proptest::collection::vec("[ -~]{0,40}", 19),
+            values in proptest::collection::vec("[ -~]{0,40}", 21),
             seq in 0u64..5,
         ) {
             let names = [
                 SEQ, STREAM, VERSION, TIMESTAMP, TYPE, TYPE_VERSION, TYPE_CONTAINER, TYPE_ID,
                 ENCRYPTED, BOUND, BLOB, BLOB_REF, EVENT_ID, CORRELATION_ID, CAUSATION_ID, METADATA,
-                TAGS, GROUP, MSG_ID,
+                TAGS, GROUP, MSG_ID, LINKS, REMOVED,
             ];
             let mut h = HeaderMap::new();
             for (name, value) in names.clone().into_iter().zip(&values) {
                 h.insert(name, value.as_str());
             }
-            if let Err(e) = decode_event(seq, Some(&h), b"payload") {
+            if let Err(e) = decode_message(seq, Some(&h), b"payload") {
                 let bad_message = matches!(e, Error::BadMessage { .. });
                 proptest::prop_assert!(bad_message, "{}", e);
             }
@@ -391,9 +602,9 @@ mod tests {
                 ends_group: true,
             };
             for (i, name) in names.into_iter().enumerate() {
-                let mut h = headers(&good, 1, good.seq);
+                let mut h = headers(&good, 1, (0, 0), good.seq);
                 h.insert(name, values[i].as_str());
-                let _ = decode_event(good.seq, Some(&h), b"p");
+                let _ = decode_message(good.seq, Some(&h), b"p");
             }
         }
     }

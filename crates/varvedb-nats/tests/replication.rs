@@ -384,6 +384,9 @@ fn a_following_replica_keeps_up_applies_whole_groups_and_follows_shreds() {
         if last == source_last && shredded {
             break;
         }
+        if restoring.is_finished() {
+            panic!("{:?}", common::bounded(&rt, restoring));
+        }
         assert!(
             Instant::now() < deadline,
             "the replica is at {last} of {source_last}"

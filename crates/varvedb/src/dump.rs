@@ -15,10 +15,10 @@ use crate::event::EventId;
 use crate::storage::{
     self, BlobRef, Crypto, Dbs, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
     HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent, RECORD_FORMAT,
-    ReadTxn, RecordHeader, Spine, Storage, Stored, TOMBSTONE, TypeKey, blob_padded_len,
-    bump_generation, check_consumer_name, consumer_position, decode_type_key, end_draft,
-    intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record, put_head,
-    seal_record, set_consumer_position, stored_checksum,
+    ReadTxn, RecordHeader, Spine, Storage, Stored, StreamRemoval, TOMBSTONE, TypeKey,
+    blob_padded_len, bump_generation, check_consumer_name, consumer_position, decode_type_key,
+    end_draft, intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record,
+    put_head, seal_record, set_consumer_position, stored_checksum,
 };
 
 /// The store-wide part of an export, read in the same snapshot as its events.
@@ -160,17 +160,22 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Whether `other` is the same event: every field but what a copy of it may lack or set
-    /// otherwise (where its commit group ends, and the checksum, which replication messages
-    /// do not carry; two checksums that are both there must agree).
+    /// otherwise (where its commit group ends; the checksum, which replication messages do
+    /// not carry; and the links, which an export carries only into removed versions). Two
+    /// checksums, or two links, that are both there must agree.
     pub fn is_same_event_as(&self, other: &StoredEvent) -> bool {
-        let checksums_agree = match (self.checksum, other.checksum) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        checksums_agree
+        fn agree<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+        }
+        agree(self.checksum, other.checksum)
+            && agree(self.links, other.links)
             && StoredEvent {
                 ends_group: other.ends_group,
                 checksum: other.checksum,
+                links: other.links,
                 ..self.clone()
             } == *other
     }
@@ -326,6 +331,7 @@ pub(crate) fn importer(storage: &Storage) -> Importer {
         type_ids: TypeIds::default(),
         report: ImportReport::default(),
         removals: None,
+        skipped_to: 0,
     }
 }
 
@@ -440,6 +446,9 @@ pub struct Importer {
     report: ImportReport,
     /// The export's removals: its sequences have gaps, and these streams start past version 1.
     removals: Option<Removals>,
+    /// The source's sequences up to here were removed ([`skip_to`](Self::skip_to)): the
+    /// next write counts them and keeps the log's end past them.
+    skipped_to: u64,
 }
 
 /// What an export says of its removed events (see [`ExportHeader::removed_events`]).
@@ -806,18 +815,21 @@ impl Importer {
         {
             self.write_pending()?;
         }
-        // Checked whole before anything of the group is queued.
-        for (i, event) in events.iter().enumerate() {
+        // Checked whole before anything of the group is queued. With removals, the sequences
+        // have gaps where removed events were.
+        let mut expected = self.next_seq;
+        for event in &events {
             self.check_announced(event.seq)?;
-            let expected = self.next_seq.saturating_add(i as u64);
-            if event.seq != expected {
+            let gap_ok = self.removals.is_some() && event.seq > expected;
+            if event.seq != expected && !gap_ok {
                 return Err(invalid(
                     event.seq,
                     format!("events must come in order without gaps; expected {expected}"),
                 ));
             }
+            expected = event.seq.saturating_add(1);
         }
-        self.next_seq = self.next_seq.saturating_add(events.len() as u64);
+        self.next_seq = expected;
         self.pending_bytes = self.pending_bytes.saturating_add(bytes);
         self.pending.extend(events);
         if self.pending.len() >= IMPORT_BATCH_EVENTS || self.pending_bytes >= IMPORT_BATCH_BYTES {
@@ -832,9 +844,52 @@ impl Importer {
         self.write_pending()
     }
 
-    /// The sequence the next pushed event must have.
+    /// The sequence the next pushed event must have (or, once gaps are taken, the least it
+    /// may have).
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+
+    /// Takes events whose sequences have gaps: the sequences between them were removed at the
+    /// source (truncations, deletions, retention), and the store counts them as removed, so
+    /// that `verify` adds them up and they are never given again. For a replica of a store
+    /// with removals; an import takes them from its header's `removed_events`.
+    pub fn take_gaps(&mut self) {
+        self.removals.get_or_insert_with(Removals::default);
+    }
+
+    /// Marks every sequence from [`next_seq`](Self::next_seq) up to `seq` as removed at the
+    /// source (see [`take_gaps`](Self::take_gaps), which this implies): written with the next
+    /// batch, which keeps the log's end at `seq` when nothing comes after. A `seq` below
+    /// `next_seq` does nothing.
+    pub fn skip_to(&mut self, seq: u64) -> Result<()> {
+        self.take_gaps();
+        if seq < self.next_seq {
+            return Ok(());
+        }
+        self.check_announced(seq)?;
+        self.next_seq = seq.saturating_add(1);
+        self.skipped_to = seq;
+        Ok(())
+    }
+
+    /// Takes a source's removal of a stream (a replica following it, see
+    /// [`Storage::stream_removals`]): what is queued is written first; then the store's own
+    /// events of the stream below `removal.first_kept` are removed, its version moves up to
+    /// the last removed one when it is behind (events it never received), and it takes the
+    /// bounds and the tombstone. Later events of the stream must start at the first kept
+    /// version. Returns the events removed from this store; a removal already taken removes
+    /// and writes nothing.
+    ///
+    /// [`Storage::stream_removals`]: crate::Storage::stream_removals
+    pub fn adopt_removal(&mut self, removal: &StreamRemoval) -> Result<u64> {
+        self.write_pending()?;
+        let removed = storage::adopt_removal(&self.storage, removal)?;
+        self.heads.remove(&removal.stream_id);
+        let removals = self.removals.get_or_insert_with(Removals::default);
+        let first = removals.first_kept.entry(removal.stream_id).or_insert(1);
+        *first = (*first).max(removal.first_kept);
+        Ok(removed)
     }
 
     /// Writes what is queued, checks that the export's events all came (`header.last_seq`),
@@ -923,9 +978,10 @@ impl Importer {
     }
 
     fn write_pending(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.skipped_to == 0 {
             return Ok(());
         }
+        let skipped_to = self.skipped_to;
         let storage = self.storage.clone();
         let inline_max = storage.inline_record_max();
         let started = self.started;
@@ -1029,6 +1085,19 @@ impl Importer {
                     last = event.seq;
                 }
                 log.flush(dbs, wtxn)?;
+                // Removed at the source: the gaps between the sequences written (and before
+                // the first), and what was skipped after the last.
+                let mut removed = 0u64;
+                let mut prev = store_last;
+                for event in pending.iter().filter(|e| e.seq > store_last) {
+                    removed += event.seq - prev - 1;
+                    prev = event.seq;
+                }
+                if skipped_to > prev {
+                    removed += skipped_to - prev;
+                    last = skipped_to;
+                }
+                storage::note_removed(dbs, wtxn, removed, last)?;
                 let mut dirty: Vec<(u128, u32, u64)> = heads
                     .iter()
                     .filter(|(_, h)| h.seq > store_last)
@@ -1045,6 +1114,7 @@ impl Importer {
             self.storage.sync()?;
             self.storage.publish(last);
         }
+        self.skipped_to = 0;
         let imported = self.pending.len() as u64 - present;
         self.report.imported += imported;
         self.report.already_present += present;

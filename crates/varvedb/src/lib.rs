@@ -226,7 +226,7 @@ pub use json::{ArchivedJsonEvent, JsonEvent};
 pub use reader::{AllIter, EventRef, Reader, StreamIter, ValidateEvent};
 pub use storage::{
     Consumer, ParkedEvent, Query, QueryItem, ReadTxn, RemovalReport, RetentionPolicy,
-    RetentionReport, ShredReport, Stats, Storage, Tags,
+    RetentionReport, ShredReport, Stats, Storage, StreamRemoval, Tags,
 };
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::metrics_http::{self, MetricsServer};
 use crate::storage::{
     self, Consumer, ParkedEvent, ReadTxn, RemovalReport, RetentionPolicy, RetentionReport,
-    ShredReport, Stats, Storage, VerifyProgress, VerifyReport,
+    ShredReport, Stats, Storage, StreamRemoval, VerifyProgress, VerifyReport,
 };
 use crate::untyped::{self, RawReader};
 #[cfg(doc)]
@@ -369,6 +369,36 @@ impl Storage {
         from_seq: u64,
     ) -> impl Iterator<Item = Result<StoredEvent>> + 't {
         dump::export_events(self, txn, from_seq)
+    }
+
+    /// Every stream that lost events (truncations, deletions, tombstones, retention) in
+    /// `txn`'s snapshot, in stream order: what a replica needs to follow the removals (see
+    /// [`Importer::adopt_removal`]). One entry per such stream; each costs a lookup of its first
+    /// kept version.
+    pub fn stream_removals(&self, txn: &ReadTxn) -> Result<Vec<StreamRemoval>> {
+        self.check_txn(txn)?;
+        storage::stream_removals(self.dbs(), txn.raw())
+    }
+
+    /// The chain links `(prev, jump)` of the record at `seq` (the sequences of earlier
+    /// versions of its stream, 0 for none), or `None` when the log has no record there. A
+    /// replica of a stream whose first events were removed needs them: they name records it
+    /// never had.
+    pub fn record_links(&self, txn: &ReadTxn, seq: u64) -> Result<Option<(u64, u64)>> {
+        self.check_txn(txn)?;
+        let Some(record) = storage::get_record(self.dbs(), txn.raw(), seq)? else {
+            return Ok(None);
+        };
+        let peek = storage::peek_record(record)
+            .ok_or_else(|| crate::Error::corrupt(seq, "unreadable record header"))?;
+        Ok(Some((peek.links.prev, peek.links.jump)))
+    }
+
+    /// How many events were removed from the log in `txn`'s snapshot (truncations, deletions,
+    /// retention): one read. The log holds `last_seq - removed_events` events.
+    pub fn removed_events(&self, txn: &ReadTxn) -> Result<u64> {
+        self.check_txn(txn)?;
+        storage::meta_removed(self.dbs(), txn.raw())
     }
 
     /// An importer into this store. See [`Importer`].

@@ -52,10 +52,10 @@ pub(crate) use chain::jump_version;
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
 pub(crate) use removal::{
-    Bounds as StreamBounds, bounds as stream_bounds, put_bounds as put_stream_bounds,
-    set_removal_meta,
+    Bounds as StreamBounds, adopt_removal, bounds as stream_bounds, note_removed,
+    put_bounds as put_stream_bounds, set_removal_meta, stream_removals,
 };
-pub use removal::{RemovalReport, RetentionPolicy, RetentionReport};
+pub use removal::{RemovalReport, RetentionPolicy, RetentionReport, StreamRemoval};
 pub use shred::ShredReport;
 pub use stats::Stats;
 pub use txn::ReadTxn;

@@ -777,3 +777,114 @@ fn remove_in_log_order(storage: &super::Storage, work: &[(u128, u32)]) -> Result
     report.streams = touched.len() as u64;
     Ok(report)
 }
+
+/// A stream that lost events, as a replica needs to know it: where its kept events begin,
+/// whether it is tombstoned, and the last removed version with its sequence (the version
+/// before the first kept one, which the kept records link to). From
+/// [`Storage::stream_removals`](crate::Storage::stream_removals); a replica takes it with
+/// [`Importer::adopt_removal`](crate::export::Importer::adopt_removal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRemoval {
+    /// The stream.
+    pub stream_id: u128,
+    /// Its first kept version (its version plus one when none is kept).
+    pub first_kept: u32,
+    /// Whether it takes no more events.
+    pub tombstoned: bool,
+    /// The version before `first_kept` and its sequence; `(0, 0)` when nothing was removed
+    /// (a tombstone laid on a stream with no events).
+    pub last_removed: (u32, u64),
+}
+
+/// Every stream with bounds in `txn`'s snapshot, in stream order.
+pub(crate) fn stream_removals(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<Vec<StreamRemoval>> {
+    let mut out = Vec::new();
+    for entry in dbs.bounds.iter(txn).lmdb()? {
+        let (key, _) = entry.lmdb()?;
+        let Ok(key) = <[u8; 16]>::try_from(key) else {
+            continue;
+        };
+        let stream_id = u128::from_be_bytes(key);
+        let b = bounds(dbs, txn, stream_id)?;
+        let head = super::stream_head(dbs, txn, stream_id)?;
+        let last_removed = match head {
+            _ if b.first_kept <= 1 => (0, 0),
+            Some((version, seq)) if version < b.first_kept => (version, seq),
+            Some(_) => {
+                // The first kept record links to the version before it.
+                let found = super::chain::version_at(dbs, txn, stream_id, b.first_kept)?
+                    .ok_or_else(|| Error::CorruptIndex {
+                        stream_id,
+                        version: b.first_kept,
+                        reason: "its first kept version is not in the log".into(),
+                    })?;
+                (b.first_kept - 1, found.links.prev)
+            }
+            None => (0, 0),
+        };
+        out.push(StreamRemoval {
+            stream_id,
+            first_kept: b.first_kept,
+            tombstoned: b.tombstoned,
+            last_removed,
+        });
+    }
+    Ok(out)
+}
+
+/// Brings a replica's stream to its source's removal `r`: its own records below
+/// `r.first_kept` are removed (as a truncation removes them), its head moves to the last
+/// removed version when it is behind it (the source's events it never had), and it takes the
+/// bounds and the tombstone. Returns the records removed. Idempotent: a removal already taken
+/// writes nothing.
+pub(crate) fn adopt_removal(storage: &super::Storage, r: &StreamRemoval) -> Result<u64> {
+    if r.first_kept > 1 && r.last_removed.0 != r.first_kept - 1 {
+        return Err(Error::InvalidImport {
+            seq: 0,
+            reason: format!(
+                "stream {:#x} keeps versions from {}, so its last removed version is {}, not {}",
+                r.stream_id,
+                r.first_kept,
+                r.first_kept - 1,
+                r.last_removed.0
+            ),
+        });
+    }
+    let removed = remove_in_log_order(storage, &[(r.stream_id, r.first_kept)])?;
+    storage.write_durable(|wtxn, dbs| {
+        let mut wrote = false;
+        let head = super::stream_head(dbs, wtxn, r.stream_id)?;
+        if r.first_kept > 1 && head.is_none_or(|(v, _)| v < r.last_removed.0) {
+            super::put_head(dbs, wtxn, r.stream_id, r.last_removed.0, r.last_removed.1)?;
+            wrote = true;
+        }
+        let mut b = bounds(dbs, wtxn, r.stream_id)?;
+        if b.first_kept < r.first_kept || (r.tombstoned && !b.tombstoned) {
+            b.first_kept = b.first_kept.max(r.first_kept);
+            b.tombstoned |= r.tombstoned;
+            put_bounds(dbs, wtxn, r.stream_id, b)?;
+            wrote = true;
+        }
+        Ok(((), wrote))
+    })?;
+    Ok(removed.events_removed)
+}
+
+/// Counts `removed` more records as removed at the source (a replica's gaps) and keeps the
+/// log's end at `log_end` when its last records are among them.
+pub(crate) fn note_removed(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    removed: u64,
+    log_end: u64,
+) -> Result<()> {
+    if removed == 0 {
+        return Ok(());
+    }
+    let total = meta_u64(dbs, wtxn, META_REMOVED)?.saturating_add(removed);
+    put_meta_u64(dbs, wtxn, META_REMOVED, total)?;
+    if super::last_seq(dbs, wtxn)? < log_end {
+        put_meta_u64(dbs, wtxn, META_LOG_END, log_end)?;
+    }
+    Ok(())
+}
