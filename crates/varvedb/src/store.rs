@@ -191,8 +191,9 @@ impl Storage {
     /// event stays), and LMDB reuses the pages. The stream keeps its version: appends go on
     /// after it, and reads by version start at the first kept one. A `before` past the stream's
     /// end removes every event, as [`delete_stream`](Self::delete_stream) does. It runs in
-    /// transactions of at most 2,048 events, each flushed, so appends wait a few milliseconds
-    /// at most; after a crash, the same call finishes the work. A stream with no events is
+    /// transactions of about a millisecond of work each (at most 65,536 events), each flushed,
+    /// so appends wait a few milliseconds at most; after a crash, the same call finishes the
+    /// work. A stream with no events is
     /// [`Error::StreamNotFound`].
     pub fn truncate_stream(&self, stream_id: u128, before: u32) -> Result<RemovalReport> {
         storage::ops::remove_stream(self, stream_id, storage::ops::Removal::Before(before))
@@ -252,7 +253,7 @@ impl Storage {
 
     /// Applies every retention policy now: each stream loses the events its policy (or the
     /// default) no longer keeps, as [`truncate_stream`](Self::truncate_stream) would remove
-    /// them, in transactions of at most 2,048 events.
+    /// them, in transactions of about a millisecond of work each.
     pub fn enforce_retention(&self) -> Result<RetentionReport> {
         storage::ops::enforce_retention(self)
     }

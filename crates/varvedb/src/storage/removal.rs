@@ -292,9 +292,14 @@ pub struct RemovalReport {
     pub first_kept: u32,
 }
 
-/// Records a removal transaction takes at most, so that appends wait for a few milliseconds at
-/// most behind it.
-pub(crate) const REMOVAL_BATCH: u32 = 2048;
+/// Records a removal transaction removes in one step: it takes steps until
+/// [`REMOVAL_TXN_BUDGET`] has passed, so that appends wait a few milliseconds at most behind it
+/// (a step is at most a pack's records, or as many packs rewritten).
+pub(crate) const REMOVAL_STEP: usize = 256;
+/// How long a removal transaction goes on taking steps (it takes one at least).
+pub(crate) const REMOVAL_TXN_BUDGET: std::time::Duration = std::time::Duration::from_millis(1);
+/// Records a removal transaction removes at most, however fast its steps are.
+pub(crate) const REMOVAL_TXN_MAX: usize = 1 << 16;
 
 /// How a stream's events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,8 +312,8 @@ pub(crate) enum Removal {
     Tombstone,
 }
 
-/// Removes events of `stream_id` as `how` says, in transactions of at most [`REMOVAL_BATCH`]
-/// records, each flushed: a crash between two leaves the stream's first versions removed and
+/// Removes events of `stream_id` as `how` says, in transactions of about
+/// [`REMOVAL_TXN_BUDGET`] each, flushed: a crash between two leaves the stream's first versions removed and
 /// the rest kept, consistent, and the same call finishes the work.
 pub(crate) fn remove_stream(
     storage: &super::Storage,
@@ -715,7 +720,8 @@ fn plan_removals(
 
 /// Removes, for each `(stream, before)`, the stream's versions below `before`, in log order:
 /// a pack that holds events of many streams (one commit of many streams) is rewritten once,
-/// not once per stream. Transactions of at most [`REMOVAL_BATCH`] events, each flushed; each
+/// not once per stream. Transactions of steps of [`REMOVAL_STEP`] events for about
+/// [`REMOVAL_TXN_BUDGET`] (at most [`REMOVAL_TXN_MAX`] events), each flushed; each
 /// moves the first kept version of the streams it touched, so a crash leaves every stream a
 /// removed prefix and the next run finishes.
 fn remove_in_log_order(storage: &super::Storage, work: &[(u128, u32)]) -> Result<RetentionReport> {
@@ -733,40 +739,58 @@ fn remove_in_log_order(storage: &super::Storage, work: &[(u128, u32)]) -> Result
             break;
         }
         plan.sort_unstable_by_key(|(seq, _, _)| *seq);
-        for batch in plan.chunks(REMOVAL_BATCH as usize) {
+        let mut rest = &plan[..];
+        while !rest.is_empty() {
             let removed = storage.write_durable(|wtxn, dbs| {
+                let started = std::time::Instant::now();
                 // What another process removed since the plan is a prefix of its stream too:
                 // skip it.
                 let mut firsts: std::collections::HashMap<u128, Bounds> =
                     std::collections::HashMap::new();
-                let mut seqs = Vec::with_capacity(batch.len());
                 let mut moved: std::collections::HashMap<u128, u32> =
                     std::collections::HashMap::new();
-                for &(seq, stream_id, version) in batch {
-                    let b = match firsts.get(&stream_id) {
-                        Some(b) => *b,
-                        None => {
-                            let b = bounds(dbs, wtxn, stream_id)?;
-                            firsts.insert(stream_id, b);
-                            b
+                let mut seqs = Vec::with_capacity(REMOVAL_STEP);
+                let mut removed = Removed::default();
+                let (mut taken, mut wrote) = (0usize, false);
+                // Steps until the budget is spent: the bounds are written once per stream at
+                // the end, so a longer transaction writes fewer of them per event.
+                while taken < rest.len()
+                    && (taken == 0
+                        || (started.elapsed() < REMOVAL_TXN_BUDGET && taken < REMOVAL_TXN_MAX))
+                {
+                    let step = &rest[taken..rest.len().min(taken + REMOVAL_STEP)];
+                    seqs.clear();
+                    for &(seq, stream_id, version) in step {
+                        let b = match firsts.get(&stream_id) {
+                            Some(b) => *b,
+                            None => {
+                                let b = bounds(dbs, wtxn, stream_id)?;
+                                firsts.insert(stream_id, b);
+                                b
+                            }
+                        };
+                        if version >= b.first_kept {
+                            seqs.push(seq);
+                            let next = moved.entry(stream_id).or_insert(0);
+                            *next = (*next).max(version + 1);
                         }
-                    };
-                    if version >= b.first_kept {
-                        seqs.push(seq);
-                        let next = moved.entry(stream_id).or_insert(0);
-                        *next = (*next).max(version + 1);
                     }
+                    let r = remove_records(dbs, wtxn, inline_max, &seqs)?;
+                    removed.events += r.events;
+                    removed.bytes += r.bytes;
+                    wrote |= !seqs.is_empty();
+                    taken += step.len();
                 }
-                let removed = remove_records(dbs, wtxn, inline_max, &seqs)?;
                 for (stream_id, first_kept) in &moved {
                     let mut b = firsts.get(stream_id).copied().unwrap_or_default();
                     b.first_kept = *first_kept;
                     put_bounds(dbs, wtxn, *stream_id, b)?;
                 }
                 let streams: Vec<u128> = moved.keys().copied().collect();
-                Ok(((removed, streams), !seqs.is_empty()))
+                Ok(((removed, streams, taken), wrote))
             })?;
-            let (removed, streams) = removed;
+            let (removed, streams, taken) = removed;
+            rest = &rest[taken..];
             touched.extend(streams);
             report.events_removed += removed.events;
             report.bytes_reclaimed += removed.bytes;
