@@ -125,7 +125,10 @@ fn assert_same_removals(src: &Storage, dst: &Storage, removed: &[u64]) {
     if !dst.is_encrypted() {
         let reader = Reader::<common::Doc>::new(dst.clone());
         for &seq in removed {
-            assert!(reader.get(&txn, seq).unwrap().is_none(), "event {seq} is back");
+            assert!(
+                reader.get(&txn, seq).unwrap().is_none(),
+                "event {seq} is back"
+            );
         }
     }
     for stream in [900u128, 901, 902, 904, 905] {

@@ -228,6 +228,7 @@ pub use storage::{
     Consumer, ParkedEvent, Query, QueryItem, ReadTxn, RemovalReport, RetentionPolicy,
     RetentionReport, ShredReport, Stats, Storage, StreamRemoval, Tags,
 };
+pub use storage::{ConsumerGroup, GroupMember, GroupPartition};
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
 pub use writer::{Append, IntoOptions, SerializeEvent, Writer};

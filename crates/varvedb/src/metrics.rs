@@ -73,10 +73,19 @@ pub(crate) struct Metrics {
     consumer_parked_events: Family<ConsumerLabel, Gauge>,
     consumer_handler_errors: Family<ConsumerLabel, Counter>,
     consumer_retries: Family<ConsumerLabel, Counter>,
+    group_handler_errors: Family<MemberLabel, Counter>,
+    group_retries: Family<MemberLabel, Counter>,
+    group_fenced: Family<MemberLabel, Counter>,
+    group_partitions_held: Family<MemberLabel, Gauge>,
+    group_partition_lag_events: Family<PartitionLabel, Gauge>,
 }
 
 /// The label of a consumer's series: `consumer="<name>"`.
 type ConsumerLabel = [(&'static str, String); 1];
+/// The labels of a group member's series: `group="<name>",member="<name>"`.
+type MemberLabel = [(&'static str, String); 2];
+/// The labels of a group partition's series: `group="<name>",partition="<n>"`.
+type PartitionLabel = [(&'static str, String); 2];
 
 /// The counters one processor adds to, cloned out of their families once when it starts: its
 /// batches take no lock to count.
@@ -84,6 +93,9 @@ type ConsumerLabel = [(&'static str, String); 1];
 pub(crate) struct ConsumerCounters {
     pub(crate) handler_errors: Counter,
     pub(crate) retries: Counter,
+    /// Partitions a group member lost to another while it held them (not registered for a
+    /// plain consumer).
+    pub(crate) fenced: Counter,
 }
 
 /// One consumer's cursor as the store holds it, when the metrics are encoded.
@@ -112,6 +124,7 @@ pub(crate) struct FileGauges {
     pub(crate) blobs: u64,
     pub(crate) blob_store_bytes: u64,
     pub(crate) consumers: Vec<ConsumerGauges>,
+    pub(crate) groups: Vec<crate::storage::ConsumerGroup>,
 }
 
 fn gauge_value(v: u64) -> i64 {
@@ -150,14 +163,15 @@ impl Metrics {
         // Durations from 10 µs to about 5 s; counts from 1 to 65536.
         let seconds = || Histogram::new(exponential_buckets(0.000_01, 2.0, 20));
         let counts = || Histogram::new(exponential_buckets(1.0, 2.0, 17));
-        fn family<M: prometheus_client::metrics::TypedMetric + Default + Clone>(
+        fn family<L, M: prometheus_client::metrics::TypedMetric + Default + Clone>(
             registry: &mut Registry,
             name: &str,
             help: &str,
             unit: Option<Unit>,
-        ) -> Family<ConsumerLabel, M>
+        ) -> Family<L, M>
         where
-            Family<ConsumerLabel, M>: prometheus_client::registry::Metric,
+            L: Clone + std::hash::Hash + Eq,
+            Family<L, M>: prometheus_client::registry::Metric,
         {
             let f = Family::default();
             match unit {
@@ -302,6 +316,38 @@ impl Metrics {
                 "Events a consumer's handler was given again after an error, in this process",
                 None,
             ),
+            group_handler_errors: family(
+                r,
+                "group_handler_errors",
+                "Errors returned by a consumer group member's handler in this process",
+                None,
+            ),
+            group_retries: family(
+                r,
+                "group_retries",
+                "Events a consumer group member's handler was given again after an error, in \
+                 this process",
+                None,
+            ),
+            group_fenced: family(
+                r,
+                "group_fenced",
+                "Partitions a consumer group member lost to another while it held them \
+                 (its lease expired): it committed nothing of them",
+                None,
+            ),
+            group_partitions_held: family(
+                r,
+                "group_partitions_held",
+                "Partitions each consumer group member holds under a current lease",
+                None,
+            ),
+            group_partition_lag_events: family(
+                r,
+                "group_partition_lag_events",
+                "Events committed after a consumer group partition's cursor (of every partition)",
+                None,
+            ),
             registry,
             encoding: std::sync::Mutex::new(()),
         }
@@ -313,6 +359,17 @@ impl Metrics {
         ConsumerCounters {
             handler_errors: self.consumer_handler_errors.get_or_create_owned(&label),
             retries: self.consumer_retries.get_or_create_owned(&label),
+            fenced: Counter::default(),
+        }
+    }
+
+    /// The counters of the member `member` of the consumer group `group`.
+    pub(crate) fn group_member(&self, group: &str, member: &str) -> ConsumerCounters {
+        let label = [("group", group.to_owned()), ("member", member.to_owned())];
+        ConsumerCounters {
+            handler_errors: self.group_handler_errors.get_or_create_owned(&label),
+            retries: self.group_retries.get_or_create_owned(&label),
+            fenced: self.group_fenced.get_or_create_owned(&label),
         }
     }
 
@@ -350,6 +407,25 @@ impl Metrics {
                 self.consumer_parked_events
                     .get_or_create(&label)
                     .set(gauge_value(c.parked));
+            }
+            self.group_partitions_held.clear();
+            self.group_partition_lag_events.clear();
+            for g in file.groups {
+                for m in &g.members {
+                    let label = [("group", g.name.clone()), ("member", m.name.clone())];
+                    self.group_partitions_held
+                        .get_or_create(&label)
+                        .set(gauge_value(m.partitions.len() as u64));
+                }
+                for p in &g.partition_states {
+                    let label = [
+                        ("group", g.name.clone()),
+                        ("partition", p.partition.to_string()),
+                    ];
+                    self.group_partition_lag_events
+                        .get_or_create(&label)
+                        .set(gauge_value(p.lag_events));
+                }
             }
         }
         let mut out = String::with_capacity(8 * 1024);

@@ -11,8 +11,9 @@ use crate::error::Result;
 #[cfg(feature = "metrics-http")]
 use crate::metrics_http::{self, MetricsServer};
 use crate::storage::{
-    self, Consumer, ParkedEvent, ReadTxn, RemovalReport, RetentionPolicy, RetentionReport,
-    ShredReport, Stats, Storage, StreamRemoval, VerifyProgress, VerifyReport,
+    self, Consumer, ConsumerGroup, GroupMember, ParkedEvent, ReadTxn, RemovalReport,
+    RetentionPolicy, RetentionReport, ShredReport, Stats, Storage, StreamRemoval, VerifyProgress,
+    VerifyReport,
 };
 use crate::untyped::{self, RawReader};
 #[cfg(doc)]
@@ -313,14 +314,38 @@ impl Storage {
     }
 
     /// Moves the consumer `name` to `position` (the seq of the last event it is to count as
-    /// handled; 0: from the start). Takes effect when its processor next starts.
+    /// handled; 0: from the start). Takes effect when its processor next starts. For a
+    /// consumer group, every partition's cursor moves; stop its members first (a running member
+    /// commits its own positions when they are ahead).
     pub fn reset_consumer(&self, name: &str, position: u64) -> Result<()> {
-        storage::ops::reset_consumer(self, name, position)
+        storage::ops::reset_consumer(self, name, position)?;
+        storage::groups_reset(self, name, position)?;
+        Ok(())
     }
 
-    /// Deletes the consumer `name`: its cursor and its parked events. Returns whether it existed.
+    /// Deletes the consumer `name`: its cursor and its parked events, and the consumer group of
+    /// that name with its members, leases and cursors. Returns whether it existed.
     pub fn delete_consumer(&self, name: &str) -> Result<bool> {
-        storage::ops::delete_consumer(self, name)
+        let consumer = storage::ops::delete_consumer(self, name)?;
+        let group = storage::groups_delete(self, name)?;
+        Ok(consumer || group)
+    }
+
+    /// Every consumer group ([`Processor::in_group`](crate::Processor::in_group)), by name, with
+    /// its members, and each partition's holder, lease, cursor and lag.
+    pub fn consumer_groups(&self) -> Result<Vec<ConsumerGroup>> {
+        let txn = self.read_txn()?;
+        storage::consumer_groups_in(self, &txn)
+    }
+
+    /// The members of the consumer group `group`, by name, with the partitions each holds and
+    /// when its membership lapses (a member dead for a whole lease is dropped from the list).
+    /// Empty when there is no such group.
+    pub fn group_members(&self, group: &str) -> Result<Vec<GroupMember>> {
+        let txn = self.read_txn()?;
+        Ok(storage::consumer_group_in(self, &txn, group)?
+            .map(|g| g.members)
+            .unwrap_or_default())
     }
 
     /// Asks the processor `name` to hand its parked events to its handler again, in seq order

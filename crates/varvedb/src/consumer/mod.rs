@@ -6,6 +6,7 @@
 //! [`AsyncEventHandler`]); a [`Projection`] keeps a read model in the same transaction as its
 //! cursor. They reach the store only through `Storage` methods.
 
+mod group;
 mod policy;
 mod processor;
 mod projection;

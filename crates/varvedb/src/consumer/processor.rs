@@ -20,12 +20,16 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use super::group::GroupRun;
 use super::policy::{Decision, OnError};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
-use crate::storage::{Storage, check_consumer_name};
+use crate::storage::{
+    GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GROUP_PARTITIONS_MAX, GroupConfig, Storage,
+    check_consumer_name,
+};
 
 /// What a handler's `Err` carries.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,6 +59,14 @@ pub struct ProcessorOptions {
     pub poll_interval_ms: u64,
     /// What a handler error does.
     pub on_error: OnError,
+    /// The partitions of a consumer group this processor creates
+    /// ([`in_group`](Processor::in_group)): 16 by default. A group keeps the count it was
+    /// created with.
+    pub group_partitions: u32,
+    /// How long a group member's lease lasts without a renewal, in milliseconds, when this
+    /// processor creates the group (5,000 by default): a member that dies loses its partitions
+    /// this long after its last renewal. One handler call must take less than a fifth of it.
+    pub group_lease_ms: u64,
 }
 
 impl Default for ProcessorOptions {
@@ -66,6 +78,8 @@ impl Default for ProcessorOptions {
             snapshot_ms_max: 100,
             poll_interval_ms: 100,
             on_error: OnError::Stop,
+            group_partitions: GROUP_PARTITIONS_DEFAULT,
+            group_lease_ms: GROUP_LEASE_MS_DEFAULT,
         }
     }
 }
@@ -99,6 +113,8 @@ pub struct Processor<E, H> {
     name: String,
     rx: tokio::sync::watch::Receiver<u64>,
     options: ProcessorOptions,
+    /// The member name, in a consumer group.
+    member: Option<String>,
 }
 
 impl<E, H> std::fmt::Debug for Processor<E, H> {
@@ -134,6 +150,8 @@ struct State<E, H> {
     /// The event being retried, and the calls made so far.
     retrying: Option<(u64, u32)>,
     counters: ConsumerCounters,
+    /// The consumer group this processor is a member of (its name is `name`).
+    group: Option<GroupRun>,
 }
 
 impl<E, H> State<E, H>
@@ -148,6 +166,9 @@ where
     /// Handles the events after `position`, up to a batch, in one snapshot; then checkpoints
     /// (with the events parked in the batch, in one transaction) if it is due.
     fn batch(&mut self) -> Result<Batch> {
+        if self.group.is_some() {
+            return self.group_batch();
+        }
         let _span = tracing::debug_span!(
             "varvedb.processor_batch",
             consumer = %self.name,
@@ -236,6 +257,124 @@ where
         }
     }
 
+    /// A batch of a group member: the group first (renewals, hand-overs), then the events of
+    /// the partitions it holds, each after its partition's cursor, until its deadline; then a
+    /// checkpoint of those cursors, fenced by the leases.
+    fn group_batch(&mut self) -> Result<Batch> {
+        let storage = self.storage().clone();
+        let name = self.name.clone();
+        let Some(group) = self.group.as_mut() else {
+            return Ok(Batch::CaughtUp);
+        };
+        group.maintain(&storage, &name)?;
+        let Some(low) = group.low() else {
+            // Nothing held: wait for a partition to be free.
+            return Ok(Batch::CaughtUp);
+        };
+        let deadline = group.deadline();
+        let limit = self
+            .options
+            .batch_events_max
+            .min(usize::try_from(self.options.checkpoint_every_events).unwrap_or(usize::MAX))
+            .max(1);
+        let mut parked: Vec<(u64, String)> = Vec::new();
+        let mut outcome = Batch::CaughtUp;
+        let mut failure = None;
+        // Every event up to here was handled or is not this member's.
+        let mut scanned = low;
+        {
+            let txn = storage.read_txn()?;
+            if storage.replay_requested_in(&txn, &name)? {
+                drop(txn);
+                self.replay_parked()?;
+                return Ok(Batch::More);
+            }
+            let opened = Instant::now();
+            let held_max = Duration::from_millis(self.options.snapshot_ms_max);
+            let mut handled = 0usize;
+            for item in self.reader.read_all(&txn, low + 1) {
+                let past_deadline = deadline.is_none_or(|d| Instant::now() >= d);
+                if handled == limit
+                    || (handled > 0 && opened.elapsed() >= held_max)
+                    || past_deadline
+                {
+                    outcome = Batch::More;
+                    break;
+                }
+                let event = match item {
+                    Ok(event) => event,
+                    Err(Error::TypeMismatch { seq, .. } | Error::Shredded { seq, .. }) => {
+                        scanned = seq;
+                        continue;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                let seq = event.seq();
+                let partition = group.partition(event.stream_id());
+                let Some(held) = group.held_mut(partition) else {
+                    scanned = seq;
+                    continue;
+                };
+                if seq <= held.position {
+                    scanned = seq;
+                    continue;
+                }
+                handled += 1;
+                match self.handler.handle(&event) {
+                    Ok(()) => {
+                        self.retrying = None;
+                        held.position = seq;
+                    }
+                    Err(e) => {
+                        self.counters.handler_errors.inc();
+                        let calls = match self.retrying {
+                            Some((s, n)) if s == seq => n + 1,
+                            _ => 1,
+                        };
+                        match self.options.on_error.decide(calls) {
+                            Decision::Stop => {
+                                failure = Some(handler_failed(&name, seq, &*e));
+                                break;
+                            }
+                            Decision::Park => {
+                                self.retrying = None;
+                                parked.push((seq, e.to_string()));
+                                held.position = seq;
+                            }
+                            Decision::Retry(wait) => {
+                                self.counters.retries.inc();
+                                self.retrying = Some((seq, calls));
+                                outcome = Batch::Retry(wait);
+                                break;
+                            }
+                        }
+                    }
+                }
+                scanned = seq;
+            }
+        }
+        // Every held partition has handled everything of it up to `scanned`.
+        for h in &mut group.held {
+            h.position = h.position.max(scanned);
+        }
+        self.position = scanned;
+        let due = group.uncommitted() >= self.options.checkpoint_every_events
+            || self.last_checkpoint.elapsed()
+                >= Duration::from_millis(self.options.checkpoint_every_ms);
+        if !parked.is_empty() || failure.is_some() || (due && group.uncommitted() > 0) {
+            let lost = group.checkpoint(&storage, &name, &parked)?;
+            self.counters.fenced.inc_by(lost);
+            self.last_checkpoint = Instant::now();
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
+    }
+
     /// Hands the parked events to the handler again, in seq order; those it takes leave the
     /// parked list, in one transaction that also withdraws any replay request. The cursor does
     /// not move. Returns how many were taken.
@@ -272,6 +411,33 @@ where
         self.last_checkpoint = Instant::now();
         Ok(())
     }
+}
+
+/// A group member's state, after checking its name and the group settings.
+fn group_run(member: &str, options: &ProcessorOptions) -> Result<GroupRun> {
+    check_consumer_name(member)?;
+    if !(1..=GROUP_PARTITIONS_MAX).contains(&options.group_partitions) {
+        return Err(Error::InvalidConfig {
+            field: "group_partitions",
+            reason: format!(
+                "1 to {GROUP_PARTITIONS_MAX}, not {}",
+                options.group_partitions
+            ),
+        });
+    }
+    if options.group_lease_ms < 100 {
+        return Err(Error::InvalidConfig {
+            field: "group_lease_ms",
+            reason: format!("at least 100, not {}", options.group_lease_ms),
+        });
+    }
+    Ok(GroupRun::new(
+        member.to_owned(),
+        GroupConfig {
+            partitions: options.group_partitions,
+            lease_ms: options.group_lease_ms,
+        },
+    ))
 }
 
 fn handler_failed(name: &str, seq: u64, e: &(dyn std::error::Error + Send + Sync)) -> Error {
@@ -374,12 +540,29 @@ where
             name: name.into(),
             rx,
             options: ProcessorOptions::default(),
+            member: None,
         }
     }
 
     /// Replaces the processor's settings.
     pub fn with_options(mut self, options: ProcessorOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Makes this processor the member `member` (1 to 255 bytes of UTF-8) of the consumer
+    /// group named by the processor's name: members, in this process or others on the same
+    /// store, share the group's work. The streams are split into partitions (by a stable hash
+    /// of the stream id; [`ProcessorOptions::group_partitions`] when the group is created);
+    /// each partition has its own cursor and is handled by one member at a time, under a
+    /// lease kept in the store, in sequence order (so a stream's events in version order).
+    /// A member that joins takes a fair share; one that stops gracefully hands its partitions
+    /// back at once, after checkpointing; one that dies loses them when its lease expires
+    /// ([`ProcessorOptions::group_lease_ms`]). A member whose lease was taken over while it
+    /// stalled is fenced: it commits none of that partition's cursor.
+    /// See [`Storage::consumer_groups`] and [`Storage::group_members`].
+    pub fn in_group(mut self, member: impl Into<String>) -> Self {
+        self.member = Some(member.into());
         self
     }
 
@@ -400,7 +583,12 @@ where
             name,
             mut rx,
             options,
+            member,
         } = self;
+        let group = match member {
+            Some(member) => Some(group_run(&member, &options)?),
+            None => None,
+        };
         let poll = Duration::from_millis(options.poll_interval_ms.max(1));
         let position = {
             let (storage, name) = (reader.storage().clone(), name.clone());
@@ -411,7 +599,10 @@ where
                 })??
                 .unwrap_or(0)
         };
-        let counters = reader.storage().metrics().consumer(&name);
+        let counters = match &group {
+            Some(g) => reader.storage().metrics().group_member(&name, &g.member),
+            None => reader.storage().metrics().consumer(&name),
+        };
         let mut state = State {
             reader,
             handler,
@@ -422,6 +613,7 @@ where
             last_checkpoint: Instant::now(),
             retrying: None,
             counters,
+            group,
         };
         tokio::pin!(signal);
         loop {
@@ -465,6 +657,12 @@ where
             }
         }
         let (state, done) = blocking(state, |s: &mut State<E, H>| {
+            if let Some(group) = s.group.as_mut() {
+                // Hands every partition back with its cursor, and leaves.
+                let storage = s.reader.storage().clone();
+                group.step(&storage, &s.name, true)?;
+                return Ok(());
+            }
             if s.position > s.checkpointed {
                 s.checkpoint(&[])?;
             }
@@ -484,6 +682,7 @@ where
             name,
             rx,
             options,
+            member,
         } = self;
         let counters = reader.storage().metrics().consumer(&name);
         let state = State {
@@ -496,6 +695,7 @@ where
             last_checkpoint: Instant::now(),
             retrying: None,
             counters,
+            group: None,
         };
         let (state, taken) = blocking(state, State::replay_parked).await?;
         Ok((
@@ -505,6 +705,7 @@ where
                 name: state.name,
                 rx,
                 options: state.options,
+                member,
             },
             taken?,
         ))

@@ -18,7 +18,7 @@ use super::{Dbs, FORMAT_VERSION, META_FORMAT_KEY, Storage, db_names, health, key
 use crate::config::{Durability, StorageConfig, round_map_bytes};
 use crate::error::{Error, Result};
 
-/// The most named databases an environment holds: VarveDB's own eleven, and the read models of
+/// The most named databases an environment holds: VarveDB's own fifteen, and the read models of
 /// exactly-once projections (one each).
 pub(crate) const DBS_MAX: u32 = 128;
 
@@ -213,6 +213,8 @@ pub(super) fn open(
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::STREAM_BOUNDS))?;
             let retention =
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::RETENTION))?;
+            let groups =
+                opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_GROUPS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
                 Some(found) => check_format(path, Some(found))?,
@@ -232,7 +234,7 @@ pub(super) fn open(
                 cursors,
                 keystore,
                 (types, type_ids, event_ids, parked, tags),
-                (meta, bounds, retention),
+                (meta, bounds, retention, groups),
             )))
         })
         .map_err(OpenFail::into_error)?;
@@ -244,7 +246,7 @@ pub(super) fn open(
         cursors,
         keystore,
         (types, type_ids, event_ids, parked, tags),
-        (meta, bounds, retention),
+        (meta, bounds, retention, groups),
     )) = created;
     let page_size = {
         let rtxn = at_open(&env, || env.read_txn())?;
@@ -265,6 +267,7 @@ pub(super) fn open(
         meta,
         bounds,
         retention,
+        groups,
         page_size,
     };
     // The read models of projections: their handles are opened now, before any snapshot, so

@@ -17,6 +17,7 @@ mod crypto;
 mod env;
 mod envelope;
 mod gate;
+mod groups;
 mod health;
 mod keys;
 mod lmdb;
@@ -51,6 +52,14 @@ use gate::Gate;
 pub(crate) use chain::jump_version;
 pub use consumers::{Consumer, ParkedEvent};
 pub(crate) use env::{inline_record_max, node_max};
+pub use groups::{
+    ConsumerGroup, GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GROUP_PARTITIONS_MAX,
+    GroupMember, GroupPartition, partition_of,
+};
+pub(crate) use groups::{
+    GroupConfig, Held, checkpoint_in as group_checkpoint_in, consumer_group_in, consumer_groups_in,
+    delete as groups_delete, reset as groups_reset,
+};
 pub(crate) use removal::{
     Bounds as StreamBounds, adopt_removal, bounds as stream_bounds, note_removed,
     put_bounds as put_stream_bounds, set_removal_meta, stream_removals,
@@ -145,9 +154,10 @@ pub(crate) mod db_names {
     pub(crate) const TAGS: &str = "tags";
     pub(crate) const STREAM_BOUNDS: &str = "stream_bounds";
     pub(crate) const RETENTION: &str = "retention";
+    pub(crate) const CONSUMER_GROUPS: &str = "consumer_groups";
     /// Every name above: an environment holding any other (but projections' read models) is
     /// not a VarveDB store.
-    pub(crate) const ALL: [&str; 14] = [
+    pub(crate) const ALL: [&str; 15] = [
         EVENTS,
         STREAM_HEADS,
         BLOBS,
@@ -162,6 +172,7 @@ pub(crate) mod db_names {
         TAGS,
         STREAM_BOUNDS,
         RETENTION,
+        CONSUMER_GROUPS,
     ];
 }
 
@@ -204,6 +215,8 @@ pub(crate) struct Dbs {
     pub(crate) bounds: Raw,
     /// `u128 BE stream` (or `default`, the store's) → a retention policy (see [`removal`]).
     pub(crate) retention: Raw,
+    /// Consumer groups: settings, members, leases and partition cursors (see [`groups`]).
+    pub(crate) groups: Raw,
     /// The environment's page size, which decides where LMDB puts a value (leaf or overflow).
     pub(crate) page_size: usize,
 }

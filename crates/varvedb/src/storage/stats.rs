@@ -95,6 +95,7 @@ impl Storage {
                     parked: c.parked,
                 })
                 .collect(),
+            groups: super::consumer_groups_in(self, &txn)?,
         })
     }
 
