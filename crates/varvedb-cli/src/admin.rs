@@ -124,8 +124,9 @@ pub(crate) enum ConsumersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Moves a consumer's cursor: its processor handles the events after POSITION next
-    /// (0: from the start). Stop the processor first.
+    /// Moves a consumer's cursor (a consumer group's: every partition's): its processor
+    /// handles the events after POSITION next (0: from the start). Stop the processor (the
+    /// group's members) first.
     Reset {
         /// The consumer.
         name: String,
@@ -137,7 +138,8 @@ pub(crate) enum ConsumersCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Deletes a consumer's cursor and its parked events.
+    /// Deletes a consumer's cursor and its parked events (a consumer group: its members,
+    /// leases and cursors too).
     Delete {
         /// The consumer.
         name: String,
@@ -168,6 +170,76 @@ pub(crate) fn consumer_json(c: &varvedb::Consumer) -> serde_json::Value {
     })
 }
 
+/// A consumer group as JSON: its settings, members and partitions.
+pub(crate) fn group_json(g: &varvedb::ConsumerGroup) -> serde_json::Value {
+    serde_json::json!({
+        "group": g.name,
+        "partitions": g.partitions,
+        "lease_ms": g.lease_ms,
+        "members": g.members.iter().map(|m| serde_json::json!({
+            "name": m.name,
+            "partitions": m.partitions,
+            "lease_expires_ms": m.lease_expires_ms,
+            "alive": m.alive,
+        })).collect::<Vec<_>>(),
+        "partition_states": g.partition_states.iter().map(|p| serde_json::json!({
+            "partition": p.partition,
+            "member": p.member,
+            "generation": p.generation,
+            "lease_expires_ms": p.lease_expires_ms,
+            "position": p.position,
+            "lag_events": p.lag_events,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A consumer group as text: its members with their partitions and leases, then each
+/// partition's holder, cursor and lag.
+fn print_group(g: &varvedb::ConsumerGroup) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let lease = |expires: u64| {
+        if expires > now {
+            format!("{:.1} s left", (expires - now) as f64 / 1000.0)
+        } else {
+            "expired".to_string()
+        }
+    };
+    println!();
+    println!(
+        "group {}: {} partitions, leases of {} ms, {} members",
+        g.name,
+        g.partitions,
+        g.lease_ms,
+        g.members.iter().filter(|m| m.alive).count()
+    );
+    println!("  {:<24} {:<40} {:>14}", "member", "partitions", "lease");
+    for m in &g.members {
+        let parts: Vec<String> = m.partitions.iter().map(u32::to_string).collect();
+        println!(
+            "  {:<24} {:<40} {:>14}",
+            m.name,
+            parts.join(","),
+            lease(m.lease_expires_ms)
+        );
+    }
+    println!(
+        "  {:>9} {:<24} {:>10} {:>12} {:>10}",
+        "partition", "member", "generation", "position", "lag"
+    );
+    for p in &g.partition_states {
+        println!(
+            "  {:>9} {:<24} {:>10} {:>12} {:>10}",
+            p.partition,
+            p.member.as_deref().unwrap_or("-"),
+            p.generation,
+            p.position,
+            p.lag_events
+        );
+    }
+}
+
 /// How a `consumers` command ended, short of an error.
 pub(crate) enum Outcome {
     Done,
@@ -184,12 +256,16 @@ pub(crate) fn consumers(
 ) -> Result<Outcome, varvedb::Error> {
     let storage = open()?;
     let known = |storage: &Storage, name: &str| -> Result<bool, varvedb::Error> {
-        Ok(storage.consumer_position(name)?.is_some())
+        Ok(storage.consumer_position(name)?.is_some()
+            || storage.consumer_groups()?.iter().any(|g| g.name == name))
     };
     match command {
         ConsumersCommand::List { json: true } => {
             for c in storage.consumers()? {
                 println!("{}", consumer_json(&c));
+            }
+            for g in storage.consumer_groups()? {
+                println!("{}", group_json(&g));
             }
         }
         ConsumersCommand::List { json: false } => {
@@ -202,6 +278,9 @@ pub(crate) fn consumers(
                     "{:<32} {:>12} {:>12} {:>10} {:>10.1} {:>8}",
                     c.name, c.position, c.head, c.lag_events, c.lag_seconds, c.parked
                 );
+            }
+            for g in storage.consumer_groups()? {
+                print_group(&g);
             }
         }
         ConsumersCommand::Reset { name, to, force } => {

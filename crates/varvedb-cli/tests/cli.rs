@@ -2235,3 +2235,115 @@ fn an_export_of_a_store_with_removals_imports_into_the_same_store() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("version 9, seq 11"), "{stdout}");
 }
+
+/// Counts what a group member handles.
+struct Tally(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl varvedb::EventHandler<Attachment> for Tally {
+    fn handle(
+        &mut self,
+        _: &varvedb::EventRef<'_, Attachment>,
+    ) -> Result<(), varvedb::HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[test]
+fn consumers_shows_a_group_with_its_members_leases_and_partitions_and_resets_it() {
+    use varvedb::{ExpectedVersion, Processor, Reader, Storage, StorageConfig, Writer};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let s = store.to_str().unwrap();
+    let storage = Storage::open(StorageConfig {
+        path: store.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let writer = Writer::<Attachment>::new(storage.clone());
+    for i in 0..100u128 {
+        writer
+            .append(
+                i % 10 + 1,
+                ExpectedVersion::Auto,
+                &Attachment { bytes: vec![1] },
+            )
+            .unwrap();
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let handled = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let member = Processor::new(
+        Reader::<Attachment>::new(storage.clone()),
+        Tally(handled.clone()),
+        "billing",
+        storage.subscribe(),
+    )
+    .in_group("node-a");
+    let task = rt.spawn(member.run_until(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while handled.load(std::sync::atomic::Ordering::SeqCst) < 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member handles nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The tool, from another process, sees the member holding all 16 partitions.
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "consumers"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("group billing: 16 partitions, leases of 5000 ms, 1 members"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l.trim_start().starts_with("node-a")),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "consumers", "--json"]);
+    assert!(ok, "{stderr}");
+    let group: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["group"] == "billing")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(group["members"][0]["name"], "node-a");
+    assert_eq!(
+        group["members"][0]["partitions"].as_array().unwrap().len(),
+        16
+    );
+    assert_eq!(group["partition_states"].as_array().unwrap().len(), 16);
+    // A graceful stop hands everything back at the end of the log.
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap().unwrap();
+    let positions = |s: &str| -> Vec<u64> {
+        let (ok, stdout, stderr) = varvedb(&["--path", s, "consumers", "--json"]);
+        assert!(ok, "{stderr}");
+        let group: serde_json::Value = stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["group"] == "billing")
+            .unwrap();
+        assert_eq!(group["members"].as_array().unwrap().len(), 0, "{group}");
+        group["partition_states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["position"].as_u64().unwrap())
+            .collect()
+    };
+    assert!(positions(s).iter().all(|p| *p == 100));
+    // `consumers reset` moves every partition of the group.
+    let (ok, stdout, stderr) =
+        varvedb(&["--path", s, "consumers", "reset", "billing", "--to", "40"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("billing now at 40"), "{stdout}");
+    assert!(positions(s).iter().all(|p| *p == 40));
+    let (ok, _, stderr) = varvedb(&["--path", s, "consumers", "delete", "billing"]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, _) = varvedb(&["--path", s, "consumers", "--json"]);
+    assert!(ok);
+    assert!(!stdout.contains("billing"), "{stdout}");
+}
