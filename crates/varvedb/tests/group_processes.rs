@@ -154,10 +154,19 @@ fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
     }
 }
 
-/// Three members, events appended by this process, member `m1` killed once it has handled
-/// some; returns the store and the number of events, once the group has handled all of them
-/// and the two left have stopped gracefully.
-fn run_group(dir: &Path, mode: &str, group: &str) -> (Storage, u64) {
+/// What happens to member `m1` once it has handled some events.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP for this long (longer than the lease), then SIGCONT: it stalls and comes back.
+    Stall(Duration),
+}
+
+/// Three members, events appended by this process, `fault` done to member `m1` once it has
+/// handled some; returns the store and the number of events, once the group has handled all
+/// of them and the members left have stopped gracefully.
+fn run_group(dir: &Path, mode: &str, group: &str, fault: Fault) -> (Storage, u64) {
     let storage = Storage::open(StorageConfig {
         path: dir.join("store"),
         ..Default::default()
@@ -192,23 +201,39 @@ fn run_group(dir: &Path, mode: &str, group: &str) -> (Storage, u64) {
             .append(u128::from(i % 30) + 1, ExpectedVersion::Auto, &deposit(i))
             .unwrap();
         if i == events / 3 {
-            // m1 is busy: its partitions have events waiting. Kill it mid-batch.
+            // m1 is busy: its partitions have events waiting. The fault lands mid-batch.
             std::thread::sleep(Duration::from_millis(300));
-            members[1].kill().unwrap();
-            members[1].wait().unwrap();
+            match fault {
+                Fault::Kill => {
+                    members[1].kill().unwrap();
+                    members[1].wait().unwrap();
+                }
+                Fault::Stall(pause) => {
+                    // Resumed from another thread: stopped inside a write transaction, it holds
+                    // the store's write lock, and this thread's appends wait for it.
+                    let pid = members[1].id().to_string();
+                    signal(&pid, "-STOP");
+                    std::thread::spawn(move || {
+                        std::thread::sleep(pause);
+                        signal(&pid, "-CONT");
+                    });
+                }
+            }
             killed_at = Some(Instant::now());
         }
     }
     let killed_at = killed_at.unwrap();
-    // Its partitions move to the others once its lease has expired.
-    wait_until("m1's partitions move", Duration::from_secs(20), || {
-        let h = holders(group);
-        h.len() == 16 && h.values().all(|m| m.as_deref().is_some_and(|m| m != "m1"))
-    });
-    assert!(
-        killed_at.elapsed() >= Duration::from_millis(LEASE_MS / 2),
-        "the partitions moved before the lease could expire"
-    );
+    if fault == Fault::Kill {
+        // Its partitions move to the others once its lease has expired.
+        wait_until("m1's partitions move", Duration::from_secs(20), || {
+            let h = holders(group);
+            h.len() == 16 && h.values().all(|m| m.as_deref().is_some_and(|m| m != "m1"))
+        });
+        assert!(
+            killed_at.elapsed() >= Duration::from_millis(LEASE_MS / 2),
+            "the partitions moved before the lease could expire"
+        );
+    }
     wait_until(
         "the group handles every event",
         Duration::from_secs(60),
@@ -223,17 +248,22 @@ fn run_group(dir: &Path, mode: &str, group: &str) -> (Storage, u64) {
     );
     std::fs::write(dir.join("stop"), b"").unwrap();
     for (i, mut m) in members.into_iter().enumerate() {
-        if i != 1 {
+        if i != 1 || fault != Fault::Kill {
             assert!(m.wait().unwrap().success(), "member m{i} failed");
         }
     }
     (storage, events)
 }
 
+fn signal(pid: &str, which: &str) {
+    let status = Command::new("kill").args([which, pid]).status().unwrap();
+    assert!(status.success(), "kill {which} {pid}");
+}
+
 #[test]
 fn three_member_processes_one_killed_handle_every_event_and_never_a_stream_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (_storage, events) = run_group(dir.path(), "processor", "billing");
+    let (_storage, events) = run_group(dir.path(), "processor", "billing", Fault::Kill);
     // (member, stream, version, seq, start, end) of every handling recorded.
     let mut handled = Vec::new();
     for m in ["m0", "m1", "m2"] {
@@ -288,8 +318,20 @@ fn three_member_processes_one_killed_handle_every_event_and_never_a_stream_at_on
 
 #[test]
 fn a_projection_group_of_processes_one_killed_applies_every_event_exactly_once() {
+    assert_exactly_once(Fault::Kill);
+}
+
+#[test]
+fn a_projection_member_stalled_past_its_lease_commits_nothing_of_what_it_lost() {
+    // Stopped for three leases: the others take its partitions and apply their events; when it
+    // resumes, its batch in hand is fenced (or, stopped inside its transaction, it had held the
+    // write lock and nobody took anything). Either way, each event is in the model once.
+    assert_exactly_once(Fault::Stall(Duration::from_millis(3 * LEASE_MS)));
+}
+
+fn assert_exactly_once(fault: Fault) {
     let dir = tempfile::tempdir().unwrap();
-    let (storage, events) = run_group(dir.path(), "projection", "totals");
+    let (storage, events) = run_group(dir.path(), "projection", "totals", fault);
     // The model's database was made by the members after this process opened the store: a
     // reopen sees it.
     drop(storage);

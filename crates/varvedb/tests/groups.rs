@@ -390,3 +390,71 @@ fn a_projection_group_keeps_its_model_exactly_once_across_members_joining_and_le
         assert_eq!(counted(seq), Some(1), "event {seq}");
     }
 }
+
+/// Fails on one event, every time.
+struct FailsOn(u64, Log);
+
+impl EventHandler<Deposited> for FailsOn {
+    fn handle(&mut self, event: &EventRef<'_, Deposited>) -> Result<(), HandlerError> {
+        if event.seq() == self.0 {
+            return Err("the handler cannot take it".into());
+        }
+        let order = self.1.order.fetch_add(1, Ordering::SeqCst);
+        self.1.handled.lock().unwrap().push(Handled {
+            member: 0,
+            stream: event.stream_id(),
+            version: event.version(),
+            seq: event.seq(),
+            order,
+        });
+        Ok(())
+    }
+}
+
+#[test]
+fn a_group_member_parks_a_failing_event_under_the_group_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let log = Log::new();
+    write(&storage, 1, 100);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let processor = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        FailsOn(37, log.clone()),
+        "billing",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: varvedb::OnError::RetryThenPark {
+            attempts: 2,
+            backoff_ms: 1,
+        },
+        ..group_options()
+    })
+    .in_group("solo");
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    wait_until("the rest is handled", Duration::from_secs(20), || {
+        log.count() >= 99
+    });
+    // The group's metrics, labelled by group and member.
+    let metrics = storage.metrics_text();
+    assert!(
+        metrics.contains("varvedb_group_partitions_held{group=\"billing\",member=\"solo\"} 16"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("varvedb_group_handler_errors_total{group=\"billing\",member=\"solo\"} 2"),
+        "{metrics}"
+    );
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap().unwrap();
+    let parked = storage.parked_events("billing").unwrap();
+    assert_eq!(parked.iter().map(|p| p.seq).collect::<Vec<_>>(), [37]);
+    assert!(parked[0].reason.contains("cannot take it"));
+    let mut seqs: Vec<u64> = log.handled.lock().unwrap().iter().map(|h| h.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=100).filter(|s| *s != 37).collect::<Vec<_>>());
+}

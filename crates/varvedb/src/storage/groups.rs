@@ -614,3 +614,118 @@ pub(crate) fn checkpoint_in(
 ) -> Result<Vec<u32>> {
     checkpoint(dbs, wtxn, group, member, held, &[], true)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn open(dir: &tempfile::TempDir) -> Storage {
+        Storage::open(crate::StorageConfig {
+            path: dir.path().into(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    const PINNED: [u32; 5] = [11, 15, 3, 11, 3];
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // The hash is part of the format: a group's partitions must not move between builds.
+        let pinned: Vec<u32> = [1u128, 2, 3, 1 << 64, u128::MAX]
+            .iter()
+            .map(|&s| partition_of(s, 16))
+            .collect();
+        assert_eq!(pinned, PINNED);
+        let mut seen = [0u32; 16];
+        for s in 0..16_000u128 {
+            seen[partition_of(s, 16) as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+        assert_eq!(partition_of(7, 1), 0);
+    }
+
+    /// A member whose lease expired and was taken over commits nothing: neither its cursors
+    /// nor (all or nothing) anything else of its transaction.
+    #[test]
+    fn a_member_whose_lease_was_taken_over_is_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let wanted = GroupConfig {
+            partitions: 2,
+            lease_ms: 100,
+        };
+        let a = member_step(&storage, "g", "a", wanted, &[], false).unwrap();
+        assert_eq!(a.held.len(), 2);
+        let mut stale = a.held.clone();
+        for h in &mut stale {
+            h.position = 50;
+        }
+        // `a` stalls past its lease; `b` takes both partitions (a new generation each).
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let b = member_step(&storage, "g", "b", wanted, &[], false).unwrap();
+        assert_eq!(b.held.len(), 2);
+        assert!(b.held[0].generation > a.held[0].generation);
+        // `a` comes back with positions it thinks it holds: refused, nothing written.
+        let lost = storage
+            .write(storage.resize_wait(), |wtxn, dbs| {
+                Ok((checkpoint_in(dbs, wtxn, "g", "a", &stale)?, true))
+            })
+            .unwrap();
+        assert_eq!(lost, [0, 1]);
+        let lost = storage.group_checkpoint("g", "a", &stale, &[]).unwrap();
+        assert_eq!(lost, [0, 1]);
+        let txn = storage.read_txn().unwrap();
+        for p in 0..2 {
+            assert_eq!(position(storage.dbs(), txn.raw(), "g", p).unwrap(), 0);
+        }
+        drop(txn);
+        // Its own step then hands nothing back over `b`'s leases, and takes nothing of them.
+        let again = member_step(&storage, "g", "a", wanted, &stale, false).unwrap();
+        assert!(again.held.is_empty(), "{:?}", again.held);
+        let txn = storage.read_txn().unwrap();
+        for p in 0..2 {
+            let l = lease(storage.dbs(), txn.raw(), "g", p).unwrap();
+            assert_eq!(l.member, "b");
+            assert_eq!(position(storage.dbs(), txn.raw(), "g", p).unwrap(), 0);
+        }
+    }
+
+    /// Joining and leaving: a fair share for each live member, hand-backs with their cursors.
+    #[test]
+    fn members_share_fairly_and_a_leaving_member_hands_back_its_cursors() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = open(&dir);
+        let wanted = GroupConfig {
+            partitions: 16,
+            lease_ms: 5_000,
+        };
+        let mut a = member_step(&storage, "g", "a", wanted, &[], false).unwrap();
+        assert_eq!(a.held.len(), 16);
+        let b = member_step(&storage, "g", "b", wanted, &[], false).unwrap();
+        // `a` holds everything until it steps again: `b` waits.
+        assert!(b.held.is_empty());
+        for h in &mut a.held {
+            h.position = 10 + u64::from(h.partition);
+        }
+        let a2 = member_step(&storage, "g", "a", wanted, &a.held, false).unwrap();
+        assert_eq!(a2.held.len(), 8);
+        let b2 = member_step(&storage, "g", "b", wanted, &b.held, false).unwrap();
+        assert_eq!(b2.held.len(), 8);
+        // `b` starts each partition it took at the cursor `a` handed back.
+        for h in &b2.held {
+            assert_eq!(h.position, 10 + u64::from(h.partition));
+        }
+        let left = member_step(&storage, "g", "a", wanted, &a2.held, true).unwrap();
+        assert!(left.held.is_empty());
+        let b3 = member_step(&storage, "g", "b", wanted, &b2.held, false).unwrap();
+        assert_eq!(b3.held.len(), 16);
+        let txn = storage.read_txn().unwrap();
+        let g = group_in(storage.dbs(), txn.raw(), "g", 100)
+            .unwrap()
+            .unwrap();
+        assert_eq!(g.members.len(), 1);
+        assert_eq!(g.members[0].partitions.len(), 16);
+    }
+}
