@@ -14,8 +14,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use varvedb::{
-    EventId, ExportBounds, ExportConsumer, ExportHeader, ExportKey, ExportType, ParkedEvent,
-    Storage, StorageConfig, StoredEvent,
+    EventId, ExportBounds, ExportConsumer, ExportGroup, ExportHeader, ExportKey, ExportType,
+    ParkedEvent, Storage, StorageConfig, StoredEvent,
 };
 
 use crate::stream_id::parse as parse_stream;
@@ -68,6 +68,19 @@ struct HeaderLine {
     /// The streams that lost events: first kept version, tombstone, head.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     bounds: Vec<BoundsLine>,
+    /// The consumer groups: settings, each partition's cursor, parked events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<GroupLine>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupLine {
+    name: String,
+    partitions: u32,
+    lease_ms: u64,
+    positions: Vec<u64>,
+    parked: Vec<ParkedLine>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -231,6 +244,24 @@ fn header_line(h: &ExportHeader) -> HeaderLine {
                 last_seq: b.head.1,
             })
             .collect(),
+        groups: h
+            .groups
+            .iter()
+            .map(|g| GroupLine {
+                name: g.name.clone(),
+                partitions: g.partitions,
+                lease_ms: g.lease_ms,
+                positions: g.positions.clone(),
+                parked: g
+                    .parked
+                    .iter()
+                    .map(|p| ParkedLine {
+                        seq: p.seq,
+                        reason: p.reason.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -302,6 +333,21 @@ fn header_of(line: usize, h: HeaderLine) -> Result<ExportHeader, String> {
                 })
             })
             .collect::<Result<_, String>>()?,
+        groups: h
+            .groups
+            .into_iter()
+            .map(|g| ExportGroup {
+                name: g.name,
+                partitions: g.partitions,
+                lease_ms: g.lease_ms,
+                positions: g.positions,
+                parked: g
+                    .parked
+                    .into_iter()
+                    .map(|p| ParkedEvent::new(p.seq, p.reason))
+                    .collect(),
+            })
+            .collect(),
     })
 }
 

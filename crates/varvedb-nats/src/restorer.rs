@@ -416,6 +416,7 @@ impl Restore<'_> {
             consumers: Vec::new(),
             removed_events: 0,
             bounds: Vec::new(),
+            groups: Vec::new(),
         };
         header.types = types;
         header.keys = keys;

@@ -48,6 +48,25 @@ pub struct ExportHeader {
     pub removed_events: u64,
     /// The streams that lost events, with their first kept version, tombstone and head.
     pub bounds: Vec<ExportBounds>,
+    /// The consumer groups of processors, with each partition's cursor (not their members
+    /// and leases, which are live state; nor groups of projections, whose model is not
+    /// exported).
+    pub groups: Vec<ExportGroup>,
+}
+
+/// A consumer group, as exported: its settings, each partition's cursor, and its parked events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportGroup {
+    /// Its name.
+    pub name: String,
+    /// How many partitions the streams are split into.
+    pub partitions: u32,
+    /// How long a member's lease lasts, in milliseconds.
+    pub lease_ms: u64,
+    /// Each partition's cursor, partition 0 first (as many as `partitions`).
+    pub positions: Vec<u64>,
+    /// The events its members parked.
+    pub parked: Vec<ParkedEvent>,
 }
 
 /// A stream that lost its first events ([`Storage::truncate_stream`](crate::Storage::truncate_stream),
@@ -282,6 +301,7 @@ pub(crate) fn export_header(storage: &Storage, txn: &ReadTxn) -> Result<ExportHe
         consumers: consumers_out,
         removed_events: storage::meta_removed(dbs, raw)?,
         bounds: bounds_out,
+        groups: storage::export_groups(dbs, raw, |name| storage.has_projection(name))?,
     })
 }
 
@@ -959,6 +979,22 @@ impl Importer {
                 for p in &c.parked {
                     park(dbs, wtxn, &c.name, p.seq, &p.reason)?;
                 }
+            }
+            for g in &header.groups {
+                check_consumer_name(&g.name)?;
+                if g.positions.iter().any(|p| *p > last) {
+                    return Err(invalid(
+                        0,
+                        format!(
+                            "consumer group {:?} has a partition past the last imported event \
+                             {last}",
+                            g.name
+                        ),
+                    ));
+                }
+                let (w, k) = storage::import_group(dbs, wtxn, g, overwrite, brought_events)?;
+                written += w;
+                kept += k;
             }
             Ok(((written, kept), written > 0 || removals.is_some()))
         })?;

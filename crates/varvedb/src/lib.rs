@@ -238,8 +238,8 @@ pub use writer::{Append, IntoOptions, SerializeEvent, Writer};
 /// `Storage::importer`). What `varvedb export` and `varvedb import` and replication use.
 pub mod export {
     pub use crate::dump::{
-        ExportBounds, ExportConsumer, ExportHeader, ExportKey, ExportType, ImportReport, Importer,
-        StoredEvent,
+        ExportBounds, ExportConsumer, ExportGroup, ExportHeader, ExportKey, ExportType,
+        ImportReport, Importer, StoredEvent,
     };
 }
 

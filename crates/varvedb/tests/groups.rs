@@ -458,3 +458,76 @@ fn a_group_member_parks_a_failing_event_under_the_group_and_goes_on() {
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=100).filter(|s| *s != 37).collect::<Vec<_>>());
 }
+
+#[test]
+fn an_export_carries_a_groups_cursors_and_parked_events_into_an_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let log = Log::new();
+    write(&storage, 2, 100);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let processor = Processor::new(
+        Reader::<Deposited>::new(storage.clone()),
+        FailsOn(7, log.clone()),
+        "billing",
+        storage.subscribe(),
+    )
+    .with_options(ProcessorOptions {
+        on_error: varvedb::OnError::Park,
+        group_partitions: 8,
+        ..group_options()
+    })
+    .in_group("solo");
+    let task = rt.spawn(processor.run_until(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    wait_until("everything is handled", Duration::from_secs(20), || {
+        log.count() >= 199
+    });
+    stop.send(true).unwrap();
+    rt.block_on(task).unwrap().unwrap();
+    let (header, events) = {
+        let txn = storage.read_txn().unwrap();
+        let header = storage.export_header(&txn).unwrap();
+        let events: Vec<varvedb::StoredEvent> =
+            storage.export_events(&txn, 1).map(|e| e.unwrap()).collect();
+        (header, events)
+    };
+    assert_eq!(header.groups.len(), 1);
+    assert_eq!(header.groups[0].positions, vec![200; 8]);
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = open(&copy_dir);
+    let mut importer = copy.importer();
+    importer.begin(&header).unwrap();
+    for e in events {
+        importer.push(e).unwrap();
+    }
+    let report = importer.finish(&header).unwrap();
+    assert_eq!(report.consumers, 1);
+    let groups = copy.consumer_groups().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].partitions, 8);
+    assert!(groups[0].partition_states.iter().all(|p| p.position == 200));
+    assert_eq!(
+        copy.parked_events("billing")
+            .unwrap()
+            .iter()
+            .map(|p| p.seq)
+            .collect::<Vec<_>>(),
+        [7]
+    );
+    // A second import of the same export moves nothing back and writes nothing more.
+    copy.reset_consumer("billing", 150).unwrap();
+    let header_again = header.clone();
+    let mut importer = copy.importer();
+    importer.resume().unwrap();
+    let report = importer.finish(&header_again).unwrap();
+    assert_eq!(report.consumers, 1, "forward from 150 to 200");
+    assert!(
+        copy.consumer_groups().unwrap()[0]
+            .partition_states
+            .iter()
+            .all(|p| p.position == 200)
+    );
+}

@@ -615,6 +615,93 @@ pub(crate) fn checkpoint_in(
     checkpoint(dbs, wtxn, group, member, held, &[], true)
 }
 
+/// Every group of processors in `txn`, as exported (`is_projection` names the groups of
+/// projections, left out).
+pub(crate) fn export_groups(
+    dbs: &Dbs,
+    txn: &RoTxn<'_>,
+    is_projection: impl Fn(&str) -> bool,
+) -> Result<Vec<crate::dump::ExportGroup>> {
+    let mut out = Vec::new();
+    for name in names(dbs, txn)? {
+        if is_projection(&name) {
+            continue;
+        }
+        let Some(c) = config(dbs, txn, &name)? else {
+            continue;
+        };
+        let positions = (0..c.partitions)
+            .map(|p| position(dbs, txn, &name, p))
+            .collect::<Result<Vec<u64>>>()?;
+        out.push(crate::dump::ExportGroup {
+            parked: super::parked_of(dbs, txn, &name)?,
+            name,
+            partitions: c.partitions,
+            lease_ms: c.lease_ms,
+            positions,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes an exported group into a store: its settings if the store has none (the same
+/// partition count if it has), and each partition's cursor where it moves forward (or
+/// everywhere, with `overwrite`), with its parked events. A group the store lacks is created
+/// only when the import `brought_events`. Returns (written, kept) as for consumers.
+pub(crate) fn import_group(
+    dbs: &Dbs,
+    wtxn: &mut RwTxn<'_>,
+    g: &crate::dump::ExportGroup,
+    overwrite: bool,
+    brought_events: bool,
+) -> Result<(u64, u64)> {
+    let bad = |reason: String| Error::InvalidImport { seq: 0, reason };
+    if !(1..=GROUP_PARTITIONS_MAX).contains(&g.partitions)
+        || g.positions.len() != g.partitions as usize
+    {
+        return Err(bad(format!(
+            "consumer group {:?}: {} partitions with {} cursors",
+            g.name,
+            g.partitions,
+            g.positions.len()
+        )));
+    }
+    match config(dbs, wtxn, &g.name)? {
+        Some(c) if c.partitions != g.partitions => {
+            return Err(bad(format!(
+                "consumer group {:?} has {} partitions in the store and {} in the export",
+                g.name, c.partitions, g.partitions
+            )));
+        }
+        Some(_) => {}
+        None if !brought_events && !overwrite => return Ok((0, 1)),
+        None => {
+            let mut v = Vec::with_capacity(16);
+            v.extend_from_slice(&g.partitions.to_le_bytes());
+            v.extend_from_slice(&0u32.to_le_bytes());
+            v.extend_from_slice(&g.lease_ms.to_le_bytes());
+            dbs.groups
+                .put(wtxn, &key(&g.name, CONFIG, &[]), &v)
+                .lmdb()?;
+        }
+    }
+    let mut moved = false;
+    let mut held_back = false;
+    for (partition, &p) in (0u32..).zip(&g.positions) {
+        let ours = position(dbs, wtxn, &g.name, partition)?;
+        if overwrite || p > ours {
+            set_position(dbs, wtxn, &g.name, partition, p)?;
+            moved = true;
+        } else if p < ours {
+            held_back = true;
+        }
+    }
+    for p in &g.parked {
+        super::park(dbs, wtxn, &g.name, p.seq, &p.reason)?;
+    }
+    Ok((u64::from(moved), u64::from(held_back && !moved)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -58,7 +58,7 @@ pub use groups::{
 };
 pub(crate) use groups::{
     GroupConfig, Held, checkpoint_in as group_checkpoint_in, consumer_group_in, consumer_groups_in,
-    delete as groups_delete, reset as groups_reset,
+    delete as groups_delete, export_groups, import_group, reset as groups_reset,
 };
 pub(crate) use removal::{
     Bounds as StreamBounds, adopt_removal, bounds as stream_bounds, note_removed,
