@@ -531,3 +531,54 @@ fn an_export_carries_a_groups_cursors_and_parked_events_into_an_import() {
             .all(|p| p.position == 200)
     );
 }
+
+#[test]
+fn two_processors_started_under_one_member_name_never_share_a_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open(&dir);
+    let rt = runtime();
+    let log = Log::new();
+    let start = |index: usize| {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let processor = Processor::new(
+            Reader::<Deposited>::new(storage.clone()),
+            Member {
+                index,
+                log: log.clone(),
+                stall: None,
+            },
+            "billing",
+            storage.subscribe(),
+        )
+        .with_options(group_options())
+        .in_group("twin");
+        let task = rt.spawn(processor.run_until(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        (stop, task)
+    };
+    let first = start(0);
+    wait_until(
+        "the first takes everything",
+        Duration::from_secs(10),
+        || {
+            storage
+                .group_members("billing")
+                .unwrap()
+                .first()
+                .is_some_and(|m| m.partitions.len() == 16)
+        },
+    );
+    let second = start(1);
+    write(&storage, 2, 250);
+    wait_until("every event is handled", Duration::from_secs(20), || {
+        log.count() >= 500
+    });
+    // A while longer: a second holder would handle the events again.
+    std::thread::sleep(Duration::from_millis(300));
+    for (stop, task) in [first, second] {
+        stop.send(true).unwrap();
+        rt.block_on(task).unwrap().unwrap();
+    }
+    assert_once_in_order(&log, 500);
+}

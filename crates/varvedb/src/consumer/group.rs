@@ -20,6 +20,9 @@ use crate::storage::{GroupConfig, Held, Storage, partition_of};
 #[derive(Debug)]
 pub(crate) struct GroupRun {
     pub(crate) member: String,
+    /// The member's identity in its leases: its name and this run's incarnation, so that a
+    /// second processor started under the same name never takes its partitions.
+    pub(crate) lease_id: String,
     pub(crate) wanted: GroupConfig,
     pub(crate) config: Option<GroupConfig>,
     /// The partitions held, with their positions in memory (ahead of the stored cursors
@@ -37,7 +40,15 @@ pub(crate) struct GroupRun {
 
 impl GroupRun {
     pub(crate) fn new(member: String, wanted: GroupConfig) -> Self {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let incarnation = nanos
+            ^ (u64::from(std::process::id()) << 40)
+            ^ RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         GroupRun {
+            lease_id: format!("{member}\0{incarnation:016x}"),
             member,
             wanted,
             config: None,
@@ -95,7 +106,7 @@ impl GroupRun {
         let due = self.renewed.is_none_or(|t| t.elapsed() >= self.lease() / 3);
         let changed = due || {
             let txn = storage.read_txn()?;
-            storage.group_step_needed(&txn, group, &self.member, &self.live, &self.held)?
+            storage.group_step_needed(&txn, group, &self.lease_id, &self.live, &self.held)?
         };
         if changed {
             self.step(storage, group, false)?;
@@ -106,7 +117,7 @@ impl GroupRun {
     /// One step in the store (see `storage::groups::member_step`).
     pub(crate) fn step(&mut self, storage: &Storage, group: &str, leaving: bool) -> Result<()> {
         let started = Instant::now();
-        let step = storage.group_step(group, &self.member, self.wanted, &self.held, leaving)?;
+        let step = storage.group_step(group, &self.lease_id, self.wanted, &self.held, leaving)?;
         let kept: Vec<u32> = step.held.iter().map(|h| h.partition).collect();
         for h in &self.held {
             if !kept.contains(&h.partition) && !leaving {
@@ -139,7 +150,7 @@ impl GroupRun {
         group: &str,
         parked: &[(u64, String)],
     ) -> Result<u64> {
-        let lost = storage.group_checkpoint(group, &self.member, &self.held, parked)?;
+        let lost = storage.group_checkpoint(group, &self.lease_id, &self.held, parked)?;
         if !lost.is_empty() {
             tracing::warn!(group, member = %self.member, ?lost, "fenced: partitions lost to another member; their cursors were not written");
             self.fenced += lost.len() as u64;

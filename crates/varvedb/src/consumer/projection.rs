@@ -381,7 +381,7 @@ where
     for h in &mut moved {
         h.position = h.position.max(scanned);
     }
-    let member = group.member.clone();
+    let member = group.lease_id.clone();
     let lost = storage.write(storage.resize_wait(), |wtxn, dbs| {
         let lost = crate::storage::group_checkpoint_in(dbs, wtxn, name, &member, &moved)?;
         if !lost.is_empty() {

@@ -188,6 +188,12 @@ pub(crate) fn names(dbs: &Dbs, txn: &RoTxn<'_>) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// The name part of a member's lease identity, `name ‖ 0x00 ‖ incarnation` (a name alone is
+/// its own identity).
+pub(crate) fn member_name(id: &str) -> &str {
+    id.split('\0').next().unwrap_or(id)
+}
+
 /// The time now, unix milliseconds.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -245,7 +251,10 @@ pub(crate) fn member_step(
                 wanted
             }
         };
-        let member_key = key(group, MEMBER, member.as_bytes());
+        // Leases name the member's identity (its name and this run's incarnation), the
+        // membership its name: two processors started under one name never share a lease.
+        let name = member_name(member);
+        let member_key = key(group, MEMBER, name.as_bytes());
         if leaving {
             dbs.groups.delete(wtxn, &member_key).lmdb()?;
         } else {
@@ -266,7 +275,7 @@ pub(crate) fn member_step(
             }
         }
         let live_refs: Vec<&str> = live.iter().map(String::as_str).collect();
-        let me = live_refs.iter().position(|m| *m == member);
+        let me = live_refs.iter().position(|m| *m == name);
         let mut out = Vec::new();
         for partition in 0..config.partitions {
             let mut l = lease(dbs, wtxn, group, partition)?;
@@ -345,7 +354,7 @@ pub(crate) fn step_needed(
         return Ok(true);
     }
     let live_refs: Vec<&str> = live.iter().map(String::as_str).collect();
-    let me = live_refs.iter().position(|m| *m == member);
+    let me = live_refs.iter().position(|m| *m == member_name(member));
     for partition in 0..config.partitions {
         let want = me.is_some() && desired(&live_refs, partition) == me;
         let holding = held.iter().any(|h| h.partition == partition);
@@ -505,7 +514,7 @@ pub(crate) fn group_in(
         let held = !l.member.is_empty() && l.expires_ms > now;
         partition_states.push(GroupPartition {
             partition,
-            member: held.then(|| l.member.clone()),
+            member: held.then(|| member_name(&l.member).to_owned()),
             generation: l.generation,
             lease_expires_ms: l.expires_ms,
             position,
