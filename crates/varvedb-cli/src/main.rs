@@ -53,6 +53,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upgrades a store of an older format to the one this build writes, in place, in one
+    /// transaction (a kill leaves the old store or the new one). With --dry-run, says what it
+    /// would do and changes nothing. Every other command (and `Storage::open`) upgrades too,
+    /// unless `StorageConfig::allow_upgrade` is off.
+    Upgrade {
+        /// Say what the upgrade does; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Checks the whole store: record checksums, the stream chains and heads, every blob's
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
     /// check. --json for one JSON object with every problem.
@@ -262,6 +271,7 @@ fn main() -> ExitCode {
         )
         .map_err(Into::into),
         Command::Stats { json } => stats(open, json),
+        Command::Upgrade { dry_run } => upgrade(&path, raw_key(), dry_run),
         Command::Shred {
             stream,
             finalize,
@@ -396,6 +406,56 @@ fn failed(e: &(dyn std::error::Error + 'static)) -> ExitCode {
     }
     eprintln!("varvedb: {e}");
     ExitCode::from(2)
+}
+
+/// `varvedb upgrade [--dry-run]`: the store's format, and what upgrading it does.
+fn upgrade(
+    path: &Path,
+    master_key: Option<[u8; 32]>,
+    dry_run: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let config = |allow_upgrade| StorageConfig {
+        path: path.into(),
+        master_key,
+        allow_upgrade,
+        ..Default::default()
+    };
+    match Storage::open_existing(config(false)) {
+        Ok(storage) => {
+            println!(
+                "the store at {} is of format {}, the one this build writes: nothing to do",
+                path.display(),
+                storage.stats()?.format
+            );
+            Ok(())
+        }
+        Err(varvedb::Error::UpgradeRequired {
+            found,
+            current,
+            steps,
+            ..
+        }) => {
+            println!(
+                "the store at {} is of format {found}; this build writes format {current}",
+                path.display()
+            );
+            println!("the upgrade: {steps}");
+            if dry_run {
+                println!("dry run: nothing changed");
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            let storage = Storage::open_existing(config(true))?;
+            print_warnings(&storage);
+            println!(
+                "upgraded to format {} in {:.1?}",
+                storage.stats()?.format,
+                started.elapsed()
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens an existing store: a missing directory, or one that holds no store, is an error and

@@ -2347,3 +2347,32 @@ fn consumers_shows_a_group_with_its_members_leases_and_partitions_and_resets_it(
     assert!(ok);
     assert!(!stdout.contains("billing"), "{stdout}");
 }
+
+#[test]
+fn upgrade_says_what_it_does_with_dry_run_and_upgrades_a_format_4_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../varvedb/tests/fixtures/format4/plaintext/data.mdb"),
+        store.join("data.mdb"),
+    )
+    .unwrap();
+    let s = store.to_str().unwrap();
+    let before = std::fs::read(store.join("data.mdb")).unwrap();
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "upgrade", "--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("is of format 4"), "{stdout}");
+    assert!(stdout.contains("format 4 to 5"), "{stdout}");
+    assert!(stdout.contains("dry run: nothing changed"), "{stdout}");
+    assert_eq!(std::fs::read(store.join("data.mdb")).unwrap(), before);
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "upgrade"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("upgraded to format 5"), "{stdout}");
+    let (ok, stdout, stderr) = varvedb(&["--path", s, "upgrade"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("nothing to do"), "{stdout}");
+    let (ok, _, stderr) = varvedb(&["--path", s, "verify"]);
+    assert!(ok, "{stderr}");
+}

@@ -1,5 +1,6 @@
-//! Writes the golden stores of `tests/golden.rs` into `tests/fixtures/` (each a compacted copy:
-//! only the pages in use). Their content is defined in `tests/fixtures/golden.rs`.
+//! Writes the golden stores of `tests/golden.rs` into `tests/fixtures/format<N>/`, N being the
+//! format this build writes (each a compacted copy: only the pages in use). Their content is
+//! defined in `tests/fixtures/golden.rs`.
 //!
 //! ```sh
 //! cargo run -p varvedb --example golden_stores            # every store that is missing
@@ -14,7 +15,9 @@
 mod golden;
 
 fn main() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("format{}", varvedb::Storage::FORMAT_VERSION));
     let only: Vec<String> = std::env::args().skip(1).collect();
     for name in golden::STORES {
         let dest = fixtures.join(name);

@@ -66,6 +66,11 @@ pub struct StorageConfig {
     /// policy set, and ends when the store closes); 0 turns it off, leaving
     /// `Storage::enforce_retention` to the application. 60 s by default.
     pub retention_interval_ms: u64,
+    /// Whether a store of an older format is upgraded when it opens (in place, in the open's
+    /// first write transaction; see `docs/design.md`, "Format versions"). `true` by default.
+    /// With `false`, such a store is refused with [`Error::UpgradeRequired`], which names the
+    /// command that upgrades it (`varvedb upgrade`), and left untouched.
+    pub allow_upgrade: bool,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -83,6 +88,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("bus_poll_ms", &self.bus_poll_ms)
             .field("encryption_enabled", &self.encryption_enabled)
             .field("retention_interval_ms", &self.retention_interval_ms)
+            .field("allow_upgrade", &self.allow_upgrade)
             .field(
                 "master_key",
                 &self.master_key.as_ref().map(|_| "<redacted>"),
@@ -115,6 +121,7 @@ impl Default for StorageConfig {
             encryption_enabled: false,
             master_key: None,
             retention_interval_ms: 60_000,
+            allow_upgrade: true,
         }
     }
 }

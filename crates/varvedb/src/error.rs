@@ -285,6 +285,23 @@ pub enum Error {
         supported: u32,
     },
 
+    /// The store is of an older format that this build upgrades, but
+    /// `StorageConfig::allow_upgrade` is off. It was left untouched; `varvedb upgrade --path
+    /// PATH` (or an open that allows it) upgrades it.
+    #[error(
+        "the store at {path} is of format {found}, and this VarveDB writes format {current}: upgrading it ({steps}) is not allowed by this configuration (StorageConfig::allow_upgrade); it was left untouched. Run `varvedb upgrade --path {path}` to upgrade it"
+    )]
+    UpgradeRequired {
+        /// The store's directory.
+        path: PathBuf,
+        /// Its format.
+        found: u32,
+        /// The format this build writes.
+        current: u32,
+        /// What the upgrade does, step by step.
+        steps: String,
+    },
+
     /// The directory does not hold a VarveDB store that can be opened.
     #[error("{path} is not a usable VarveDB store: {reason}")]
     InvalidStore {
@@ -683,6 +700,7 @@ impl Error {
             Error::Crypto { .. }
             | Error::TaskFailed { .. }
             | Error::UnsupportedFormat { .. }
+            | Error::UpgradeRequired { .. }
             | Error::InvalidStore { .. }
             | Error::InvalidConfig { .. }
             | Error::ConfigMismatch { .. }

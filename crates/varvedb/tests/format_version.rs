@@ -221,3 +221,124 @@ fn a_truncated_data_file_is_refused_at_open_not_a_crash() {
         "{err:?}"
     );
 }
+
+/// The format record of a closed store, read with raw heed.
+fn format_on_disk(dir: &std::path::Path) -> u32 {
+    let mut options = heed::EnvOpenOptions::new();
+    options.max_dbs(32);
+    // SAFETY: the store is closed; nothing else opens this path meanwhile.
+    let env = unsafe { options.open(dir) }.unwrap();
+    let meta = env
+        .open_databases_and_commit(env.read_txn().unwrap(), |opener, rtxn| {
+            opener
+                .open_database::<Str, Bytes>(rtxn, Some("meta"))
+                .map(heed::CommitOrAbort::<_, ()>::Commit)
+        })
+        .unwrap()
+        .unwrap_commit()
+        .unwrap();
+    let rtxn = env.read_txn().unwrap();
+    let v = meta.get(&rtxn, META_FORMAT_KEY).unwrap().unwrap();
+    u32::from_le_bytes(v.try_into().unwrap())
+}
+
+/// A copy of the golden plaintext store of format 4, as 0.5.0 wrote it.
+fn format4_store() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/format4/plaintext/data.mdb"),
+        dir.path().join("data.mdb"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn a_store_of_format_4_is_upgraded_in_place_as_it_opens() {
+    let dir = format4_store();
+    assert_eq!(format_on_disk(dir.path()), 4);
+    let storage = Storage::open(config(&dir)).unwrap();
+    assert_eq!(storage.stats().unwrap().format, FORMAT_VERSION);
+    assert_eq!(storage.stats().unwrap().events, 55);
+    // Its new databases work: a removal and a group's cursor.
+    storage.truncate_stream(4, 3).unwrap();
+    assert!(storage.verify().unwrap().is_clean());
+    drop(storage);
+    assert_eq!(format_on_disk(dir.path()), FORMAT_VERSION);
+}
+
+#[test]
+fn an_upgrade_that_is_not_allowed_names_the_command_and_touches_nothing() {
+    let dir = format4_store();
+    let before = std::fs::read(dir.path().join("data.mdb")).unwrap();
+    let err = Storage::open(varvedb::StorageConfig {
+        allow_upgrade: false,
+        ..config(&dir)
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::UpgradeRequired { found: 4, current, .. } if *current == FORMAT_VERSION),
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("varvedb upgrade --path"), "{text}");
+    assert!(text.contains("in one transaction"), "{text}");
+    assert_eq!(std::fs::read(dir.path().join("data.mdb")).unwrap(), before);
+    assert!(
+        !dir.path().join("lock.mdb").exists() || format_on_disk(dir.path()) == 4,
+        "the refused store was upgraded"
+    );
+}
+
+const UPGRADE_CHILD: &str = "VARVEDB_UPGRADE_CHILD_DIR";
+
+/// In a child: opens (and so upgrades) the store, says so, and waits to be killed.
+#[test]
+fn upgrade_child() {
+    let Ok(dir) = std::env::var(UPGRADE_CHILD) else {
+        return;
+    };
+    let storage = Storage::open(varvedb::StorageConfig {
+        path: dir.into(),
+        ..Default::default()
+    })
+    .unwrap();
+    println!("opened {}", storage.stats().unwrap().format);
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_sigkill_during_an_upgrade_leaves_the_old_store_or_the_new_one() {
+    let (mut old, mut new) = (0, 0);
+    for round in 0..12u64 {
+        let dir = format4_store();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "upgrade_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(UPGRADE_CHILD, dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill points spread over the child's start and its open.
+        std::thread::sleep(std::time::Duration::from_millis(round));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        match format_on_disk(dir.path()) {
+            4 => old += 1,
+            f if f == FORMAT_VERSION => new += 1,
+            f => panic!("a mix: format {f}"),
+        }
+        // Either way the store opens (upgraded now if it was not) and is whole.
+        let storage = Storage::open(config(&dir)).unwrap();
+        assert_eq!(storage.stats().unwrap().events, 55);
+        assert!(storage.verify().unwrap().is_clean());
+    }
+    eprintln!("killed before the upgrade committed: {old}; after: {new}");
+    assert_eq!(old + new, 12);
+}

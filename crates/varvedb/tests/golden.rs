@@ -1,7 +1,8 @@
-//! The golden stores: stores written by this release (`tests/fixtures/`, made by
-//! `examples/golden_stores.rs` from `tests/fixtures/golden.rs`) must open with every later
-//! build, every event readable with its envelope, and `verify` clean. A format change keeps
-//! this test green through an upgrade; this test may never be changed to accept less.
+//! The golden stores: stores written by each format's release (`tests/fixtures/format<N>/`,
+//! made by `examples/golden_stores.rs` from `tests/fixtures/golden.rs`) must open with every
+//! later build (a store of an older format is upgraded as it opens), every event readable with
+//! its envelope, and `verify` clean. A format change keeps this test green through an upgrade;
+//! this test may never be changed to accept less, and a format's stores are never removed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "fixtures/golden.rs"]
@@ -12,10 +13,19 @@ use std::path::Path;
 use golden::{GoldenDoc, STORES, golden};
 use varvedb::{Error, ExpectedVersion, Reader, Storage, StorageConfig, Writer};
 
-/// A copy of the fixture `name` in a scratch directory (the committed bytes stay as they are).
-fn copy(name: &str) -> tempfile::TempDir {
+/// The formats with golden stores, and the stores each has: format 4 (0.5.0) has the four
+/// without removals and groups, which it did not know; every later format has all.
+const FORMATS: [(u32, &[&str]); 2] = [
+    (4, &["plaintext", "encrypted", "blobs", "envelope"]),
+    (5, &STORES),
+];
+
+/// A copy of the fixture `name` of format `format` in a scratch directory (the committed bytes
+/// stay as they are).
+fn copy(format: u32, name: &str) -> tempfile::TempDir {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
+        .join(format!("format{format}"))
         .join(name)
         .join("data.mdb");
     assert!(
@@ -38,9 +48,15 @@ fn open(dir: &Path, name: &str) -> Storage {
     .unwrap_or_else(|e| panic!("the golden store {name} does not open: {e}"))
 }
 
-fn check(name: &str) {
-    let dir = copy(name);
+fn check(format: u32, name: &str) {
+    let dir = copy(format, name);
     let storage = open(dir.path(), name);
+    // An older format was upgraded as the store opened.
+    assert_eq!(
+        storage.stats().unwrap().format,
+        Storage::FORMAT_VERSION,
+        "{name} of format {format}"
+    );
     let g = golden(name);
     let reader = Reader::<GoldenDoc>::new(storage.clone());
     {
@@ -196,15 +212,22 @@ fn check(name: &str) {
 }
 
 #[test]
-fn every_golden_store_opens_reads_and_verifies() {
-    for name in STORES {
-        check(name);
+fn every_golden_store_of_every_format_opens_reads_and_verifies() {
+    assert_eq!(
+        FORMATS.last().map(|f| f.0),
+        Some(Storage::FORMAT_VERSION),
+        "the format this build writes has no golden stores: run `cargo run -p varvedb --example golden_stores`"
+    );
+    for (format, stores) in FORMATS {
+        for name in stores {
+            check(format, name);
+        }
     }
 }
 
 #[test]
 fn the_encrypted_golden_store_keeps_its_secrets_without_the_key() {
-    let dir = copy("encrypted");
+    let dir = copy(Storage::FORMAT_VERSION, "encrypted");
     let storage = Storage::open(StorageConfig {
         path: dir.path().into(),
         ..Default::default()
@@ -218,7 +241,8 @@ fn the_encrypted_golden_store_keeps_its_secrets_without_the_key() {
     ));
     // No document's text in the file (the plaintext store has it: the scan can see it).
     let has_text = |store: &str| {
-        let bytes = std::fs::read(copy(store).path().join("data.mdb")).unwrap();
+        let bytes =
+            std::fs::read(copy(Storage::FORMAT_VERSION, store).path().join("data.mdb")).unwrap();
         bytes.windows(7).any(|w| w == b"golden ")
     };
     assert!(has_text("plaintext"));

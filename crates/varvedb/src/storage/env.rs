@@ -134,7 +134,16 @@ pub(super) fn open(
             let found = match meta {
                 Some(meta) => {
                     let record = meta.get(rtxn, META_FORMAT_KEY)?;
-                    check_format(path, record)?;
+                    if let Some(old) = check_format(path, record)?
+                        && !config.allow_upgrade
+                    {
+                        return Err(OpenFail(Error::UpgradeRequired {
+                            path: path.into(),
+                            found: old,
+                            current: FORMAT_VERSION,
+                            steps: upgrade_steps(old),
+                        }));
+                    }
                     record.map(|_| ())
                 }
                 None => None,
@@ -217,7 +226,14 @@ pub(super) fn open(
                 opener.create_database::<Bytes, Bytes>(wtxn, Some(db_names::CONSUMER_GROUPS))?;
             let meta = opener.create_database::<Str, Bytes>(wtxn, Some(db_names::META))?;
             match meta.get(wtxn, META_FORMAT_KEY)? {
-                Some(found) => check_format(path, Some(found))?,
+                Some(found) => {
+                    if let Some(old) = check_format(path, Some(found))? {
+                        // The upgrade: the databases of the newer formats were created above,
+                        // in this transaction; the record goes with them.
+                        tracing::info!(path = %path.display(), from = old, to = FORMAT_VERSION, steps = %upgrade_steps(old), "upgrading the store's format");
+                        meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?;
+                    }
+                }
                 None if events.len(wtxn)? > 0 => {
                     return Err(OpenFail(Error::InvalidStore {
                         path: path.into(),
@@ -349,8 +365,20 @@ impl OpenFail {
     }
 }
 
-fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
-    let Some(bytes) = found else { return Ok(()) };
+/// What upgrading a store of format `from` does, step by step.
+pub(crate) fn upgrade_steps(from: u32) -> String {
+    super::UPGRADES
+        .iter()
+        .filter(|(f, _)| *f >= from)
+        .map(|(_, what)| *what)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Checks a format record: `None` for the current format (or no record), `Some(old)` for an
+/// older format this build upgrades, and an error for any other.
+fn check_format(path: &Path, found: Option<&[u8]>) -> Result<Option<u32>> {
+    let Some(bytes) = found else { return Ok(None) };
     let found = <[u8; 4]>::try_from(bytes)
         .map(u32::from_le_bytes)
         .map_err(|_| Error::InvalidStore {
@@ -358,7 +386,9 @@ fn check_format(path: &Path, found: Option<&[u8]>) -> Result<()> {
             reason: format!("the format record is {} bytes, expected 4", bytes.len()),
         })?;
     if found == FORMAT_VERSION {
-        Ok(())
+        Ok(None)
+    } else if super::UPGRADES.iter().any(|(f, _)| *f == found) {
+        Ok(Some(found))
     } else {
         Err(Error::UnsupportedFormat {
             path: path.into(),

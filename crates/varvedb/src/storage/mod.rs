@@ -133,8 +133,18 @@ pub(crate) use types::{
     TypeKey, decode as decode_type_key, intern as intern_type, resolve as resolve_type,
 };
 
-/// The on-disk format this build reads and writes (the `format_version` meta record).
-pub const FORMAT_VERSION: u32 = 4;
+/// The on-disk format this build writes (the `format_version` meta record). It reads this one
+/// and upgrades the older ones of [`UPGRADES`] (see `docs/design.md`, "Format versions").
+pub const FORMAT_VERSION: u32 = 5;
+
+/// The formats this build upgrades, each with what its upgrade does: a step from each to the
+/// next, all in one write transaction (the open's, which also creates the databases a newer
+/// format has). A SIGKILL leaves the old store or the new one.
+pub(crate) const UPGRADES: [(u32, &str); 1] = [(
+    4,
+    "format 4 to 5: adds the databases stream_bounds, retention and consumer_groups (empty), \
+     then records format 5; in place, in one transaction",
+)];
 /// The meta key of the format version; its value is a little-endian `u32`.
 pub const META_FORMAT_KEY: &str = "format_version";
 

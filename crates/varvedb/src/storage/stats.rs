@@ -51,6 +51,9 @@ pub struct Stats {
     /// process: with `Durability::Sync`, when no later commit flushed an acknowledged one, and
     /// for [`Storage::flush`].
     pub flushes: u64,
+    /// The store's format (its `format_version` record): the format this build writes, once
+    /// the store is open (an older one was upgraded as it opened).
+    pub format: u32,
 }
 
 impl Storage {
@@ -124,7 +127,14 @@ pub(crate) fn stats(storage: &Storage) -> Result<Stats> {
         .saturating_add(pages(dbs.blob_refs.stat(txn.raw()).lmdb()?)?);
     let last = last_seq(dbs, txn.raw())?;
     let deleted = super::removal::meta_u64(dbs, txn.raw(), super::removal::META_REMOVED)?;
+    let format = dbs
+        .meta
+        .get(txn.raw(), super::META_FORMAT_KEY)
+        .lmdb()?
+        .and_then(|v| <[u8; 4]>::try_from(v).ok())
+        .map_or(0, u32::from_le_bytes);
     Ok(Stats {
+        format,
         // Every sequence up to the last was given once; the removed ones are counted.
         events: last.saturating_sub(deleted),
         deleted_events: deleted,
