@@ -5,6 +5,7 @@ mod append;
 mod demo;
 mod dump;
 mod lifecycle;
+mod migrate;
 mod read;
 mod replication;
 mod stream_id;
@@ -53,6 +54,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Brings a store of the published varvedb 0.4.2 into a new store at --path: every event
+    /// in its order, with its stream and version, the payload bytes as they are (both use rkyv
+    /// 0.8, so a reader of the same struct reads them). 0.4.2 stores no type names: give them.
+    Migrate(migrate::MigrateArgs),
     /// Upgrades a store of an older format to the one this build writes, in place, in one
     /// transaction (a kill leaves the old store or the new one). With --dry-run, says what it
     /// would do and changes nothing. Every other command (and `Storage::open`) upgrades too,
@@ -272,6 +277,7 @@ fn main() -> ExitCode {
         .map_err(Into::into),
         Command::Stats { json } => stats(open, json),
         Command::Upgrade { dry_run } => upgrade(&path, raw_key(), dry_run),
+        Command::Migrate(args) => migrate::run(&path, &args),
         Command::Shred {
             stream,
             finalize,

@@ -2376,3 +2376,83 @@ fn upgrade_says_what_it_does_with_dry_run_and_upgrades_a_format_4_store() {
     let (ok, _, stderr) = varvedb(&["--path", s, "verify"]);
     assert!(ok, "{stderr}");
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, varvedb::Event)]
+struct Order {
+    id: u64,
+    note: String,
+}
+
+#[test]
+fn migrate_brings_a_varvedb_0_4_store_into_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    {
+        let mut varve = varvedb04::Varve::new(&old).unwrap();
+        let mut orders = varve.stream::<Order, 1024>("orders").unwrap();
+        for i in 0..1_000u64 {
+            let o = Order {
+                id: i,
+                note: format!("order {i}"),
+            };
+            orders
+                .append_alloc(varvedb04::StreamId(i % 10), &o)
+                .unwrap();
+        }
+    }
+    let new = dir.path().join("new");
+    let (n, o) = (new.to_str().unwrap(), old.to_str().unwrap());
+    // Without a type: refused, nothing made.
+    let out = output(["--path", n, "migrate", "--from-varvedb-0.4", o]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--type NAME"));
+    assert!(!new.join("data.mdb").exists());
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        n,
+        "migrate",
+        "--from-varvedb-0.4",
+        o,
+        "--type",
+        "Order",
+        "--stream-ids",
+        "id",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("migrated 1000 events of 10 streams"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = varvedb(&["--path", n, "verify"]);
+    assert!(ok, "{stderr}");
+    // Typed reads of the same struct, by the stream ids the old store had.
+    let storage = varvedb::Storage::open_existing(varvedb::StorageConfig {
+        path: new.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let reader = varvedb::Reader::<Order>::new(storage.clone());
+    let txn = storage.read_txn().unwrap();
+    let stream3: Vec<u64> = reader
+        .read_stream(&txn, 3, 1)
+        .map(|e| e.unwrap().id.to_native())
+        .collect();
+    assert_eq!(
+        stream3,
+        (0..1_000).filter(|i| i % 10 == 3).collect::<Vec<_>>()
+    );
+    // A second run into the same path is refused: it holds a store.
+    drop(txn);
+    drop(storage);
+    let out = output([
+        "--path",
+        n,
+        "migrate",
+        "--from-varvedb-0.4",
+        o,
+        "--type",
+        "Order",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
