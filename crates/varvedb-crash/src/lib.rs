@@ -1228,3 +1228,110 @@ pub mod powercut {
         Ok(figures)
     }
 }
+
+/// Kills during a format upgrade: a child opens (and so upgrades) a copy of a store of the
+/// previous format, and is killed at a random moment; each time the store must be the old one
+/// (refused as such with upgrades forbidden) or the new one, never a mix, and open, whole and
+/// verified, afterwards.
+pub mod upgrade {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use varvedb::{Error, Storage, StorageConfig};
+
+    /// What the upgrade kills found.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct UpgradeReport {
+        /// Kills.
+        pub kills: u64,
+        /// Kills that left the store of the previous format.
+        pub old: u64,
+        /// Kills that left it upgraded.
+        pub new: u64,
+    }
+
+    /// The store the kills start from: the golden plaintext store of format 4 (0.5.0).
+    pub fn source() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../varvedb/tests/fixtures/format4/plaintext/data.mdb")
+    }
+
+    /// In the child: opens the store at `dir` (upgrading it), then returns.
+    pub fn child(dir: &Path) -> Result<(), String> {
+        Storage::open(StorageConfig {
+            path: dir.into(),
+            ..Default::default()
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }
+
+    fn config(dir: &Path, allow_upgrade: bool) -> StorageConfig {
+        StorageConfig {
+            path: dir.into(),
+            allow_upgrade,
+            ..Default::default()
+        }
+    }
+
+    /// Runs `kills` kill points of the child `exe upgrade-child DIR`, each on a fresh copy in
+    /// `dir`, the moment drawn from `seed`.
+    pub fn run(exe: &Path, dir: &Path, kills: u64, seed: u64) -> Result<UpgradeReport, String> {
+        let mut rng = super::Rng::new(seed);
+        let mut report = UpgradeReport::default();
+        let events = {
+            let probe = dir.join("probe");
+            std::fs::create_dir_all(&probe).map_err(|e| e.to_string())?;
+            std::fs::copy(source(), probe.join("data.mdb")).map_err(|e| e.to_string())?;
+            let storage = Storage::open(config(&probe, true)).map_err(|e| e.to_string())?;
+            storage.stats().map_err(|e| e.to_string())?.events
+        };
+        for k in 0..kills {
+            let store = dir.join(format!("upgrade-{k}"));
+            std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+            std::fs::copy(source(), store.join("data.mdb")).map_err(|e| e.to_string())?;
+            let mut child = std::process::Command::new(exe)
+                .arg("upgrade-child")
+                .arg(&store)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            // Up to 20 ms: the child's start and its open both fall in it.
+            std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+            let _ = child.kill();
+            child.wait().map_err(|e| e.to_string())?;
+            // With upgrades forbidden, the open says which format the file holds, and writes
+            // nothing.
+            match Storage::open(config(&store, false)) {
+                Ok(storage) => {
+                    let format = storage.stats().map_err(|e| e.to_string())?.format;
+                    if format != Storage::FORMAT_VERSION {
+                        return Err(format!("kill {k}: the store is of format {format}"));
+                    }
+                    report.new += 1;
+                }
+                Err(Error::UpgradeRequired { found: 4, .. }) => report.old += 1,
+                Err(e) => return Err(format!("kill {k}: the store does not open: {e}")),
+            }
+            let storage = Storage::open(config(&store, true)).map_err(|e| e.to_string())?;
+            let stats = storage.stats().map_err(|e| e.to_string())?;
+            if stats.events != events || stats.format != Storage::FORMAT_VERSION {
+                return Err(format!(
+                    "kill {k}: {} events of format {} after the upgrade, expected {events} of {}",
+                    stats.events,
+                    stats.format,
+                    Storage::FORMAT_VERSION
+                ));
+            }
+            let verified = storage.verify().map_err(|e| e.to_string())?;
+            if !verified.is_clean() {
+                return Err(format!("kill {k}: {:?}", verified.problems));
+            }
+            drop(storage);
+            std::fs::remove_dir_all(&store).map_err(|e| e.to_string())?;
+            report.kills += 1;
+        }
+        Ok(report)
+    }
+}

@@ -53,6 +53,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Kills a child in the middle of upgrading a copy of a store of the previous format,
+    /// KILLS times, and checks each copy: the old store or the new one, never a mix.
+    Upgrade {
+        #[arg(long, default_value_t = 100)]
+        kills: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The child of `upgrade`: opens (and so upgrades) the store at DIR.
+    #[command(hide = true)]
+    UpgradeChild { dir: PathBuf },
     /// The child (started by `run`): appends until it is killed.
     #[command(hide = true)]
     Child {
@@ -66,6 +79,46 @@ enum Cmd {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Cmd::UpgradeChild { dir } => match varvedb_crash::upgrade::child(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("upgrade child: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Upgrade { kills, dir, seed } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("varvedb-upgrade-{}", std::process::id()))
+            });
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("FAILED: cannot find the harness binary to start children: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match varvedb_crash::upgrade::run(&exe, &dir, kills, seed) {
+                Ok(r) => {
+                    println!(
+                        "upgrade kill points: {}
+left of the previous format: {}
+left upgraded: {}
+mixed or damaged: 0",
+                        r.kills, r.old, r.new
+                    );
+                    let _ = std::fs::remove_dir_all(&dir);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "FAILED: {e}
+kept at {}",
+                        dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Child {
             dir,
             mode,

@@ -52,3 +52,15 @@ fn power_cut_states_keep_every_acknowledged_event() {
         "no state had a pending write: {f:?}"
     );
 }
+
+/// Kills during an upgrade from format 4: the old store or the new one each time, both seen.
+#[test]
+fn an_upgrade_killed_at_forty_points_leaves_the_old_store_or_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_varvedb-crash"));
+    let r =
+        varvedb_crash::upgrade::run(exe, dir.path(), 40, 0xF0F0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.kills, 40);
+    assert_eq!(r.old + r.new, 40);
+    assert!(r.old > 0 && r.new > 0, "{r:?}");
+}
