@@ -163,6 +163,18 @@ where
         self.reader.storage()
     }
 
+    /// The error policy applied to the handler's `result` for event `seq`.
+    fn after(&mut self, seq: u64, result: std::result::Result<(), HandlerError>) -> After {
+        after(
+            &mut self.retrying,
+            &self.counters,
+            self.options.on_error,
+            &self.name,
+            seq,
+            result,
+        )
+    }
+
     /// Handles the events after `position`, up to a batch, in one snapshot; then checkpoints
     /// (with the events parked in the batch, in one transaction) if it is due.
     fn batch(&mut self) -> Result<Batch> {
@@ -211,34 +223,19 @@ where
                     }
                 };
                 let seq = event.seq();
-                match self.handler.handle(&event) {
-                    Ok(()) => {
-                        self.retrying = None;
+                let handled = self.handler.handle(&event);
+                match self.after(seq, handled) {
+                    After::Taken(park) => {
+                        parked.extend(park.map(|reason| (seq, reason)));
                         self.position = seq;
                     }
-                    Err(e) => {
-                        self.counters.handler_errors.inc();
-                        let calls = match self.retrying {
-                            Some((s, n)) if s == seq => n + 1,
-                            _ => 1,
-                        };
-                        match self.options.on_error.decide(calls) {
-                            Decision::Stop => {
-                                failure = Some(handler_failed(&self.name, seq, &*e));
-                                break;
-                            }
-                            Decision::Park => {
-                                self.retrying = None;
-                                parked.push((seq, e.to_string()));
-                                self.position = seq;
-                            }
-                            Decision::Retry(wait) => {
-                                self.counters.retries.inc();
-                                self.retrying = Some((seq, calls));
-                                outcome = Batch::Retry(wait);
-                                break;
-                            }
-                        }
+                    After::Retry(wait) => {
+                        outcome = Batch::Retry(wait);
+                        break;
+                    }
+                    After::Stop(e) => {
+                        failure = Some(e);
+                        break;
                     }
                 }
             }
@@ -323,34 +320,26 @@ where
                     continue;
                 }
                 handled += 1;
-                match self.handler.handle(&event) {
-                    Ok(()) => {
-                        self.retrying = None;
+                let result = self.handler.handle(&event);
+                match after(
+                    &mut self.retrying,
+                    &self.counters,
+                    self.options.on_error,
+                    &name,
+                    seq,
+                    result,
+                ) {
+                    After::Taken(park) => {
+                        parked.extend(park.map(|reason| (seq, reason)));
                         held.position = seq;
                     }
-                    Err(e) => {
-                        self.counters.handler_errors.inc();
-                        let calls = match self.retrying {
-                            Some((s, n)) if s == seq => n + 1,
-                            _ => 1,
-                        };
-                        match self.options.on_error.decide(calls) {
-                            Decision::Stop => {
-                                failure = Some(handler_failed(&name, seq, &*e));
-                                break;
-                            }
-                            Decision::Park => {
-                                self.retrying = None;
-                                parked.push((seq, e.to_string()));
-                                held.position = seq;
-                            }
-                            Decision::Retry(wait) => {
-                                self.counters.retries.inc();
-                                self.retrying = Some((seq, calls));
-                                outcome = Batch::Retry(wait);
-                                break;
-                            }
-                        }
+                    After::Retry(wait) => {
+                        outcome = Batch::Retry(wait);
+                        break;
+                    }
+                    After::Stop(e) => {
+                        failure = Some(e);
+                        break;
                     }
                 }
                 scanned = seq;
@@ -410,6 +399,49 @@ where
         self.checkpointed = position;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+}
+
+/// What became of an event handed to a sync handler, per the error policy.
+enum After {
+    /// The cursor moves past it: handled, or parked with this reason.
+    Taken(Option<String>),
+    /// It is handed over again after the wait.
+    Retry(Duration),
+    /// The processor stops with this error.
+    Stop(Error),
+}
+
+/// Applies the error policy to the handler's `result` for event `seq` (counting the calls made
+/// for it in `retrying`).
+fn after(
+    retrying: &mut Option<(u64, u32)>,
+    counters: &ConsumerCounters,
+    on_error: OnError,
+    name: &str,
+    seq: u64,
+    result: std::result::Result<(), HandlerError>,
+) -> After {
+    let Err(e) = result else {
+        *retrying = None;
+        return After::Taken(None);
+    };
+    counters.handler_errors.inc();
+    let calls = match *retrying {
+        Some((s, n)) if s == seq => n + 1,
+        _ => 1,
+    };
+    match on_error.decide(calls) {
+        Decision::Stop => After::Stop(handler_failed(name, seq, &*e)),
+        Decision::Park => {
+            *retrying = None;
+            After::Taken(Some(e.to_string()))
+        }
+        Decision::Retry(wait) => {
+            counters.retries.inc();
+            *retrying = Some((seq, calls));
+            After::Retry(wait)
+        }
     }
 }
 
