@@ -388,16 +388,7 @@ where
             // Fenced: nothing of the batch is written.
             return Ok((lost, false));
         }
-        for event in &events {
-            let mut model = Model { wtxn, db };
-            handler
-                .apply(event, &mut model)
-                .map_err(|e| Error::HandlerFailed {
-                    consumer: name.to_string(),
-                    seq: event.seq,
-                    reason: e.to_string(),
-                })?;
-        }
+        apply_all(handler, wtxn, db, name, &events)?;
         Ok((lost, true))
     })?;
     if lost.is_empty() {
@@ -437,19 +428,35 @@ where
         return Ok(());
     };
     storage.write(storage.resize_wait(), |wtxn, dbs| {
-        for event in events {
-            let mut model = Model { wtxn, db };
-            handler
-                .apply(event, &mut model)
-                .map_err(|e| Error::HandlerFailed {
-                    consumer: name.to_string(),
-                    seq: event.seq,
-                    reason: e.to_string(),
-                })?;
-        }
+        apply_all(handler, wtxn, db, name, events)?;
         set_consumer_position(dbs, wtxn, name, last)?;
         Ok(((), true))
     })
+}
+
+/// Applies `events` to the model in `wtxn`; the first failure is `Error::HandlerFailed`.
+fn apply_all<E, H>(
+    handler: &mut H,
+    wtxn: &mut RwTxn<'_>,
+    db: heed::Database<'static, heed::types::Bytes, heed::types::Bytes>,
+    name: &str,
+    events: &[OwnedEvent<E>],
+) -> Result<()>
+where
+    E: ValidateEvent,
+    H: ProjectionHandler<E>,
+{
+    for event in events {
+        let mut model = Model { wtxn, db };
+        handler
+            .apply(event, &mut model)
+            .map_err(|e| Error::HandlerFailed {
+                consumer: name.to_string(),
+                seq: event.seq,
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(())
 }
 
 fn task_failed(e: tokio::task::JoinError) -> Error {
