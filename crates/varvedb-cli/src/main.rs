@@ -277,7 +277,7 @@ fn main() -> ExitCode {
         .map_err(Into::into),
         Command::Stats { json } => stats(open, json),
         Command::Upgrade { dry_run } => upgrade(&path, raw_key(), dry_run),
-        Command::Migrate(args) => migrate::run(&path, &args),
+        Command::Migrate(args) => migrate::run(&path, raw_key(), &args),
         Command::Shred {
             stream,
             finalize,

@@ -29,8 +29,13 @@ pub(crate) struct MigrateArgs {
     stream_ids: String,
 }
 
-/// Runs `migrate` into `path`.
-pub(crate) fn run(path: &Path, args: &MigrateArgs) -> Result<(), Box<dyn std::error::Error>> {
+/// Runs `migrate` into `path`: an encrypted store when `master_key` is given (every event
+/// sealed under its stream's key).
+pub(crate) fn run(
+    path: &Path,
+    master_key: Option<[u8; 32]>,
+    args: &MigrateArgs,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut by_name: HashMap<String, EventType> = HashMap::new();
     for pair in &args.stream_type {
         let (stream, t) = pair
@@ -71,6 +76,8 @@ pub(crate) fn run(path: &Path, args: &MigrateArgs) -> Result<(), Box<dyn std::er
     .stream_ids(ids);
     let target = Storage::open(StorageConfig {
         path: path.into(),
+        encryption_enabled: master_key.is_some(),
+        master_key,
         ..Default::default()
     })?;
     let report = migrate_from_v04(&args.from, &target, options)?;

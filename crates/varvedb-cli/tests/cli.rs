@@ -2442,9 +2442,31 @@ fn migrate_brings_a_varvedb_0_4_store_into_a_new_one() {
         stream3,
         (0..1_000).filter(|i| i % 10 == 3).collect::<Vec<_>>()
     );
-    // A second run into the same path is refused: it holds a store.
+    // Into an encrypted store: with the key, every event sealed under its stream's key.
     drop(txn);
     drop(storage);
+    let key = key_file(&dir);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let enc = dir.path().join("enc");
+    let e = enc.to_str().unwrap();
+    let (ok, stdout, stderr) = varvedb(&[
+        "--path",
+        e,
+        "--key-file",
+        &key,
+        "migrate",
+        "--from-varvedb-0.4",
+        o,
+        "--type",
+        "Order",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("migrated 1000 events"), "{stdout}");
+    let (ok, _, stderr) = varvedb(&["--path", e, "--key-file", &key, "verify"]);
+    assert!(ok, "{stderr}");
+    let bytes = std::fs::read(enc.join("data.mdb")).unwrap();
+    assert!(!bytes.windows(9).any(|w| w == b"order 123"));
+    // A second run into the same path is refused: it holds a store.
     let out = output([
         "--path",
         n,

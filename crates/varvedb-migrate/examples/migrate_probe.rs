@@ -1,8 +1,10 @@
 //! The migration rate from varvedb 0.4.2, figures in docs/performance.md.
 //!
 //! ```sh
-//! cargo run --release -p varvedb-migrate --example migrate_probe -- [events]   # default 1,000,000
+//! cargo run --release -p varvedb-migrate --example migrate_probe -- [events] [encrypted]
 //! ```
+//! (1,000,000 events by default; `encrypted` migrates into an encrypted store, sealing each
+//! event under its stream's key.)
 //! Writes the events with the real 0.4.2 crate (batches of 1,000 to one of 100 ids of one
 //! stream name, about 60-byte payloads, one in a thousand of 10 KiB), then migrates them into
 //! a new store and prints the rate.
@@ -56,8 +58,11 @@ fn main() {
         "wrote {n} events with varvedb 0.4.2 in {:.1?}",
         started.elapsed()
     );
+    let encrypted = std::env::args().nth(2).as_deref() == Some("encrypted");
     let target = Storage::open(StorageConfig {
         path: dir.path().join("new"),
+        encryption_enabled: encrypted,
+        master_key: encrypted.then_some([7; 32]),
         ..Default::default()
     })
     .unwrap();
@@ -68,8 +73,9 @@ fn main() {
     )
     .unwrap();
     println!(
-        "migrated {} events ({} to the blob store) in {:.2?}: {:.0} events/s",
+        "migrated {} events{} ({} to the blob store) in {:.2?}: {:.0} events/s",
         report.events,
+        if encrypted { ", sealed," } else { "" },
         report.blobs,
         report.elapsed,
         report.events as f64 / report.elapsed.as_secs_f64()

@@ -16,10 +16,14 @@
 //!   no commit times: every event gets the migration's start time.
 //! - **What 0.4.2 does not have** needs no mapping: it has no encryption, no consumer cursors,
 //!   no blobs (large payloads were inline) and no envelopes.
+//! - **Into an encrypted store**, every event is sealed under its stream's key (made as the
+//!   stream's first event comes), as an append there would be
+//!   ([`Importer::seal_plaintext`](varvedb::export::Importer::seal_plaintext)): the target needs
+//!   its master key.
 //!
 //! The events go in through [`Importer`](varvedb::export::Importer): transactions of 8,192
 //! events, each flushed; an interrupted migration leaves a durable prefix, and running it
-//! again continues after it. The target must be new (or hold that prefix), and plaintext.
+//! again continues after it. The target must be new (or hold that prefix).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -219,13 +223,6 @@ pub fn migrate_from_v04(
             reason: "it has no data.mdb".into(),
         });
     }
-    if target.is_encrypted() || target.config().encryption_enabled {
-        return Err(Error::Store(varvedb::Error::NotSupported {
-            reason: "migrating into an encrypted store: migrate into a plaintext store (0.4.2 \
-                     stores are plaintext)"
-                .into(),
-        }));
-    }
     let varve = varvedb04::Varve::with_config(
         old,
         varvedb04::VarveConfig {
@@ -259,6 +256,10 @@ pub fn migrate_from_v04(
         groups: Vec::new(),
     };
     let mut importer: Importer = target.importer();
+    // 0.4.2 stores are plaintext: into an encrypted store, every event is sealed under its
+    // stream's key, as an append there would be.
+    let encrypted = target.is_encrypted() || target.config().encryption_enabled;
+    importer.seal_plaintext(encrypted)?;
     let resumed = importer.resume()?;
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)

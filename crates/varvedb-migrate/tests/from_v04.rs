@@ -160,7 +160,7 @@ fn a_real_v04_store_of_100k_events_migrates_and_reads_back_typed() {
 }
 
 #[test]
-fn an_event_without_a_type_and_an_encrypted_target_are_refused_with_what_is_wrong() {
+fn an_event_without_a_type_a_stream_clash_and_a_missing_store_are_refused_with_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let old = dir.path().join("old");
     std::fs::create_dir(&old).unwrap();
@@ -202,21 +202,63 @@ fn an_event_without_a_type_and_an_encrypted_target_are_refused_with_what_is_wron
         "{err}"
     );
     assert!(!dir.path().join("nothing").exists());
+}
 
-    // An encrypted target.
-    let encrypted = Storage::open(StorageConfig {
+#[test]
+fn a_real_v04_store_of_100k_events_migrates_into_an_encrypted_store_sealed_under_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    std::fs::create_dir(&old).unwrap();
+    let log = write_old(&old, 100_000);
+    let key = [7u8; 32];
+    let config = |key: Option<[u8; 32]>| StorageConfig {
         path: dir.path().join("enc"),
-        encryption_enabled: true,
-        master_key: Some([7; 32]),
+        encryption_enabled: key.is_some(),
+        master_key: key,
         ..Default::default()
-    })
-    .unwrap();
-    let err = migrate_from_v04(&old, &encrypted, types()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            varvedb_migrate::Error::Store(varvedb::Error::NotSupported { .. })
-        ),
-        "{err}"
-    );
+    };
+    {
+        let target = Storage::open(config(Some(key))).unwrap();
+        let report = migrate_from_v04(&old, &target, types()).unwrap();
+        assert_eq!(report.events, log.len() as u64);
+        // Read back with the key: every event, typed.
+        let orders = Reader::<Order>::new(target.clone());
+        let payments = Reader::<Payment>::new(target.clone());
+        let txn = target.read_txn().unwrap();
+        for (g, (name, _, n)) in log.iter().enumerate() {
+            let seq = g as u64 + 1;
+            if name == "orders" {
+                let e = orders.get(&txn, seq).unwrap().unwrap();
+                assert_eq!(e.id.to_native(), *n);
+                assert_eq!(e.body.as_slice(), order(*n).body.as_slice());
+            } else {
+                let e = payments.get(&txn, seq).unwrap().unwrap();
+                assert_eq!(e.order.to_native(), *n);
+            }
+        }
+        drop(txn);
+        assert!(target.verify().unwrap().is_clean());
+        // A shred makes a migrated stream unreadable, as for any encrypted stream.
+        let s42 = StreamIds::NameAndId.map("orders", 42);
+        target.shred_stream(s42).unwrap();
+        let txn = target.read_txn().unwrap();
+        let first = orders.read_stream(&txn, s42, 1).next().unwrap();
+        assert!(
+            matches!(first, Err(varvedb::Error::Shredded { .. })),
+            "{:?}",
+            first.map(|e| e.seq())
+        );
+    }
+    // Nothing of the payloads is in the file in the clear (the plaintext one has them).
+    let bytes = std::fs::read(dir.path().join("enc/data.mdb")).unwrap();
+    assert!(!bytes.windows(10).any(|w| w == b"order 1234"));
+    let plain = std::fs::read(old.join("data.mdb")).unwrap();
+    assert!(plain.windows(10).any(|w| w == b"order 1234"));
+    // Without the key, the events are there but sealed.
+    let keyless = Storage::open(config(None)).unwrap();
+    let txn = keyless.read_txn().unwrap();
+    assert!(matches!(
+        Reader::<Order>::new(keyless.clone()).get(&txn, 1),
+        Err(varvedb::Error::MasterKeyRequired { .. })
+    ));
 }

@@ -13,12 +13,13 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::event::EventId;
 use crate::storage::{
-    self, BlobRef, Crypto, Dbs, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
-    HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent, RECORD_FORMAT,
-    ReadTxn, RecordHeader, Spine, Storage, Stored, StreamRemoval, TOMBSTONE, TypeKey,
-    blob_padded_len, bump_generation, check_consumer_name, consumer_position, decode_type_key,
-    end_draft, intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record,
-    put_head, seal_record, set_consumer_position, stored_checksum,
+    self, Binding, BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED,
+    FLAG_ENVELOPE, Fields, HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord,
+    ParkedEvent, RECORD_FORMAT, ReadTxn, RecordHeader, Spine, Storage, Stored, StreamKey,
+    StreamRemoval, TOMBSTONE, Txn as CryptoTxn, TypeKey, blob_padded_len, bound_store_id,
+    bump_generation, check_consumer_name, consumer_position, decode_type_key, end_draft,
+    intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record, put_head,
+    seal_event, seal_record, set_consumer_position, split_envelope, stored_checksum,
 };
 
 /// The store-wide part of an export, read in the same snapshot as its events.
@@ -352,6 +353,7 @@ pub(crate) fn importer(storage: &Storage) -> Importer {
         report: ImportReport::default(),
         removals: None,
         skipped_to: 0,
+        seal: false,
     }
 }
 
@@ -469,6 +471,9 @@ pub struct Importer {
     /// The source's sequences up to here were removed ([`skip_to`](Self::skip_to)): the
     /// next write counts them and keeps the log's end past them.
     skipped_to: u64,
+    /// Whether plaintext events are sealed under their stream's key
+    /// ([`seal_plaintext`](Self::seal_plaintext)).
+    seal: bool,
 }
 
 /// What an export says of its removed events (see [`ExportHeader::removed_events`]).
@@ -870,6 +875,22 @@ impl Importer {
         self.next_seq
     }
 
+    /// Seals the events that come in plaintext under their stream's key (made when the stream
+    /// has none), as an append to an encrypted store seals them: ids and tags stay in the
+    /// clear, the metadata and payload are sealed and bound to the store, the stream, version,
+    /// sequence, time, type and the clear section. For bringing plaintext data (a varvedb 0.4.2
+    /// store) into an encrypted store. Needs the store's master key
+    /// ([`Error::MasterKeyRequired`] otherwise). A sealed event has a fresh nonce, so an
+    /// interrupted sealing import continues with [`resume`](Self::resume), not by pushing the
+    /// events it wrote again.
+    pub fn seal_plaintext(&mut self, seal: bool) -> Result<&mut Self> {
+        if seal && !self.storage.crypto().has_master_key() {
+            return Err(Error::MasterKeyRequired { stream_id: 0 });
+        }
+        self.seal = seal;
+        Ok(self)
+    }
+
     /// Takes events whose sequences have gaps: the sequences between them were removed at the
     /// source (truncations, deletions, retention), and the store counts them as removed, so
     /// that `verify` adds them up and they are never given again. For a replica of a store
@@ -1018,6 +1039,8 @@ impl Importer {
             return Ok(());
         }
         let skipped_to = self.skipped_to;
+        let seal = self.seal;
+        let blob_threshold = self.storage.config().blob_threshold_bytes;
         let storage = self.storage.clone();
         let inline_max = storage.inline_record_max();
         let started = self.started;
@@ -1046,7 +1069,44 @@ impl Importer {
                 let mut last = done;
                 // The records go into packs: a pack ends where the batch or a run ends.
                 let mut log = LogWriter::new(inline_max, pending.len());
+                // The stream keys of this batch, found or made (see `seal_plaintext`).
+                let mut keys: HashMap<u128, EventKey> = HashMap::new();
                 for event in pending {
+                    let sealed;
+                    let event = if seal && !event.encrypted && event.seq > store_last {
+                        let key = match keys.entry(event.stream_id) {
+                            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                let crypto = storage.crypto();
+                                let key = match crypto.stream_key(
+                                    dbs,
+                                    wtxn,
+                                    event.stream_id,
+                                    CryptoTxn::Write,
+                                )? {
+                                    StreamKey::Key(k) => k,
+                                    StreamKey::Plain => {
+                                        crypto.create_key(dbs, wtxn, event.stream_id)?
+                                    }
+                                    StreamKey::Shredded => {
+                                        return Err(invalid(
+                                            event.seq,
+                                            format!(
+                                                "stream {:#x} is shredded: nothing more is \
+                                                 sealed into it",
+                                                event.stream_id
+                                            ),
+                                        ));
+                                    }
+                                };
+                                e.insert(key)
+                            }
+                        };
+                        sealed = seal_stored(event, key, blob_threshold)?;
+                        &sealed
+                    } else {
+                        event
+                    };
                     let type_id = import_type_id(dbs, wtxn, cached_types, &mut types, event)?;
                     if event.seq <= store_last {
                         // An earlier, interrupted import of this export: the record there must
@@ -1272,7 +1332,7 @@ fn check_event(event: &StoredEvent, head: &ImportHead) -> Result<()> {
         ));
     }
     if event.stream_id == crate::writer::RESERVED_STREAM_ID {
-        return Err(invalid(seq, "stream 0 is reserved"));
+        return Err(invalid(seq, "stream u128::MAX is reserved"));
     }
     if event.encrypted != head.keyed {
         return Err(invalid(
@@ -1327,6 +1387,65 @@ fn check_event(event: &StoredEvent, head: &ImportHead) -> Result<()> {
 struct Built {
     record: Vec<u8>,
     blob: Option<(BlobRef, Vec<u8>)>,
+}
+
+/// The stored form of plaintext `event` sealed under `key`, as an append to an encrypted
+/// store seals it (`commit::group`'s `encrypt`): the ids and tags stay in the clear section,
+/// the metadata and payload are sealed, bound to the store id, the stream, version, sequence,
+/// time, type and the clear section; a sealed body past `blob_threshold` is a blob.
+fn seal_stored(event: &StoredEvent, key: &EventKey, blob_threshold: usize) -> Result<StoredEvent> {
+    let seq = event.seq;
+    let payload = event
+        .payload
+        .as_deref()
+        .ok_or_else(|| invalid(seq, "the event has no payload to seal"))?;
+    let visible = Fields {
+        event_id: event.event_id.map(EventId::as_u128),
+        correlation_id: event.correlation_id.map(EventId::as_u128),
+        causation_id: event.causation_id.map(EventId::as_u128),
+        tags: event.tags.clone(),
+        metadata: Vec::new(),
+    }
+    .encode()?;
+    let metadata = Fields {
+        metadata: event.metadata.clone(),
+        ..Fields::default()
+    }
+    .encode()?;
+    let (section, _) = split_envelope(seq, !metadata.is_empty(), &metadata)?;
+    let (pairs, pair_count) = section.encoded_pairs();
+    let aad = Binding {
+        store_id: bound_store_id(key, seq)?,
+        stream_id: event.stream_id,
+        version: event.version,
+        seq,
+        timestamp_ns: event.timestamp_ns,
+        event_type: TypeKey {
+            container: &event.type_container,
+            name: &event.type_name,
+            version: event.type_version,
+        },
+        section: &visible,
+    }
+    .aad();
+    let sealed = seal_event(
+        &key.cipher,
+        event.version,
+        aad.as_slice(),
+        pairs,
+        pair_count,
+        payload,
+    )?;
+    Ok(StoredEvent {
+        encrypted: true,
+        bound: true,
+        blob: visible.len() + sealed.len() > blob_threshold,
+        metadata: Vec::new(),
+        payload: Some(sealed),
+        blob_ref: None,
+        checksum: None,
+        ..event.clone()
+    })
 }
 
 fn build_record(event: &StoredEvent, links: Links, type_id: u32) -> Result<Built> {
