@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use crate::error::{Error, Result};
 use crate::event::EventId;
 use crate::storage::{
-    self, Binding, BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED,
-    FLAG_ENVELOPE, Fields, HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord,
-    ParkedEvent, RECORD_FORMAT, ReadTxn, RecordHeader, Spine, Storage, Stored, StreamKey,
-    StreamRemoval, TOMBSTONE, Txn as CryptoTxn, TypeKey, blob_padded_len, bound_store_id,
-    bump_generation, check_consumer_name, consumer_position, decode_type_key, end_draft,
-    intern_type, is_shredded, is_tombstone, pairs, park, parked_of, peek_record, put_head,
-    seal_event, seal_record, set_consumer_position, split_envelope, stored_checksum,
+    self, BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE,
+    Fields, HEADER_LEN, Links, LmdbResultExt, LogIter, LogWriter, NewRecord, ParkedEvent,
+    RECORD_FORMAT, ReadTxn, RecordHeader, SealPlace, Spine, Storage, Stored, StreamKey,
+    StreamRemoval, TOMBSTONE, Txn as CryptoTxn, TypeKey, blob_padded_len, bump_generation,
+    check_consumer_name, consumer_position, decode_type_key, end_draft, intern_type, is_shredded,
+    is_tombstone, pairs, park, parked_of, peek_record, put_head, seal_bound, seal_record,
+    set_consumer_position, split_envelope, stored_checksum,
 };
 
 /// The store-wide part of an export, read in the same snapshot as its events.
@@ -1413,27 +1413,23 @@ fn seal_stored(event: &StoredEvent, key: &EventKey, blob_threshold: usize) -> Re
     }
     .encode()?;
     let (section, _) = split_envelope(seq, !metadata.is_empty(), &metadata)?;
-    let (pairs, pair_count) = section.encoded_pairs();
-    let aad = Binding {
-        store_id: bound_store_id(key, seq)?,
+    let place = SealPlace {
         stream_id: event.stream_id,
         version: event.version,
         seq,
         timestamp_ns: event.timestamp_ns,
-        event_type: TypeKey {
-            container: &event.type_container,
-            name: &event.type_name,
-            version: event.type_version,
-        },
-        section: &visible,
-    }
-    .aad();
-    let sealed = seal_event(
-        &key.cipher,
-        event.version,
-        aad.as_slice(),
-        pairs,
-        pair_count,
+    };
+    let event_type = TypeKey {
+        container: &event.type_container,
+        name: &event.type_name,
+        version: event.type_version,
+    };
+    let sealed = seal_bound(
+        key,
+        &place,
+        event_type,
+        &visible,
+        section.encoded_pairs(),
         payload,
     )?;
     Ok(StoredEvent {

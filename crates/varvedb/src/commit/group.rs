@@ -18,10 +18,10 @@ use crate::event_id::EventId;
 use crate::expected::Appended;
 use crate::metrics::CommitTally;
 use crate::storage::{
-    Binding, BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE,
-    Fields, HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, Spine, Storage, StoreKeys,
-    Stored, StreamKey, Txn, TypeKey, bound_store_id, check_blob_refs, end_draft, intern_type,
-    payload_digest, put_head, seal_event, seal_record, split_envelope, stream_head,
+    BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
+    HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, SealPlace as Place, Spine, Storage,
+    StoreKeys, Stored, StreamKey, Txn, TypeKey, check_blob_refs, end_draft, intern_type,
+    payload_digest, put_head, seal_bound, seal_record, split_envelope, stream_head,
 };
 
 fn now_ns() -> u64 {
@@ -244,14 +244,6 @@ struct Sealed {
     blob: Option<Box<Blob>>,
 }
 
-/// Where an event being sealed goes: what its seal is bound to besides the visible section.
-struct Place {
-    stream_id: u128,
-    version: u32,
-    seq: u64,
-    timestamp_ns: u64,
-}
-
 fn encrypt(
     event: &Prepared,
     key: &EventKey,
@@ -273,22 +265,12 @@ fn encrypt(
         metadata: Vec::new(),
     }
     .encode()?;
-    let aad = Binding {
-        store_id: bound_store_id(key, place.seq)?,
-        stream_id: place.stream_id,
-        version: place.version,
-        seq: place.seq,
-        timestamp_ns: place.timestamp_ns,
-        event_type: event.event_type,
-        section: &visible,
-    }
-    .aad();
-    let sealed = seal_event(
-        &key.cipher,
-        place.version,
-        aad.as_slice(),
-        pairs,
-        pair_count,
+    let sealed = seal_bound(
+        key,
+        place,
+        event.event_type,
+        &visible,
+        (pairs, pair_count),
         payload,
     )?;
     let mut flags = FLAG_ENCRYPTED | FLAG_BOUND;

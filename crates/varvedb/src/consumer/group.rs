@@ -13,8 +13,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::Result;
-use crate::storage::{GroupConfig, Held, Storage, partition_of};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::error::{Error, Result};
+use crate::storage::{
+    GROUP_PARTITIONS_MAX, GroupConfig, Held, Storage, check_consumer_name, partition_of,
+};
 
 /// A member's state between batches.
 #[derive(Debug)]
@@ -34,12 +38,28 @@ pub(crate) struct GroupRun {
     pub(crate) live: Vec<String>,
     /// When the last step renewed the leases.
     pub(crate) renewed: Option<Instant>,
-    /// Partitions lost to another member (fenced) so far.
-    pub(crate) fenced: u64,
+    /// Counts the partitions lost to another member (fenced): the member's
+    /// `varvedb_group_fenced_total`.
+    fenced: Counter,
 }
 
 impl GroupRun {
-    pub(crate) fn new(member: String, wanted: GroupConfig) -> Self {
+    /// The member `member`, with the group's settings if it creates the group, after checking
+    /// both; `fenced` counts the partitions it loses.
+    pub(crate) fn new(member: String, wanted: GroupConfig, fenced: Counter) -> Result<Self> {
+        check_consumer_name(&member)?;
+        if !(1..=GROUP_PARTITIONS_MAX).contains(&wanted.partitions) {
+            return Err(Error::InvalidConfig {
+                field: "group_partitions",
+                reason: format!("1 to {GROUP_PARTITIONS_MAX}, not {}", wanted.partitions),
+            });
+        }
+        if wanted.lease_ms < 100 {
+            return Err(Error::InvalidConfig {
+                field: "group_lease_ms",
+                reason: format!("at least 100, not {}", wanted.lease_ms),
+            });
+        }
         static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -47,7 +67,7 @@ impl GroupRun {
         let incarnation = nanos
             ^ (u64::from(std::process::id()) << 40)
             ^ RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        GroupRun {
+        Ok(GroupRun {
             lease_id: format!("{member}\0{incarnation:016x}"),
             member,
             wanted,
@@ -56,8 +76,28 @@ impl GroupRun {
             committed: Vec::new(),
             live: Vec::new(),
             renewed: None,
-            fenced: 0,
+            fenced,
+        })
+    }
+
+    /// Drops the partitions `lost` to another member (fenced: nothing of them was written),
+    /// and counts them.
+    pub(crate) fn lose(&mut self, group: &str, lost: &[u32]) {
+        if lost.is_empty() {
+            return;
         }
+        tracing::warn!(group, member = %self.member, ?lost, "fenced: partitions lost to another member; nothing of them was written");
+        self.fenced.inc_by(lost.len() as u64);
+        self.held.retain(|h| !lost.contains(&h.partition));
+    }
+
+    /// Records the held positions as committed.
+    pub(crate) fn committed_all(&mut self) {
+        self.committed = self
+            .held
+            .iter()
+            .map(|h| (h.partition, h.position))
+            .collect();
     }
 
     fn lease(&self) -> Duration {
@@ -142,25 +182,16 @@ impl GroupRun {
         Ok(())
     }
 
-    /// Commits the held partitions' cursors and parks `parked`; drops the partitions lost,
-    /// and returns how many.
+    /// Commits the held partitions' cursors and parks `parked`; drops the partitions lost.
     pub(crate) fn checkpoint(
         &mut self,
         storage: &Storage,
         group: &str,
         parked: &[(u64, String)],
-    ) -> Result<u64> {
+    ) -> Result<()> {
         let lost = storage.group_checkpoint(group, &self.lease_id, &self.held, parked)?;
-        if !lost.is_empty() {
-            tracing::warn!(group, member = %self.member, ?lost, "fenced: partitions lost to another member; their cursors were not written");
-            self.fenced += lost.len() as u64;
-            self.held.retain(|h| !lost.contains(&h.partition));
-        }
-        self.committed = self
-            .held
-            .iter()
-            .map(|h| (h.partition, h.position))
-            .collect();
-        Ok(lost.len() as u64)
+        self.lose(group, &lost);
+        self.committed_all();
+        Ok(())
     }
 }

@@ -27,8 +27,7 @@ use crate::event::Event;
 use crate::metrics::ConsumerCounters;
 use crate::reader::{EventRef, Reader, ValidateEvent};
 use crate::storage::{
-    GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GROUP_PARTITIONS_MAX, GroupConfig, Storage,
-    check_consumer_name,
+    GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GroupConfig, Storage, check_consumer_name,
 };
 
 /// What a handler's `Err` carries.
@@ -354,8 +353,7 @@ where
             || self.last_checkpoint.elapsed()
                 >= Duration::from_millis(self.options.checkpoint_every_ms);
         if !parked.is_empty() || failure.is_some() || (due && group.uncommitted() > 0) {
-            let lost = group.checkpoint(&storage, &name, &parked)?;
-            self.counters.fenced.inc_by(lost);
+            group.checkpoint(&storage, &name, &parked)?;
             self.last_checkpoint = Instant::now();
         }
         match failure {
@@ -443,33 +441,6 @@ fn after(
             After::Retry(wait)
         }
     }
-}
-
-/// A group member's state, after checking its name and the group settings.
-fn group_run(member: &str, options: &ProcessorOptions) -> Result<GroupRun> {
-    check_consumer_name(member)?;
-    if !(1..=GROUP_PARTITIONS_MAX).contains(&options.group_partitions) {
-        return Err(Error::InvalidConfig {
-            field: "group_partitions",
-            reason: format!(
-                "1 to {GROUP_PARTITIONS_MAX}, not {}",
-                options.group_partitions
-            ),
-        });
-    }
-    if options.group_lease_ms < 100 {
-        return Err(Error::InvalidConfig {
-            field: "group_lease_ms",
-            reason: format!("at least 100, not {}", options.group_lease_ms),
-        });
-    }
-    Ok(GroupRun::new(
-        member.to_owned(),
-        GroupConfig {
-            partitions: options.group_partitions,
-            lease_ms: options.group_lease_ms,
-        },
-    ))
 }
 
 fn handler_failed(name: &str, seq: u64, e: &(dyn std::error::Error + Send + Sync)) -> Error {
@@ -617,8 +588,19 @@ where
             options,
             member,
         } = self;
+        let counters = match &member {
+            Some(m) => reader.storage().metrics().group_member(&name, m),
+            None => reader.storage().metrics().consumer(&name),
+        };
         let group = match member {
-            Some(member) => Some(group_run(&member, &options)?),
+            Some(member) => Some(GroupRun::new(
+                member,
+                GroupConfig {
+                    partitions: options.group_partitions,
+                    lease_ms: options.group_lease_ms,
+                },
+                counters.fenced.clone(),
+            )?),
             None => None,
         };
         let poll = Duration::from_millis(options.poll_interval_ms.max(1));
@@ -630,10 +612,6 @@ where
                     reason: format!("the processor's blocking task: {e}"),
                 })??
                 .unwrap_or(0)
-        };
-        let counters = match &group {
-            Some(g) => reader.storage().metrics().group_member(&name, &g.member),
-            None => reader.storage().metrics().consumer(&name),
         };
         let mut state = State {
             reader,

@@ -24,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::reader::{Reader, ValidateEvent};
 use crate::storage::{
-    GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GROUP_PARTITIONS_MAX, GroupConfig,
-    LmdbResultExt, Storage, check_consumer_name, set_consumer_position,
+    GROUP_LEASE_MS_DEFAULT, GROUP_PARTITIONS_DEFAULT, GroupConfig, LmdbResultExt, Storage,
+    check_consumer_name, set_consumer_position,
 };
 
 /// A projection's read model, inside the batch's write transaction.
@@ -224,18 +224,9 @@ where
             group,
         } = self;
         let member = member.unwrap_or_default();
-        check_consumer_name(&member)?;
-        if !(1..=GROUP_PARTITIONS_MAX).contains(&group.partitions) || group.lease_ms < 100 {
-            return Err(Error::InvalidConfig {
-                field: "group",
-                reason: format!(
-                    "1 to {GROUP_PARTITIONS_MAX} partitions and a lease of 100 ms at least, not \
-                     {} and {} ms",
-                    group.partitions, group.lease_ms
-                ),
-            });
-        }
         let storage = reader.storage().clone();
+        let fenced = storage.metrics().group_member(&name, &member).fenced;
+        let run_group = GroupRun::new(member, group, fenced)?;
         let db = {
             let (storage, name) = (storage.clone(), name.clone());
             tokio::task::spawn_blocking(move || storage.projection_db(&name))
@@ -251,7 +242,7 @@ where
         let mut run = Some(Run {
             reader,
             handler,
-            group: GroupRun::new(member, group),
+            group: run_group,
         });
         tokio::pin!(signal);
         // Once the signal came: the log's end then, which the member still handles up to.
@@ -393,20 +384,10 @@ where
     })?;
     if lost.is_empty() {
         group.held = moved;
-        group.committed = group
-            .held
-            .iter()
-            .map(|h| (h.partition, h.position))
-            .collect();
+        group.committed_all();
     } else {
-        tracing::warn!(group = name, member = %group.member, ?lost, "fenced: partitions lost to another member; the batch was not committed");
-        group.fenced += lost.len() as u64;
-        storage
-            .metrics()
-            .group_member(name, &group.member)
-            .fenced
-            .inc_by(lost.len() as u64);
-        group.held.retain(|h| !lost.contains(&h.partition));
+        // The whole batch was abandoned: the member that took the partitions applies it.
+        group.lose(name, &lost);
         return Ok(true);
     }
     Ok(more)

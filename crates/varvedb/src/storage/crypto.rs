@@ -878,6 +878,46 @@ pub(crate) fn seal_event(
     seal_with(key, nonce, aad, &plain)
 }
 
+/// Where an event being sealed goes: what its seal is bound to besides its type and its
+/// visible section.
+pub(crate) struct Place {
+    pub(crate) stream_id: u128,
+    pub(crate) version: u32,
+    pub(crate) seq: u64,
+    pub(crate) timestamp_ns: u64,
+}
+
+/// Seals an event's metadata `pairs` and `payload` under `key`, bound ([`Binding`]) to the
+/// store id, its place, its type and its `visible` section: what an append to an encrypted
+/// store stores, and what an import that seals plaintext stores (one step for both).
+pub(crate) fn seal_bound(
+    key: &EventKey,
+    place: &Place,
+    event_type: TypeKey<'_>,
+    visible: &[u8],
+    (pairs, pair_count): (&[u8], u16),
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let aad = Binding {
+        store_id: bound_store_id(key, place.seq)?,
+        stream_id: place.stream_id,
+        version: place.version,
+        seq: place.seq,
+        timestamp_ns: place.timestamp_ns,
+        event_type,
+        section: visible,
+    }
+    .aad();
+    seal_event(
+        &key.cipher,
+        place.version,
+        aad.as_slice(),
+        pairs,
+        pair_count,
+        payload,
+    )
+}
+
 /// A decrypted event: the plaintext in an aligned buffer, and where its parts are.
 pub(crate) struct Opened {
     pub(crate) buffer: AlignedVec,

@@ -85,8 +85,8 @@ pub(crate) use consumers::{
     set_position as set_consumer_position,
 };
 pub(crate) use crypto::{
-    Binding, Crypto, EventKey, StoreKeys, StreamKey, TOMBSTONE, Txn, bound_store_id,
-    bump_generation, is_shredded, is_tombstone, seal_event,
+    Crypto, EventKey, Place as SealPlace, StoreKeys, StreamKey, TOMBSTONE, Txn, bump_generation,
+    is_shredded, is_tombstone, seal_bound,
 };
 pub use envelope::Tags;
 pub(crate) use envelope::{ENVELOPE_BYTES_MAX, Fields, Section, pairs, split as split_envelope};
