@@ -1,11 +1,12 @@
 //! Where an encrypted read's time goes (issue 32), for a profiler.
 //!
 //! ```sh
-//! cargo run --release -p varvedb --example crypto_probe -- [events] [plain|encrypted]
+//! cargo run --release -p varvedb --example crypto_probe -- [events] [plain|encrypted] [scan|stream]
 //! valgrind --tool=callgrind target/release/examples/crypto_probe 20000 encrypted
 //! ```
 //! Fills a store with `events` events of about 136 bytes over 64 streams (`NoSync`, batches
-//! of 1,000), then scans the log twice with a typed reader and prints the scan rate.
+//! of 1,000), then reads them twice with a typed reader and prints the rate: a scan of the
+//! log (`scan`, the default), or every stream by version (`stream`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Instant;
@@ -23,6 +24,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let encrypted = args.next().as_deref() == Some("encrypted");
+    let streams = args.next().as_deref() == Some("stream");
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(StorageConfig {
         path: dir.path().into(),
@@ -50,12 +52,21 @@ fn main() {
         let started = Instant::now();
         let txn = storage.read_txn().unwrap();
         let mut sum = 0u64;
-        for e in reader.read_all(&txn, 1) {
-            sum = sum.wrapping_add(e.unwrap().value.to_native());
+        if streams {
+            for stream in 1..=64u128 {
+                for e in reader.read_stream(&txn, stream, 1) {
+                    sum = sum.wrapping_add(e.unwrap().value.to_native());
+                }
+            }
+        } else {
+            for e in reader.read_all(&txn, 1) {
+                sum = sum.wrapping_add(e.unwrap().value.to_native());
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "scan {round} ({}): {n} events in {secs:.3} s: {:.0} events/s (sum {sum})",
+            "{} {round} ({}): {n} events in {secs:.3} s: {:.0} events/s (sum {sum})",
+            if streams { "streams" } else { "scan" },
             if encrypted { "encrypted" } else { "plain" },
             n as f64 / secs
         );

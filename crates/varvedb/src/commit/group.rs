@@ -18,7 +18,7 @@ use crate::event_id::EventId;
 use crate::expected::Appended;
 use crate::metrics::CommitTally;
 use crate::storage::{
-    BlobRef, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
+    BlobRef, Cipher, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
     HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, SealPlace as Place, Spine, Storage,
     StoreKeys, Stored, StreamKey, Txn, TypeKey, check_blob_refs, end_draft, intern_type,
     payload_digest, put_head, seal_bound, seal_record, split_envelope, stream_head,
@@ -134,7 +134,7 @@ struct Heads<'c> {
     last_type: Option<(TypeKey<'static>, u32)>,
     /// Stream keys created by this group's transaction; the key cache takes them after the
     /// commit.
-    new_keys: Vec<(u128, Arc<aes_gcm::Aes256Gcm>)>,
+    new_keys: Vec<(u128, Arc<Cipher>)>,
 }
 
 fn same_type(a: &TypeKey<'static>, b: &TypeKey<'static>) -> bool {

@@ -30,13 +30,13 @@
 //! have reached the disk.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex, RwLock};
 
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use heed::{RoTxn, RwTxn};
+use ring::aead::{AES_256_GCM, Aad as RingAad, LessSafeKey, Nonce, Tag, UnboundKey};
 use rkyv::util::AlignedVec;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::lmdb::LmdbResultExt;
 use super::record::{FLAG_BOUND, RecordHeader};
@@ -80,7 +80,7 @@ pub(crate) enum StreamKey {
 /// A stream's key, with the store id its events are bound to.
 #[derive(Clone)]
 pub(crate) struct EventKey {
-    pub(crate) cipher: Arc<Aes256Gcm>,
+    pub(crate) cipher: Arc<Cipher>,
     /// The id the store's key check carries; `None` for a check older than store ids.
     pub(crate) store_id: Option<StoreId>,
 }
@@ -220,7 +220,7 @@ pub(crate) fn bound_store_id(key: &EventKey, seq: u64) -> Result<StoreId> {
 /// The master key and the cache of unwrapped stream keys of one store.
 pub(crate) struct Crypto {
     /// The master key's cipher; `None` when the store was opened without a key.
-    master: RwLock<Option<Arc<Aes256Gcm>>>,
+    master: RwLock<Option<Arc<Cipher>>>,
     /// The master key itself, to compare a reopen's key with (zeroized on drop).
     raw: RwLock<Option<Zeroizing<[u8; 32]>>>,
     keys: Mutex<KeyCache>,
@@ -233,7 +233,7 @@ pub(crate) struct Crypto {
 /// into the cache from a snapshot of the cache's own generation.
 #[derive(Default)]
 struct KeyCache {
-    keys: HashMap<u128, Arc<Aes256Gcm>>,
+    keys: HashMap<u128, Arc<Cipher>>,
     /// Streams shredded by this process while it was open (never cached again).
     shredded: std::collections::HashSet<u128>,
     /// The keystore generation the cache is valid for; `None` until the first look.
@@ -375,34 +375,101 @@ pub(crate) fn random<const N: usize>() -> Result<[u8; N]> {
     Ok(out)
 }
 
-pub(crate) fn cipher(key: &[u8; 32]) -> Aes256Gcm {
-    Aes256Gcm::new(key.into())
+/// An AES-256-GCM key, expanded for `ring` (the AES round keys and the GHASH key table), kept
+/// on the heap and wiped when dropped.
+///
+/// `ring` does not wipe its keys: a `LessSafeKey` is plain data with no `Drop`. So the key
+/// lives in a heap slot of its own that this type overwrites with zeros (volatile writes, which
+/// the compiler may not elide) before the slot is freed. Never cloned: a stream's key is shared
+/// as `Arc<Cipher>`, so there is one copy to wipe.
+pub(crate) struct Cipher {
+    /// Always initialized until `drop` wipes it.
+    key: Box<MaybeUninit<LessSafeKey>>,
 }
 
-fn seal_with(
-    cipher: &Aes256Gcm,
-    nonce: [u8; NONCE_LEN],
-    aad: &[u8],
-    plain: &[u8],
-) -> Result<Vec<u8>> {
-    let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
-        .map_err(|_| Error::Crypto {
-            reason: "AES-256-GCM refused to encrypt".into(),
-        })?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+impl Cipher {
+    #[allow(unsafe_code, reason = "the slot is initialized from `new` until `drop`")]
+    fn key(&self) -> &LessSafeKey {
+        // SAFETY: `new` initializes the slot and only `drop` de-initializes it (by wiping).
+        unsafe { self.key.assume_init_ref() }
+    }
+
+    /// Encrypts `buf` in place under `nonce`, bound to `aad`; the tag.
+    fn seal_in_place(&self, nonce: [u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> Result<Tag> {
+        self.key()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                RingAad::from(aad),
+                buf,
+            )
+            .map_err(|_| Error::Crypto {
+                reason: "AES-256-GCM refused to encrypt (a plaintext past its length bound)".into(),
+            })
+    }
+
+    /// Decrypts `buf` in place; `None` (and `buf` is then not plaintext) if the ciphertext,
+    /// `aad` or `tag` does not authenticate under this key.
+    fn open_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Option<()> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let tag = Tag::try_from(tag).ok()?;
+        self.key()
+            .open_in_place_separate_tag(nonce, RingAad::from(aad), tag, buf, 0..)
+            .ok()
+            .map(|_| ())
+    }
+}
+
+impl Drop for Cipher {
+    #[allow(unsafe_code, reason = "drops the key in place before wiping its bytes")]
+    fn drop(&mut self) {
+        // SAFETY: the slot is initialized (see `key`); `LessSafeKey` owns nothing outside its
+        // own bytes, so dropping it in place and then overwriting its bytes frees nothing twice
+        // and leaves no key material behind. The slot is not read again.
+        unsafe { self.key.assume_init_drop() };
+        self.key.zeroize();
+    }
+}
+
+/// The expanded AES-256-GCM key of `key` (a master key or a stream key).
+pub(crate) fn cipher(key: &[u8; 32]) -> Result<Cipher> {
+    let unbound = UnboundKey::new(&AES_256_GCM, key).map_err(|_| Error::Crypto {
+        reason: "AES-256-GCM refused a 32-byte key".into(),
+    })?;
+    Ok(Cipher {
+        key: Box::new(MaybeUninit::new(LessSafeKey::new(unbound))),
+    })
+}
+
+/// Seals `plain` under `cipher`: nonce ‖ ciphertext ‖ tag.
+fn seal_with(cipher: &Cipher, nonce: [u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    out.extend_from_slice(plain);
+    match cipher.seal_in_place(nonce, aad, &mut out[NONCE_LEN..]) {
+        Ok(tag) => {
+            out.extend_from_slice(tag.as_ref());
+            Ok(out)
+        }
+        Err(e) => {
+            out.zeroize();
+            Err(e)
+        }
+    }
 }
 
 /// Decrypts `sealed` (nonce ‖ ciphertext ‖ tag); `None` if it does not authenticate.
-fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    let (nonce, ct) = sealed.split_at_checked(NONCE_LEN)?;
-    cipher
-        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
-        .map(Zeroizing::new)
+fn open_with(cipher: &Cipher, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let (nonce, rest) = sealed.split_at_checked(NONCE_LEN)?;
+    let (ct, tag) = rest.split_at_checked(rest.len().checked_sub(TAG_LEN)?)?;
+    let mut buf = Zeroizing::new(ct.to_vec());
+    cipher.open_in_place(nonce, aad, &mut buf, tag)?;
+    Some(buf)
 }
 
 /// The associated data of an event: what its ciphertext is bound to.
@@ -417,7 +484,7 @@ pub(crate) fn event_aad(stream_id: u128, version: u32, seq: u64, type_id: u32) -
 
 /// Opens a key check under `master`: `None` if it is not of this master key, else the store
 /// id it carries (`None` for a check of before store ids).
-fn open_check(master: &Aes256Gcm, check: &[u8]) -> Option<Option<StoreId>> {
+fn open_check(master: &Cipher, check: &[u8]) -> Option<Option<StoreId>> {
     let text = open_with(master, KEY_CHECK_AAD, check)?;
     if text.as_slice() == KEY_CHECK_TEXT_V1 {
         return Some(None);
@@ -427,7 +494,7 @@ fn open_check(master: &Aes256Gcm, check: &[u8]) -> Option<Option<StoreId>> {
 }
 
 /// A key check of `master` carrying `store_id`.
-fn seal_check(master: &Aes256Gcm, store_id: &StoreId) -> Result<Vec<u8>> {
+fn seal_check(master: &Cipher, store_id: &StoreId) -> Result<Vec<u8>> {
     let mut text = Zeroizing::new(KEY_CHECK_TEXT.to_vec());
     text.extend_from_slice(store_id);
     seal_with(master, random()?, KEY_CHECK_AAD, &text)
@@ -441,12 +508,12 @@ fn stream_key_aad(stream_id: u128) -> Vec<u8> {
 
 impl Crypto {
     /// The crypto state of a store opened with `master` (or without a key).
-    pub(crate) fn new(master: Option<&[u8; 32]>) -> Crypto {
-        Crypto {
-            master: RwLock::new(master.map(|k| Arc::new(cipher(k)))),
+    pub(crate) fn new(master: Option<&[u8; 32]>) -> Result<Crypto> {
+        Ok(Crypto {
+            master: RwLock::new(master.map(cipher).transpose()?.map(Arc::new)),
             raw: RwLock::new(master.map(|k| Zeroizing::new(*k))),
             keys: Mutex::new(KeyCache::default()),
-        }
+        })
     }
 
     /// Whether `key` is the master key this store was opened with (or both are absent).
@@ -463,7 +530,7 @@ impl Crypto {
         }
     }
 
-    fn master(&self) -> Option<Arc<Aes256Gcm>> {
+    fn master(&self) -> Option<Arc<Cipher>> {
         self.master
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -689,7 +756,7 @@ impl Crypto {
         !self.has_master_key() || self.unwrap_key(stream_id, wrapped).is_ok()
     }
 
-    fn unwrap_key(&self, stream_id: u128, stored: &[u8]) -> Result<Arc<Aes256Gcm>> {
+    fn unwrap_key(&self, stream_id: u128, stored: &[u8]) -> Result<Arc<Cipher>> {
         let master = self
             .master()
             .ok_or(Error::MasterKeyRequired { stream_id })?;
@@ -708,7 +775,7 @@ impl Crypto {
             Zeroizing::new(plain.as_slice().try_into().map_err(|_| Error::Crypto {
                 reason: format!("the key of stream {stream_id} is not 32 bytes"),
             })?);
-        Ok(Arc::new(cipher(&key)))
+        Ok(Arc::new(cipher(&key)?))
     }
 
     fn wrap_key(&self, stream_id: u128, key: &[u8; 32]) -> Result<Vec<u8>> {
@@ -740,7 +807,7 @@ impl Crypto {
             .put(wtxn, &stream_id.to_be_bytes(), &wrapped)
             .lmdb()?;
         Ok(EventKey {
-            cipher: Arc::new(cipher(&key)),
+            cipher: Arc::new(cipher(&key)?),
             store_id: store.store_id,
         })
     }
@@ -748,7 +815,7 @@ impl Crypto {
     /// Takes the keys a committed transaction created into the cache, if the cache is still
     /// of the generation `generation` the transaction was checked against (a shred committed
     /// since, by any process, may have taken one of them).
-    pub(crate) fn adopt(&self, mut created: Vec<(u128, Arc<Aes256Gcm>)>, generation: Option<u64>) {
+    pub(crate) fn adopt(&self, mut created: Vec<(u128, Arc<Cipher>)>, generation: Option<u64>) {
         if created.is_empty() {
             return;
         }
@@ -793,12 +860,11 @@ impl Crypto {
         &self,
         dbs: &Dbs,
         wtxn: &mut RwTxn<'_>,
-        new: &[u8; 32],
+        new_cipher: &Cipher,
     ) -> Result<u64> {
         if self.store_keys(dbs, wtxn)?.retired {
             return Err(Error::MasterKeyRotated);
         }
-        let new_cipher = cipher(new);
         let mut entries = Vec::new();
         for entry in dbs.keystore.iter(wtxn).lmdb()? {
             let (k, v) = entry.lmdb()?;
@@ -823,7 +889,7 @@ impl Crypto {
                         ),
                     }
                 })?;
-            let sealed = seal_with(&new_cipher, random()?, &stream_key_aad(stream_id), &plain)?;
+            let sealed = seal_with(new_cipher, random()?, &stream_key_aad(stream_id), &plain)?;
             let mut out = Vec::with_capacity(WRAPPED_LEN);
             out.push(WRAP_VERSION);
             out.extend_from_slice(&sealed);
@@ -837,17 +903,19 @@ impl Crypto {
             Some(id) => id,
             None => random()?,
         };
-        let check = seal_check(&new_cipher, &store_id)?;
+        let check = seal_check(new_cipher, &store_id)?;
         dbs.meta.put(wtxn, KEY_CHECK, &check).lmdb()?;
         bump_generation(&dbs.meta, wtxn)?;
         Ok(count)
     }
 
-    pub(crate) fn set_master(&self, new: &[u8; 32]) {
+    /// Installs the master key `new`, expanded as `new_cipher` (built before the rotation's
+    /// transaction, so that nothing after its commit can fail).
+    pub(crate) fn set_master(&self, new: &[u8; 32], new_cipher: Arc<Cipher>) {
         *self
             .master
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(cipher(new)));
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(new_cipher);
         *self
             .raw
             .write()
@@ -857,7 +925,7 @@ impl Crypto {
 
 /// Seals an event: its metadata pairs and payload, under `key`, bound to `aad`.
 pub(crate) fn seal_event(
-    key: &Aes256Gcm,
+    key: &Cipher,
     version: u32,
     aad: &[u8],
     pairs: &[u8],
@@ -865,17 +933,29 @@ pub(crate) fn seal_event(
     payload: &[u8],
 ) -> Result<Vec<u8>> {
     let padded = pairs.len().next_multiple_of(16);
-    let mut plain = Zeroizing::new(Vec::with_capacity(PLAIN_FIXED + padded + payload.len()));
-    plain.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    plain.extend_from_slice(&pair_count.to_le_bytes());
-    plain.extend_from_slice(&[0u8; 10]);
-    plain.extend_from_slice(pairs);
-    plain.resize(PLAIN_FIXED + padded, 0);
-    plain.extend_from_slice(payload);
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&version.to_le_bytes());
     nonce[4..].copy_from_slice(&nonce_bits()?);
-    seal_with(key, nonce, aad, &plain)
+    // The plaintext is laid out after the nonce and encrypted where it lies: one buffer, and
+    // no plaintext copy left behind (a failed seal wipes it).
+    let mut out = Vec::with_capacity(NONCE_LEN + PLAIN_FIXED + padded + payload.len() + TAG_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    out.extend_from_slice(&pair_count.to_le_bytes());
+    out.extend_from_slice(&[0u8; 10]);
+    out.extend_from_slice(pairs);
+    out.resize(NONCE_LEN + PLAIN_FIXED + padded, 0);
+    out.extend_from_slice(payload);
+    match key.seal_in_place(nonce, aad, &mut out[NONCE_LEN..]) {
+        Ok(tag) => {
+            out.extend_from_slice(tag.as_ref());
+            Ok(out)
+        }
+        Err(e) => {
+            out.zeroize();
+            Err(e)
+        }
+    }
 }
 
 /// Where an event being sealed goes: what its seal is bound to besides its type and its
@@ -929,24 +1009,18 @@ pub(crate) struct Opened {
 #[cfg(feature = "__internals")]
 /// Seals `plain` as it stands (no layout of ours around it) with a fixed nonce: for the fuzz
 /// target that feeds arbitrary plaintexts to [`open_event`]'s parser.
-pub(crate) fn seal_raw(key: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+pub(crate) fn seal_raw(key: &Cipher, aad: &[u8], plain: &[u8]) -> Vec<u8> {
     let nonce = [0u8; NONCE_LEN];
-    let mut buf = plain.to_vec();
-    let mut sealed = nonce.to_vec();
-    // Only a plaintext past AES-GCM's bound (64 GiB) fails: the sealed bytes then stay short,
-    // and opening them fails authentication.
-    if let Ok(tag) = key.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut buf) {
-        sealed.extend_from_slice(&buf);
-        sealed.extend_from_slice(&tag);
-    }
-    sealed
+    // Only a plaintext past AES-GCM's bound (64 GiB) fails: the sealed bytes are then the
+    // nonce alone, and opening them fails authentication.
+    seal_with(key, nonce, aad, plain).unwrap_or_else(|_| nonce.to_vec())
 }
 
 /// Decrypts a sealed event into `buffer` (cleared first, reused). A ciphertext that does not
 /// authenticate (tampered, moved to another stream, version or sequence, replayed) is
 /// `Error::AuthenticationFailed` naming `seq`.
 pub(crate) fn open_event(
-    key: &Aes256Gcm,
+    key: &Cipher,
     aad: &[u8],
     sealed: &[u8],
     seq: u64,
@@ -963,13 +1037,14 @@ pub(crate) fn open_event(
     // Decrypted in place, in the reader's buffer: no allocation, one copy.
     buffer.clear();
     buffer.extend_from_slice(ct);
-    key.decrypt_in_place_detached(
-        Nonce::from_slice(nonce),
-        aad,
-        buffer.as_mut_slice(),
-        Tag::from_slice(tag),
-    )
-    .map_err(|_| failed)?;
+    if key
+        .open_in_place(nonce, aad, buffer.as_mut_slice(), tag)
+        .is_none()
+    {
+        // What was decrypted before the tag failed is not plaintext to keep.
+        buffer.as_mut_slice().zeroize();
+        return Err(failed);
+    }
     let bad = |reason: &str| Error::corrupt(seq, format!("decrypted event: {reason}"));
     if buffer.len() < PLAIN_FIXED {
         return Err(bad("shorter than its fixed part"));
@@ -997,7 +1072,7 @@ mod tests {
 
     #[test]
     fn sealed_events_authenticate_only_where_they_were_sealed() {
-        let key = cipher(&[3u8; 32]);
+        let key = cipher(&[3u8; 32]).unwrap();
         let aad = event_aad(7, 1, 10, 2);
         let sealed = seal_event(&key, 1, &aad, b"", 0, b"hello payload").unwrap();
         let opened = open_event(&key, &aad, &sealed, 10, AlignedVec::new()).unwrap();
@@ -1026,7 +1101,7 @@ mod tests {
     #[test]
     fn a_bound_seal_covers_every_field_it_names() {
         let key = EventKey {
-            cipher: Arc::new(cipher(&[3u8; 32])),
+            cipher: Arc::new(cipher(&[3u8; 32]).unwrap()),
             store_id: Some([9u8; 16]),
         };
         let ty = TypeKey {
@@ -1132,12 +1207,12 @@ mod tests {
 
     #[test]
     fn key_checks_carry_the_store_id_and_older_ones_open_without_one() {
-        let master = cipher(&[1u8; 32]);
+        let master = cipher(&[1u8; 32]).unwrap();
         let check = seal_check(&master, &[4u8; 16]).unwrap();
         assert_eq!(open_check(&master, &check), Some(Some([4u8; 16])));
         let older = seal_with(&master, [0u8; NONCE_LEN], KEY_CHECK_AAD, KEY_CHECK_TEXT_V1).unwrap();
         assert_eq!(open_check(&master, &older), Some(None));
-        assert_eq!(open_check(&cipher(&[2u8; 32]), &check), None);
+        assert_eq!(open_check(&cipher(&[2u8; 32]).unwrap(), &check), None);
         let short = seal_with(&master, [0u8; NONCE_LEN], KEY_CHECK_AAD, KEY_CHECK_TEXT).unwrap();
         assert_eq!(open_check(&master, &short), None);
     }

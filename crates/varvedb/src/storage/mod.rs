@@ -85,7 +85,7 @@ pub(crate) use consumers::{
     set_position as set_consumer_position,
 };
 pub(crate) use crypto::{
-    Crypto, EventKey, Place as SealPlace, StoreKeys, StreamKey, TOMBSTONE, Txn, bump_generation,
+    Cipher, Crypto, EventKey, Place as SealPlace, StoreKeys, StreamKey, TOMBSTONE, Txn, bump_generation,
     is_shredded, is_tombstone, seal_bound,
 };
 pub use envelope::Tags;

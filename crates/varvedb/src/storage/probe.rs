@@ -90,7 +90,9 @@ pub(crate) fn read_record(bytes: &[u8], validates: impl Fn(&[u8]) -> bool) -> bo
 /// a reader does, and validates the payload with `validates`. Also opens `plain` as a forged
 /// sealed event, which must not authenticate. Never panics.
 pub(crate) fn open_sealed(plain: &[u8], validates: impl Fn(&[u8]) -> bool) -> bool {
-    let key = crypto::cipher(&[0x42; 32]);
+    let Ok(key) = crypto::cipher(&[0x42; 32]) else {
+        return false;
+    };
     let aad = crypto::event_aad(7, 1, 1, 1);
     let forged = crypto::open_event(&key, &aad, plain, 1, Default::default());
     assert!(forged.is_err(), "forged bytes authenticated");

@@ -129,7 +129,7 @@ impl Storage {
                 ),
             });
         }
-        let crypto = Crypto::new(master_key.as_deref());
+        let crypto = Crypto::new(master_key.as_deref())?;
         let (env, dbs, projections) = env::open(&config, &path, create, &crypto)?;
         let warnings = permission_warnings(&path);
         let head = {

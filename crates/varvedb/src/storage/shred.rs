@@ -117,10 +117,11 @@ pub(crate) fn rotate_master_key(storage: &Storage, new_master_key: [u8; 32]) -> 
     // keystore generation) and refuse to create keys with their retired master key
     // (`Error::MasterKeyRotated`). The stream keys themselves do not change, so the
     // cached ones stay.
+    let new_cipher = std::sync::Arc::new(crypto::cipher(&new)?);
     let rewrapped = storage.write_then(
         storage.resize_wait(),
-        |wtxn, dbs| Ok((storage.crypto().rewrap_all(dbs, wtxn, &new)?, true)),
-        |_| storage.crypto().set_master(&new),
+        |wtxn, dbs| Ok((storage.crypto().rewrap_all(dbs, wtxn, &new_cipher)?, true)),
+        |_| storage.crypto().set_master(&new, new_cipher.clone()),
     )?;
     // Durable before the caller retires the old master key.
     storage.flush_if_durable()?;
