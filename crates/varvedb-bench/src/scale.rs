@@ -58,7 +58,57 @@ pub struct Slice {
     pub rss_anon_bytes: u64,
     /// Its resident set including mapped file pages (the store's map).
     pub rss_bytes: u64,
+    /// The process's CPU time in the slice, user and system, in seconds (`/proc/self/stat`):
+    /// with `events_per_second`, whether a slow slice worked more or waited more.
+    pub cpu_user_seconds: f64,
+    /// The system (kernel) part of the slice's CPU time, in seconds.
+    pub cpu_system_seconds: f64,
+    /// Bytes the process caused to be written to the disk in the slice (`/proc/self/io`).
+    pub disk_write_bytes: u64,
+    /// Major page faults in the slice: map pages read back from the disk.
+    pub major_faults: u64,
 }
+
+/// The process's counters that tell work from waiting: CPU ticks (user, system), major
+/// faults, and bytes written to the disk.
+#[derive(Clone, Copy, Default)]
+struct Counters {
+    user_ticks: u64,
+    system_ticks: u64,
+    major_faults: u64,
+    write_bytes: u64,
+}
+
+impl Counters {
+    fn now() -> Counters {
+        let mut c = Counters::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Past the command name (in parentheses, which may hold spaces): the fields from
+            // the third on; majflt is field 12, utime 14 and stime 15 (man 5 proc).
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest)
+                .unwrap_or("")
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+            c.major_faults = field(12);
+            c.user_ticks = field(14);
+            c.system_ticks = field(15);
+        }
+        if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
+            c.write_bytes = io
+                .lines()
+                .find_map(|l| l.strip_prefix("write_bytes:")?.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        c
+    }
+}
+
+/// Clock ticks per second of `/proc/self/stat`'s times (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
 
 /// The result of a scale run.
 #[derive(Debug, Clone, Serialize)]
@@ -118,19 +168,23 @@ impl ScaleReport {
             "{}: {} events in batches of {} over {} streams\n",
             o.peer, o.events, o.batch, o.streams
         );
-        out.push_str("| events | append ev/s | × first slice | file MiB | bytes/event | RSS anon MiB | RSS MiB |\n|---|---|---|---|---|---|---|\n");
+        out.push_str("| events | append ev/s | × first slice | file MiB | bytes/event | RSS anon MiB | RSS MiB | CPU user s | CPU sys s | disk writes MiB | major faults |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         let first = self.slices.first().map_or(1.0, |s| s.events_per_second);
         for s in &self.slices {
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} |",
+                "| {} | {:.0} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {} |",
                 s.events,
                 s.events_per_second,
                 s.events_per_second / first,
                 mb(s.file_bytes),
                 s.bytes_per_event,
                 mb(s.rss_anon_bytes),
-                mb(s.rss_bytes)
+                mb(s.rss_bytes),
+                s.cpu_user_seconds,
+                s.cpu_system_seconds,
+                mb(s.disk_write_bytes),
+                s.major_faults
             );
         }
         let (lo, hi) = self.throughput_range();
@@ -175,6 +229,7 @@ pub fn run(o: &ScaleOptions, mut progress: impl FnMut(u64)) -> BenchResult<Scale
     while done < o.events {
         let slice_end = (done + per_slice).min(o.events);
         let started = Instant::now();
+        let before = Counters::now();
         let slice_start = done;
         while done < slice_end {
             let n = o.batch.min(slice_end - done);
@@ -191,6 +246,7 @@ pub fn run(o: &ScaleOptions, mut progress: impl FnMut(u64)) -> BenchResult<Scale
             }
         }
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        let after = Counters::now();
         let file_bytes = dir_bytes(&o.dir)?;
         let anon = status_bytes("RssAnon");
         peak_anon = peak_anon.max(anon);
@@ -201,6 +257,12 @@ pub fn run(o: &ScaleOptions, mut progress: impl FnMut(u64)) -> BenchResult<Scale
             bytes_per_event: file_bytes as f64 / done as f64,
             rss_anon_bytes: anon,
             rss_bytes: status_bytes("VmRSS"),
+            cpu_user_seconds: after.user_ticks.saturating_sub(before.user_ticks) as f64
+                / TICKS_PER_SECOND,
+            cpu_system_seconds: after.system_ticks.saturating_sub(before.system_ticks) as f64
+                / TICKS_PER_SECOND,
+            disk_write_bytes: after.write_bytes.saturating_sub(before.write_bytes),
+            major_faults: after.major_faults.saturating_sub(before.major_faults),
         });
     }
     progress(done);

@@ -1,12 +1,13 @@
 //! Where an encrypted read's time goes (issue 32), for a profiler.
 //!
 //! ```sh
-//! cargo run --release -p varvedb --example crypto_probe -- [events] [plain|encrypted] [scan|stream]
+//! cargo run --release -p varvedb --example crypto_probe -- [events] [plain|encrypted] [scan|stream|point]
 //! valgrind --tool=callgrind target/release/examples/crypto_probe 20000 encrypted
 //! ```
 //! Fills a store with `events` events of about 136 bytes over 64 streams (`NoSync`, batches
 //! of 1,000), then reads them twice with a typed reader and prints the rate: a scan of the
-//! log (`scan`, the default), or every stream by version (`stream`).
+//! log (`scan`, the default), every stream by version (`stream`), or every event by its
+//! sequence in a scattered order (`point`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Instant;
@@ -24,7 +25,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let encrypted = args.next().as_deref() == Some("encrypted");
-    let streams = args.next().as_deref() == Some("stream");
+    let mode = args.next().unwrap_or_else(|| "scan".into());
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(StorageConfig {
         path: dir.path().into(),
@@ -52,7 +53,13 @@ fn main() {
         let started = Instant::now();
         let txn = storage.read_txn().unwrap();
         let mut sum = 0u64;
-        if streams {
+        if mode == "point" {
+            // Every sequence once, in a scattered order (a stride prime to `n`).
+            for i in 0..n {
+                let seq = (i * 7_919) % n + 1;
+                sum = sum.wrapping_add(reader.get(&txn, seq).unwrap().unwrap().value.to_native());
+            }
+        } else if mode == "stream" {
             for stream in 1..=64u128 {
                 for e in reader.read_stream(&txn, stream, 1) {
                     sum = sum.wrapping_add(e.unwrap().value.to_native());
@@ -66,7 +73,7 @@ fn main() {
         let secs = started.elapsed().as_secs_f64();
         println!(
             "{} {round} ({}): {n} events in {secs:.3} s: {:.0} events/s (sum {sum})",
-            if streams { "streams" } else { "scan" },
+            mode,
             if encrypted { "encrypted" } else { "plain" },
             n as f64 / secs
         );
