@@ -62,9 +62,11 @@ const KEY_CHECK_TEXT_V1: &[u8] = b"varvedb master key check v1";
 const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v2";
 const KEY_CHECK_AAD: &[u8] = b"varvedb key check";
 const STREAM_KEY_AAD: &[u8] = b"varvedb stream key";
-/// The most unwrapped stream keys kept; past it the cache starts over (each dropped key's
-/// schedule is zeroized).
-const KEY_CACHE_MAX: usize = 4096;
+/// The most unwrapped stream keys kept (about 600 bytes each with the map's entry, so under
+/// 10 MiB); past it the cache starts over (each dropped key is zeroized). Sized so that a
+/// store's working set of some thousands of encrypted streams stays cached: a miss costs an
+/// unwrap and a key expansion, about as much as sealing or opening several events.
+const KEY_CACHE_MAX: usize = 16_384;
 
 /// A stream's encryption, as its keystore entry says.
 #[derive(Clone)]
@@ -337,7 +339,7 @@ impl std::fmt::Debug for Crypto {
 }
 
 /// Nonce bits from the operating system, fetched 4 KiB at a time: one `getrandom` call per 512
-/// nonces instead of one per event. A buffer of OS randomness, consumed once, never reused.
+/// event nonces instead of one per event (a wrapped stream key's nonce comes from here too). A buffer of OS randomness, consumed once, never reused.
 struct NonceBits {
     bytes: [u8; 4096],
     at: usize,
@@ -348,21 +350,21 @@ static NONCE_BITS: Mutex<NonceBits> = Mutex::new(NonceBits {
     at: 4096,
 });
 
-/// 8 random bytes for a nonce.
-fn nonce_bits() -> Result<[u8; 8]> {
+/// `N` random bytes for a nonce, from the pool (`N` at most 4,096).
+fn nonce_bits<const N: usize>() -> Result<[u8; N]> {
     let mut pool = lock(&NONCE_BITS);
-    if pool.at + 8 > pool.bytes.len() {
+    if pool.at + N > pool.bytes.len() {
         getrandom::fill(&mut pool.bytes).map_err(|e| Error::Crypto {
             reason: format!("the operating system gave no random bytes: {e}"),
         })?;
         pool.at = 0;
     }
     let at = pool.at;
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&pool.bytes[at..at + 8]);
+    let mut out = [0u8; N];
+    out.copy_from_slice(&pool.bytes[at..at + N]);
     // Consumed: wiped, so that the same bits can never serve twice.
-    pool.bytes[at..at + 8].fill(0);
-    pool.at += 8;
+    pool.bytes[at..at + N].fill(0);
+    pool.at += N;
     Ok(out)
 }
 
@@ -782,7 +784,7 @@ impl Crypto {
         let master = self
             .master()
             .ok_or(Error::MasterKeyRequired { stream_id })?;
-        let sealed = seal_with(&master, random()?, &stream_key_aad(stream_id), key)?;
+        let sealed = seal_with(&master, nonce_bits()?, &stream_key_aad(stream_id), key)?;
         let mut out = Vec::with_capacity(WRAPPED_LEN);
         out.push(WRAP_VERSION);
         out.extend_from_slice(&sealed);
@@ -935,7 +937,7 @@ pub(crate) fn seal_event(
     let padded = pairs.len().next_multiple_of(16);
     let mut nonce = [0u8; NONCE_LEN];
     nonce[..4].copy_from_slice(&version.to_le_bytes());
-    nonce[4..].copy_from_slice(&nonce_bits()?);
+    nonce[4..].copy_from_slice(&nonce_bits::<8>()?);
     // The plaintext is laid out after the nonce and encrypted where it lies: one buffer, and
     // no plaintext copy left behind (a failed seal wipes it).
     let mut out = Vec::with_capacity(NONCE_LEN + PLAIN_FIXED + padded + payload.len() + TAG_LEN);
