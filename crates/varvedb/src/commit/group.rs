@@ -18,9 +18,9 @@ use crate::event_id::EventId;
 use crate::expected::Appended;
 use crate::metrics::CommitTally;
 use crate::storage::{
-    BlobRef, Cipher, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE, Fields,
-    HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, SealPlace as Place, Spine, Storage,
-    StoreKeys, Stored, StreamKey, Txn, TypeKey, check_blob_refs, end_draft, intern_type,
+    BlobRef, Cipher, Crypto, Dbs, EventKey, FLAG_BLOB, FLAG_BOUND, FLAG_ENCRYPTED, FLAG_ENVELOPE,
+    Fields, HEADER_LEN, LogWriter, NewRecord, RecordHeader, Seal, SealPlace as Place, Spine,
+    Storage, StoreKeys, Stored, StreamKey, Txn, TypeKey, check_blob_refs, end_draft, intern_type,
     payload_digest, put_head, seal_bound, seal_record, split_envelope, stream_head,
 };
 

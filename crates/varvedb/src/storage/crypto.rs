@@ -390,9 +390,12 @@ pub(crate) struct Cipher {
 }
 
 impl Cipher {
-    #[allow(unsafe_code, reason = "the slot is initialized from `new` until `drop`")]
+    #[allow(
+        unsafe_code,
+        reason = "the slot is initialized from `cipher` until `drop`"
+    )]
     fn key(&self) -> &LessSafeKey {
-        // SAFETY: `new` initializes the slot and only `drop` de-initializes it (by wiping).
+        // SAFETY: `cipher` initializes the slot and only `drop` de-initializes it (by wiping).
         unsafe { self.key.assume_init_ref() }
     }
 
@@ -411,13 +414,7 @@ impl Cipher {
 
     /// Decrypts `buf` in place; `None` (and `buf` is then not plaintext) if the ciphertext,
     /// `aad` or `tag` does not authenticate under this key.
-    fn open_in_place(
-        &self,
-        nonce: &[u8],
-        aad: &[u8],
-        buf: &mut [u8],
-        tag: &[u8],
-    ) -> Option<()> {
+    fn open_in_place(&self, nonce: &[u8], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Option<()> {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let tag = Tag::try_from(tag).ok()?;
         self.key()

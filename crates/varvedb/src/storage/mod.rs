@@ -85,8 +85,8 @@ pub(crate) use consumers::{
     set_position as set_consumer_position,
 };
 pub(crate) use crypto::{
-    Cipher, Crypto, EventKey, Place as SealPlace, StoreKeys, StreamKey, TOMBSTONE, Txn, bump_generation,
-    is_shredded, is_tombstone, seal_bound,
+    Cipher, Crypto, EventKey, Place as SealPlace, StoreKeys, StreamKey, TOMBSTONE, Txn,
+    bump_generation, is_shredded, is_tombstone, seal_bound,
 };
 pub use envelope::Tags;
 pub(crate) use envelope::{ENVELOPE_BYTES_MAX, Fields, Section, pairs, split as split_envelope};
