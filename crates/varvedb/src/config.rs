@@ -71,6 +71,17 @@ pub struct StorageConfig {
     /// With `false`, such a store is refused with [`Error::UpgradeRequired`], which names the
     /// command that upgrades it (`varvedb upgrade`), and left untouched.
     pub allow_upgrade: bool,
+    /// Whether the data file is checked before LMDB maps it (the page check: every page
+    /// reachable from both meta pages, with its nodes, child pages and overflow runs inside
+    /// their bounds; see [`check_pages`](crate::check_pages)). LMDB trusts its own pages, so a
+    /// damaged one (a flipped bit on disk, a file damaged in a copy) can crash the process;
+    /// with the check, it is [`Error::DamagedPage`] instead. It reads every reachable page
+    /// once, in proportion to the file (`docs/performance.md`, "The page check"), and only
+    /// when this process opens the store's environment, not at each handle. `false` by
+    /// default: a store this application wrote and flushed is trusted. Turn it on for stores
+    /// that come from elsewhere (a copied file, a user's upload, a disk that reports errors);
+    /// the `varvedb` tool always checks.
+    pub check_pages_on_open: bool,
 }
 
 impl std::fmt::Debug for StorageConfig {
@@ -89,6 +100,7 @@ impl std::fmt::Debug for StorageConfig {
             .field("encryption_enabled", &self.encryption_enabled)
             .field("retention_interval_ms", &self.retention_interval_ms)
             .field("allow_upgrade", &self.allow_upgrade)
+            .field("check_pages_on_open", &self.check_pages_on_open)
             .field(
                 "master_key",
                 &self.master_key.as_ref().map(|_| "<redacted>"),
@@ -122,6 +134,7 @@ impl Default for StorageConfig {
             master_key: None,
             retention_interval_ms: 60_000,
             allow_upgrade: true,
+            check_pages_on_open: false,
         }
     }
 }

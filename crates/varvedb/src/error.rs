@@ -311,6 +311,20 @@ pub enum Error {
         reason: String,
     },
 
+    /// A page of the store's data file is damaged in a way that would crash LMDB (a node or a
+    /// page number outside its bounds, a cycle): found by the page check before LMDB mapped
+    /// the file (`StorageConfig::check_pages_on_open`, [`check_pages`](crate::check_pages)).
+    /// Nothing was opened. Restore the store from a backup, an export or a replica.
+    #[error("{path} is damaged: page {page} of its data file: {reason}")]
+    DamagedPage {
+        /// The store's directory.
+        path: PathBuf,
+        /// The damaged page (or the page that points at a damaged one).
+        page: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The configuration is invalid. Nothing was opened.
     #[error("invalid configuration: {field}: {reason}")]
     InvalidConfig {
@@ -687,7 +701,8 @@ impl Error {
             | Error::CorruptBlob { .. }
             | Error::CorruptIndex { .. }
             | Error::CorruptType { .. }
-            | Error::AuthenticationFailed { .. } => Corruption,
+            | Error::AuthenticationFailed { .. }
+            | Error::DamagedPage { .. } => Corruption,
             Error::Lmdb(e) if e.is_damage() => Corruption,
             Error::StoreFull { .. }
             | Error::ResizeBlocked { .. }

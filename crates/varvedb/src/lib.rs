@@ -229,6 +229,7 @@ pub use storage::{
     RetentionReport, ShredReport, Stats, Storage, StreamRemoval, Tags,
 };
 pub use storage::{ConsumerGroup, GroupMember, GroupPartition};
+pub use storage::{PageCheck, check_pages};
 /// `#[derive(Event)]`: see [`Event`].
 pub use varvedb_derive::Event;
 pub use writer::{Append, IntoOptions, SerializeEvent, Writer};

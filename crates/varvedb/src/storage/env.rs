@@ -74,6 +74,12 @@ pub(super) fn open(
             reason,
         });
     }
+    // Before LMDB maps a file it did not write in this process: its pages, as LMDB would trust
+    // them (storage::pages).
+    let data_file = path.join("data.mdb");
+    if config.check_pages_on_open && data_file.exists() {
+        super::pages::check_file(path, &data_file)?;
+    }
     let mut attempts = 0;
     let env = loop {
         // SAFETY: the registry and OPEN_LOCK ensure one environment per path in this process,
