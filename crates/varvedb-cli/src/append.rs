@@ -50,6 +50,7 @@ pub(crate) fn run(
         .map_err(|e| format!("--json is not one JSON value: {e}"))?;
     let storage = Storage::open(StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         master_key,
         encryption_enabled: master_key.is_some(),
         ..Default::default()

@@ -108,6 +108,7 @@ fn open_demo_store(path: &Path) -> Result<Storage> {
     }
     let storage = match Storage::open(StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         encryption_enabled: true,
         master_key: Some(DEMO_MASTER_KEY),
         ..Default::default()

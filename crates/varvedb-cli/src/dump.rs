@@ -640,6 +640,7 @@ fn import_lines(
 ) -> Result<(Storage, varvedb::ImportReport), Box<dyn std::error::Error>> {
     let config = StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         master_key,
         ..Default::default()
     };

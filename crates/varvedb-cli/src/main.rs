@@ -422,6 +422,7 @@ fn upgrade(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let config = |allow_upgrade| StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         master_key,
         allow_upgrade,
         ..Default::default()
@@ -469,6 +470,7 @@ fn upgrade(
 fn open_existing(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, varvedb::Error> {
     let storage = Storage::open_existing(StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         master_key,
         ..Default::default()
     })?;
@@ -630,6 +632,7 @@ fn backup(
     // copy itself sound.
     let checked = Storage::open_existing(StorageConfig {
         path: dest.into(),
+        check_pages_on_open: true,
         ..Default::default()
     })
     .and_then(|copy| copy.verify());

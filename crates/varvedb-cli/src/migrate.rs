@@ -76,6 +76,7 @@ pub(crate) fn run(
     .stream_ids(ids);
     let target = Storage::open(StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         encryption_enabled: master_key.is_some(),
         master_key,
         ..Default::default()

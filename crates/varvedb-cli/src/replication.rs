@@ -174,6 +174,7 @@ pub fn restore(
 fn open_or_create(path: &Path, master_key: Option<[u8; 32]>) -> Result<Storage, varvedb::Error> {
     let storage = Storage::open(StorageConfig {
         path: path.into(),
+        check_pages_on_open: true,
         master_key,
         ..Default::default()
     })?;

@@ -2514,3 +2514,45 @@ fn every_committed_export_imports_and_verifies() {
         assert_eq!(stats["last_seq"], header["last_seq"], "{}", file.display());
     }
 }
+
+#[test]
+fn a_damaged_tree_page_is_reported_by_the_tool_and_crashes_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let (ok, _, stderr) = varvedb(&["--path", store_arg, "demo"]);
+    assert!(ok, "{stderr}");
+    // Every leaf and branch page: its first node's offset moved past the page's end, where
+    // LMDB, trusting it, would read outside the page.
+    let data = store.join("data.mdb");
+    let mut bytes = std::fs::read(&data).unwrap();
+    let mut damaged = 0;
+    for n in 2..bytes.len() / 4096 {
+        let page = &mut bytes[n * 4096..(n + 1) * 4096];
+        let flags = u16::from_le_bytes([page[10], page[11]]);
+        if u64::from_le_bytes(page[..8].try_into().unwrap()) == n as u64
+            && (flags == 0x01 || flags == 0x02)
+        {
+            page[16..18].copy_from_slice(&4094u16.to_le_bytes());
+            damaged += 1;
+        }
+    }
+    assert!(damaged > 0);
+    std::fs::write(&data, bytes).unwrap();
+    for command in [&["verify"][..], &["stats"], &["read", "--limit", "5"]] {
+        let args: Vec<&str> = ["--path", store_arg]
+            .iter()
+            .chain(command)
+            .copied()
+            .collect();
+        let out = output(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), None, "{command:?} crashed: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains("damage found") && stderr.contains("page "),
+            "{command:?}: {stderr}"
+        );
+    }
+}

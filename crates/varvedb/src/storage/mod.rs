@@ -90,13 +90,13 @@ pub(crate) use crypto::{
     bump_generation, is_shredded, is_tombstone, seal_bound,
 };
 pub use envelope::Tags;
-pub use pages::PageCheck;
 pub(crate) use envelope::{ENVELOPE_BYTES_MAX, Fields, Section, pairs, split as split_envelope};
 pub(crate) use health::WRITES_REFUSED;
 pub(crate) use keys::decode_head_value;
 pub(crate) use lmdb::LmdbResultExt;
 pub(crate) use log::{LogWriter, NewRecord, Seal, Stored, put_head};
 pub(crate) use pack::LogIter;
+pub use pages::PageCheck;
 /// The operations behind the public methods of [`Storage`] (`crate::store`), one function each.
 pub(crate) mod ops {
     pub(crate) use super::consumers::{

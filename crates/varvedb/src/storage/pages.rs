@@ -363,12 +363,12 @@ fn check_page_header(page: &[u8], pgno: u64, page_size: usize) -> Walk<()> {
     }
     let flags = u16_at(page, 10);
     if flags & (P_LEAF2 | P_SUBP | P_META | P_OVERFLOW) != 0 {
-        return damage(pgno, format!("page flags {flags:#x} where a tree page was expected"));
+        return damage(
+            pgno,
+            format!("page flags {flags:#x} where a tree page was expected"),
+        );
     }
-    let (lower, upper) = (
-        usize::from(u16_at(page, 12)),
-        usize::from(u16_at(page, 14)),
-    );
+    let (lower, upper) = (usize::from(u16_at(page, 12)), usize::from(u16_at(page, 14)));
     if lower < PAGE_HEADER || lower > upper || upper > page_size || lower % 2 != 0 {
         return damage(
             pgno,
