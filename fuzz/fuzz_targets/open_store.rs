@@ -1,7 +1,7 @@
-//! Arbitrary bytes as a store's data file (`data.mdb`): opened, scanned raw and typed, and
-//! verified. What LMDB accepts must give typed errors, never a crash. LMDB trusts its own pages
-//! (`docs/design.md`, "What is checked, and what is trusted"), so what this target finds in
-//! LMDB itself is reported in `docs/reliability.md`.
+//! Arbitrary bytes as a store's data file (`data.mdb`): opened with the page check
+//! (`StorageConfig::check_pages_on_open`), scanned raw and typed, and verified. Whatever the
+//! bytes, the outcome is a typed error or a store, never a crash: the check refuses every page
+//! LMDB would follow out of bounds before LMDB maps the file.
 #![no_main]
 
 mod event;
@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("data.mdb"), data).expect("the data file");
     if let Ok(storage) = varvedb::Storage::open_existing(varvedb::StorageConfig {
         path: dir.clone(),
+        check_pages_on_open: true,
         ..Default::default()
     }) {
         if let Ok(txn) = storage.read_txn() {

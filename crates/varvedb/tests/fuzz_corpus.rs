@@ -167,11 +167,13 @@ fn the_committed_corpora_never_panic() {
                     ops_model::run(&dir.path().join("store"), &data);
                 }
                 "open_store" => {
-                    // The seed is a sound store: it opens, reads and verifies clean.
+                    // The seed is a sound store: it passes the page check, opens, reads and
+                    // verifies clean.
                     let dir = tempfile::tempdir().unwrap();
                     std::fs::write(dir.path().join("data.mdb"), &data).unwrap();
                     let storage = Storage::open_existing(StorageConfig {
                         path: dir.path().into(),
+                        check_pages_on_open: true,
                         ..Default::default()
                     })
                     .unwrap();

@@ -302,10 +302,17 @@ pub(super) fn open(
             else {
                 return Ok(CommitOrAbort::<_, std::convert::Infallible>::Commit(found));
             };
-            let names: Vec<String> = main
-                .prefix_iter(rtxn, PROJECTION_PREFIX)?
-                .filter_map(|entry| entry.ok().map(|(name, ())| name.to_string()))
-                .collect();
+            // An entry that is not UTF-8 is no projection's; an LMDB error ends the open (a
+            // cursor that failed answers every later step with the same error: skipping it
+            // would loop for ever, which the `open_store` fuzz target found).
+            let mut names = Vec::new();
+            for entry in main.prefix_iter(rtxn, PROJECTION_PREFIX)? {
+                match entry {
+                    Ok((name, ())) => names.push(name.to_string()),
+                    Err(heed::Error::Decoding(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             for name in names {
                 if let Some(db) = opener.open_database::<Bytes, Bytes>(rtxn, Some(&name))? {
                     let projection = name[PROJECTION_PREFIX.len()..].to_string();
