@@ -152,7 +152,9 @@ fn the_committed_corpora_never_panic() {
             continue;
         };
         for entry in dir {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
             match target {
                 "read_pack" => {
                     if let Some((key, value)) = data.split_first_chunk::<8>() {
@@ -165,6 +167,22 @@ fn the_committed_corpora_never_panic() {
                 "ops" => {
                     let dir = tempfile::tempdir().unwrap();
                     ops_model::run(&dir.path().join("store"), &data);
+                }
+                "open_store" if name.starts_with("crash-") => {
+                    // An input that crashed LMDB before the page check (a regression seed):
+                    // now a typed error naming the damaged page, and LMDB never maps it.
+                    let dir = tempfile::tempdir().unwrap();
+                    std::fs::write(dir.path().join("data.mdb"), &data).unwrap();
+                    let refused = Storage::open_existing(StorageConfig {
+                        path: dir.path().into(),
+                        check_pages_on_open: true,
+                        ..Default::default()
+                    })
+                    .unwrap_err();
+                    assert!(
+                        matches!(refused, varvedb::Error::DamagedPage { .. }),
+                        "{name}: {refused}"
+                    );
                 }
                 "open_store" => {
                     // The seed is a sound store: it passes the page check, opens, reads and

@@ -137,6 +137,17 @@ struct DataFile {
 }
 
 impl DataFile {
+    /// The `len` bytes of data of the overflow run at `first` (already checked to lie inside
+    /// the file).
+    fn read_run(&mut self, first: u64, len: usize) -> Walk<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        let at = first * self.page_size as u64 + PAGE_HEADER as u64;
+        self.file
+            .read_exact_at(&mut bytes, at)
+            .or_else(|e| damage(first, format!("it cannot be read: {e}")))?;
+        Ok(bytes)
+    }
+
     /// Reads page `pgno` into the buffer; damage if it is not wholly inside the file.
     fn read(&mut self, pgno: u64, from: u64) -> Walk<&[u8]> {
         if pgno >= self.pages {
@@ -217,8 +228,8 @@ pub(crate) fn check_file(store: &Path, data_file: &Path) -> Result<PageCheck> {
             )));
         }
         let mut seen = HashSet::new();
-        for tree in trees {
-            walk_tree(&mut data, tree, meta, true, &mut seen).map_err(damaged)?;
+        for (tree, kind) in trees.into_iter().zip([Kind::Free, Kind::Main]) {
+            walk_tree(&mut data, tree, meta, kind, &mut seen).map_err(damaged)?;
         }
         seen_any.extend(seen);
     }
@@ -254,13 +265,24 @@ fn check_meta(page: &[u8], meta: u64, page_size: usize) -> Walk<([Tree; 2], u64)
 /// An invalid page number: an empty tree's root.
 const P_INVALID: u64 = u64::MAX;
 
+/// Which tree is walked: what its leaves' values are to LMDB.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The free list: LMDB reads each value as a list of page numbers.
+    Free,
+    /// The main tree: its values may be named databases' records, which LMDB follows.
+    Main,
+    /// A named database: LMDB does not read its values.
+    Named,
+}
+
 /// Walks one tree: `tree`'s root down to its leaves, `from` naming the page that holds its
-/// record. `named`: its leaves may hold named databases' records (the main tree).
+/// record.
 fn walk_tree(
     data: &mut DataFile,
     tree: Tree,
     from: u64,
-    named: bool,
+    kind: Kind,
     seen: &mut HashSet<u64>,
 ) -> Walk<()> {
     if tree.root == P_INVALID {
@@ -331,26 +353,66 @@ fn walk_tree(
                     format!("a node with flags {node_flags:#x}, which VarveDB never writes"),
                 );
             }
+            if kind == Kind::Free && key_len != 8 {
+                return damage(pgno, format!("a free-list key of {key_len} bytes"));
+            }
             if node_flags & F_BIGDATA != 0 {
                 if key_end + 8 > data.page_size {
                     return damage(pgno, format!("a node at {node_at} runs past the page"));
                 }
                 let first = u64_at(&page, key_end);
                 check_overflow(data, first, data_len, pgno, seen)?;
+                if kind == Kind::Free {
+                    let list = data.read_run(first, data_len)?;
+                    check_free_list(&list, first, data.pages)?;
+                }
                 continue;
             }
             if key_end + data_len > data.page_size {
                 return damage(pgno, format!("a node at {node_at} runs past the page"));
             }
+            if kind == Kind::Free {
+                check_free_list(&page[key_end..key_end + data_len], pgno, data.pages)?;
+            }
             if node_flags & F_SUBDATA != 0 {
-                if !named || data_len != DB_RECORD {
+                if kind != Kind::Main || data_len != DB_RECORD {
                     return damage(pgno, "a named database's record where none can be");
                 }
                 let sub = Tree::parse(&page[key_end..key_end + DB_RECORD]);
                 // Depth first: the named tree's pages join `seen` before the rest.
-                walk_tree(data, sub, pgno, false, seen)?;
+                walk_tree(data, sub, pgno, Kind::Named, seen)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A free-list value, as LMDB reads it (`MDB_IDL`): a count `n`, then `n` page numbers,
+/// strictly descending, each a page of the file past the two meta pages. LMDB merges such a
+/// list by its count (`mdb_midl_xmerge`): a count past the value reads outside it, and a page
+/// number past the file would be handed out for writing.
+fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<()> {
+    if list.len() < 8 || list.len() % 8 != 0 {
+        return damage(page, format!("a free-list value of {} bytes", list.len()));
+    }
+    let count = u64_at(list, 0);
+    let room = (list.len() / 8 - 1) as u64;
+    if count > room {
+        return damage(
+            page,
+            format!("a free list of {count} pages in a value with room for {room}"),
+        );
+    }
+    let mut above = u64::MAX;
+    for i in 1..=count as usize {
+        let id = u64_at(list, i * 8);
+        if id < 2 || id >= file_pages || id >= above {
+            return damage(
+                page,
+                format!("a free list that names page {id} (the file has {file_pages} pages)"),
+            );
+        }
+        above = id;
     }
     Ok(())
 }
