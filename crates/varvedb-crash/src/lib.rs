@@ -470,7 +470,8 @@ pub struct Report {
     pub kill_points: u64,
     /// Acknowledgements the children printed (a retry is acknowledged again).
     pub acknowledgements: u64,
-    /// Distinct acknowledged events, each checked after every later kill.
+    /// Distinct acknowledged events: each read back at the kill after it was acknowledged, at
+    /// every later full check, and in the random samples of the checks between.
     pub acknowledged_events: u64,
     pub events_in_stores: u64,
     pub retries_after_a_kill: u64,
@@ -483,13 +484,35 @@ pub struct Report {
     /// Events the shared store's retention policies removed, as of the last check.
     pub removed_events: u64,
     pub projection_checks: u64,
+    /// Kill points whose check read the whole store (every acknowledged event, `verify`, the
+    /// whole log, the projection): every [`FULL_CHECK_EVERY`]th at each store, and each
+    /// store's last.
+    pub full_checks: u64,
+    /// Older acknowledged events read back in the checks that were not full (a random sample
+    /// of [`SAMPLE`] each).
+    pub sampled_checks: u64,
+    /// The time of each successive thousand kill points: flat when a check's cost does not
+    /// grow with the stores.
+    pub per_thousand: Vec<Duration>,
     pub elapsed: Duration,
 }
+
+/// Every how many kill points at one store its check reads everything.
+pub const FULL_CHECK_EVERY: u64 = 100;
+/// Older acknowledged events read back at each check that is not full.
+pub const SAMPLE: usize = 256;
 
 /// The state the parent keeps for one store across kills.
 #[derive(Debug, Default)]
 struct Store {
     acked: HashMap<u64, (u128, u32, u64, u64, u32)>,
+    /// The acknowledged sequences, in the order first heard: what the sample is drawn from.
+    acked_order: Vec<u64>,
+    /// The log's last sequence at the previous check: a check that is not full reads the log
+    /// after it.
+    checked_last: u64,
+    /// Kill points at this store so far.
+    kills: u64,
     /// Streams that may have a retention policy: their events older than the newest
     /// [`RETAIN_COUNT`] may be gone.
     retained: HashSet<u128>,
@@ -612,9 +635,15 @@ pub fn run(
             }
         }
         let acked_before = store.acked.len() as u64;
+        let mut new_acks = Vec::new();
         for heard in &heard {
             for &(seq, s, v, r, o, k) in &heard.acked {
-                if let Some(old) = store.acked.insert(seq, (s, v, r, o, k))
+                new_acks.push(seq);
+                let old = store.acked.insert(seq, (s, v, r, o, k));
+                if old.is_none() {
+                    store.acked_order.push(seq);
+                }
+                if let Some(old) = old
                     && old != (s, v, r, o, k)
                 {
                     return Err(format!(
@@ -639,8 +668,31 @@ pub fn run(
                 }
             }
         }
-        let checked = check(dir, mode, store)
+        // Full every FULL_CHECK_EVERY kills at a store, and at each store's last kill; else
+        // the log since the last check, the new acknowledgements and a random sample of the
+        // older ones, so that a kill's check costs the same however large the stores grow.
+        let full = store.kills.is_multiple_of(FULL_CHECK_EVERY) || kill + 3 >= kills;
+        store.kills += 1;
+        let scope = if full {
+            Scope::Full
+        } else {
+            let older = store.acked_order.len().saturating_sub(new_acks.len());
+            let mut sample = new_acks;
+            if older > 0 {
+                sample.extend(
+                    (0..SAMPLE).map(|_| store.acked_order[rng.below(older as u64) as usize]),
+                );
+            }
+            report.sampled_checks += SAMPLE.min(older) as u64;
+            Scope::Since {
+                from: store.checked_last,
+                acked: sample,
+            }
+        };
+        report.full_checks += u64::from(full);
+        let checked = check(dir, mode, store, &scope)
             .map_err(|e| format!("kill point {kill} ({}): {e}", mode.name()))?;
+        store.checked_last = checked.events;
         for &(r, o) in heard.iter().flat_map(|h| &h.backups) {
             check_backup(dir, mode, r, o, checked.events)
                 .map_err(|e| format!("kill point {kill}: the backup of {r}/{o}: {e}"))?;
@@ -660,6 +712,12 @@ pub fn run(
         report.projection_checks += u64::from(checked.projection);
         report.kill_points += 1;
         report.elapsed = started.elapsed();
+        if report.kill_points.is_multiple_of(1000) {
+            let before: Duration = report.per_thousand.iter().sum();
+            report
+                .per_thousand
+                .push(report.elapsed.saturating_sub(before));
+        }
         progress(&report);
     }
     Ok(report)
@@ -749,13 +807,30 @@ struct Checked {
     removed: u64,
 }
 
-/// Reopens the store and checks it against what was acknowledged.
-fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
+/// How much of a store a check reads.
+enum Scope {
+    /// Everything: `verify`, the whole log (gap-free, each stream's versions in order, each
+    /// workload event once, the heads), every acknowledged event, and the projection.
+    Full,
+    /// The log after sequence `from` (its order, the heads of the streams it touches, each
+    /// workload event once within it), and the acknowledged events at the sequences `acked`.
+    Since { from: u64, acked: Vec<u64> },
+}
+
+/// Reopens the store and checks it against what was acknowledged, as far as `scope` says.
+fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked, String> {
     let storage = Storage::open(config(dir, mode)).map_err(|e| format!("reopen: {e}"))?;
-    let verify = storage.verify().map_err(|e| format!("verify: {e}"))?;
-    if !verify.is_clean() {
-        return Err(format!("verify found problems: {:?}", verify.problems));
+    let full = matches!(scope, Scope::Full);
+    if full {
+        let verify = storage.verify().map_err(|e| format!("verify: {e}"))?;
+        if !verify.is_clean() {
+            return Err(format!("verify found problems: {:?}", verify.problems));
+        }
     }
+    let from = match scope {
+        Scope::Full => 0,
+        Scope::Since { from, .. } => *from,
+    };
     let txn = storage.read_txn().map_err(|e| e.to_string())?;
     let reader = Reader::<Entry>::new(storage.clone());
     let raw = storage.raw_reader();
@@ -765,17 +840,24 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
     // once.
     let mut versions: HashMap<u128, u32> = HashMap::new();
     let mut seen: HashSet<(u64, u64, u32)> = HashSet::new();
-    let mut expect = 1u64;
+    if last < from {
+        return Err(format!(
+            "the log ends at {last}, but the previous check saw it reach {from}"
+        ));
+    }
+    let mut expect = from + 1;
     let mut kept = 0u64;
-    for e in raw.read_all(&txn, 1) {
+    for e in raw.read_all(&txn, from + 1) {
         let e = e.map_err(|e| format!("raw read: {e}"))?;
         if e.seq() < expect || (e.seq() > expect && store.retained.is_empty()) {
             return Err(format!("the log skips from {} to {}", expect - 1, e.seq()));
         }
         expect = e.seq() + 1;
         kept += 1;
-        let first =
-            store.retained.contains(&e.stream_id()) && !versions.contains_key(&e.stream_id());
+        // A stream met first in the tail continues from where the log's earlier part left
+        // it, which a full check reads.
+        let first = (!full || store.retained.contains(&e.stream_id()))
+            && !versions.contains_key(&e.stream_id());
         let v = versions.entry(e.stream_id()).or_insert(0);
         if first && e.version() > 1 {
             *v = e.version() - 1;
@@ -791,7 +873,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
         *v = e.version();
     }
     let deleted = storage.stats().map_err(|e| e.to_string())?.deleted_events;
-    if kept + deleted != last || expect > last + 1 {
+    if (full && kept + deleted != last) || expect > last + 1 {
         return Err(format!(
             "the log holds {kept} events and {deleted} were removed, but last_seq says {last}"
         ));
@@ -804,7 +886,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
             return Err(format!("stream {s}: head at version {head}, log at {v}"));
         }
     }
-    for e in reader.read_all(&txn, 1) {
+    for e in reader.read_all(&txn, from + 1) {
         match e {
             Ok(e) => {
                 let id = (e.run.to_native(), e.op.to_native(), e.k.to_native());
@@ -819,8 +901,15 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
             Err(e) => return Err(format!("read_all: {e}")),
         }
     }
-    // Every acknowledged event, as it was appended.
-    for (&seq, &(s, v, r, o, k)) in &store.acked {
+    // Every acknowledged event (or those of the scope), as it was appended.
+    let scoped: Vec<u64> = match scope {
+        Scope::Full => store.acked.keys().copied().collect(),
+        Scope::Since { acked, .. } => acked.clone(),
+    };
+    for seq in scoped {
+        let Some(&(s, v, r, o, k)) = store.acked.get(&seq) else {
+            return Err(format!("seq {seq} to check was never acknowledged"));
+        };
         let shredded = store.shredded.contains(&s);
         match reader.get(&txn, seq) {
             Err(Error::Shredded { .. }) if shredded || store.maybe_shredded.contains(&s) => {}
@@ -854,7 +943,7 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
             Ok(None)
                 if store.retained.contains(&s)
                     && u64::from(v) + RETAIN_COUNT
-                        <= u64::from(versions.get(&s).copied().unwrap_or(0)) => {}
+                        <= u64::from(storage.stream_version(&txn, s).unwrap_or(0)) => {}
             Ok(None) => return Err(format!("acknowledged seq {seq} is lost")),
             other => {
                 return Err(format!(
@@ -866,7 +955,8 @@ fn check(dir: &Path, mode: Mode, store: &Store) -> Result<Checked, String> {
     }
     // The projection's model equals a recount up to its cursor.
     let mut projection = false;
-    if mode == Mode::Plain
+    if full
+        && mode == Mode::Plain
         && let Some(position) = storage
             .consumer_position(PROJECTION)
             .map_err(|e| e.to_string())?
@@ -1202,7 +1292,7 @@ pub mod powercut {
                     }
                     // Before anything was acknowledged, the store's creation itself may be
                     // torn: the open must then say so (nothing committed is at stake).
-                    match check(&sdir, mode, &store) {
+                    match check(&sdir, mode, &store, &Scope::Full) {
                         Err(e)
                             if store.acked.is_empty()
                                 && e.contains("creation was cut short") =>

@@ -221,11 +221,13 @@ kept at {}",
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, all found intact after every later kill: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
                         r.kill_points,
                         r.two_writer_kills,
                         r.acknowledgements,
                         r.acknowledged_events,
+                        r.full_checks,
+                        r.sampled_checks,
                         r.events_in_stores,
                         r.retries_after_a_kill,
                         r.shreds,
@@ -233,6 +235,7 @@ kept at {}",
                         r.imports_checked,
                         r.projection_checks,
                         r.elapsed,
+                        r.per_thousand,
                         dir.display()
                     );
                     ExitCode::SUCCESS
