@@ -222,16 +222,24 @@ pub(crate) fn check_file(store: &Path, data_file: &Path) -> Result<PageCheck> {
     for meta in 0..2u64 {
         let page = data.read(meta, meta).map_err(damaged)?.to_vec();
         let (trees, last_page) = check_meta(&page, meta, page_size).map_err(damaged)?;
+        let txnid = u64_at(&page, META_LAST_PAGE + 8);
         if last_page >= data.pages {
             return Err(invalid(format!(
                 "the data file is {len} bytes, but meta page {meta} says its last commit uses page {last_page}: it is truncated"
             )));
         }
-        let mut seen = HashSet::new();
+        let mut reach = Reach {
+            last: last_page,
+            txnid,
+            seen: HashSet::new(),
+            runs: Vec::new(),
+            free: Vec::new(),
+        };
         for (tree, kind) in trees.into_iter().zip([Kind::Free, Kind::Main]) {
-            walk_tree(&mut data, tree, meta, kind, &mut seen).map_err(damaged)?;
+            walk_tree(&mut data, tree, meta, kind, &mut reach).map_err(damaged)?;
         }
-        seen_any.extend(seen);
+        reach.check_free_pages().map_err(damaged)?;
+        seen_any.extend(reach.seen);
     }
     check.pages_read = seen_any.len() as u64;
     Ok(check)
@@ -265,6 +273,51 @@ fn check_meta(page: &[u8], meta: u64, page_size: usize) -> Walk<([Tree; 2], u64)
 /// An invalid page number: an empty tree's root.
 const P_INVALID: u64 = u64::MAX;
 
+/// What one meta page reaches: the pages of its trees, its overflow runs, and the pages its
+/// free list names (with the page that names each).
+struct Reach {
+    /// The meta page's last page (`mm_last_pg`): LMDB allocates new pages after it, so a page
+    /// in use past it would be handed out again and overwritten.
+    last: u64,
+    /// The meta page's transaction id: a free-list entry is keyed by the transaction that
+    /// freed its pages, so by one from 1 to this.
+    txnid: u64,
+    seen: HashSet<u64>,
+    runs: Vec<(u64, u64)>,
+    free: Vec<(u64, u64)>,
+}
+
+impl Reach {
+    /// A page the free list names must be free in this snapshot: LMDB hands it out for the
+    /// next write, which would then overwrite a page still in use.
+    fn check_free_pages(&mut self) -> Walk<()> {
+        self.runs.sort_unstable();
+        let mut listed = HashSet::with_capacity(self.free.len());
+        for &(id, listed_by) in &self.free {
+            if !listed.insert(id) {
+                return damage(
+                    listed_by,
+                    format!("its free list names page {id} a second time"),
+                );
+            }
+            let in_run = match self.runs.partition_point(|&(first, _)| first <= id) {
+                0 => false,
+                i => {
+                    let (first, pages) = self.runs[i - 1];
+                    id < first + pages
+                }
+            };
+            if in_run || self.seen.contains(&id) {
+                return damage(
+                    listed_by,
+                    format!("its free list names page {id}, which the tree still uses"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which tree is walked: what its leaves' values are to LMDB.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -283,7 +336,7 @@ fn walk_tree(
     tree: Tree,
     from: u64,
     kind: Kind,
-    seen: &mut HashSet<u64>,
+    reach: &mut Reach,
 ) -> Walk<()> {
     if tree.root == P_INVALID {
         return if tree.depth == 0 {
@@ -307,10 +360,19 @@ fn walk_tree(
     // (page, its parent, its depth from the root, 1-based)
     let mut stack = vec![(tree.root, from, 1u16)];
     while let Some((pgno, parent, depth)) = stack.pop() {
-        if !seen.insert(pgno) {
+        if !reach.seen.insert(pgno) {
             return damage(
                 parent,
                 format!("it points at page {pgno}, which another page already points at"),
+            );
+        }
+        if pgno > reach.last {
+            return damage(
+                parent,
+                format!(
+                    "it points at page {pgno}, past the last page its meta page uses ({})",
+                    reach.last
+                ),
             );
         }
         let page = data.read(pgno, parent)?.to_vec();
@@ -353,18 +415,40 @@ fn walk_tree(
                     format!("a node with flags {node_flags:#x}, which VarveDB never writes"),
                 );
             }
-            if kind == Kind::Free && key_len != 8 {
-                return damage(pgno, format!("a free-list key of {key_len} bytes"));
+            if kind == Kind::Free {
+                let freed_by = u64_at(&page, node_at + NODE_HEADER);
+                if key_len != 8 || freed_by == 0 || freed_by > reach.txnid {
+                    return damage(
+                        pgno,
+                        format!(
+                            "a free-list key of {key_len} bytes (transaction {freed_by}, the meta \
+                             page's is {})",
+                            reach.txnid
+                        ),
+                    );
+                }
             }
             if node_flags & F_BIGDATA != 0 {
                 if key_end + 8 > data.page_size {
                     return damage(pgno, format!("a node at {node_at} runs past the page"));
                 }
                 let first = u64_at(&page, key_end);
-                check_overflow(data, first, data_len, pgno, seen)?;
+                let pages = check_overflow(data, first, data_len, pgno, &mut reach.seen)?;
+                if first.saturating_add(pages) > reach.last + 1 {
+                    return damage(
+                        first,
+                        format!(
+                            "an overflow run past the last page its meta page uses ({})",
+                            reach.last
+                        ),
+                    );
+                }
+                reach.runs.push((first, pages));
                 if kind == Kind::Free {
                     let list = data.read_run(first, data_len)?;
-                    check_free_list(&list, first, data.pages)?;
+                    for id in check_free_list(&list, first, data.pages)? {
+                        reach.free.push((id, first));
+                    }
                 }
                 continue;
             }
@@ -372,7 +456,9 @@ fn walk_tree(
                 return damage(pgno, format!("a node at {node_at} runs past the page"));
             }
             if kind == Kind::Free {
-                check_free_list(&page[key_end..key_end + data_len], pgno, data.pages)?;
+                for id in check_free_list(&page[key_end..key_end + data_len], pgno, data.pages)? {
+                    reach.free.push((id, pgno));
+                }
             }
             if node_flags & F_SUBDATA != 0 {
                 if kind != Kind::Main || data_len != DB_RECORD {
@@ -380,7 +466,7 @@ fn walk_tree(
                 }
                 let sub = Tree::parse(&page[key_end..key_end + DB_RECORD]);
                 // Depth first: the named tree's pages join `seen` before the rest.
-                walk_tree(data, sub, pgno, Kind::Named, seen)?;
+                walk_tree(data, sub, pgno, Kind::Named, reach)?;
             }
         }
     }
@@ -391,7 +477,7 @@ fn walk_tree(
 /// strictly descending, each a page of the file past the two meta pages. LMDB merges such a
 /// list by its count (`mdb_midl_xmerge`): a count past the value reads outside it, and a page
 /// number past the file would be handed out for writing.
-fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<()> {
+fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<Vec<u64>> {
     if list.len() < 8 || list.len() % 8 != 0 {
         return damage(page, format!("a free-list value of {} bytes", list.len()));
     }
@@ -404,6 +490,7 @@ fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<()> {
         );
     }
     let mut above = u64::MAX;
+    let mut ids = Vec::with_capacity(count as usize);
     for i in 1..=count as usize {
         let id = u64_at(list, i * 8);
         if id < 2 || id >= file_pages || id >= above {
@@ -413,8 +500,9 @@ fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<()> {
             );
         }
         above = id;
+        ids.push(id);
     }
-    Ok(())
+    Ok(ids)
 }
 
 /// The page header's bounds, for a branch or leaf page.
@@ -467,7 +555,7 @@ fn check_overflow(
     data_len: usize,
     from: u64,
     seen: &mut HashSet<u64>,
-) -> Walk<()> {
+) -> Walk<u64> {
     let page_size = data.page_size;
     let head = data.read(first, from)?;
     let own = u64_at(head, 0);
@@ -499,5 +587,5 @@ fn check_overflow(
             format!("it points at overflow page {first}, which another node already names"),
         );
     }
-    Ok(())
+    Ok(pages)
 }
