@@ -123,11 +123,16 @@ pub(super) fn open(
     let page_bytes = u64::from(env.unnamed_database_stat().page_size);
     let used_bytes = (env.info().last_page_number as u64 + 1).saturating_mul(page_bytes);
     let file_bytes = env.real_disk_size().lmdb()?;
-    if file_bytes < used_bytes {
+    // LMDB may end a file before its last page when the pages at its end were freed and never
+    // written ("the file may be shorter if the freeDB lists the final pages", mdb.c): then
+    // the page check, which reads every page in use, decides.
+    if file_bytes < used_bytes
+        && let Err(e) = super::pages::check_file(path, &data_file)
+    {
         return Err(Error::InvalidStore {
             path: path.into(),
             reason: format!(
-                "the data file is {file_bytes} bytes, but its last commit uses {used_bytes}: it is truncated, and reading it would crash the process"
+                "the data file is {file_bytes} bytes, but its last commit uses {used_bytes}, and a page in use is missing ({e}): it is truncated, and reading it would crash the process"
             ),
         });
     }

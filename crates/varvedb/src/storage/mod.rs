@@ -582,14 +582,23 @@ pub(crate) fn verify_with_progress(
     let txn = storage.read_txn()?;
     let info = storage.inner.env.info();
     let file_bytes = storage.inner.env.real_disk_size().lmdb()?;
+    let last_page = info.last_page_number as u64;
+    let page_size = storage.inner.dbs.page_size;
+    let short_file = (file_bytes < (last_page + 1).saturating_mul(page_size as u64)).then(|| {
+        let path = &storage.inner.path;
+        pages::check_file(path, &path.join("data.mdb"))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
     verify::run(
         &storage.inner.dbs,
         txn.raw(),
         verify::Layout {
             inline_max: storage.inline_record_max(),
-            page_size: storage.inner.dbs.page_size,
-            last_page: info.last_page_number as u64,
+            page_size,
+            last_page,
             file_bytes,
+            short_file,
         },
         &mut progress,
     )

@@ -223,11 +223,6 @@ pub(crate) fn check_file(store: &Path, data_file: &Path) -> Result<PageCheck> {
         let page = data.read(meta, meta).map_err(damaged)?.to_vec();
         let (trees, last_page) = check_meta(&page, meta, page_size).map_err(damaged)?;
         let txnid = u64_at(&page, META_LAST_PAGE + 8);
-        if last_page >= data.pages {
-            return Err(invalid(format!(
-                "the data file is {len} bytes, but meta page {meta} says its last commit uses page {last_page}: it is truncated"
-            )));
-        }
         let mut reach = Reach {
             last: last_page,
             txnid,

@@ -188,6 +188,9 @@ pub(crate) struct Layout {
     pub(crate) last_page: u64,
     /// The data file's length.
     pub(crate) file_bytes: u64,
+    /// When the file ends before the last page: what the page check found (`Ok`: every page in
+    /// use is inside the file, and only freed pages lie past its end).
+    pub(crate) short_file: Option<std::result::Result<(), String>>,
 }
 
 pub(crate) fn run(
@@ -266,13 +269,17 @@ impl<'a> Run<'a> {
     /// Returns whether the pages can be read (the file is not truncated).
     fn structure(&mut self, layout: &Layout) -> Result<bool> {
         let used_bytes = (layout.last_page + 1).saturating_mul(layout.page_size as u64);
-        let whole = layout.file_bytes >= used_bytes;
+        let whole = layout.file_bytes >= used_bytes || matches!(layout.short_file, Some(Ok(())));
         if !whole {
+            let found = match &layout.short_file {
+                Some(Err(e)) => format!(", and a page in use is missing ({e})"),
+                _ => String::new(),
+            };
             self.report.report(
                 LMDB,
                 "data.mdb".into(),
                 format!(
-                    "the data file is {} bytes, but the last commit uses {} pages ({used_bytes} bytes): the file is truncated",
+                    "the data file is {} bytes, but the last commit uses {} pages ({used_bytes} bytes){found}: the file is truncated",
                     layout.file_bytes,
                     layout.last_page + 1
                 ),
