@@ -358,6 +358,7 @@ const IMPORT_CHILD_DST: &str = "VARVEDB_TEST_IMPORT_DST";
 /// In the child: imports the store at `IMPORT_CHILD_SRC` into `IMPORT_CHILD_DST` (until the
 /// parent kills it).
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_imports() {
     let (Ok(src), Ok(dst)) = (
         std::env::var(IMPORT_CHILD_SRC),
@@ -393,6 +394,7 @@ fn a_killed_import_leaves_a_clean_prefix_and_importing_again_finishes_it() {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
+                "--ignored",
                 "child_imports",
                 "--nocapture",
                 "--test-threads=1",

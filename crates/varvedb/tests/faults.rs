@@ -61,6 +61,7 @@ const CREATE_ENV: &str = "VARVEDB_RO_CREATE_DIR";
 const OPEN_ENV: &str = "VARVEDB_RO_OPEN_DIR";
 
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_creates_a_store() {
     let Some(dir) = std::env::var_os(CREATE_ENV) else {
         return;
@@ -76,6 +77,7 @@ fn child_creates_a_store() {
 }
 
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_opens_on_a_read_only_filesystem() {
     let Some(dir) = std::env::var_os(OPEN_ENV) else {
         return;
@@ -114,9 +116,9 @@ fn a_read_only_filesystem_is_a_clear_error_at_open() {
     let exe = std::env::current_exe().unwrap();
     let script = format!(
         "set -e; mount -t tmpfs -o size=8m tmpfs '{dir}'; \
-         {CREATE_ENV}='{dir}/store' '{exe}' --exact child_creates_a_store --test-threads=1 >/dev/null; \
+         {CREATE_ENV}='{dir}/store' '{exe}' --exact --ignored child_creates_a_store --test-threads=1 >/dev/null; \
          mount -o remount,ro '{dir}'; \
-         {OPEN_ENV}='{dir}' '{exe}' --exact child_opens_on_a_read_only_filesystem --nocapture --test-threads=1",
+         {OPEN_ENV}='{dir}' '{exe}' --exact --ignored child_opens_on_a_read_only_filesystem --nocapture --test-threads=1",
         dir = dir.path().display(),
         exe = exe.display()
     );

@@ -295,6 +295,7 @@ const UPGRADE_CHILD: &str = "VARVEDB_UPGRADE_CHILD_DIR";
 
 /// In a child: opens (and so upgrades) the store, says so, and waits to be killed.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn upgrade_child() {
     let Ok(dir) = std::env::var(UPGRADE_CHILD) else {
         return;
@@ -316,6 +317,7 @@ fn a_sigkill_during_an_upgrade_leaves_the_old_store_or_the_new_one() {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
+                "--ignored",
                 "upgrade_child",
                 "--nocapture",
                 "--test-threads=1",

@@ -78,6 +78,7 @@ impl ProjectionHandler<Deposited> for Counted {
 
 /// In a child: runs a member until the file `stop` appears beside the store.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn group_member_child() {
     let Ok(dir) = std::env::var(CHILD_DIR) else {
         return;
@@ -133,6 +134,7 @@ fn spawn_member(dir: &Path, member: &str, mode: &str) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
+            "--ignored",
             "group_member_child",
             "--nocapture",
             "--test-threads=1",

@@ -38,6 +38,7 @@ fn vm_size() -> u64 {
 /// In the child: limits its own address space (`ulimit -v`, through `prlimit` on itself) to a
 /// little more than it uses, then appends until the map cannot grow.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_grows_under_an_address_space_limit() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
@@ -115,6 +116,7 @@ fn a_failed_map_resize_refuses_reads_and_appends_instead_of_crashing() {
     let output = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
+            "--ignored",
             "child_grows_under_an_address_space_limit",
             "--nocapture",
             "--test-threads=1",

@@ -14,6 +14,7 @@ const ENV_VAR: &str = "VARVEDB_MULTI_PROCESS_DIR";
 
 /// The child: appends two events to stream 1, whatever its version. Does nothing in a normal run.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_appender() {
     let Some(writer) = writer_for_child(ENV_VAR) else {
         return;
@@ -36,7 +37,7 @@ fn appends_of_another_process_are_seen_by_the_next_append() {
             .unwrap();
     }
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_appender", "--test-threads=1"])
+        .args(["--exact", "--ignored", "child_appender", "--test-threads=1"])
         .env(ENV_VAR, dir.path())
         .status()
         .unwrap();
@@ -88,6 +89,7 @@ fn small_map(dir: &std::path::Path) -> StorageConfig {
 
 /// The child: takes a snapshot, says so, and waits to be killed with it open.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_holds_a_snapshot_until_killed() {
     let Ok(dir) = std::env::var(STALE_ENV) else {
         return;
@@ -102,6 +104,7 @@ fn child_holds_a_snapshot_until_killed() {
 
 /// The child: appends about 4 MB, growing the map past the parent's.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_grows_the_store() {
     let Ok(dir) = std::env::var(GROW_ENV) else {
         return;
@@ -134,6 +137,7 @@ fn a_killed_readers_slot_is_cleared_and_pins_no_pages() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
+            "--ignored",
             "child_holds_a_snapshot_until_killed",
             "--nocapture",
             "--test-threads=1",
@@ -176,7 +180,12 @@ fn a_read_blocked_by_another_processs_growth_says_so_at_once() {
     let held = storage.read_txn().unwrap();
 
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_grows_the_store", "--test-threads=1"])
+        .args([
+            "--exact",
+            "--ignored",
+            "child_grows_the_store",
+            "--test-threads=1",
+        ])
         .env(GROW_ENV, dir.path())
         .status()
         .unwrap();
@@ -209,7 +218,7 @@ fn the_bus_notices_appends_of_another_process() {
     let mut rx = storage.subscribe();
     assert_eq!(*rx.borrow_and_update(), 1, "the bus starts at the head");
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_appender", "--test-threads=1"])
+        .args(["--exact", "--ignored", "child_appender", "--test-threads=1"])
         .env(ENV_VAR, dir.path())
         .status()
         .unwrap();

@@ -428,6 +428,7 @@ impl EventHandler<Deposited> for Printer {
 
 /// The child: runs a processor over the store until it is killed.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_processor() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
@@ -459,6 +460,7 @@ fn a_killed_processor_resumes_within_one_checkpoint_interval_and_skips_nothing()
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
+            "--ignored",
             "child_processor",
             "--nocapture",
             "--test-threads=1",

@@ -154,6 +154,7 @@ const CHILD_ENV: &str = "VARVEDB_PROJECTION_CHILD_DIR";
 
 /// The child: runs the projection until it is killed.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_projection() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
@@ -191,6 +192,7 @@ fn a_killed_projection_matches_a_full_recount() {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
+                "--ignored",
                 "child_projection",
                 "--nocapture",
                 "--test-threads=1",

@@ -27,8 +27,14 @@ fn encrypted(dir: &Path, key: [u8; 32]) -> StorageConfig {
 
 fn child(test: &str, env: &str, dir: &Path) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", test, "--test-threads=1", "--nocapture"])
-        .env(env, dir);
+    cmd.args([
+        "--exact",
+        "--ignored",
+        test,
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .env(env, dir);
     cmd
 }
 
@@ -37,6 +43,7 @@ const SHRED_ENV: &str = "VARVEDB_SHRED_CHILD_DIR";
 /// The child: shreds stream 7 of the store in `SHRED_ENV`, without the master key (a shred
 /// needs none). Does nothing in a normal run.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_shredder() {
     let Ok(dir) = std::env::var(SHRED_ENV) else {
         return;
@@ -146,6 +153,7 @@ const ROTATE_ENV: &str = "VARVEDB_ROTATE_CHILD_DIR";
 /// key is retired by the parent's rotation, printing each acknowledged stream; then shows
 /// that the retired key creates nothing. Does nothing in a normal run.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_creates_streams_under_the_old_key() {
     let Ok(dir) = std::env::var(ROTATE_ENV) else {
         return;
@@ -348,6 +356,7 @@ const ENCRYPT_ENV: &str = "VARVEDB_ENCRYPT_CHILD_DIR";
 /// The child: opens the plaintext store in `ENCRYPT_ENV` with a master key, which makes it an
 /// encrypted store. Does nothing in a normal run.
 #[test]
+#[ignore = "a child process: its parent test runs it with --ignored"]
 fn child_encrypts_the_store() {
     let Ok(dir) = std::env::var(ENCRYPT_ENV) else {
         return;
