@@ -184,7 +184,20 @@ fn events_commit_load_and_conflict_as_postgres_es_does() {
         ));
         // Events of two aggregates in one commit are refused.
         let mixed = [event("a", 3, json!({})), event("b", 2, json!({}))];
-        assert!(repo.persist::<BankAccount>(&mixed, None).await.is_err());
+        let b_before = repo.get_events::<BankAccount>("b").await.unwrap().len();
+        let refused = repo.persist::<BankAccount>(&mixed, None).await;
+        assert!(
+            matches!(&refused, Err(PersistenceError::UnknownError(e))
+                if e.downcast_ref::<varvedb_cqrs::CqrsError>()
+                    .is_some_and(|e| matches!(e, varvedb_cqrs::CqrsError::BadCommit(_)))),
+            "{refused:?}"
+        );
+        // Nothing of it was written.
+        assert_eq!(
+            repo.get_events::<BankAccount>("b").await.unwrap().len(),
+            b_before
+        );
+        assert_eq!(repo.get_events::<BankAccount>("a").await.unwrap().len(), 2);
     });
 }
 

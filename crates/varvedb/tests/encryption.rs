@@ -78,17 +78,18 @@ fn the_issue_example_shreds_a_stream() {
         Reader::<Secret>::new(storage.clone()).get(&storage.read_txn().unwrap(), 1),
         Err(Error::Shredded { .. })
     ));
+    // A shredded stream takes no more events.
+    let refused = writer.append(
+        66,
+        ExpectedVersion::Auto,
+        &Secret {
+            n: 2,
+            text: "again".into(),
+        },
+    );
     assert!(
-        writer
-            .append(
-                66,
-                ExpectedVersion::Auto,
-                &Secret {
-                    n: 2,
-                    text: "again".into()
-                }
-            )
-            .is_err()
+        matches!(refused, Err(Error::StreamShredded { stream_id: 66 })),
+        "{refused:?}"
     );
 }
 
