@@ -14,7 +14,9 @@
 //!   leaf's inline data) ends inside the page;
 //! - a branch node's child, an overflow run and a tree's root lie inside the file;
 //! - no page is reached twice from one meta page (no cycle, no shared subtree);
-//! - nothing VarveDB never writes (duplicate-sorted data, `LEAF2` pages, sub-pages).
+//! - each page's flags exactly its kind's (no in-memory flag such as `P_DIRTY`, which would make
+//!   LMDB write into the read-only map), and nothing VarveDB never writes (duplicate-sorted
+//!   data, `LEAF2` pages, sub-pages).
 //!
 //! The cost is one read of every reachable page: in proportion to the file. The layout below is
 //! LMDB 0.9's on a 64-bit little-endian machine (`mdb.c`: `MDB_page`, `MDB_node`, `MDB_db`,
@@ -46,8 +48,6 @@ const P_BRANCH: u16 = 0x01;
 const P_LEAF: u16 = 0x02;
 const P_OVERFLOW: u16 = 0x04;
 const P_META: u16 = 0x08;
-const P_LEAF2: u16 = 0x20;
-const P_SUBP: u16 = 0x40;
 
 const F_BIGDATA: u16 = 0x01;
 const F_SUBDATA: u16 = 0x02;
@@ -243,7 +243,7 @@ pub(crate) fn check_file(store: &Path, data_file: &Path) -> Result<PageCheck> {
 /// Checks a meta page; its free list and main tree, and its last page.
 fn check_meta(page: &[u8], meta: u64, page_size: usize) -> Walk<([Tree; 2], u64)> {
     let flags = u16_at(page, 10);
-    if u64_at(page, 0) != meta || flags & P_META == 0 {
+    if u64_at(page, 0) != meta || flags != P_META {
         return damage(meta, "it is not a meta page (wrong number or flags)");
     }
     if u32_at(page, PAGE_HEADER) != MAGIC {
@@ -506,8 +506,11 @@ fn check_page_header(page: &[u8], pgno: u64, page_size: usize) -> Walk<()> {
     if own != pgno {
         return damage(pgno, format!("its header gives page number {own}"));
     }
+    // Exactly a branch or a leaf: LMDB clears its in-memory flags (P_DIRTY, P_LOOSE, P_KEEP)
+    // before it writes a page, and a page that says P_DIRTY on disk would be written to in
+    // place, in the read-only map (found by open_store: SIGSEGV in `_mdb_cursor_put`).
     let flags = u16_at(page, 10);
-    if flags & (P_LEAF2 | P_SUBP | P_META | P_OVERFLOW) != 0 {
+    if flags != P_BRANCH && flags != P_LEAF {
         return damage(
             pgno,
             format!("page flags {flags:#x} where a tree page was expected"),
@@ -556,7 +559,7 @@ fn check_overflow(
     let own = u64_at(head, 0);
     let flags = u16_at(head, 10);
     let pages = u64::from(u32_at(head, 12));
-    if own != first || flags & P_OVERFLOW == 0 {
+    if own != first || flags != P_OVERFLOW {
         return damage(first, "it is not the overflow page its node names");
     }
     let needed = (PAGE_HEADER + data_len).div_ceil(page_size) as u64;
