@@ -587,18 +587,41 @@ fn no_snapshot_taken_after_a_shred_reads_the_stream_while_readers_race_it() {
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
-    // Readers keep reading every stream (and so keep putting keys into the cache).
+    let passes: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new(
+        (0..3)
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect(),
+    );
+    // Readers keep reading every stream (and so keep putting keys into the cache). Each read
+    // is the event as written or `Shredded`, and a stream once seen shredded never reads again.
     let readers: Vec<_> = (0..3)
-        .map(|_| {
-            let (storage, stop) = (storage.clone(), Arc::clone(&stop));
+        .map(|r| {
+            let (storage, stop, passes) = (storage.clone(), Arc::clone(&stop), Arc::clone(&passes));
             std::thread::spawn(move || {
                 let reader = Reader::<Secret>::new(storage.clone());
+                let mut shredded = std::collections::HashSet::new();
+                let mut read = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let txn = storage.read_txn().unwrap();
-                    for seq in 1..=20 {
-                        let _ = reader.get(&txn, seq);
+                    for seq in 1..=20u64 {
+                        match reader.get(&txn, seq) {
+                            Ok(Some(e)) => {
+                                assert_eq!(e.n, seq, "seq {seq} read as another event");
+                                assert!(
+                                    !shredded.contains(&seq),
+                                    "seq {seq} read again after it read as shredded"
+                                );
+                                read += 1;
+                            }
+                            Err(Error::Shredded { .. }) => {
+                                shredded.insert(seq);
+                            }
+                            other => panic!("seq {seq}: {:?}", other.map(|e| e.map(|e| e.seq()))),
+                        }
                     }
+                    passes[r].fetch_add(1, Ordering::SeqCst);
                 }
+                (read, shredded.len())
             })
         })
         .collect();
@@ -612,9 +635,20 @@ fn no_snapshot_taken_after_a_shred_reads_the_stream_while_readers_race_it() {
             "stream {stream} read after its shred"
         );
     }
+    // Two more passes of every reader, so that each read every stream after the last shred.
+    let seen: Vec<u64> = passes.iter().map(|p| p.load(Ordering::SeqCst)).collect();
+    while passes
+        .iter()
+        .zip(&seen)
+        .any(|(p, s)| p.load(Ordering::SeqCst) < s + 2)
+    {
+        std::thread::yield_now();
+    }
     stop.store(true, Ordering::Relaxed);
     for r in readers {
-        r.join().unwrap();
+        let (_, shredded) = r.join().unwrap();
+        // Every stream read as shredded in the last pass.
+        assert_eq!(shredded, 20);
     }
 }
 
