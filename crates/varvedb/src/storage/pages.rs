@@ -473,7 +473,7 @@ fn walk_tree(
 /// list by its count (`mdb_midl_xmerge`): a count past the value reads outside it, and a page
 /// number past the file would be handed out for writing.
 fn check_free_list(list: &[u8], page: u64, file_pages: u64) -> Walk<Vec<u64>> {
-    if list.len() < 8 || list.len() % 8 != 0 {
+    if list.len() < 8 || !list.len().is_multiple_of(8) {
         return damage(page, format!("a free-list value of {} bytes", list.len()));
     }
     let count = u64_at(list, 0);
@@ -569,7 +569,7 @@ fn check_overflow(
             format!("an overflow run of {pages} pages for {data_len} bytes"),
         );
     }
-    let end = first.checked_add(pages).unwrap_or(u64::MAX);
+    let end = first.saturating_add(pages);
     if end > data.pages {
         return damage(
             first,
