@@ -450,6 +450,17 @@ fn seal_with(cipher: &Cipher, nonce: [u8; NONCE_LEN], aad: &[u8], plain: &[u8]) 
     let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plain);
+    seal_laid_out(cipher, nonce, aad, out)
+}
+
+/// Seals `out` (the nonce, then the plaintext) where it lies, and appends the tag. A failed
+/// seal wipes the plaintext before it returns.
+fn seal_laid_out(
+    cipher: &Cipher,
+    nonce: [u8; NONCE_LEN],
+    aad: &[u8],
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>> {
     match cipher.seal_in_place(nonce, aad, &mut out[NONCE_LEN..]) {
         Ok(tag) => {
             out.extend_from_slice(tag.as_ref());
@@ -945,16 +956,7 @@ pub(crate) fn seal_event(
     out.extend_from_slice(pairs);
     out.resize(NONCE_LEN + PLAIN_FIXED + padded, 0);
     out.extend_from_slice(payload);
-    match key.seal_in_place(nonce, aad, &mut out[NONCE_LEN..]) {
-        Ok(tag) => {
-            out.extend_from_slice(tag.as_ref());
-            Ok(out)
-        }
-        Err(e) => {
-            out.zeroize();
-            Err(e)
-        }
-    }
+    seal_laid_out(key, nonce, aad, out)
 }
 
 /// Where an event being sealed goes: what its seal is bound to besides its type and its
