@@ -62,10 +62,10 @@ const KEY_CHECK_TEXT_V1: &[u8] = b"varvedb master key check v1";
 const KEY_CHECK_TEXT: &[u8] = b"varvedb master key check v2";
 const KEY_CHECK_AAD: &[u8] = b"varvedb key check";
 const STREAM_KEY_AAD: &[u8] = b"varvedb stream key";
-/// The most unwrapped stream keys kept (about 600 bytes each with the map's entry, so under
-/// 10 MiB); past it the cache starts over (each dropped key is zeroized). Sized so that a
-/// store's working set of some thousands of encrypted streams stays cached: a miss costs an
-/// unwrap and a key expansion, about as much as sealing or opening several events.
+/// The most unwrapped stream keys kept; past it the cache starts over (each dropped key is
+/// zeroized). Sized so that a store's working set of some thousands of encrypted streams stays
+/// cached, since a miss costs an unwrap and a key expansion; its memory and the reasons are in
+/// docs/performance.md ("Encryption, round 3").
 const KEY_CACHE_MAX: usize = 16_384;
 
 /// A stream's encryption, as its keystore entry says.
