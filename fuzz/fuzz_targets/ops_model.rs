@@ -1,7 +1,12 @@
 // The operation-sequence target's body, shared with `crates/varvedb/tests/fuzz_corpus.rs`: the
 // input bytes are read as a bounded sequence of operations (appends with every expectation,
 // batches, multi-stream appends, appends with ids from a small pool, shreds, reads, reopens) on
-// a fresh encrypted store, each checked against an in-memory model.
+// an encrypted store, each checked against an in-memory model.
+//
+// A `Session` runs many inputs on one store, each in its own namespace (its own streams and
+// event ids, the log from the store's head on): building a fresh LMDB store per input was most
+// of the cost. The fuzz target starts a fresh store every `INPUTS_PER_STORE` inputs, after a
+// `verify` of the whole store; the corpus test runs each input on a fresh store.
 use std::collections::BTreeMap;
 
 use varvedb::{
@@ -19,7 +24,9 @@ const OPS_MAX: usize = 64;
 
 #[derive(Default)]
 struct Model {
-    /// seq -> (stream, version, amount)
+    /// The store's last sequence before this input: the model's log starts after it.
+    seq0: u64,
+    /// seq - seq0 - 1 -> (stream, version, amount)
     log: Vec<(u128, u32, u64)>,
     versions: BTreeMap<u128, u32>,
     shredded: BTreeMap<u128, ()>,
@@ -47,7 +54,7 @@ impl Model {
         self.versions.insert(s, version);
         self.log.push((s, version, amount));
         Appended {
-            seq: self.log.len() as u64,
+            seq: self.seq0 + self.log.len() as u64,
             version,
         }
     }
@@ -90,10 +97,10 @@ fn check(storage: &Storage, model: &Model) {
     let txn = storage.read_txn().expect("snapshot");
     assert_eq!(
         storage.last_seq(&txn).expect("last_seq"),
-        model.log.len() as u64
+        model.seq0 + model.log.len() as u64
     );
     for (i, &(s, v, amount)) in model.log.iter().enumerate() {
-        let seq = i as u64 + 1;
+        let seq = model.seq0 + i as u64 + 1;
         match reader.get(&txn, seq) {
             Ok(Some(e)) => {
                 assert!(
@@ -122,17 +129,80 @@ fn check(storage: &Storage, model: &Model) {
     }
 }
 
-/// Runs the operations `data` encodes on a fresh store under `dir` (which must not exist).
+/// Runs the operations `data` encodes on a fresh store under `dir` (which must not exist), then
+/// verifies the store.
+#[allow(dead_code)] // the corpus test's entry; the fuzz target runs a `Session` of many inputs
 pub fn run(dir: &std::path::Path, data: &[u8]) {
+    let mut session = Session::open(dir);
+    session.run(data);
+    session.verify();
+}
+
+/// One store that hosts many inputs, each in a namespace of its own.
+pub struct Session {
+    dir: std::path::PathBuf,
+    /// Taken while an input runs, which may reopen the store.
+    handles: Option<(Storage, Writer<Op>)>,
+    /// The inputs run so far: input `n` owns streams and event ids `n * 8 + 1 ..= n * 8 + 4`.
+    inputs: u64,
+}
+
+impl Session {
+    /// Creates the store under `dir` (which must not exist).
+    pub fn open(dir: &std::path::Path) -> Self {
+        let storage = open(dir);
+        let writer = Writer::<Op>::new(storage.clone());
+        Session {
+            dir: dir.to_path_buf(),
+            handles: Some((storage, writer)),
+            inputs: 0,
+        }
+    }
+
+    /// How many inputs this store has hosted.
+    pub fn inputs(&self) -> u64 {
+        self.inputs
+    }
+
+    /// Checks the whole store with `verify`.
+    pub fn verify(&self) {
+        let (storage, _) = self.handles.as_ref().expect("the store is open");
+        let report = storage.verify().expect("verify");
+        assert!(report.is_clean(), "{:?}", report.problems);
+    }
+
+    /// Runs the operations `data` encodes in a namespace of their own, checking each against
+    /// the model, and the whole namespace at the end.
+    pub fn run(&mut self, data: &[u8]) {
+        let base = u128::from(self.inputs) * 8;
+        self.inputs += 1;
+        let (storage, writer) = self.handles.take().expect("the store is open");
+        let seq0 = {
+            let txn = storage.read_txn().expect("snapshot");
+            storage.last_seq(&txn).expect("last_seq")
+        };
+        self.handles = Some(run_ops(&self.dir, storage, writer, base, seq0, data));
+    }
+}
+
+fn run_ops(
+    dir: &std::path::Path,
+    mut storage: Storage,
+    mut writer: Writer<Op>,
+    base: u128,
+    seq0: u64,
+    data: &[u8],
+) -> (Storage, Writer<Op>) {
     let mut bytes = Bytes(data);
-    let mut storage = open(dir);
-    let mut writer = Writer::<Op>::new(storage.clone());
-    let mut model = Model::default();
+    let mut model = Model {
+        seq0,
+        ..Model::default()
+    };
     for _ in 0..OPS_MAX {
         let Some(code) = bytes.next() else { break };
         let a = bytes.next().unwrap_or(0);
         let b = bytes.next().unwrap_or(0);
-        let s = u128::from(a % 4) + 1;
+        let s = base + u128::from(a % 4) + 1;
         let amount = u64::from(b);
         match code % 8 {
             // A single event, a batch, or a multi-stream append.
@@ -147,7 +217,7 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
                             .collect(),
                     )],
                     _ => {
-                        let t = s % 4 + 1;
+                        let t = base + (s - base) % 4 + 1;
                         vec![
                             (s, expected(b, &model, s), vec![Op { amount }]),
                             (t, expected(a, &model, t), vec![Op { amount: amount + 1 }]),
@@ -182,7 +252,7 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
             }
             // An append with an id from a pool of 4: a retry or a clash.
             3 => {
-                let id = u128::from(b % 4) + 1;
+                let id = base + u128::from(b % 4) + 1;
                 let op = Op {
                     amount: u64::from(a),
                 };
@@ -239,6 +309,5 @@ pub fn run(dir: &std::path::Path, data: &[u8]) {
         }
     }
     check(&storage, &model);
-    let report = storage.verify().expect("verify");
-    assert!(report.is_clean(), "{:?}", report.problems);
+    (storage, writer)
 }
