@@ -77,6 +77,18 @@ impl Mode {
     }
 }
 
+pub mod soak;
+
+/// Locks a mutex, taking it over from a thread that panicked while holding it.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Adds a line to a shared list of failures.
+fn lock_push(list: &std::sync::Mutex<Vec<String>>, line: String) {
+    lock(list).push(line);
+}
+
 /// xorshift64*: a deterministic stream of numbers for the workload and the kill points.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);

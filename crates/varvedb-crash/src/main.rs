@@ -63,6 +63,45 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// The soak: the mixed workload (writers, retention, a processor, a consumer group, a
+    /// subscription, a reader, the metrics server) on one store for MINUTES, sampled every
+    /// SAMPLE_SECONDS; fails if memory, descriptors, the file, the reader slots, the lag or the
+    /// latency keep growing.
+    Soak {
+        /// How long it runs (fractions allowed).
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+        /// Seconds between samples.
+        #[arg(long, default_value_t = 60.0)]
+        sample_seconds: f64,
+        /// Appends a second, over all writers.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u64,
+        /// Writer threads.
+        #[arg(long, default_value_t = 4)]
+        writers: u64,
+        /// The streams the writers spread over (each keeps its newest 8 events).
+        #[arg(long, default_value_t = 2_000)]
+        streams: u64,
+        /// Where the store goes (must not exist; a fresh temporary directory by default).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Writes the samples as CSV here.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Writes the plot (SVG) here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// The self-test: leaks this many MiB at each sample, which must fail the soak.
+        #[arg(long, default_value_t = 0, hide = true)]
+        plant_leak_mib: u64,
+    },
+    /// Judges and plots the samples a soak wrote with `--csv`, again.
+    SoakReport {
+        csv: PathBuf,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// The child of `upgrade`: opens (and so upgrades) the store at DIR.
     #[command(hide = true)]
     UpgradeChild { dir: PathBuf },
@@ -77,8 +116,125 @@ enum Cmd {
     },
 }
 
+fn print_judgements(judgements: &[varvedb_crash::soak::Judgement]) {
+    for j in judgements {
+        println!(
+            "{:<13} slope after warm-up {:+.1}/h, highest {:.0} then {:.0}: {}",
+            j.series,
+            j.slope_per_hour,
+            j.first_max,
+            j.second_max,
+            if j.ok { "levels off" } else { "KEEPS GROWING" }
+        );
+    }
+}
+
+fn soak_report(csv: PathBuf, svg: Option<PathBuf>) -> ExitCode {
+    let text = match std::fs::read_to_string(&csv) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("FAILED: cannot read {}: {e}", csv.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let samples: Vec<_> = text
+        .lines()
+        .skip(1)
+        .filter_map(varvedb_crash::soak::Sample::parse)
+        .collect();
+    let judgements = varvedb_crash::soak::judge(&samples);
+    print_judgements(&judgements);
+    if let Some(path) = &svg
+        && let Err(e) = varvedb_crash::soak::plot(&samples, &judgements, path)
+    {
+        eprintln!("FAILED: cannot plot {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if judgements.iter().all(|j| j.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn soak(
+    options: varvedb_crash::soak::Options,
+    csv: Option<PathBuf>,
+    svg: Option<PathBuf>,
+) -> ExitCode {
+    use varvedb_crash::soak::Sample;
+    println!("{}", Sample::CSV_HEADER);
+    let mut lines = vec![Sample::CSV_HEADER.to_string()];
+    let report = varvedb_crash::soak::run(&options, |s| {
+        println!("{}", s.csv());
+        lines.push(s.csv());
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("FAILED: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &csv
+        && let Err(e) = std::fs::write(path, lines.join("\n") + "\n")
+    {
+        eprintln!("FAILED: cannot write {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let Some(path) = &svg
+        && let Err(e) = varvedb_crash::soak::plot(&report.samples, &report.judgements, path)
+    {
+        eprintln!("FAILED: cannot plot {}: {e}", path.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{} appends ({} expected conflicts), {} handled by the processor, {} removed by retention, {} metrics scrapes",
+        report.appends, report.conflicts, report.handled, report.retained_away, report.scrapes
+    );
+    print_judgements(&report.judgements);
+    for f in &report.failures {
+        println!("failure: {f}");
+    }
+    if report.passed() {
+        println!("soak passed");
+        ExitCode::SUCCESS
+    } else {
+        println!("FAILED: the soak found growth that does not level off, or errors");
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
+        Cmd::SoakReport { csv, svg } => soak_report(csv, svg),
+        Cmd::Soak {
+            minutes,
+            sample_seconds,
+            rate,
+            writers,
+            streams,
+            dir,
+            csv,
+            svg,
+            plant_leak_mib,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("varvedb-soak-{}", std::process::id()))
+            });
+            let options = varvedb_crash::soak::Options {
+                duration: std::time::Duration::from_secs_f64(minutes.max(0.0) * 60.0),
+                sample_every: std::time::Duration::from_secs_f64(sample_seconds.max(0.1)),
+                rate,
+                writers: writers.max(1),
+                streams,
+                dir: dir.clone(),
+                plant_leak_mib,
+            };
+            let code = soak(options, csv, svg);
+            let _ = std::fs::remove_dir_all(&dir);
+            code
+        }
         Cmd::UpgradeChild { dir } => match varvedb_crash::upgrade::child(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

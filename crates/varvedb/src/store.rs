@@ -156,6 +156,15 @@ impl Storage {
         storage::ops::open_read_txns(self)
     }
 
+    /// The high-water mark of LMDB's reader table, shared by every process on the store: the
+    /// most slots ever taken at once. A read transaction takes a free slot and frees it when
+    /// it ends (a dead process's slots are freed at the next open), so the count levels off at
+    /// the most snapshots open at once; one that keeps growing means snapshots that are never
+    /// closed. At `readers_max` a new snapshot fails ("readers full").
+    pub fn reader_slots(&self) -> u32 {
+        storage::ops::reader_slots(self)
+    }
+
     /// Begins a read-only snapshot.
     ///
     /// Fails with [`Error::Poisoned`] after a failed map resize, and with

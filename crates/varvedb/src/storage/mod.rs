@@ -114,8 +114,8 @@ pub(crate) mod ops {
     pub(crate) use super::stats::{metrics_text, stats};
     pub(crate) use super::txn::{flush, read_txn};
     pub(crate) use super::{
-        config, is_encrypted, last_seq_of, open_read_txns, path, projection_get, seq_of_event_id,
-        stream_version, subscribe, verify, verify_with_progress, warnings,
+        config, is_encrypted, last_seq_of, open_read_txns, path, projection_get, reader_slots,
+        seq_of_event_id, stream_version, subscribe, verify, verify_with_progress, warnings,
     };
 }
 
@@ -610,6 +610,10 @@ pub(crate) fn verify_with_progress(
 /// See [`Storage::open_read_txns`](crate::Storage::open_read_txns).
 pub(crate) fn open_read_txns(storage: &Storage) -> usize {
     storage.inner.gate.readers()
+}
+
+pub(crate) fn reader_slots(storage: &Storage) -> u32 {
+    storage.inner.env.info().number_of_readers
 }
 
 /// The entries of an LMDB cursor, or the error opening it gave. An LMDB error is yielded once
