@@ -77,6 +77,7 @@ impl Mode {
     }
 }
 
+pub mod history;
 pub mod soak;
 
 /// Locks a mutex, taking it over from a thread that panicked while holding it.

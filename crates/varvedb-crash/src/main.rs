@@ -96,6 +96,32 @@ enum Cmd {
         #[arg(long, default_value_t = 0, hide = true)]
         plant_leak_mib: u64,
     },
+    /// The history checker: PROCESSES children at once, each with THREADS threads making OPS
+    /// concurrent `Exact` and `Auto` appends and reads on 3 shared streams; KILLS times one
+    /// child is killed with SIGKILL and a new one started; then the history is checked for
+    /// per-stream linearizability against the final store.
+    History {
+        #[arg(long, default_value_t = 3)]
+        processes: u64,
+        #[arg(long, default_value_t = 3)]
+        threads: u64,
+        #[arg(long, default_value_t = 300)]
+        ops: u64,
+        #[arg(long, default_value_t = 20)]
+        kills: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// The child of `history`.
+    #[command(hide = true)]
+    HistoryChild {
+        process: u64,
+        threads: u64,
+        ops: u64,
+        dir: PathBuf,
+    },
     /// Judges and plots the samples a soak wrote with `--csv`, again.
     SoakReport {
         csv: PathBuf,
@@ -208,6 +234,71 @@ fn soak(
 fn main() -> ExitCode {
     match Cli::parse().command {
         Cmd::SoakReport { csv, svg } => soak_report(csv, svg),
+        Cmd::HistoryChild {
+            process,
+            threads,
+            ops,
+            dir,
+        } => match varvedb_crash::history::child(&dir, process, threads, ops) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("history child {process}: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::History {
+            processes,
+            threads,
+            ops,
+            kills,
+            dir,
+            seed,
+        } => {
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("varvedb-history-{}", std::process::id()))
+            });
+            let exe = match std::env::current_exe() {
+                Ok(exe) => exe,
+                Err(e) => {
+                    eprintln!("FAILED: cannot find the harness binary to start children: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let started = std::time::Instant::now();
+            let result =
+                varvedb_crash::history::run(&exe, &dir, processes, threads, ops, kills, seed);
+            let _ = std::fs::remove_dir_all(&dir);
+            match result {
+                Ok(r) => {
+                    println!(
+                        "{} operations from {} processes ({} killed): {} appends acknowledged, {} conflicts, {} reads, {} unanswered ({} of them took effect), checked in {:.1} s",
+                        r.operations,
+                        r.processes,
+                        r.kills,
+                        r.acknowledged,
+                        r.conflicts,
+                        r.reads,
+                        r.unknown,
+                        r.unknown_applied,
+                        started.elapsed().as_secs_f64()
+                    );
+                    for v in r.violations.iter().take(50) {
+                        println!("violation: {v}");
+                    }
+                    if r.violations.is_empty() {
+                        println!("the history is linearizable per stream");
+                        ExitCode::SUCCESS
+                    } else {
+                        println!("FAILED: {} violations", r.violations.len());
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Soak {
             minutes,
             sample_seconds,
