@@ -8,10 +8,14 @@
  * VARVEDB_POWERCUT_LOG:  the log to write.
  *
  * Record: u8 kind, u64 offset, u32 length, then `length` bytes (kinds 1 and 4).
- *   1 a write to the data file (logged before the write is issued)
- *   2 a flush of the data file starts
- *   3 a flush of the data file has returned
- *   4 a write to standard output
+ *   1 a write to the data file (logged before the write is issued); offset: in the file
+ *   2 a flush of the data file starts; offset: the process id
+ *   3 a flush of the data file has returned; offset: the process id
+ *   4 a write to standard output; offset: the process id
+ *
+ * Several processes may log to one file (two writers on one store): the log is opened with
+ * O_APPEND and each record goes in one write, so that records never interleave, and flushes
+ * and output name their process.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -76,15 +80,17 @@ static void put_all(const void *p, size_t n) {
     }
 }
 
-/* Call with `mu` held. */
+/* Call with `mu` held. One write per record: O_APPEND keeps other processes' records whole. */
 static void record(unsigned char kind, uint64_t off, const void *data, uint32_t len) {
     if (log_fd < 0) return;
-    unsigned char head[13];
-    head[0] = kind;
-    memcpy(head + 1, &off, 8);
-    memcpy(head + 9, &len, 4);
-    put_all(head, sizeof head);
-    if (len) put_all(data, len);
+    unsigned char *rec = malloc(13 + (size_t)len);
+    if (!rec) abort();
+    rec[0] = kind;
+    memcpy(rec + 1, &off, 8);
+    memcpy(rec + 9, &len, 4);
+    if (len) memcpy(rec + 13, data, len);
+    put_all(rec, 13 + (size_t)len);
+    free(rec);
 }
 
 ssize_t write(int fd, const void *buf, size_t n) {
@@ -92,7 +98,7 @@ ssize_t write(int fd, const void *buf, size_t n) {
     if (fd == 1 || is_data(fd)) {
         pthread_mutex_lock(&mu);
         if (fd == 1) {
-            record(4, 0, buf, (uint32_t)n);
+            record(4, (uint64_t)getpid(), buf, (uint32_t)n);
         } else {
             record(1, (uint64_t)lseek(fd, 0, SEEK_CUR), buf, (uint32_t)n);
         }
@@ -155,11 +161,11 @@ ssize_t writev(int fd, const struct iovec *iov, int cnt) {
 static int logged_sync(int (*real)(int), int fd) {
     if (!is_data(fd)) return real(fd);
     pthread_mutex_lock(&mu);
-    record(2, 0, NULL, 0);
+    record(2, (uint64_t)getpid(), NULL, 0);
     pthread_mutex_unlock(&mu);
     int r = real(fd);
     pthread_mutex_lock(&mu);
-    if (r == 0) record(3, 0, NULL, 0);
+    if (r == 0) record(3, (uint64_t)getpid(), NULL, 0);
     pthread_mutex_unlock(&mu);
     return r;
 }

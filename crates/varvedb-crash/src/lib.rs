@@ -42,8 +42,32 @@ pub struct Entry {
     pub body: Vec<u8>,
 }
 
-/// The master key of the encrypted store.
+/// The master key the encrypted store is created with.
 pub const MASTER_KEY: [u8; 32] = [0x5a; 32];
+/// The encrypted store's master keys: its workload rotates from one to the other.
+pub const MASTER_KEYS: [[u8; 32]; 2] = [MASTER_KEY, [0xa5; 32]];
+
+/// The key (an index into [`MASTER_KEYS`]) the child's store is under now.
+static CURRENT_KEY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Opens a store with `config`, under whichever of [`MASTER_KEYS`] opens it (the first for a
+/// plaintext store); returns the store and that key's index.
+pub fn open_any_key(config: StorageConfig) -> Result<(Storage, usize), Error> {
+    if config.master_key.is_none() {
+        return Storage::open(config).map(|s| (s, 0));
+    }
+    match Storage::open(StorageConfig {
+        master_key: Some(MASTER_KEYS[0]),
+        ..config.clone()
+    }) {
+        Err(Error::WrongMasterKey) => Storage::open(StorageConfig {
+            master_key: Some(MASTER_KEYS[1]),
+            ..config
+        })
+        .map(|s| (s, 1)),
+        other => other.map(|s| (s, 0)),
+    }
+}
 /// The projection's name.
 pub const PROJECTION: &str = "crash-counts";
 
@@ -128,6 +152,8 @@ pub enum Op {
     /// An export of the store imported into `imports/RUN-OP` (encrypted store only). A kill
     /// interrupts it; the next child runs it again, and it continues.
     Import,
+    /// Rotates the master key to the other of [`MASTER_KEYS`] (encrypted store only).
+    Rotate,
     /// Gives a stream a retention policy (its newest [`RETAIN_COUNT`] events) and enforces
     /// every policy (the shared store only, with two writers): a kill lands mid-removal.
     Retain(u128),
@@ -161,6 +187,9 @@ pub fn op(mode: Mode, run: u64, op: u64) -> Op {
     }
     if mode == Mode::Encrypted && op % 31 == 30 {
         return Op::Import;
+    }
+    if mode == Mode::Encrypted && op % 37 == 36 {
+        return Op::Rotate;
     }
     if mode == Mode::Shared && op % 17 == 16 {
         return Op::Retain(stream(mode, run, rng.below(8)));
@@ -284,8 +313,11 @@ fn perform(
                 .path()
                 .parent()
                 .ok_or("the store has no parent directory")?;
+            // The copy is under the store's current key: an import refuses another.
+            let key = CURRENT_KEY.load(std::sync::atomic::Ordering::Relaxed);
             let dest = Storage::open(StorageConfig {
                 path: import_path(dir, run, op_no),
+                master_key: Some(MASTER_KEYS[key]),
                 ..config(dir, Mode::Encrypted)
             })
             .map_err(|e| format!("import {run}/{op_no}: open: {e}"))?;
@@ -322,6 +354,17 @@ fn perform(
                 .compact_to(&dest)
                 .map_err(|e| format!("backup {run}/{op_no}: {e}"))?;
             say(out, format_args!("B {run} {op_no}\n"));
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
+        Op::Rotate => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            let next = 1 - CURRENT_KEY.load(std::sync::atomic::Ordering::Relaxed);
+            storage
+                .rotate_master_key(MASTER_KEYS[next])
+                .map_err(|e| format!("rotation to key {next}: {e}"))?;
+            CURRENT_KEY.store(next, std::sync::atomic::Ordering::Relaxed);
+            say(out, format_args!("K {next}\n"));
             say(out, format_args!("D {run} {op_no}\n"));
             Ok(Vec::new())
         }
@@ -397,7 +440,8 @@ fn perform(
 /// The child: appends run `run`'s operations to the store under `dir` until it is killed,
 /// after retrying the interrupted operation `retry` of an earlier run, if any.
 pub fn child(dir: &Path, mode: Mode, run: u64, retry: Option<(u64, u64)>) -> Result<(), String> {
-    let storage = Storage::open(config(dir, mode)).map_err(|e| format!("open: {e}"))?;
+    let (storage, key) = open_any_key(config(dir, mode)).map_err(|e| format!("open: {e}"))?;
+    CURRENT_KEY.store(key, std::sync::atomic::Ordering::Relaxed);
     let writer = Writer::<Entry>::new(storage.clone());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -444,6 +488,10 @@ struct Heard {
     imports: Vec<(u64, u64, u64)>,
     /// Streams given a retention policy (perhaps: the child may have died before it was set).
     retained: Vec<u128>,
+    /// The master key of the last acknowledged rotation.
+    key: Option<usize>,
+    /// Acknowledged rotations.
+    rotations: u64,
 }
 
 impl Heard {
@@ -459,6 +507,10 @@ impl Heard {
             Some("D") => self.open = None,
             Some("H") => self.shredded.push(n(1)?),
             Some("R") => self.retained.push(n(1)?),
+            Some("K") => {
+                self.key = Some(n(1)? as usize);
+                self.rotations += 1;
+            }
             Some("B") => self.backups.push((n(1)? as u64, n(2)? as u64)),
             Some("I") => self
                 .imports
@@ -489,6 +541,8 @@ pub struct Report {
     pub events_in_stores: u64,
     pub retries_after_a_kill: u64,
     pub shreds: u64,
+    /// Master-key rotations acknowledged.
+    pub rotations: u64,
     pub backups_checked: u64,
     /// Imports checked record for record against the store, some of them resumed after a kill.
     pub imports_checked: u64,
@@ -533,6 +587,9 @@ struct Store {
     maybe_shredded: HashSet<u128>,
     retry: Vec<(u64, u64)>,
     runs: u64,
+    /// The master key the store must open with (the last acknowledged rotation's), or `None`
+    /// while a rotation's outcome is unknown (either key then).
+    key: Option<usize>,
 }
 
 /// A child process and the lines it printed, read by a thread of their own.
@@ -585,7 +642,11 @@ pub fn run(
 ) -> Result<Report, String> {
     let started = Instant::now();
     let mut rng = Rng::new(seed);
-    let mut stores = [Store::default(), Store::default(), Store::default()];
+    let fresh = || Store {
+        key: Some(0),
+        ..Store::default()
+    };
+    let mut stores = [fresh(), fresh(), fresh()];
     let mut report = Report::default();
     for kill in 0..kills {
         let (mode, store) = match kill % 3 {
@@ -667,13 +728,20 @@ pub fn run(
             }
             report.acknowledgements += heard.acked.len() as u64;
             report.shreds += heard.shredded.len() as u64;
+            report.rotations += heard.rotations;
             store.shredded.extend(heard.shredded.iter().copied());
             store.retained.extend(heard.retained.iter().copied());
+            if heard.key.is_some() {
+                store.key = heard.key;
+            }
             if let Some((r, o)) = heard.open {
                 match op(mode, r, o) {
                     Op::Shred(s) => {
                         store.maybe_shredded.insert(s);
                     }
+                    // Done or not: either key may open the store now; the next check learns
+                    // which, and from then on the store must keep opening with it.
+                    Op::Rotate => store.key = None,
                     Op::Append { ids: true, .. } | Op::Import => store.retry.push((r, o)),
                     Op::Append { .. } | Op::Backup => {}
                     // Enforcement finishes at the next one (the policy is kept in the store).
@@ -705,6 +773,7 @@ pub fn run(
         report.full_checks += u64::from(full);
         let checked = check(dir, mode, store, &scope)
             .map_err(|e| format!("kill point {kill} ({}): {e}", mode.name()))?;
+        store.key = Some(checked.key);
         store.checked_last = checked.events;
         // Between full checks a backup or an import is checked at a sample of its records,
         // with no `verify`: both cost what the store weighs.
@@ -761,8 +830,8 @@ fn check_import(
 ) -> Result<(), String> {
     let path = import_path(dir, run, op);
     let result = (|| {
-        let source = Storage::open(config(dir, mode)).map_err(|e| format!("source: {e}"))?;
-        let copy = Storage::open(StorageConfig {
+        let (source, _) = open_any_key(config(dir, mode)).map_err(|e| format!("source: {e}"))?;
+        let (copy, _) = open_any_key(StorageConfig {
             path: path.clone(),
             ..config(dir, mode)
         })
@@ -823,7 +892,7 @@ fn check_backup(
     let path = backup_path(dir, run, op);
     let copy = path.clone();
     let result = (|| {
-        let storage = Storage::open(StorageConfig {
+        let (storage, _) = open_any_key(StorageConfig {
             path: copy,
             ..config(dir, mode)
         })
@@ -864,6 +933,8 @@ struct Checked {
     events: u64,
     projection: bool,
     removed: u64,
+    /// The master key the store opened with.
+    key: usize,
 }
 
 /// How much of a store a check reads.
@@ -878,7 +949,16 @@ enum Scope {
 
 /// Reopens the store and checks it against what was acknowledged, as far as `scope` says.
 fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked, String> {
-    let storage = Storage::open(config(dir, mode)).map_err(|e| format!("reopen: {e}"))?;
+    let (storage, key) = open_any_key(config(dir, mode)).map_err(|e| format!("reopen: {e}"))?;
+    // An acknowledged rotation is never undone, and an unacknowledged one never half done
+    // (the store would then open with neither key).
+    if let Some(want) = store.key
+        && key != want
+    {
+        return Err(format!(
+            "the store opens with master key {key}; the last acknowledged rotation was to {want}"
+        ));
+    }
     let full = matches!(scope, Scope::Full);
     if full {
         let verify = storage.verify().map_err(|e| format!("verify: {e}"))?;
@@ -977,7 +1057,7 @@ fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked
                     Op::Append { parts, .. } => {
                         parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
                     }
-                    Op::Shred(_) | Op::Backup | Op::Import | Op::Retain(_) => None,
+                    Op::Shred(_) | Op::Backup | Op::Import | Op::Retain(_) | Op::Rotate => None,
                 }
                 .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
                 let got = Entry {
@@ -1050,6 +1130,7 @@ fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked
         events: last,
         projection,
         removed: deleted,
+        key,
     })
 }
 
@@ -1073,6 +1154,10 @@ pub mod powercut {
         pub states: u64,
         pub acknowledged_events: u64,
         pub pending_pages_max: u64,
+        /// Key rotations acknowledged by the recorded children.
+        pub rotations: u64,
+        /// File states checked, per mode (`plain`, `encrypted`, `shared`).
+        pub states_per_mode: std::collections::BTreeMap<&'static str, u64>,
     }
 
     const PAGE: u64 = 4096;
@@ -1094,11 +1179,12 @@ pub mod powercut {
         }
     }
 
+    /// A record of the log; flushes and output name their process.
     enum Rec {
         Write(u64, Vec<u8>),
-        SyncStart,
-        SyncEnd,
-        Out(Vec<u8>),
+        SyncStart(u64),
+        SyncEnd(u64),
+        Out(u64, Vec<u8>),
     }
 
     fn parse(log: &[u8]) -> Result<Vec<Rec>, String> {
@@ -1118,9 +1204,9 @@ pub mod powercut {
             at += len;
             out.push(match kind {
                 1 => Rec::Write(off, data),
-                2 => Rec::SyncStart,
-                3 => Rec::SyncEnd,
-                4 => Rec::Out(data),
+                2 => Rec::SyncStart(off),
+                3 => Rec::SyncEnd(off),
+                4 => Rec::Out(off, data),
                 k => return Err(format!("unknown log record {k}")),
             });
         }
@@ -1165,18 +1251,19 @@ pub mod powercut {
             std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
             let base = base.canonicalize().map_err(|e| e.to_string())?;
             let log = base.join("recorder.log");
-            // Plaintext (with its projection) and encrypted (with shreds, backups and imports)
-            // runs alternate.
-            let mode = if r % 2 == 0 {
-                Mode::Plain
-            } else {
-                Mode::Encrypted
+            // Plaintext (with its projection), encrypted (with shreds, backups, imports and key
+            // rotations) and two writer processes at once (with retention) take turns.
+            let mode = match r % 3 {
+                0 => Mode::Plain,
+                1 => Mode::Encrypted,
+                _ => Mode::Shared,
             };
+            let writers: u64 = if mode == Mode::Shared { 2 } else { 1 };
             let data_file = config(&base, mode).path.join("data.mdb");
             // An encrypted run shreds streams of the run before it: a first child (run 0, not
             // recorded) writes them, its file is flushed and becomes the starting image, and
             // its acknowledgements count.
-            let mut heard = Heard::default();
+            let mut first_heard = Heard::default();
             let mut start_image = Vec::new();
             if mode == Mode::Encrypted {
                 let mut first = spawn(exe, &base, mode, 0, None)?;
@@ -1185,7 +1272,7 @@ pub mod powercut {
                     match first.lines.recv() {
                         Ok(line) => {
                             started += u64::from(line.starts_with('S'));
-                            heard.take(&line)?;
+                            first_heard.take(&line)?;
                         }
                         Err(_) => return Err("the first child ended by itself".into()),
                     }
@@ -1193,46 +1280,67 @@ pub mod powercut {
                 let _ = first.child.kill();
                 let _ = first.child.wait();
                 for line in first.lines.iter() {
-                    heard.take(&line)?;
+                    first_heard.take(&line)?;
                 }
-                heard.open = None;
+                // A rotation the kill interrupted leaves the starting image under either key.
+                let first_rotating = matches!(first_heard.open, Some((r, o)) if matches!(op(mode, r, o), Op::Rotate));
+                first_heard.key = match (first_heard.key, first_rotating) {
+                    (_, true) => None,
+                    (Some(k), false) => Some(k),
+                    (None, false) => Some(0),
+                };
+                first_heard.open = None;
                 std::fs::File::open(&data_file)
                     .and_then(|f| f.sync_all())
                     .map_err(|e| e.to_string())?;
                 start_image = std::fs::read(&data_file).map_err(|e| e.to_string())?;
             }
-            let mut child = Command::new(exe)
-                .arg("child")
-                .arg(&base)
-                .arg(mode.name())
-                .arg(if mode == Mode::Encrypted { "1" } else { "0" })
-                .env("LD_PRELOAD", recorder)
-                .env("VARVEDB_POWERCUT_FILE", &data_file)
-                .env("VARVEDB_POWERCUT_LOG", &log)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot start the child: {e}"))?;
-            let stdout = child.stdout.take().ok_or("no stdout")?;
-            let mut started = 0;
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with('S') {
-                    started += 1;
-                    if started >= ops {
-                        break;
+            // The recorded children (two at once in the shared mode), all logging to one log.
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let mut children = Vec::new();
+            for w in 0..writers {
+                let run = if mode == Mode::Encrypted { 1 } else { w };
+                let mut child = Command::new(exe)
+                    .arg("child")
+                    .arg(&base)
+                    .arg(mode.name())
+                    .arg(run.to_string())
+                    .env("LD_PRELOAD", recorder)
+                    .env("VARVEDB_POWERCUT_FILE", &data_file)
+                    .env("VARVEDB_POWERCUT_LOG", &log)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("cannot start the child: {e}"))?;
+                let stdout = child.stdout.take().ok_or("no stdout")?;
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                        if line.starts_with('S') && tx.send(()).is_err() {
+                            return;
+                        }
                     }
-                }
+                });
+                children.push(child);
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(tx);
+            let mut started = 0;
+            while started < ops * writers && rx.recv().is_ok() {
+                started += 1;
+            }
+            for child in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
             let recs = parse(&std::fs::read(&log).map_err(|e| e.to_string())?)?;
             figures.runs += 1;
             // Where each acknowledgement completes in the log.
             let ack_points: Vec<usize> = {
-                let mut text = Vec::new();
+                let mut texts: HashMap<u64, Vec<u8>> = HashMap::new();
                 let mut points = Vec::new();
                 for (i, rec) in recs.iter().enumerate() {
-                    if let Rec::Out(bytes) = rec {
+                    if let Rec::Out(pid, bytes) = rec {
+                        let text = texts.entry(*pid).or_default();
                         text.extend_from_slice(bytes);
                         while let Some(nl) = text.iter().position(|&b| b == b'\n') {
                             let line: Vec<u8> = text.drain(..=nl).collect();
@@ -1258,9 +1366,13 @@ pub mod powercut {
             cuts.push(recs.len().saturating_sub(1));
             cuts.sort_unstable();
             cuts.dedup();
-            let mut text = Vec::new();
+            // Per process: its output so far, and what it told.
+            let mut texts: HashMap<u64, Vec<u8>> = HashMap::new();
+            let mut heards: HashMap<u64, Heard> = HashMap::new();
             let mut writes: Vec<(u64, &[u8])> = Vec::new();
-            let mut sync_starts: std::collections::VecDeque<usize> = Default::default();
+            // Per process, the flushes it started: a flush makes durable what was written
+            // before it started, by any process.
+            let mut sync_starts: HashMap<u64, std::collections::VecDeque<usize>> = HashMap::new();
             let mut durable = 0usize;
             let mut image: Vec<u8> = start_image;
             let mut imaged = 0usize;
@@ -1268,18 +1380,21 @@ pub mod powercut {
             for (i, rec) in recs.iter().enumerate() {
                 match rec {
                     Rec::Write(off, data) => writes.push((*off, data)),
-                    Rec::SyncStart => sync_starts.push_back(writes.len()),
-                    Rec::SyncEnd => {
-                        if let Some(s) = sync_starts.pop_front() {
+                    Rec::SyncStart(pid) => {
+                        sync_starts.entry(*pid).or_default().push_back(writes.len())
+                    }
+                    Rec::SyncEnd(pid) => {
+                        if let Some(s) = sync_starts.get_mut(pid).and_then(|q| q.pop_front()) {
                             durable = durable.max(s);
                         }
                     }
-                    Rec::Out(bytes) => {
+                    Rec::Out(pid, bytes) => {
+                        let text = texts.entry(*pid).or_default();
                         text.extend_from_slice(bytes);
                         while let Some(nl) = text.iter().position(|&b| b == b'\n') {
                             let line: Vec<u8> = text.drain(..=nl).collect();
                             let line = String::from_utf8_lossy(&line);
-                            heard.take(line.trim_end())?;
+                            heards.entry(*pid).or_default().take(line.trim_end())?;
                         }
                     }
                 }
@@ -1321,16 +1436,34 @@ pub mod powercut {
                     }
                 }
                 subsets.truncate(states_per_cut.max(2) as usize);
-                let mut store = Store::default();
-                for &(seq, s, v, r, o, k) in &heard.acked {
-                    store.acked.insert(seq, (s, v, r, o, k));
+                let mut store = Store {
+                    key: if mode == Mode::Encrypted {
+                        first_heard.key
+                    } else {
+                        Some(0)
+                    },
+                    ..Store::default()
+                };
+                for heard in heards.values() {
+                    if heard.key.is_some() {
+                        store.key = heard.key;
+                    }
+                    if matches!(heard.open, Some((r, o)) if matches!(op(mode, r, o), Op::Rotate)) {
+                        store.key = None;
+                    }
                 }
-                store.shredded.extend(heard.shredded.iter().copied());
-                // A shred started and not reported done may or may not have happened.
-                if let Some((r, o)) = heard.open
-                    && let Op::Shred(s) = op(mode, r, o)
-                {
-                    store.maybe_shredded.insert(s);
+                for heard in std::iter::once(&first_heard).chain(heards.values()) {
+                    for &(seq, s, v, r, o, k) in &heard.acked {
+                        store.acked.insert(seq, (s, v, r, o, k));
+                    }
+                    store.shredded.extend(heard.shredded.iter().copied());
+                    store.retained.extend(heard.retained.iter().copied());
+                    // A shred started and not reported done may or may not have happened.
+                    if let Some((r, o)) = heard.open
+                        && let Op::Shred(s) = op(mode, r, o)
+                    {
+                        store.maybe_shredded.insert(s);
+                    }
                 }
                 for subset in subsets {
                     let mut state = image.clone();
@@ -1346,6 +1479,7 @@ pub mod powercut {
                     std::fs::write(store_dir.join("data.mdb"), &state)
                         .map_err(|e| e.to_string())?;
                     figures.states += 1;
+                    *figures.states_per_mode.entry(mode.name()).or_default() += 1;
                     if store.acked.is_empty() && state.is_empty() {
                         continue;
                     }
@@ -1372,6 +1506,7 @@ pub mod powercut {
                 figures.acknowledged_events =
                     figures.acknowledged_events.max(store.acked.len() as u64);
             }
+            figures.rotations += heards.values().map(|h| h.rotations).sum::<u64>();
             let _ = std::fs::remove_dir_all(&base);
         }
         Ok(figures)

@@ -423,14 +423,18 @@ kept at {}",
             match varvedb_crash::powercut::run(&exe, &recorder, &dir, plan) {
                 Ok(f) => {
                     println!(
-                        "recorded children: {}\ncut points: {}\npower-cut states checked: {}\nlargest acknowledged set at a cut: {}\nmost pending pages at a cut: {}\nlost, torn or reordered: 0\ntime: {:.1?}",
+                        "recorded children: {}\ncut points: {}\nmaster-key rotations recorded: {}\npower-cut states checked: {}\nlargest acknowledged set at a cut: {}\nmost pending pages at a cut: {}\nlost, torn or reordered: 0\ntime: {:.1?}",
                         f.runs,
                         f.cut_points,
+                        f.rotations,
                         f.states,
                         f.acknowledged_events,
                         f.pending_pages_max,
                         started.elapsed()
                     );
+                    for (mode, states) in &f.states_per_mode {
+                        println!("states of the {mode} store: {states}");
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -468,7 +472,7 @@ kept at {}",
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nmaster-key rotations: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
                         r.kill_points,
                         r.two_writer_kills,
                         r.acknowledgements,
@@ -478,6 +482,7 @@ kept at {}",
                         r.events_in_stores,
                         r.retries_after_a_kill,
                         r.shreds,
+                        r.rotations,
                         r.backups_checked,
                         r.imports_checked,
                         r.projection_checks,

@@ -53,9 +53,11 @@ fn power_cut_states_keep_every_acknowledged_event() {
         return;
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_varvedb-crash"));
+    // Three runs: plaintext with its projection, encrypted (shreds, a backup, an import and a
+    // master-key rotation at op 36), and two writer processes at once (retention).
     let plan = varvedb_crash::powercut::Plan {
         runs: 3,
-        ops: 30,
+        ops: 45,
         cuts_per_run: 15,
         states_per_cut: 8,
         seed: 0xC0DE,
@@ -70,6 +72,13 @@ fn power_cut_states_keep_every_acknowledged_event() {
         f.pending_pages_max > 0,
         "no state had a pending write: {f:?}"
     );
+    for mode in ["plain", "encrypted", "shared"] {
+        assert!(
+            f.states_per_mode.get(mode).copied().unwrap_or(0) > 0,
+            "no state of the {mode} store: {f:?}"
+        );
+    }
+    assert!(f.rotations >= 1, "no rotation was recorded: {f:?}");
 }
 
 /// Kills during an upgrade from format 4: the old store or the new one each time, both seen.
