@@ -543,6 +543,8 @@ pub struct Report {
     pub shreds: u64,
     /// Master-key rotations acknowledged.
     pub rotations: u64,
+    /// Encrypted stores replaced by a fresh one ([`ENCRYPTED_GENERATION`]).
+    pub generations: u64,
     pub backups_checked: u64,
     /// Imports checked record for record against the store, some of them resumed after a kill.
     pub imports_checked: u64,
@@ -566,6 +568,10 @@ pub struct Report {
 
 /// Every how many kill points at one store its check reads everything.
 pub const FULL_CHECK_EVERY: u64 = 100;
+/// Kill points at one encrypted store before a fresh one replaces it (after a full check).
+/// Its workload backs up and imports the whole store every thirty operations or so: a store
+/// that grew through 10,000 kill points would make each kill cost what the store weighs.
+pub const ENCRYPTED_GENERATION: u64 = 500;
 /// Older acknowledged events read back at each check that is not full.
 pub const SAMPLE: usize = 256;
 
@@ -752,7 +758,10 @@ pub fn run(
         // Full every FULL_CHECK_EVERY kills at a store, and at each store's last kill; else
         // the log since the last check, the new acknowledgements and a random sample of the
         // older ones, so that a kill's check costs the same however large the stores grow.
-        let full = store.kills.is_multiple_of(FULL_CHECK_EVERY) || kill + 3 >= kills;
+        let generation_ends =
+            mode == Mode::Encrypted && (store.kills + 1).is_multiple_of(ENCRYPTED_GENERATION);
+        let full =
+            store.kills.is_multiple_of(FULL_CHECK_EVERY) || kill + 3 >= kills || generation_ends;
         store.kills += 1;
         let scope = if full {
             Scope::Full
@@ -805,6 +814,19 @@ pub fn run(
             report.removed_events = checked.removed;
         }
         report.projection_checks += u64::from(checked.projection);
+        if generation_ends {
+            for sub in [mode.name(), "imports", "backups"] {
+                let _ = std::fs::remove_dir_all(dir.join(sub));
+            }
+            let (runs, kills_so_far) = (store.runs, store.kills);
+            *store = Store {
+                runs,
+                kills: kills_so_far,
+                key: Some(0),
+                ..Store::default()
+            };
+            report.generations += 1;
+        }
         report.kill_points += 1;
         report.elapsed = started.elapsed();
         if report.kill_points.is_multiple_of(1000) {

@@ -472,7 +472,7 @@ kept at {}",
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nmaster-key rotations: {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nmaster-key rotations: {}\nfresh encrypted stores (one every {} of its kill points): {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
                         r.kill_points,
                         r.two_writer_kills,
                         r.acknowledgements,
@@ -483,6 +483,8 @@ kept at {}",
                         r.retries_after_a_kill,
                         r.shreds,
                         r.rotations,
+                        varvedb_crash::ENCRYPTED_GENERATION,
+                        r.generations,
                         r.backups_checked,
                         r.imports_checked,
                         r.projection_checks,
