@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 # `open_store` feeds arbitrary bytes as data.mdb, opened with the page check
 # (StorageConfig::check_pages_on_open), which keeps LMDB from following a damaged page.
-targets=(read_pack read_record open_sealed ops open_store)
+targets=(read_pack read_record open_sealed ops open_store import_lines)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
     echo "no nightly toolchain: running the fuzz corpora as plain tests instead"
+    cargo test -p varvedb-cli --test import_lines_corpus
     exec cargo test -p varvedb --test fuzz_corpus
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -8,7 +8,7 @@ mod lifecycle;
 mod migrate;
 mod read;
 mod replication;
-mod stream_id;
+use varvedb_cli::stream_id;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -6,14 +6,14 @@
 //! that one, decimal, 32 hex digits (a UUID's simple form), and a UUID with dashes.
 
 /// The canonical form of a stream id: `0x` and lowercase hex, no leading zeros.
-pub(crate) fn show(id: u128) -> String {
+pub fn show(id: u128) -> String {
     format!("{id:#x}")
 }
 
 /// Reads a stream id: `0x` hex (`0x7`, `0X7F`), a UUID with dashes
 /// (`67e55044-10b1-426f-9247-bb680e5fe0c8`), exactly 32 hex digits (a UUID's simple form,
 /// read as hex even when every digit is a decimal one), or decimal (`7`).
-pub(crate) fn parse(s: &str) -> Result<u128, String> {
+pub fn parse(s: &str) -> Result<u128, String> {
     let refused = |why: &str| {
         format!(
             "not a stream id: {s:?} ({why}; give decimal, 0x hex, 32 hex digits or a UUID with \
