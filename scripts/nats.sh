@@ -3,7 +3,9 @@
 #   scripts/nats.sh install          installs nats-server from Debian's packages if it is missing,
 #                                    and prints its path
 #   scripts/nats.sh start PORT DIR   starts it on 127.0.0.1:PORT with JetStream, its store in DIR,
-#                                    and prints its pid (stop it with `kill PID`)
+#                                    and prints "PID PORT" (stop it with `kill PID`). PORT 0: the
+#                                    server picks a free port itself and reports it, so that no
+#                                    other process can take the port between a choice and a bind
 # The tests call `install` themselves and start and stop their own servers.
 set -euo pipefail
 
@@ -37,8 +39,25 @@ case "${1:-install}" in
         dir="${3:?usage: nats.sh start PORT DIR}"
         install_server
         mkdir -p "$dir"
-        "$(find_server)" -js -a 127.0.0.1 -p "$port" -sd "$dir" >"$dir/nats-server.log" 2>&1 &
-        echo $!
+        [ "$port" = 0 ] && port=-1
+        "$(find_server)" -js -a 127.0.0.1 -p "$port" -sd "$dir" --ports_file_dir "$dir" \
+            >"$dir/nats-server.log" 2>&1 &
+        pid=$!
+        # The server writes its ports file once it listens.
+        for _ in $(seq 1 400); do
+            if [ -s "$dir/nats-server_$pid.ports" ]; then
+                bound="$(sed -n 's/.*nats:\/\/[^:]*:\([0-9][0-9]*\).*/\1/p' "$dir/nats-server_$pid.ports")"
+                if [ -n "$bound" ]; then
+                    echo "$pid $bound"
+                    exit 0
+                fi
+            fi
+            kill -0 "$pid" 2>/dev/null || { cat "$dir/nats-server.log" >&2; exit 1; }
+            sleep 0.05
+        done
+        echo "nats-server did not report its port" >&2
+        kill "$pid" 2>/dev/null || true
+        exit 1
         ;;
     *)
         echo "usage: nats.sh install | start PORT DIR" >&2

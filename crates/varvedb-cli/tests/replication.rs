@@ -16,15 +16,11 @@ impl Drop for Server {
 }
 
 fn start_server(dir: &Path) -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Port 0: the server picks a free port itself and reports it.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nats.sh");
     let out = Command::new("bash")
         .arg(script)
-        .args(["start", &port.to_string()])
+        .args(["start", "0"])
         .arg(dir)
         .output()
         .unwrap();
@@ -33,11 +29,9 @@ fn start_server(dir: &Path) -> (Server, u16) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let pid: u32 = String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut fields = stdout.split_whitespace().map(|f| f.parse::<u32>().unwrap());
+    let (pid, port) = (fields.next().unwrap(), fields.next().unwrap() as u16);
     let server = Server(pid);
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -53,16 +53,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rate: u64 = args.get(2).map_or(Ok(10_000), |a| a.parse())?;
 
     let tmp = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // Port 0: the server picks a free port itself and reports it ("PID PORT").
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/nats.sh");
     let out = Command::new("bash")
         .arg(script)
-        .args(["start", &port.to_string()])
+        .args(["start", "0"])
         .arg(tmp.path().join("nats"))
         .output()?;
-    let _server = Server(String::from_utf8(out.stdout)?.trim().parse()?);
+    let stdout = String::from_utf8(out.stdout)?;
+    let mut fields = stdout.split_whitespace();
+    let _server = Server(fields.next().ok_or("nats.sh printed no pid")?.parse()?);
+    let port: u16 = fields.next().ok_or("nats.sh printed no port")?.parse()?;
     let url = format!("nats://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -575,3 +575,109 @@ fn a_replica_stopped_across_a_shred_and_a_rotation_adopts_both_when_it_reconnect
         Err(varvedb::Error::Shredded { .. })
     ));
 }
+
+/// Restores 60K events from `stream` through `url` (which `fault` interrupts when the replica
+/// passes 10,000 and 30,000 events), following it if `follow`, while the source appends 5,000
+/// more in follow mode; the replica must end as the source, byte for byte.
+fn restore_through_faults(
+    rt: &tokio::runtime::Runtime,
+    url: String,
+    server_url: String,
+    stream: &str,
+    follow: bool,
+    mut fault: impl FnMut(),
+) {
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Storage::open(config(src_dir.path(), None)).unwrap();
+    fill(&src, 60_000);
+    let replicator = Replicator::new(
+        src.clone(),
+        ReplicatorConfig::new(server_url.clone(), stream),
+    )
+    .unwrap();
+    common::bounded(rt, replicator.run_once()).unwrap();
+    let dst_dir = tempfile::tempdir().unwrap();
+    let dst = Storage::open(config(dst_dir.path(), None)).unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let restoring = rt.spawn({
+        let dst = dst.clone();
+        let config = RestoreConfig::new(url, stream)
+            .follow(follow)
+            .connect_timeout(Duration::from_secs(2));
+        async move {
+            restore(&dst, &config, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        }
+    });
+    // The faults follow the replica's own log, so that they land while it is restoring.
+    for at in [10_000u64, 30_000] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let last = dst.last_seq(&dst.read_txn().unwrap()).unwrap();
+            if last >= at {
+                assert!(last < 60_000, "the restore finished before the fault");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the restore stalled at {last}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fault();
+    }
+    if follow {
+        // New events while the follower recovers: it must catch up with them too.
+        fill(&src, 5_000);
+        common::bounded(rt, replicator.run_once()).unwrap();
+        let source_last = src.last_seq(&src.read_txn().unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while dst.last_seq(&dst.read_txn().unwrap()).unwrap() < source_last {
+            assert!(Instant::now() < deadline, "the follower did not catch up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop_tx.send(true).unwrap();
+    }
+    let report = common::bounded(rt, restoring).unwrap().unwrap();
+    assert_eq!(
+        report.last_seq,
+        src.last_seq(&src.read_txn().unwrap()).unwrap()
+    );
+    assert_same_log(&src, &dst);
+    assert!(dst.verify().unwrap().is_clean());
+}
+
+#[test]
+fn a_restore_through_a_cut_network_resumes_and_loses_and_duplicates_nothing() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let proxy = common::Proxy::start(&rt, server.port);
+    restore_through_faults(&rt, proxy.url(), server.url(), "RCUT", false, || {
+        proxy.cut();
+        std::thread::sleep(Duration::from_secs(1));
+        proxy.heal();
+    });
+}
+
+#[test]
+fn a_follower_whose_server_is_killed_twice_catches_up_byte_for_byte() {
+    let mut server = NatsServer::start();
+    let rt = runtime();
+    let url = server.url();
+    restore_through_faults(&rt, url.clone(), url, "RKILL", true, || {
+        server.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        server.restart();
+    });
+}
+
+#[test]
+fn a_follower_cut_from_the_network_catches_up_byte_for_byte() {
+    let server = NatsServer::start();
+    let rt = runtime();
+    let proxy = common::Proxy::start(&rt, server.port);
+    restore_through_faults(&rt, proxy.url(), server.url(), "FCUT", true, || {
+        proxy.cut();
+        std::thread::sleep(Duration::from_secs(1));
+        proxy.heal();
+    });
+}

@@ -2,7 +2,7 @@
 //! started and stopped by the test (installed by `scripts/nats.sh install` if missing).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,15 +28,6 @@ fn server_binary() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A free loopback port (bound and released; the server takes it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 pub struct NatsServer {
     binary: PathBuf,
     pub port: u16,
@@ -48,7 +39,8 @@ impl NatsServer {
     pub fn start() -> NatsServer {
         let mut server = NatsServer {
             binary: server_binary(),
-            port: free_port(),
+            // Chosen by the server at its first start, and kept for its restarts.
+            port: 0,
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -60,24 +52,54 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// Starts the server: on the port it had, or, the first time, on one it picks itself and
+    /// reports in its ports file (a port chosen here and released could be taken by another
+    /// process before the server binds it).
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("nats-server.log")).unwrap();
+        let ports = self.dir.path().join("ports");
+        let _ = std::fs::remove_dir_all(&ports);
+        std::fs::create_dir_all(&ports).unwrap();
+        let port = match self.port {
+            0 => "-1".to_string(),
+            p => p.to_string(),
+        };
         let child = Command::new(&self.binary)
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &port, "--ports_file_dir"])
+            .arg(&ports)
+            .arg("-sd")
             .arg(self.dir.path().join("js"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start nats-server");
+        let ports_file = ports.join(format!("nats-server_{}.ports", child.id()));
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
+        let reported = loop {
+            let text = std::fs::read_to_string(&ports_file).unwrap_or_default();
+            let port = text
+                .split("nats://")
+                .nth(1)
+                .and_then(|url| url.split(['"', ']']).next())
+                .and_then(|hostport| hostport.rsplit(':').next())
+                .and_then(|p| p.parse::<u16>().ok());
+            if let Some(port) = port {
+                break port;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not report its port: {}",
+                std::fs::read_to_string(self.dir.path().join("nats-server.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            self.port == 0 || self.port == reported,
+            "restarted on another port"
+        );
+        self.port = reported;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "nats-server did not listen");
             std::thread::sleep(Duration::from_millis(20));
