@@ -70,10 +70,18 @@ enum Command {
     /// Checks the whole store: record checksums, the stream chains and heads, every blob's
     /// BLAKE3 hash, reference counts and orphans. Exits 1 if it finds a problem, 2 if it cannot
     /// check. --json for one JSON object with every problem.
+    ///
+    /// The walk runs in a child process (this tool, started again): LMDB follows the pages of
+    /// its trees without bounds checks, so a damaged page that the page check before it does
+    /// not recognise could crash the process that walks them. A crash of the child is reported
+    /// as damage (exit 1), with where the walk was, and leaves this process standing.
     Verify {
         /// One JSON object instead of text (the progress bar still goes to a terminal's stderr).
         #[arg(long)]
         json: bool,
+        /// Walk in this process (what the child does).
+        #[arg(long, hide = true)]
+        in_process: bool,
     },
     /// Prints events with their envelope (type, version, ids, metadata, payload length): one by
     /// --seq, a stream by --stream [--from-version], or the log from --from-seq. --json for one
@@ -320,7 +328,14 @@ fn main() -> ExitCode {
                 Err(e) => failed(&e),
             };
         }
-        Command::Verify { json } => {
+        Command::Verify {
+            json,
+            in_process: false,
+        } => return verify_in_child(json),
+        Command::Verify {
+            json,
+            in_process: true,
+        } => {
             return match verify(open, json) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
@@ -671,6 +686,90 @@ fn backup(
     ))))
 }
 
+/// Where a verify child writes how far its walk got (a line per step: phase, done, total), for
+/// its parent to report if it crashes.
+const VERIFY_PROGRESS_ENV: &str = "VARVEDB_VERIFY_PROGRESS";
+/// The tool's own test of the crash report: a verify child that finds this set kills itself
+/// with SIGSEGV at its first step, as a page LMDB cannot read would.
+const VERIFY_CRASH_TEST_ENV: &str = "VARVEDB_TEST_VERIFY_CRASH";
+
+/// `varvedb verify`: runs the walk in a child (this tool, with the same arguments and
+/// `--in-process`), passes its output and exit code on, and reports a crash of it as damage.
+fn verify_in_child(json: bool) -> ExitCode {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("varvedb: cannot find this tool to start the verify child: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Created here, new and private (never through a planted file or link); the child only
+    // appends to it.
+    let progress =
+        std::env::temp_dir().join(format!("varvedb-verify-{}.progress", std::process::id()));
+    let created = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&progress)
+            .is_ok()
+    };
+    let mut child = std::process::Command::new(exe);
+    child.args(std::env::args_os().skip(1)).arg("--in-process");
+    if created {
+        child.env(VERIFY_PROGRESS_ENV, &progress);
+    }
+    let status = child.status();
+    let last_step = created
+        .then(|| std::fs::read_to_string(&progress).ok())
+        .flatten()
+        .and_then(|t| t.lines().last().map(str::to_owned));
+    if created {
+        let _ = std::fs::remove_file(&progress);
+    }
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("varvedb: cannot start the verify child: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(code) = status.code() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let signal = status.signal().unwrap_or(0);
+    let name = match signal {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        _ => "a signal",
+    };
+    let at = match last_step
+        .as_deref()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+    {
+        Some(f) if f.len() == 3 => format!(" while walking {} (step {} of {})", f[0], f[1], f[2]),
+        _ => " before its first step".to_string(),
+    };
+    let what = format!(
+        "the walk of the store crashed ({name}, signal {signal}){at}: a page of the file is \
+         damaged in a way the page check does not recognise; restore a backup, or export what \
+         can be read with `varvedb export --skip-damaged`"
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"clean": false, "crashed": true, "signal": signal, "problems": [what]})
+        );
+    }
+    eprintln!("varvedb: damage found: {what}");
+    ExitCode::from(1)
+}
+
 /// Runs `Storage::verify` with progress on stderr; prints every problem and a summary. Returns
 /// whether the store is clean.
 fn verify(
@@ -683,10 +782,25 @@ fn verify(
         0,
         "verify {msg:<12} [{bar:30}] {pos}/{len} ({percent}%) {elapsed}",
     );
+    // For the parent: how far the walk got, should it crash.
+    let mut steps = std::env::var_os(VERIFY_PROGRESS_ENV)
+        .and_then(|path| std::fs::OpenOptions::new().append(true).open(path).ok());
+    let crash_test = std::env::var_os(VERIFY_CRASH_TEST_ENV).is_some();
     let report = storage.verify_with_progress(|p| {
         bar.set_message(p.phase.database());
         bar.set_length(p.total);
         bar.set_position(p.done);
+        if let Some(file) = steps.as_mut() {
+            use std::io::Write;
+            let _ = writeln!(file, "{} {} {}", p.phase.database(), p.done, p.total);
+        }
+        if crash_test {
+            // SAFETY: raising a signal is always sound; SIGSEGV's default action ends the
+            // process, which is what this test hook is for.
+            unsafe {
+                libc::raise(libc::SIGSEGV);
+            }
+        }
     })?;
     bar.finish_and_clear();
     if json {

@@ -2556,3 +2556,43 @@ fn a_damaged_tree_page_is_reported_by_the_tool_and_crashes_nothing() {
         );
     }
 }
+
+/// `verify` walks the store in a child process: a crash of the walk (here the tool's own test
+/// hook, which makes the child raise SIGSEGV at its first step, as a page LMDB cannot read
+/// would) is reported as damage with where the walk was, in text and in JSON, and the tool
+/// itself ends normally with exit 1.
+#[test]
+fn a_crash_of_verify_s_walk_is_reported_as_damage_not_a_crash_of_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let store = store.to_str().unwrap();
+    assert!(varvedb(&["--path", store, "demo"]).0);
+    let (ok, stdout, _) = varvedb(&["--path", store, "verify"]);
+    assert!(ok && stdout.starts_with("clean:"), "{stdout}");
+    for json in [false, true] {
+        let mut args = vec!["--path", store, "verify"];
+        if json {
+            args.push("--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_varvedb"))
+            .args(&args)
+            .env("VARVEDB_TEST_VERIFY_CRASH", "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("the walk of the store crashed (SIGSEGV, signal 11) while walking"),
+            "{stderr}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(v["clean"], false);
+            assert_eq!(v["crashed"], true);
+            assert_eq!(v["signal"], 11);
+        }
+    }
+}
