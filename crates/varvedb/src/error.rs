@@ -28,6 +28,22 @@ pub enum Error {
         actual: u32,
     },
 
+    /// A processor's checkpoint found its consumer's cursor moved by someone else since its
+    /// own last write (a reset or a delete, by the tool or another process, or another
+    /// processor running under the same name). The processor stops without writing: start it
+    /// again, and it begins where the cursor now is.
+    #[error(
+        "the cursor of consumer {name:?} was moved while its processor ran (it wrote {expected:?}, the store has {found:?}): start the processor again; one processor runs per consumer name (use a consumer group to share the work)"
+    )]
+    ConsumerMoved {
+        /// The consumer.
+        name: String,
+        /// The position this processor last wrote (or read at its start); `None`: none yet.
+        expected: Option<u64>,
+        /// The position the store holds; `None`: the consumer was deleted.
+        found: Option<u64>,
+    },
+
     /// A record in the events log failed its integrity check.
     #[error("corrupt record at sequence {seq}: {reason}")]
     Corrupt {
@@ -671,7 +687,8 @@ impl Error {
         match self {
             Error::ConcurrencyConflict { .. }
             | Error::ConditionFailed { .. }
-            | Error::DuplicateEventId { .. } => Conflict,
+            | Error::DuplicateEventId { .. }
+            | Error::ConsumerMoved { .. } => Conflict,
             Error::TypeMismatch { .. }
             | Error::InvalidEventType { .. }
             | Error::MetadataTooLarge { .. }

@@ -323,7 +323,9 @@ impl Storage {
     }
 
     /// Moves the consumer `name` to `position` (the seq of the last event it is to count as
-    /// handled; 0: from the start). Takes effect when its processor next starts. For a
+    /// handled; 0: from the start). A processor running under that name, in this process or
+    /// another, stops at its next checkpoint with [`Error::ConsumerMoved`](crate::Error::ConsumerMoved) (writing nothing);
+    /// started again, it begins after `position`. For a
     /// consumer group, every partition's cursor moves; stop its members first (a running member
     /// commits its own positions when they are ahead).
     pub fn reset_consumer(&self, name: &str, position: u64) -> Result<()> {
@@ -333,7 +335,9 @@ impl Storage {
     }
 
     /// Deletes the consumer `name`: its cursor and its parked events, and the consumer group of
-    /// that name with its members, leases and cursors. Returns whether it existed.
+    /// that name with its members, leases and cursors. Returns whether it existed. A processor
+    /// running under that name stops at its next checkpoint with [`Error::ConsumerMoved`](crate::Error::ConsumerMoved)
+    /// (it recreates nothing).
     pub fn delete_consumer(&self, name: &str) -> Result<bool> {
         let consumer = storage::ops::delete_consumer(self, name)?;
         let group = storage::groups_delete(self, name)?;

@@ -145,6 +145,9 @@ struct State<E, H> {
     position: u64,
     /// The position last written to the store.
     checkpointed: u64,
+    /// What the store's cursor holds, as far as this processor knows (read at its start, then
+    /// written by it): a checkpoint that finds anything else stops the processor.
+    stored: Option<u64>,
     last_checkpoint: Instant,
     /// The event being retried, and the calls made so far.
     retrying: Option<(u64, u32)>,
@@ -393,8 +396,9 @@ where
     fn checkpoint(&mut self, parked: &[(u64, String)]) -> Result<()> {
         let position = self.position;
         self.storage()
-            .checkpoint_consumer(&self.name, position, parked)?;
+            .checkpoint_consumer(&self.name, self.stored, position, parked)?;
         self.checkpointed = position;
+        self.stored = Some(position);
         self.last_checkpoint = Instant::now();
         Ok(())
     }
@@ -604,15 +608,15 @@ where
             None => None,
         };
         let poll = Duration::from_millis(options.poll_interval_ms.max(1));
-        let position = {
+        let stored = {
             let (storage, name) = (reader.storage().clone(), name.clone());
             tokio::task::spawn_blocking(move || storage.consumer_position(&name))
                 .await
                 .map_err(|e| Error::TaskFailed {
                     reason: format!("the processor's blocking task: {e}"),
                 })??
-                .unwrap_or(0)
         };
+        let position = stored.unwrap_or(0);
         let mut state = State {
             reader,
             handler,
@@ -620,6 +624,7 @@ where
             options,
             position,
             checkpointed: position,
+            stored,
             last_checkpoint: Instant::now(),
             retrying: None,
             counters,
@@ -702,6 +707,8 @@ where
             options,
             position: 0,
             checkpointed: 0,
+            // A replay moves no cursor.
+            stored: None,
             last_checkpoint: Instant::now(),
             retrying: None,
             counters,
@@ -837,15 +844,18 @@ where
                     })?
             }
         };
-        let position = {
+        let stored = {
             let (storage, name) = (storage.clone(), name.clone());
             tokio::task::spawn_blocking(move || storage.consumer_position(&name))
                 .await
                 .map_err(|e| Error::TaskFailed {
                     reason: format!("the processor's blocking task: {e}"),
                 })??
-                .unwrap_or(0)
         };
+        let position = stored.unwrap_or(0);
+        // What the store's cursor holds as far as this processor knows: a checkpoint that
+        // finds anything else stops it (`Error::ConsumerMoved`).
+        let stored = std::sync::Arc::new(std::sync::Mutex::new(stored));
         let counters = storage.metrics().consumer(&name);
         let parked_reader = reader.clone();
         // How often an idle processor looks for a replay request (`consumers replay`).
@@ -856,8 +866,14 @@ where
             .poll_interval(Duration::from_millis(options.poll_interval_ms));
         let (mut position, mut checkpointed, mut last) = (position, position, Instant::now());
         let checkpoint = |name: String, position: u64, parked: Vec<(u64, String)>| {
+            let stored = stored.clone();
             run(Box::new(move |storage: &Storage| {
-                storage.checkpoint_consumer(&name, position, &parked)
+                let mut stored = stored
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                storage.checkpoint_consumer(&name, *stored, position, &parked)?;
+                *stored = Some(position);
+                Ok(())
             }))
         };
         tokio::pin!(signal);

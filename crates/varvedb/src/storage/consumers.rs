@@ -246,14 +246,24 @@ impl Storage {
     }
 
     /// A consumer's checkpoint: parks `parked` and moves its cursor to `position`, in one
-    /// transaction.
+    /// transaction, if the cursor is still at `expected` (what this processor last wrote or
+    /// read); [`Error::ConsumerMoved`] otherwise, with nothing written.
     pub(crate) fn checkpoint_consumer(
         &self,
         name: &str,
+        expected: Option<u64>,
         position: u64,
         parked: &[(u64, String)],
     ) -> Result<()> {
         self.write(self.resize_wait(), |wtxn, dbs| {
+            let found = self::position(dbs, wtxn, name)?;
+            if found != expected {
+                return Err(crate::Error::ConsumerMoved {
+                    name: name.to_string(),
+                    expected,
+                    found,
+                });
+            }
             for (seq, reason) in parked {
                 park(dbs, wtxn, name, *seq, reason)?;
             }
