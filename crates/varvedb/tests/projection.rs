@@ -202,11 +202,27 @@ fn a_killed_projection_matches_a_full_recount() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(60 + 40 * round));
+        // Killed once its cursor has passed this round's mark, read from the store by this
+        // process: the kill lands while it is projecting, between two checkpoints or in one.
+        let mark = 500 * (round + 1);
+        let watcher = open(&dir);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while watcher.consumer_position("totals").unwrap().unwrap_or(0) < mark {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the projection did not reach {mark}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(watcher);
         child.kill().unwrap();
         child.wait().unwrap();
         let storage = open(&dir);
         let position = storage.consumer_position("totals").unwrap().unwrap_or(0);
+        assert!(
+            mark <= position && position < 3000,
+            "round {round}: killed at {position}, not in the middle of the log"
+        );
         let counted: u64 = model(&storage).iter().map(|(_, n)| n).sum();
         assert_eq!(
             counted, position,

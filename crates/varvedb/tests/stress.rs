@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,7 +50,9 @@ impl ProjectionHandler<Deposited> for Counts {
 
 /// Checks one snapshot: the log is gap-free up to its end, and each stream read back has
 /// versions 1..=head.
-fn check_snapshot(storage: &Storage, reader: &Reader<Deposited>, stream: u128) {
+/// Checks one snapshot: the log gap-free to its last sequence, and `stream` in version order up
+/// to its head. Returns the events of `stream` read.
+fn check_snapshot(storage: &Storage, reader: &Reader<Deposited>, stream: u128) -> u32 {
     let txn = storage.read_txn().unwrap();
     let last = storage.last_seq(&txn).unwrap();
     let raw = storage.raw_reader();
@@ -73,11 +75,12 @@ fn check_snapshot(storage: &Storage, reader: &Reader<Deposited>, stream: u128) {
                 v += 1;
                 assert_eq!(e.version(), v);
             }
-            Err(Error::Shredded { .. }) => return,
+            Err(Error::Shredded { .. }) => return v,
             Err(e) => panic!("stream {stream}: {e}"),
         }
     }
     assert_eq!(v, head, "stream {stream}");
+    v
 }
 
 fn run(encrypted: bool) {
@@ -133,17 +136,23 @@ fn run(encrypted: bool) {
         })
     };
 
+    // Each writer's current `i`, so that the readers read the streams being written now.
+    let current: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    // Events the readers read back: of the writers' current streams, and of shared stream 7.
+    let read_back = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     std::thread::scope(|s| {
         // Writers: each its own streams (so that its expectations are exact), plus a shared one.
         for w in 0..4u128 {
             let storage = storage.clone();
             let acked = Arc::clone(&acked);
             let stop = Arc::clone(&stop);
+            let current = Arc::clone(&current);
             s.spawn(move || {
                 let writer = Writer::<Deposited>::new(storage);
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     i += 1;
+                    current[w as usize].store(i, Ordering::Release);
                     // Streams rotate every 20 appends, so that old ones can be shredded.
                     // Each writer's streams in a range of their own, however long the run.
                     let own = ((w + 1) << 40) | u128::from(i / 20);
@@ -194,12 +203,23 @@ fn run(encrypted: bool) {
         for r in 0..2u128 {
             let storage = storage.clone();
             let stop = Arc::clone(&stop);
+            let (current, read_back) = (Arc::clone(&current), Arc::clone(&read_back));
             s.spawn(move || {
                 let reader = Reader::<Deposited>::new(storage.clone());
                 let mut k = 0u128;
                 while !stop.load(Ordering::Acquire) {
                     k += 1;
-                    check_snapshot(&storage, &reader, (((k + r) % 4 + 1) << 40) | (k % 3));
+                    // Every other check: the stream a writer appends to now (it changes every
+                    // 20 appends), else the stream every writer shares.
+                    let (stream, kind) = if k % 2 == 0 {
+                        let w = (k / 2 + r) % 4;
+                        let i = current[w as usize].load(Ordering::Acquire);
+                        (((w + 1) << 40) | u128::from(i / 20), 0)
+                    } else {
+                        (7, 1)
+                    };
+                    let n = check_snapshot(&storage, &reader, stream);
+                    read_back[kind].fetch_add(u64::from(n), Ordering::Relaxed);
                 }
             });
         }
@@ -284,8 +304,16 @@ fn run(encrypted: bool) {
         seen.len()
     );
     // The projection's model equals a recount of the log up to its cursor.
+    assert!(
+        read_back[0].load(Ordering::Relaxed) > 0 && read_back[1].load(Ordering::Relaxed) > 0,
+        "the readers read back no event of the streams being written"
+    );
     if !encrypted {
         let position = storage.consumer_position("stress").unwrap().unwrap_or(0);
+        assert!(
+            position > 0,
+            "the projection never checkpointed: nothing to recount"
+        );
         let mut sums: HashMap<u128, u64> = HashMap::new();
         for e in reader.read_all(&txn, 1).take(position as usize) {
             let e = e.unwrap();
