@@ -49,20 +49,15 @@ fn the_issue_example_runs_and_checkpoints_at_the_head() {
             .append(u128::from(i % 3), ExpectedVersion::Auto, &deposit(i))
             .unwrap();
     }
-    // The bus wakes the processor; give it the moment to catch up, then stop it.
-    rt.block_on(async {
-        for _ in 0..400 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if storage.consumer_position("consumer_group_1").unwrap() == Some(50) {
-                break;
-            }
-            // Checkpoints are periodic; the stop writes the final one.
-            if storage.consumers().unwrap().is_empty() {
-                continue;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    });
+    // The bus wakes the processor: it catches up and checkpoints at the head while it runs
+    // (the stop's drain would hide a processor that never woke).
+    assert!(
+        wait_for(&rt, || storage
+            .consumer_position("consumer_group_1")
+            .unwrap()
+            == Some(50)),
+        "the running processor did not reach the head"
+    );
     stop_tx.send(()).unwrap();
     let handler: Balance = rt.block_on(task).unwrap().unwrap();
     assert_eq!(handler.total, (1..=50).sum::<u64>());
@@ -279,14 +274,17 @@ fn retries_never_let_the_checkpoint_pass_the_retrying_event() {
         seen_during_retry.iter().all(|p| p.is_none_or(|p| p <= 3)),
         "{seen_during_retry:?}"
     );
-    rt.block_on(async {
-        for _ in 0..400 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if storage.consumer_position("retrier").unwrap() == Some(10) {
-                break;
-            }
-        }
-    });
+    // The retry was seen with the events before it checkpointed (one checkpoint per event):
+    // a run where nothing checkpointed would show only `None` and prove nothing.
+    assert!(
+        seen_during_retry.contains(&Some(3)),
+        "the cursor was never seen at 3 during the retry: {seen_during_retry:?}"
+    );
+    assert!(
+        wait_for(&rt, || storage.consumer_position("retrier").unwrap()
+            == Some(10)),
+        "the processor did not reach the head after the retries"
+    );
     stop.send(()).unwrap();
     let h = rt.block_on(task).unwrap().unwrap();
     assert_eq!(
@@ -770,9 +768,15 @@ fn a_replay_request_reaches_a_running_processor_and_takes_its_parked_events() {
         .unwrap()
         == Some(10)));
 
-    // Still failing: the replay leaves it parked, and the request is withdrawn.
+    // Still failing: the replay leaves it parked, and the request is withdrawn. The handler's
+    // failure count for event 4 shows the replay ran: one more call failed.
+    let calls_left = || fail.lock().unwrap()[&4];
+    let before = calls_left();
     assert_eq!(storage.request_parked_replay("requested").unwrap(), 1);
-    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        wait_for(&rt, || calls_left() < before),
+        "the replay never ran"
+    );
     assert_eq!(storage.parked_events("requested").unwrap().len(), 1);
     // Fixed: the next request takes it, while the processor idles; the cursor stays.
     fail.lock().unwrap().clear();
