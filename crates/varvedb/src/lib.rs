@@ -357,6 +357,12 @@ pub mod __bench {
         probes::reseal_pack(last, pack);
     }
 
+    /// Whether a map growth is waiting for this process's snapshots to end (for tests that
+    /// must act while it waits).
+    pub fn resize_waiting(storage: &crate::Storage) -> bool {
+        probes::resize_waiting(storage)
+    }
+
     /// A stream's raw keystore entry (for tests that look for it in a file).
     pub fn keystore_entry(storage: &crate::Storage, stream_id: u128) -> Option<Vec<u8>> {
         probes::keystore_entry(storage, stream_id)

@@ -149,6 +149,15 @@ fn a_failed_map_resize_refuses_reads_and_appends_instead_of_crashing() {
     assert!(storage.verify().unwrap().is_clean());
 }
 
+/// Waits until a map growth waits for this process's snapshots (the state the test is about).
+fn wait_until_growth_waits(storage: &Storage) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !varvedb::__bench::resize_waiting(storage) {
+        assert!(Instant::now() < deadline, "no growth started waiting");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn a_thread_holding_a_snapshot_opens_more_while_growth_waits() {
     let dir = tempfile::tempdir().unwrap();
@@ -176,7 +185,7 @@ fn a_thread_holding_a_snapshot_opens_more_while_growth_waits() {
             writer.append_batch(2, ExpectedVersion::NoStream, &batch)
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_until_growth_waits(&storage);
 
     let started = Instant::now();
     let second = storage.read_txn().unwrap();
@@ -238,7 +247,7 @@ fn an_appender_holding_a_snapshot_is_told_at_once_and_others_wait_for_the_growth
         let batch = batch.clone();
         std::thread::spawn(move || writer.append_batch(3, ExpectedVersion::NoStream, &batch))
     };
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until_growth_waits(&storage);
     drop(txn);
     assert_eq!(other.join().unwrap().unwrap().len(), 2000);
     // Without the snapshot, the first append goes through.

@@ -79,6 +79,12 @@ impl Gate {
         self.lock().readers
     }
 
+    /// Whether a resize waits for the readers inside (new readers are held back).
+    #[cfg(feature = "__internals")]
+    pub(crate) fn resize_waiting(&self) -> bool {
+        self.lock().resizing
+    }
+
     /// Whether the current thread holds a snapshot.
     pub(crate) fn held_by_current_thread(&self) -> bool {
         self.lock().by_thread.contains_key(&thread::current().id())

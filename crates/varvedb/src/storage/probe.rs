@@ -37,6 +37,11 @@ pub(crate) fn reseal_pack(last: u64, bytes: &mut [u8]) {
 }
 
 /// A stream's raw keystore entry.
+/// Whether a map growth waits for this process's snapshots to end.
+pub(crate) fn resize_waiting(storage: &Storage) -> bool {
+    storage.inner.gate.resize_waiting()
+}
+
 pub(crate) fn keystore_entry(storage: &Storage, stream_id: u128) -> Option<Vec<u8>> {
     let txn = storage.read_txn().ok()?;
     storage
