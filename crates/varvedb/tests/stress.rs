@@ -211,7 +211,7 @@ fn run(encrypted: bool) {
                     k += 1;
                     // Every other check: the stream a writer appends to now (it changes every
                     // 20 appends), else the stream every writer shares.
-                    let (stream, kind) = if k % 2 == 0 {
+                    let (stream, kind) = if k.is_multiple_of(2) {
                         let w = (k / 2 + r) % 4;
                         let i = current[w as usize].load(Ordering::Acquire);
                         (((w + 1) << 40) | u128::from(i / 20), 0)
