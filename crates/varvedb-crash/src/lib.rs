@@ -154,6 +154,9 @@ pub enum Op {
     Import,
     /// Rotates the master key to the other of [`MASTER_KEYS`] (encrypted store only).
     Rotate,
+    /// Deletes one of the run's own streams (`delete_stream`: its events go, the stream goes
+    /// on at its next version; shared store only).
+    Delete(u128),
     /// Gives a stream a retention policy (its newest [`RETAIN_COUNT`] events) and enforces
     /// every policy (the shared store only, with two writers): a kill lands mid-removal.
     Retain(u128),
@@ -193,6 +196,9 @@ pub fn op(mode: Mode, run: u64, op: u64) -> Op {
     }
     if mode == Mode::Shared && op % 17 == 16 {
         return Op::Retain(stream(mode, run, rng.below(8)));
+    }
+    if mode == Mode::Shared && op % 19 == 18 {
+        return Op::Delete(stream(mode, run, rng.below(8)));
     }
     let streams = match rng.below(10) {
         0..=5 => 1,
@@ -261,6 +267,18 @@ pub fn import_path(dir: &Path, run: u64, op: u64) -> std::path::PathBuf {
 /// Where the backup of operation `op` of run `run` goes.
 pub fn backup_path(dir: &Path, run: u64, op: u64) -> std::path::PathBuf {
     dir.join("backups").join(format!("{run}-{op}"))
+}
+
+/// The consumer group the plaintext store's children are members of.
+pub const GROUP: &str = "crash-group";
+
+/// The group member's handler: it takes every event.
+struct Tally;
+
+impl varvedb::EventHandler<Entry> for Tally {
+    fn handle(&mut self, _: &varvedb::EventRef<'_, Entry>) -> Result<(), HandlerError> {
+        Ok(())
+    }
 }
 
 /// The projection: per stream, the events and the bytes of their bodies.
@@ -357,6 +375,17 @@ fn perform(
             say(out, format_args!("D {run} {op_no}\n"));
             Ok(Vec::new())
         }
+        Op::Delete(stream_id) => {
+            say(out, format_args!("S {run} {op_no}\n"));
+            match storage.delete_stream(*stream_id) {
+                Ok(report) => say(out, format_args!("X {stream_id} {}\n", report.first_kept)),
+                // The stream never got an event (its run was killed early): nothing to delete.
+                Err(Error::StreamNotFound { .. }) => {}
+                Err(e) => return Err(format!("delete of stream {stream_id}: {e}")),
+            }
+            say(out, format_args!("D {run} {op_no}\n"));
+            Ok(Vec::new())
+        }
         Op::Rotate => {
             say(out, format_args!("S {run} {op_no}\n"));
             let next = 1 - CURRENT_KEY.load(std::sync::atomic::Ordering::Relaxed);
@@ -447,10 +476,31 @@ pub fn child(dir: &Path, mode: Mode, run: u64, retry: Option<(u64, u64)>) -> Res
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
+    // The plaintext store: the projection, and a member of a consumer group (its leases and
+    // partition cursors are written while the kills and power cuts land).
     let _projection = (mode == Mode::Plain).then(|| {
         let p = Projection::new(Reader::<Entry>::new(storage.clone()), Counts, PROJECTION)
             .batch_events_max(64);
-        std::thread::spawn(move || rt.block_on(p.run_until(std::future::pending::<()>())))
+        let member = varvedb::Processor::new(
+            Reader::<Entry>::new(storage.clone()),
+            Tally,
+            GROUP,
+            storage.subscribe(),
+        )
+        .with_options(varvedb::ProcessorOptions {
+            checkpoint_every_events: 16,
+            group_lease_ms: 2_000,
+            ..Default::default()
+        })
+        .in_group(format!("member-{run}"));
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                let _ = tokio::join!(
+                    p.run_until(std::future::pending::<()>()),
+                    member.run_until(std::future::pending::<()>())
+                );
+            })
+        })
     });
     let mut out = std::io::stdout().lock();
     if let Some((r, o)) = retry {
@@ -492,6 +542,8 @@ struct Heard {
     key: Option<usize>,
     /// Acknowledged rotations.
     rotations: u64,
+    /// Acknowledged deletions: the stream, and its first kept version afterwards.
+    deleted: Vec<(u128, u32)>,
 }
 
 impl Heard {
@@ -507,6 +559,7 @@ impl Heard {
             Some("D") => self.open = None,
             Some("H") => self.shredded.push(n(1)?),
             Some("R") => self.retained.push(n(1)?),
+            Some("X") => self.deleted.push((n(1)?, n(2)? as u32)),
             Some("K") => {
                 self.key = Some(n(1)? as usize);
                 self.rotations += 1;
@@ -543,6 +596,8 @@ pub struct Report {
     pub shreds: u64,
     /// Master-key rotations acknowledged.
     pub rotations: u64,
+    /// Stream deletions acknowledged.
+    pub deletions: u64,
     /// Encrypted stores replaced by a fresh one ([`ENCRYPTED_GENERATION`]).
     pub generations: u64,
     pub backups_checked: u64,
@@ -596,6 +651,11 @@ struct Store {
     /// The master key the store must open with (the last acknowledged rotation's), or `None`
     /// while a rotation's outcome is unknown (either key then).
     key: Option<usize>,
+    /// Streams whose deletion was acknowledged, with their first kept version after it: their
+    /// events before it must be gone.
+    deleted: HashMap<u128, u32>,
+    /// Streams whose deletion was started and not acknowledged: their events may be gone.
+    maybe_deleted: HashSet<u128>,
 }
 
 /// A child process and the lines it printed, read by a thread of their own.
@@ -735,8 +795,13 @@ pub fn run(
             report.acknowledgements += heard.acked.len() as u64;
             report.shreds += heard.shredded.len() as u64;
             report.rotations += heard.rotations;
+            report.deletions += heard.deleted.len() as u64;
             store.shredded.extend(heard.shredded.iter().copied());
             store.retained.extend(heard.retained.iter().copied());
+            for &(stream, first_kept) in &heard.deleted {
+                let kept = store.deleted.entry(stream).or_default();
+                *kept = (*kept).max(first_kept);
+            }
             if heard.key.is_some() {
                 store.key = heard.key;
             }
@@ -748,6 +813,9 @@ pub fn run(
                     // Done or not: either key may open the store now; the next check learns
                     // which, and from then on the store must keep opening with it.
                     Op::Rotate => store.key = None,
+                    Op::Delete(s) => {
+                        store.maybe_deleted.insert(s);
+                    }
                     Op::Append { ids: true, .. } | Op::Import => store.retry.push((r, o)),
                     Op::Append { .. } | Op::Backup => {}
                     // Enforcement finishes at the next one (the policy is kept in the store).
@@ -1008,17 +1076,24 @@ fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked
     }
     let mut expect = from + 1;
     let mut kept = 0u64;
+    // Streams that may have lost events: a retention policy, a deletion.
+    let removable = |s: &u128| {
+        store.retained.contains(s)
+            || store.deleted.contains_key(s)
+            || store.maybe_deleted.contains(s)
+    };
+    let removals =
+        !store.retained.is_empty() || !store.deleted.is_empty() || !store.maybe_deleted.is_empty();
     for e in raw.read_all(&txn, from + 1) {
         let e = e.map_err(|e| format!("raw read: {e}"))?;
-        if e.seq() < expect || (e.seq() > expect && store.retained.is_empty()) {
+        if e.seq() < expect || (e.seq() > expect && !removals) {
             return Err(format!("the log skips from {} to {}", expect - 1, e.seq()));
         }
         expect = e.seq() + 1;
         kept += 1;
         // A stream met first in the tail continues from where the log's earlier part left
         // it, which a full check reads.
-        let first = (!full || store.retained.contains(&e.stream_id()))
-            && !versions.contains_key(&e.stream_id());
+        let first = (!full || removable(&e.stream_id())) && !versions.contains_key(&e.stream_id());
         let v = versions.entry(e.stream_id()).or_insert(0);
         if first && e.version() > 1 {
             *v = e.version() - 1;
@@ -1072,14 +1147,31 @@ fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked
             return Err(format!("seq {seq} to check was never acknowledged"));
         };
         let shredded = store.shredded.contains(&s);
+        // An acknowledged deletion is never undone: what it removed stays removed.
+        let deleted = store
+            .deleted
+            .get(&s)
+            .is_some_and(|first_kept| v < *first_kept);
         match reader.get(&txn, seq) {
+            Ok(None) if deleted || store.maybe_deleted.contains(&s) => {}
+            Ok(Some(_)) | Err(Error::Shredded { .. }) if deleted => {
+                return Err(format!(
+                    "acknowledged seq {seq} (stream {s} v{v}) is readable after the stream's \
+                     deletion was acknowledged"
+                ));
+            }
             Err(Error::Shredded { .. }) if shredded || store.maybe_shredded.contains(&s) => {}
             Ok(Some(e)) if !shredded => {
                 let expected = match op(mode, r, o) {
                     Op::Append { parts, .. } => {
                         parts.into_iter().flat_map(|(_, es)| es).find(|e| e.k == k)
                     }
-                    Op::Shred(_) | Op::Backup | Op::Import | Op::Retain(_) | Op::Rotate => None,
+                    Op::Shred(_)
+                    | Op::Backup
+                    | Op::Import
+                    | Op::Retain(_)
+                    | Op::Rotate
+                    | Op::Delete(_) => None,
                 }
                 .ok_or_else(|| format!("seq {seq}: no entry {r}/{o}/{k} in the workload"))?;
                 let got = Entry {
@@ -1111,6 +1203,22 @@ fn check(dir: &Path, mode: Mode, store: &Store, scope: &Scope) -> Result<Checked
                     "acknowledged seq {seq} (stream {s}, shredded: {shredded}): {:?}",
                     other.map(|e| e.map(|e| e.seq()))
                 ));
+            }
+        }
+    }
+    // The consumer group's partition cursors never pass the log.
+    if full && mode == Mode::Plain {
+        for group in storage
+            .consumer_groups()
+            .map_err(|e| format!("groups: {e}"))?
+        {
+            for p in &group.partition_states {
+                if p.position > last {
+                    return Err(format!(
+                        "group {} partition {}: cursor at {}, past the log's end {last}",
+                        group.name, p.partition, p.position
+                    ));
+                }
             }
         }
     }
@@ -1178,6 +1286,8 @@ pub mod powercut {
         pub pending_pages_max: u64,
         /// Key rotations acknowledged by the recorded children.
         pub rotations: u64,
+        /// Stream deletions acknowledged by the recorded children.
+        pub deletions: u64,
         /// File states checked, per mode (`plain`, `encrypted`, `shared`).
         pub states_per_mode: std::collections::BTreeMap<&'static str, u64>,
     }
@@ -1478,6 +1588,15 @@ pub mod powercut {
                     for &(seq, s, v, r, o, k) in &heard.acked {
                         store.acked.insert(seq, (s, v, r, o, k));
                     }
+                    for &(stream, first_kept) in &heard.deleted {
+                        let kept = store.deleted.entry(stream).or_default();
+                        *kept = (*kept).max(first_kept);
+                    }
+                    if let Some((r, o)) = heard.open
+                        && let Op::Delete(s) = op(mode, r, o)
+                    {
+                        store.maybe_deleted.insert(s);
+                    }
                     store.shredded.extend(heard.shredded.iter().copied());
                     store.retained.extend(heard.retained.iter().copied());
                     // A shred started and not reported done may or may not have happened.
@@ -1529,6 +1648,7 @@ pub mod powercut {
                     figures.acknowledged_events.max(store.acked.len() as u64);
             }
             figures.rotations += heards.values().map(|h| h.rotations).sum::<u64>();
+            figures.deletions += heards.values().map(|h| h.deleted.len() as u64).sum::<u64>();
             let _ = std::fs::remove_dir_all(&base);
         }
         Ok(figures)

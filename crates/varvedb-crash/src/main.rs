@@ -423,10 +423,11 @@ kept at {}",
             match varvedb_crash::powercut::run(&exe, &recorder, &dir, plan) {
                 Ok(f) => {
                     println!(
-                        "recorded children: {}\ncut points: {}\nmaster-key rotations recorded: {}\npower-cut states checked: {}\nlargest acknowledged set at a cut: {}\nmost pending pages at a cut: {}\nlost, torn or reordered: 0\ntime: {:.1?}",
+                        "recorded children: {}\ncut points: {}\nmaster-key rotations recorded: {}\nstream deletions recorded: {}\npower-cut states checked: {}\nlargest acknowledged set at a cut: {}\nmost pending pages at a cut: {}\nlost, torn or reordered: 0\ntime: {:.1?}",
                         f.runs,
                         f.cut_points,
                         f.rotations,
+                        f.deletions,
                         f.states,
                         f.acknowledged_events,
                         f.pending_pages_max,
@@ -472,7 +473,7 @@ kept at {}",
             match result {
                 Ok(r) => {
                     println!(
-                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nmaster-key rotations: {}\nfresh encrypted stores (one every {} of its kill points): {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
+                        "kill points: {} ({} with two writer processes)\nacknowledgements: {}\nacknowledged events, each found intact at the kill after it was acknowledged and at every later full check: {}\nfull checks (every acknowledged event, verify, the whole log): {}\nolder acknowledged events sampled at the other checks: {}\nevents in the larger store: {}\nretries of an append a kill interrupted: {}\nshreds: {}\nmaster-key rotations: {}\nstream deletions: {}\nfresh encrypted stores (one every {} of its kill points): {}\nbackups checked: {}\nimports checked: {}\nprojection checks: {}\nlost, torn or reordered: 0\ntime: {:.1?}\neach thousand kill points: {:.0?}\nstores: {}",
                         r.kill_points,
                         r.two_writer_kills,
                         r.acknowledgements,
@@ -483,6 +484,7 @@ kept at {}",
                         r.retries_after_a_kill,
                         r.shreds,
                         r.rotations,
+                        r.deletions,
                         varvedb_crash::ENCRYPTED_GENERATION,
                         r.generations,
                         r.backups_checked,
