@@ -1353,6 +1353,129 @@ pub mod powercut {
         image[off as usize..end].copy_from_slice(data);
     }
 
+    /// The pending writes, cut into their 4 KiB pages: a page reaches the disk whole or not.
+    fn pending_pages<'a>(writes: &[(u64, &'a [u8])]) -> Vec<(u64, &'a [u8])> {
+        let mut pages = Vec::new();
+        for (off, data) in writes {
+            let mut at = 0usize;
+            while at < data.len() {
+                let page_end = ((off + at as u64) / PAGE + 1) * PAGE;
+                let take = ((page_end - (off + at as u64)) as usize).min(data.len() - at);
+                pages.push((off + at as u64, &data[at..at + take]));
+                at += take;
+            }
+        }
+        pages
+    }
+
+    /// Which of `n` pending pages reach the disk, in each state to check: every subset when
+    /// there are at most 6, else none, all, and random subsets, `states` in all (at least 2).
+    fn subsets(n: usize, states: u64, rng: &mut Rng) -> Vec<Vec<bool>> {
+        let mut subsets: Vec<Vec<bool>> = Vec::new();
+        if n <= 6 {
+            for mask in 0..(1u64 << n) {
+                subsets.push((0..n).map(|b| mask >> b & 1 == 1).collect());
+            }
+        } else {
+            subsets.push(vec![false; n]);
+            subsets.push(vec![true; n]);
+            while (subsets.len() as u64) < states {
+                let p = rng.below(100);
+                subsets.push((0..n).map(|_| rng.below(100) < p).collect());
+            }
+        }
+        subsets.truncate(states.max(2) as usize);
+        subsets
+    }
+
+    /// Power cuts during a format upgrade: a recorded child opens (and so upgrades) a copy of
+    /// the golden store of format 4; at every point of its log, every state a power cut could
+    /// leave must open as the old store or the new one, whole, and as the new one once the
+    /// child said the upgrade was done. Returns (cut points, states, old, new).
+    pub fn upgrade(
+        exe: &Path,
+        recorder: &Path,
+        dir: &Path,
+        states_per_cut: u64,
+        seed: u64,
+    ) -> Result<(u64, u64, u64, u64), String> {
+        let mut rng = Rng::new(seed);
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let dir = dir.canonicalize().map_err(|e| e.to_string())?;
+        let store = dir.join("upgrading");
+        std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
+        let data_file = store.join("data.mdb");
+        let start_image = std::fs::read(super::upgrade::source()).map_err(|e| e.to_string())?;
+        std::fs::write(&data_file, &start_image).map_err(|e| e.to_string())?;
+        let log = dir.join("recorder.log");
+        let status = Command::new(exe)
+            .arg("upgrade-child")
+            .arg(&store)
+            .env("LD_PRELOAD", recorder)
+            .env("VARVEDB_POWERCUT_FILE", &data_file)
+            .env("VARVEDB_POWERCUT_LOG", &log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(|e| format!("cannot start the upgrade child: {e}"))?;
+        if !status.success() {
+            return Err(format!("the upgrade child failed: {status}"));
+        }
+        let recs = parse(&std::fs::read(&log).map_err(|e| e.to_string())?)?;
+        let events = super::upgrade::golden_events(&dir)?;
+        let (mut cuts, mut states, mut old, mut new) = (0, 0, 0, 0);
+        let mut writes: Vec<(u64, &[u8])> = Vec::new();
+        let mut sync_starts: HashMap<u64, std::collections::VecDeque<usize>> = HashMap::new();
+        let (mut durable, mut done) = (0usize, false);
+        for rec in &recs {
+            match rec {
+                Rec::Write(off, data) => writes.push((*off, data)),
+                Rec::SyncStart(pid) => sync_starts.entry(*pid).or_default().push_back(writes.len()),
+                Rec::SyncEnd(pid) => {
+                    if let Some(s) = sync_starts.get_mut(pid).and_then(|q| q.pop_front()) {
+                        durable = durable.max(s);
+                    }
+                }
+                Rec::Out(_, bytes) => done |= bytes.windows(8).any(|w| w == b"upgraded"),
+            }
+            // Every record is a cut point: an upgrade's log is short.
+            let mut image = start_image.clone();
+            for (off, data) in &writes[..durable] {
+                apply(&mut image, *off, data);
+            }
+            let pages = pending_pages(&writes[durable..]);
+            for subset in subsets(pages.len(), states_per_cut, &mut rng) {
+                let mut state = image.clone();
+                for ((off, data), keep) in pages.iter().zip(&subset) {
+                    if *keep {
+                        apply(&mut state, *off, data);
+                    }
+                }
+                let sdir = dir.join("state");
+                let _ = std::fs::remove_dir_all(&sdir);
+                std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
+                std::fs::write(sdir.join("data.mdb"), &state).map_err(|e| e.to_string())?;
+                let upgraded = super::upgrade::check_copy(&sdir, events)
+                    .map_err(|e| format!("cut {cuts}: {e}"))?;
+                if done && !upgraded {
+                    return Err(format!(
+                        "cut {cuts}: the upgrade was reported done, and the store is of the old \
+                         format"
+                    ));
+                }
+                if upgraded {
+                    new += 1;
+                } else {
+                    old += 1;
+                }
+                states += 1;
+            }
+            cuts += 1;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok((cuts, states, old, new))
+    }
+
     /// What a simulation runs.
     #[derive(Debug, Clone, Copy)]
     pub struct Plan {
@@ -1542,32 +1665,10 @@ pub mod powercut {
                 }
                 imaged = durable;
                 // The pending writes, as pages.
-                let mut pages: Vec<(u64, &[u8])> = Vec::new();
-                for (off, data) in &writes[durable..] {
-                    let mut at = 0usize;
-                    while at < data.len() {
-                        let page_end = ((off + at as u64) / PAGE + 1) * PAGE;
-                        let take = ((page_end - (off + at as u64)) as usize).min(data.len() - at);
-                        pages.push((off + at as u64, &data[at..at + take]));
-                        at += take;
-                    }
-                }
+                let pages = pending_pages(&writes[durable..]);
                 figures.pending_pages_max = figures.pending_pages_max.max(pages.len() as u64);
                 let n = pages.len();
-                let mut subsets: Vec<Vec<bool>> = Vec::new();
-                if n <= 6 {
-                    for mask in 0..(1u64 << n) {
-                        subsets.push((0..n).map(|b| mask >> b & 1 == 1).collect());
-                    }
-                } else {
-                    subsets.push(vec![false; n]);
-                    subsets.push(vec![true; n]);
-                    while (subsets.len() as u64) < states_per_cut {
-                        let p = rng.below(100);
-                        subsets.push((0..n).map(|_| rng.below(100) < p).collect());
-                    }
-                }
-                subsets.truncate(states_per_cut.max(2) as usize);
+                let subsets = subsets(n, states_per_cut, &mut rng);
                 let mut store = Store {
                     key: if mode == Mode::Encrypted {
                         first_heard.key
@@ -1682,14 +1783,50 @@ pub mod upgrade {
             .join("../varvedb/tests/fixtures/format4/plaintext/data.mdb")
     }
 
-    /// In the child: opens the store at `dir` (upgrading it), then returns.
+    /// In the child: opens the store at `dir` (upgrading it), says so on stdout (the power-cut
+    /// simulation's acknowledgement), then returns.
     pub fn child(dir: &Path) -> Result<(), String> {
-        Storage::open(StorageConfig {
+        let storage = Storage::open(StorageConfig {
             path: dir.into(),
             ..Default::default()
         })
-        .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        drop(storage);
+        println!("upgraded");
+        Ok(())
+    }
+
+    /// Checks a copy of the golden store that an upgrade may have touched: it is of the old
+    /// format or the new (with upgrades forbidden, the open says which without writing), and
+    /// opened with upgrades it holds the golden store's events and verifies. Returns whether
+    /// it was already upgraded.
+    pub fn check_copy(store: &Path, events: u64) -> Result<bool, String> {
+        let upgraded = match Storage::open(config(store, false)) {
+            Ok(storage) => {
+                let format = storage.stats().map_err(|e| e.to_string())?.format;
+                if format != Storage::FORMAT_VERSION {
+                    return Err(format!("the store is of format {format}"));
+                }
+                true
+            }
+            Err(Error::UpgradeRequired { found: 4, .. }) => false,
+            Err(e) => return Err(format!("the store does not open: {e}")),
+        };
+        let storage = Storage::open(config(store, true)).map_err(|e| e.to_string())?;
+        let stats = storage.stats().map_err(|e| e.to_string())?;
+        if stats.events != events || stats.format != Storage::FORMAT_VERSION {
+            return Err(format!(
+                "{} events of format {} after the upgrade, expected {events} of {}",
+                stats.events,
+                stats.format,
+                Storage::FORMAT_VERSION
+            ));
+        }
+        let verified = storage.verify().map_err(|e| e.to_string())?;
+        if !verified.is_clean() {
+            return Err(format!("{:?}", verified.problems));
+        }
+        Ok(upgraded)
     }
 
     fn config(dir: &Path, allow_upgrade: bool) -> StorageConfig {
@@ -1700,18 +1837,24 @@ pub mod upgrade {
         }
     }
 
+    /// The events of the golden store, read from an upgraded copy made under `dir`.
+    pub fn golden_events(dir: &Path) -> Result<u64, String> {
+        let probe = dir.join("probe");
+        std::fs::create_dir_all(&probe).map_err(|e| e.to_string())?;
+        std::fs::copy(source(), probe.join("data.mdb")).map_err(|e| e.to_string())?;
+        let storage = Storage::open(config(&probe, true)).map_err(|e| e.to_string())?;
+        let events = storage.stats().map_err(|e| e.to_string())?.events;
+        drop(storage);
+        let _ = std::fs::remove_dir_all(&probe);
+        Ok(events)
+    }
+
     /// Runs `kills` kill points of the child `exe upgrade-child DIR`, each on a fresh copy in
     /// `dir`, the moment drawn from `seed`.
     pub fn run(exe: &Path, dir: &Path, kills: u64, seed: u64) -> Result<UpgradeReport, String> {
         let mut rng = super::Rng::new(seed);
         let mut report = UpgradeReport::default();
-        let events = {
-            let probe = dir.join("probe");
-            std::fs::create_dir_all(&probe).map_err(|e| e.to_string())?;
-            std::fs::copy(source(), probe.join("data.mdb")).map_err(|e| e.to_string())?;
-            let storage = Storage::open(config(&probe, true)).map_err(|e| e.to_string())?;
-            storage.stats().map_err(|e| e.to_string())?.events
-        };
+        let events = golden_events(dir)?;
         for k in 0..kills {
             let store = dir.join(format!("upgrade-{k}"));
             std::fs::create_dir_all(&store).map_err(|e| e.to_string())?;
@@ -1727,34 +1870,11 @@ pub mod upgrade {
             std::thread::sleep(Duration::from_micros(rng.below(20_000)));
             let _ = child.kill();
             child.wait().map_err(|e| e.to_string())?;
-            // With upgrades forbidden, the open says which format the file holds, and writes
-            // nothing.
-            match Storage::open(config(&store, false)) {
-                Ok(storage) => {
-                    let format = storage.stats().map_err(|e| e.to_string())?.format;
-                    if format != Storage::FORMAT_VERSION {
-                        return Err(format!("kill {k}: the store is of format {format}"));
-                    }
-                    report.new += 1;
-                }
-                Err(Error::UpgradeRequired { found: 4, .. }) => report.old += 1,
-                Err(e) => return Err(format!("kill {k}: the store does not open: {e}")),
+            if check_copy(&store, events).map_err(|e| format!("kill {k}: {e}"))? {
+                report.new += 1;
+            } else {
+                report.old += 1;
             }
-            let storage = Storage::open(config(&store, true)).map_err(|e| e.to_string())?;
-            let stats = storage.stats().map_err(|e| e.to_string())?;
-            if stats.events != events || stats.format != Storage::FORMAT_VERSION {
-                return Err(format!(
-                    "kill {k}: {} events of format {} after the upgrade, expected {events} of {}",
-                    stats.events,
-                    stats.format,
-                    Storage::FORMAT_VERSION
-                ));
-            }
-            let verified = storage.verify().map_err(|e| e.to_string())?;
-            if !verified.is_clean() {
-                return Err(format!("kill {k}: {:?}", verified.problems));
-            }
-            drop(storage);
             std::fs::remove_dir_all(&store).map_err(|e| e.to_string())?;
             report.kills += 1;
         }

@@ -436,7 +436,25 @@ kept at {}",
                     for (mode, states) in &f.states_per_mode {
                         println!("states of the {mode} store: {states}");
                     }
-                    ExitCode::SUCCESS
+                    // Power cuts during a format upgrade, at every point of its log.
+                    match varvedb_crash::powercut::upgrade(
+                        &exe,
+                        &recorder,
+                        &dir.join("upgrade"),
+                        states,
+                        seed,
+                    ) {
+                        Ok((cuts, states, old, new)) => {
+                            println!(
+                                "states of a format upgrade: {states} at {cuts} cut points, {old} of the old store and {new} of the new, none mixed or damaged"
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        Err(e) => {
+                            eprintln!("FAILED: the upgrade under power cuts: {e}");
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("FAILED: {e}\nkept at {}", dir.display());

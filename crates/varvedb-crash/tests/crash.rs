@@ -79,6 +79,20 @@ fn power_cut_states_keep_every_acknowledged_event() {
         );
     }
     assert!(f.rotations >= 1, "no rotation was recorded: {f:?}");
+    assert!(f.deletions >= 1, "no stream deletion was recorded: {f:?}");
+    // Power cuts at every point of a format upgrade: the old store or the new one, and the
+    // new one once the open returned (it failed before the upgrade was flushed at the open).
+    let (cuts, states, old, new) =
+        varvedb_crash::powercut::upgrade(exe, &recorder, &dir.path().join("upgrade"), 8, 3)
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        cuts > 0 && states >= cuts,
+        "{cuts} cut points, {states} states"
+    );
+    assert!(
+        old > 0 && new > 0,
+        "{old} states of the old store, {new} of the new"
+    );
 }
 
 /// Kills during an upgrade from format 4: the old store or the new one each time, both seen.

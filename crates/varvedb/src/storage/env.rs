@@ -205,6 +205,9 @@ pub(super) fn open(
     }
 
     let wtxn = at_open(&env, || env.write_txn())?;
+    // Whether this open upgrades the format: the commit is then flushed before the open
+    // returns, so that a power cut never undoes an upgrade the open reported done.
+    let upgraded = std::cell::Cell::new(false);
     let created = env
         .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_, OpenFail> {
             let events = opener
@@ -243,6 +246,7 @@ pub(super) fn open(
                         // in this transaction; the record goes with them.
                         tracing::info!(path = %path.display(), from = old, to = FORMAT_VERSION, steps = %upgrade_steps(old), "upgrading the store's format");
                         meta.put(wtxn, META_FORMAT_KEY, &FORMAT_VERSION.to_le_bytes())?;
+                        upgraded.set(true);
                     }
                 }
                 None if events.len(wtxn)? > 0 => {
@@ -275,6 +279,11 @@ pub(super) fn open(
         (types, type_ids, event_ids, parked, tags),
         (meta, bounds, retention, groups),
     )) = created;
+    if upgraded.get() {
+        // Found by the power-cut simulation of an upgrade: with `MDB_NOMETASYNC` the commit's
+        // meta page waits for the next flush, and an open that returned could be undone.
+        env.force_sync().lmdb()?;
+    }
     let page_size = {
         let rtxn = at_open(&env, || env.read_txn())?;
         events.stat(&rtxn).lmdb()?.page_size as usize
