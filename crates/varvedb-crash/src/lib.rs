@@ -1368,6 +1368,18 @@ pub mod powercut {
         pages
     }
 
+    /// The file a power cut leaves: the durable `image`, and the pending `pages` that `keep`
+    /// says reached the disk.
+    fn state_of(image: &[u8], pages: &[(u64, &[u8])], keep: &[bool]) -> Vec<u8> {
+        let mut state = image.to_vec();
+        for ((off, data), keep) in pages.iter().zip(keep) {
+            if *keep {
+                apply(&mut state, *off, data);
+            }
+        }
+        state
+    }
+
     /// Which of `n` pending pages reach the disk, in each state to check: every subset when
     /// there are at most 6, else none, all, and random subsets, `states` in all (at least 2).
     fn subsets(n: usize, states: u64, rng: &mut Rng) -> Vec<Vec<bool>> {
@@ -1445,12 +1457,7 @@ pub mod powercut {
             }
             let pages = pending_pages(&writes[durable..]);
             for subset in subsets(pages.len(), states_per_cut, &mut rng) {
-                let mut state = image.clone();
-                for ((off, data), keep) in pages.iter().zip(&subset) {
-                    if *keep {
-                        apply(&mut state, *off, data);
-                    }
-                }
+                let state = state_of(&image, &pages, &subset);
                 let sdir = dir.join("state");
                 let _ = std::fs::remove_dir_all(&sdir);
                 std::fs::create_dir_all(&sdir).map_err(|e| e.to_string())?;
@@ -1708,12 +1715,7 @@ pub mod powercut {
                     }
                 }
                 for subset in subsets {
-                    let mut state = image.clone();
-                    for ((off, data), keep) in pages.iter().zip(&subset) {
-                        if *keep {
-                            apply(&mut state, *off, data);
-                        }
-                    }
+                    let state = state_of(&image, &pages, &subset);
                     let sdir = base.join("state");
                     let _ = std::fs::remove_dir_all(&sdir);
                     let store_dir = config(&sdir, mode).path;
