@@ -308,7 +308,7 @@ pub(super) fn open(
     };
     // The read models of projections: their handles are opened now, before any snapshot, so
     // that every snapshot can read them (a handle opened later is invalid in older ones).
-    let rtxn = env.read_txn().lmdb()?;
+    let rtxn = at_open(&env, || env.read_txn())?;
     let projections = env
         .open_databases_and_commit(rtxn, |opener, rtxn| -> Result<_, OpenFail> {
             let mut found = ProjectionDbs::new();
@@ -340,7 +340,7 @@ pub(super) fn open(
 
     // The master key must open this store: refused here, not at the first read.
     if crypto.has_master_key() {
-        let mut wtxn = env.write_txn().lmdb()?;
+        let mut wtxn = at_open(&env, || env.write_txn())?;
         crypto.check_master_key(&dbs.meta, &mut wtxn)?;
         wtxn.commit().lmdb()?;
     }
@@ -508,7 +508,10 @@ fn damaged_meta(data_file: &Path) -> Option<String> {
     unsafe_code,
     reason = "heed's resize is unsafe: no transaction may be active"
 )]
-fn at_open<T>(env: &Env<WithoutTls>, mut begin: impl FnMut() -> heed::Result<T>) -> Result<T> {
+pub(super) fn at_open<T>(
+    env: &Env<WithoutTls>,
+    mut begin: impl FnMut() -> heed::Result<T>,
+) -> Result<T> {
     for _ in 0..1000 {
         match begin() {
             Err(heed::Error::Mdb(MdbError::MapResized)) => {

@@ -133,7 +133,8 @@ impl Storage {
         let (env, dbs, projections) = env::open(&config, &path, create, &crypto)?;
         let warnings = permission_warnings(&path);
         let head = {
-            let rtxn = env.read_txn().map_err(Error::lmdb)?;
+            // Every begin of the open adopts a growth another process made meanwhile.
+            let rtxn = super::env::at_open(&env, || env.read_txn())?;
             super::last_seq(&dbs, &rtxn)?
         };
         let inner = Arc::new(Inner {
