@@ -28,7 +28,7 @@ target_dir="${target_dir:-$PWD/fuzz/target}"
 cd fuzz
 for t in "${targets[@]}"; do
     # A long run of `ops` goes without AddressSanitizer: its cost is the real commit path (a
-    # handoff to the committer thread per append), which ASan slows 5-fold, and its code under
+    # handoff to the committer thread per append), which ASan slows several times over, and its code under
     # test is safe Rust over LMDB, which the other targets run under ASan
     # (docs/reliability.md). A short run (CI's) keeps one build for every target.
     sanitizer=address
