@@ -1353,6 +1353,39 @@ pub mod powercut {
         image[off as usize..end].copy_from_slice(data);
     }
 
+    /// The writes of a log replayed in order, and which of them a flush has made durable: a
+    /// flush makes durable what was written before it started, by any process; each process's
+    /// flush ends are matched with its own starts.
+    #[derive(Default)]
+    struct Disk<'a> {
+        writes: Vec<(u64, &'a [u8])>,
+        sync_starts: HashMap<u64, std::collections::VecDeque<usize>>,
+        /// The writes before this index are on disk.
+        durable: usize,
+    }
+
+    impl<'a> Disk<'a> {
+        /// Takes one record; hands back the output of a process (`Out`), which is not the
+        /// disk's.
+        fn take(&mut self, rec: &'a Rec) -> Option<(u64, &'a [u8])> {
+            match rec {
+                Rec::Write(off, data) => self.writes.push((*off, data)),
+                Rec::SyncStart(pid) => self
+                    .sync_starts
+                    .entry(*pid)
+                    .or_default()
+                    .push_back(self.writes.len()),
+                Rec::SyncEnd(pid) => {
+                    if let Some(s) = self.sync_starts.get_mut(pid).and_then(|q| q.pop_front()) {
+                        self.durable = self.durable.max(s);
+                    }
+                }
+                Rec::Out(pid, bytes) => return Some((*pid, bytes)),
+            }
+            None
+        }
+    }
+
     /// The pending writes, cut into their 4 KiB pages: a page reaches the disk whole or not.
     fn pending_pages<'a>(writes: &[(u64, &'a [u8])]) -> Vec<(u64, &'a [u8])> {
         let mut pages = Vec::new();
@@ -1436,26 +1469,20 @@ pub mod powercut {
         let recs = parse(&std::fs::read(&log).map_err(|e| e.to_string())?)?;
         let events = super::upgrade::golden_events(&dir)?;
         let (mut cuts, mut states, mut old, mut new) = (0, 0, 0, 0);
-        let mut writes: Vec<(u64, &[u8])> = Vec::new();
-        let mut sync_starts: HashMap<u64, std::collections::VecDeque<usize>> = HashMap::new();
-        let (mut durable, mut done) = (0usize, false);
+        let mut disk = Disk::default();
+        let mut done = false;
+        let (mut image, mut imaged) = (start_image, 0usize);
         for rec in &recs {
-            match rec {
-                Rec::Write(off, data) => writes.push((*off, data)),
-                Rec::SyncStart(pid) => sync_starts.entry(*pid).or_default().push_back(writes.len()),
-                Rec::SyncEnd(pid) => {
-                    if let Some(s) = sync_starts.get_mut(pid).and_then(|q| q.pop_front()) {
-                        durable = durable.max(s);
-                    }
-                }
-                Rec::Out(_, bytes) => done |= bytes.windows(8).any(|w| w == b"upgraded"),
+            if let Some((_, bytes)) = disk.take(rec) {
+                done |= bytes.windows(8).any(|w| w == b"upgraded");
             }
-            // Every record is a cut point: an upgrade's log is short.
-            let mut image = start_image.clone();
-            for (off, data) in &writes[..durable] {
+            // Every record is a cut point: an upgrade's log is short. The durable image is
+            // kept up to date as the log goes.
+            for (off, data) in &disk.writes[imaged..disk.durable] {
                 apply(&mut image, *off, data);
             }
-            let pages = pending_pages(&writes[durable..]);
+            imaged = disk.durable;
+            let pages = pending_pages(&disk.writes[disk.durable..]);
             for subset in subsets(pages.len(), states_per_cut, &mut rng) {
                 let state = state_of(&image, &pages, &subset);
                 let sdir = dir.join("state");
@@ -1631,33 +1658,18 @@ pub mod powercut {
             // Per process: its output so far, and what it told.
             let mut texts: HashMap<u64, Vec<u8>> = HashMap::new();
             let mut heards: HashMap<u64, Heard> = HashMap::new();
-            let mut writes: Vec<(u64, &[u8])> = Vec::new();
-            // Per process, the flushes it started: a flush makes durable what was written
-            // before it started, by any process.
-            let mut sync_starts: HashMap<u64, std::collections::VecDeque<usize>> = HashMap::new();
-            let mut durable = 0usize;
+            let mut disk = Disk::default();
             let mut image: Vec<u8> = start_image;
             let mut imaged = 0usize;
             let mut cut_iter = cuts.iter().peekable();
             for (i, rec) in recs.iter().enumerate() {
-                match rec {
-                    Rec::Write(off, data) => writes.push((*off, data)),
-                    Rec::SyncStart(pid) => {
-                        sync_starts.entry(*pid).or_default().push_back(writes.len())
-                    }
-                    Rec::SyncEnd(pid) => {
-                        if let Some(s) = sync_starts.get_mut(pid).and_then(|q| q.pop_front()) {
-                            durable = durable.max(s);
-                        }
-                    }
-                    Rec::Out(pid, bytes) => {
-                        let text = texts.entry(*pid).or_default();
-                        text.extend_from_slice(bytes);
-                        while let Some(nl) = text.iter().position(|&b| b == b'\n') {
-                            let line: Vec<u8> = text.drain(..=nl).collect();
-                            let line = String::from_utf8_lossy(&line);
-                            heards.entry(*pid).or_default().take(line.trim_end())?;
-                        }
+                if let Some((pid, bytes)) = disk.take(rec) {
+                    let text = texts.entry(pid).or_default();
+                    text.extend_from_slice(bytes);
+                    while let Some(nl) = text.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = text.drain(..=nl).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        heards.entry(pid).or_default().take(line.trim_end())?;
                     }
                 }
                 if cut_iter.peek() != Some(&&i) {
@@ -1667,12 +1679,12 @@ pub mod powercut {
                     cut_iter.next();
                 }
                 // The durable image, kept up to date incrementally.
-                for (off, data) in &writes[imaged..durable] {
+                for (off, data) in &disk.writes[imaged..disk.durable] {
                     apply(&mut image, *off, data);
                 }
-                imaged = durable;
+                imaged = disk.durable;
                 // The pending writes, as pages.
-                let pages = pending_pages(&writes[durable..]);
+                let pages = pending_pages(&disk.writes[disk.durable..]);
                 figures.pending_pages_max = figures.pending_pages_max.max(pages.len() as u64);
                 let n = pages.len();
                 let subsets = subsets(n, states_per_cut, &mut rng);
